@@ -1,0 +1,104 @@
+"""From a plain config mapping (what Hydra composed, already resolved) to validated objects.
+
+Everything a run needs is checked here, before any model is built or any data is rendered, and a
+problem raises :class:`ConfigError` with one line naming the key or value at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bindspace.graph import build_edges, graph_modalities
+from bindspace.losses import Edge, MultiEdgeLoss, edge_key
+from bindspace.modalities import ConfigError, LogitScaleConfig, ModalityConfig, get_modality, list_modalities
+from bindspace.modalities.base import _from_mapping
+from bindspace.models.model import BindSpaceModel
+from bindspace.training.optim import OptimConfig
+
+
+@dataclass
+class RunSpec:
+    """The validated pieces of a training run."""
+
+    modalities: dict[str, ModalityConfig]
+    anchors: list[str]
+    edges: list[Edge]
+    embed_dim: int
+    optim: OptimConfig
+    loss: dict[str, Any] = field(default_factory=dict)
+
+    def build_model(self) -> BindSpaceModel:
+        return BindSpaceModel(self.modalities, self.embed_dim)
+
+    def build_loss(self) -> MultiEdgeLoss:
+        return MultiEdgeLoss(
+            self.edges,
+            edge_scales(self.edges, self.modalities, self.loss.get("logit_scales") or {}),
+            weights=self.loss.get("weights") or {},
+            local_loss=bool(self.loss.get("local_loss", False)),
+            backprop=str(self.loss.get("backprop", "global")),
+        )
+
+
+def parse_anchors(value: Any) -> list[str]:
+    """``graph.anchors`` as a list, or as a mapping ``{name: true}`` (how ``anchor=[a,b]`` composes)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [k for k, on in value.items() if on]
+    return list(value)
+
+
+def edge_scales(
+    edges: Sequence[Edge], modalities: Mapping[str, ModalityConfig], overrides: Mapping[str, Any]
+) -> dict[str, LogitScaleConfig]:
+    """Each edge's temperature: the preset of its other (non-anchor) side, unless overridden by key."""
+    keys = {edge_key(e) for e in edges}
+    for k in overrides:
+        if k not in keys:
+            raise ConfigError(f"loss.logit_scales: {k!r} is not a trained edge; edges are {sorted(keys)}")
+    out = {}
+    for e in edges:
+        k = edge_key(e)
+        base = modalities[e[1]].logit_scale
+        out[k] = _from_mapping(LogitScaleConfig, {**vars(base), **dict(overrides.get(k) or {})}, f"loss.logit_scales.{k}")
+    return out
+
+
+def _check_positive(value: Any, key: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
+    """Validate the composed config and build modality configs, graph edges and optimizer settings."""
+    graph = cfg.get("graph") or {}
+    wanted = list(graph.get("modalities") or list_modalities())
+    for m in wanted:
+        get_modality(m)  # unknown modality -> ConfigError naming it
+    anchors = parse_anchors(graph.get("anchors"))
+    edges = build_edges(wanted, anchors, graph.get("edges"))
+    used = graph_modalities(edges, wanted)
+    available = cfg.get("modalities") or {}
+    missing = [m for m in used if m not in available]
+    if missing:
+        raise ConfigError(f"modalities.{missing[0]}: no config for a modality the graph uses (add modality@modalities.{missing[0]})")
+    configs = {m: get_modality(m).config_from_dict(available[m]) for m in used}
+    model_cfg = cfg.get("model") or {}
+    embed_dim = _check_positive(model_cfg.get("embed_dim"), "model.embed_dim")
+    data = cfg.get("data") or {}
+    if "batch_size" in data:
+        _check_positive(data["batch_size"], "data.batch_size", minimum=2)
+    loss = dict(cfg.get("loss") or {})
+    weights = loss.get("weights") or {}
+    keys = {edge_key(e) for e in edges}
+    for k in weights:
+        if k not in keys:
+            raise ConfigError(f"loss.weights: {k!r} is not a trained edge; edges are {sorted(keys)}")
+    optim = _from_mapping(OptimConfig, cfg.get("optim"), "optim")
+    return RunSpec(configs, anchors, edges, embed_dim, optim, loss)

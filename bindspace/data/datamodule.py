@@ -1,0 +1,155 @@
+"""Data for the built-in synthetic benchmark: one pool of scenes per edge, one held-out gallery.
+
+Training draws, for every edge, pairs from that edge's own pool of scene ids; pools are disjoint by
+default, so two modalities that never share an edge never see the same scene during training and
+their alignment is truly emergent. Validation and test scenes hold every modality, and every
+sample is rendered from ``(seed, scene id)`` alone, whatever the worker, rank or batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes
+from bindspace.losses import Edge, edge_key
+from bindspace.modalities import ModalityConfig, get_modality
+
+Batch = dict[str, Any]
+
+# Scene-id ranges: training pools start at 0 (pool k at k * pool_size), held-out sets far above.
+VAL_BASE, TEST_BASE = 1_000_000_000, 2_000_000_000
+
+
+def first_item(items: list[Batch]) -> Batch:
+    """collate_fn for datasets whose ``__getitems__`` already returns a whole batch."""
+    return items if isinstance(items, dict) else items[0]
+
+
+class SceneDataset(Dataset):
+    """Scenes ``offset .. offset + size - 1`` rendered in ``modalities`` and transformed to model input.
+
+    Implements ``__getitems__`` so a DataLoader renders a whole batch in one vectorised call.
+    """
+
+    def __init__(
+        self,
+        scenes: SyntheticScenes,
+        modalities: Sequence[str],
+        configs: Mapping[str, ModalityConfig],
+        offset: int,
+        size: int,
+    ) -> None:
+        self.scenes, self.modalities, self.configs = scenes, list(modalities), configs
+        self.offset, self.size = offset, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        ids = torch.as_tensor(list(indices), dtype=torch.long) + self.offset
+        if len(ids) and (ids.min() < self.offset or ids.max() >= self.offset + self.size):
+            raise IndexError(f"scene index out of range 0..{self.size - 1}")
+        batch: Batch = {"id": ids, "label": torch.as_tensor(self.scenes.labels(ids.numpy()))}
+        for m in self.modalities:
+            raw = self.scenes.render(m, ids.numpy())
+            raw = raw if isinstance(raw, list) else torch.from_numpy(raw)
+            batch[m] = get_modality(m).transform_batch(raw, self.configs[m].input)
+        return batch
+
+    def __getitem__(self, index: int) -> Batch:
+        batch = self.__getitems__([index])
+        return {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}
+
+
+def scene_config(configs: Mapping[str, ModalityConfig], overrides: Mapping[str, Any] | None = None) -> SyntheticConfig:
+    """Render at the model's input geometry so transforms do no resampling on the hot path."""
+    derived: dict[str, Any] = {}
+    if "image" in configs:
+        derived["image_size"] = configs["image"].input.size
+    elif "depth" in configs:
+        derived["image_size"] = configs["depth"].input.size
+    if "audio" in configs:
+        derived["audio_sample_rate"] = configs["audio"].input.sample_rate
+        derived["audio_seconds"] = configs["audio"].input.clip_seconds
+    if "imu" in configs:
+        derived["imu_length"] = configs["imu"].input.length
+    return SyntheticConfig(**{**derived, **dict(overrides or {})})
+
+
+class SyntheticDataModule(L.LightningDataModule):
+    """Per-edge training loaders (combined so one step sees one batch of every active edge) and held-out sets.
+
+    Args:
+        configs: modality configs of the model (transforms and render geometry come from them).
+        edges: the trainable edges; pool ``k`` belongs to ``edges[k]``.
+        batch_size: per device and per edge.
+        seed: scene seed (the same seed gives the same scenes on every machine).
+        pool_size: scenes per edge pool.
+        val_size, test_size: held-out scenes with every modality (test is the final gallery).
+        disjoint_pools: if False every edge draws from pool 0 (so all modalities share scenes).
+        scene: overrides of :class:`SyntheticConfig` (``num_classes``, ``noise``, ...).
+    """
+
+    def __init__(
+        self,
+        configs: Mapping[str, ModalityConfig],
+        edges: Sequence[Edge],
+        batch_size: int = 64,
+        seed: int = 0,
+        pool_size: int = 100_000,
+        val_size: int = 500,
+        test_size: int = 1000,
+        disjoint_pools: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        scene: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
+        self.batch_size, self.seed, self.pool_size = batch_size, seed, pool_size
+        self.val_size, self.test_size, self.disjoint_pools = val_size, test_size, disjoint_pools
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.scenes = SyntheticScenes(scene_config(self.configs, scene), seed=seed)
+        self.active_edges: list[Edge] = list(self.edges)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.configs)
+
+    def edge_dataset(self, edge: Edge) -> SceneDataset:
+        k = self.edges.index(tuple(edge)) if self.disjoint_pools else 0
+        return SceneDataset(self.scenes, edge, self.configs, offset=k * self.pool_size, size=self.pool_size)
+
+    def heldout_dataset(self, split: str) -> SceneDataset:
+        offset, size = (VAL_BASE, self.val_size) if split == "val" else (TEST_BASE, self.test_size)
+        return SceneDataset(self.scenes, self.modalities, self.configs, offset=offset, size=size)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, salt: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + salt) if shuffle else None
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=first_item,
+        )
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {edge_key(e): self._loader(self.edge_dataset(e), True, salt=i) for i, e in enumerate(self.edges)}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.heldout_dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.heldout_dataset("test"), shuffle=False)

@@ -1,0 +1,199 @@
+"""What a modality is, declared once: its spec, its config, and the registry of specs.
+
+A modality module (``image.py``, ``audio.py``, ...) subclasses :class:`ModalitySpec`, fills in how a
+decoded file becomes model input (``transform``) and how model input becomes tokens
+(``build_preprocessor``), and registers an instance with :func:`register_modality`. Everything else
+(trunks, heads, losses, data loading, evaluation) reads the spec, so adding a seventh modality touches
+that module and its YAML file under ``configs/modality/`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+ModelInput = Tensor | dict[str, Tensor]
+
+
+@dataclass
+class TrunkConfig:
+    """The transformer that turns tokens into contextual tokens.
+
+    ``kind`` picks where it comes from: ``transformer`` builds timm blocks from scratch (ImageBind's
+    SimpleTransformer, pre-norm blocks), ``timm`` creates a timm ViT by ``name`` (optionally
+    ``pretrained`` from a hub id or a local folder saved with timm's ``save_for_hf``) and ``hf``
+    loads a transformers ``AutoModel`` from ``pretrained`` (hub id or a ``save_pretrained`` folder).
+    """
+
+    kind: str = "transformer"
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    pre_norm: bool = False  # LayerNorm before the first block; ImageBind uses it for vision only
+    name: str | None = None  # timm architecture name for kind=timm
+    pretrained: str | None = None
+    freeze: bool = False  # frozen trunks get no gradients and no optimizer state
+    grad_checkpointing: bool = False
+    trust_remote_code: bool = False  # never run code from a model folder unless asked
+
+
+@dataclass
+class HeadConfig:
+    """LayerNorm -> pool -> (dropout) -> Linear(width, embed_dim), as ImageBind's heads.
+
+    ``pool`` is ``cls`` (first token), ``eos`` (last valid token, CLIP/ImageBind text) or ``mean``
+    (masked mean, sentence-transformers models such as MiniLM).
+    """
+
+    pool: str = "cls"
+    dropout: float = 0.0
+
+
+@dataclass
+class LogitScaleConfig:
+    """Temperature preset for edges that end in this modality (ImageBind's postprocessor values).
+
+    Embeddings are always returned unit-norm; the scale lives in the loss, one per edge, initialised
+    from the preset of the edge's non-anchor side.
+    """
+
+    init: float = 1 / 0.07
+    learnable: bool = True
+    max: float = 100.0
+
+
+@dataclass
+class ModalityConfig:
+    """Everything configurable about one modality; ``input`` is the spec's own input dataclass."""
+
+    name: str
+    input: Any
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
+
+
+class ConfigError(ValueError):
+    """A user configuration error; the message names the key or value at fault."""
+
+
+def _from_mapping(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    return cls(**data)
+
+
+class ModalitySpec:
+    """How one modality is read, transformed, tokenised and pooled.
+
+    Subclasses set the class attributes and implement :meth:`transform`, :meth:`build_preprocessor`
+    and :meth:`dummy_input`.
+    """
+
+    name: ClassVar[str]
+    input_config: ClassVar[type]  # dataclass of the modality's input constants
+    causal: ClassVar[bool] = False  # causal attention in a from-scratch trunk (text, as CLIP)
+    # The ImageBind-huge recipe for trunk/head/logit_scale, as data (timm's default_cfgs idea);
+    # a config overrides it key by key.
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def read(self, path: str | Path) -> Any:
+        """Decode one file into the raw form :meth:`transform` takes."""
+        from bindspace.data.readers import read_file
+
+        return read_file(self.name, path)
+
+    def transform(self, raw: Any, cfg: Any) -> ModelInput:
+        """Raw decoded sample -> model input for one sample (no batch dimension)."""
+        raise NotImplementedError
+
+    def transform_batch(self, raws: Any, cfg: Any) -> ModelInput:
+        """A batch of raw samples -> batched model input; override when it can be vectorised."""
+        return collate_inputs([self.transform(r, cfg) for r in raws])
+
+    def build_preprocessor(self, cfg: Any, width: int) -> nn.Module:
+        """Model input -> ``(tokens (B, N, width), mask (B, N) bool or None)``."""
+        raise NotImplementedError
+
+    def dummy_input(self, cfg: Any, batch_size: int, generator: torch.Generator) -> ModelInput:
+        """A random batch of valid model input, for tests, shape checks and benchmarks."""
+        raise NotImplementedError
+
+    def config_from_dict(self, data: Mapping[str, Any]) -> ModalityConfig:
+        """Validate a plain mapping (e.g. from YAML) into a :class:`ModalityConfig`."""
+        data = dict(data)
+        name = data.pop("name", self.name)
+        if name != self.name:
+            raise ConfigError(f"modality config for {self.name!r} says name={name!r}")
+        where = f"modalities.{self.name}"
+        known = {"input", "trunk", "head", "logit_scale"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        section = {k: {**self.defaults.get(k, {}), **dict(data.get(k) or {})} for k in known}
+        return ModalityConfig(
+            name=self.name,
+            input=_from_mapping(self.input_config, section["input"], f"{where}.input"),
+            trunk=_from_mapping(TrunkConfig, section["trunk"], f"{where}.trunk"),
+            head=_from_mapping(HeadConfig, section["head"], f"{where}.head"),
+            logit_scale=_from_mapping(LogitScaleConfig, section["logit_scale"], f"{where}.logit_scale"),
+        )
+
+    def default_config(self) -> ModalityConfig:
+        return self.config_from_dict({})
+
+
+def collate_inputs(items: list[ModelInput]) -> ModelInput:
+    """Stack per-sample model inputs (tensors or dicts of tensors) along a new batch dimension."""
+    if isinstance(items[0], dict):
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    return torch.stack(items)
+
+
+def concat_inputs(parts: list[ModelInput]) -> ModelInput:
+    """Concatenate batched model inputs along the batch dimension."""
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def input_batch_size(x: ModelInput) -> int:
+    return next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0]
+
+
+_REGISTRY: dict[str, ModalitySpec] = {}
+
+
+def register_modality(cls: type[ModalitySpec]) -> type[ModalitySpec]:
+    """Class decorator: register a spec under its ``name`` (one instance per modality)."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"modality {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_modality(name: str) -> ModalitySpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown modality {name!r}; registered: {list_modalities()}") from None
+
+
+def list_modalities() -> list[str]:
+    """Registered modality names, in registration order (image, text, audio, depth, thermal, imu)."""
+    return list(_REGISTRY)
+
+
+ReaderFn = Callable[[Path], Any]

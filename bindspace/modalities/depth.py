@@ -1,0 +1,66 @@
+"""Metric depth maps, encoded as disparity by a 1-channel ViT (ImageBind: 384 wide, 12 blocks, 8 heads).
+
+ImageBind converts depth to disparity before its encoder, because disparity is scale-normalised and
+behaves like an image (near things are bright). Here depth in metres is clamped to
+``[min_depth, max_depth]`` and mapped to ``disparity = min_depth / depth`` in (0, 1], then
+standardised with ``mean``/``std``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bindspace.modalities._image_ops import dummy_image, resize_center_crop, to_chw_float
+from bindspace.modalities.base import ModalitySpec, register_modality
+from bindspace.models.layers import PatchTokenizer
+
+
+@dataclass
+class DepthInput:
+    size: int = 224
+    patch_size: int = 16
+    min_depth: float = 0.1  # metres; nearer values are clamped (disparity 1.0)
+    max_depth: float = 75.0  # metres; Omnivore/ImageBind's depth range
+    mean: float = 0.5
+    std: float = 0.5
+    channels: int = 1
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+
+@register_modality
+class DepthSpec(ModalitySpec):
+    name = "depth"
+    input_config = DepthInput
+    defaults = {
+        "trunk": {"width": 384, "depth": 12, "heads": 8, "drop_path": 0.0},
+        "head": {"pool": "cls"},
+        "logit_scale": {"init": 5.0, "learnable": False},
+    }
+
+    def transform(self, raw, cfg: DepthInput) -> Tensor:
+        """float ``(H, W)`` metres -> standardised disparity ``(1, S, S)``."""
+        depth = to_chw_float(raw, 1)
+        return self._disparity(resize_center_crop(depth, cfg.size, mode="bilinear"), cfg)
+
+    def transform_batch(self, raws, cfg: DepthInput) -> Tensor:
+        if isinstance(raws, Tensor) and raws.ndim == 3:
+            return self._disparity(resize_center_crop(raws[:, None].float(), cfg.size, mode="bilinear"), cfg)
+        return super().transform_batch(raws, cfg)
+
+    @staticmethod
+    def _disparity(depth: Tensor, cfg: DepthInput) -> Tensor:
+        disparity = cfg.min_depth / depth.clamp(cfg.min_depth, cfg.max_depth)
+        return (disparity - cfg.mean) / cfg.std
+
+    def build_preprocessor(self, cfg: DepthInput, width: int) -> nn.Module:
+        return PatchTokenizer(cfg.channels, (cfg.size, cfg.size), width, cfg.patch_size, norm=True)
+
+    def dummy_input(self, cfg: DepthInput, batch_size: int, generator: torch.Generator) -> Tensor:
+        return dummy_image(batch_size, cfg.channels, cfg.size, generator)
+

@@ -1,0 +1,69 @@
+"""RGB images (the default anchor, as in ImageBind).
+
+ImageBind-huge: 224 px, ViT-H/14 (width 1280, 32 blocks, 16 heads) with a LayerNorm before the
+blocks, CLIP normalisation. ImageBind patches a 2-frame "video" with a (2, 14, 14) Conv3d; for a
+still image that equals a 14x14 Conv2d, which is what we use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bindspace.modalities._image_ops import dummy_image, resize_center_crop, to_chw_float
+from bindspace.modalities.base import ModalitySpec, register_modality
+from bindspace.models.layers import PatchTokenizer
+
+# OpenAI CLIP's RGB statistics, used by ImageBind's vision transform.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ImageInput:
+    size: int = 224  # resize the shorter side then centre-crop (bicubic, as CLIP)
+    patch_size: int = 14
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    channels: int = 3
+
+    @property
+    def ndim(self) -> int:  # (C, H, W)
+        return 3
+
+
+@register_modality
+class ImageSpec(ModalitySpec):
+    name = "image"
+    input_config = ImageInput
+    defaults = {
+        "trunk": {"width": 1280, "depth": 32, "heads": 16, "pre_norm": True},
+        "head": {"pool": "cls"},
+        # ImageBind's vision postprocessor has no scale; image-anchored edges take the other side's.
+        "logit_scale": {"init": 1 / 0.07, "learnable": True},
+    }
+
+    def transform(self, raw, cfg: ImageInput) -> Tensor:
+        """uint8 ``(H, W, 3)`` (from a file) or float ``(3, H, W)`` in [0, 1] -> normalised ``(3, S, S)``."""
+        x = resize_center_crop(to_chw_float(raw, 3), cfg.size).clamp(0.0, 1.0)
+        return self._normalize(x, cfg)
+
+    def transform_batch(self, raws, cfg: ImageInput) -> Tensor:
+        if isinstance(raws, Tensor) and raws.ndim == 4:
+            return self._normalize(resize_center_crop(raws.float(), cfg.size).clamp(0.0, 1.0), cfg)
+        return super().transform_batch(raws, cfg)
+
+    @staticmethod
+    def _normalize(x: Tensor, cfg: ImageInput) -> Tensor:
+        mean = torch.tensor(cfg.mean).view(-1, 1, 1)
+        std = torch.tensor(cfg.std).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def build_preprocessor(self, cfg: ImageInput, width: int) -> nn.Module:
+        # No LayerNorm on the vision stem (ImageBind); its trunk uses pre_norm instead.
+        return PatchTokenizer(cfg.channels, (cfg.size, cfg.size), width, cfg.patch_size, norm=False)
+
+    def dummy_input(self, cfg: ImageInput, batch_size: int, generator: torch.Generator) -> Tensor:
+        return dummy_image(batch_size, cfg.channels, cfg.size, generator)

@@ -1,0 +1,96 @@
+"""Text: a tokenizer plus a transformer, pooled at the end-of-text token (CLIP / ImageBind).
+
+ImageBind-huge: 77-token context, width 1024, 24 blocks, 16 heads, causal attention, a learnable
+logit scale initialised at 1/0.07 (CLIP). Two tokenizers:
+
+- ``bytes`` (default): UTF-8 bytes plus BOS/EOS/PAD, needs no downloaded vocabulary, so a
+  from-scratch text encoder works offline on any machine;
+- a transformers tokenizer (hub id or local folder), for pretrained text trunks
+  (``trunk.kind=hf``, e.g. all-MiniLM-L6-v2 with ``head.pool=mean``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+from bindspace.modalities.base import ModalitySpec, register_modality
+from bindspace.models.layers import TextTokenEmbedding
+from bindspace.models.pretrained import resolve_hf_source
+
+PAD, BOS, EOS, BYTE_OFFSET = 0, 1, 2, 3
+BYTE_VOCAB = 256 + BYTE_OFFSET
+
+
+@dataclass
+class TextInput:
+    tokenizer: str = "bytes"  # "bytes" or a transformers tokenizer (hub id or local folder)
+    context_length: int = 77
+    lowercase: bool = False
+
+
+def byte_tokenize(text: str, context_length: int) -> tuple[Tensor, Tensor]:
+    """``BOS + utf-8 bytes + EOS``, truncated so EOS always fits, right-padded with PAD."""
+    if context_length < 3:
+        raise ValueError(f"context_length must be at least 3, got {context_length}")
+    body = list(text.encode("utf-8"))[: context_length - 2]
+    ids = [BOS, *(b + BYTE_OFFSET for b in body), EOS]
+    input_ids = torch.full((context_length,), PAD, dtype=torch.long)
+    input_ids[: len(ids)] = torch.tensor(ids)
+    mask = torch.zeros(context_length, dtype=torch.long)
+    mask[: len(ids)] = 1
+    return input_ids, mask
+
+
+@lru_cache(maxsize=4)
+def hf_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_hf_source(source))
+
+
+@register_modality
+class TextSpec(ModalitySpec):
+    name = "text"
+    input_config = TextInput
+    causal = True
+    defaults = {
+        "trunk": {"width": 1024, "depth": 24, "heads": 16},
+        "head": {"pool": "eos"},
+        "logit_scale": {"init": 1 / 0.07, "learnable": True},
+    }
+
+    def read(self, path):
+        raise TypeError("text is given inline (the string itself), not read from a file")
+
+    def transform(self, raw: str, cfg: TextInput) -> dict[str, Tensor]:
+        out = self.transform_batch([raw], cfg)
+        return {k: v[0] for k, v in out.items()}
+
+    def transform_batch(self, raws, cfg: TextInput) -> dict[str, Tensor]:
+        texts = [t.lower() if cfg.lowercase else t for t in raws]
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"text inputs must be strings, got {type(t).__name__}")
+        if cfg.tokenizer == "bytes":
+            ids, masks = zip(*(byte_tokenize(t, cfg.context_length) for t in texts))
+            return {"input_ids": torch.stack(ids), "attention_mask": torch.stack(masks)}
+        enc = hf_tokenizer(cfg.tokenizer)(
+            texts, padding="max_length", truncation=True, max_length=cfg.context_length, return_tensors="pt"
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def vocab_size(self, cfg: TextInput) -> int:
+        return BYTE_VOCAB if cfg.tokenizer == "bytes" else len(hf_tokenizer(cfg.tokenizer))
+
+    def build_preprocessor(self, cfg: TextInput, width: int) -> nn.Module:
+        return TextTokenEmbedding(self.vocab_size(cfg), cfg.context_length, width)
+
+    def dummy_input(self, cfg: TextInput, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        lengths = torch.randint(3, cfg.context_length + 1, (batch_size,), generator=generator)
+        ids = torch.randint(BYTE_OFFSET, self.vocab_size(cfg), (batch_size, cfg.context_length), generator=generator)
+        mask = (torch.arange(cfg.context_length)[None] < lengths[:, None]).long()
+        return {"input_ids": ids * mask, "attention_mask": mask}

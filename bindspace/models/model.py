@@ -1,0 +1,114 @@
+"""The multimodal model: one encoder per modality, ImageBind's four stages in four ModuleDicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from torch import Tensor, nn
+
+from bindspace.modalities import ModalityConfig, ModelInput, get_modality
+from bindspace.models.layers import Head, Normalize, TransformerTrunk
+from bindspace.models.pretrained import build_hf_trunk, build_timm_vit
+
+STAGES = ("preprocessors", "trunks", "heads", "postprocessors")
+
+
+def build_encoder_parts(cfg: ModalityConfig, embed_dim: int) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+    """Build (preprocessor, trunk, head, postprocessor) for one modality from its config."""
+    spec, t = get_modality(cfg.name), cfg.trunk
+    if t.kind == "transformer":
+        pre = spec.build_preprocessor(cfg.input, t.width)
+        trunk = TransformerTrunk(t.width, t.depth, t.heads, t.mlp_ratio, t.drop_path, t.pre_norm, spec.causal)
+        width = t.width
+    elif t.kind == "timm":
+        size = getattr(cfg.input, "size", None)
+        channels = getattr(cfg.input, "channels", None)
+        if size is None or channels is None:
+            raise ValueError(f"modalities.{cfg.name}.trunk.kind=timm needs an image-like input (size, channels)")
+        pre, trunk, width = build_timm_vit(t.name, t.pretrained, channels, size, t.drop_path)
+    elif t.kind == "hf":
+        pre, trunk, width = build_hf_trunk(t.pretrained, t.trust_remote_code)
+    else:
+        raise ValueError(f"modalities.{cfg.name}.trunk.kind must be transformer, timm or hf; got {t.kind!r}")
+    if t.grad_checkpointing:
+        trunk.grad_checkpointing = True
+    head = Head(width, embed_dim, cfg.head.pool, cfg.head.dropout)
+    return pre, trunk, head, Normalize()
+
+
+class BindSpaceModel(nn.Module):
+    """Encodes any subset of its modalities into one shared, unit-norm embedding space.
+
+    Args:
+        modalities: per-modality configs, keyed by modality name.
+        embed_dim: dimension of the shared space.
+    """
+
+    def __init__(self, modalities: Mapping[str, ModalityConfig], embed_dim: int) -> None:
+        super().__init__()
+        if embed_dim < 1:
+            raise ValueError(f"embed_dim must be positive, got {embed_dim}")
+        self.embed_dim = embed_dim
+        self.configs = dict(modalities)
+        parts = {name: build_encoder_parts(cfg, embed_dim) for name, cfg in self.configs.items()}
+        for i, stage in enumerate(STAGES):
+            setattr(self, stage, nn.ModuleDict({name: p[i] for name, p in parts.items()}))
+        for name, cfg in self.configs.items():
+            if cfg.trunk.freeze:
+                self.set_frozen(name, trunk=True)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.configs)
+
+    def encode(self, modality: str, x: ModelInput) -> Tensor:
+        """Model input for one modality -> ``(B, embed_dim)`` unit-norm embeddings.
+
+        Inputs with a clip axis (audio ``(B, S, 1, F, T)``: ImageBind's several clips per sample) are
+        encoded per clip and averaged, then renormalised.
+        """
+        if modality not in self.configs:
+            raise KeyError(f"model has no {modality!r} encoder; it has {self.modalities}")
+        clips = self._clip_count(modality, x)
+        if clips:
+            x = x.flatten(0, 1)
+        tokens, mask = self.preprocessors[modality](x)
+        tokens = self.trunks[modality](tokens, mask)
+        emb = self.heads[modality](tokens, mask)
+        emb = self.postprocessors[modality](emb)
+        if clips:
+            emb = self.postprocessors[modality](emb.unflatten(0, (-1, clips)).mean(1))
+        return emb
+
+    def _clip_count(self, modality: str, x: ModelInput) -> int:
+        ndim = getattr(self.configs[modality].input, "ndim", None)
+        if isinstance(x, Tensor) and ndim is not None and x.ndim == ndim + 2:
+            return x.shape[1]
+        return 0
+
+    def forward(self, inputs: Mapping[str, ModelInput]) -> dict[str, Tensor]:
+        return {m: self.encode(m, x) for m, x in inputs.items()}
+
+    def set_frozen(self, modality: str, trunk: bool = True, head: bool = False) -> None:
+        """Freeze (or, with both False, unfreeze) one encoder's tokenizer+trunk and optionally its head.
+
+        Frozen parameters get ``requires_grad=False``; the optimizer only ever sees trainable ones.
+        """
+        for stage, frozen in (("preprocessors", trunk), ("trunks", trunk), ("heads", head)):
+            for p in getattr(self, stage)[modality].parameters():
+                p.requires_grad_(not frozen)
+
+    def train(self, mode: bool = True) -> BindSpaceModel:
+        """Frozen tokenizers/trunks stay in eval mode (no dropout, no stochastic depth) while training."""
+        super().train(mode)
+        for m in self.frozen_modalities():
+            self.preprocessors[m].eval()
+            self.trunks[m].eval()
+        return self
+
+    def frozen_modalities(self) -> list[str]:
+        return [m for m in self.modalities if not any(p.requires_grad for p in self.trunks[m].parameters())]
+
+    def encoder_parameters(self, modality: str) -> Iterable[nn.Parameter]:
+        for stage in STAGES:
+            yield from getattr(self, stage)[modality].parameters()

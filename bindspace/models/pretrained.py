@@ -1,0 +1,129 @@
+"""Trunks from pretrained timm and transformers models, split into ImageBind's four stages.
+
+Pretrained sources are data: a hub id or a local folder (timm ``save_for_hf`` / transformers
+``save_pretrained``). A local folder is always preferred when it exists, so nothing is downloaded
+when the weights are on disk; set ``HF_HUB_OFFLINE=1`` to make a missing folder an error rather than
+a download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from bindspace.models.layers import Tokens
+
+
+def _timm_source(name: str | None, pretrained: str | None) -> tuple[str, bool]:
+    """The timm model id to create and whether to load weights."""
+    if pretrained is None:
+        if name is None:
+            raise ValueError("trunk.kind=timm needs trunk.name (a timm architecture) or trunk.pretrained")
+        return name, False
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"pretrained timm folder {path} has no config.json (save it with timm's save_for_hf)")
+        return f"local-dir:{path.resolve()}", True
+    if pretrained.startswith(("hf-hub:", "local-dir:")):
+        return pretrained, True
+    if "/" in pretrained:
+        return f"hf-hub:{pretrained}", True
+    return pretrained, True  # a timm name with its default pretrained tag
+
+
+class TimmViTTokenizer(nn.Module):
+    """The embedding half of a timm ViT: patch embedding, class token, positions, pre-norm."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.patch_embed = vit.patch_embed
+        self.cls_token = vit.cls_token
+        self.reg_token = getattr(vit, "reg_token", None)
+        self.pos_embed = vit.pos_embed
+        self.no_embed_class = getattr(vit, "no_embed_class", False)
+        self.pos_drop = vit.pos_drop
+        self.norm_pre = vit.norm_pre
+
+    def forward(self, x: Tensor) -> Tokens:
+        x = self.patch_embed(x)  # (B, N, W)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:
+            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+        return self.norm_pre(self.pos_drop(x)), None
+
+
+class TimmViTTrunk(nn.Module):
+    """The block half of a timm ViT (its final norm included, so pretrained features are unchanged)."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.blocks = vit.blocks
+        self.norm = vit.norm
+        self.grad_checkpointing = False
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = tokens
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x)
+
+
+def build_timm_vit(
+    name: str | None, pretrained: str | None, in_chans: int, img_size: int, drop_path: float
+) -> tuple[TimmViTTokenizer, TimmViTTrunk, int]:
+    """Create a timm ViT and split it; returns (tokenizer, trunk, width)."""
+    model_id, load = _timm_source(name, pretrained)
+    vit = timm.create_model(
+        model_id,
+        pretrained=load,
+        num_classes=0,
+        in_chans=in_chans,
+        img_size=img_size,
+        drop_path_rate=drop_path,
+    )
+    if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
+        raise ValueError(f"timm model {model_id!r} is not a VisionTransformer (no blocks/patch_embed)")
+    return TimmViTTokenizer(vit), TimmViTTrunk(vit), vit.embed_dim
+
+
+class HFInputs(nn.Module):
+    """Passes tokenizer output through: with a transformers trunk, tokenisation happens in the data transform."""
+
+    def forward(self, x: dict[str, Tensor]) -> Tokens:
+        return x["input_ids"], x["attention_mask"].bool()
+
+
+class HFTrunk(nn.Module):
+    """A transformers ``AutoModel`` returning its last hidden state ``(B, L, W)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        attention_mask = None if mask is None else mask.long()
+        return self.model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
+
+
+def resolve_hf_source(pretrained: str | None) -> str:
+    if pretrained is None:
+        raise ValueError("trunk.kind=hf needs trunk.pretrained (a hub id or a save_pretrained folder)")
+    path = Path(pretrained).expanduser()
+    return str(path.resolve()) if path.is_dir() else pretrained
+
+
+def build_hf_trunk(pretrained: str | None, trust_remote_code: bool) -> tuple[HFInputs, HFTrunk, int]:
+    """Load a transformers encoder; returns (passthrough preprocessor, trunk, hidden width)."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(resolve_hf_source(pretrained), trust_remote_code=trust_remote_code)
+    return HFInputs(), HFTrunk(model), int(model.config.hidden_size)

@@ -1,0 +1,58 @@
+"""Experiment loggers: wandb (offline unless asked), CSV, or none."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bindspace.modalities import ConfigError
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def build_logger(cfg: dict[str, Any], run_dir: Path):
+    """The Lightning logger described by ``cfg["logger"]`` (``name``: wandb | csv | none)."""
+    lcfg = dict(cfg.get("logger") or {"name": "none"})
+    name = lcfg.pop("name", "none")
+    if name == "none":
+        return None
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    if name != "wandb":
+        raise ConfigError(f"logger.name must be wandb, csv or none; got {name!r}")
+    mode = lcfg.get("mode", "offline")
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode must be one of {WANDB_MODES}; got {mode!r}")
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode != "online":
+        # Belt and braces: the environment wins over any stray setting, so offline never dials out.
+        os.environ["WANDB_MODE"] = mode
+    return WandbLogger(
+        project=lcfg.get("project", "bindspace"),
+        entity=lcfg.get("entity"),
+        group=lcfg.get("group"),
+        tags=list(lcfg.get("tags") or []),
+        name=lcfg.get("run_name"),
+        save_dir=str(run_dir),
+        mode=mode,
+        log_model=False,
+    )
+
+
+def close_logger(logger) -> None:
+    """Always finish a wandb run, with a failure exit code when an exception is in flight.
+
+    Without this a crashed run in a multirun keeps wandb's service alive and the sweep hangs.
+    """
+    if logger is None or type(logger).__name__ != "WandbLogger":
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if sys.exc_info()[0] is not None else 0)

@@ -1,0 +1,131 @@
+"""The LightningModule: encode each edge's pair, sum the per-edge InfoNCE, evaluate retrieval."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from bindspace.evaluation.embed import embed_batches
+from bindspace.evaluation.retrieval import retrieval_matrix, summarize
+from bindspace.losses import Edge, MultiEdgeLoss, edge_key
+from bindspace.modalities import concat_inputs, input_batch_size
+from bindspace.models.model import BindSpaceModel
+from bindspace.training.optim import OptimConfig, build_optimizer
+
+
+class AlignmentModule(L.LightningModule):
+    """Trains a :class:`BindSpaceModel` on the active edges of an alignment graph.
+
+    A training batch maps edge keys (``"image|audio"``) to that edge's batch of paired samples.
+    Which edges are active is state (``active_edges``) that a curriculum callback may change;
+    ``training_step`` only reads it.
+
+    Args:
+        model: the encoders.
+        loss: the multi-edge contrastive loss (owns the per-edge temperatures).
+        edges: every trainable edge (trained vs emergent flags in evaluation come from it).
+        optim: optimizer and schedule settings.
+        total_steps: length of the cosine schedule.
+    """
+
+    def __init__(
+        self,
+        model: BindSpaceModel,
+        loss: MultiEdgeLoss,
+        edges: Sequence[Edge],
+        optim: OptimConfig | None = None,
+        total_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.edges = [tuple(e) for e in edges]
+        self.active_edges: list[Edge] = list(self.edges)
+        self.optim_cfg = optim or OptimConfig()
+        self.total_steps = total_steps
+        self._val_batches: list[dict] = []
+        self.last_retrieval: dict[str, Any] = {}
+
+    # ---- training -------------------------------------------------------------------------------
+    def encode_edges(self, batch: dict[str, dict]) -> dict[str, tuple[Tensor, Tensor]]:
+        """One forward per modality over all active edges that use it (bigger, faster matmuls)."""
+        active = [e for e in self.active_edges if edge_key(e) in batch]
+        chunks: dict[str, list] = {}
+        for e in active:
+            for m in e:
+                chunks.setdefault(m, []).append(batch[edge_key(e)][m])
+        embedded = {m: self.model.encode(m, concat_inputs(parts)).split([input_batch_size(p) for p in parts])
+                    for m, parts in chunks.items()}
+        cursor = dict.fromkeys(chunks, 0)
+        pairs = {}
+        for e in active:
+            pair = []
+            for m in e:
+                pair.append(embedded[m][cursor[m]])
+                cursor[m] += 1
+            pairs[edge_key(e)] = (pair[0], pair[1])
+        return pairs
+
+    def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
+        batch = batch[0] if isinstance(batch, tuple) else batch  # CombinedLoader may yield (batch, idx, dl_idx)
+        pairs = self.encode_edges(batch)
+        total, per_edge = self.loss(pairs)
+        bs = max(a.shape[0] for a, _ in pairs.values())
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        for k, v in per_edge.items():
+            self.log(f"train/loss/{k}", v, batch_size=bs)
+            self.log(f"train/logit_scale/{k}", self.loss.logit_scales[k](), batch_size=bs)
+        return total
+
+    def configure_optimizers(self):
+        opt, sched = build_optimizer(self, self.optim_cfg, self.total_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._val_batches.append(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_batches:
+            return
+        metrics = self.evaluate(self._val_batches)
+        self._val_batches = []
+        self.last_retrieval = metrics
+        summary = summarize(metrics["retrieval"])
+        for k, v in summary.items():
+            self.log(f"val/{k}", v, sync_dist=True)
+        mean_r1 = [v for k, v in summary.items() if k.endswith("R@1")]
+        self.log("val/mean_R@1", sum(mean_r1) / max(1, len(mean_r1)), prog_bar=True, sync_dist=True)
+
+    def evaluate(self, batches) -> dict[str, Any]:
+        """Retrieval for every ordered modality pair on already-collated held-out batches."""
+        modalities = [m for m in self.model.modalities]
+        embeddings, ids, labels = embed_batches(self.model, batches, modalities)
+        trained = {frozenset(e) for e in self.edges}
+        instance, class_level = retrieval_matrix(embeddings, ids, trained, class_labels=labels)
+        out: dict[str, Any] = {"retrieval": instance, "gallery_size": int(ids.shape[0])}
+        if class_level is not None:
+            out["retrieval_class"] = class_level
+        return out
+
+    def on_train_start(self) -> None:
+        # Frozen trunks stay in eval mode even though Lightning switched the module to train mode.
+        self.model.train(True)
+
+    def state_dict_extra(self) -> dict[str, Any]:
+        return {"active_edges": [list(e) for e in self.active_edges]}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["bindspace"] = self.state_dict_extra()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("bindspace", {})
+        if "active_edges" in extra:
+            self.active_edges = [tuple(e) for e in extra["active_edges"]]
+
+    @torch.no_grad()
+    def logit_scale_values(self) -> dict[str, float]:
+        return {k: float(s()) for k, s in self.loss.logit_scales.items()}

@@ -1,0 +1,61 @@
+"""AdamW with linear warmup and cosine decay; no weight decay on norms, biases, tokens and temperatures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "log_scale", "token_embedding")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0  # final lr as a fraction of ``lr`` at the end of the cosine
+    fused: bool | None = None  # fused AdamW kernel on GPU; None lets torch decide
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into decayed matrices and undecayed everything else.
+
+    Frozen parameters (``requires_grad=False``) are left out, so they get no optimizer state.
+    """
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or any(n in name for n in NO_DECAY_NAMES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the base lr at ``step``: linear 0 -> 1 over ``warmup``, cosine 1 -> ``min_ratio`` after."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig, total_steps: int):
+    groups = param_groups(module, cfg.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError("nothing to train: every parameter is frozen")
+    kwargs = {"fused": cfg.fused} if cfg.fused is not None else {}
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    )
+    return opt, sched

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real Hydra configs, composed and shrunk to CPU-test size."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# A shrunken model and run: every modality, every stage of the pipeline, seconds not minutes.
+TINY_OVERRIDES = [
+    "logger=none",
+    "model=tiny",
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=4",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=8",
+    "data.val_size=32",
+    "data.test_size=48",
+    "checkpoint.every_n_train_steps=4",
+    "optim.warmup_steps=2",
+    "modalities.image.input.size=32",
+    "modalities.depth.input.size=32",
+    "modalities.thermal.input.size=32",
+    "modalities.audio.input.target_frames=48",
+    "modalities.audio.input.clip_seconds=0.5",
+    "modalities.audio.input.num_mel_bins=32",
+    "modalities.imu.input.length=64",
+    "modalities.text.input.context_length=48",
+]
+
+
+def compose_config(overrides: list[str] | None = None, run_dir: str | None = None) -> DictConfig:
+    """The real ``train`` config with test overrides, with Hydra's runtime paths filled in."""
+    with initialize_config_module("bindspace.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY_OVERRIDES, *(overrides or [])], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = run_dir or "."
+        cfg.hydra.runtime.output_dir = run_dir or "."
+    # Drop the hydra node once its interpolations are not needed, as @hydra.main does.
+    OmegaConf.resolve(cfg.paths)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> DictConfig:
+    return compose_config(run_dir=str(tmp_path))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield

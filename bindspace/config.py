@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bindspace.curriculum import Curriculum
 from bindspace.graph import build_edges, graph_modalities
 from bindspace.losses import Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import ConfigError, LogitScaleConfig, ModalityConfig, get_modality, list_modalities
@@ -27,6 +28,7 @@ class RunSpec:
     edges: list[Edge]
     embed_dim: int
     optim: OptimConfig
+    curriculum: Curriculum
     loss: dict[str, Any] = field(default_factory=dict)
 
     def build_model(self) -> BindSpaceModel:
@@ -101,4 +103,9 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
         if k not in keys:
             raise ConfigError(f"loss.weights: {k!r} is not a trained edge; edges are {sorted(keys)}")
     optim = _from_mapping(OptimConfig, cfg.get("optim"), "optim")
-    return RunSpec(configs, anchors, edges, embed_dim, optim, loss)
+    curriculum = Curriculum.from_config(cfg.get("curriculum") or {"stages": [{"edges": "all"}]}, edges, anchors)
+    for stage in curriculum.stages:
+        for m in curriculum.frozen(curriculum.stages.index(stage)):
+            if m not in configs:
+                raise ConfigError(f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}")
+    return RunSpec(configs, anchors, edges, embed_dim, optim, curriculum, loss)

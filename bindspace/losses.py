@@ -131,10 +131,18 @@ class MultiEdgeLoss(nn.Module):
             return (a2o + o2a) / 2
         return infonce(all_anchor, all_other, scale)
 
-    def forward(self, pairs: Mapping[str, tuple[Tensor, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
-        """``pairs``: edge key -> (anchor embeddings, other embeddings). Returns (total, per-edge losses)."""
+    def forward(
+        self, pairs: Mapping[str, tuple[Tensor, Tensor]], stage_weights: Mapping[str, float] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total and per-edge losses.
+
+        Args:
+            pairs: edge key -> (anchor-side embeddings, other-side embeddings).
+            stage_weights: optional per-edge multipliers (a curriculum's replay weights); missing = 1.
+        """
         if not pairs:
             raise ValueError("MultiEdgeLoss got no active edge")
+        stage_weights = stage_weights or {}
         losses = {k: self.edge_loss(k, a, o) for k, (a, o) in pairs.items()}
-        total = sum(self.weights[k] * v for k, v in losses.items())
+        total = sum(self.weights[k] * stage_weights.get(k, 1.0) * v for k, v in losses.items())
         return total, losses

@@ -22,7 +22,8 @@ from bindspace.data.datamodule import SyntheticDataModule
 from bindspace.evaluation.retrieval import format_retrieval_table, summarize
 from bindspace.losses import edge_key
 from bindspace.modalities import ConfigError
-from bindspace.training.loggers import build_logger, close_logger
+from bindspace.training.callbacks import CurriculumCallback
+from bindspace.training.loggers import build_logger, close_logger, log_stage
 from bindspace.training.module import AlignmentModule
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 
@@ -37,7 +38,7 @@ def build_datamodule(cfg: dict[str, Any], spec: RunSpec) -> L.LightningDataModul
     return SyntheticDataModule(spec.modalities, spec.edges, seed=cfg["seed"], **data)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, logger, curriculum: CurriculumCallback) -> L.Trainer:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     ckpt = ModelCheckpoint(
@@ -48,13 +49,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
         save_top_k=-1,
         every_n_train_steps=cfg.checkpoint.every_n_train_steps,
     )
-    callbacks = [ckpt]
+    callbacks = [ckpt, curriculum]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return hydra.utils.instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=str(run_dir))
 
 
-def final_metrics(module: AlignmentModule, datamodule, spec: RunSpec, trainer: L.Trainer, wall: float) -> dict:
+def final_metrics(
+    module: AlignmentModule, datamodule, spec: RunSpec, trainer: L.Trainer, curriculum: CurriculumCallback, wall: float
+) -> dict:
     """Retrieval on the held-out test gallery, in the ``metrics.json`` layout."""
     metrics = module.evaluate(list(datamodule.test_dataloader()))
     return {
@@ -63,9 +66,16 @@ def final_metrics(module: AlignmentModule, datamodule, spec: RunSpec, trainer: L
         "anchor": spec.anchors,
         "edges": [list(e) for e in spec.edges],
         "logit_scales": module.logit_scale_values(),
+        "stages": [{k: v for k, v in r.items() if k != "index"} for r in curriculum.state.history],
         "steps": int(trainer.global_step),
         "wall_seconds": round(wall, 1),
     }
+
+
+def _world_size(cfg: DictConfig) -> int:
+    devices = cfg.trainer.get("devices", 1)
+    per_node = devices if isinstance(devices, int) and devices > 0 else 1
+    return per_node * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -79,15 +89,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch.set_float32_matmul_precision("high")
     datamodule = build_datamodule(plain, spec)
     max_steps = int(cfg.trainer.max_steps)
-    module = AlignmentModule(spec.build_model(), spec.build_loss(), spec.edges, spec.optim, total_steps=max_steps)
+    module = AlignmentModule(
+        spec.build_model(), spec.build_loss(), spec.edges, spec.optim, total_steps=max_steps, seed=cfg.seed
+    )
     logger = build_logger(plain, run_dir)
     try:
         if logger is not None:
             logger.log_hyperparams(plain)
-        trainer = build_trainer(cfg, run_dir, logger)
+        steps_per_epoch = datamodule.pool_size // (datamodule.batch_size * _world_size(cfg))
+        curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))
+        trainer = build_trainer(cfg, run_dir, logger, curriculum)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics = final_metrics(module, datamodule, spec, trainer, time.perf_counter() - start)
+        metrics = final_metrics(module, datamodule, spec, trainer, curriculum, time.perf_counter() - start)
         if trainer.is_global_zero:
             write_results(run_dir, metrics, spec)
             if logger is not None:

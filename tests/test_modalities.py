@@ -128,7 +128,7 @@ def test_depth_file_becomes_disparity(sample_files):
     spec = get_modality("depth")
     cfg = dataclasses.replace(spec.default_config().input, size=8, mean=0.0, std=1.0)
     disparity = spec.transform(np.full((8, 8), 2.0, np.float32), cfg)
-    torch.testing.assert_close(disparity, torch.full((1, 8, 8), 0.1 / 2.0))
+    torch.testing.assert_close(disparity, torch.full((1, 8, 8), 1 / 2.0))
 
 
 def test_text_byte_tokenizer_marks_and_truncates():

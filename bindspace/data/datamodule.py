@@ -13,9 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
+from bindspace.data.steps import StepBatches, StepSampler
 from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes
 from bindspace.losses import Edge, edge_key
 from bindspace.modalities import ModalityConfig, get_modality
@@ -116,7 +116,9 @@ class SyntheticDataModule(L.LightningDataModule):
         self.val_size, self.test_size, self.disjoint_pools = val_size, test_size, disjoint_pools
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.scenes = SyntheticScenes(scene_config(self.configs, scene), seed=seed)
-        self.active_edges: list[Edge] = list(self.edges)
+        # Edges drawn in each curriculum stage; a curriculum callback replaces this before fitting.
+        self.stage_edges: list[list[Edge]] = [list(self.edges)]
+        self.train_steps: StepBatches | None = None
 
     @property
     def modalities(self) -> list[str]:
@@ -130,26 +132,44 @@ class SyntheticDataModule(L.LightningDataModule):
         offset, size = (VAL_BASE, self.val_size) if split == "val" else (TEST_BASE, self.test_size)
         return SceneDataset(self.scenes, self.modalities, self.configs, offset=offset, size=size)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, salt: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + salt) if shuffle else None
-        sampler = RandomSampler(dataset, generator=generator) if shuffle else None
+    def _heldout_loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=shuffle,
+            shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
             collate_fn=first_item,
         )
 
-    def train_dataloader(self) -> CombinedLoader:
-        loaders = {edge_key(e): self._loader(self.edge_dataset(e), True, salt=i) for i, e in enumerate(self.edges)}
-        return CombinedLoader(loaders, mode="max_size_cycle")
+    def train_dataloader(self) -> DataLoader:
+        """Step-indexed: starts at the trainer's global step, so a resumed run continues its data order."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        self.train_steps = StepBatches(
+            {edge_key(e): self.edge_dataset(e) for e in self.edges},
+            self.stage_edges,
+            self.batch_size,
+            self.seed,
+            rank=rank,
+            world_size=world,
+        )
+        start = (lambda: trainer.global_step) if trainer is not None else 0
+        return DataLoader(
+            self.train_steps,
+            batch_size=None,
+            sampler=StepSampler(start),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def set_stage(self, index: int) -> None:
+        if self.train_steps is not None:
+            self.train_steps.set_stage(index)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.heldout_dataset("val"), shuffle=False)
+        return self._heldout_loader(self.heldout_dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.heldout_dataset("test"), shuffle=False)
+        return self._heldout_loader(self.heldout_dataset("test"))

@@ -347,9 +347,10 @@ class SyntheticScenes:
         wall = (_hash_uniform(self.seed, ids, stream, 3) * 2 - 1).astype(np.float32)[:, :, None, None]
         far = 6.0 + cfg.noise * (wall[:, 0] + 0.8 * wall[:, 1] * g[None, None, :] + 0.8 * wall[:, 2] * g[None, :, None])
         q = np.minimum(pose.q, 1)
-        relief = _by_group(pose.shape, _RELIEF, q) + 0.25 * _by_group(pose.colour, _TEXTURES, pose.u, pose.v, q)
-        radius_m = pose.r_px / (cfg.image_size / 2)  # a bigger object has deeper relief
-        near = 2.5 - radius_m * (relief + 0.5 * pose.marker)
+        relief = _by_group(pose.shape, _RELIEF, q) + 0.5 * _by_group(pose.colour, _TEXTURES, pose.u, pose.v, q)
+        # At 2.5 m a 60 degree camera sees 1.5 m per half-width; relief is as deep as the object is wide.
+        radius_m = 1.5 * pose.r_px / (cfg.image_size / 2)
+        near = 2.5 - radius_m * (relief + 0.6 * pose.marker)
         depth = far + pose.alpha(1.0) * (near - far)  # (B, H, W); mixed edge pixels, like real sensors
         # Structured-light style noise grows with the square of the distance.
         depth += 0.003 * cfg.noise * depth * depth * _scene_noise(self.seed, ids, stream, depth.shape[1:])

@@ -25,13 +25,10 @@ def _check_embeddings(query: Tensor, gallery: Tensor, chunk_size: int) -> tuple[
     """Validates (N, D) query and (M, D) gallery; returns them detached, as float32."""
     if query.ndim != 2 or gallery.ndim != 2:
         raise ValueError(
-            f"query must be (N, D) and gallery (M, D), got {tuple(query.shape)} and "
-            f"{tuple(gallery.shape)}"
+            f"query must be (N, D) and gallery (M, D), got {tuple(query.shape)} and {tuple(gallery.shape)}"
         )
     if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"embedding dims differ: query D={query.shape[1]}, gallery D={gallery.shape[1]}"
-        )
+        raise ValueError(f"embedding dims differ: query D={query.shape[1]}, gallery D={gallery.shape[1]}")
     if query.device != gallery.device:
         raise ValueError(f"query is on {query.device} but gallery is on {gallery.device}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -45,9 +42,7 @@ def _check_embeddings(query: Tensor, gallery: Tensor, chunk_size: int) -> tuple[
 
 def _check_keys(keys: Tensor, num_rows: int, name: str, device: torch.device) -> Tensor:
     if keys.shape != (num_rows,):
-        raise ValueError(
-            f"{name} must have shape ({num_rows},), one per row, got {tuple(keys.shape)}"
-        )
+        raise ValueError(f"{name} must have shape ({num_rows},), one per row, got {tuple(keys.shape)}")
     return keys.to(device)
 
 
@@ -188,9 +183,7 @@ def retrieval_metrics(
     return {**recall_at_k(ranks, ks), "median_rank": _median_rank(ranks), "mAP": mean_ap}
 
 
-def _topk_over_gallery(
-    q: Tensor, gallery: Tensor, k: int, chunk_size: int
-) -> tuple[Tensor, Tensor]:
+def _topk_over_gallery(q: Tensor, gallery: Tensor, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
     """(c, D) queries -> (c, k) scores and indices, merging a running top-k over gallery blocks."""
     best_scores = q.new_empty(len(q), 0)
     best_indices = torch.empty(len(q), 0, dtype=torch.long, device=q.device)
@@ -205,9 +198,7 @@ def _topk_over_gallery(
 
 
 @torch.no_grad()
-def topk_chunked(
-    query: Tensor, gallery: Tensor, k: int, chunk_size: int = 4096
-) -> tuple[Tensor, Tensor]:
+def topk_chunked(query: Tensor, gallery: Tensor, k: int, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
     """Top-k gallery items per query without building the N x M similarity matrix.
 
     Both queries and gallery are cut into blocks of chunk_size and a running top-k is merged over
@@ -282,23 +273,18 @@ def retrieval_matrix(
             raise ValueError(f"modality name {name!r} must not contain '->' (used in pair names)")
         if emb.shape[:1] != keys.shape or emb.ndim != 2:
             raise ValueError(
-                f"embeddings[{name!r}] must be (N, D) with N = len(keys), got "
-                f"{tuple(emb.shape)} for keys of shape {tuple(keys.shape)}"
+                f"embeddings[{name!r}] must be (N, D) with N = len(keys) = {len(keys)}, got {tuple(emb.shape)}"
             )
     dims = {name: emb.shape[1] for name, emb in embeddings.items()}
     if len(set(dims.values())) > 1:
         raise ValueError(f"all modalities must share one embedding dim, got {dims}")
     if class_labels is not None and class_labels.shape != keys.shape:
-        raise ValueError(
-            f"class_labels must match keys {tuple(keys.shape)}, got {tuple(class_labels.shape)}"
-        )
+        raise ValueError(f"class_labels must match keys {tuple(keys.shape)}, got {tuple(class_labels.shape)}")
 
     def one_level(relevance: Tensor) -> MetricTable:
         table: MetricTable = {}
         for q, g in itertools.permutations(embeddings, 2):
-            metrics = retrieval_metrics(
-                embeddings[q], embeddings[g], relevance, relevance, ks, chunk_size
-            )
+            metrics = retrieval_metrics(embeddings[q], embeddings[g], relevance, relevance, ks, chunk_size)
             table[f"{q}->{g}"] = {**metrics, "trained": frozenset((q, g)) in edges}
         return table
 
@@ -318,9 +304,7 @@ def _chance_line(metric: str, m: int) -> str:
         formula, value = f"100*H({m})/{m}", 100.0 * sum(1.0 / r for r in range(1, m + 1)) / m
     else:
         return f"chance: unknown for {metric!r}"
-    return (
-        f"chance (random ranking, one relevant item per query): {metric} = {formula} = {value:.2f}"
-    )
+    return f"chance (random ranking, one relevant item per query): {metric} = {formula} = {value:.2f}"
 
 
 def format_retrieval_table(
@@ -362,13 +346,9 @@ def format_retrieval_table(
     widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
     lines = [f"{metric} (rows: query modality, columns: gallery modality)"]
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
-    lines.append(
-        "legend: * trained pair, unmarked emergent pair (never trained together), - same modality"
-    )
+    lines.append("legend: * trained pair, unmarked emergent pair (never trained together), - same modality")
     if gallery_size is not None:
         lines.append(_chance_line(metric, gallery_size))
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 
 ImageBind converts depth to disparity before its encoder, because disparity is scale-normalised and
 behaves like an image (near things are bright). Here depth in metres is clamped to
-``[min_depth, max_depth]`` and mapped to ``disparity = min_depth / depth`` in (0, 1], then
-standardised with ``mean``/``std``.
+``[min_depth, max_depth]`` and mapped to ``disparity = 1 / depth`` (1/m, the disparity of a unit
+focal-length x baseline camera), then standardised with ``mean``/``std``. The defaults centre
+indoor-range scenes (1-10 m -> 0.1-1.0 /m); set them to your data's statistics.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from bindspace.models.layers import PatchTokenizer
 class DepthInput:
     size: int = 224
     patch_size: int = 16
-    min_depth: float = 0.1  # metres; nearer values are clamped (disparity 1.0)
+    min_depth: float = 0.1  # metres; nearer values (and 0 = "no reading") are clamped
     max_depth: float = 75.0  # metres; Omnivore/ImageBind's depth range
-    mean: float = 0.5
-    std: float = 0.5
+    mean: float = 0.3  # of the disparity in 1/m
+    std: float = 0.3
     channels: int = 1
 
     @property
@@ -55,7 +56,7 @@ class DepthSpec(ModalitySpec):
 
     @staticmethod
     def _disparity(depth: Tensor, cfg: DepthInput) -> Tensor:
-        disparity = cfg.min_depth / depth.clamp(cfg.min_depth, cfg.max_depth)
+        disparity = 1.0 / depth.clamp(cfg.min_depth, cfg.max_depth)
         return (disparity - cfg.mean) / cfg.std
 
     def build_preprocessor(self, cfg: DepthInput, width: int) -> nn.Module:

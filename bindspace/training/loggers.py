@@ -56,3 +56,20 @@ def close_logger(logger) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=1 if sys.exc_info()[0] is not None else 0)
+
+
+def log_stage(logger):
+    """A curriculum stage hook that logs the stage's summary metrics and its retrieval heatmap."""
+
+    def hook(trainer, module, record: dict) -> None:
+        if logger is None or not trainer.is_global_zero:
+            return
+        name, step = record["name"], record["step"]
+        logger.log_metrics({"stage": record["index"], **{f"stage/{k}": v for k, v in record["summary"].items()}}, step=step)
+        if type(logger).__name__ == "WandbLogger":
+            from bindspace.evaluation.plots import figure_to_array, retrieval_heatmap
+
+            fig = retrieval_heatmap(record["retrieval"], "R@1", title=f"stage {record['index']}: {name} (step {step})")
+            logger.log_image(key="retrieval/heatmap", images=[figure_to_array(fig)], caption=[name], step=step)
+
+    return hook

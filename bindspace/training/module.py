@@ -39,13 +39,18 @@ class AlignmentModule(L.LightningModule):
         edges: Sequence[Edge],
         optim: OptimConfig | None = None,
         total_steps: int = 1000,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model, self.loss = model, loss
         self.edges = [tuple(e) for e in edges]
         self.active_edges: list[Edge] = list(self.edges)
+        # Loss weight multipliers of the current curriculum stage (replay of earlier edges).
+        self.stage_weights: dict[str, float] = {}
+        self.stage_index = 0
         self.optim_cfg = optim or OptimConfig()
         self.total_steps = total_steps
+        self.seed = seed
         self._val_batches: list[dict] = []
         self.last_retrieval: dict[str, Any] = {}
 
@@ -69,12 +74,17 @@ class AlignmentModule(L.LightningModule):
             pairs[edge_key(e)] = (pair[0], pair[1])
         return pairs
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout and stochastic depth draw from a generator seeded by (seed, step, rank): training
+        # randomness is a function of the step, so a resumed run replays it exactly.
+        torch.manual_seed(hash((self.seed, self.global_step, self.global_rank)) % (2**63))
+
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
-        batch = batch[0] if isinstance(batch, tuple) else batch  # CombinedLoader may yield (batch, idx, dl_idx)
         pairs = self.encode_edges(batch)
-        total, per_edge = self.loss(pairs)
+        total, per_edge = self.loss(pairs, self.stage_weights)
         bs = max(a.shape[0] for a, _ in pairs.values())
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        self.log("stage", float(self.stage_index), batch_size=bs)
         for k, v in per_edge.items():
             self.log(f"train/loss/{k}", v, batch_size=bs)
             self.log(f"train/logit_scale/{k}", self.loss.logit_scales[k](), batch_size=bs)
@@ -100,11 +110,13 @@ class AlignmentModule(L.LightningModule):
         mean_r1 = [v for k, v in summary.items() if k.endswith("R@1")]
         self.log("val/mean_R@1", sum(mean_r1) / max(1, len(mean_r1)), prog_bar=True, sync_dist=True)
 
-    def evaluate(self, batches) -> dict[str, Any]:
-        """Retrieval for every ordered modality pair on already-collated held-out batches."""
-        modalities = [m for m in self.model.modalities]
-        embeddings, ids, labels = embed_batches(self.model, batches, modalities)
-        trained = {frozenset(e) for e in self.edges}
+    def evaluate(self, batches, trained_edges: Sequence[Edge] | None = None) -> dict[str, Any]:
+        """Retrieval for every ordered modality pair on already-collated held-out batches.
+
+        ``trained_edges`` (default: every edge of the graph) decides the trained/emergent flags.
+        """
+        embeddings, ids, labels = embed_batches(self.model, batches, self.model.modalities)
+        trained = {frozenset(e) for e in (self.edges if trained_edges is None else trained_edges)}
         instance, class_level = retrieval_matrix(embeddings, ids, trained, class_labels=labels)
         out: dict[str, Any] = {"retrieval": instance, "gallery_size": int(ids.shape[0])}
         if class_level is not None:
@@ -115,16 +127,10 @@ class AlignmentModule(L.LightningModule):
         # Frozen trunks stay in eval mode even though Lightning switched the module to train mode.
         self.model.train(True)
 
-    def state_dict_extra(self) -> dict[str, Any]:
-        return {"active_edges": [list(e) for e in self.active_edges]}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["bindspace"] = self.state_dict_extra()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        extra = checkpoint.get("bindspace", {})
-        if "active_edges" in extra:
-            self.active_edges = [tuple(e) for e in extra["active_edges"]]
+    @property
+    def schedule(self):
+        """The :class:`StagedSchedule` of the lr scheduler (the curriculum sets per-stage lr here)."""
+        return self.lr_schedulers().lr_lambdas[0]
 
     @torch.no_grad()
     def logit_scale_values(self) -> dict[str, float]:

@@ -49,13 +49,33 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class StagedSchedule:
+    """lr multiplier at a step: warmup + cosine over the run, optionally rescaled and re-warmed per stage.
+
+    A callable object (not a lambda) so ``LambdaLR`` saves and restores its attributes with the
+    checkpoint: a run resumed inside a curriculum stage continues with that stage's lr.
+    """
+
+    def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+        self.stage_start, self.stage_warmup, self.stage_scale = 0, 0, 1.0
+
+    def set_stage(self, start: int, warmup: int | None, scale: float) -> None:
+        self.stage_start, self.stage_warmup, self.stage_scale = start, warmup or 0, scale
+
+    def __call__(self, step: int) -> float:
+        base = warmup_cosine(step, self.warmup, self.total, self.min_ratio)
+        into = step - self.stage_start
+        rewarm = (into + 1) / self.stage_warmup if 0 <= into < self.stage_warmup else 1.0
+        return base * rewarm * self.stage_scale
+
+
 def build_optimizer(module: nn.Module, cfg: OptimConfig, total_steps: int):
+    """AdamW over the trainable parameters, with a :class:`StagedSchedule` stepped every step."""
     groups = param_groups(module, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("nothing to train: every parameter is frozen")
     kwargs = {"fused": cfg.fused} if cfg.fused is not None else {}
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    )
-    return opt, sched
+    schedule = StagedSchedule(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)

@@ -1,0 +1,218 @@
+"""Curricula as data: an ordered list of stages, each adding edges, freezing encoders, setting the lr.
+
+Plain Python, testable without Lightning; :class:`bindspace.training.callbacks.CurriculumCallback`
+drives it. A stage says
+
+- which edges it adds (``edges: [[image, audio]]``, ``modalities: [audio]`` for every graph edge
+  that joins ``audio`` to an already active modality, or ``all``);
+- how long it lasts: ``steps``, ``epochs`` (passes over its new edges' data), or ``plateau`` (until a
+  validation metric stops improving for ``patience`` validations, capped at ``max_steps``); the last
+  stage may omit a length and run to ``trainer.max_steps``;
+- which encoders are frozen during it (modality names, ``anchor`` for the anchors, ``aligned`` for
+  every modality introduced by an earlier stage);
+- an optional learning rate and warmup of its own;
+- ``replay``: the loss weight of edges from earlier stages (rehearsal against forgetting; 0 drops them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bindspace.graph import Edge
+from bindspace.losses import edge_key
+from bindspace.modalities import ConfigError
+
+
+@dataclass
+class Plateau:
+    metric: str = "val/mean_R@1"
+    patience: int = 2  # validations without improvement before the stage ends
+    min_delta: float = 0.0
+    mode: str = "max"
+    max_steps: int | None = None  # cap on the stage's length
+
+
+@dataclass
+class Stage:
+    name: str
+    new_edges: list[Edge]
+    steps: int | None = None
+    epochs: float | None = None
+    plateau: Plateau | None = None
+    freeze: list[str] = field(default_factory=list)
+    lr: float | None = None
+    warmup_steps: int | None = None
+    replay: float = 1.0
+
+
+def _edges_for(entry: Mapping[str, Any], graph: Sequence[Edge], active: set[str], where: str) -> list[Edge]:
+    """Resolve a stage's ``edges`` / ``modalities`` / ``all`` against the alignment graph."""
+    if entry.get("edges") == "all":
+        return list(graph)
+    if entry.get("edges") is not None:
+        out = []
+        for e in entry["edges"]:
+            match = [g for g in graph if set(g) == set(e)]
+            if not match:
+                raise ConfigError(f"{where}.edges: {list(e)} is not an edge of the alignment graph {[list(g) for g in graph]}")
+            out.append(match[0])
+        return out
+    mods = entry.get("modalities")
+    if not mods:
+        raise ConfigError(f"{where}: a stage needs `edges` (a list or all) or `modalities`")
+    known = {m for e in graph for m in e}
+    for m in mods:
+        if m not in known:
+            raise ConfigError(f"{where}.modalities: {m!r} is in no edge of the alignment graph")
+    now = active | set(mods)
+    return [e for e in graph if (e[0] in mods or e[1] in mods) and e[0] in now and e[1] in now]
+
+
+def _length(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
+    given = [k for k in ("steps", "epochs", "plateau") if entry.get(k) is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{where}: give one of steps, epochs or plateau, not {given}")
+    out: dict[str, Any] = {}
+    if entry.get("steps") is not None:
+        if int(entry["steps"]) < 1:
+            raise ConfigError(f"{where}.steps must be >= 1, got {entry['steps']}")
+        out["steps"] = int(entry["steps"])
+    if entry.get("epochs") is not None:
+        out["epochs"] = float(entry["epochs"])
+    if entry.get("plateau") is not None:
+        p = dict(entry["plateau"])
+        unknown = set(p) - set(Plateau.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{where}.plateau: unknown key(s) {sorted(unknown)}")
+        out["plateau"] = Plateau(**p)
+    return out
+
+
+def expand_order(cfg: Mapping[str, Any], graph: Sequence[Edge], anchors: Sequence[str]) -> list[dict[str, Any]]:
+    """``start`` + ``order`` (one modality or a group per stage) -> explicit stage entries."""
+    known = [m for m in dict.fromkeys(m for e in graph for m in e)]
+    start = list(cfg.get("start") or anchors)
+    order = [[g] if isinstance(g, str) else list(g) for g in cfg["order"]]
+    listed = start + [m for g in order for m in g]
+    for m in listed:
+        if m not in known:
+            raise ConfigError(f"curriculum.order: {m!r} is not a modality of the alignment graph {known}")
+    missing = [m for m in known if m not in listed]
+    if missing:
+        raise ConfigError(f"curriculum.order leaves out {missing}; list every modality of the graph")
+    template = dict(cfg.get("stage") or {})
+    stages = [{**template, "name": "-".join(start), "modalities": start}]
+    stages += [{**template, "name": "+" + "+".join(g), "modalities": g} for g in order]
+    return stages
+
+
+class Curriculum:
+    """The resolved stages and where training is in them."""
+
+    def __init__(self, stages: list[Stage], anchors: Sequence[str]) -> None:
+        if not stages:
+            raise ConfigError("curriculum: at least one stage is required")
+        self.stages, self.anchors = stages, list(anchors)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], graph: Sequence[Edge], anchors: Sequence[str]) -> Curriculum:
+        entries = expand_order(cfg, graph, anchors) if cfg.get("order") else list(cfg.get("stages") or [])
+        stages, active = [], set()
+        seen: set[Edge] = set()
+        for i, entry in enumerate(entries):
+            where = f"curriculum.stages[{i}]"
+            new = [e for e in _edges_for(entry, graph, active, where) if e not in seen]
+            if not new:
+                raise ConfigError(f"{where} ({entry.get('name', i)}) adds no new edge")
+            seen.update(new)
+            active.update(m for e in new for m in e)
+            stages.append(
+                Stage(
+                    name=str(entry.get("name") or f"stage{i}"),
+                    new_edges=new,
+                    freeze=list(entry.get("freeze") or []),
+                    lr=entry.get("lr"),
+                    warmup_steps=entry.get("warmup_steps"),
+                    replay=float(entry.get("replay", 1.0)),
+                    **_length(entry, where),
+                )
+            )
+        for i, s in enumerate(stages[:-1]):
+            if s.steps is None and s.epochs is None and s.plateau is None:
+                raise ConfigError(f"curriculum.stages[{i}] ({s.name}): only the last stage may omit its length")
+        untrained = [e for e in graph if e not in seen]
+        if untrained:
+            raise ConfigError(f"curriculum never trains graph edges {[edge_key(e) for e in untrained]}")
+        return cls(stages, anchors)
+
+    # ---- what a stage trains -------------------------------------------------------------------
+    def edge_weights(self, index: int) -> dict[str, float]:
+        """Edge key -> loss weight in stage ``index``: its own edges 1, earlier ones ``replay``."""
+        stage = self.stages[index]
+        weights = {edge_key(e): stage.replay for s in self.stages[:index] for e in s.new_edges}
+        weights.update({edge_key(e): 1.0 for e in stage.new_edges})
+        return {k: w for k, w in weights.items() if w > 0}
+
+    def edges(self, index: int) -> list[Edge]:
+        keys = self.edge_weights(index)
+        return [e for s in self.stages[: index + 1] for e in s.new_edges if edge_key(e) in keys]
+
+    def frozen(self, index: int) -> set[str]:
+        out: set[str] = set()
+        for name in self.stages[index].freeze:
+            if name == "anchor":
+                out.update(self.anchors)
+            elif name == "aligned":
+                out.update(m for s in self.stages[:index] for e in s.new_edges for m in e)
+            else:
+                out.add(name)
+        return out
+
+    def stage_steps(self, index: int, steps_per_epoch: int) -> int | None:
+        """Fixed length of a stage in steps (plateau stages: their cap), None if unbounded."""
+        s = self.stages[index]
+        if s.steps is not None:
+            return s.steps
+        if s.epochs is not None:
+            return max(1, math.ceil(s.epochs * steps_per_epoch))
+        if s.plateau is not None:
+            return s.plateau.max_steps
+        return None
+
+
+@dataclass
+class CurriculumState:
+    """Where training is: saved in checkpoints so a resumed run continues in the same stage."""
+
+    index: int = 0
+    start_step: int = 0
+    best: float | None = None
+    bad_validations: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def advance(self, step: int) -> None:
+        self.index += 1
+        self.start_step = step
+        self.best, self.bad_validations = None, 0
+
+    def observe(self, value: float, plateau: Plateau) -> None:
+        """Record one validation of the plateau metric."""
+        better = self.best is None or (
+            value > self.best + plateau.min_delta if plateau.mode == "max" else value < self.best - plateau.min_delta
+        )
+        if better:
+            self.best, self.bad_validations = value, 0
+        else:
+            self.bad_validations += 1
+
+    def stage_done(self, curriculum: Curriculum, step: int, steps_per_epoch: int) -> bool:
+        if self.index >= len(curriculum.stages) - 1:
+            return False  # the last stage runs until trainer.max_steps
+        limit = curriculum.stage_steps(self.index, steps_per_epoch)
+        if limit is not None and step - self.start_step >= limit:
+            return True
+        plateau = curriculum.stages[self.index].plateau
+        return plateau is not None and self.bad_validations >= plateau.patience

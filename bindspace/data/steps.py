@@ -1,0 +1,108 @@
+"""Step-indexed training batches: the data of global step ``s`` is a pure function of ``(seed, s)``.
+
+Every training step draws one batch per active edge. Which samples an edge gets at step ``s`` is
+computed, not iterated: the edge's pool is permuted once per pass (seeded by seed, edge and pass) and
+step ``s`` takes the slice ``[s * G, (s + 1) * G)`` of that order, where ``G`` is the global batch
+(per-device batch x world size); rank ``r`` takes rows ``[r * B, (r + 1) * B)`` of the slice. Hence:
+
+- resuming at step ``s`` needs no iterator state: the loader simply starts at ``s``;
+- one process with batch ``G`` and ``N`` processes with batch ``G / N`` see the same samples at every
+  step, which makes distributed training checkable against a single process;
+- a curriculum changes which edges are drawn by writing a stage index into shared memory that
+  DataLoader workers read at every step (batches already prefetched keep the old stage's edges; the
+  training step simply skips active edges that a batch lacks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from bindspace.losses import Edge, edge_key
+
+# A loader ends after this many steps; Lightning stops at trainer.max_steps long before.
+MAX_STEPS = 10**12
+
+
+class BatchSource(Protocol):
+    """A dataset whose ``__getitems__`` returns one collated batch for a list of indices."""
+
+    def __len__(self) -> int: ...
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]: ...
+
+
+@lru_cache(maxsize=64)
+def _permutation(seed: int, edge_index: int, epoch: int, size: int) -> np.ndarray:
+    return np.random.default_rng([seed, edge_index, epoch]).permutation(size)
+
+
+def step_indices(seed: int, edge_index: int, size: int, step: int, global_batch: int) -> np.ndarray:
+    """Pool indices of the global batch at ``step`` (passes over the pool are reshuffled; no sample repeats within a pass)."""
+    if global_batch > size:
+        raise ValueError(f"global batch {global_batch} exceeds the edge's {size} samples")
+    per_epoch = size // global_batch  # the tail that does not fill a batch is skipped each pass
+    epoch, within = divmod(step, per_epoch)
+    start = within * global_batch
+    return _permutation(seed, edge_index, epoch, size)[start : start + global_batch]
+
+
+class StepBatches(Dataset):
+    """``dataset[step]`` -> ``{edge key: batch}`` for this rank, for the edges of the current stage.
+
+    Args:
+        sources: per edge key, the dataset of that edge's paired samples.
+        stage_edges: per curriculum stage, the edges drawn during that stage.
+        batch_size: per device and per edge.
+        seed: data order seed.
+        rank, world_size: this process's slice of the global batch.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, BatchSource],
+        stage_edges: Sequence[Sequence[Edge]],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.sources, self.keys = dict(sources), list(sources)
+        self.stage_edges = [[edge_key(e) for e in edges] for edges in stage_edges]
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        # Shared memory so DataLoader workers see stage changes made in the main process.
+        self.stage = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return MAX_STEPS
+
+    def set_stage(self, index: int) -> None:
+        self.stage[0] = index
+
+    def __getitem__(self, step: int) -> dict[str, dict[str, Any]]:
+        out = {}
+        for key in self.stage_edges[int(self.stage[0])]:
+            source = self.sources[key]
+            idx = step_indices(self.seed, self.keys.index(key), len(source), step, self.batch_size * self.world_size)
+            mine = idx[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            out[key] = source.__getitems__(mine.tolist())
+        return out
+
+
+class StepSampler(Sampler[int]):
+    """Yields global step numbers from ``start`` on (the step the run resumes at)."""
+
+    def __init__(self, start: Callable[[], int] | int = 0) -> None:
+        self._start = start
+
+    def __iter__(self):
+        start = self._start() if callable(self._start) else self._start
+        return iter(range(start, MAX_STEPS))
+
+    def __len__(self) -> int:
+        return MAX_STEPS

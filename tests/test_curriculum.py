@@ -1,0 +1,102 @@
+"""The curriculum scheduler as plain Python: stages, edges, freezing, replay, plateaus, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bindspace.curriculum import Curriculum, CurriculumState, Plateau
+from bindspace.graph import build_edges
+from bindspace.modalities import ConfigError
+
+ALL = ["image", "text", "audio", "depth", "thermal", "imu"]
+STAR = build_edges(ALL, ["image"])
+PROGRESSIVE = {"start": ["image", "text"], "order": ["audio", ["depth", "thermal"], "imu"], "stage": {"steps": 10}}
+
+
+def run_steps(curriculum: Curriculum, steps: int, steps_per_epoch: int = 100) -> list[int]:
+    """The stage index in force at each step, advancing as the callback does after each step."""
+    state, seen = CurriculumState(), []
+    for step in range(1, steps + 1):
+        seen.append(state.index)
+        if state.stage_done(curriculum, step, steps_per_epoch):
+            state.advance(step)
+    return seen
+
+
+def test_progressive_stages_add_edges_in_order():
+    c = Curriculum.from_config(PROGRESSIVE, STAR, ["image"])
+    assert [s.name for s in c.stages] == ["image-text", "+audio", "+depth+thermal", "+imu"]
+    assert c.edges(0) == [("image", "text")]
+    assert c.edges(2) == [("image", "text"), ("image", "audio"), ("image", "depth"), ("image", "thermal")]
+    assert c.edges(3) == STAR
+    # Stage i is in force during steps 10i+1 .. 10(i+1); the last stage never ends.
+    seen = run_steps(c, 45)
+    assert seen[:10] == [0] * 10 and seen[10:20] == [1] * 10 and seen[30:] == [3] * 15
+
+
+def test_order_override_is_one_line_of_data():
+    c = Curriculum.from_config({**PROGRESSIVE, "order": ["imu", "audio", "depth", "thermal"]}, STAR, ["image"])
+    assert [s.new_edges for s in c.stages[1:]] == [[("image", m)] for m in ["imu", "audio", "depth", "thermal"]]
+
+
+def test_text_anchor_progressive_joins_each_modality_to_text():
+    edges = build_edges(ALL, ["text"])
+    c = Curriculum.from_config(PROGRESSIVE, edges, ["text"])
+    assert c.edges(0) == [("text", "image")] and c.stages[1].new_edges == [("text", "audio")]
+
+
+def test_frozen_sets_per_stage():
+    cfg = {**PROGRESSIVE, "stage": {"steps": 5, "freeze": ["anchor", "aligned"]}}
+    c = Curriculum.from_config(cfg, STAR, ["image"])
+    assert c.frozen(0) == {"image"}  # nothing aligned yet
+    assert c.frozen(1) == {"image", "text"}
+    assert c.frozen(3) == {"image", "text", "audio", "depth", "thermal"}
+
+
+def test_replay_weights_earlier_edges():
+    c = Curriculum.from_config({**PROGRESSIVE, "stage": {"steps": 5, "replay": 0.25}}, STAR, ["image"])
+    assert c.edge_weights(0) == {"image|text": 1.0}
+    assert c.edge_weights(2) == {"image|text": 0.25, "image|audio": 0.25, "image|depth": 1.0, "image|thermal": 1.0}
+    no_replay = Curriculum.from_config({**PROGRESSIVE, "stage": {"steps": 5, "replay": 0.0}}, STAR, ["image"])
+    assert no_replay.edge_weights(1) == {"image|audio": 1.0}
+    assert no_replay.edges(1) == [("image", "audio")]
+
+
+def test_epoch_lengths_use_steps_per_epoch():
+    c = Curriculum.from_config({**PROGRESSIVE, "stage": {"epochs": 0.5}}, STAR, ["image"])
+    seen = run_steps(c, 30, steps_per_epoch=8)  # 4 steps per stage
+    assert seen[:4] == [0] * 4 and seen[4:8] == [1] * 4 and seen[12] == 3
+
+
+def test_plateau_ends_a_stage_after_patience_and_respects_the_cap():
+    plateau = Plateau(metric="val/mean_R@1", patience=2, min_delta=0.5, max_steps=100)
+    c = Curriculum.from_config(
+        {"stages": [{"name": "a", "edges": [["image", "text"]], "plateau": vars(plateau)}, {"name": "b", "edges": "all"}]},
+        STAR,
+        ["image"],
+    )
+    state = CurriculumState()
+    for value in [10.0, 20.0, 20.3, 19.0]:  # +10, +0.3 (< min_delta: no improvement), worse
+        assert not state.stage_done(c, 5, 100)
+        state.observe(value, c.stages[0].plateau)
+    assert state.bad_validations == 2 and state.stage_done(c, 5, 100)
+    capped = CurriculumState()
+    assert capped.stage_done(c, 100, 100) and not capped.stage_done(c, 99, 100)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({**PROGRESSIVE, "order": ["audio", "depth", "imu"]}, r"leaves out \['thermal'\]"),
+        ({**PROGRESSIVE, "order": ["audio", "smell", "depth", "thermal", "imu"]}, "'smell' is not a modality"),
+        ({"stages": [{"edges": [["audio", "depth"]]}]}, r"\['audio', 'depth'\] is not an edge"),
+        ({"stages": [{"edges": [["image", "text"]], "steps": 3}]}, r"never trains graph edges \['image\|audio'"),
+        ({"stages": [{"edges": "all", "steps": 3}, {"edges": "all"}]}, "adds no new edge"),
+        ({"stages": [{"edges": [["image", "text"]]}, {"edges": "all"}]}, "only the last stage may omit its length"),
+        ({"stages": [{"edges": "all", "steps": 2, "epochs": 1}]}, "give one of steps, epochs or plateau"),
+        ({"stages": [{"name": "x"}]}, "needs `edges`"),
+    ],
+)
+def test_bad_curricula_are_named(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        Curriculum.from_config(cfg, STAR, ["image"])

@@ -1,0 +1,77 @@
+"""The real Hydra entry point, composed from the shipped configs and shrunk to seconds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bindspace.train import run
+from conftest import compose_config
+
+pytestmark = pytest.mark.slow
+
+
+def read_losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_train_loss_falls_and_writes_results(tmp_path):
+    cfg = compose_config(
+        ["logger=csv", "trainer.max_steps=40", "trainer.log_every_n_steps=1", "trainer.val_check_interval=20",
+         "optim.lr=2e-3", "optim.warmup_steps=5"],
+        run_dir=str(tmp_path),
+    )
+    metrics = run(cfg)
+    losses = read_losses(tmp_path)
+    assert len(losses) >= 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.9 * first, f"loss did not fall: {first:.3f} -> {last:.3f}"
+
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["steps"] == 40 and on_disk["anchor"] == ["image"]
+    assert on_disk["gallery_size"] == 48
+    assert len(on_disk["edges"]) == 5
+    assert len(on_disk["retrieval"]) == 30  # every ordered pair of six modalities
+    cell = on_disk["retrieval"]["audio->text"]
+    assert cell["trained"] is False and set(cell) >= {"R@1", "R@5", "R@10"}
+    assert on_disk["retrieval"]["image->audio"]["trained"] is True
+    assert metrics["summary"] == on_disk["summary"]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "retrieval.txt").read_text().count("*") >= 10
+
+
+def test_resume_from_checkpoint_continues_at_its_step(tmp_path):
+    first = tmp_path / "a"
+    run(compose_config(["trainer.max_steps=4"], run_dir=str(first)))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 4
+    resumed = tmp_path / "b"
+    metrics = run(compose_config(["trainer.max_steps=6", f"ckpt_path={ckpt}"], run_dir=str(resumed)))
+    assert metrics["steps"] == 6
+
+
+def test_cli_config_error_is_one_line_and_exit_code_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bindspace.train", "logger=none", "data.batch_size=1", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "config error: data.batch_size must be an integer >= 2, got 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_unknown_modality_in_an_edge_fails_before_compute(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bindspace.train", "logger=none", "graph.edges=[[image,smell]]", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "unknown modality 'smell'" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()

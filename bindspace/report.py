@@ -503,18 +503,43 @@ def write_report(multirun_dir: str | Path, out_dir: str | Path | None = None, me
     return _write_outputs(Path(multirun_dir), out_dir, metric)[0]
 
 
+def log_to_wandb(runs: Sequence[RunRecord], paths: dict[str, Path], mode: str, out: Path, metric: str) -> None:
+    """Log the summary table as a ``wandb.Table`` (and the figure) in a run named ``report``.
+
+    The run joins the group of the sweep's jobs (from their ``metrics.json``), so it sits beside them.
+    """
+    import wandb
+
+    done = [r for r in runs if not r.failed]
+    group = next((r.metrics.get("run", {}).get("group") for r in done if r.metrics), None)
+    columns, data = summary_rows_as_columns(summary_table(runs, list(dict.fromkeys([*DEFAULT_METRICS, metric]))))
+    run = wandb.init(project="bindspace", group=group, name="report", job_type="report", dir=str(out), mode=mode)
+    try:
+        run.log({"report/summary": wandb.Table(columns=columns, data=data)})
+        if "png" in paths:
+            run.log({"report/figure": wandb.Image(str(paths["png"]))})
+    finally:
+        run.finish()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``bindspace-report MULTIRUN_DIR [--out DIR] [--metric R@1]``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="bindspace-report", description="Compare the jobs of a multirun.")
     parser.add_argument("multirun_dir", type=Path, help="a bindspace-train -m sweep folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the sweep folder)")
     parser.add_argument("--metric", default="R@1", help="metric of the pair table, figure and stages (default R@1)")
+    parser.add_argument(
+        "--wandb", choices=("offline", "online"), default=None,
+        help="also log the summary as a wandb Table (and the figure) in a run of the sweep's group",
+    )
     args = parser.parse_args(argv)
     try:
         paths, summary, runs = _write_outputs(args.multirun_dir, args.out, args.metric)
     except ReportError as err:
         print(f"bindspace-report: error: {err}", file=sys.stderr)
         return 2
+    if args.wandb:
+        log_to_wandb(runs, paths, args.wandb, Path(args.out or args.multirun_dir), args.metric)
     print(summary + "\n")
     print("\n".join(f"wrote {path}" for path in paths.values()))
     if all(r.failed for r in runs):

@@ -72,6 +72,19 @@ def final_metrics(
     }
 
 
+def run_identity(cfg: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
+    """What distinguishes this run in a sweep: written to metrics.json and used as wandb tags."""
+    cur = cfg.get("curriculum") or {}
+    order = cur.get("order")
+    return {
+        "group": (cfg.get("logger") or {}).get("group") or cfg.get("task_name"),
+        "anchor": "+".join(spec.anchors) if spec.anchors else "edges",
+        "curriculum": cur.get("name", "custom"),
+        "order": ">".join("+".join(g) if isinstance(g, list) else g for g in order) if order else cur.get("name", "custom"),
+        "seed": cfg.get("seed"),
+    }
+
+
 def _world_size(cfg: DictConfig) -> int:
     devices = cfg.trainer.get("devices", 1)
     per_node = devices if isinstance(devices, int) and devices > 0 else 1
@@ -92,7 +105,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = AlignmentModule(
         spec.build_model(), spec.build_loss(), spec.edges, spec.optim, total_steps=max_steps, seed=cfg.seed
     )
-    logger = build_logger(plain, run_dir)
+    identity = run_identity(plain, spec)
+    logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"])
     try:
         if logger is not None:
             logger.log_hyperparams(plain)
@@ -102,6 +116,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = final_metrics(module, datamodule, spec, trainer, curriculum, time.perf_counter() - start)
+        metrics["run"] = identity
         if trainer.is_global_zero:
             write_results(run_dir, metrics, spec)
             if logger is not None:

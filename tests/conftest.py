@@ -30,6 +30,7 @@ TINY_OVERRIDES = [
     "modalities.depth.input.size=32",
     "modalities.thermal.input.size=32",
     "modalities.audio.input.target_frames=48",
+    "modalities.audio.input.patch_stride=16",
     "modalities.audio.input.clip_seconds=0.5",
     "modalities.audio.input.num_mel_bins=32",
     "modalities.imu.input.length=64",

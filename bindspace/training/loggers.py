@@ -12,8 +12,12 @@ from bindspace.modalities import ConfigError
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-def build_logger(cfg: dict[str, Any], run_dir: Path):
-    """The Lightning logger described by ``cfg["logger"]`` (``name``: wandb | csv | none)."""
+def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = None):
+    """The Lightning logger described by ``cfg["logger"]`` (``name``: wandb | csv | none).
+
+    ``tags`` (anchor, order, seed, ...) are added to the configured ones so every run of a sweep can
+    be filtered in wandb; ``logger.group`` groups the runs of one sweep.
+    """
     lcfg = dict(cfg.get("logger") or {"name": "none"})
     name = lcfg.pop("name", "none")
     if name == "none":
@@ -37,7 +41,7 @@ def build_logger(cfg: dict[str, Any], run_dir: Path):
         project=lcfg.get("project", "bindspace"),
         entity=lcfg.get("entity"),
         group=lcfg.get("group"),
-        tags=list(lcfg.get("tags") or []),
+        tags=list(dict.fromkeys([*(lcfg.get("tags") or []), *(tags or [])])),
         name=lcfg.get("run_name"),
         save_dir=str(run_dir),
         mode=mode,

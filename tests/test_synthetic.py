@@ -1,0 +1,259 @@
+"""Tests for the procedural six-modality benchmark in bindspace.data.synthetic."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from bindspace.data.synthetic import (
+    _SIZE_WORDS,
+    _SPEED_WORDS,
+    _TEMPERATURE_WORDS,
+    _X_WORDS,
+    _Y_WORDS,
+    FACTORS,
+    MODALITIES,
+    VISIBLE_FACTORS,
+    SyntheticConfig,
+    SyntheticScenes,
+)
+
+ARRAY_MODALITIES = tuple(m for m in MODALITIES if m != "text")
+CONFIG = SyntheticConfig(audio_seconds=0.5)  # halves the audio cost; everything else at defaults
+
+
+@pytest.fixture(scope="module")
+def scenes() -> SyntheticScenes:
+    return SyntheticScenes(CONFIG, seed=0)
+
+
+# Simple, pose-invariant features: enough for a linear read-out, no learned encoder needed.
+def _log_fft2(x: np.ndarray) -> np.ndarray:  # (B, ..., H, W): |FFT| ignores where the object is
+    return np.log1p(np.abs(np.fft.rfft2(x))[..., :16, :16]).reshape(len(x), -1)
+
+
+def _histogram(x: np.ndarray, lo: float, hi: float, bins: int = 64) -> np.ndarray:
+    idx = np.clip(((x.reshape(len(x), -1) - lo) / (hi - lo) * bins).astype(int), 0, bins - 1)
+    return np.stack([np.bincount(row, minlength=bins) for row in idx]) / idx.shape[1]
+
+
+def _pool(x: np.ndarray, k: int = 8) -> np.ndarray:  # (B, H, W) -> (B, H/k * W/k)
+    b, h, w = x.shape
+    return x.reshape(b, h // k, k, w // k, k).mean(axis=(2, 4)).reshape(b, -1)
+
+
+def _audio_features(x: np.ndarray) -> np.ndarray:
+    """Log-frequency magnitude spectrum (timbre, pitch) and envelope modulation spectrum (tempo)."""
+    sr = CONFIG.audio_sample_rate
+    mag = np.abs(np.fft.rfft(x, axis=1))
+    edges = np.unique((np.geomspace(50, sr / 2, 97) * x.shape[1] / sr).astype(int))
+    bands = np.log1p(np.add.reduceat(mag, edges[:-1], axis=1))
+    frames = x[:, : x.shape[1] // 160 * 160].reshape(len(x), -1, 160)
+    envelope = np.sqrt((frames**2).mean(-1))
+    return np.c_[bands, np.log1p(np.abs(np.fft.rfft(envelope, axis=1))[:, 1:])]
+
+
+def _imu_features(x: np.ndarray) -> np.ndarray:
+    spectrum = np.log1p(np.abs(np.fft.rfft(x, axis=2))[:, :, 1:40]).reshape(len(x), -1)
+    return np.c_[spectrum, x.mean(axis=2), x.std(axis=2)]
+
+
+CLASS_FEATURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "image": _log_fft2,
+    "depth": lambda x: np.c_[_histogram(x, 0.5, 10.0), _log_fft2(x)],
+    "thermal": lambda x: np.c_[_histogram(x, 0.0, 1.0), _log_fft2(x)],
+    "audio": _audio_features,
+    "imu": _imu_features,
+}
+FACTOR_FEATURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "image": lambda x: _pool(x.std(axis=1)),  # colourfulness map: where the object is
+    "depth": lambda x: _pool((x < 4.0).astype(np.float32)),  # foreground mask
+    "thermal": lambda x: np.c_[_pool(x), np.sort(x.reshape(len(x), -1), axis=1)[:, ::64]],
+    "audio": _audio_features,
+    "imu": _imu_features,
+}
+TRAIN_IDS, TEST_IDS = np.arange(1200), np.arange(50_000, 50_400)
+
+
+def _ridge(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, lam: float = 1e-2) -> np.ndarray:
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    a = np.c_[(train_x - mu) / sd, np.ones(len(train_x))]
+    b = np.c_[(test_x - mu) / sd, np.ones(len(test_x))]
+    w = np.linalg.solve(a.T @ a + lam * len(a) * np.eye(a.shape[1]), a.T @ train_y)
+    return b @ w
+
+
+@pytest.fixture(scope="module")
+def features(scenes: SyntheticScenes) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per modality: (class features train/test, factor features train/test), rendered once."""
+    out = {}
+    for m in CLASS_FEATURES:
+        train, test = scenes.render(m, TRAIN_IDS), scenes.render(m, TEST_IDS)
+        out[m] = (CLASS_FEATURES[m](train), CLASS_FEATURES[m](test), FACTOR_FEATURES[m](train), FACTOR_FEATURES[m](test))
+    return out
+
+
+def test_shapes_dtypes_and_ranges(scenes: SyntheticScenes) -> None:
+    ids = np.arange(7)
+    n, t_audio = CONFIG.image_size, int(CONFIG.audio_sample_rate * CONFIG.audio_seconds)
+    expected = {"image": ((7, 3, n, n), 0.0, 1.0), "depth": ((7, n, n), 0.5, 10.0), "thermal": ((7, n, n), 0.0, 1.0),
+                "audio": ((7, t_audio), -1.0, 1.0), "imu": ((7, 6, CONFIG.imu_length), -100.0, 100.0)}  # fmt: skip
+    for modality, (shape, lo, hi) in expected.items():
+        x = scenes.render(modality, ids)
+        assert x.shape == shape and x.dtype == np.float32, modality
+        assert np.isfinite(x).all() and x.min() >= lo and x.max() <= hi, modality
+    audio_peak = np.abs(scenes.render("audio", ids)).max(axis=1)
+    np.testing.assert_allclose(audio_peak, 1.0, atol=1e-3)
+    captions = scenes.render("text", ids)
+    assert isinstance(captions, list) and len(captions) == 7 and all(isinstance(c, str) and c for c in captions)
+
+
+def test_empty_batch(scenes: SyntheticScenes) -> None:
+    for modality in ARRAY_MODALITIES:
+        assert len(scenes.render(modality, np.arange(0))) == 0
+    assert scenes.render("text", []) == []
+
+
+def test_factors_and_labels(scenes: SyntheticScenes) -> None:
+    f = scenes.factors(np.arange(2000))
+    assert set(f) == {"label", *FACTORS}
+    assert f["label"].dtype == np.int64 and f["label"].shape == (2000,)
+    counts = np.bincount(f["label"], minlength=CONFIG.num_classes)
+    assert len(counts) == CONFIG.num_classes and counts.min() > 2000 / CONFIG.num_classes / 2
+    for name in FACTORS:
+        assert f[name].shape == (2000,) and f[name].min() >= 0 and f[name].max() < 1
+        assert abs(f[name].mean() - 0.5) < 0.05 and abs(np.corrcoef(f[name], f["label"])[0, 1]) < 0.1
+    np.testing.assert_array_equal(scenes.labels(np.arange(2000)), f["label"])
+    names = scenes.class_names()
+    assert len(names) == CONFIG.num_classes == len(set(names)) and names[0] == "red sphere"
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_same_scene_renders_identically_in_any_batch(modality: str) -> None:
+    a, b = SyntheticScenes(CONFIG, seed=3), SyntheticScenes(CONFIG, seed=3)
+    b.render("image", [1, 2])  # any earlier calls must not matter
+    first = a.render(modality, [5, 3, 9])
+    second = b.render(modality, np.array([9, 100, 5, 7, 3, 11]))
+    for i, j in [(0, 2), (1, 4), (2, 0)]:
+        if modality == "text":
+            assert first[i] == second[j]
+        else:
+            np.testing.assert_array_equal(first[i], second[j])
+    other_seed = SyntheticScenes(CONFIG, seed=4).render(modality, [5, 3, 9])
+    assert any(np.any(np.asarray(x) != np.asarray(y)) for x, y in zip(first, other_seed, strict=True))
+
+
+def test_different_seed_gives_different_factors() -> None:
+    f0 = SyntheticScenes(CONFIG, seed=0).factors(range(100))
+    f1 = SyntheticScenes(CONFIG, seed=1).factors(range(100))
+    assert (f0["label"] != f1["label"]).mean() > 0.8
+    assert abs(np.corrcoef(f0["x"], f1["x"])[0, 1]) < 0.3
+
+
+def test_modalities_have_independent_noise() -> None:
+    ids = np.arange(64)
+    noisy = SyntheticScenes(CONFIG, seed=0)
+    clean = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, noise=0.0), seed=0)
+    residual = {m: noisy.render(m, ids) - clean.render(m, ids) for m in ("image", "depth", "thermal")}
+    residual["image"] = residual["image"].mean(axis=1)  # (B, H, W) like the others
+    for name, r in residual.items():
+        assert np.abs(r).mean() > 1e-3, name  # noise=0 really removes the noise
+        # Neighbour differences minus their per-scene mean keep the pixel noise and drop the
+        # per-scene offsets and tilts, which would leave only ~64 samples to correlate.
+        r = np.diff(r, axis=-1)
+        residual[name] = r - r.mean(axis=(1, 2), keepdims=True)
+    for a, b in [("image", "depth"), ("image", "thermal"), ("depth", "thermal")]:
+        corr = np.corrcoef(residual[a].ravel(), residual[b].ravel())[0, 1]
+        assert abs(corr) < 0.02, (a, b, corr)
+
+
+@pytest.mark.parametrize("modality", list(CLASS_FEATURES))
+def test_class_is_linearly_decodable(modality: str, features: dict[str, tuple[np.ndarray, ...]]) -> None:
+    train_x, test_x, _, _ = features[modality]
+    labels = SyntheticScenes(CONFIG, seed=0).labels
+    scores = _ridge(train_x, np.eye(CONFIG.num_classes)[labels(TRAIN_IDS)], test_x)
+    accuracy = (scores.argmax(axis=1) == labels(TEST_IDS)).mean()
+    assert accuracy > 3 / CONFIG.num_classes, accuracy  # chance is 1 / 16
+
+
+def _r2(modality: str, factor: str, features: dict[str, tuple[np.ndarray, ...]]) -> float:
+    _, _, train_x, test_x = features[modality]
+    scenes = SyntheticScenes(CONFIG, seed=0)
+    train_y, test_y = scenes.factors(TRAIN_IDS)[factor], scenes.factors(TEST_IDS)[factor]
+    return float(1 - ((_ridge(train_x, train_y, test_x) - test_y) ** 2).mean() / test_y.var())
+
+
+@pytest.mark.parametrize(
+    ("modality", "factor"),
+    [("image", "x"), ("image", "y"), ("depth", "x"), ("depth", "size"), ("thermal", "y"),
+     ("thermal", "temperature"), ("audio", "size"), ("audio", "speed"), ("imu", "speed"), ("imu", "size")],
+)  # fmt: skip
+def test_visible_instance_factor_is_decodable(modality: str, factor: str, features: dict) -> None:
+    assert factor in VISIBLE_FACTORS[modality]
+    assert _r2(modality, factor, features) > 0.3
+
+
+@pytest.mark.parametrize("modality", list(FACTOR_FEATURES))
+def test_hidden_instance_factors_are_not_decodable(modality: str, features: dict) -> None:
+    for factor in set(FACTORS) - set(VISIBLE_FACTORS[modality]):
+        assert _r2(modality, factor, features) < 0.1, factor
+
+
+def test_imu_encodes_orientation_through_gravity(features: dict) -> None:
+    _, _, train_x, test_x = features["imu"]
+    scenes = SyntheticScenes(CONFIG, seed=0)
+    angle = 2 * np.pi * scenes.factors(TRAIN_IDS)["orientation"]
+    target = np.c_[np.cos(angle), np.sin(angle)]
+    pred = _ridge(train_x, target, test_x)
+    test_angle = 2 * np.pi * scenes.factors(TEST_IDS)["orientation"]
+    error = np.angle(np.exp(1j * (np.arctan2(pred[:, 1], pred[:, 0]) - test_angle)))
+    assert np.median(np.abs(error)) < 0.2  # radians
+
+
+def _says(caption: str, phrase: str) -> bool:
+    return re.search(rf"\b{re.escape(phrase)}\b", caption) is not None  # "photo" does not say "hot"
+
+
+def test_captions_name_class_and_attributes() -> None:
+    ids = np.arange(300)
+    clean = SyntheticScenes(SyntheticConfig(noise=0.0), seed=0)
+    f, names = clean.factors(ids), clean.class_names()
+    for i, caption in enumerate(clean.render("text", ids)):
+        assert _says(caption, names[f["label"][i]])
+        for key, table in [("size", _SIZE_WORDS), ("temperature", _TEMPERATURE_WORDS), ("speed", _SPEED_WORDS),
+                           ("x", tuple((w,) for w in _X_WORDS)), ("y", tuple((w,) for w in _Y_WORDS))]:  # fmt: skip
+            word_bin = min(int(f[key][i] * 3), 2)
+            said = {b for b, words in enumerate(table) for w in words if _says(caption, w)}
+            assert said == {word_bin}, (caption, key)
+    # With noise, some attribute phrases are dropped, but the class is always named.
+    noisy = SyntheticScenes(SyntheticConfig(), seed=0).render("text", ids)
+    assert all(_says(c, names[f["label"][i]]) for i, c in enumerate(noisy))
+    missing_size = np.mean([not any(_says(c, w) for words in _SIZE_WORDS for w in words) for c in noisy])
+    assert 0.1 < missing_size < 0.3
+    assert len(set(noisy)) > 250  # templates and synonyms vary
+
+
+def test_other_class_counts_render() -> None:
+    for num_classes in (2, 10, 48):
+        scenes = SyntheticScenes(SyntheticConfig(num_classes=num_classes, image_size=32, audio_seconds=0.25), seed=1)
+        labels = scenes.labels(np.arange(500))
+        assert labels.max() == num_classes - 1 and labels.min() == 0
+        assert len(set(scenes.class_names())) == num_classes
+        for modality in MODALITIES:
+            assert len(scenes.render(modality, np.arange(500))) == 500
+
+
+def test_invalid_inputs_raise(scenes: SyntheticScenes) -> None:
+    with pytest.raises(ValueError, match="sonar"):
+        scenes.render("sonar", [0])
+    with pytest.raises(ValueError, match="1-D"):
+        scenes.render("image", np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="non-negative"):
+        scenes.factors([-1])
+    with pytest.raises(ValueError, match="num_classes"):
+        SyntheticConfig(num_classes=49)
+    with pytest.raises(ValueError, match="seed"):
+        SyntheticScenes(CONFIG, seed=-1)

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bindspace.config import RunSpec, build_run_spec
-from bindspace.data.datamodule import SyntheticDataModule
+from bindspace.data import build_datamodule
 from bindspace.evaluation.retrieval import format_retrieval_table, summarize
 from bindspace.losses import edge_key
 from bindspace.modalities import ConfigError
@@ -28,14 +28,6 @@ from bindspace.training.module import AlignmentModule
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("bindspace.train")
-
-
-def build_datamodule(cfg: dict[str, Any], spec: RunSpec) -> L.LightningDataModule:
-    data = dict(cfg["data"])
-    name = data.pop("name", "synthetic")
-    if name != "synthetic":
-        raise ConfigError(f"data={name!r} is not available; built-in: synthetic")
-    return SyntheticDataModule(spec.modalities, spec.edges, seed=cfg["seed"], **data)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, curriculum: CurriculumCallback) -> L.Trainer:
@@ -100,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"ckpt_path: no checkpoint file at {cfg.ckpt_path}")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    datamodule = build_datamodule(plain, spec)
+    datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=cfg.seed)
     max_steps = int(cfg.trainer.max_steps)
     module = AlignmentModule(
         spec.build_model(), spec.build_loss(), spec.edges, spec.optim, total_steps=max_steps, seed=cfg.seed
@@ -110,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         if logger is not None:
             logger.log_hyperparams(plain)
-        steps_per_epoch = datamodule.pool_size // (datamodule.batch_size * _world_size(cfg))
+        steps_per_epoch = datamodule.steps_per_epoch(_world_size(cfg))
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))
         trainer = build_trainer(cfg, run_dir, logger, curriculum)
         start = time.perf_counter()

@@ -1,0 +1,38 @@
+"""Data sources: each ``data=<name>`` config names a LightningDataModule class registered here.
+
+A datamodule takes the modality configs, the graph's edges and the seed plus its own keys, and
+provides ``edges``, ``stage_edges`` (set by the curriculum), ``set_stage(i)``,
+``steps_per_epoch(world_size)``, and step-indexed ``train_dataloader`` (see ``steps.py``),
+``val_dataloader`` and ``test_dataloader`` whose batches hold every evaluated modality plus ``id``
+(and ``label`` when known).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bindspace.modalities import ConfigError, ModalityConfig
+
+DATAMODULES: dict[str, str] = {
+    "synthetic": "bindspace.data.datamodule:SyntheticDataModule",
+}
+
+
+def build_datamodule(
+    data: Mapping[str, Any], configs: Mapping[str, ModalityConfig], edges: Sequence[tuple[str, str]], seed: int
+):
+    """Instantiate the datamodule named by ``data["name"]`` with the remaining keys as arguments."""
+    kwargs = dict(data)
+    name = kwargs.pop("name", "synthetic")
+    if name not in DATAMODULES:
+        raise ConfigError(f"data={name!r} is not a known data source; known: {sorted(DATAMODULES)}")
+    module, cls_name = DATAMODULES[name].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    accepted = set(inspect.signature(cls).parameters) - {"configs", "edges", "seed"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"data={name}: unknown key(s) {unknown}; expected some of {sorted(accepted)}")
+    return cls(configs, edges, seed=seed, **kwargs)

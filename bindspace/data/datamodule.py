@@ -164,6 +164,10 @@ class SyntheticDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Steps in one pass over an edge's pool (curriculum stages measured in epochs use it)."""
+        return max(1, self.pool_size // (self.batch_size * world_size))
+
     def set_stage(self, index: int) -> None:
         if self.train_steps is not None:
             self.train_steps.set_stage(index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,6 +127,15 @@ class AlignmentModule(L.LightningModule):
     def on_train_start(self) -> None:
         # Frozen trunks stay in eval mode even though Lightning switched the module to train mode.
         self.model.train(True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything needed to rebuild the model without Hydra (bindspace.BindSpace.from_checkpoint).
+        checkpoint["bindspace"] = {
+            "format": 1,
+            "embed_dim": self.model.embed_dim,
+            "modalities": {m: dataclasses.asdict(c) for m, c in self.model.configs.items()},
+            "edges": [list(e) for e in self.edges],
+        }
 
     @property
     def schedule(self):

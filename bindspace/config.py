@@ -67,7 +67,9 @@ def edge_scales(
     for e in edges:
         k = edge_key(e)
         base = modalities[e[1]].logit_scale
-        out[k] = _from_mapping(LogitScaleConfig, {**vars(base), **dict(overrides.get(k) or {})}, f"loss.logit_scales.{k}")
+        out[k] = _from_mapping(
+            LogitScaleConfig, {**vars(base), **dict(overrides.get(k) or {})}, f"loss.logit_scales.{k}"
+        )
     return out
 
 
@@ -89,7 +91,9 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     available = cfg.get("modalities") or {}
     missing = [m for m in used if m not in available]
     if missing:
-        raise ConfigError(f"modalities.{missing[0]}: no config for a modality the graph uses (add modality@modalities.{missing[0]})")
+        raise ConfigError(
+            f"modalities.{missing[0]}: no config for a modality the graph uses (add modality@modalities.{missing[0]})"
+        )
     configs = {m: get_modality(m).config_from_dict(available[m]) for m in used}
     model_cfg = cfg.get("model") or {}
     embed_dim = _check_positive(model_cfg.get("embed_dim"), "model.embed_dim")
@@ -107,5 +111,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     for stage in curriculum.stages:
         for m in curriculum.frozen(curriculum.stages.index(stage)):
             if m not in configs:
-                raise ConfigError(f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}")
+                raise ConfigError(
+                    f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}"
+                )
     return RunSpec(configs, anchors, edges, embed_dim, optim, curriculum, loss)

@@ -57,7 +57,9 @@ def _edges_for(entry: Mapping[str, Any], graph: Sequence[Edge], active: set[str]
         for e in entry["edges"]:
             match = [g for g in graph if set(g) == set(e)]
             if not match:
-                raise ConfigError(f"{where}.edges: {list(e)} is not an edge of the alignment graph {[list(g) for g in graph]}")
+                raise ConfigError(
+                    f"{where}.edges: {list(e)} is not an edge of the alignment graph {[list(g) for g in graph]}"
+                )
             out.append(match[0])
         return out
     mods = entry.get("modalities")

@@ -44,13 +44,18 @@ def infonce(anchor: Tensor, other: Tensor, logit_scale: Tensor | float, labels: 
         Scalar loss.
     """
     if anchor.ndim != 2 or other.ndim != 2 or anchor.shape[1] != other.shape[1]:
-        raise ValueError(f"infonce expects (B, D) and (M, D) embeddings, got {tuple(anchor.shape)} and {tuple(other.shape)}")
+        raise ValueError(
+            f"infonce expects (B, D) and (M, D) embeddings, got {tuple(anchor.shape)} and {tuple(other.shape)}"
+        )
     if labels is None:
         if anchor.shape[0] != other.shape[0]:
             raise ValueError(f"without labels the batches must match, got {anchor.shape[0]} and {other.shape[0]}")
         labels = torch.arange(anchor.shape[0], device=anchor.device)
     logits = logit_scale * anchor @ other.T  # (B, M)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T[labels], torch.arange(len(labels), device=anchor.device))) / 2
+    return (
+        F.cross_entropy(logits, labels)
+        + F.cross_entropy(logits.T[labels], torch.arange(len(labels), device=anchor.device))
+    ) / 2
 
 
 def gather_features(x: Tensor, backprop: str = "global") -> Tensor:

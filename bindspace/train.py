@@ -1,7 +1,7 @@
 """``bindspace-train``: compose the config, validate it, train, evaluate on held-out data.
 
-    bindspace-train model=tiny anchor=text seed=3 trainer.max_steps=1000
-    bindspace-train -m seed=0,1,2 anchor=image,text
+bindspace-train model=tiny anchor=text seed=3 trainer.max_steps=1000
+bindspace-train -m seed=0,1,2 anchor=image,text
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, curriculum: Curriculum
     callbacks = [ckpt, curriculum]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    return hydra.utils.instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=str(run_dir))
+    return hydra.utils.instantiate(
+        cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=str(run_dir)
+    )
 
 
 def final_metrics(
@@ -72,7 +74,9 @@ def run_identity(cfg: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
         "group": (cfg.get("logger") or {}).get("group") or cfg.get("task_name"),
         "anchor": "+".join(spec.anchors) if spec.anchors else "edges",
         "curriculum": cur.get("name", "custom"),
-        "order": ">".join("+".join(g) if isinstance(g, list) else g for g in order) if order else cur.get("name", "custom"),
+        "order": ">".join("+".join(g) if isinstance(g, list) else g for g in order)
+        if order
+        else cur.get("name", "custom"),
         "seed": cfg.get("seed"),
     }
 

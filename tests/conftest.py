@@ -33,7 +33,7 @@ TINY_OVERRIDES = [
     "modalities.audio.input.patch_stride=16",
     "modalities.audio.input.clip_seconds=0.5",
     "modalities.audio.input.num_mel_bins=32",
-    "modalities.imu.input.length=64",
+    "modalities.imu.input.length=60",
     "modalities.text.input.context_length=48",
 ]
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from conftest import compose_config
+from omegaconf import OmegaConf
 
 from bindspace.config import build_run_spec, parse_anchors
 from bindspace.graph import build_edges
 from bindspace.modalities import ConfigError
-from omegaconf import OmegaConf
-
-from conftest import compose_config
 
 ALL = ["image", "text", "audio", "depth", "thermal", "imu"]
 
@@ -66,7 +65,9 @@ def test_run_spec_from_real_config():
     assert spec.anchors == ["image"] and len(spec.edges) == 5
     assert spec.modalities["image"].input.size == 32  # tiny preset + test override
     scales = spec.build_loss().logit_scales
-    assert float(scales["image|audio"]()) == pytest.approx(20.0) and float(scales["image|depth"]()) == pytest.approx(5.0)
+    assert float(scales["image|audio"]()) == pytest.approx(20.0) and float(scales["image|depth"]()) == pytest.approx(
+        5.0
+    )
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,12 @@ def test_epoch_lengths_use_steps_per_epoch():
 def test_plateau_ends_a_stage_after_patience_and_respects_the_cap():
     plateau = Plateau(metric="val/mean_R@1", patience=2, min_delta=0.5, max_steps=100)
     c = Curriculum.from_config(
-        {"stages": [{"name": "a", "edges": [["image", "text"]], "plateau": vars(plateau)}, {"name": "b", "edges": "all"}]},
+        {
+            "stages": [
+                {"name": "a", "edges": [["image", "text"]], "plateau": vars(plateau)},
+                {"name": "b", "edges": "all"},
+            ]
+        },
         STAR,
         ["image"],
     )

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import compose_config
 
 from bindspace.train import run
-from conftest import compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_stage_history_in_metrics(uninterrupted):
-    run_dir, metrics = uninterrupted
+    run_dir, _ = uninterrupted
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     stages = on_disk["stages"]
     assert [s["name"] for s in stages] == ["image-text", "+audio", "+depth+thermal", "+imu"]
@@ -75,3 +75,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(uninterrupted, tm
     # The history recorded before the interruption travels in the checkpoint.
     assert [s["step"] for s in resumed["stages"]] == [3, 6, 9, 12]
     assert resumed["retrieval"]["audio->text"]["R@1"] == pytest.approx(metrics["retrieval"]["audio->text"]["R@1"])
+
+
+def test_plateau_ends_a_stage_in_a_real_run(tmp_path):
+    # min_delta is unreachable, so the second validation (after step 4) counts as "no improvement"
+    # and, with patience 1, ends the first stage at the next step boundary (5), well before its cap.
+    plateau = "{metric: val/mean_R@1, patience: 1, min_delta: 1000, max_steps: 50}"
+    stages = f"[{{name: a, edges: [[image,text]], plateau: {plateau}}}, {{name: b, edges: all}}]"
+    metrics = run(
+        compose_config(
+            [f"curriculum.stages={stages}", "trainer.max_steps=8", "trainer.val_check_interval=2"],
+            run_dir=str(tmp_path),
+        )
+    )
+    assert [(s["name"], s["step"]) for s in metrics["stages"]] == [("a", 5), ("b", 8)]

@@ -144,8 +144,15 @@ def test_batched_fbank_equals_kaldi():
     ref = torch.stack(
         [
             torchaudio.compliance.kaldi.fbank(
-                w[None], htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
-                num_mel_bins=64, dither=0.0, frame_length=25, frame_shift=10,
+                w[None],
+                htk_compat=True,
+                sample_frequency=16000,
+                use_energy=False,
+                window_type="hanning",
+                num_mel_bins=64,
+                dither=0.0,
+                frame_length=25,
+                frame_shift=10,
             )
             for w in wav
         ]

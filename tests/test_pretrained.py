@@ -44,7 +44,9 @@ def test_timm_trunk_loads_saved_weights(timm_folder):
 
 
 def test_timm_folder_without_config_is_named(tmp_path):
-    cfg = get_modality("image").config_from_dict({"input": {"size": 32}, "trunk": {"kind": "timm", "pretrained": str(tmp_path)}})
+    cfg = get_modality("image").config_from_dict(
+        {"input": {"size": 32}, "trunk": {"kind": "timm", "pretrained": str(tmp_path)}}
+    )
     with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no config.json"):
         BindSpaceModel({"image": cfg}, 16)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 
 from bindspace.train import run
-from conftest import compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,14 @@ def read_losses(run_dir: Path) -> list[float]:
 
 def test_train_loss_falls_and_writes_results(tmp_path):
     cfg = compose_config(
-        ["logger=csv", "trainer.max_steps=40", "trainer.log_every_n_steps=1", "trainer.val_check_interval=20",
-         "optim.lr=2e-3", "optim.warmup_steps=5"],
+        [
+            "logger=csv",
+            "trainer.max_steps=40",
+            "trainer.log_every_n_steps=1",
+            "trainer.val_check_interval=20",
+            "optim.lr=2e-3",
+            "optim.warmup_steps=5",
+        ],
         run_dir=str(tmp_path),
     )
     metrics = run(cfg)
@@ -61,7 +67,9 @@ def test_resume_from_checkpoint_continues_at_its_step(tmp_path):
 def test_cli_config_error_is_one_line_and_exit_code_2(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bindspace.train", "logger=none", "data.batch_size=1", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "config error: data.batch_size must be an integer >= 2, got 1" in proc.stderr
@@ -70,8 +78,17 @@ def test_cli_config_error_is_one_line_and_exit_code_2(tmp_path):
 
 def test_cli_unknown_modality_in_an_edge_fails_before_compute(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "bindspace.train", "logger=none", "graph.edges=[[image,smell]]", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bindspace.train",
+            "logger=none",
+            "graph.edges=[[image,smell]]",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and "unknown modality 'smell'" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()

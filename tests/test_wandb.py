@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import compose_config
 
 from bindspace.train import run
-from conftest import compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -15,8 +15,15 @@ pytestmark = pytest.mark.slow
 def test_offline_run_folder_holds_metrics_and_heatmaps(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = compose_config(
-        ["logger=wandb", "curriculum=progressive", "curriculum.stage.steps=2", "trainer.max_steps=8",
-         "trainer.log_every_n_steps=1", "logger.group=test_group", "seed=7"],
+        [
+            "logger=wandb",
+            "curriculum=progressive",
+            "curriculum.stage.steps=2",
+            "trainer.max_steps=8",
+            "trainer.log_every_n_steps=1",
+            "logger.group=test_group",
+            "seed=7",
+        ],
         run_dir=str(tmp_path),
     )
     run(cfg)

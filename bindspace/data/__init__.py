@@ -18,6 +18,8 @@ from bindspace.modalities import ConfigError, ModalityConfig
 
 DATAMODULES: dict[str, str] = {
     "synthetic": "bindspace.data.datamodule:SyntheticDataModule",
+    "manifest": "bindspace.data.manifest_datamodule:ManifestDataModule",
+    "shards": "bindspace.data.shards:ShardDataModule",
 }
 
 

@@ -43,7 +43,10 @@ def _permutation(seed: int, edge_index: int, epoch: int, size: int) -> np.ndarra
 
 
 def step_indices(seed: int, edge_index: int, size: int, step: int, global_batch: int) -> np.ndarray:
-    """Pool indices of the global batch at ``step`` (passes over the pool are reshuffled; no sample repeats within a pass)."""
+    """Pool indices of the global batch at ``step``.
+
+    Each pass over the pool is a fresh permutation, so no sample repeats within a pass.
+    """
     if global_batch > size:
         raise ValueError(f"global batch {global_batch} exceeds the edge's {size} samples")
     per_epoch = size // global_batch  # the tail that does not fill a batch is skipped each pass

@@ -36,6 +36,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "cyan": (0.1, 0.85, 0.9), "white": (0.95, 0.95, 0.95),
 }  # fmt: skip
 _FACTOR_STREAM = 0  # noise streams of modality m are 1 + MODALITIES.index(m)
+_CLUTTER = 8  # image background: random colour blobs on an 8 x 8 grid, upsampled
 _MARKER = (0.7, 0.0)  # a painted dot in the object frame: makes orientation visible for any shape
 
 # Audio timbre per shape: partial frequency ratios and amplitudes (harmonic, odd, bell, fifths, ...).
@@ -48,7 +49,7 @@ _PARTIALS = np.array([
     [[1, 1.19, 2.32, 4.25, 6.63, 0], [1, .9, .5, .3, .2, 0]],
 ], dtype=np.float32)  # fmt: skip  # (shape, 2, partial)
 # IMU spin axis per shape (gyro); the linear shake runs along the next axis in the table.
-_AXES = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0], [.7, .7, 0], [0, .7, .7], [.7, 0, .7]], np.float32)
+_AXES = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0], [0.7, 0.7, 0], [0, 0.7, 0.7], [0.7, 0, 0.7]], np.float32)
 
 
 def _frac(x: np.ndarray) -> np.ndarray:
@@ -245,17 +246,15 @@ class SyntheticScenes:
         # Fewest shapes that still give every class its own (shape, colour) pair.
         self._num_shapes = min(len(SHAPES), math.ceil(math.sqrt(config.num_classes)))
         n = config.image_size
-        self._grid = ((np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1).astype(np.float32)
-        self._upsample = _interp_matrix(n, 8)
-        self._renderers: dict[str, Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray | list[str]]] = {
-            "image": self._image, "text": self._text, "audio": self._audio,
-            "depth": self._depth, "thermal": self._thermal, "imu": self._imu,
-        }  # fmt: skip
+        self._grid = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1  # pixel centres in [-1, 1]
+        self._upsample = _interp_matrix(n, _CLUTTER)
 
     def class_names(self) -> list[str]:
         """Human-readable class names such as "red sphere", indexed by label."""
         colours = list(COLOURS)
-        return [f"{colours[c // self._num_shapes]} {SHAPES[c % self._num_shapes]}" for c in range(self.config.num_classes)]
+        return [
+            f"{colours[c // self._num_shapes]} {SHAPES[c % self._num_shapes]}" for c in range(self.config.num_classes)
+        ]
 
     def factors(self, scene_ids: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         """Latent factors of the scenes.
@@ -292,10 +291,10 @@ class SyntheticScenes:
         Raises:
             ValueError: For an unknown modality or malformed scene ids.
         """
-        if modality not in self._renderers:
+        if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         ids = self._check_ids(scene_ids)
-        return self._renderers[modality](ids, self.factors(ids))
+        return getattr(self, f"_{modality}")(ids, self.factors(ids))
 
     def _check_ids(self, scene_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(scene_ids)
@@ -314,9 +313,10 @@ class SyntheticScenes:
         cy = ((f["y"] * 2 - 1) * 0.6)[:, None, None]
         radius = (0.2 + 0.2 * f["size"])[:, None, None]  # in half-widths
         theta = (2 * np.pi * f["orientation"])[:, None, None]
-        cos, sin = np.cos(theta), np.sin(theta)
+        cos, sin = np.cos(theta) / radius, np.sin(theta) / radius
         dx, dy = g[None, None, :] - cx, g[None, :, None] - cy  # (B, 1, W), (B, H, 1)
-        u, v = (cos * dx + sin * dy) / radius, (cos * dy - sin * dx) / radius  # (B, H, W)
+        # Scale the thin factors first: each full (B, H, W) array then costs a single addition.
+        u, v = cos * dx + sin * dy, cos * dy - sin * dx  # (B, H, W)
         shape, colour = f["label"] % self._num_shapes, f["label"] // self._num_shapes
         q = _by_group(shape, _SHAPE_Q, u, v)
         marker = np.exp(-((u - _MARKER[0]) ** 2 + (v - _MARKER[1]) ** 2) / 0.02)
@@ -326,19 +326,27 @@ class SyntheticScenes:
     def _image(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
         cfg, n, pose = self.config, self.config.image_size, self._pose(f)
         stream = self._stream("image")
-        field = _scene_noise(self.seed, ids, stream, (3 * 64 + 3 * n * n,))
-        clutter = field[:, : 3 * 64].reshape(-1, 3, 8, 8)
+        k = 3 * _CLUTTER**2
+        field = _scene_noise(self.seed, ids, stream, (k + 3 * n * n,))
+        clutter = field[:, :k].reshape(-1, 3, _CLUTTER, _CLUTTER)
         # Mostly grey clutter, so the object stays the most saturated thing in the frame.
         clutter = 0.6 * clutter + 0.4 * clutter.mean(axis=1, keepdims=True)
-        background = 0.45 + 0.12 * cfg.noise * (self._upsample @ clutter @ self._upsample.T)  # (B, 3, H, W)
+        background = self._upsample @ clutter @ self._upsample.T  # (B, 3, H, W)
+        background *= 0.12 * cfg.noise
+        background += 0.45
         jitter = (_hash_uniform(self.seed, ids, stream, 4) * 2 - 1).astype(np.float32)
         colour = np.array(list(COLOURS.values()), np.float32)[pose.colour]  # (B, 3)
         colour = np.clip(colour + 0.08 * cfg.noise * jitter[:, :3], 0, 1) * (1 + 0.15 * cfg.noise * jitter[:, 3:])
         texture = _by_group(pose.colour, _TEXTURES, pose.u, pose.v, np.minimum(pose.q, 1))
         shade = (0.55 + 0.45 * texture) * (1 - 0.8 * pose.marker)  # (B, H, W)
-        alpha = pose.alpha(1.0)[:, None]  # (B, 1, H, W)
-        image = background + alpha * (colour[:, :, None, None] * shade[:, None] - background)
-        image += 0.03 * cfg.noise * field[:, 3 * 64 :].reshape(-1, 3, n, n)
+        # In place from here: 12 MB temporaries cost page faults, not just arithmetic.
+        image = colour[:, :, None, None] * shade[:, None]
+        image -= background
+        image *= pose.alpha(1.0)[:, None]
+        image += background
+        pixel_noise = field[:, k:].reshape(-1, 3, n, n)
+        pixel_noise *= 0.03 * cfg.noise
+        image += pixel_noise
         return np.clip(image, 0, 1, out=image)
 
     def _depth(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
@@ -360,11 +368,12 @@ class SyntheticScenes:
         cfg, g, pose = self.config, self._grid, self._pose(f)
         stream = self._stream("thermal")
         room = (_hash_uniform(self.seed, ids, stream, 3) * 2 - 1).astype(np.float32)[:, :, None, None]
-        ambient = 0.25 + 0.05 * cfg.noise * (room[:, 0] + room[:, 1] * g[None, None, :] + room[:, 2] * g[None, :, None])
+        ambient = 0.2 + 0.05 * cfg.noise * (room[:, 0] + room[:, 1] * g[None, None, :] + room[:, 2] * g[None, :, None])
         heat = _by_group(pose.colour, _HEAT, pose.u, pose.v, np.minimum(pose.q, 1))
-        level = (0.1 + 0.5 * f["temperature"])[:, None, None]
-        # Thermal optics are blurry: a wider edge ramp than the image.
-        thermal = ambient + pose.alpha(2.5) * level * (0.3 + 0.6 * heat + 0.3 * pose.marker)
+        # The heat pattern has a fixed contrast on top of the mean temperature, so cold objects
+        # still show their class; the hottest spots of the hottest objects just reach 1.
+        excess = (0.05 + 0.4 * f["temperature"])[:, None, None] + 0.25 * heat + 0.1 * pose.marker
+        thermal = ambient + pose.alpha(2.5) * excess  # a wider edge ramp: thermal optics are blurry
         thermal += 0.02 * cfg.noise * _scene_noise(self.seed, ids, stream, thermal.shape[1:])
         return np.clip(thermal, 0, 1, out=thermal)
 
@@ -411,7 +420,7 @@ class SyntheticScenes:
         scale = cfg.noise * np.array([0.3, 0.3, 0.3, 0.05, 0.05, 0.05], np.float32)  # acc m/s^2, gyro rad/s
         imu += (scale * (draws[:, 1:] * 2 - 1))[:, :, None]  # per-scene sensor bias
         imu += 0.5 * scale[:, None] * _scene_noise(self.seed, ids, stream, imu.shape[1:])
-        return imu.astype(np.float32)
+        return imu.astype(np.float32, copy=False)
 
     def _text(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> list[str]:
         draws = _hash_uniform(self.seed, ids, self._stream("text"), 10)

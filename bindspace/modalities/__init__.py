@@ -1,5 +1,15 @@
 """The modality registry. Importing this package registers the six built-in modalities."""
 
+# Registration order is the canonical modality order (tables, plots, defaults): ImageBind's.
+# isort: off
+from bindspace.modalities import image  # noqa: F401
+from bindspace.modalities import text  # noqa: F401
+from bindspace.modalities import audio  # noqa: F401
+from bindspace.modalities import depth  # noqa: F401
+from bindspace.modalities import thermal  # noqa: F401
+from bindspace.modalities import imu  # noqa: F401
+
+# isort: on
 from bindspace.modalities.base import (
     ConfigError,
     HeadConfig,
@@ -15,9 +25,6 @@ from bindspace.modalities.base import (
     list_modalities,
     register_modality,
 )
-
-# Registration order is the canonical modality order (tables, plots, defaults).
-from bindspace.modalities import image, text, audio, depth, thermal, imu  # noqa: E402, F401, I001
 
 __all__ = [
     "ConfigError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,7 +60,9 @@ def clip_starts(num_samples: int, clip_samples: int, num_clips: int) -> list[int
 
 @lru_cache(maxsize=8)
 def _mel_banks(num_bins: int, padded: int, sample_rate: int) -> Tensor:
-    banks, _ = torchaudio.compliance.kaldi.get_mel_banks(num_bins, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
+    banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
+        num_bins, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0
+    )
     return F.pad(banks, (0, 1))  # (bins, padded // 2 + 1): Kaldi ignores the Nyquist bin
 
 
@@ -100,7 +103,7 @@ def fbank_clips(clips: Tensor, cfg: AudioInput) -> Tensor:
 class AudioSpec(ModalitySpec):
     name = "audio"
     input_config = AudioInput
-    defaults = {
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 768, "depth": 12, "heads": 12, "drop_path": 0.1},
         "head": {"pool": "cls"},
         "logit_scale": {"init": 20.0, "learnable": False},

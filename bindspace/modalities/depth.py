@@ -10,6 +10,7 @@ indoor-range scenes (1-10 m -> 0.1-1.0 /m); set them to your data's statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ class DepthInput:
 class DepthSpec(ModalitySpec):
     name = "depth"
     input_config = DepthInput
-    defaults = {
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 384, "depth": 12, "heads": 8, "drop_path": 0.0},
         "head": {"pool": "cls"},
         "logit_scale": {"init": 5.0, "learnable": False},
@@ -64,4 +65,3 @@ class DepthSpec(ModalitySpec):
 
     def dummy_input(self, cfg: DepthInput, batch_size: int, generator: torch.Generator) -> Tensor:
         return dummy_image(batch_size, cfg.channels, cfg.size, generator)
-

@@ -8,6 +8,7 @@ still image that equals a 14x14 Conv2d, which is what we use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ class ImageInput:
 class ImageSpec(ModalitySpec):
     name = "image"
     input_config = ImageInput
-    defaults = {
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 1280, "depth": 32, "heads": 16, "pre_norm": True},
         "head": {"pool": "cls"},
         # ImageBind's vision postprocessor has no scale; image-anchored edges take the other side's.

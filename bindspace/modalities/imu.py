@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def fit_length(x: Tensor, length: int) -> Tensor:
 class IMUSpec(ModalitySpec):
     name = "imu"
     input_config = IMUInput
-    defaults = {
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 512, "depth": 6, "heads": 8, "drop_path": 0.7},
         "head": {"pool": "cls", "dropout": 0.5},
         "logit_scale": {"init": 5.0, "learnable": False},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ class TextSpec(ModalitySpec):
     name = "text"
     input_config = TextInput
     causal = True
-    defaults = {
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 1024, "depth": 24, "heads": 16},
         "head": {"pool": "eos"},
         "logit_scale": {"init": 1 / 0.07, "learnable": True},

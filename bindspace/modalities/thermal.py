@@ -7,6 +7,7 @@ it is standardised with ``mean``/``std``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ class ThermalInput:
 class ThermalSpec(ModalitySpec):
     name = "thermal"
     input_config = ThermalInput
-    defaults = {
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 768, "depth": 12, "heads": 12, "drop_path": 0.0},
         "head": {"pool": "cls"},
         "logit_scale": {"init": 10.0, "learnable": False},

@@ -124,9 +124,7 @@ class TransformerTrunk(nn.Module):
             raise ValueError(f"trunk width {width} is not divisible by its {heads} heads")
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.pre_norm = nn.LayerNorm(width, eps=1e-6) if pre_norm else nn.Identity()
-        self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates
-        )
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates)
         self.causal = causal
         self.grad_checkpointing = False
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
 
-from bindspace.modalities import ModalityConfig, ModelInput, get_modality
+from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, get_modality
 from bindspace.models.layers import Head, Normalize, TransformerTrunk
 from bindspace.models.pretrained import build_hf_trunk, build_timm_vit
 
@@ -17,8 +17,11 @@ def build_encoder_parts(cfg: ModalityConfig, embed_dim: int) -> tuple[nn.Module,
     """Build (preprocessor, trunk, head, postprocessor) for one modality from its config."""
     spec, t = get_modality(cfg.name), cfg.trunk
     if t.kind == "transformer":
-        pre = spec.build_preprocessor(cfg.input, t.width)
-        trunk = TransformerTrunk(t.width, t.depth, t.heads, t.mlp_ratio, t.drop_path, t.pre_norm, spec.causal)
+        try:
+            pre = spec.build_preprocessor(cfg.input, t.width)
+            trunk = TransformerTrunk(t.width, t.depth, t.heads, t.mlp_ratio, t.drop_path, t.pre_norm, spec.causal)
+        except ValueError as err:  # geometry that does not fit: name the modality's config
+            raise ConfigError(f"modalities.{cfg.name}: {err}") from err
         width = t.width
     elif t.kind == "timm":
         size = getattr(cfg.input, "size", None)

@@ -26,7 +26,9 @@ def _timm_source(name: str | None, pretrained: str | None) -> tuple[str, bool]:
     path = Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"pretrained timm folder {path} has no config.json (save it with timm's save_for_hf)")
+            raise FileNotFoundError(
+                f"pretrained timm folder {path} has no config.json (save it with timm's save_for_hf)"
+            )
         return f"local-dir:{path.resolve()}", True
     if pretrained.startswith(("hf-hub:", "local-dir:")):
         return pretrained, True

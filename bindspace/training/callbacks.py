@@ -62,7 +62,8 @@ class CurriculumCallback(L.Callback):
             return
         value = trainer.callback_metrics.get(plateau.metric)
         if value is None:
-            raise KeyError(f"curriculum plateau metric {plateau.metric!r} was not logged; logged: {sorted(trainer.callback_metrics)}")
+            logged = sorted(trainer.callback_metrics)
+            raise KeyError(f"curriculum plateau metric {plateau.metric!r} was not logged; logged: {logged}")
         self.state.observe(float(value), plateau)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

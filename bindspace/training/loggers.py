@@ -69,7 +69,9 @@ def log_stage(logger):
         if logger is None or not trainer.is_global_zero:
             return
         name, step = record["name"], record["step"]
-        logger.log_metrics({"stage": record["index"], **{f"stage/{k}": v for k, v in record["summary"].items()}}, step=step)
+        logger.log_metrics(
+            {"stage": record["index"], **{f"stage/{k}": v for k, v in record["summary"].items()}}, step=step
+        )
         if type(logger).__name__ == "WandbLogger":
             from bindspace.evaluation.plots import figure_to_array, retrieval_heatmap
 

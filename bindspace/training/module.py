@@ -63,8 +63,10 @@ class AlignmentModule(L.LightningModule):
         for e in active:
             for m in e:
                 chunks.setdefault(m, []).append(batch[edge_key(e)][m])
-        embedded = {m: self.model.encode(m, concat_inputs(parts)).split([input_batch_size(p) for p in parts])
-                    for m, parts in chunks.items()}
+        embedded = {
+            m: self.model.encode(m, concat_inputs(parts)).split([input_batch_size(p) for p in parts])
+            for m, parts in chunks.items()
+        }
         cursor = dict.fromkeys(chunks, 0)
         pairs = {}
         for e in active:

@@ -1,0 +1,138 @@
+"""``bindspace-data``: check a manifest's files, or write it as tar shards.
+
+    bindspace-data check data/train.jsonl            # counts, labels, every bad file; exit 0 clean, 1 problems
+    bindspace-data shard data/train.jsonl shards/ --shard-size 1000
+
+Exit status: 0 clean, 1 problems found (bad files, malformed manifest), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bindspace.data.manifest import (
+    CSV_SUFFIXES,
+    JSONL_SUFFIXES,
+    FileProblem,
+    Manifest,
+    ManifestError,
+    drop_samples,
+    file_jobs,
+    load_manifest,
+    outside_paths,
+    scan_files,
+)
+from bindspace.modalities import ConfigError
+
+EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bindspace-data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="decode every file of a manifest and report problems")
+    check.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
+    check.add_argument("--workers", type=int, default=None, help="decoding threads (default: cpus + 4, max 32)")
+    shard = sub.add_parser("shard", help="write a manifest as webdataset-style tar shards plus index.json")
+    shard.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
+    shard.add_argument("out", type=Path, help="folder for shard-NNNNNN.tar and index.json")
+    shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    shard.add_argument("--skip-bad", action="store_true", help="leave out samples with bad files instead of failing")
+    shard.add_argument("--workers", type=int, default=None, help="decoding threads for the check")
+    return parser
+
+
+def _table(title: str, counts: dict[str, int]) -> list[str]:
+    if not counts:
+        return [f"{title}: none"]
+    width = max(len(k) for k in counts)
+    return [f"{title}:"] + [f"  {k:<{width}}  {v}" for k, v in counts.items()]
+
+
+def describe(manifest: Manifest) -> list[str]:
+    """Counts per modality, per pair and per label, and the paths that leave the manifest's folder."""
+    labels = manifest.label_counts()
+    labelled = sum(labels.values())
+    lines = [f"manifest: {manifest.path} ({len(manifest.samples)} samples)"]
+    lines += _table("samples per modality", manifest.modality_counts())
+    lines += _table("samples per pair", manifest.pair_counts())
+    lines += _table(f"labels ({len(labels)} classes, {labelled} of {len(manifest.samples)} samples)", labels)
+    outside = outside_paths(manifest)
+    if outside:
+        lines.append(f"paths outside the manifest folder (allowed): {len(outside)}")
+        lines += [f"  line {s.line} ({m}): {s.raw_paths[m]} [{why}]" for s, m, why in outside]
+    return lines
+
+
+def _load(path: Path) -> Manifest | int:
+    """The manifest, or an exit status after printing why it cannot be read."""
+    if not path.is_file():
+        print(f"bindspace-data: {path}: no such manifest file", file=sys.stderr)
+        return EXIT_USAGE
+    if path.suffix.lower() not in JSONL_SUFFIXES + CSV_SUFFIXES:
+        print(f"bindspace-data: {path}: expected one of {', '.join(JSONL_SUFFIXES + CSV_SUFFIXES)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return load_manifest(path)
+    except ManifestError as err:
+        print(f"bad manifest: {err}")
+        return EXIT_PROBLEMS
+
+
+def _scan(manifest: Manifest, workers: int | None) -> list[FileProblem]:
+    start = time.perf_counter()
+    problems = scan_files(manifest, workers=workers)
+    seconds = time.perf_counter() - start
+    print(f"decoded {len(file_jobs(manifest))} files in {seconds:.1f} s: {len(problems)} bad")
+    for p in problems:
+        print(f"  {p}")
+    return problems
+
+
+def check(args: argparse.Namespace) -> int:
+    manifest = _load(args.manifest)
+    if isinstance(manifest, int):
+        return manifest
+    print("\n".join(describe(manifest)))
+    return EXIT_PROBLEMS if _scan(manifest, args.workers) else EXIT_CLEAN
+
+
+def shard(args: argparse.Namespace) -> int:
+    from bindspace.data.shards import write_shards  # imports Lightning; `check` starts faster without it
+
+    if args.shard_size < 1:
+        print(f"bindspace-data: --shard-size must be >= 1, got {args.shard_size}", file=sys.stderr)
+        return EXIT_USAGE
+    manifest = _load(args.manifest)
+    if isinstance(manifest, int):
+        return manifest
+    problems = _scan(manifest, args.workers)
+    if problems and not args.skip_bad:
+        print("no shards written; fix the files above or pass --skip-bad to leave their samples out")
+        return EXIT_PROBLEMS
+    manifest, dropped = drop_samples(manifest, problems)
+    if not manifest.samples:
+        print("no samples left to write")
+        return EXIT_PROBLEMS
+    index = write_shards(manifest, args.out, args.shard_size, check=False)
+    skipped = f", {dropped} sample(s) with bad files left out" if dropped else ""
+    print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shard(s) to {args.out}{skipped}")
+    return EXIT_CLEAN
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 clean, 1 problems, 2 usage)."""
+    args = _parser().parse_args(argv)  # argparse exits with 2 on bad usage
+    try:
+        return {"check": check, "shard": shard}[args.command](args)
+    except ConfigError as err:
+        print(f"bindspace-data: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Manifests of paired samples (JSON Lines or CSV): parse, check every file, split, count.
+
+One sample per line (JSONL) or row (CSV, same column names). Keys are modality names plus the
+optional ``id`` and ``label``: ``text`` holds the string itself, every other modality a file path
+relative to the manifest's folder (absolute paths are allowed). A sample holds any subset of
+modalities; empty values (``""``, ``null``, an empty CSV cell) mean "absent". The full format is
+documented in ``docs/data.md``; this module is plain Python (no Hydra, no Lightning).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bindspace.data.readers import DataFileError, read_file
+from bindspace.modalities import ConfigError, list_modalities
+
+# Modalities whose manifest value is the data itself rather than a file path.
+INLINE_MODALITIES = frozenset({"text"})
+META_KEYS = ("id", "label")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+CSV_SUFFIXES = (".csv",)
+
+
+class ManifestError(ConfigError):
+    """A manifest that cannot be used; the message names the file, the line and the key at fault."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One row of a manifest.
+
+    Attributes:
+        line: 1-based line in the manifest file (CSV counts the header), for messages.
+        id: unique within its manifest; the 0-based row number as a string when not given.
+        label: class name, or None.
+        values: modality -> the text itself (inline modalities) or the file's path.
+        raw_paths: modality -> the path exactly as written in the manifest (for messages).
+    """
+
+    line: int
+    id: str
+    label: str | None
+    values: dict[str, str | Path]
+    raw_paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        return frozenset(self.values)
+
+    def holds(self, modalities: Iterable[str]) -> bool:
+        return all(m in self.values for m in modalities)
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest: its path and samples, in file order."""
+
+    path: Path
+    samples: list[Sample]
+
+    @property
+    def root(self) -> Path:
+        """The folder relative paths are resolved against."""
+        return self.path.parent
+
+    def with_samples(self, samples: list[Sample]) -> Manifest:
+        return Manifest(self.path, samples)
+
+    def modality_counts(self) -> dict[str, int]:
+        counts = Counter(m for s in self.samples for m in s.values)
+        return {m: counts[m] for m in list_modalities() if counts[m]}
+
+    def pair_counts(self) -> dict[str, int]:
+        """``"a+b"`` (canonical modality order) -> samples holding both."""
+        counts: Counter[str] = Counter()
+        for s in self.samples:
+            for a, b in itertools.combinations(canonical(s.values), 2):
+                counts[pair_key(a, b)] += 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def label_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(s.label for s in self.samples if s.label is not None).items()))
+
+
+def canonical(modalities: Iterable[str]) -> list[str]:
+    """Modalities in registry order (image, text, audio, depth, thermal, imu)."""
+    present = set(modalities)
+    return [m for m in list_modalities() if m in present]
+
+
+def pair_key(a: str, b: str) -> str:
+    """The unordered pair's name, e.g. ``"image+audio"`` for both (image, audio) and (audio, image)."""
+    return "+".join(canonical((a, b)))
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Parse a JSONL or CSV manifest (chosen by suffix) without opening the files it names.
+
+    Args:
+        path: ``.jsonl``/``.ndjson``/``.json`` (JSON Lines) or ``.csv``.
+
+    Returns:
+        The manifest; file paths are joined to the manifest's folder unless absolute.
+
+    Raises:
+        ManifestError: missing file, unknown suffix, malformed line, unknown key, wrong value type,
+            a sample without modalities, duplicate ids, or no samples at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found (or not a file)")
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        rows = _jsonl_rows(path)
+    elif suffix in CSV_SUFFIXES:
+        rows = _csv_rows(path)
+    else:
+        raise ManifestError(f"{path}: manifest must end in {', '.join(JSONL_SUFFIXES + CSV_SUFFIXES)}")
+    samples = [_parse_row(path, line, index, row) for index, (line, row) in enumerate(rows)]
+    if not samples:
+        raise ManifestError(f"{path}: manifest holds no samples")
+    seen: dict[str, int] = {}
+    for s in samples:
+        if s.id in seen:
+            raise ManifestError(f"{path}:{s.line}: id {s.id!r} already used on line {seen[s.id]}")
+        seen[s.id] = s.line
+    return Manifest(path, samples)
+
+
+def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    with path.open(encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ManifestError(f"{path}:{line}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise ManifestError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+            rows.append((line, row))
+    return rows
+
+
+def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ManifestError(f"{path}: empty CSV (no header row)")
+        header = [h.strip() for h in header]
+        duplicated = sorted(h for h, n in Counter(header).items() if n > 1)
+        if duplicated:
+            raise ManifestError(f"{path}:1: duplicate column(s) {duplicated}")
+        rows = []
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise ManifestError(f"{path}:{reader.line_num}: {len(cells)} cells, the header has {len(header)}")
+            rows.append((reader.line_num, dict(zip(header, cells))))
+    return rows
+
+
+def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample:
+    where = f"{path}:{line}"
+    known = set(list_modalities())
+    unknown = sorted(k for k in row if k not in known and k not in META_KEYS)
+    if unknown:
+        raise ManifestError(f"{where}: unknown key(s) {unknown}; expected modalities {sorted(known)}, id, label")
+    present = {k: v for k, v in row.items() if v is not None and v != ""}
+    values: dict[str, str | Path] = {}
+    raw_paths: dict[str, str] = {}
+    for m in canonical(k for k in present if k in known):
+        value = present[m]
+        if not isinstance(value, str):
+            kind = "the text itself" if m in INLINE_MODALITIES else "a file path"
+            raise ManifestError(f"{where}: key {m!r} must be a string ({kind}), got {value!r}")
+        if m in INLINE_MODALITIES:
+            values[m] = value
+        else:
+            raw_paths[m] = value
+            values[m] = path.parent / value  # an absolute value replaces the folder
+    if not values:
+        raise ManifestError(f"{where}: sample holds no modality (keys: {sorted(row)})")
+    return Sample(
+        line, _meta(where, present, "id", str(index)), _meta(where, present, "label", None), values, raw_paths
+    )
+
+
+def _meta(where: str, row: dict[str, Any], key: str, default: str | None) -> str | None:
+    value = row.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, str | int | type(None)):
+        raise ManifestError(f"{where}: key {key!r} must be a string or an integer, got {value!r}")
+    return None if value is None else str(value)
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A file of a sample that cannot be used (missing, empty, undecodable, wrongly shaped ...)."""
+
+    line: int
+    sample_id: str
+    modality: str
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line} ({self.modality}): {self.path}: {self.reason}"
+
+
+def file_jobs(manifest: Manifest, modalities: Iterable[str] | None = None) -> list[tuple[Sample, str, Path]]:
+    """Every (sample, modality, path) of file-backed modalities, optionally only ``modalities``."""
+    wanted = None if modalities is None else set(modalities)
+    return [
+        (s, m, v)
+        for s in manifest.samples
+        for m, v in s.values.items()
+        if m not in INLINE_MODALITIES and (wanted is None or m in wanted)
+    ]
+
+
+def _probe(job: tuple[Sample, str, Path]) -> FileProblem | None:
+    sample, modality, path = job
+    try:
+        read_file(modality, path)  # the arrays are dropped at once; only the verdict is kept
+    except DataFileError as err:
+        return FileProblem(sample.line, sample.id, modality, path, err.reason)
+    return None
+
+
+def scan_files(
+    manifest: Manifest, modalities: Iterable[str] | None = None, workers: int | None = None
+) -> list[FileProblem]:
+    """Decode every file once with the readers, in a thread pool; return the problems in file order.
+
+    Threads, not processes: decoders (PIL, libsndfile, NumPy I/O) release the GIL, and threads
+    start instantly without re-importing torch in each child.
+
+    Args:
+        manifest: the manifest to check.
+        modalities: only files of these modalities (default: all).
+        workers: pool size; default ``min(32, cpu_count + 4)``.
+    """
+    jobs = file_jobs(manifest, modalities)
+    if not jobs:
+        return []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [p for p in pool.map(_probe, jobs) if p is not None]
+
+
+def outside_paths(manifest: Manifest) -> list[tuple[Sample, str, str]]:
+    """Paths that leave the manifest's folder: ``(sample, modality, why)``; allowed, but worth showing.
+
+    ``why`` is ``"absolute path"``, ``"'..' leaves the folder"`` or ``"symlink to outside the folder"``.
+    """
+    root = manifest.root.resolve()
+    out = []
+    for s in manifest.samples:
+        for m, raw in s.raw_paths.items():
+            why = _escape_reason(root, raw, Path(s.values[m]))
+            if why:
+                out.append((s, m, why))
+    return out
+
+
+def _escape_reason(root: Path, raw: str, path: Path) -> str | None:
+    if Path(raw).is_absolute():
+        return "absolute path"
+    if os.path.normpath(raw).split(os.sep)[0] == os.pardir:
+        return "'..' leaves the folder"
+    if not path.resolve().is_relative_to(root):
+        return "symlink to outside the folder"
+    return None
+
+
+def drop_samples(manifest: Manifest, problems: Sequence[FileProblem]) -> tuple[Manifest, int]:
+    """The manifest without the samples that have a bad file, and how many were dropped."""
+    bad = {p.sample_id for p in problems}
+    kept = [s for s in manifest.samples if s.id not in bad]
+    return manifest.with_samples(kept), len(manifest.samples) - len(kept)
+
+
+def format_problems(problems: Sequence[FileProblem], limit: int | None = 10) -> str:
+    """One line per bad file; past ``limit`` lines, a count of the rest."""
+    shown = problems if limit is None else problems[:limit]
+    lines = [f"  {p}" for p in shown]
+    if len(problems) > len(shown):
+        lines.append(f"  ... and {len(problems) - len(shown)} more")
+    return "\n".join(lines)
+
+
+# ---- splits -----------------------------------------------------------------------------------
+
+
+def id_fraction(sample_id: str) -> float:
+    """A stable pseudo-random number in [0, 1) from the id alone (same on every machine and seed)."""
+    digest = hashlib.blake2b(sample_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def split_by_id(samples: Sequence[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:
+    """Split into (train, val): a sample goes to val when ``id_fraction(id) < val_fraction``.
+
+    Depends on the ids only, not on the seed or the order of the rows, so every run and every seed
+    holds out the same samples, and adding rows never moves an existing sample across the split.
+    """
+    train, val = [], []
+    for s in samples:
+        (val if id_fraction(s.id) < val_fraction else train).append(s)
+    return train, val

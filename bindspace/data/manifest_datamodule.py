@@ -1,0 +1,371 @@
+"""``data=manifest``: train on your own paired files listed in JSONL/CSV manifests (``docs/data.md``).
+
+Every edge draws from the training samples that hold both of its modalities. Several manifests
+(``sources``) can be mixed with sampling weights: each edge's pool is the concatenation of its
+eligible samples from every source, up-sampled so that a draw comes from source ``k`` with
+probability ``weight_k / sum(weights)``. The pool is a fixed virtual index, so the step-indexed
+order of ``steps.py`` (data of step ``s`` = f(seed, s), exact resume, any world size) holds as is.
+
+Every file is decoded once when the datamodule is built, before any model exists: bad files either
+fail the run with their list (``on_error="raise"``) or drop their samples, counted in
+``data_report`` (``on_error="skip"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bindspace.data.datamodule import first_item
+from bindspace.data.manifest import (
+    INLINE_MODALITIES,
+    FileProblem,
+    Manifest,
+    ManifestError,
+    Sample,
+    drop_samples,
+    format_problems,
+    load_manifest,
+    scan_files,
+    split_by_id,
+)
+from bindspace.data.steps import StepBatches, StepSampler
+from bindspace.losses import Edge, edge_key
+from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, collate_inputs, get_modality
+
+log = logging.getLogger("bindspace.data")
+Batch = dict[str, Any]
+ON_ERROR = ("raise", "skip")
+# A weighted pool may up-sample its sources; past this many slots per real sample the weights are too extreme.
+MAX_POOL_RATIO = 16
+
+
+def load_inputs(modality: str, values: Sequence[str | Path], cfg: ModalityConfig) -> ModelInput:
+    """Decode and transform one modality of a batch: texts inline, files through the readers."""
+    spec = get_modality(modality)
+    if modality in INLINE_MODALITIES:
+        return spec.transform_batch(list(values), cfg.input)
+    return collate_inputs([spec.transform(spec.read(v), cfg.input) for v in values])
+
+
+class ManifestDataset(Dataset):
+    """Manifest samples decoded in ``modalities``; ``__getitems__`` returns one collated batch.
+
+    Args:
+        samples: the samples (all hold every modality in ``modalities``).
+        modalities: what each batch holds.
+        configs: modality configs (transforms).
+        class_index: label name -> class index; batches hold ``"label"`` when given.
+        rows: optional virtual index -> sample row (a weighted pool); default identity.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        modalities: Sequence[str],
+        configs: Mapping[str, ModalityConfig],
+        class_index: Mapping[str, int] | None = None,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        self.samples, self.modalities = list(samples), list(modalities)
+        self.configs, self.class_index, self.rows = dict(configs), class_index, rows
+
+    def __len__(self) -> int:
+        return len(self.samples) if self.rows is None else len(self.rows)
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        size = len(self)
+        bad = [i for i in indices if not 0 <= i < size]
+        if bad:
+            raise IndexError(f"sample index {bad[0]} out of range 0..{size - 1}")
+        rows = [int(i) for i in indices] if self.rows is None else [int(self.rows[i]) for i in indices]
+        picked = [self.samples[r] for r in rows]
+        batch: Batch = {"id": torch.as_tensor(rows, dtype=torch.long), "sample_id": [s.id for s in picked]}
+        if self.class_index is not None:
+            batch["label"] = torch.as_tensor([self.class_index[s.label] for s in picked], dtype=torch.long)
+        for m in self.modalities:
+            batch[m] = load_inputs(m, [s.values[m] for s in picked], self.configs[m])
+        return batch
+
+    def __getitem__(self, index: int) -> Batch:
+        batch = self.__getitems__([index])
+        return {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}
+
+
+def weighted_rows(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray | None:
+    """Virtual pool -> row of the concatenated sources, so a uniform draw picks source k w.p. w_k / sum(w).
+
+    Each source gets ``max(n_k, round(T * p_k))`` slots with ``T = max_k n_k / p_k``: no sample is
+    left out, and small heavily weighted sources repeat (slot ``j`` holds sample ``j mod n_k``).
+
+    Returns:
+        int64 array of rows, or None for a single source (the identity).
+
+    Raises:
+        ValueError: the weights would need more than ``MAX_POOL_RATIO`` slots per sample.
+    """
+    if len(sizes) == 1:
+        return None
+    n = np.asarray(sizes, dtype=np.int64)
+    p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    slots = np.maximum(n, np.rint(float(np.max(n / p)) * p).astype(np.int64))
+    if slots.sum() > MAX_POOL_RATIO * n.sum():
+        raise ValueError(f"weights {list(weights)} for sources of {list(sizes)} samples need {slots.sum()} slots")
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+    return np.concatenate([start + np.arange(k) % size for start, k, size in zip(starts, slots, n)])
+
+
+def parse_sources(train: str | None, sources: Sequence[Any] | None) -> list[tuple[Path, float]]:
+    """``data.train`` or ``data.sources`` -> [(manifest path, weight)]."""
+    if (train is None) == (not sources):
+        raise ConfigError("data: give exactly one of data.train=PATH or data.sources=[{path: ..., weight: ...}]")
+    if train is not None:
+        return [(Path(train), 1.0)]
+    out = []
+    for i, src in enumerate(sources):
+        src = {"path": src} if isinstance(src, str) else dict(src)
+        unknown = sorted(set(src) - {"path", "weight"})
+        if unknown or "path" not in src:
+            raise ConfigError(f"data.sources[{i}]: expected keys path and weight, got {sorted(src)}")
+        weight = src.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
+            raise ConfigError(f"data.sources[{i}].weight must be a positive number, got {weight!r}")
+        out.append((Path(src["path"]), float(weight)))
+    return out
+
+
+def check_manifests(
+    manifests: Sequence[Manifest], modalities: Sequence[str], on_error: str, workers: int | None
+) -> tuple[list[Manifest], dict[str, dict[str, int]]]:
+    """Decode every file once; fail listing the bad ones (``raise``) or drop their samples (``skip``).
+
+    Returns:
+        The manifests to use, and per manifest path ``{"samples", "bad_files", "skipped_samples"}``.
+    """
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"data.on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
+    problems: dict[Path, list[FileProblem]] = {}
+    for m in manifests:
+        if m.path not in problems:
+            problems[m.path] = scan_files(m, modalities, workers)
+    every = [p for found in problems.values() for p in found]
+    if every and on_error == "raise":
+        bad = ", ".join(str(path) for path, found in problems.items() if found)
+        raise ManifestError(
+            f"data.on_error=raise: {len(every)} bad file(s) in {bad}; fix them, or set data.on_error=skip "
+            f"to drop their samples (`bindspace-data check MANIFEST` lists every one):\n{format_problems(every)}"
+        )
+    out, report = [], {}
+    for m in manifests:
+        kept, dropped = drop_samples(m, problems[m.path])
+        report[str(m.path)] = {
+            "samples": len(m.samples),
+            "bad_files": len(problems[m.path]),
+            "skipped_samples": dropped,
+        }
+        if dropped:
+            warnings.warn(f"data.on_error=skip: dropped {dropped} sample(s) of {m.path} with bad files", stacklevel=2)
+        out.append(kept)
+    return out, report
+
+
+def heldout_modalities(samples: Sequence[Sample], graph: Sequence[str], split: str) -> list[str]:
+    """The graph's modalities that every held-out sample holds (the ones evaluated); warn about the rest."""
+    counts = Counter(m for s in samples for m in s.values)
+    keep = [m for m in graph if counts[m] == len(samples)]
+    held = ", ".join(f"{m} {counts[m]}" for m in graph)
+    if len(keep) < 2:
+        raise ManifestError(
+            f"data.{split}: retrieval needs two modalities that every {split} sample holds, but only {keep} are "
+            f"held by all {len(samples)} samples (per modality: {held})"
+        )
+    if len(keep) < len(graph):
+        warnings.warn(
+            f"data.{split}: evaluating {keep} only; not held by every one of the {len(samples)} samples: "
+            + ", ".join(f"{m} ({counts[m]})" for m in graph if m not in keep),
+            stacklevel=2,
+        )
+    return keep
+
+
+def heldout_dataset(
+    samples: Sequence[Sample], configs: Mapping[str, ModalityConfig], class_index: Mapping[str, int] | None, split: str
+) -> ManifestDataset:
+    """Held-out batches: the modalities every sample holds, ``label`` when every sample has one."""
+    if not samples:
+        raise ManifestError(f"data.{split}: no samples left to evaluate on")
+    modalities = heldout_modalities(samples, list(configs), split)
+    labelled = sum(s.label is not None for s in samples)
+    if 0 < labelled < len(samples):
+        warnings.warn(
+            f"data.{split}: only {labelled} of {len(samples)} samples have a label; no class metrics", stacklevel=2
+        )
+    index = class_index if labelled == len(samples) else None
+    return ManifestDataset(samples, modalities, configs, index)
+
+
+def class_vocabulary(samples: Sequence[Sample]) -> list[str]:
+    """Sorted label names (the class index of a label is its position)."""
+    return sorted({s.label for s in samples if s.label is not None})
+
+
+def heldout_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=first_item,
+    )
+
+
+class ManifestDataModule(L.LightningDataModule):
+    """Per-edge, step-indexed training batches from manifests; held-out batches from a val/test manifest.
+
+    Args:
+        configs: modality configs of the model (which modalities are read, and their transforms).
+        edges: the trainable edges; each draws from the samples holding both of its modalities.
+        batch_size: per device and per edge.
+        seed: data order seed.
+        train: the training manifest (or give ``sources``).
+        sources: ``[{path, weight}, ...]``: several training manifests mixed by sampling weight.
+        val: held-out manifest; default: the ``val_fraction`` of training samples chosen by id hash.
+        test: the final gallery's manifest; default: the validation set.
+        val_fraction: share of training samples held out when ``val`` is not given.
+        on_error: ``raise`` (bad files fail the run before training) or ``skip`` (drop their samples).
+        num_workers, pin_memory: DataLoader settings (persistent workers when ``num_workers > 0``).
+        scan_workers: threads decoding every file once at startup (default ``min(32, cpus + 4)``).
+    """
+
+    def __init__(
+        self,
+        configs: Mapping[str, ModalityConfig],
+        edges: Sequence[Edge],
+        batch_size: int = 64,
+        seed: int = 0,
+        train: str | None = None,
+        sources: Sequence[Any] | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        val_fraction: float = 0.1,
+        on_error: str = "raise",
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        scan_workers: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
+        self.batch_size, self.seed = batch_size, seed
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        weighted = parse_sources(train, sources)
+        heldout = [load_manifest(p) for p in (val, test) if p is not None]
+        manifests, files = check_manifests(
+            [load_manifest(p) for p, _ in weighted] + heldout, list(self.configs), on_error, scan_workers
+        )
+        parts = manifests[: len(weighted)]
+        val_samples = manifests[len(weighted)].samples if val is not None else self._split(parts, val_fraction)
+        test_samples = manifests[-1].samples if test is not None else val_samples
+        self.class_names = class_vocabulary([s for m in parts for s in m.samples] + val_samples + test_samples)
+        index = {name: i for i, name in enumerate(self.class_names)} or None
+        self.pools = {edge_key(e): self._edge_pool(e, parts, [w for _, w in weighted], index) for e in self.edges}
+        self.val_set = heldout_dataset(val_samples, self.configs, index, "val")
+        self.test_set = self.val_set if test is None else heldout_dataset(test_samples, self.configs, index, "test")
+        self.skipped = sum(r["skipped_samples"] for r in files.values())
+        self.data_report = self._report(files, parts)
+        if self.skipped:
+            log.warning("data: skipped %d sample(s) with bad files: %s", self.skipped, files)
+        # Edges drawn in each curriculum stage; a curriculum callback replaces this before fitting.
+        self.stage_edges: list[list[Edge]] = [list(self.edges)]
+        self.train_steps: StepBatches | None = None
+
+    @staticmethod
+    def _split(parts: list[Manifest], fraction: float) -> list[Sample]:
+        if not 0 < fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1) when data.val is not given, got {fraction!r}")
+        val = []
+        for i, m in enumerate(parts):
+            kept, held = split_by_id(m.samples, fraction)
+            parts[i], val = m.with_samples(kept), val + held
+        return val
+
+    def _edge_pool(
+        self, edge: Edge, parts: list[Manifest], weights: list[float], index: Mapping[str, int] | None
+    ) -> ManifestDataset:
+        eligible = [([s for s in m.samples if s.holds(edge)], w) for m, w in zip(parts, weights)]
+        eligible = [(rows, w) for rows, w in eligible if rows]
+        key = edge_key(edge)
+        if not eligible:
+            raise ManifestError(f"edge {key}: no training sample holds both {edge[0]} and {edge[1]}")
+        samples = [s for rows, _ in eligible for s in rows]
+        try:
+            rows = weighted_rows([len(r) for r, _ in eligible], [w for _, w in eligible])
+        except ValueError as err:
+            raise ConfigError(f"data.sources, edge {key}: {err}; make the weight ratios less extreme") from None
+        pool = ManifestDataset(
+            samples, edge, self.configs, index if all(s.label is not None for s in samples) else None, rows
+        )
+        if len(pool) < self.batch_size:
+            raise ManifestError(
+                f"edge {key}: {len(pool)} training samples, fewer than data.batch_size={self.batch_size}"
+            )
+        return pool
+
+    def _report(self, files: dict[str, dict[str, int]], parts: list[Manifest]) -> dict[str, Any]:
+        return {
+            "manifests": files,
+            "skipped": self.skipped,
+            "train_samples": sum(len(m.samples) for m in parts),
+            "val_samples": len(self.val_set),
+            "test_samples": len(self.test_set),
+            "edges": {k: {"samples": len(p.samples), "pool": len(p)} for k, p in self.pools.items()},
+            "eval_modalities": {"val": self.val_set.modalities, "test": self.test_set.modalities},
+            "classes": len(self.class_names),
+        }
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.configs)
+
+    def train_dataloader(self) -> DataLoader:
+        """Step-indexed: starts at the trainer's global step, so a resumed run continues its data order."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        for key, pool in self.pools.items():
+            if len(pool) < self.batch_size * world:
+                raise ConfigError(
+                    f"edge {key}: {len(pool)} samples cannot fill a global batch of {self.batch_size} x {world}"
+                )
+        self.train_steps = StepBatches(self.pools, self.stage_edges, self.batch_size, self.seed, rank, world)
+        start = (lambda: trainer.global_step) if trainer is not None else 0
+        return DataLoader(
+            self.train_steps,
+            batch_size=None,
+            sampler=StepSampler(start),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Steps in one pass over the largest edge pool (so every edge has seen each of its samples)."""
+        return max(1, max(len(p) for p in self.pools.values()) // (self.batch_size * world_size))
+
+    def set_stage(self, index: int) -> None:
+        if self.train_steps is not None:
+            self.train_steps.set_stage(index)
+
+    def val_dataloader(self) -> DataLoader:
+        return heldout_loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
+
+    def test_dataloader(self) -> DataLoader:
+        return heldout_loader(self.test_set, self.batch_size, self.num_workers, self.pin_memory)

@@ -1,0 +1,221 @@
+"""``bindspace-eval``: evaluate a checkpoint: retrieval, zero-shot, the modality gap and its mitigations.
+
+    bindspace-eval ckpt_path=runs/train/<time>/checkpoints/last.ckpt
+    bindspace-eval ckpt_path=... data.test_size=2000 prompts=synthetic eval.save_to_checkpoint=true
+
+Writes ``metrics.json`` (``retrieval``, ``retrieval_class``, ``zero_shot``, ``modality_gap``,
+``mixed_index``, ...), ``retrieval.txt`` and the plots ``retrieval_R@1.png`` and ``modality_gap.png``
+to the run folder (``runs/eval/<time>/``). Centring means and bridges are fitted on the reference
+split (``eval.reference_split``, default val) and scored on the evaluated split (default test).
+The model comes from the checkpoint; the data, the seed and the prompts from this config.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bindspace.config import build_run_spec
+from bindspace.data import build_datamodule
+from bindspace.evaluation.embed import embed_batches
+from bindspace.evaluation.gap import (
+    BRIDGE_METHODS,
+    center_all,
+    fit_bridge,
+    fit_centering,
+    gap_projection_figure,
+    gap_table,
+    mixed_index,
+)
+from bindspace.evaluation.plots import retrieval_heatmap, save_figure
+from bindspace.evaluation.retrieval import format_retrieval_table, retrieval_matrix, summarize
+from bindspace.evaluation.zero_shot import Prompts, class_embeddings, zero_shot_from_classes
+from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, save_mitigations
+from bindspace.modalities import ConfigError
+from bindspace.modalities.base import _from_mapping
+from bindspace.utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("bindspace.eval")
+SPLITS = ("val", "test")
+Split = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]  # embeddings, ids, labels
+
+
+@dataclass
+class EvalOptions:
+    """The ``eval:`` section of ``configs/eval.yaml``."""
+
+    split: str = "test"
+    reference_split: str = "val"  # mitigations are fitted here, never on the evaluated split
+    zero_shot_modalities: list[str] | None = None  # default: every modality but text
+    zero_shot_ks: list[int] = field(default_factory=lambda: [1, 5])
+    mixed_index: list[dict[str, Any]] | None = None  # default: text queries, the model's next two modalities
+    mixed_k: int = 10
+    bridge_method: str = "procrustes"
+    gap_seed: int = 0
+    max_points: int = 500  # per modality in the projection plot
+    save_to_checkpoint: bool = False
+    plots: bool = True
+
+    def check(self, modalities: list[str]) -> None:
+        """Raise ConfigError naming the first bad key (modality names are checked against the model)."""
+        for key in ("split", "reference_split"):
+            if getattr(self, key) not in SPLITS:
+                raise ConfigError(f"eval.{key} must be one of {SPLITS}, got {getattr(self, key)!r}")
+        if self.split == self.reference_split:
+            raise ConfigError(f"eval.reference_split must differ from eval.split ({self.split!r}): fit on one, score on the other")
+        if self.bridge_method not in BRIDGE_METHODS:
+            raise ConfigError(f"eval.bridge_method must be one of {BRIDGE_METHODS}, got {self.bridge_method!r}")
+        if self.mixed_index is None:
+            queries = "text" if "text" in modalities else modalities[0]
+            self.mixed_index = [{"queries": queries, "gallery": [m for m in modalities if m != queries][:2]}]
+        named = list(self.zero_shot_modalities or [])
+        for i, entry in enumerate(self.mixed_index):
+            if set(entry) != {"queries", "gallery"} or len(entry["gallery"]) < 2:
+                raise ConfigError(f"eval.mixed_index[{i}] needs queries: <m> and gallery: [<m>, <m>, ...], got {entry}")
+            named += [entry["queries"], *entry["gallery"]]
+        for m in named:
+            if m not in modalities:
+                raise ConfigError(f"eval: modality {m!r} is not in the checkpoint's model {modalities}")
+
+
+def load_model(plain: dict[str, Any]) -> BindSpace:
+    """The checkpoint's own metadata, or (older checkpoints) the model described by this config."""
+    path = plain.get("ckpt_path")
+    if not path:
+        raise ConfigError("ckpt_path is required, e.g. bindspace-eval ckpt_path=runs/train/<time>/checkpoints/last.ckpt")
+    ckpt = load_checkpoint(path)
+    device = plain.get("device") or "cpu"
+    if "bindspace" in ckpt:
+        return BindSpace.from_state(ckpt, device, where=str(path))
+    log.warning("%s has no 'bindspace' metadata: rebuilding the model from this config (modalities, model)", path)
+    spec = build_run_spec(plain)
+    return BindSpace.from_state(ckpt, device, spec.modalities, spec.embed_dim, spec.edges, where=str(path))
+
+
+def embed_split(bs: BindSpace, datamodule, split: str) -> Split:
+    """Embed every modality the split's batches hold (a manifest split may hold fewer than the model)."""
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    batches = iter(loader)
+    first = next(batches, None)
+    if first is None:
+        raise ConfigError(f"data: the {split} split is empty")
+    modalities = [m for m in bs.modalities if m in first]
+    return embed_batches(bs.model, itertools.chain([first], batches), modalities)
+
+
+def data_class_names(datamodule) -> list[str] | None:
+    names = getattr(datamodule, "class_names", None)
+    if names is None and hasattr(datamodule, "scenes"):
+        names = datamodule.scenes.class_names
+    return list(names() if callable(names) else names) if names is not None else None
+
+
+def zero_shot_tables(
+    bs: BindSpace, embs: dict, centred: dict, labels, means, names: list[str], prompts: Prompts, opts: EvalOptions
+) -> tuple[dict, dict]:
+    """``{modality: {"top1": %, "top5": %}}`` on raw embeddings, and with centring (prompts centred as text)."""
+    wanted = opts.zero_shot_modalities or [m for m in embs if m != "text"]
+    classes = class_embeddings(bs, names, prompts.templates)
+    centred_classes = center_all({"text": classes}, means)["text"]
+    raw = {m: zero_shot_from_classes(embs[m], labels, classes, opts.zero_shot_ks) for m in wanted}
+    after = {m: zero_shot_from_classes(centred[m], labels, centred_classes, opts.zero_shot_ks) for m in wanted}
+    return raw, after
+
+
+def mixed_index_table(test: Split, ref: Split, means, opts: EvalOptions) -> dict:
+    """Each query modality against one index of several gallery modalities: none / center / bridge."""
+    (embs, ids, _), ref_embs = test, ref[0]
+    out: dict[str, Any] = {}
+    for entry in opts.mixed_index:
+        q, gallery = entry["queries"], list(entry["gallery"])
+        keys = {g: ids for g in gallery}
+        bridges = {g: fit_bridge(ref_embs[g], ref_embs[q], opts.bridge_method, (g, q)) for g in gallery}
+        centred = center_all({m: embs[m] for m in [q, *gallery]}, means)
+        out[f"{q}->{'+'.join(gallery)}"] = {
+            "none": mixed_index(embs[q], ids, {g: embs[g] for g in gallery}, keys, opts.mixed_k),
+            "center": mixed_index(centred[q], ids, {g: centred[g] for g in gallery}, keys, opts.mixed_k),
+            "bridge": mixed_index(embs[q], ids, {g: bridges[g](embs[g]) for g in gallery}, keys, opts.mixed_k),
+        }
+    return out
+
+
+def evaluate(bs: BindSpace, test: Split, ref: Split, names: list[str] | None, prompts: Prompts, opts: EvalOptions) -> dict:
+    """Every metric of ``metrics.json`` from embedded evaluation and reference splits."""
+    embs, ids, labels = test
+    means = fit_centering(ref[0])
+    centred = center_all(embs, means)
+    instance, class_level = retrieval_matrix(embs, ids, bs.edges, class_labels=labels)
+    metrics: dict[str, Any] = {"retrieval": instance, "retrieval_class": class_level, "summary": summarize(instance)}
+    metrics["summary_centered"] = summarize(retrieval_matrix(centred, ids, bs.edges)[0])
+    if labels is not None and "text" in bs.modalities:
+        names = prompts.class_names(names)
+        zs = zero_shot_tables(bs, embs, centred, labels, means, names, prompts, opts)
+        metrics["zero_shot"], metrics["zero_shot_centered"] = zs
+    metrics["modality_gap"] = gap_table(embs, seed=opts.gap_seed)
+    metrics["modality_gap_centered"] = gap_table(centred, seed=opts.gap_seed)
+    metrics["mixed_index"] = mixed_index_table(test, ref, means, opts)
+    metrics["_centering"] = means  # popped before writing; the checkpoint may store it
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate one checkpoint; returns the metrics written to ``metrics.json``."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    opts = _from_mapping(EvalOptions, plain.get("eval"), "eval")
+    prompts = Prompts.from_dict(plain.get("prompts") or {}, "prompts")
+    bs = load_model(plain)
+    opts.check(bs.modalities)
+    run_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(plain["data"], bs.model.configs, bs.edges, seed=plain.get("seed", 0))
+    test, ref = embed_split(bs, datamodule, opts.split), embed_split(bs, datamodule, opts.reference_split)
+    metrics = evaluate(bs, test, ref, data_class_names(datamodule), prompts, opts)
+    means = metrics.pop("_centering")
+    metrics = {"ckpt_path": str(plain["ckpt_path"]), "split": opts.split, "reference_split": opts.reference_split,
+               "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics}  # fmt: skip
+    write_results(run_dir, metrics, test[0], center_all(test[0], means), opts)
+    if opts.save_to_checkpoint:
+        bridges = [fit_bridge(ref[0][g], ref[0][e["queries"]], opts.bridge_method, (g, e["queries"]))
+                   for e in opts.mixed_index for g in e["gallery"]]  # fmt: skip
+        save_mitigations(plain["ckpt_path"], means, bridges, metadata=bs.metadata())
+        print(f"stored centring means and {len(bridges)} bridge(s) in {plain['ckpt_path']}")
+    return metrics
+
+
+def write_results(run_dir: Path, metrics: dict, embs: dict, centred: dict, opts: EvalOptions) -> None:
+    order, size = list(embs), metrics["gallery_size"]
+    tables = [format_retrieval_table(metrics["retrieval"], k, order, gallery_size=size) for k in ("R@1", "R@10")]
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(run_dir / "retrieval.txt", "\n\n".join(tables) + "\n")
+    if opts.plots:
+        heatmap = retrieval_heatmap(metrics["retrieval"], "R@1", order, chance=100.0 / size)
+        save_figure(heatmap, run_dir / "retrieval_R@1.png")
+        save_figure(gap_projection_figure(embs, centred, opts.max_points), run_dir / "modality_gap.png")
+    print(f"\nHeld-out retrieval, {metrics['split']} split of {size}\n\n{tables[0]}")
+    print("\nSummary: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics["summary"].items()))
+    print("Centred: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics["summary_centered"].items()))
+    for m, acc in metrics.get("zero_shot", {}).items():
+        centred = metrics["zero_shot_centered"][m]["top1"]
+        print(f"zero-shot {m}: top1={acc['top1']:.1f} top5={acc['top5']:.1f} (centred top1 {centred:.1f})")
+    print(f"metrics: {run_dir / 'metrics.json'}")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://bindspace.configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, CheckpointError) as err:
+        # A user error: one clear line, no stack-trace wall, non-zero exit.
+        print(f"bindspace-eval: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""The modality gap: how far apart modalities sit in the shared space, and two ways to close it.
+
+Contrastive training leaves every modality in its own narrow cone of the unit sphere (Liang et al.,
+"Mind the Gap", NeurIPS 2022): matched pairs score higher than random pairs, but *every* text is
+closer to every audio clip than to any image, say. That matters when one index holds several
+modalities. Measured here per pair of modalities:
+
+- ``centroid_distance``: ``|mean(a) - mean(b)|`` of the unit-norm embeddings (0 = no gap, 2 = opposite);
+- ``matched_cosine`` / ``random_cosine``: mean cosine of paired rows and of all unpaired rows;
+- ``separability``: held-out accuracy (%) of a logistic regression telling the two apart (50 = mixed).
+
+Mitigations, both estimated on a reference split and applied to new embeddings:
+
+- centring: subtract the modality's mean, renormalise (:func:`fit_centering`, :func:`center`);
+- a linear bridge from one modality onto another fitted on paired data (:func:`fit_bridge`).
+
+Everything takes plain tensors; nothing here needs a model, a checkpoint or Hydra.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from bindspace.evaluation.retrieval import rank_of_matches, recall_at_k, topk_chunked
+
+BRIDGE_METHODS = ("procrustes", "lstsq")
+
+
+def _check_2d(name: str, x: Tensor, dim: int | None = None) -> Tensor:
+    if x.ndim != 2 or len(x) == 0 or (dim is not None and x.shape[1] != dim):
+        want = f"(N, {dim})" if dim is not None else "(N, D)"
+        raise ValueError(f"{name} must be a non-empty {want} tensor, got {tuple(x.shape)}")
+    return x.detach().float()
+
+
+def centroid_distance(a: Tensor, b: Tensor) -> float:
+    """Euclidean distance between the means of two sets of unit-norm embeddings ``(N, D)``, ``(M, D)``."""
+    a, b = _check_2d("a", a), _check_2d("b", b, a.shape[1])
+    return float((a.mean(0) - b.mean(0)).norm())
+
+
+def pair_cosines(a: Tensor, b: Tensor) -> tuple[float, float]:
+    """Mean cosine of matched rows ``(a[i], b[i])`` and of all unmatched rows ``(a[i], b[j]), i != j``.
+
+    The unmatched mean is exact without the N x N matrix: the sum over all pairs is ``sum(a) . sum(b)``.
+    """
+    a, b = _check_2d("a", a), _check_2d("b", b, a.shape[1])
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"paired embeddings must have equal shapes with N >= 2, got {tuple(a.shape)}, {tuple(b.shape)}")
+    a, b = a.double(), b.double()  # the all-pairs sum cancels a large diagonal
+    matched = (a * b).sum()
+    n = len(a)
+    unmatched = (a.sum(0) @ b.sum(0) - matched) / (n * (n - 1))
+    return float(matched / n), float(unmatched)
+
+
+def linear_separability(a: Tensor, b: Tensor, seed: int = 0, steps: int = 100, l2: float = 1e-3) -> float:
+    """Held-out accuracy (%) of a logistic regression telling modality ``a`` from modality ``b``.
+
+    Each set is shuffled with ``seed`` and cut in halves: the classifier (full-batch L-BFGS, L2 penalty
+    ``l2``) fits the first halves and is scored on the second, balanced by weighting each class equally.
+    """
+    a, b = _check_2d("a", a), _check_2d("b", b, a.shape[1])
+    if len(a) < 4 or len(b) < 4:
+        raise ValueError(f"need at least 4 embeddings per modality to split in halves, got {len(a)} and {len(b)}")
+    g = torch.Generator().manual_seed(seed)
+    a, b = a[torch.randperm(len(a), generator=g)], b[torch.randperm(len(b), generator=g)]
+    (a_fit, a_test), (b_fit, b_test) = a.tensor_split(2), b.tensor_split(2)
+    x = torch.cat([a_fit, b_fit])
+    y = torch.cat([torch.zeros(len(a_fit)), torch.ones(len(b_fit))])
+    w = torch.zeros(x.shape[1] + 1, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        logits = x @ w[:-1] + w[-1]
+        loss = F.binary_cross_entropy_with_logits(logits, y) + l2 * w[:-1].square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        acc_a = ((a_test @ w[:-1] + w[-1]) < 0).float().mean()
+        acc_b = ((b_test @ w[:-1] + w[-1]) > 0).float().mean()
+    return float(50.0 * (acc_a + acc_b))
+
+
+def modality_gap(a: Tensor, b: Tensor, seed: int = 0) -> dict[str, float]:
+    """Every gap measure for one pair of modalities; row i of ``a`` and of ``b`` is the same sample.
+
+    Returns:
+        {"centroid_distance", "matched_cosine", "random_cosine", "separability" (%)}.
+    """
+    matched, unmatched = pair_cosines(a, b)
+    return {
+        "centroid_distance": centroid_distance(a, b),
+        "matched_cosine": matched,
+        "random_cosine": unmatched,
+        "separability": linear_separability(a, b, seed=seed),
+    }
+
+
+def gap_table(
+    embeddings: Mapping[str, Tensor], pairs: Sequence[tuple[str, str]] | None = None, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """:func:`modality_gap` for every unordered pair (default) or the given pairs, keyed ``"a|b"``."""
+    pairs = list(pairs) if pairs is not None else list(itertools.combinations(embeddings, 2))
+    for pair in pairs:
+        missing = [m for m in pair if m not in embeddings]
+        if missing:
+            raise ValueError(f"gap pair {pair}: no embeddings for {missing}; have {list(embeddings)}")
+    return {f"{a}|{b}": modality_gap(embeddings[a], embeddings[b], seed=seed) for a, b in pairs}
+
+
+# ---- mitigation 1: per-modality centring --------------------------------------------------------
+def fit_centering(embeddings: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Per-modality mean ``(D,)`` of reference embeddings, to subtract before renormalising."""
+    return {m: _check_2d(f"embeddings[{m!r}]", e).mean(0) for m, e in embeddings.items()}
+
+
+def center(embeddings: Tensor, mean: Tensor) -> Tensor:
+    """Subtract a modality's mean and project back onto the unit sphere: ``(N, D) -> (N, D)``."""
+    if mean.shape != embeddings.shape[-1:]:
+        raise ValueError(f"centring mean must be ({embeddings.shape[-1]},), got {tuple(mean.shape)}")
+    return F.normalize(embeddings.float() - mean.to(embeddings.device, torch.float32), dim=-1)
+
+
+def center_all(embeddings: Mapping[str, Tensor], means: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    missing = [m for m in embeddings if m not in means]
+    if missing:
+        raise ValueError(f"no centring mean for {missing}; have {sorted(means)}")
+    return {m: center(e, means[m]) for m, e in embeddings.items()}
+
+
+# ---- mitigation 2: a linear bridge between two modalities ---------------------------------------
+@dataclass
+class Bridge:
+    """A linear map ``source -> target`` of the shared space, then renormalisation.
+
+    ``procrustes`` is the rotation that best aligns paired embeddings (the space's geometry is kept);
+    ``lstsq`` is the unconstrained least-squares map (more freedom, more to fit).
+    """
+
+    source: str
+    target: str
+    weight: Tensor  # (D, D): mapped = normalize(x @ weight)
+    method: str = "procrustes"
+
+    def __call__(self, embeddings: Tensor) -> Tensor:
+        return F.normalize(embeddings.float() @ self.weight.to(embeddings.device, torch.float32), dim=-1)
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}->{self.target}"
+
+    def to_dict(self) -> dict:
+        """Plain lists, for ``checkpoint["bindspace"]["bridges"]``."""
+        return {"source": self.source, "target": self.target, "method": self.method, "weight": self.weight.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Bridge:
+        return cls(data["source"], data["target"], torch.tensor(data["weight"], dtype=torch.float32), data["method"])
+
+
+def fit_bridge(source: Tensor, target: Tensor, method: str = "procrustes", names: tuple[str, str] = ("a", "b")) -> Bridge:
+    """Fit ``source @ W ~ target`` on paired rows (row i of each is the same sample).
+
+    Args:
+        source: (N, D) embeddings of the modality to map.
+        target: (N, D) embeddings of the modality to map onto.
+        method: "procrustes" (W orthogonal: ``U V^T`` from the SVD of ``source^T target``) or "lstsq".
+        names: (source, target) modality names stored with the bridge.
+    """
+    source, target = _check_2d("source", source), _check_2d("target", target, source.shape[1])
+    if source.shape != target.shape:
+        raise ValueError(f"bridge needs paired rows, got {tuple(source.shape)} and {tuple(target.shape)}")
+    if method == "procrustes":
+        u, _, vh = torch.linalg.svd(source.double().T @ target.double())
+        weight = u @ vh
+    elif method == "lstsq":
+        weight = torch.linalg.lstsq(source.double(), target.double()).solution
+    else:
+        raise ValueError(f"bridge method must be one of {BRIDGE_METHODS}, got {method!r}")
+    return Bridge(names[0], names[1], weight.float(), method)
+
+
+# ---- several modalities in one index ------------------------------------------------------------
+def _remap_keys(query_keys: Tensor, gallery_keys: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Keys -> dense non-negative ints, so -1 is free to mean "never relevant"."""
+    names = list(gallery_keys)
+    flat = torch.cat([query_keys.cpu(), *(gallery_keys[m].cpu() for m in names)])
+    _, dense = torch.unique(flat, return_inverse=True)
+    parts = dense.split([len(query_keys), *(len(gallery_keys[m]) for m in names)])
+    return parts[0], dict(zip(names, parts[1:], strict=True))
+
+
+def mixed_index(
+    queries: Tensor,
+    query_keys: Tensor,
+    galleries: Mapping[str, Tensor],
+    gallery_keys: Mapping[str, Tensor],
+    k: int = 10,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict:
+    """Queries against one index holding several modalities: who fills the top k, and is the match found.
+
+    Args:
+        queries: (N, D) unit-norm query embeddings.
+        query_keys: (N,) key per query; gallery items with an equal key are its matches.
+        galleries: modality -> (M_m, D) embeddings, searched together as one index.
+        gallery_keys: modality -> (M_m,) keys.
+        k: depth of the top-k whose modality shares are reported.
+        ks: recall cut-offs.
+
+    Returns:
+        {"k", "share": {m: % of top-k results from m}, "expected_share": {m: % of the index that is m},
+        "R@k": % of queries with any match in the top k, "per_modality": {m: {"R@k": % with m's
+        match in the top k of the mixed index}}}. A modality with no match for some query is left
+        out of per_modality.
+    """
+    names = list(galleries)
+    if not names or set(names) != set(gallery_keys):
+        raise ValueError(f"galleries {names} and gallery_keys {list(gallery_keys)} must name the same modalities")
+    gallery = torch.cat([_check_2d(f"galleries[{m!r}]", galleries[m], queries.shape[1]) for m in names])
+    owner = torch.cat([torch.full((len(galleries[m]),), i) for i, m in enumerate(names)])
+    _, top = topk_chunked(queries.float(), gallery, min(k, len(gallery)))
+    counts = torch.bincount(owner[top.cpu()].flatten(), minlength=len(names))
+    qk, gk = _remap_keys(query_keys, gallery_keys)
+    out = {
+        "k": k,
+        "share": {m: 100.0 * float(counts[i]) / top.numel() for i, m in enumerate(names)},
+        "expected_share": {m: 100.0 * len(galleries[m]) / len(gallery) for m in names},
+        **recall_at_k(rank_of_matches(queries, gallery, qk, torch.cat([gk[m] for m in names])), ks),
+        "per_modality": {},
+    }
+    for m in names:
+        if not bool(torch.isin(qk, gk[m]).all()):
+            continue
+        only_m = torch.cat([gk[n] if n == m else torch.full_like(gk[n], -1) for n in names])
+        out["per_modality"][m] = recall_at_k(rank_of_matches(queries, gallery, qk, only_m), ks)
+    return out
+
+
+# ---- the picture --------------------------------------------------------------------------------
+def pca_2d(x: Tensor) -> Tensor:
+    """(N, D) -> (N, 2): the two leading principal components of the rows."""
+    x = x.double() - x.double().mean(0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    return (x @ vh[:2].T).float()
+
+
+def _projection_panel(ax, embeddings: Mapping[str, Tensor], max_points: int, title: str) -> None:
+    parts = {m: e[:max_points].detach().float().cpu() for m, e in embeddings.items()}
+    xy = pca_2d(torch.cat(list(parts.values()))).split([len(p) for p in parts.values()])
+    colors = matplotlib.colormaps["tab10"]
+    for i, (m, points) in enumerate(zip(parts, xy, strict=True)):
+        ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, color=colors(i % 10), label=m, gid=f"points-{m}")
+        centre = points.mean(0)
+        ax.scatter([centre[0]], [centre[1]], s=160, marker="X", color=colors(i % 10), edgecolor="black", gid=f"centroid-{m}")
+    ax.set_title(title)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_aspect("equal", adjustable="datalim")
+
+
+def gap_projection_figure(
+    embeddings: Mapping[str, Tensor], centered: Mapping[str, Tensor] | None = None, max_points: int = 500
+) -> Figure:
+    """2-D PCA of the embeddings coloured by modality (centroids as large crosses).
+
+    Args:
+        embeddings: modality -> (N_m, D) unit-norm embeddings; the first ``max_points`` of each are drawn.
+        centered: the same after a mitigation; when given, a second panel shows them (own PCA).
+        max_points: points drawn per modality.
+
+    Returns:
+        The figure (matplotlib object API with an Agg canvas, no pyplot state): one axes per panel,
+        each with a "points-<m>" and a "centroid-<m>" collection per modality.
+    """
+    panels = {"raw embeddings": embeddings} if centered is None else {"raw": embeddings, "centred": centered}
+    fig = Figure(figsize=(5.5 * len(panels), 5.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, embs) in zip(axes, panels.items(), strict=True):
+        _projection_panel(ax, embs, max_points, f"modality gap: {title} (PCA)")
+    axes[0].legend(fontsize="small", markerscale=2)
+    return fig

@@ -1,0 +1,184 @@
+"""Zero-shot classification of any modality against text prompts (CLIP's recipe, as ImageBind uses it).
+
+Each class gets a text embedding: every template filled with the class name, embedded, and the
+normalised mean of those (CLIP's prompt ensembling). A sample's predicted classes are the nearest
+class embeddings by cosine. Prompt sets live in ``configs/prompts/<name>.yaml``::
+
+    templates: ["a photo of a {}.", "the sound of a {}."]
+    classes: [dog, cat]        # optional: names by label index; or a mapping that renames the
+                               # data's own label names ({"7": seven}); null: the data's names
+
+Works with a :class:`bindspace.BindSpace`, a bare :class:`~bindspace.models.model.BindSpaceModel`,
+or any function from a list of strings to ``(N, D)`` embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bindspace.modalities import ConfigError, get_modality
+
+TextEmbedFn = Callable[[list[str]], Tensor]
+
+
+@dataclass
+class Prompts:
+    """Templates with one ``{}`` each for the class name, and optionally class names or renamings."""
+
+    templates: list[str]
+    classes: list[str] | dict[str, str] | None = None
+
+    def class_names(self, data_names: Sequence[str] | None = None) -> list[str]:
+        """The names that go into the templates, by label index.
+
+        Args:
+            data_names: the data source's class names by label index, if it has any.
+
+        Raises:
+            ConfigError: no names from either side, or a list whose length differs from the data's.
+        """
+        if isinstance(self.classes, Mapping):
+            if not data_names:
+                raise ConfigError("prompts.classes renames the data's class names, but the data names none")
+            return [self.classes.get(n, n) for n in data_names]
+        if self.classes is not None:
+            if data_names and len(data_names) != len(self.classes):
+                raise ConfigError(
+                    f"prompts.classes lists {len(self.classes)} classes but the data has {len(data_names)}"
+                )
+            return list(self.classes)
+        if not data_names:
+            raise ConfigError("zero-shot needs class names: the data source names none and prompts.classes is null")
+        return list(data_names)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "prompts") -> Prompts:
+        unknown = sorted(set(data) - {"templates", "classes"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected templates and optionally classes")
+        templates = list(data.get("templates") or [])
+        if not templates:
+            raise ConfigError(f"{where}.templates: need at least one template, got {data.get('templates')!r}")
+        for t in templates:
+            if not isinstance(t, str) or t.count("{}") != 1:
+                raise ConfigError(f"{where}.templates: each template needs exactly one '{{}}' for the class name, got {t!r}")
+        classes = data.get("classes")
+        if isinstance(classes, Mapping):
+            classes = {str(k): v for k, v in classes.items()}  # YAML reads a bare 7 as an int
+            values = list(classes.values())
+        else:
+            values = classes = None if classes is None else list(classes)
+        if values is not None and (not values or not all(isinstance(c, str) for c in values)):
+            raise ConfigError(f"{where}.classes: must be a non-empty list or mapping of strings, or null; got {classes!r}")
+        return cls(templates, classes)
+
+
+def load_prompts(source: str | Path | Mapping[str, Any]) -> Prompts:
+    """A prompt set: a mapping, a YAML file, or the name of a shipped set (``"synthetic"``).
+
+    Raises:
+        ConfigError: unknown name, unreadable file or malformed content, naming which.
+    """
+    if isinstance(source, Mapping):
+        return Prompts.from_dict(source)
+    import yaml  # PyYAML ships with omegaconf; imported here so the module stays light
+
+    path = Path(source)
+    if path.suffix not in (".yaml", ".yml"):
+        shipped = resources.files("bindspace.configs").joinpath("prompts", f"{source}.yaml")
+        if not shipped.is_file():
+            names = sorted(p.name.removesuffix(".yaml") for p in resources.files("bindspace.configs").joinpath("prompts").iterdir())
+            raise ConfigError(f"prompts: no shipped prompt set {str(source)!r}; shipped: {names} (or give a .yaml path)")
+        text = shipped.read_text()
+    elif path.is_file():
+        text = path.read_text()
+    else:
+        raise ConfigError(f"prompts: no file at {path}")
+    data = yaml.safe_load(text)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"prompts {source}: expected a mapping with 'templates', got {type(data).__name__}")
+    return Prompts.from_dict(data, where=f"prompts {source}")
+
+
+def text_embed_fn(model_or_embed_fn: Any) -> TextEmbedFn:
+    """A BindSpace, a BindSpaceModel or a callable -> ``list[str] -> (N, D)`` unit-norm embeddings."""
+    if hasattr(model_or_embed_fn, "embed"):  # bindspace.BindSpace
+        return lambda texts: model_or_embed_fn.embed("text", texts)
+    if hasattr(model_or_embed_fn, "encode") and hasattr(model_or_embed_fn, "configs"):  # BindSpaceModel
+        model = model_or_embed_fn
+        if "text" not in model.configs:
+            raise ValueError(f"zero-shot needs a text encoder; the model has {model.modalities}")
+        device = next(model.parameters()).device
+
+        @torch.no_grad()
+        def embed(texts: list[str]) -> Tensor:
+            x = get_modality("text").transform_batch(texts, model.configs["text"].input)
+            was_training = model.training
+            model.eval()  # no dropout in the prompts' embeddings
+            try:
+                return model.encode("text", {k: v.to(device) for k, v in x.items()}).float().cpu()
+            finally:
+                model.train(was_training)
+
+        return embed
+    if callable(model_or_embed_fn):
+        return model_or_embed_fn
+    raise TypeError(f"expected a BindSpace, a BindSpaceModel or a callable, got {type(model_or_embed_fn).__name__}")
+
+
+def class_embeddings(model_or_embed_fn: Any, class_names: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """``(C, D)`` class embeddings: the normalised mean over templates of the normalised prompt embeddings."""
+    if not class_names or not templates:
+        raise ValueError(f"need class names and templates, got {len(class_names)} and {len(templates)}")
+    embed = text_embed_fn(model_or_embed_fn)
+    prompts = [t.format(c) for c in class_names for t in templates]  # class-major: (C * T,)
+    emb = F.normalize(embed(prompts).float(), dim=-1)
+    if emb.shape[0] != len(prompts):
+        raise ValueError(f"text embedder returned {emb.shape[0]} rows for {len(prompts)} prompts")
+    return F.normalize(emb.view(len(class_names), len(templates), -1).mean(1), dim=-1)
+
+
+def zero_shot(
+    model_or_embed_fn: Any,
+    embeddings: Tensor,
+    labels: Tensor,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    ks: Sequence[int] = (1, 5),
+) -> dict[str, float]:
+    """Top-k zero-shot accuracy (%) of samples of any modality against text prompts.
+
+    Args:
+        model_or_embed_fn: embeds the prompts (see :func:`text_embed_fn`).
+        embeddings: (N, D) unit-norm embeddings of the samples.
+        labels: (N,) integer labels indexing ``class_names``.
+        class_names: the classes' names as they go into the templates.
+        templates: prompt templates with one ``{}`` each.
+        ks: cut-offs; k above the number of classes counts every class (100%).
+
+    Returns:
+        {"top1": %, "top5": %} (one key per k).
+    """
+    if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"embeddings must be (N, D) and labels (N,), got {tuple(embeddings.shape)}, {tuple(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(f"labels must index the {len(class_names)} class names, got range [{labels.min()}, {labels.max()}]")
+    classes = class_embeddings(model_or_embed_fn, class_names, templates)
+    return zero_shot_from_classes(embeddings, labels, classes, ks)
+
+
+def zero_shot_from_classes(embeddings: Tensor, labels: Tensor, classes: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """As :func:`zero_shot`, with the ``(C, D)`` class embeddings already computed (reuse across modalities)."""
+    scores = embeddings.float().cpu() @ classes.float().cpu().T  # (N, C)
+    # Rank of the true class: how many classes score strictly higher (ties in the sample's favour).
+    true = scores.gather(1, labels.long().cpu()[:, None])
+    rank = (scores > true).sum(1)
+    return {f"top{k}": 100.0 * float((rank < k).float().mean()) for k in ks}

@@ -1,0 +1,324 @@
+"""Load a trained model from its checkpoint and embed files, arrays or strings of any modality.
+
+No Hydra, no Lightning: the checkpoint carries what rebuilds the model (``checkpoint["bindspace"]``,
+written by the training module), and each modality's spec reads and transforms its inputs::
+
+    from bindspace import BindSpace, combine
+
+    bs = BindSpace.from_checkpoint("runs/train/<time>/checkpoints/last.ckpt")
+    audio = bs.embed("audio", ["dog.wav", "rain.wav"])          # (2, D), unit norm, on CPU
+    text = bs.embed("text", ["a dog barking", "rain on a roof"])
+    scores = audio @ text.T                                       # cosine similarities
+    query = combine([bs.embed("image", ["beach.png"]), bs.embed("audio", ["waves.wav"])])
+
+Gap mitigations fitted by ``bindspace-eval eval.save_to_checkpoint=true`` (or :func:`save_mitigations`)
+travel in the same checkpoint and apply with ``embed(..., center=True)`` and :meth:`BindSpace.bridge`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bindspace.evaluation.embed import to_device
+from bindspace.evaluation.gap import Bridge, center
+from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, collate_inputs, get_modality
+from bindspace.models.model import BindSpaceModel
+from bindspace.utils.io import atomic_write
+
+METADATA_FORMAT = 1
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path: no checkpoint file at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a bad file
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: no 'state_dict' in the file; is it a Lightning checkpoint?")
+    return ckpt
+
+
+def model_from_metadata(meta: Mapping[str, Any], where: str = "checkpoint") -> tuple[BindSpaceModel, list]:
+    """Rebuild the (untrained) model and its edges from ``checkpoint["bindspace"]``."""
+    if meta.get("format") != METADATA_FORMAT:
+        raise CheckpointError(f"{where}: bindspace metadata format {meta.get('format')!r}, expected {METADATA_FORMAT}")
+    try:
+        configs = {m: get_modality(m).config_from_dict(d) for m, d in meta["modalities"].items()}
+        for cfg in configs.values():
+            if cfg.trunk.kind == "timm" and cfg.trunk.name:
+                cfg.trunk.pretrained = None  # the checkpoint holds the weights: do not fetch the originals
+        return BindSpaceModel(configs, int(meta["embed_dim"])), [tuple(e) for e in meta.get("edges", [])]
+    except (KeyError, TypeError, ConfigError) as err:
+        raise CheckpointError(f"{where}: bindspace metadata does not describe a model ({err})") from err
+
+
+def checkpoint_metadata(model: BindSpaceModel, edges: Iterable[Sequence[str]] = ()) -> dict[str, Any]:
+    """The ``checkpoint["bindspace"]`` layout, as the training module writes it."""
+    return {
+        "format": METADATA_FORMAT,
+        "embed_dim": model.embed_dim,
+        "modalities": {m: asdict(c) for m, c in model.configs.items()},
+        "edges": [list(e) for e in edges],
+    }
+
+
+class BindSpace:
+    """A trained model ready to embed: inputs in, unit-norm ``(N, D)`` embeddings out.
+
+    Args:
+        model: the encoders (put in eval mode here).
+        edges: the trained edges (which pairs are "trained" rather than emergent).
+        centering: optional modality -> ``(D,)`` mean, for ``embed(..., center=True)``.
+        bridges: optional ``"source->target"`` -> :class:`~bindspace.evaluation.gap.Bridge`.
+    """
+
+    def __init__(
+        self,
+        model: BindSpaceModel,
+        edges: Iterable[Sequence[str]] = (),
+        centering: Mapping[str, Tensor] | None = None,
+        bridges: Mapping[str, Bridge] | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.edges = [tuple(e) for e in edges]
+        self.centering = {m: torch.as_tensor(v, dtype=torch.float32) for m, v in (centering or {}).items()}
+        self.bridges = dict(bridges or {})
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        modalities: Mapping[str, ModalityConfig] | None = None,
+        embed_dim: int | None = None,
+        edges: Iterable[Sequence[str]] = (),
+    ) -> BindSpace:
+        """Rebuild the model from a training checkpoint and load its weights.
+
+        Args:
+            path: a ``.ckpt`` written by ``bindspace-train``.
+            device: where the model runs.
+            modalities, embed_dim, edges: only for checkpoints older than the ``"bindspace"`` metadata:
+                the model's configs (e.g. ``bindspace.config.build_run_spec(cfg).modalities``).
+
+        Raises:
+            CheckpointError: missing or unreadable file, no metadata (and no ``modalities`` given),
+                or weights that do not fit the model, naming the file.
+        """
+        return cls.from_state(load_checkpoint(path), device, modalities, embed_dim, edges, where=str(path))
+
+    @classmethod
+    def from_state(
+        cls,
+        ckpt: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        modalities: Mapping[str, ModalityConfig] | None = None,
+        embed_dim: int | None = None,
+        edges: Iterable[Sequence[str]] = (),
+        where: str = "checkpoint",
+    ) -> BindSpace:
+        """As :meth:`from_checkpoint`, from an already loaded checkpoint dict (``where`` names it in errors)."""
+        meta = ckpt.get("bindspace")
+        if meta is None:
+            if modalities is None or embed_dim is None:
+                raise CheckpointError(
+                    f"{where}: no 'bindspace' metadata (written by older bindspace-train); pass modalities= and "
+                    "embed_dim= (e.g. from bindspace.config.build_run_spec of the run's config)"
+                )
+            model, edges = BindSpaceModel(modalities, embed_dim), [tuple(e) for e in edges]
+        else:
+            model, edges = model_from_metadata(meta, where=where)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{where}: weights do not fit the model: {len(result.missing_keys)} missing (e.g. "
+                f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
+            )
+        meta = meta or {}
+        bridges = {k: Bridge.from_dict(v) for k, v in (meta.get("bridges") or {}).items()}
+        return cls(model.to(device), edges, meta.get("centering"), bridges)
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.model.modalities
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def metadata(self) -> dict[str, Any]:
+        """``checkpoint["bindspace"]`` for this model, mitigations included."""
+        meta = checkpoint_metadata(self.model, self.edges)
+        if self.centering:
+            meta["centering"] = {m: v.tolist() for m, v in self.centering.items()}
+        if self.bridges:
+            meta["bridges"] = {k: b.to_dict() for k, b in self.bridges.items()}
+        return meta
+
+    @torch.no_grad()
+    def encode(self, modality: str, x: ModelInput) -> Tensor:
+        """Already-transformed model input (a batch) -> ``(B, D)`` unit-norm embeddings on CPU."""
+        return self.model.encode(modality, to_device(x, self.device)).float().cpu()
+
+    def embed(
+        self, modality: str, inputs: Any, batch_size: int = 64, center: bool = False, progress: bool = False
+    ) -> Tensor:
+        """Embed many inputs of one modality, ``batch_size`` at a time, on the model's device.
+
+        Args:
+            modality: one of :attr:`modalities`.
+            inputs: a list of file paths (read with the modality's reader), of decoded samples (what
+                a reader returns), or of strings for text; or one array/tensor whose first axis is the
+                sample axis (a batch of decoded samples, e.g. ``SyntheticScenes.render``). A single
+                path or string is a batch of one.
+            batch_size: samples read, transformed and encoded at once.
+            center: subtract the modality's stored centring mean and renormalise.
+            progress: show a tqdm progress bar.
+
+        Returns:
+            ``(N, D)`` float32 unit-norm embeddings on CPU, in input order.
+        """
+        if modality not in self.model.configs:
+            raise KeyError(f"model has no {modality!r} encoder; it has {self.modalities}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        inputs = _as_sequence(inputs)
+        spec, cfg = get_modality(modality), self.model.configs[modality].input
+        bar = _progress(len(inputs), modality, progress)
+        parts = [torch.empty(0, self.embed_dim)]
+        try:
+            for start in range(0, len(inputs), batch_size):
+                chunk = inputs[start : start + batch_size]
+                parts.append(self.encode(modality, _transform(spec, cfg, chunk)))
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        out = torch.cat(parts)
+        return self.center(modality, out) if center else out
+
+    def center(self, modality: str, embeddings: Tensor) -> Tensor:
+        """Apply the stored centring of ``modality`` (subtract its mean, renormalise)."""
+        if modality not in self.centering:
+            raise KeyError(
+                f"no centring stats for {modality!r} (have {sorted(self.centering)}); fit them with "
+                "bindspace-eval eval.save_to_checkpoint=true or bindspace.inference.save_mitigations"
+            )
+        return center(embeddings, self.centering[modality])
+
+    def bridge(self, embeddings: Tensor, source: str, target: str) -> Tensor:
+        """Map ``source`` embeddings onto ``target``'s region with the stored linear bridge."""
+        key = f"{source}->{target}"
+        if key not in self.bridges:
+            raise KeyError(f"no bridge {key!r}; stored bridges: {sorted(self.bridges)}")
+        return self.bridges[key](embeddings)
+
+
+def _as_sequence(inputs: Any) -> Sequence[Any]:
+    if isinstance(inputs, (str, os.PathLike)):
+        return [inputs]
+    if isinstance(inputs, np.ndarray):
+        return torch.from_numpy(inputs)
+    if isinstance(inputs, Tensor):
+        return inputs.detach().cpu()
+    return list(inputs)
+
+
+def _transform(spec, cfg: Any, chunk: Sequence[Any]) -> ModelInput:
+    """A chunk of inputs -> batched model input, via the spec's own read and transform."""
+    if isinstance(chunk, Tensor) or spec.name == "text":
+        return spec.transform_batch(chunk, cfg)  # vectorised for a tensor batch; tokenises strings
+    raws = [spec.read(x) if isinstance(x, (str, os.PathLike)) else x for x in chunk]
+    return collate_inputs([spec.transform(r, cfg) for r in raws])
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, modality: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"embed {modality}", unit="item")
+
+
+def combine(embeddings: Sequence[Tensor], weights: Sequence[float] | None = None) -> Tensor:
+    """ImageBind's embedding arithmetic: the normalised (weighted) sum of embeddings.
+
+    Args:
+        embeddings: tensors of one shape, ``(D,)`` or ``(N, D)``, e.g. an image and a sound.
+        weights: one per tensor; equal weights by default.
+
+    Returns:
+        The unit-norm combination, shaped like each input.
+    """
+    if not embeddings:
+        raise ValueError("combine needs at least one embedding")
+    shapes = {tuple(e.shape) for e in embeddings}
+    if len(shapes) != 1:
+        raise ValueError(f"embeddings to combine must share one shape, got {sorted(shapes)}")
+    weights = [1.0] * len(embeddings) if weights is None else list(weights)
+    if len(weights) != len(embeddings):
+        raise ValueError(f"got {len(weights)} weights for {len(embeddings)} embeddings")
+    total = sum(w * e.float() for w, e in zip(weights, embeddings, strict=True))
+    return F.normalize(total, dim=-1)
+
+
+def save_mitigations(
+    path: str | Path,
+    centering: Mapping[str, Tensor] | None = None,
+    bridges: Iterable[Bridge] = (),
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Store gap mitigations in a checkpoint, atomically (a reader never sees half a file).
+
+    Centring means go to ``checkpoint["bindspace"]["centering"] = {modality: [floats]}`` (replacing
+    earlier ones) and bridges to ``["bridges"]["source->target"]`` (added to earlier ones).
+
+    Args:
+        path: the checkpoint to update in place.
+        centering: modality -> ``(D,)`` mean, e.g. from :func:`~bindspace.evaluation.gap.fit_centering`.
+        bridges: fitted :class:`~bindspace.evaluation.gap.Bridge` objects.
+        metadata: the model description to add when the checkpoint predates ``"bindspace"`` metadata
+            (e.g. ``BindSpace.metadata()``); ignored otherwise.
+    """
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("bindspace")
+    if meta is None:
+        if metadata is None:
+            raise CheckpointError(f"{path}: no 'bindspace' metadata to add mitigations to; pass metadata=")
+        meta = {k: v for k, v in metadata.items() if k not in ("centering", "bridges")}
+    if centering is not None:
+        meta["centering"] = {m: [float(x) for x in torch.as_tensor(v).flatten()] for m, v in centering.items()}
+    bridges = list(bridges)
+    if bridges:
+        meta["bridges"] = {**(meta.get("bridges") or {}), **{b.key: b.to_dict() for b in bridges}}
+    ckpt["bindspace"] = meta
+    return atomic_write(path, lambda f: torch.save(ckpt, f))

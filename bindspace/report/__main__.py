@@ -1,0 +1,5 @@
+import sys
+
+from bindspace.report import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""``bindspace-search``: search exported embeddings of any mix of modalities with a file or a text.
+
+    bindspace-search index=images.safetensors,audio.safetensors query="a red sphere" ckpt_path=last.ckpt
+    bindspace-search index=images.safetensors query=clips/dog.wav ckpt_path=last.ckpt k=5
+    bindspace-search index=images.safetensors,audio.safetensors query=captions.safetensors mitigation=center ckpt_path=...
+
+``index`` is a comma-separated list of files written by ``bindspace-embed``; they go into one faiss
+``IndexFlatIP`` (exact inner product = cosine on unit-norm embeddings). ``query`` is an exported
+embeddings file (every row is a query), a data file (embedded with ``ckpt_path``; its modality from
+``query_modality=`` or its suffix) or otherwise a text string. ``mitigation`` closes the modality gap
+with stats stored in the checkpoint: ``center`` (per-modality centring, queries and index alike) or
+``bridge`` (index rows mapped onto the query modality by the stored bridges). Prints, per query,
+rank, score, modality and id (``format=json`` prints one JSON object per query instead).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bindspace.embed import load_embeddings, parse_key_values
+from bindspace.modalities import ConfigError
+
+MITIGATIONS = ("none", "center", "bridge")
+DEFAULTS = {"ckpt_path": "", "query_modality": "", "k": 10, "mitigation": "none", "device": "cpu", "format": "table"}
+REQUIRED = ("index", "query")
+
+
+def query_modality(path: Path, given: str) -> str:
+    """The modality of a query file: ``query_modality=`` or the one modality its suffix belongs to."""
+    if given:
+        return given
+    from bindspace.data.readers import SUPPORTED_SUFFIXES
+
+    owners = [m for m, suffixes in SUPPORTED_SUFFIXES.items() if path.suffix.lower() in suffixes]
+    if len(owners) != 1:
+        raise ConfigError(f"query={path}: say which modality it is with query_modality= (suffix fits {owners or 'none'})")
+    return owners[0]
+
+
+class Searcher:
+    """A faiss inner-product index over several exported embedding files, with optional gap mitigation."""
+
+    def __init__(self, files: Sequence[str], mitigation: str = "none", meta: Mapping[str, Any] | None = None) -> None:
+        if mitigation not in MITIGATIONS:
+            raise ConfigError(f"mitigation must be one of {MITIGATIONS}, got {mitigation!r}")
+        if mitigation != "none" and meta is None:
+            raise ConfigError(f"mitigation={mitigation} needs ckpt_path= (the checkpoint stores the gap statistics)")
+        self.mitigation, self.meta = mitigation, dict(meta or {})
+        self.parts = [load_embeddings(f) for f in files]
+        dims = {p.embeddings.shape[1] for p in self.parts}
+        if len(dims) != 1:
+            raise ConfigError(f"index files hold different embedding sizes {sorted(dims)}: {list(files)}")
+        self.ids = [i for p in self.parts for i in p.ids]
+        self.modalities = [p.modality for p in self.parts for _ in p.ids]
+
+    def _centred(self, emb: Tensor, modality: str, already: bool = False) -> Tensor:
+        from bindspace.evaluation.gap import center
+
+        means = self.meta.get("centering") or {}
+        if modality not in means:
+            raise ConfigError(f"mitigation=center: the checkpoint stores no centring for {modality!r} (has {sorted(means)})")
+        return emb if already else center(emb, torch.tensor(means[modality]))
+
+    def _gallery(self, query_modality: str) -> Tensor:
+        from bindspace.evaluation.gap import Bridge
+
+        rows = []
+        for p in self.parts:
+            emb = p.embeddings.float()
+            if self.mitigation == "center":
+                emb = self._centred(emb, p.modality, already=p.metadata.get("centered") == "true")
+            elif self.mitigation == "bridge" and p.modality != query_modality:
+                key, bridges = f"{p.modality}->{query_modality}", self.meta.get("bridges") or {}
+                if key not in bridges:
+                    raise ConfigError(f"mitigation=bridge: the checkpoint stores no bridge {key!r} (has {sorted(bridges)})")
+                emb = Bridge.from_dict(bridges[key])(emb)
+            rows.append(emb)
+        return torch.cat(rows)
+
+    def search(
+        self, queries: Tensor, modality: str, k: int, centered: bool = False
+    ) -> list[list[tuple[float, str, str]]]:
+        """``(Q, D)`` queries of one modality -> per query, ``k`` (score, modality, id) best first."""
+        import faiss
+
+        if self.mitigation == "center":
+            queries = self._centred(queries.float(), modality, already=centered)
+        gallery = self._gallery(modality)
+        index = faiss.IndexFlatIP(gallery.shape[1])
+        index.add(np.ascontiguousarray(gallery.numpy(), dtype=np.float32))
+        scores, rows = index.search(np.ascontiguousarray(queries.float().numpy(), dtype=np.float32), min(k, len(gallery)))
+        return [
+            [(float(s), self.modalities[r], self.ids[r]) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+            for srow, rrow in zip(scores, rows, strict=True)
+        ]
+
+
+def embed_query(args: Mapping[str, Any], ckpt: Mapping[str, Any] | None) -> tuple[Tensor, str, list[str], bool]:
+    """``query=`` -> (queries (Q, D), their modality, their names, whether they are centred already)."""
+    from bindspace.data.readers import SUPPORTED_SUFFIXES
+
+    path = Path(args["query"])
+    known = {s for suffixes in SUPPORTED_SUFFIXES.values() for s in suffixes} | {".safetensors"}
+    if not path.is_file() and path.suffix.lower() in known:
+        raise ConfigError(f"query: no file at {path} (a text query should not end in {path.suffix})")
+    if path.suffix == ".safetensors":
+        exported = load_embeddings(path)
+        return exported.embeddings, exported.modality, exported.ids, exported.metadata.get("centered") == "true"
+    modality = query_modality(path, args["query_modality"]) if path.is_file() else args["query_modality"] or "text"
+    if ckpt is None:
+        raise ConfigError(f"query={args['query']!r} must be embedded: give ckpt_path=")
+    from bindspace.inference import BindSpace
+
+    bs = BindSpace.from_state(ckpt, args["device"], where=args["ckpt_path"])
+    inputs = [path] if path.is_file() else [args["query"]]
+    with torch.inference_mode():
+        return bs.embed(modality, inputs), modality, [str(args["query"])], False
+
+
+def run(args: Mapping[str, Any]) -> list[dict[str, Any]]:
+    ckpt = None
+    if args["ckpt_path"]:
+        from bindspace.inference import CheckpointError, load_checkpoint
+
+        ckpt = load_checkpoint(args["ckpt_path"])
+        if "bindspace" not in ckpt:
+            raise CheckpointError(f"{args['ckpt_path']}: no 'bindspace' metadata; re-save it with bindspace-eval")
+    files = [f for f in args["index"].split(",") if f]
+    searcher = Searcher(files, args["mitigation"], None if ckpt is None else ckpt["bindspace"])
+    queries, modality, names, centered = embed_query(args, ckpt)
+    hits = searcher.search(queries, modality, args["k"], centered)
+    return [
+        {"query": name, "modality": modality, "results": [{"score": s, "modality": m, "id": i} for s, m, i in found]}
+        for name, found in zip(names, hits, strict=True)
+    ]
+
+
+def format_results(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        lines.append(f"query {r['query']!r} ({r['modality']})")
+        lines.append(f"{'rank':>4}  {'score':>7}  {'modality':<8}  id")
+        lines += [f"{n:>4}  {h['score']:>7.4f}  {h['modality']:<8}  {h['id']}" for n, h in enumerate(r["results"], 1)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit code (2 for a user error, printed as one line)."""
+    from bindspace.data.readers import DataFileError
+
+    try:
+        args = parse_key_values(sys.argv[1:] if argv is None else argv, DEFAULTS, REQUIRED)
+        if args["format"] not in ("table", "json"):
+            raise ConfigError(f"format must be table or json, got {args['format']!r}")
+        results = run(args)
+    except (ConfigError, DataFileError) as err:
+        print(f"bindspace-search: error: {err}", file=sys.stderr)
+        return 2
+    if args["format"] == "json":
+        print("\n".join(json.dumps(r) for r in results))
+    else:
+        print(format_results(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format clean
+.PHONY: help install train test test-fast lint format bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ lint: install ## ruff check + format check
 format: install ## ruff fix + format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: install ## Run the benchmarks and update docs/benchmarks.md
+	$(BIN)/python benchmarks/bench_data.py
 
 clean: ## Remove run folders and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -6,7 +6,8 @@
 
 ``inputs`` is a folder (every file with one of the modality's suffixes, recursively), a glob, a
 manifest (``.jsonl``/``.csv``, see ``docs/data.md``; its samples that hold the modality, under their
-ids) or, for text, a ``.txt`` file with one text per line. Options: ``batch_size=64``,
+ids) or, for text, a ``.txt`` file with one text per line. Ids are file paths relative to the folder
+(or to the glob's folder before its first wildcard), manifest ids, or line numbers. Options: ``batch_size=64``,
 ``device=cpu``, ``center=false`` (apply the checkpoint's stored centring). The file holds one tensor
 ``embeddings`` (N, D) and string metadata ``modality``, ``ids`` (a JSON list), ``checkpoint``,
 ``centered``; :func:`load_embeddings` reads it back. It is written atomically.
@@ -83,10 +84,17 @@ def resolve_inputs(modality: str, spec: str) -> tuple[list[str], list[Any]]:
         ids = [p.relative_to(path).as_posix() for p in files]
     else:
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-        ids = [p.as_posix() for p in files]
+        ids = [p.relative_to(glob_root(spec)).as_posix() for p in files]
     if not files:
         raise ConfigError(f"inputs: no {modality} files ({', '.join(suffixes)}) at {spec!r}")
     return ids, files
+
+
+def glob_root(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard: ids of matched files are relative to it."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts) - 1)
+    return Path(*parts[:fixed]) if fixed else Path()
 
 
 def save_embeddings(

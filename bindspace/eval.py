@@ -38,7 +38,7 @@ from bindspace.evaluation.gap import (
 from bindspace.evaluation.plots import retrieval_heatmap, save_figure
 from bindspace.evaluation.retrieval import format_retrieval_table, retrieval_matrix, summarize
 from bindspace.evaluation.zero_shot import Prompts, class_embeddings, zero_shot_from_classes
-from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, save_mitigations
+from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, run_config_spec, save_mitigations
 from bindspace.modalities import ConfigError
 from bindspace.modalities.base import _from_mapping
 from bindspace.utils.io import atomic_write_json, atomic_write_text
@@ -70,7 +70,9 @@ class EvalOptions:
             if getattr(self, key) not in SPLITS:
                 raise ConfigError(f"eval.{key} must be one of {SPLITS}, got {getattr(self, key)!r}")
         if self.split == self.reference_split:
-            raise ConfigError(f"eval.reference_split must differ from eval.split ({self.split!r}): fit on one, score on the other")
+            raise ConfigError(
+                f"eval.reference_split must differ from eval.split ({self.split!r}): fit on one, score on the other"
+            )
         if self.bridge_method not in BRIDGE_METHODS:
             raise ConfigError(f"eval.bridge_method must be one of {BRIDGE_METHODS}, got {self.bridge_method!r}")
         if self.mixed_index is None:
@@ -90,12 +92,14 @@ def load_model(plain: dict[str, Any]) -> BindSpace:
     """The checkpoint's own metadata, or (older checkpoints) the model described by this config."""
     path = plain.get("ckpt_path")
     if not path:
-        raise ConfigError("ckpt_path is required, e.g. bindspace-eval ckpt_path=runs/train/<time>/checkpoints/last.ckpt")
+        raise ConfigError(
+            "ckpt_path is required, e.g. bindspace-eval ckpt_path=runs/train/<time>/checkpoints/last.ckpt"
+        )
     ckpt = load_checkpoint(path)
     device = plain.get("device") or "cpu"
-    if "bindspace" in ckpt:
+    if "bindspace" in ckpt or run_config_spec(Path(path)) is not None:  # metadata, or the run's own config
         return BindSpace.from_state(ckpt, device, where=str(path))
-    log.warning("%s has no 'bindspace' metadata: rebuilding the model from this config (modalities, model)", path)
+    log.warning("%s has no 'bindspace' metadata nor run config: rebuilding its model from this config", path)
     spec = build_run_spec(plain)
     return BindSpace.from_state(ckpt, device, spec.modalities, spec.embed_dim, spec.edges, where=str(path))
 
@@ -147,7 +151,9 @@ def mixed_index_table(test: Split, ref: Split, means, opts: EvalOptions) -> dict
     return out
 
 
-def evaluate(bs: BindSpace, test: Split, ref: Split, names: list[str] | None, prompts: Prompts, opts: EvalOptions) -> dict:
+def evaluate(
+    bs: BindSpace, test: Split, ref: Split, names: list[str] | None, prompts: Prompts, opts: EvalOptions
+) -> dict:
     """Every metric of ``metrics.json`` from embedded evaluation and reference splits."""
     embs, ids, labels = test
     means = fit_centering(ref[0])

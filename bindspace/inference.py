@@ -18,7 +18,7 @@ travel in the same checkpoint and apply with ``embed(..., center=True)`` and :me
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
 from bindspace.evaluation.embed import to_device
 from bindspace.evaluation.gap import Bridge, center
@@ -67,6 +68,25 @@ def model_from_metadata(meta: Mapping[str, Any], where: str = "checkpoint") -> t
         return BindSpaceModel(configs, int(meta["embed_dim"])), [tuple(e) for e in meta.get("edges", [])]
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"{where}: bindspace metadata does not describe a model ({err})") from err
+
+
+def run_config_spec(ckpt_path: Path):
+    """For checkpoints older than the metadata: the run's own composed config, if it sits beside them.
+
+    ``bindspace-train`` writes ``<run>/.hydra/config.yaml`` and ``<run>/checkpoints/*.ckpt``; the
+    model-describing sections of that YAML are plain values, so no Hydra is needed to read them.
+    """
+    config = ckpt_path.parent.parent / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    from bindspace.config import build_run_spec
+
+    try:
+        return build_run_spec(yaml.safe_load(config.read_text()))
+    except (yaml.YAMLError, ConfigError) as err:
+        raise CheckpointError(f"{config}: cannot rebuild the model of {ckpt_path.name} from it ({err})") from err
 
 
 def checkpoint_metadata(model: BindSpaceModel, edges: Iterable[Sequence[str]] = ()) -> dict[str, Any]:
@@ -136,11 +156,16 @@ class BindSpace:
     ) -> BindSpace:
         """As :meth:`from_checkpoint`, from an already loaded checkpoint dict (``where`` names it in errors)."""
         meta = ckpt.get("bindspace")
+        if meta is None and modalities is None:
+            spec = run_config_spec(Path(where))
+            if spec is not None:
+                modalities, embed_dim, edges = spec.modalities, spec.embed_dim, spec.edges
         if meta is None:
             if modalities is None or embed_dim is None:
                 raise CheckpointError(
-                    f"{where}: no 'bindspace' metadata (written by older bindspace-train); pass modalities= and "
-                    "embed_dim= (e.g. from bindspace.config.build_run_spec of the run's config)"
+                    f"{where}: no 'bindspace' metadata (written by older bindspace-train) and no run config at "
+                    f"../../.hydra/config.yaml; pass modalities= and embed_dim= (e.g. from "
+                    "bindspace.config.build_run_spec of the run's config)"
                 )
             model, edges = BindSpaceModel(modalities, embed_dim), [tuple(e) for e in edges]
         else:
@@ -150,7 +175,8 @@ class BindSpace:
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
                 f"{where}: weights do not fit the model: {len(result.missing_keys)} missing (e.g. "
-                f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
+                f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
+                f"(e.g. {result.unexpected_keys[:3]})"
             )
         meta = meta or {}
         bridges = {k: Bridge.from_dict(v) for k, v in (meta.get("bridges") or {}).items()}
@@ -206,7 +232,7 @@ class BindSpace:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         inputs = _as_sequence(inputs)
         spec, cfg = get_modality(modality), self.model.configs[modality].input
-        bar = _progress(len(inputs), modality, progress)
+        bar = tqdm(total=len(inputs), desc=f"embed {modality}", unit="item", disable=not progress)
         parts = [torch.empty(0, self.embed_dim)]
         try:
             for start in range(0, len(inputs), batch_size):
@@ -251,22 +277,6 @@ def _transform(spec, cfg: Any, chunk: Sequence[Any]) -> ModelInput:
         return spec.transform_batch(chunk, cfg)  # vectorised for a tensor batch; tokenises strings
     raws = [spec.read(x) if isinstance(x, (str, os.PathLike)) else x for x in chunk]
     return collate_inputs([spec.transform(r, cfg) for r in raws])
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, modality: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"embed {modality}", unit="item")
 
 
 def combine(embeddings: Sequence[Tensor], weights: Sequence[float] | None = None) -> Tensor:

@@ -2,7 +2,7 @@
 
     bindspace-search index=images.safetensors,audio.safetensors query="a red sphere" ckpt_path=last.ckpt
     bindspace-search index=images.safetensors query=clips/dog.wav ckpt_path=last.ckpt k=5
-    bindspace-search index=images.safetensors,audio.safetensors query=captions.safetensors mitigation=center ckpt_path=...
+    bindspace-search index=a.safetensors,b.safetensors query=captions.safetensors mitigation=center ckpt_path=...
 
 ``index`` is a comma-separated list of files written by ``bindspace-embed``; they go into one faiss
 ``IndexFlatIP`` (exact inner product = cosine on unit-norm embeddings). ``query`` is an exported
@@ -41,7 +41,9 @@ def query_modality(path: Path, given: str) -> str:
 
     owners = [m for m, suffixes in SUPPORTED_SUFFIXES.items() if path.suffix.lower() in suffixes]
     if len(owners) != 1:
-        raise ConfigError(f"query={path}: say which modality it is with query_modality= (suffix fits {owners or 'none'})")
+        raise ConfigError(
+            f"query={path}: say which modality it is with query_modality= (suffix fits {owners or 'none'})"
+        )
     return owners[0]
 
 
@@ -66,7 +68,9 @@ class Searcher:
 
         means = self.meta.get("centering") or {}
         if modality not in means:
-            raise ConfigError(f"mitigation=center: the checkpoint stores no centring for {modality!r} (has {sorted(means)})")
+            raise ConfigError(
+                f"mitigation=center: the checkpoint stores no centring for {modality!r} (has {sorted(means)})"
+            )
         return emb if already else center(emb, torch.tensor(means[modality]))
 
     def _gallery(self, query_modality: str) -> Tensor:
@@ -80,7 +84,9 @@ class Searcher:
             elif self.mitigation == "bridge" and p.modality != query_modality:
                 key, bridges = f"{p.modality}->{query_modality}", self.meta.get("bridges") or {}
                 if key not in bridges:
-                    raise ConfigError(f"mitigation=bridge: the checkpoint stores no bridge {key!r} (has {sorted(bridges)})")
+                    raise ConfigError(
+                        f"mitigation=bridge: the checkpoint stores no bridge {key!r} (has {sorted(bridges)})"
+                    )
                 emb = Bridge.from_dict(bridges[key])(emb)
             rows.append(emb)
         return torch.cat(rows)
@@ -96,7 +102,9 @@ class Searcher:
         gallery = self._gallery(modality)
         index = faiss.IndexFlatIP(gallery.shape[1])
         index.add(np.ascontiguousarray(gallery.numpy(), dtype=np.float32))
-        scores, rows = index.search(np.ascontiguousarray(queries.float().numpy(), dtype=np.float32), min(k, len(gallery)))
+        scores, rows = index.search(
+            np.ascontiguousarray(queries.float().numpy(), dtype=np.float32), min(k, len(gallery))
+        )
         return [
             [(float(s), self.modalities[r], self.ids[r]) for s, r in zip(srow, rrow, strict=True) if r >= 0]
             for srow, rrow in zip(scores, rows, strict=True)

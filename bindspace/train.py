@@ -113,6 +113,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = final_metrics(module, datamodule, spec, trainer, curriculum, time.perf_counter() - start)
         metrics["run"] = identity
+        if getattr(datamodule, "data_report", None):
+            metrics["data"] = datamodule.data_report  # e.g. how many bad files on_error=skip dropped
         if trainer.is_global_zero:
             write_results(run_dir, metrics, spec)
             if logger is not None:

@@ -110,24 +110,32 @@ def features(scenes: SyntheticScenes) -> dict[str, tuple[np.ndarray, ...]]:
     return out
 
 
-def test_shapes_dtypes_and_ranges(scenes: SyntheticScenes) -> None:
-    ids = np.arange(7)
+def _expected_shapes(batch: int) -> dict[str, tuple[int, ...]]:
     n, t_audio = CONFIG.image_size, int(CONFIG.audio_sample_rate * CONFIG.audio_seconds)
-    expected = {"image": ((7, 3, n, n), 0.0, 1.0), "depth": ((7, n, n), 0.5, 10.0), "thermal": ((7, n, n), 0.0, 1.0),
-                "audio": ((7, t_audio), -1.0, 1.0), "imu": ((7, 6, CONFIG.imu_length), -100.0, 100.0)}  # fmt: skip
-    for modality, (shape, lo, hi) in expected.items():
+    return {"image": (batch, 3, n, n), "depth": (batch, n, n), "thermal": (batch, n, n),
+            "audio": (batch, t_audio), "imu": (batch, 6, CONFIG.imu_length)}  # fmt: skip
+
+
+def test_shapes_dtypes_and_ranges(scenes: SyntheticScenes) -> None:
+    ids = np.arange(100)
+    ranges = {"image": (0.0, 1.0), "depth": (0.5, 10.0), "thermal": (0.0, 1.0), "audio": (-1.0, 1.0), "imu": (-60, 60)}
+    for modality, shape in _expected_shapes(len(ids)).items():
         x = scenes.render(modality, ids)
         assert x.shape == shape and x.dtype == np.float32, modality
+        lo, hi = ranges[modality]
         assert np.isfinite(x).all() and x.min() >= lo and x.max() <= hi, modality
+        assert x.std(axis=tuple(range(1, x.ndim))).min() > 0, modality  # no blank renders
     audio_peak = np.abs(scenes.render("audio", ids)).max(axis=1)
     np.testing.assert_allclose(audio_peak, 1.0, atol=1e-3)
+    gravity = np.linalg.norm(scenes.render("imu", ids)[:, :3].mean(axis=2), axis=1)
+    assert np.all(np.abs(gravity - 9.81) < 1.5)  # accelerometer in m/s^2
     captions = scenes.render("text", ids)
-    assert isinstance(captions, list) and len(captions) == 7 and all(isinstance(c, str) and c for c in captions)
+    assert isinstance(captions, list) and len(captions) == 100 and all(isinstance(c, str) and c for c in captions)
 
 
 def test_empty_batch(scenes: SyntheticScenes) -> None:
-    for modality in ARRAY_MODALITIES:
-        assert len(scenes.render(modality, np.arange(0))) == 0
+    for modality, shape in _expected_shapes(0).items():
+        assert scenes.render(modality, np.arange(0)).shape == shape
     assert scenes.render("text", []) == []
 
 

@@ -8,10 +8,13 @@ Determinism: eSpeak NG keeps synthesis state in function-level statics (the pitc
 roughness cycle counter, the gain control) that carry over from one utterance to the next and survive
 ``espeak_Terminate`` / ``espeak_Initialize``; two identical calls in one loaded library differ (for
 "seven": 9819 vs 9837 samples, waveforms diverge after the first vowel onset). So every ``say``
-loads a private copy of the library, synthesises, and unloads it again: about 5 ms per call, and
-``say`` becomes a pure function of its arguments (bit-identical samples, whatever ran before, in any
-process). If the platform refuses to unload the library, ``Speaker`` warns once and keeps it loaded:
-audio stays valid but then depends on call history.
+loads a private copy of the library, synthesises, and unloads it again (about 5 ms per call). Then
+``say`` gives bit-identical samples for the same arguments, whatever ran before, in any process,
+for every voice except the variants that mix in breath noise (``breath`` in their voice file; see
+:meth:`Speaker.nondeterministic_variants`): in eSpeak NG 1.52 their output also depends on the
+process's memory layout (it changes after unrelated allocations, and on every call under valgrind),
+which no reload fixes. If the platform refuses to unload the library, ``Speaker`` warns and keeps
+it loaded: audio stays valid but then depends on call history.
 
 Calls are serialised with a process-wide lock (the library has one global state), so a ``Speaker``
 may be shared between threads; worker processes each load their own copy.
@@ -165,6 +168,11 @@ class Speaker:
         """Voice variants usable after ``+`` in ``voice`` (``"f3"``, ``"m4"``, ``"klatt"``, ...), sorted."""
         return self._list(b"variant")
 
+    def nondeterministic_variants(self) -> list[str]:
+        """Variants whose samples are not reproducible (they add breath noise; see the module docstring)."""
+        folder = self.data_dir / "voices" / "!v"
+        return [v for v in self._variants() if _adds_breath(folder / v)]
+
     def _variants(self) -> list[str]:
         if self._variant_names is None:
             self._variant_names = self.list_variants()
@@ -248,6 +256,14 @@ def _language_codes(address: int) -> list[str]:
         codes.append(code.decode())
         address += len(code) + 2
     return codes
+
+
+def _adds_breath(voice_file: Path) -> bool:
+    try:
+        lines = voice_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    return any(line.split()[:1] == ["breath"] for line in lines)
 
 
 def _remove_if_owner(folder: Path, pid: int) -> None:

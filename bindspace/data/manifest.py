@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bindspace.data.readers import DataFileError, read_file
-from bindspace.modalities import ConfigError, list_modalities
+from bindspace.modalities import ConfigError, get_modality, list_modalities
 
 # Modalities whose manifest value is the data itself rather than a file path.
-INLINE_MODALITIES = frozenset({"text"})
+INLINE_MODALITIES = frozenset(m for m in list_modalities() if get_modality(m).inline)
 META_KEYS = ("id", "label")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv",)

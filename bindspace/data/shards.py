@@ -14,13 +14,15 @@ resumed run starts a fresh shuffle instead of replaying the exact continuation.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+import os
 import shutil
 import tarfile
 import tempfile
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -75,19 +77,14 @@ def _write_tar(f: BinaryIO, samples: Sequence[tuple[str, Sample]]) -> None:
             for name, data in sample_fields(sample).items():
                 info = tarfile.TarInfo(f"{key}.{name}")
                 info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible bytes
-                tar.addfile(info, fileobj=_Bytes(data))
+                tar.addfile(info, fileobj=io.BytesIO(data))
 
 
-class _Bytes:
-    """A minimal readable for tarfile.addfile without copying into BytesIO."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else self.pos + n
-        out, self.pos = self.data[self.pos : end], min(end, len(self.data))
-        return out
+def _readable(path: Path) -> None:
+    """Give a file the usual permissions: atomic writes create 0600 temporaries, but shards are shared data."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def write_shards(
@@ -115,7 +112,7 @@ def write_shards(
     for n, start in enumerate(range(0, len(keyed), shard_size)):
         chunk = keyed[start : start + shard_size]
         name = SHARD_NAME.format(n)
-        atomic_write(out / name, lambda f, chunk=chunk: _write_tar(f, chunk))
+        _readable(atomic_write(out / name, lambda f, chunk=chunk: _write_tar(f, chunk)))
         part = manifest.with_samples([s for _, s in chunk])
         shards.append(
             {"name": name, "samples": len(chunk), "modalities": part.modality_counts(), "pairs": part.pair_counts()}
@@ -133,7 +130,7 @@ def write_shards(
         "labels": manifest.label_counts(),
         "shards": shards,
     }
-    atomic_write_json(out / INDEX_NAME, index)  # last: a complete index means a complete set
+    _readable(atomic_write_json(out / INDEX_NAME, index))  # last: a complete index means a complete set
     return index
 
 
@@ -152,8 +149,13 @@ def load_index(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return file.parent, index
 
 
-def iter_shard(path: Path) -> Iterator[tuple[str, Fields]]:
-    """``(key, fields)`` of each sample in a shard, in stored order."""
+def iter_shard(path: Path, modalities: Collection[str] | None = None) -> Iterator[tuple[str, Fields]]:
+    """``(key, fields)`` of each sample in a shard, in stored order.
+
+    Args:
+        path: the tar file.
+        modalities: read only these modalities' members (and ``json``); the others are seeked over.
+    """
     key, fields = None, {}
     try:
         with tarfile.open(path, "r:") as tar:
@@ -164,7 +166,9 @@ def iter_shard(path: Path) -> Iterator[tuple[str, Fields]]:
                 if key is not None and k != key:
                     yield key, fields
                     fields = {}
-                key, fields[name] = k, tar.extractfile(member).read()
+                key = k
+                if modalities is None or name == "json" or name.partition(".")[0] in modalities:
+                    fields[name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as err:
         raise DataFileError(path, f"cannot read tar shard: {err}") from err
     if key is not None:
@@ -215,6 +219,22 @@ def _shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
         buffer[i] = item
 
 
+def _distinct(stream: Iterator[tuple[str, Fields]], n: int) -> list[tuple[str, Fields]]:
+    """``n`` samples, skipping repeats of a key (a repeat is a false negative in the contrastive batch).
+
+    Repeats happen where a pass wraps around inside the shuffle buffer; after ``4 n`` draws they are
+    accepted, so a reader holding fewer than ``n`` samples still makes progress.
+    """
+    rows, keys, tries = [], set(), 0
+    while len(rows) < n:
+        key, fields = next(stream)
+        tries += 1
+        if key not in keys or tries > 4 * n:
+            rows.append((key, fields))
+            keys.add(key)
+    return rows
+
+
 class ShardStream(IterableDataset):
     """Endless ``{edge key: batch}`` steps from shards, for the edges of the current curriculum stage.
 
@@ -263,7 +283,7 @@ class ShardStream(IterableDataset):
                 for key in self.stage_edges[int(self.stage[0])]:
                     if key not in streams:
                         streams[key] = self._edge_stream(key, split, splits)
-                    rows = [next(streams[key]) for _ in range(self.batch_size)]
+                    rows = _distinct(streams[key], self.batch_size)
                     out[key] = self._batch(key, rows, Path(tmp))
                 yield out
 
@@ -276,11 +296,10 @@ class ShardStream(IterableDataset):
                 by_shard = len(shards) >= splits
                 found = 0
                 for s in order[split::splits] if by_shard else order:
-                    for k, fields in iter_shard(shards[s]):
-                        wanted = {n: d for n, d in fields.items() if n == "json" or n.partition(".")[0] in e}
-                        if len(wanted) == 3 and (by_shard or int(k) % splits == split):
+                    for k, fields in iter_shard(shards[s], e):
+                        if len(fields) == 3 and (by_shard or int(k) % splits == split):
                             found += 1
-                            yield k, wanted
+                            yield k, fields
                 if not found:
                     raise ManifestError(
                         f"edge {key}: reader {split} of {splits} found no samples in {len(shards)} shards"
@@ -336,6 +355,8 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         if train is None or val is None:
             raise ConfigError("data=shards needs data.train=SHARD_FOLDER and data.val=MANIFEST_OR_SHARD_FOLDER")
+        if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
+            raise ConfigError(f"data.shuffle_buffer must be a positive integer, got {shuffle_buffer!r}")
         self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.num_workers, self.pin_memory = num_workers, pin_memory

@@ -393,8 +393,9 @@ class SyntheticScenes:
         wave = np.fft.irfft(spec, n=n, axis=-1)  # (B, T) float32 steady partials
         tone_rms = np.sqrt((np.where(ok, amps, 0) ** 2).sum(axis=1) / 2)[:, None]  # Parseval, no pass over T
         # In-place arithmetic from here on: fresh 16 MB temporaries cost page faults, not just flops.
-        note_phase = np.arange(n, dtype=np.float32) / cfg.audio_sample_rate * (1.5 + 6.0 * f["speed"])[:, None]
-        note_phase += phases[:, :1].astype(np.float32)  # notes per second follow the spin speed
+        notes_per_second = (1.5 + 6.0 * f["speed"])[:, None]  # the tempo follows the spin speed
+        note_phase = np.arange(n, dtype=np.float32) / cfg.audio_sample_rate * notes_per_second
+        note_phase += phases[:, :1].astype(np.float32)  # the note grid starts at a random offset
         note_phase -= np.floor(note_phase)
         wave *= _by_group(colour, _ENVELOPES, note_phase)
         noise = _scene_noise(self.seed, ids, stream, (n,))

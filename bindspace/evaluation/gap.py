@@ -55,7 +55,9 @@ def pair_cosines(a: Tensor, b: Tensor) -> tuple[float, float]:
     """
     a, b = _check_2d("a", a), _check_2d("b", b, a.shape[1])
     if a.shape != b.shape or len(a) < 2:
-        raise ValueError(f"paired embeddings must have equal shapes with N >= 2, got {tuple(a.shape)}, {tuple(b.shape)}")
+        raise ValueError(
+            f"paired embeddings must have equal shapes with N >= 2, got {tuple(a.shape)}, {tuple(b.shape)}"
+        )
     a, b = a.double(), b.double()  # the all-pairs sum cancels a large diagonal
     matched = (a * b).sum()
     n = len(a)
@@ -172,7 +174,9 @@ class Bridge:
         return cls(data["source"], data["target"], torch.tensor(data["weight"], dtype=torch.float32), data["method"])
 
 
-def fit_bridge(source: Tensor, target: Tensor, method: str = "procrustes", names: tuple[str, str] = ("a", "b")) -> Bridge:
+def fit_bridge(
+    source: Tensor, target: Tensor, method: str = "procrustes", names: tuple[str, str] = ("a", "b")
+) -> Bridge:
     """Fit ``source @ W ~ target`` on paired rows (row i of each is the same sample).
 
     Args:
@@ -266,7 +270,9 @@ def _projection_panel(ax, embeddings: Mapping[str, Tensor], max_points: int, tit
     for i, (m, points) in enumerate(zip(parts, xy, strict=True)):
         ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, color=colors(i % 10), label=m, gid=f"points-{m}")
         centre = points.mean(0)
-        ax.scatter([centre[0]], [centre[1]], s=160, marker="X", color=colors(i % 10), edgecolor="black", gid=f"centroid-{m}")
+        ax.scatter(
+            [centre[0]], [centre[1]], s=160, marker="X", color=colors(i % 10), edgecolor="black", gid=f"centroid-{m}"
+        )
     ax.set_title(title)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")

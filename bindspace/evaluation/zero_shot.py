@@ -69,7 +69,9 @@ class Prompts:
             raise ConfigError(f"{where}.templates: need at least one template, got {data.get('templates')!r}")
         for t in templates:
             if not isinstance(t, str) or t.count("{}") != 1:
-                raise ConfigError(f"{where}.templates: each template needs exactly one '{{}}' for the class name, got {t!r}")
+                raise ConfigError(
+                    f"{where}.templates: each template needs exactly one '{{}}' for the class name, got {t!r}"
+                )
         classes = data.get("classes")
         if isinstance(classes, Mapping):
             classes = {str(k): v for k, v in classes.items()}  # YAML reads a bare 7 as an int
@@ -77,7 +79,9 @@ class Prompts:
         else:
             values = classes = None if classes is None else list(classes)
         if values is not None and (not values or not all(isinstance(c, str) for c in values)):
-            raise ConfigError(f"{where}.classes: must be a non-empty list or mapping of strings, or null; got {classes!r}")
+            raise ConfigError(
+                f"{where}.classes: must be a non-empty list or mapping of strings, or null; got {classes!r}"
+            )
         return cls(templates, classes)
 
 
@@ -95,8 +99,12 @@ def load_prompts(source: str | Path | Mapping[str, Any]) -> Prompts:
     if path.suffix not in (".yaml", ".yml"):
         shipped = resources.files("bindspace.configs").joinpath("prompts", f"{source}.yaml")
         if not shipped.is_file():
-            names = sorted(p.name.removesuffix(".yaml") for p in resources.files("bindspace.configs").joinpath("prompts").iterdir())
-            raise ConfigError(f"prompts: no shipped prompt set {str(source)!r}; shipped: {names} (or give a .yaml path)")
+            names = sorted(
+                p.name.removesuffix(".yaml") for p in resources.files("bindspace.configs").joinpath("prompts").iterdir()
+            )
+            raise ConfigError(
+                f"prompts: no shipped prompt set {str(source)!r}; shipped: {names} (or give a .yaml path)"
+            )
         text = shipped.read_text()
     elif path.is_file():
         text = path.read_text()
@@ -168,17 +176,28 @@ def zero_shot(
         {"top1": %, "top5": %} (one key per k).
     """
     if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
-        raise ValueError(f"embeddings must be (N, D) and labels (N,), got {tuple(embeddings.shape)}, {tuple(labels.shape)}")
+        raise ValueError(
+            f"embeddings must be (N, D) and labels (N,), got {tuple(embeddings.shape)}, {tuple(labels.shape)}"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
-        raise ValueError(f"labels must index the {len(class_names)} class names, got range [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must index the {len(class_names)} class names, got range [{labels.min()}, {labels.max()}]"
+        )
     classes = class_embeddings(model_or_embed_fn, class_names, templates)
     return zero_shot_from_classes(embeddings, labels, classes, ks)
 
 
-def zero_shot_from_classes(embeddings: Tensor, labels: Tensor, classes: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+def zero_shot_from_classes(
+    embeddings: Tensor, labels: Tensor, classes: Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
     """As :func:`zero_shot`, with the ``(C, D)`` class embeddings already computed (reuse across modalities)."""
+    if len(embeddings) == 0 or embeddings.shape[1] != classes.shape[1]:
+        raise ValueError(
+            f"need (N>0, D) embeddings matching (C, D) classes, got {tuple(embeddings.shape)}, {tuple(classes.shape)}"
+        )
     scores = embeddings.float().cpu() @ classes.float().cpu().T  # (N, C)
     # Rank of the true class: how many classes score strictly higher (ties in the sample's favour).
     true = scores.gather(1, labels.long().cpu()[:, None])
     rank = (scores > true).sum(1)
-    return {f"top{k}": 100.0 * float((rank < k).float().mean()) for k in ks}
+    # Integer counts keep the percentages exact (45.4, not 45.39999961853027).
+    return {f"top{k}": 100.0 * int((rank < k).sum()) / len(rank) for k in ks}

@@ -105,6 +105,7 @@ class ModalitySpec:
     name: ClassVar[str]
     input_config: ClassVar[type]  # dataclass of the modality's input constants
     causal: ClassVar[bool] = False  # causal attention in a from-scratch trunk (text, as CLIP)
+    inline: ClassVar[bool] = False  # manifests hold the value itself (text), not a file path
     # The ImageBind-huge recipe for trunk/head/logit_scale, as data (timm's default_cfgs idea);
     # a config overrides it key by key.
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}

@@ -58,6 +58,7 @@ class TextSpec(ModalitySpec):
     name = "text"
     input_config = TextInput
     causal = True
+    inline = True
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 1024, "depth": 24, "heads": 16},
         "head": {"pool": "eos"},

@@ -118,7 +118,8 @@ class AlignmentModule(L.LightningModule):
 
         ``trained_edges`` (default: every edge of the graph) decides the trained/emergent flags.
         """
-        embeddings, ids, labels = embed_batches(self.model, batches, self.model.modalities)
+        present = [m for m in self.model.modalities if all(m in b for b in batches)]
+        embeddings, ids, labels = embed_batches(self.model, batches, present)
         trained = {frozenset(e) for e in (self.edges if trained_edges is None else trained_edges)}
         instance, class_level = retrieval_matrix(embeddings, ids, trained, class_labels=labels)
         out: dict[str, Any] = {"retrieval": instance, "gallery_size": int(ids.shape[0])}

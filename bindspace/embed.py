@@ -60,10 +60,10 @@ def parse_key_values(argv: Sequence[str], defaults: Mapping[str, Any], required:
     return out
 
 
-def resolve_inputs(modality: str, spec: str) -> tuple[list[str], list[Any]]:
+def resolve_inputs(modality: str, inputs: str) -> tuple[list[str], list[Any]]:
     """``inputs=`` -> (ids, inputs): file paths, or strings for text, in a stable order."""
-    get_modality(modality)  # unknown modality -> ConfigError naming it
-    path = Path(spec)
+    spec = get_modality(modality)  # unknown modality -> ConfigError naming it
+    path = Path(inputs)
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         from bindspace.data.manifest import load_manifest
 
@@ -71,9 +71,9 @@ def resolve_inputs(modality: str, spec: str) -> tuple[list[str], list[Any]]:
         if not samples:
             raise ConfigError(f"inputs: manifest {path} has no sample with {modality!r}")
         return [s.id for s in samples], [s.values[modality] for s in samples]
-    if modality == "text":
+    if spec.inline:  # text: the values themselves, not files
         if not (path.is_file() and path.suffix == ".txt"):
-            raise ConfigError(f"inputs: text comes from a .txt file (one text per line) or a manifest, got {spec!r}")
+            raise ConfigError(f"inputs: {modality} comes from a .txt file (one per line) or a manifest, got {inputs!r}")
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [str(i) for i in range(len(lines))], lines
     from bindspace.data.readers import SUPPORTED_SUFFIXES
@@ -83,10 +83,10 @@ def resolve_inputs(modality: str, spec: str) -> tuple[list[str], list[Any]]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         ids = [p.relative_to(path).as_posix() for p in files]
     else:
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-        ids = [p.relative_to(glob_root(spec)).as_posix() for p in files]
+        files = sorted(Path(p) for p in glob.glob(inputs, recursive=True) if Path(p).is_file())
+        ids = [p.relative_to(glob_root(inputs)).as_posix() for p in files]
     if not files:
-        raise ConfigError(f"inputs: no {modality} files ({', '.join(suffixes)}) at {spec!r}")
+        raise ConfigError(f"inputs: no {modality} files ({', '.join(suffixes)}) at {inputs!r}")
     return ids, files
 
 

@@ -28,6 +28,7 @@ from bindspace.data import build_datamodule
 from bindspace.evaluation.embed import embed_batches
 from bindspace.evaluation.gap import (
     BRIDGE_METHODS,
+    Bridge,
     center_all,
     fit_bridge,
     fit_centering,
@@ -134,29 +135,40 @@ def zero_shot_tables(
     return raw, after
 
 
-def mixed_index_table(test: Split, ref: Split, means, opts: EvalOptions) -> dict:
+def fit_mitigations(ref: Split, opts: EvalOptions) -> tuple[dict[str, torch.Tensor], dict[str, Bridge]]:
+    """Centring means of every modality and a bridge from each mixed-index gallery modality to its queries."""
+    embs = ref[0]
+    bridges = {}
+    for entry in opts.mixed_index:
+        q = entry["queries"]
+        for g in entry["gallery"]:
+            bridges[f"{g}->{q}"] = fit_bridge(embs[g], embs[q], opts.bridge_method, (g, q))
+    return fit_centering(embs), bridges
+
+
+def mixed_index_table(test: Split, means: dict, bridges: dict[str, Bridge], opts: EvalOptions) -> dict:
     """Each query modality against one index of several gallery modalities: none / center / bridge."""
-    (embs, ids, _), ref_embs = test, ref[0]
+    embs, ids, _ = test
     out: dict[str, Any] = {}
     for entry in opts.mixed_index:
         q, gallery = entry["queries"], list(entry["gallery"])
         keys = {g: ids for g in gallery}
-        bridges = {g: fit_bridge(ref_embs[g], ref_embs[q], opts.bridge_method, (g, q)) for g in gallery}
         centred = center_all({m: embs[m] for m in [q, *gallery]}, means)
+        bridged = {g: bridges[f"{g}->{q}"](embs[g]) for g in gallery}
         out[f"{q}->{'+'.join(gallery)}"] = {
             "none": mixed_index(embs[q], ids, {g: embs[g] for g in gallery}, keys, opts.mixed_k),
             "center": mixed_index(centred[q], ids, {g: centred[g] for g in gallery}, keys, opts.mixed_k),
-            "bridge": mixed_index(embs[q], ids, {g: bridges[g](embs[g]) for g in gallery}, keys, opts.mixed_k),
+            "bridge": mixed_index(embs[q], ids, bridged, keys, opts.mixed_k),
         }
     return out
 
 
 def evaluate(
-    bs: BindSpace, test: Split, ref: Split, names: list[str] | None, prompts: Prompts, opts: EvalOptions
+    bs: BindSpace, test: Split, mitigations: tuple, names: list[str] | None, prompts: Prompts, opts: EvalOptions
 ) -> dict:
-    """Every metric of ``metrics.json`` from embedded evaluation and reference splits."""
+    """Every metric of ``metrics.json`` from the embedded split and the mitigations (from :func:`fit_mitigations`)."""
     embs, ids, labels = test
-    means = fit_centering(ref[0])
+    means, bridges = mitigations
     centred = center_all(embs, means)
     instance, class_level = retrieval_matrix(embs, ids, bs.edges, class_labels=labels)
     metrics: dict[str, Any] = {"retrieval": instance, "retrieval_class": class_level, "summary": summarize(instance)}
@@ -167,8 +179,7 @@ def evaluate(
         metrics["zero_shot"], metrics["zero_shot_centered"] = zs
     metrics["modality_gap"] = gap_table(embs, seed=opts.gap_seed)
     metrics["modality_gap_centered"] = gap_table(centred, seed=opts.gap_seed)
-    metrics["mixed_index"] = mixed_index_table(test, ref, means, opts)
-    metrics["_centering"] = means  # popped before writing; the checkpoint may store it
+    metrics["mixed_index"] = mixed_index_table(test, means, bridges, opts)
     return metrics
 
 
@@ -182,15 +193,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(plain["data"], bs.model.configs, bs.edges, seed=plain.get("seed", 0))
     test, ref = embed_split(bs, datamodule, opts.split), embed_split(bs, datamodule, opts.reference_split)
-    metrics = evaluate(bs, test, ref, data_class_names(datamodule), prompts, opts)
-    means = metrics.pop("_centering")
+    means, bridges = fit_mitigations(ref, opts)
+    metrics = evaluate(bs, test, (means, bridges), data_class_names(datamodule), prompts, opts)
     metrics = {"ckpt_path": str(plain["ckpt_path"]), "split": opts.split, "reference_split": opts.reference_split,
                "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics}  # fmt: skip
     write_results(run_dir, metrics, test[0], center_all(test[0], means), opts)
     if opts.save_to_checkpoint:
-        bridges = [fit_bridge(ref[0][g], ref[0][e["queries"]], opts.bridge_method, (g, e["queries"]))
-                   for e in opts.mixed_index for g in e["gallery"]]  # fmt: skip
-        save_mitigations(plain["ckpt_path"], means, bridges, metadata=bs.metadata())
+        save_mitigations(plain["ckpt_path"], means, bridges.values(), metadata=bs.metadata())
         print(f"stored centring means and {len(bridges)} bridge(s) in {plain['ckpt_path']}")
     return metrics
 

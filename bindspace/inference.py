@@ -30,7 +30,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from bindspace.evaluation.embed import to_device
-from bindspace.evaluation.gap import Bridge, center
+from bindspace.evaluation.gap import Bridge
+from bindspace.evaluation.gap import center as center_embeddings
 from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, collate_inputs, get_modality
 from bindspace.models.model import BindSpaceModel
 from bindspace.utils.io import atomic_write
@@ -135,8 +136,9 @@ class BindSpace:
         Args:
             path: a ``.ckpt`` written by ``bindspace-train``.
             device: where the model runs.
-            modalities, embed_dim, edges: only for checkpoints older than the ``"bindspace"`` metadata:
-                the model's configs (e.g. ``bindspace.config.build_run_spec(cfg).modalities``).
+            modalities, embed_dim, edges: only for checkpoints older than the ``"bindspace"`` metadata
+                and without their run's ``.hydra/config.yaml`` two folders up (which is used when
+                present): the model's configs (e.g. ``bindspace.config.build_run_spec(cfg).modalities``).
 
         Raises:
             CheckpointError: missing or unreadable file, no metadata (and no ``modalities`` given),
@@ -251,7 +253,7 @@ class BindSpace:
                 f"no centring stats for {modality!r} (have {sorted(self.centering)}); fit them with "
                 "bindspace-eval eval.save_to_checkpoint=true or bindspace.inference.save_mitigations"
             )
-        return center(embeddings, self.centering[modality])
+        return center_embeddings(embeddings, self.centering[modality])
 
     def bridge(self, embeddings: Tensor, source: str, target: str) -> Tensor:
         """Map ``source`` embeddings onto ``target``'s region with the stored linear bridge."""
@@ -273,7 +275,7 @@ def _as_sequence(inputs: Any) -> Sequence[Any]:
 
 def _transform(spec, cfg: Any, chunk: Sequence[Any]) -> ModelInput:
     """A chunk of inputs -> batched model input, via the spec's own read and transform."""
-    if isinstance(chunk, Tensor) or spec.name == "text":
+    if isinstance(chunk, Tensor) or spec.inline:
         return spec.transform_batch(chunk, cfg)  # vectorised for a tensor batch; tokenises strings
     raws = [spec.read(x) if isinstance(x, (str, os.PathLike)) else x for x in chunk]
     return collate_inputs([spec.transform(r, cfg) for r in raws])

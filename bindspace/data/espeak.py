@@ -23,10 +23,9 @@ may be shared between threads; worker processes each load their own copy.
 from __future__ import annotations
 
 import _ctypes
-import atexit
 import ctypes
+import hashlib
 import os
-import shutil
 import tempfile
 import threading
 import warnings
@@ -42,18 +41,22 @@ _INITIALIZE_DONT_EXIT = 0x8000  # without it a missing data file makes the libra
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _RATE, _PITCH, _RANGE = 1, 3, 4
-_EE_OK, _EE_NOT_FOUND = 0, 2
+_EE_OK = 0
 
 RATE_LIMITS = (80, 450)  # words per minute, eSpeak's range without the sonic speed-up
 PITCH_LIMITS = (0, 100)  # 50 is the voice's own pitch; the same scale for the pitch range
 
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 _LOCK = threading.Lock()
+_PRIVATE_COPIES: dict[Path, Path] = {}  # library -> the copy this module loads
 
 
 def _new_lock_in_child() -> None:
     global _LOCK  # a fork while another thread held the lock would leave the child's copy locked forever
     _LOCK = threading.Lock()
+
+
+_PRIVATE_COPIES: dict[Path, Path] = {}  # library -> the copy this module loads
 
 
 os.register_at_fork(after_in_child=_new_lock_in_child)
@@ -81,7 +84,9 @@ def _default_paths() -> tuple[Path, Path]:
     try:
         import espeakng_loader
     except ImportError as err:
-        raise EspeakError("eSpeak NG needs the PyPI package espeakng-loader: pip install 'espeakng-loader>=0.2'") from err
+        raise EspeakError(
+            "eSpeak NG needs the PyPI package espeakng-loader: pip install 'espeakng-loader>=0.2'"
+        ) from err
     library = Path(espeakng_loader.get_library_path())
     data = Path(espeakng_loader.__file__).parent / "espeak-ng-data"  # get_data_path() raises a bare error
     return library, data
@@ -107,21 +112,21 @@ class Speaker:
             raise EspeakError(f"eSpeak NG library not found: {self.library}")
         if not (self.data_dir / "phontab").is_file():
             raise EspeakError(f"eSpeak NG data not found: {self.data_dir} has no 'phontab' (expected espeak-ng-data)")
-        self._private: Path | None = None  # this process's private copy of the library
-        self._owner_pid = -1
         self._resident: ctypes.CDLL | None = None  # set when the library cannot be unloaded
         self._variant_names: list[str] | None = None
+        self.sample_rate = 0  # set by each load: the library reports it
         with self._loaded() as lib:
-            self.sample_rate = self._sample_rate
             self.version = lib.espeak_Info(None).decode()
 
-    def say(self, text: str, voice: str = "en", rate: int = 175, pitch: int = 50, pitch_range: int = 50):
-        """Synthesise ``text``.
+    def say(
+        self, text: str, voice: str = "en", rate: int = 175, pitch: int = 50, pitch_range: int = 50
+    ) -> tuple[np.ndarray, int]:
+        """Synthesise ``text``; the same arguments give the same samples (see the module docstring).
 
         Args:
             text: plain text (not SSML), e.g. ``"seven"``.
             voice: a language/accent from :meth:`list_voices`, optionally with a variant from
-                :meth:`list_variants` after ``+`` (``"en-us"``, ``"en+f3"``, ``"en-gb-scotland+m4"``).
+                :meth:`list_variants` after ``+`` (``"en-us"``, ``"en+f4"``, ``"en-gb-scotland+m4"``).
             rate: speaking rate in words per minute, 80..450.
             pitch: 0..100, relative to the voice's own pitch (50).
             pitch_range: intonation range 0..100 (0 is monotone, 50 the voice's own).
@@ -132,8 +137,12 @@ class Speaker:
         """
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text must be a non-empty string, got {text!r}")
-        for name, value, (lo, hi) in (("rate", rate, RATE_LIMITS), ("pitch", pitch, PITCH_LIMITS),
-                                      ("pitch_range", pitch_range, PITCH_LIMITS)):  # fmt: skip
+        limits = {
+            "rate": (rate, RATE_LIMITS),
+            "pitch": (pitch, PITCH_LIMITS),
+            "pitch_range": (pitch_range, PITCH_LIMITS),
+        }
+        for name, (value, (lo, hi)) in limits.items():
             if not lo <= int(value) <= hi:
                 raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
         variant = voice.partition("+")[2]
@@ -179,7 +188,8 @@ class Speaker:
         return self._variant_names
 
     def _list(self, language: bytes | None) -> list[str]:
-        spec = _Voice(languages=ctypes.cast(ctypes.c_char_p(language), ctypes.c_void_p)) if language else None
+        code = ctypes.c_char_p(language)  # kept alive while the library reads it
+        spec = _Voice(languages=ctypes.cast(code, ctypes.c_void_p)) if language else None
         names: set[str] = set()
         with self._loaded() as lib:
             voices = lib.espeak_ListVoices(ctypes.byref(spec) if spec else None)
@@ -205,32 +215,30 @@ class Speaker:
                     self._unload(lib)
 
     def _load(self) -> ctypes.CDLL:
-        if self._owner_pid != os.getpid():  # a private copy per process: a forked child gets its own
-            folder = Path(tempfile.mkdtemp(prefix="bindspace-espeak-"))
-            self._private, self._owner_pid = folder / self.library.name, os.getpid()
-            shutil.copyfile(self.library, self._private)
-            atexit.register(_remove_if_owner, folder, os.getpid())
         try:
-            lib = ctypes.CDLL(str(self._private), mode=os.RTLD_LOCAL)
+            lib = ctypes.CDLL(str(_private_copy(self.library)), mode=os.RTLD_LOCAL)
         except OSError as err:
             raise EspeakError(f"cannot load the eSpeak NG library {self.library}: {err}") from err
         _declare(lib)
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_dir).encode(), _INITIALIZE_DONT_EXIT)
         if rate <= 0:
+            _ctypes.dlclose(lib._handle)
             raise EspeakError(f"espeak_Initialize failed (status {rate}) with data folder {self.data_dir}")
-        self._sample_rate = rate
+        self.sample_rate = rate
         return lib
 
     def _unload(self, lib: ctypes.CDLL) -> None:
         lib.espeak_Terminate()
         _ctypes.dlclose(lib._handle)
         try:  # RTLD_NOLOAD succeeds only if the library is still mapped
-            self._resident = ctypes.CDLL(str(self._private), mode=os.RTLD_NOLOAD)
+            self._resident = ctypes.CDLL(str(_private_copy(self.library)), mode=os.RTLD_NOLOAD)
         except OSError:
             return
         warnings.warn("libespeak-ng could not be unloaded; Speaker.say now depends on call history", stacklevel=3)
         _declare(self._resident)
-        self._resident.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_dir).encode(), _INITIALIZE_DONT_EXIT)
+        self._resident.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_dir).encode(), _INITIALIZE_DONT_EXIT
+        )
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -266,6 +274,22 @@ def _adds_breath(voice_file: Path) -> bool:
     return any(line.split()[:1] == ["breath"] for line in lines)
 
 
-def _remove_if_owner(folder: Path, pid: int) -> None:
-    if os.getpid() == pid:  # forked children inherit atexit hooks but not ownership
-        shutil.rmtree(folder, ignore_errors=True)
+def _private_copy(library: Path) -> Path:
+    """A copy of ``library`` that nothing else in this process loads, so unloading it resets it.
+
+    Loading the original path would share one instance with anyone else in the process who loaded
+    it (``espeakng_loader.load_library()``), and that instance would never unload. The copy lives in
+    the bindspace cache, named by content hash, and is shared by all processes (each maps its own).
+    """
+    if library not in _PRIVATE_COPIES:
+        data = library.read_bytes()
+        cache = Path(os.environ.get("BINDSPACE_CACHE") or "~/.cache/bindspace").expanduser() / "espeak"
+        copy = cache / f"{hashlib.sha256(data).hexdigest()[:16]}-{library.name}"
+        if not copy.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, partial = tempfile.mkstemp(dir=cache, prefix=f".{copy.name}.")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(partial, copy)  # atomic: concurrent processes never load a half-written file
+        _PRIVATE_COPIES[library] = copy
+    return _PRIVATE_COPIES[library]

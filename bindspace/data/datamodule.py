@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bindspace.data.steps import StepBatches, StepSampler
+from bindspace.data.steps import StepBatches, heldout_loader, step_loader
 from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes
 from bindspace.losses import Edge, edge_key
 from bindspace.modalities import ModalityConfig, get_modality
@@ -24,11 +24,6 @@ Batch = dict[str, Any]
 
 # Scene-id ranges: training pools start at 0 (pool k at k * pool_size), held-out sets far above.
 VAL_BASE, TEST_BASE = 1_000_000_000, 2_000_000_000
-
-
-def first_item(items: list[Batch]) -> Batch:
-    """collate_fn for datasets whose ``__getitems__`` already returns a whole batch."""
-    return items if isinstance(items, dict) else items[0]
 
 
 class SceneDataset(Dataset):
@@ -133,16 +128,6 @@ class SyntheticDataModule(L.LightningDataModule):
         offset, size = (VAL_BASE, self.val_size) if split == "val" else (TEST_BASE, self.test_size)
         return SceneDataset(self.scenes, self.modalities, self.configs, offset=offset, size=size)
 
-    def _heldout_loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            collate_fn=first_item,
-        )
-
     def train_dataloader(self) -> DataLoader:
         """Step-indexed: starts at the trainer's global step, so a resumed run continues its data order."""
         trainer = self.trainer
@@ -155,15 +140,7 @@ class SyntheticDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-        start = (lambda: trainer.global_step) if trainer is not None else 0
-        return DataLoader(
-            self.train_steps,
-            batch_size=None,
-            sampler=StepSampler(start),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        return step_loader(self.train_steps, trainer, self.num_workers, self.pin_memory)
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         """Steps in one pass over an edge's pool (curriculum stages measured in epochs use it)."""
@@ -174,7 +151,7 @@ class SyntheticDataModule(L.LightningDataModule):
             self.train_steps.set_stage(index)
 
     def val_dataloader(self) -> DataLoader:
-        return self._heldout_loader(self.heldout_dataset("val"))
+        return heldout_loader(self.heldout_dataset("val"), self.batch_size, self.num_workers, self.pin_memory)
 
     def test_dataloader(self) -> DataLoader:
-        return self._heldout_loader(self.heldout_dataset("test"))
+        return heldout_loader(self.heldout_dataset("test"), self.batch_size, self.num_workers, self.pin_memory)

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bindspace.data.datamodule import first_item
 from bindspace.data.manifest import (
     INLINE_MODALITIES,
     FileProblem,
@@ -38,7 +37,7 @@ from bindspace.data.manifest import (
     scan_files,
     split_by_id,
 )
-from bindspace.data.steps import StepBatches, StepSampler
+from bindspace.data.steps import StepBatches, heldout_loader, step_loader
 from bindspace.losses import Edge, edge_key
 from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, collate_inputs, get_modality
 
@@ -218,17 +217,6 @@ def class_vocabulary(samples: Sequence[Sample]) -> list[str]:
     return sorted({s.label for s in samples if s.label is not None})
 
 
-def heldout_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        collate_fn=first_item,
-    )
-
-
 class ManifestDataModule(L.LightningDataModule):
     """Per-edge, step-indexed training batches from manifests; held-out batches from a val/test manifest.
 
@@ -346,15 +334,7 @@ class ManifestDataModule(L.LightningDataModule):
                     f"edge {key}: {len(pool)} samples cannot fill a global batch of {self.batch_size} x {world}"
                 )
         self.train_steps = StepBatches(self.pools, self.stage_edges, self.batch_size, self.seed, rank, world)
-        start = (lambda: trainer.global_step) if trainer is not None else 0
-        return DataLoader(
-            self.train_steps,
-            batch_size=None,
-            sampler=StepSampler(start),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        return step_loader(self.train_steps, trainer, self.num_workers, self.pin_memory)
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         """Steps in one pass over the largest edge pool (so every edge has seen each of its samples)."""

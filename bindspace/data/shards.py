@@ -45,9 +45,9 @@ from bindspace.data.manifest_datamodule import (
     check_manifests,
     class_vocabulary,
     heldout_dataset,
-    heldout_loader,
 )
 from bindspace.data.readers import DataFileError
+from bindspace.data.steps import heldout_loader
 from bindspace.losses import Edge, edge_key
 from bindspace.modalities import ConfigError, ModalityConfig, list_modalities
 from bindspace.utils.io import atomic_write, atomic_write_json

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bindspace.losses import Edge, edge_key
 
@@ -109,3 +109,33 @@ class StepSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return MAX_STEPS
+
+
+def first_item(items):
+    """collate_fn for datasets whose ``__getitems__`` already returns a whole batch."""
+    return items if isinstance(items, dict) else items[0]
+
+
+def step_loader(batches: StepBatches, trainer, num_workers: int, pin_memory: bool) -> DataLoader:
+    """The training DataLoader: one item per global step, starting at the trainer's (resumed) step."""
+    start = (lambda: trainer.global_step) if trainer is not None else 0
+    return DataLoader(
+        batches,
+        batch_size=None,
+        sampler=StepSampler(start),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def heldout_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """Validation/test batches in a fixed order, whole batches from ``__getitems__``."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=first_item,
+    )

@@ -39,8 +39,9 @@ format: install ## ruff fix + format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install ## Run the benchmarks and update docs/benchmarks.md
-	$(BIN)/python benchmarks/bench_data.py
+bench: install ## Run the benchmarks and update docs/benchmarks.md (machine, date and command in each section)
+	$(BIN)/python -m benchmarks.bench_data
+	$(BIN)/python -m benchmarks.bench_retrieval
 
 clean: ## Remove run folders and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -68,7 +68,8 @@ def main() -> None:
             "## (d) Synthetic data generation vs training consumption",
             "",
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}. Date: {date.today()}. Command: `python benchmarks/bench_data.py`.",
+            f"torch {torch.__version__}. Date: {date.today()}.",
+            "Command: `make bench` (`python -m benchmarks.bench_data`).",
             "",
             "| what | per step (ms) | pairs / s |",
             "|---|---|---|",

@@ -102,6 +102,7 @@ def final_metrics(
         "logit_scales": module.logit_scale_values(),
         "stages": [{k: v for k, v in r.items() if k != "index"} for r in curriculum.state.history],
         "steps": int(trainer.global_step),
+        "world_size": int(trainer.world_size),
         "wall_seconds": round(wall, 1),
     }
 

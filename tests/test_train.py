@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import TINY_OVERRIDES, compose_config
 
 from bindspace.train import run
 
@@ -94,3 +94,17 @@ def test_cli_unknown_modality_in_an_edge_fails_before_compute(tmp_path):
     )
     assert proc.returncode == 2 and "unknown modality 'smell'" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_ddp_on_cpu_with_two_processes(tmp_path):
+    """trainer=ddp runs Lightning's DDP (gloo on CPU) in 2 processes through the real CLI."""
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("trainer.")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bindspace.train", *tiny, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=3",
+         "trainer.val_check_interval=3", "trainer.enable_progress_bar=false", "data.batch_size=4",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3

@@ -37,7 +37,8 @@ from bindspace.evaluation.gap import (
     mixed_index,
 )
 from bindspace.evaluation.plots import retrieval_heatmap, save_figure
-from bindspace.evaluation.retrieval import format_retrieval_table, retrieval_matrix, summarize
+from bindspace.evaluation.retrieval import retrieval_matrix
+from bindspace.evaluation.tables import format_retrieval_table, summarize
 from bindspace.evaluation.zero_shot import Prompts, class_embeddings, zero_shot_from_classes
 from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, run_config_spec, save_mitigations
 from bindspace.modalities import ConfigError

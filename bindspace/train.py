@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from bindspace.config import RunSpec, build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.evaluation.gap import gap_table
-from bindspace.evaluation.retrieval import format_retrieval_table, summarize
+from bindspace.evaluation.tables import format_retrieval_table, summarize
 from bindspace.evaluation.zero_shot import class_embeddings, load_prompts, zero_shot_from_classes
 from bindspace.losses import edge_key
 from bindspace.modalities import ConfigError

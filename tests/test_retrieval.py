@@ -8,14 +8,13 @@ import torch.nn.functional as F
 
 from bindspace.evaluation.retrieval import (
     average_precision,
-    format_retrieval_table,
     rank_of_matches,
     recall_at_k,
     retrieval_matrix,
     retrieval_metrics,
-    summarize,
     topk_chunked,
 )
+from bindspace.evaluation.tables import format_retrieval_table, summarize
 
 
 def unit(*shape: int, seed: int) -> torch.Tensor:

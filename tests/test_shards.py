@@ -15,7 +15,8 @@ from test_manifest import paired_rows, tiny_configs, write_rows
 from bindspace.data import build_datamodule
 from bindspace.data.manifest import ManifestError, load_manifest
 from bindspace.data.readers import read_file
-from bindspace.data.shards import ShardStream, extract_shards, iter_shard, load_index, write_shards
+from bindspace.data.shard_datamodule import ShardStream
+from bindspace.data.shards import extract_shards, iter_shard, load_index, write_shards
 from bindspace.modalities import ConfigError
 
 

@@ -20,7 +20,7 @@ DATAMODULES: dict[str, str] = {
     "synthetic": "bindspace.data.datamodule:SyntheticDataModule",
     "spoken_digits": "bindspace.data.spoken_digits_datamodule:SpokenDigitsDataModule",
     "manifest": "bindspace.data.manifest_datamodule:ManifestDataModule",
-    "shards": "bindspace.data.shards:ShardDataModule",
+    "shards": "bindspace.data.shard_datamodule:ShardDataModule",
 }
 
 

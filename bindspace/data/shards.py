@@ -1,4 +1,4 @@
-"""Webdataset-style tar shards of a manifest, and ``data=shards``, which streams them for large data.
+"""Webdataset-style tar shards of a manifest (streamed by ``data=shards``, see shard_datamodule.py).
 
 A shard ``shard-000000.tar`` holds consecutive samples; each sample's files share one key, the
 sample's position in the manifest (``000000042.json`` with id, label and manifest line,
@@ -15,21 +15,12 @@ resumed run starts a fresh shuffle instead of replaying the exact continuation.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import os
-import shutil
 import tarfile
-import tempfile
-import weakref
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import lightning as L
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bindspace.data.manifest import (
     INLINE_MODALITIES,
@@ -38,18 +29,12 @@ from bindspace.data.manifest import (
     Sample,
     canonical,
     load_manifest,
-    pair_key,
 )
 from bindspace.data.manifest_datamodule import (
-    ManifestDataset,
     check_manifests,
-    class_vocabulary,
-    heldout_dataset,
 )
 from bindspace.data.readers import DataFileError
-from bindspace.data.steps import heldout_loader
-from bindspace.losses import Edge, edge_key
-from bindspace.modalities import ConfigError, ModalityConfig, list_modalities
+from bindspace.modalities import ConfigError, list_modalities
 from bindspace.utils.io import atomic_write, atomic_write_json
 
 FORMAT = "bindspace-shards/1"
@@ -205,228 +190,3 @@ def extract_shards(path: str | Path, out: str | Path) -> Manifest:
             lines.append(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False))
     (out / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return load_manifest(out / "manifest.jsonl")
-
-
-def _shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
-    """Shuffle an endless stream within a buffer of ``size`` items."""
-    buffer = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        i = int(rng.integers(size))
-        yield buffer[i]
-        buffer[i] = item
-
-
-def _distinct(stream: Iterator[tuple[str, Fields]], n: int) -> list[tuple[str, Fields]]:
-    """``n`` samples, skipping repeats of a key (a repeat is a false negative in the contrastive batch).
-
-    Repeats happen where a pass wraps around inside the shuffle buffer; after ``4 n`` draws they are
-    accepted, so a reader holding fewer than ``n`` samples still makes progress.
-    """
-    rows, keys, tries = [], set(), 0
-    while len(rows) < n:
-        key, fields = next(stream)
-        tries += 1
-        if key not in keys or tries > 4 * n:
-            rows.append((key, fields))
-            keys.add(key)
-    return rows
-
-
-class ShardStream(IterableDataset):
-    """Endless ``{edge key: batch}`` steps from shards, for the edges of the current curriculum stage.
-
-    Shards of a pass go round-robin to the ``world_size x num_workers`` readers; with fewer shards
-    than readers, every reader scans all shards and keeps every n-th sample instead.
-    """
-
-    def __init__(
-        self,
-        folder: Path,
-        index: Mapping[str, Any],
-        edges: Sequence[Edge],
-        stage_edges: Sequence[Sequence[Edge]],
-        batch_size: int,
-        seed: int,
-        configs: Mapping[str, ModalityConfig],
-        class_index: Mapping[str, int] | None,
-        rank: int = 0,
-        world_size: int = 1,
-        shuffle_buffer: int = 1000,
-        start_step: int = 0,
-    ) -> None:
-        self.edges = {edge_key(e): tuple(e) for e in edges}
-        self.keys = list(self.edges)
-        self.shards = {
-            k: [folder / s["name"] for s in index["shards"] if s["pairs"].get(pair_key(*e))]
-            for k, e in self.edges.items()
-        }
-        self.stage_edges = [[edge_key(e) for e in edges] for edges in stage_edges]
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.configs, self.class_index = dict(configs), class_index
-        self.shuffle_buffer, self.start_step = shuffle_buffer, start_step
-        self.stage = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    def set_stage(self, index: int) -> None:
-        self.stage[0] = index
-
-    def __iter__(self) -> Iterator[dict[str, dict[str, Any]]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        split, splits = self.rank * workers + worker, self.world_size * workers
-        streams: dict[str, Iterator] = {}
-        with tempfile.TemporaryDirectory(prefix="bindspace-shards-") as tmp:
-            while True:
-                out = {}
-                for key in self.stage_edges[int(self.stage[0])]:
-                    if key not in streams:
-                        streams[key] = self._edge_stream(key, split, splits)
-                    rows = _distinct(streams[key], self.batch_size)
-                    out[key] = self._batch(key, rows, Path(tmp))
-                yield out
-
-    def _edge_stream(self, key: str, split: int, splits: int) -> Iterator[tuple[str, Fields]]:
-        e, shards, i = self.edges[key], self.shards[key], self.keys.index(key)
-
-        def samples() -> Iterator[tuple[str, Fields]]:
-            for epoch in itertools.count():
-                order = np.random.default_rng([self.seed, i, epoch, self.start_step]).permutation(len(shards))
-                by_shard = len(shards) >= splits
-                found = 0
-                for s in order[split::splits] if by_shard else order:
-                    for k, fields in iter_shard(shards[s], e):
-                        if len(fields) == 3 and (by_shard or int(k) % splits == split):
-                            found += 1
-                            yield k, fields
-                if not found:
-                    raise ManifestError(
-                        f"edge {key}: reader {split} of {splits} found no samples in {len(shards)} shards"
-                    )
-
-        rng = np.random.default_rng([self.seed, i, split, self.start_step])
-        return _shuffled(samples(), self.shuffle_buffer, rng)
-
-    def _batch(self, key: str, rows: list[tuple[str, Fields]], tmp: Path) -> dict[str, Any]:
-        samples = [materialize(k, f, tmp) for k, f in rows]
-        try:
-            batch = ManifestDataset(samples, self.edges[key], self.configs, self.class_index).__getitems__(
-                range(len(rows))
-            )
-        finally:
-            for s in samples:
-                for v in s.values.values():
-                    if isinstance(v, Path):
-                        v.unlink(missing_ok=True)
-        batch["id"] = torch.as_tensor([int(k) for k, _ in rows], dtype=torch.long)  # positions in the manifest
-        return batch
-
-
-class ShardDataModule(L.LightningDataModule):
-    """Streams training shards written by ``bindspace-data shard``; held-out sets from a manifest or shards.
-
-    Args:
-        configs, edges, batch_size, seed: as :class:`ManifestDataModule`.
-        train: a shard folder (or its ``index.json``).
-        val: held-out data, required: a manifest (JSONL/CSV) or a shard folder (unpacked to a temp folder).
-        test: the final gallery; default: the validation set.
-        on_error: ``raise`` or ``skip`` bad files of the held-out manifests (training shards were checked when written).
-        num_workers, pin_memory: DataLoader settings.
-        shuffle_buffer: samples per edge buffered for shuffling, per reader.
-        scan_workers: threads checking the held-out files at startup.
-    """
-
-    def __init__(
-        self,
-        configs: Mapping[str, ModalityConfig],
-        edges: Sequence[Edge],
-        batch_size: int = 64,
-        seed: int = 0,
-        train: str | None = None,
-        val: str | None = None,
-        test: str | None = None,
-        on_error: str = "raise",
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        shuffle_buffer: int = 1000,
-        scan_workers: int | None = None,
-    ) -> None:
-        super().__init__()
-        if train is None or val is None:
-            raise ConfigError("data=shards needs data.train=SHARD_FOLDER and data.val=MANIFEST_OR_SHARD_FOLDER")
-        if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
-            raise ConfigError(f"data.shuffle_buffer must be a positive integer, got {shuffle_buffer!r}")
-        self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
-        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.folder, self.index = load_index(train)
-        self.pairs = {edge_key(e): int(self.index["pairs"].get(pair_key(*e), 0)) for e in self.edges}
-        for key, count in self.pairs.items():
-            if count < batch_size:
-                raise ManifestError(
-                    f"edge {key}: {count} samples in {self.folder}, fewer than data.batch_size={batch_size}"
-                )
-        self._tmp = tempfile.mkdtemp(prefix="bindspace-heldout-")
-        weakref.finalize(self, shutil.rmtree, self._tmp, True)
-        heldout = [self._heldout(p, name) for p, name in ((val, "val"), (test, "test")) if p is not None]
-        heldout, files = check_manifests(heldout, list(self.configs), on_error, scan_workers)
-        samples = [s for m in heldout for s in m.samples]
-        labels = self.index["labels"]
-        self.class_names = sorted(set(labels) | set(class_vocabulary(samples)))
-        class_index = {name: i for i, name in enumerate(self.class_names)} or None
-        self.val_set = heldout_dataset(heldout[0].samples, self.configs, class_index, "val")
-        self.test_set = heldout_dataset(heldout[1].samples, self.configs, class_index, "test") if test else self.val_set
-        # Training batches carry labels only when every training sample has one.
-        self.train_class_index = class_index if sum(labels.values()) == self.index["num_samples"] else None
-        self.skipped = sum(r["skipped_samples"] for r in files.values())
-        self.data_report = {
-            "manifests": files,
-            "skipped": self.skipped,
-            "train_samples": self.index["num_samples"],
-            "edges": self.pairs,
-            "val_samples": len(self.val_set),
-            "test_samples": len(self.test_set),
-            "classes": len(self.class_names),
-        }
-        self.stage_edges: list[list[Edge]] = [list(self.edges)]
-        self.train_stream: ShardStream | None = None
-
-    def _heldout(self, path: str, name: str) -> Manifest:
-        p = Path(path)
-        if p.is_dir() or p.name == INDEX_NAME:
-            return extract_shards(p, Path(self._tmp) / name)
-        return load_manifest(p)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        readers = world * max(1, self.num_workers)
-        for key, count in self.pairs.items():
-            if count < readers:
-                raise ConfigError(f"edge {key}: {count} samples cannot feed {readers} readers (ranks x workers)")
-        self.train_stream = ShardStream(
-            self.folder, self.index, self.edges, self.stage_edges, self.batch_size, self.seed, self.configs,
-            self.train_class_index, rank, world, self.shuffle_buffer, trainer.global_step if trainer else 0,
-        )  # fmt: skip
-        return DataLoader(
-            self.train_stream,
-            batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def steps_per_epoch(self, world_size: int = 1) -> int:
-        """Steps in one pass over the edge with the most samples."""
-        return max(1, max(self.pairs.values()) // (self.batch_size * world_size))
-
-    def set_stage(self, index: int) -> None:
-        if self.train_stream is not None:
-            self.train_stream.set_stage(index)
-
-    def val_dataloader(self) -> DataLoader:
-        return heldout_loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
-
-    def test_dataloader(self) -> DataLoader:
-        return heldout_loader(self.test_set, self.batch_size, self.num_workers, self.pin_memory)

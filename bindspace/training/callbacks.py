@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 
 from bindspace.curriculum import Curriculum, CurriculumState
-from bindspace.evaluation.retrieval import summarize
+from bindspace.evaluation.tables import summarize
 from bindspace.losses import edge_key
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from bindspace.evaluation.embed import embed_batches
-from bindspace.evaluation.retrieval import retrieval_matrix, summarize
+from bindspace.evaluation.retrieval import retrieval_matrix
+from bindspace.evaluation.tables import summarize
 from bindspace.losses import Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import concat_inputs, input_batch_size
 from bindspace.models.model import BindSpaceModel

@@ -38,10 +38,17 @@ TINY_OVERRIDES = [
 ]
 
 
-def compose_config(overrides: list[str] | None = None, run_dir: str | None = None) -> DictConfig:
-    """The real ``train`` config with test overrides, with Hydra's runtime paths filled in."""
+def compose_config(
+    overrides: list[str] | None = None, run_dir: str | None = None, synthetic: bool = True
+) -> DictConfig:
+    """The real ``train`` config with test overrides, with Hydra's runtime paths filled in.
+
+    ``synthetic=False`` leaves out the overrides of the synthetic data's own keys (other data sources
+    reject unknown keys).
+    """
+    tiny = [o for o in TINY_OVERRIDES if synthetic or not o.startswith("data.")]
     with initialize_config_module("bindspace.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY_OVERRIDES, *(overrides or [])], return_hydra_config=True)
+        cfg = compose("train", overrides=[*tiny, *(overrides or [])], return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = run_dir or "."
         cfg.hydra.runtime.output_dir = run_dir or "."

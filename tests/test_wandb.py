@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from conftest import compose_config
 
@@ -29,17 +27,16 @@ def test_offline_run_folder_holds_metrics_and_heatmaps(tmp_path, monkeypatch):
     run(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "expected exactly one offline run folder (offline mode, no network)"
-    files = runs[0] / "files"
-    summary = json.loads((files / "wandb-summary.json").read_text())
-    assert {"train/loss", "stage", "test/emergent/R@1"} <= set(summary)
-    assert summary["stage"] == 3
-    heatmaps = sorted((files / "media" / "images").rglob("*.png"))
+    # wandb's offline record (a protobuf log, synced later by `wandb sync`) holds the history,
+    # summary, config and run metadata; the names logged appear in it verbatim.
+    record = next(runs[0].glob("*.wandb")).read_bytes()
+    for key in (b"train/loss", b"stage", b"stage/trained/R@1", b"test/emergent/R@1", b"retrieval/heatmap"):
+        assert key in record, f"{key!r} was not logged"
+    for text in (b"anchor=image", b"seed=7", b"test_group", b"progressive"):  # tags, group, config
+        assert text in record, f"{text!r} missing from the run record"
+    heatmaps = sorted((runs[0] / "files" / "media" / "images").rglob("*.png"))
     assert len(heatmaps) == 4, f"one heatmap per stage, got {heatmaps}"
-    config = (files / "config.yaml").read_text()
-    assert "curriculum" in config and "progressive" in config
-    binary = next(runs[0].glob("*.wandb")).read_bytes()
-    for tag in (b"anchor=image", b"seed=7", b"test_group"):
-        assert tag in binary, f"{tag!r} missing from the run record"
+    assert all(p.stat().st_size > 5000 for p in heatmaps)
 
 
 def test_a_failed_run_still_closes_wandb(tmp_path, monkeypatch):

@@ -4,12 +4,8 @@ A shard ``shard-000000.tar`` holds consecutive samples; each sample's files shar
 sample's position in the manifest (``000000042.json`` with id, label and manifest line,
 ``000000042.image.png``, ``000000042.text.txt``, ...), stored byte for byte as in the original
 files. ``index.json`` beside the shards counts samples, modalities and pairs per shard. The files
-are plain tar, so the ``webdataset`` library reads them too.
-
-Streaming trades the exact step-indexed resume of ``data=manifest`` for never holding the sample
-list: each edge reads only the shards holding its pair, in an order seeded by (seed, edge, pass,
-start step), splits the shards over ranks and DataLoader workers, and shuffles within a buffer. A
-resumed run starts a fresh shuffle instead of replaying the exact continuation.
+are plain tar, so the ``webdataset`` library reads them too. Streaming them for training is
+``bindspace.data.shard_datamodule`` (``data=shards``).
 """
 
 from __future__ import annotations

@@ -64,6 +64,15 @@ def tiny_cfg(tmp_path) -> DictConfig:
     return compose_config(run_dir=str(tmp_path))
 
 
+@pytest.fixture(scope="module")
+def bindspace_cache(tmp_path_factory):
+    """A private ``$BINDSPACE_CACHE`` for a test module (built datasets, eSpeak library copies)."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("bindspace_cache")
+        mp.setenv("BINDSPACE_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

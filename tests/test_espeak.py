@@ -9,13 +9,8 @@ import pytest
 
 from bindspace.data.espeak import EspeakError, Speaker
 
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Keep the library copy Speaker makes (in $BINDSPACE_CACHE) out of the user's cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BINDSPACE_CACHE", str(tmp_path_factory.mktemp("bindspace_cache")))
-        yield
+# Keep built data and the library copy Speaker makes out of the user's cache.
+pytestmark = pytest.mark.usefixtures("bindspace_cache")
 
 
 @pytest.fixture(scope="module")

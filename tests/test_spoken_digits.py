@@ -40,12 +40,8 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Keep the library copy Speaker makes (in $BINDSPACE_CACHE) out of the user's cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BINDSPACE_CACHE", str(tmp_path_factory.mktemp("bindspace_cache")))
-        yield
+# Keep built data and the library copy Speaker makes out of the user's cache.
+pytestmark = pytest.mark.usefixtures("bindspace_cache")
 
 
 @pytest.fixture(scope="module")

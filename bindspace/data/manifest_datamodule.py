@@ -37,7 +37,7 @@ from bindspace.data.manifest import (
     scan_files,
     split_by_id,
 )
-from bindspace.data.steps import StepBatches, heldout_loader, step_loader
+from bindspace.data.steps import HeldoutLoaders, StepBatches, step_loader
 from bindspace.losses import Edge, edge_key
 from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, collate_inputs, get_modality
 
@@ -217,7 +217,7 @@ def class_vocabulary(samples: Sequence[Sample]) -> list[str]:
     return sorted({s.label for s in samples if s.label is not None})
 
 
-class ManifestDataModule(L.LightningDataModule):
+class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
     """Per-edge, step-indexed training batches from manifests; held-out batches from a val/test manifest.
 
     Args:
@@ -343,9 +343,3 @@ class ManifestDataModule(L.LightningDataModule):
     def set_stage(self, index: int) -> None:
         if self.train_steps is not None:
             self.train_steps.set_stage(index)
-
-    def val_dataloader(self) -> DataLoader:
-        return heldout_loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
-
-    def test_dataloader(self) -> DataLoader:
-        return heldout_loader(self.test_set, self.batch_size, self.num_workers, self.pin_memory)

@@ -34,7 +34,7 @@ from bindspace.data.manifest_datamodule import (
     heldout_dataset,
 )
 from bindspace.data.shards import INDEX_NAME, Fields, extract_shards, iter_shard, load_index, materialize
-from bindspace.data.steps import heldout_loader
+from bindspace.data.steps import HeldoutLoaders
 from bindspace.losses import Edge, edge_key
 from bindspace.modalities import ConfigError, ModalityConfig
 
@@ -155,7 +155,7 @@ class ShardStream(IterableDataset):
         return batch
 
 
-class ShardDataModule(L.LightningDataModule):
+class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
     """Streams training shards written by ``bindspace-data shard``; held-out sets from a manifest or shards.
 
     Args:
@@ -256,9 +256,3 @@ class ShardDataModule(L.LightningDataModule):
     def set_stage(self, index: int) -> None:
         if self.train_stream is not None:
             self.train_stream.set_stage(index)
-
-    def val_dataloader(self) -> DataLoader:
-        return heldout_loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
-
-    def test_dataloader(self) -> DataLoader:
-        return heldout_loader(self.test_set, self.batch_size, self.num_workers, self.pin_memory)

@@ -12,7 +12,7 @@ from typing import Any
 
 from bindspace.curriculum import Curriculum
 from bindspace.graph import build_edges, graph_modalities
-from bindspace.losses import Edge, MultiEdgeLoss, edge_key
+from bindspace.losses import BACKPROP_MODES, Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import ConfigError, LogitScaleConfig, ModalityConfig, get_modality, list_modalities
 from bindspace.modalities.base import _from_mapping
 from bindspace.models.model import BindSpaceModel
@@ -40,7 +40,7 @@ class RunSpec:
             edge_scales(self.edges, self.modalities, self.loss.get("logit_scales") or {}),
             weights=self.loss.get("weights") or {},
             local_loss=bool(self.loss.get("local_loss", False)),
-            backprop=str(self.loss.get("backprop", "global")),
+            backprop=loss_backprop(self.loss),
         )
 
 
@@ -53,6 +53,28 @@ def parse_anchors(value: Any) -> list[str]:
     if isinstance(value, Mapping):
         return [k for k, on in value.items() if on]
     return list(value)
+
+
+def loss_backprop(loss: Mapping[str, Any]) -> str:
+    """``loss.backprop``, or open_clip's ``loss.gather_with_grad`` when that is set (true = global, false = local).
+
+    ``gather_with_grad`` exists so that open_clip recipes carry over by name; giving it together with a
+    ``backprop`` that says otherwise is an error rather than a silent choice.
+    """
+    backprop = str(loss.get("backprop", "global"))
+    if backprop not in BACKPROP_MODES:
+        raise ConfigError(f"loss.backprop must be one of {list(BACKPROP_MODES)}, got {backprop!r}")
+    with_grad = loss.get("gather_with_grad")
+    if with_grad is None:
+        return backprop
+    if not isinstance(with_grad, bool):
+        raise ConfigError(f"loss.gather_with_grad must be true, false or null, got {with_grad!r}")
+    implied = "global" if with_grad else "local"
+    if backprop not in ("global", implied):  # "global" is the default, so it yields to gather_with_grad
+        raise ConfigError(
+            f"loss.gather_with_grad={str(with_grad).lower()} contradicts loss.backprop={backprop}; set only one"
+        )
+    return implied
 
 
 def edge_scales(
@@ -101,6 +123,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     if "batch_size" in data:
         _check_positive(data["batch_size"], "data.batch_size", minimum=2)
     loss = dict(cfg.get("loss") or {})
+    loss_backprop(loss)
     weights = loss.get("weights") or {}
     keys = {edge_key(e) for e in edges}
     for k in weights:

@@ -87,10 +87,13 @@ class AlignmentModule(L.LightningModule):
         pairs = self.encode_edges(batch)
         total, per_edge = self.loss(pairs, self.stage_weights)
         bs = max(a.shape[0] for a, _ in pairs.values())
-        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        # With local_loss each rank holds only its rows' share: the logged loss is the mean over ranks,
+        # i.e. the loss of the global batch (one scalar all-reduce; nothing on a single process).
+        sync = self.trainer.world_size > 1
+        self.log("train/loss", total, prog_bar=True, batch_size=bs, sync_dist=sync)
         self.log("stage", float(self.stage_index), batch_size=bs)
         for k, v in per_edge.items():
-            self.log(f"train/loss/{k}", v, batch_size=bs)
+            self.log(f"train/loss/{k}", v, batch_size=bs, sync_dist=sync)
             self.log(f"train/logit_scale/{k}", self.loss.logit_scales[k](), batch_size=bs)
         return total
 

@@ -7,6 +7,7 @@ bindspace-train -m seed=0,1,2 anchor=image,text
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,9 +28,12 @@ from bindspace.modalities import ConfigError
 from bindspace.training.callbacks import CurriculumCallback
 from bindspace.training.loggers import build_logger, close_logger, log_stage
 from bindspace.training.module import AlignmentModule
+from bindspace.training.reliability import AtomicCheckpointIO, NonFiniteError, NonFiniteGuard, Preempted, Preemption
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("bindspace.train")
+
+RESUME_MODES = ("auto", "never")
 
 
 def package_dir(package: str, *parts: str) -> str:
@@ -62,12 +66,57 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, curriculum: Curriculum
         save_top_k=-1,
         every_n_train_steps=cfg.checkpoint.every_n_train_steps,
     )
-    callbacks = [ckpt, curriculum]
+    rel = reliability_settings(cfg)
+    preemption = Preemption(run_dir / "checkpoints" / "last.ckpt", rel["signals"], rel["requeue"])
+    callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return hydra.utils.instantiate(
-        cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=str(run_dir)
+        cfg.trainer,
+        logger=logger or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
     )
+
+
+def reliability_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``nonfinite``, ``preemption`` and ``resume``, checked before any compute."""
+    nonfinite = cfg.get("nonfinite") or {}
+    preemption = cfg.get("preemption") or {}
+    max_consecutive = nonfinite.get("max_consecutive", 5)
+    if not isinstance(max_consecutive, int) or isinstance(max_consecutive, bool) or max_consecutive < 0:
+        raise ConfigError(f"nonfinite.max_consecutive must be an integer >= 0, got {max_consecutive!r}")
+    signals = list(preemption.get("signals") or [])
+    for name in signals:
+        if not isinstance(name, str) or not hasattr(signal, name.upper()) or not name.upper().startswith("SIG"):
+            raise ConfigError(f"preemption.signals: {name!r} is not a signal name like SIGTERM or SIGUSR1")
+    resume = cfg.get("resume", "auto")
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {list(RESUME_MODES)}, got {resume!r}")
+    return {
+        "max_consecutive": max_consecutive,
+        "signals": [s.upper() for s in signals],
+        "requeue": bool(preemption.get("requeue", True)),
+        "resume": resume,
+    }
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path`` if given; else, with ``resume: auto``, the run folder's own ``last.ckpt`` if present.
+
+    This is what makes a requeued SLURM job (or any relaunch with the same ``hydra.run.dir``) continue
+    where the preempted one stopped.
+    """
+    if cfg.get("ckpt_path"):
+        if not Path(cfg.ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path: no checkpoint file at {cfg.ckpt_path}")
+        return str(cfg.ckpt_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume", "auto") == "auto" and last.is_file():
+        log.info("resume: auto: continuing from %s", last)
+        return str(last)
+    return None
 
 
 def zero_shot_metrics(module, datamodule, embeddings, labels, prompts: dict | None) -> dict:
@@ -133,8 +182,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     spec = build_run_spec(plain)  # every config error surfaces here, before any compute
     run_dir = Path(cfg.paths.output_dir)
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {cfg.ckpt_path}")
+    reliability_settings(cfg)
+    ckpt_path = resume_checkpoint(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=cfg.seed)
@@ -151,8 +200,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))
         trainer = build_trainer(cfg, run_dir, logger, curriculum)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         wall = time.perf_counter() - start
+        preempted = next((c.preempted for c in trainer.callbacks if isinstance(c, Preemption)), None)
+        if preempted is not None:
+            raise preempted  # checkpoint saved; no evaluation of a half-trained model
         metrics = final_metrics(module, datamodule, spec, trainer, curriculum, wall, plain.get("prompts"))
         metrics["run"] = identity
         if getattr(datamodule, "data_report", None):
@@ -187,6 +239,12 @@ def main(cfg: DictConfig) -> float | None:
         # A user error: one clear line, no stack-trace wall, non-zero exit.
         print(f"bindspace-train: config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as stop:
+        print(f"bindspace-train: preempted: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except NonFiniteError as err:
+        print(f"bindspace-train: non-finite training: {err}", file=sys.stderr)
+        sys.exit(3)
     summary = metrics.get("summary", {})
     return summary.get("emergent/R@1", summary.get("trained/R@1"))  # the value a sweeper optimises
 

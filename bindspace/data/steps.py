@@ -15,6 +15,7 @@ step ``s`` takes the slice ``[s * G, (s + 1) * G)`` of that order, where ``G`` i
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
@@ -116,6 +117,17 @@ def first_item(items):
     return items if isinstance(items, dict) else items[0]
 
 
+def ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader worker init: SLURM signals every process of a job step; the main process handles them.
+
+    Without this a SIGTERM/SIGUSR1 kills the workers first and the main process dies on a broken
+    pipe instead of saving its preemption checkpoint. (Data of a step is a function of (seed, step),
+    so workers need no seeding of their own.)
+    """
+    for name in ("SIGTERM", "SIGUSR1"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def step_loader(batches: StepBatches, trainer, num_workers: int, pin_memory: bool) -> DataLoader:
     """The training DataLoader: one item per global step, starting at the trainer's (resumed) step."""
     start = (lambda: trainer.global_step) if trainer is not None else 0
@@ -126,6 +138,7 @@ def step_loader(batches: StepBatches, trainer, num_workers: int, pin_memory: boo
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_preemption_signals if num_workers > 0 else None,
     )
 
 

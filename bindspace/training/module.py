@@ -17,6 +17,7 @@ from bindspace.losses import Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import concat_inputs, input_batch_size
 from bindspace.models.model import BindSpaceModel
 from bindspace.training.optim import OptimConfig, build_optimizer
+from bindspace.training.reliability import assert_finite_weights
 
 
 class AlignmentModule(L.LightningModule):
@@ -54,6 +55,7 @@ class AlignmentModule(L.LightningModule):
         self.total_steps = total_steps
         self.seed = seed
         self._val_batches: list[dict] = []
+        self.last_loss: Tensor | None = None
         self.last_retrieval: dict[str, Any] = {}
 
     # ---- training -------------------------------------------------------------------------------
@@ -86,6 +88,7 @@ class AlignmentModule(L.LightningModule):
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
         pairs = self.encode_edges(batch)
         total, per_edge = self.loss(pairs, self.stage_weights)
+        self.last_loss = total.detach()  # NonFiniteGuard reads it before the optimizer step
         bs = max(a.shape[0] for a, _ in pairs.values())
         # With local_loss each rank holds only its rows' share: the logged loss is the mean over ranks,
         # i.e. the loss of the global batch (one scalar all-reduce; nothing on a single process).
@@ -137,6 +140,7 @@ class AlignmentModule(L.LightningModule):
         self.model.train(True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        assert_finite_weights(self)  # a checkpoint with NaN/Inf weights is never written
         # Everything needed to rebuild the model without Hydra (bindspace.BindSpace.from_checkpoint).
         checkpoint["bindspace"] = {
             "format": 1,

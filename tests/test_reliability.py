@@ -1,0 +1,225 @@
+"""Reliability: non-finite guards, preemption with automatic resume, atomic checkpoints, determinism.
+
+Each test drives the real training entry point (``bindspace.train.run`` in-process, or the CLI in a
+subprocess where a signal has to hit a real process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_OVERRIDES, compose_config
+
+from bindspace.training.module import AlignmentModule
+from bindspace.training.reliability import AtomicCheckpointIO, NonFiniteError, NonFiniteGuard
+from bindspace.utils.io import atomic_write_json
+
+pytestmark = pytest.mark.slow
+
+# Two edges keep these runs at a few seconds; dropout stays on (it is seeded per step, so resume and
+# determinism must hold with it).
+SMALL = ["graph.edges=[[image,audio],[audio,imu]]", "checkpoint.every_n_train_steps=2", "eval.final=false"]
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def plant_nonfinite(monkeypatch, steps: set[int]) -> None:
+    """A NaN in the image input of the batches of the given global steps (a corrupt file would do this)."""
+    original = AlignmentModule.on_train_batch_start
+
+    def poisoned(self, batch, batch_idx):
+        original(self, batch, batch_idx)
+        if self.global_step in steps:
+            batch["image|audio"]["image"][0].fill_(float("nan"))
+
+    monkeypatch.setattr(AlignmentModule, "on_train_batch_start", poisoned)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_leave_weights_untouched(tmp_path, monkeypatch, caplog):
+    plant_nonfinite(monkeypatch, {2, 3})
+    from bindspace.train import run
+
+    run(compose_config([*SMALL, "trainer.max_steps=6", "nonfinite.max_consecutive=2"], str(tmp_path)))
+    ckpts = tmp_path / "checkpoints"
+    before, after = torch.load(ckpts / "step000002.ckpt", weights_only=True), torch.load(
+        ckpts / "step000004.ckpt", weights_only=True
+    )
+    # Steps 2 and 3 were skipped: weights and Adam moments are exactly those after step 1.
+    for name, value in before["state_dict"].items():
+        assert torch.equal(value, after["state_dict"][name]), name
+    for a, b in zip(before["optimizer_states"][0]["state"].values(), after["optimizer_states"][0]["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
+    guard = next(v for k, v in after["callbacks"].items() if k.startswith("NonFiniteGuard"))
+    assert guard == {"consecutive": 2, "skipped": 2}
+    # Step 4 trained again, and every checkpoint written holds finite weights.
+    final = load_state(ckpts / "step000006.ckpt")
+    assert any(not torch.equal(final[k], v) for k, v in after["state_dict"].items())
+    for path in ckpts.glob("*.ckpt"):
+        assert all(torch.isfinite(t).all() for t in load_state(path).values() if t.is_floating_point()), path
+    warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warnings) == 2 and "step 3" in warnings[1] and "2 in a row" in warnings[1]
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_with_a_clear_error(tmp_path, monkeypatch):
+    plant_nonfinite(monkeypatch, {2, 3, 4, 5})
+    from bindspace.train import run
+
+    with pytest.raises(NonFiniteError, match=r"3 consecutive steps up to step 4 .*max_consecutive=2"):
+        run(compose_config([*SMALL, "trainer.max_steps=8", "nonfinite.max_consecutive=2"], str(tmp_path)))
+    # Written before the stop: step 4's checkpoint is step 2's weights (steps 2 and 3 were skipped).
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step*.ckpt")) == ["step000002.ckpt", "step000004.ckpt"]
+    two, four = load_state(ckpts / "step000002.ckpt"), load_state(ckpts / "step000004.ckpt")
+    assert all(torch.equal(v, four[k]) for k, v in two.items())
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_never_written(tmp_path, monkeypatch):
+    """Weights corrupted behind the guard's back (here: directly) make the checkpoint write fail loudly."""
+    original = AlignmentModule.on_train_batch_end
+
+    def corrupt(self, outputs, batch, batch_idx):
+        original(self, outputs, batch, batch_idx)
+        if self.global_step == 3:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("inf"))
+
+    monkeypatch.setattr(AlignmentModule, "on_train_batch_end", corrupt)
+    from bindspace.train import run
+
+    with pytest.raises(NonFiniteError, match="refusing to write a checkpoint with non-finite weights"):
+        run(compose_config([*SMALL, "trainer.max_steps=6"], str(tmp_path)))
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["last.ckpt", "step000002.ckpt"]
+    assert load_state(ckpts / "last.ckpt").keys() == load_state(ckpts / "step000002.ckpt").keys()
+    assert not list(ckpts.glob(".*.tmp"))
+
+
+
+
+def test_guard_rejects_a_negative_limit():
+    with pytest.raises(ValueError, match="max_consecutive"):
+        NonFiniteGuard(-1)
+
+
+# ---- preemption ---------------------------------------------------------------------------------
+CLI = [
+    *(o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint."))),
+    *SMALL,
+    "trainer.max_steps=40",
+    "+trainer.limit_val_batches=0",
+]
+
+
+def launch(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bindspace.train", *CLI, *extra, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    code, err = finish(launch(run_dir))
+    assert code == 0, err[-3000:]
+    return load_state(run_dir / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_signal_saves_a_checkpoint_and_the_next_launch_resumes_exactly(tmp_path, uninterrupted, signame):
+    # A stand-in for SLURM: the job id is set and `scontrol` records how it was called.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/scontrol.args\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {"SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, env=env)
+    first = run_dir / "checkpoints" / "step000002.ckpt"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    proc.send_signal(getattr(signal, signame))
+    code, err = finish(proc)
+    signum = int(getattr(signal, signame))
+    assert code == 128 + signum, err[-3000:]
+    assert "Traceback" not in err
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 2 <= stopped_at < 40
+    assert f"preempted: stopped by {signame} after step {stopped_at}" in err
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
+    assert not (run_dir / "metrics.json").exists()  # a half-trained model is not evaluated
+
+    # The requeued job: same command, same run folder, no ckpt_path -> resume: auto.
+    code, err = finish(launch(run_dir))
+    assert code == 0, err[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 40
+    resumed = load_state(run_dir / "checkpoints" / "last.ckpt")
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_resume_never_starts_from_scratch(tmp_path):
+    from bindspace.train import resume_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resume_checkpoint(compose_config(["resume=auto"], str(tmp_path)), tmp_path).endswith("last.ckpt")
+    assert resume_checkpoint(compose_config(["resume=never"], str(tmp_path)), tmp_path) is None
+
+
+# ---- atomic writes --------------------------------------------------------------------------------
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("killed mid-write")
+
+
+def test_checkpoint_write_that_dies_leaves_the_previous_file(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+    big = {"state_dict": {"w": torch.zeros(1_000_000)}, "global_step": 2, "z": Unpicklable()}
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        io.save_checkpoint(big, path)  # torch.save has written the tensor bytes when it fails
+    assert io.load_checkpoint(path, weights_only=True)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_metrics_write_that_dies_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"steps": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"steps": 2, "bad": object()})
+    assert json.loads(path.read_text()) == {"steps": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# ---- determinism ----------------------------------------------------------------------------------
+def test_same_seed_gives_the_same_metrics_json(tmp_path):
+    from bindspace.train import run
+
+    outputs = []
+    for name in ("a", "b"):
+        run(compose_config(["graph.edges=[[image,audio],[audio,imu]]", "seed=7"], str(tmp_path / name)))
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        metrics.pop("wall_seconds")
+        outputs.append(metrics)
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["steps"] == 8 and outputs[0]["retrieval"]

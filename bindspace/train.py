@@ -26,6 +26,7 @@ from bindspace.evaluation.zero_shot import class_embeddings, load_prompts, zero_
 from bindspace.losses import edge_key
 from bindspace.modalities import ConfigError
 from bindspace.training.callbacks import CurriculumCallback
+from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.loggers import build_logger, close_logger, log_stage
 from bindspace.training.module import AlignmentModule
 from bindspace.training.reliability import AtomicCheckpointIO, NonFiniteError, NonFiniteGuard, Preempted, Preemption
@@ -102,6 +103,43 @@ def reliability_settings(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def build_feature_cache(cfg: DictConfig, spec: RunSpec) -> FrozenFeatureCache | None:
+    """``cache.frozen_features``: serve frozen encoders' features from a per-sample cache."""
+    ccfg = cfg.get("cache") or {}
+    if not ccfg.get("frozen_features", False):
+        return None
+    bad = [m for m, c in spec.modalities.items() if c.head.pool not in ("cls", "eos")]
+    frozen_any = any(c.trunk.freeze for c in spec.modalities.values()) or any(
+        spec.curriculum.frozen(i) for i in range(len(spec.curriculum.stages))
+    )
+    if not frozen_any:
+        raise ConfigError(
+            "cache.frozen_features=true but no encoder is ever frozen (set modalities.<m>.trunk.freeze=true "
+            "or a curriculum that freezes, e.g. curriculum=progressive_frozen)"
+        )
+    if bad:
+        log.warning("cache.frozen_features: %s pool with 'mean' and are never cached", ", ".join(bad))
+    return FrozenFeatureCache(ccfg.get("dir"))
+
+
+def apply_speed_options(model, cfg: DictConfig) -> None:
+    """``speed.compile`` (torch.compile per trunk) and ``speed.channels_last`` (NHWC conv stems)."""
+    speed = cfg.get("speed") or {}
+    names = list(speed.get("compile") or [])
+    if names == ["all"]:
+        names = model.modalities
+    unknown = [m for m in names if m not in model.modalities]
+    if unknown:
+        raise ConfigError(f"speed.compile: {unknown[0]!r} is not a modality of the model {model.modalities}")
+    for m in names:
+        # In place (nn.Module.compile): parameter names, checkpoints and freezing are unchanged.
+        model.trunks[m].compile(
+            mode=speed.get("compile_mode") or None, backend=speed.get("compile_backend", "inductor")
+        )
+    if speed.get("channels_last", False):
+        model.to(memory_format=torch.channels_last)  # 4-D conv weights; convs convert their inputs
+
+
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     """``ckpt_path`` if given; else, with ``resume: auto``, the run folder's own ``last.ckpt`` if present.
 
@@ -137,15 +175,25 @@ def final_metrics(
     curriculum: CurriculumCallback,
     wall: float,
     prompts: dict | None = None,
+    evaluate: bool = True,
 ) -> dict:
-    """Retrieval on the held-out test gallery, in the ``metrics.json`` layout."""
-    metrics = module.evaluate(list(datamodule.test_dataloader()))
-    embeddings, _, labels = module.last_embeddings
+    """Retrieval on the held-out test gallery, in the ``metrics.json`` layout.
+
+    With ``evaluate=False`` (``eval.final=false``: sweeps that only need training curves, tests) the
+    retrieval, zero-shot and gap keys are left out and the held-out set is not embedded.
+    """
+    evaluated: dict[str, Any] = {}
+    if evaluate:
+        metrics = module.evaluate(list(datamodule.test_dataloader()))
+        embeddings, _, labels = module.last_embeddings
+        evaluated = {
+            **metrics,
+            "summary": summarize(metrics["retrieval"]),
+            "zero_shot": zero_shot_metrics(module, datamodule, embeddings, labels, prompts),
+            "modality_gap": gap_table(embeddings),
+        }
     return {
-        **metrics,
-        "summary": summarize(metrics["retrieval"]),
-        "zero_shot": zero_shot_metrics(module, datamodule, embeddings, labels, prompts),
-        "modality_gap": gap_table(embeddings),
+        **evaluated,
         "anchor": spec.anchors,
         "edges": [list(e) for e in spec.edges],
         "logit_scales": module.logit_scale_values(),
@@ -189,8 +237,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=cfg.seed)
     max_steps = int(cfg.trainer.max_steps)
     module = AlignmentModule(
-        spec.build_model(), spec.build_loss(), spec.edges, spec.optim, total_steps=max_steps, seed=cfg.seed
+        spec.build_model(),
+        spec.build_loss(),
+        spec.edges,
+        spec.optim,
+        total_steps=max_steps,
+        seed=cfg.seed,
+        feature_cache=build_feature_cache(cfg, spec),
     )
+    apply_speed_options(module.model, cfg)
     identity = run_identity(plain, spec)
     logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"])
     try:
@@ -205,20 +260,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         preempted = next((c.preempted for c in trainer.callbacks if isinstance(c, Preemption)), None)
         if preempted is not None:
             raise preempted  # checkpoint saved; no evaluation of a half-trained model
-        metrics = final_metrics(module, datamodule, spec, trainer, curriculum, wall, plain.get("prompts"))
+        evaluate = bool((plain.get("eval") or {}).get("final", True))
+        metrics = final_metrics(module, datamodule, spec, trainer, curriculum, wall, plain.get("prompts"), evaluate)
         metrics["run"] = identity
         if getattr(datamodule, "data_report", None):
             metrics["data"] = datamodule.data_report  # e.g. how many bad files on_error=skip dropped
         if trainer.is_global_zero:
             write_results(run_dir, metrics, spec)
             if logger is not None:
-                logger.log_metrics({f"test/{k}": v for k, v in metrics["summary"].items()}, step=trainer.global_step)
+                summary = metrics.get("summary", {})
+                logger.log_metrics({f"test/{k}": v for k, v in summary.items()}, step=trainer.global_step)
         return metrics
     finally:
         close_logger(logger)
 
 
 def write_results(run_dir: Path, metrics: dict, spec: RunSpec) -> None:
+    if "retrieval" not in metrics:  # eval.final=false
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        print(
+            f"trained {metrics['steps']} steps (eval.final=false: no held-out evaluation); {run_dir / 'metrics.json'}"
+        )
+        return
     order = list(spec.modalities)
     table = format_retrieval_table(metrics["retrieval"], "R@1", order, gallery_size=metrics["gallery_size"])
     table10 = format_retrieval_table(metrics["retrieval"], "R@10", order, gallery_size=metrics["gallery_size"])

@@ -154,18 +154,36 @@ class Head(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(width, embed_dim, bias=False)
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = self.norm(tokens)  # (B, N, W)
+    @property
+    def cacheable(self) -> bool:
+        """Whether :meth:`select` gives a per-sample feature the head can finish from (cls, eos).
+
+        LayerNorm acts per token, so norm-then-pick equals pick-then-norm for one token; a mean over
+        normed tokens has no such form.
+        """
+        return self.pool in ("cls", "eos")
+
+    def select(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, N, W) trunk tokens -> (B, W) the pooled token, before the norm (cls and eos pooling)."""
         if self.pool == "cls":
-            x = x[:, 0]
-        elif self.pool == "eos":
+            return tokens[:, 0]
+        if self.pool == "eos":
             if mask is None:
                 raise ValueError("eos pooling needs a token mask")
             last = mask.long().sum(dim=1).clamp(min=1) - 1  # index of the last valid token
-            x = x[torch.arange(x.shape[0], device=x.device), last]
-        else:
-            w = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.dtype)
-            x = (x * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1.0)
+            return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
+        raise ValueError(f"{self.pool!r} pooling has no per-token feature to select")
+
+    def project(self, pooled: Tensor) -> Tensor:
+        """(B, W) pooled token -> (B, embed_dim): the head's trainable part after the selection."""
+        return self.proj(self.dropout(self.norm(pooled)))
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.cacheable:
+            return self.project(self.select(tokens, mask))
+        x = self.norm(tokens)  # (B, N, W)
+        w = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.dtype)
+        x = (x * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1.0)
         return self.proj(self.dropout(x))
 
 

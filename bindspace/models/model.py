@@ -78,10 +78,35 @@ class BindSpaceModel(nn.Module):
         tokens, mask = self.preprocessors[modality](x)
         tokens = self.trunks[modality](tokens, mask)
         emb = self.heads[modality](tokens, mask)
+        return self._finish(modality, emb, clips)
+
+    def _finish(self, modality: str, emb: Tensor, clips: int) -> Tensor:
         emb = self.postprocessors[modality](emb)
         if clips:
             emb = self.postprocessors[modality](emb.unflatten(0, (-1, clips)).mean(1))
         return emb
+
+    def encode_features(self, modality: str, x: ModelInput) -> Tensor:
+        """The trunk's pooled token before the head, ``(B, W)`` or ``(B, clips, W)``.
+
+        With a frozen tokenizer and trunk this is a fixed function of the sample, which is what the
+        frozen-encoder cache stores; :meth:`encode_from_features` finishes the encoding.
+        """
+        head = self.heads[modality]
+        if not head.cacheable:
+            raise ValueError(f"{modality}: head.pool={head.pool!r} has no per-sample feature (needs cls or eos)")
+        clips = self._clip_count(modality, x)
+        if clips:
+            x = x.flatten(0, 1)
+        tokens, mask = self.preprocessors[modality](x)
+        feats = head.select(self.trunks[modality](tokens, mask), mask)
+        return feats.unflatten(0, (-1, clips)) if clips else feats
+
+    def encode_from_features(self, modality: str, features: Tensor) -> Tensor:
+        """:meth:`encode_features` output -> unit-norm embeddings, through the (possibly trainable) head."""
+        clips = features.shape[1] if features.ndim == 3 else 0
+        emb = self.heads[modality].project(features.flatten(0, 1) if clips else features)
+        return self._finish(modality, emb, clips)
 
     def _clip_count(self, modality: str, x: ModelInput) -> int:
         ndim = getattr(self.configs[modality].input, "ndim", None)

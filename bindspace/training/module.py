@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,8 +17,11 @@ from bindspace.evaluation.tables import summarize
 from bindspace.losses import Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import concat_inputs, input_batch_size
 from bindspace.models.model import BindSpaceModel
+from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.optim import OptimConfig, build_optimizer
 from bindspace.training.reliability import assert_finite_weights
+
+log = logging.getLogger(__name__)
 
 
 class AlignmentModule(L.LightningModule):
@@ -33,6 +37,8 @@ class AlignmentModule(L.LightningModule):
         edges: every trainable edge (trained vs emergent flags in evaluation come from it).
         optim: optimizer and schedule settings.
         total_steps: length of the cosine schedule.
+        seed: seeds dropout per (seed, step, rank).
+        feature_cache: serves frozen encoders' features from a per-sample cache (optional).
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class AlignmentModule(L.LightningModule):
         optim: OptimConfig | None = None,
         total_steps: int = 1000,
         seed: int = 0,
+        feature_cache: FrozenFeatureCache | None = None,
     ) -> None:
         super().__init__()
         self.model, self.loss = model, loss
@@ -56,20 +63,31 @@ class AlignmentModule(L.LightningModule):
         self.seed = seed
         self._val_batches: list[dict] = []
         self.last_loss: Tensor | None = None
+        self.feature_cache = feature_cache
         self.last_retrieval: dict[str, Any] = {}
 
     # ---- training -------------------------------------------------------------------------------
     def encode_edges(self, batch: dict[str, dict]) -> dict[str, tuple[Tensor, Tensor]]:
-        """One forward per modality over all active edges that use it (bigger, faster matmuls)."""
+        """One forward per modality over all active edges that use it (bigger, faster matmuls).
+
+        Frozen encoders served by the feature cache skip their tokenizer and trunk: their pooled
+        features come from the cache (computed on first sight of a sample) and only the head runs.
+        """
         active = [e for e in self.active_edges if edge_key(e) in batch]
-        chunks: dict[str, list] = {}
+        chunks: dict[str, list[tuple[str, Any]]] = {}
         for e in active:
             for m in e:
-                chunks.setdefault(m, []).append(batch[edge_key(e)][m])
-        embedded = {
-            m: self.model.encode(m, concat_inputs(parts)).split([input_batch_size(p) for p in parts])
-            for m, parts in chunks.items()
-        }
+                chunks.setdefault(m, []).append((edge_key(e), batch[edge_key(e)][m]))
+        cached = set(self.feature_cache.active(self.model)) if self.feature_cache is not None else set()
+        embedded = {}
+        for m, parts in chunks.items():
+            sizes = [input_batch_size(x) for _, x in parts]
+            if m in cached:
+                feats = [self.feature_cache.features(self.model, m, k, batch[k]["id"], x) for k, x in parts]
+                emb = self.model.encode_from_features(m, torch.cat(feats))
+            else:
+                emb = self.model.encode(m, concat_inputs([x for _, x in parts]))
+            embedded[m] = emb.split(sizes)
         cursor = dict.fromkeys(chunks, 0)
         pairs = {}
         for e in active:
@@ -138,9 +156,20 @@ class AlignmentModule(L.LightningModule):
     def on_train_start(self) -> None:
         # Frozen trunks stay in eval mode even though Lightning switched the module to train mode.
         self.model.train(True)
+        if self.feature_cache is not None:
+            self.feature_cache.rank = self.global_rank
+
+    def on_train_end(self) -> None:
+        if self.feature_cache is not None:
+            self.feature_cache.flush()
+            stats = self.feature_cache.stats()
+            if stats["hits"] + stats["misses"]:
+                log.info("feature cache: %(hits)d hits, %(misses)d misses (hit rate %(hit_rate).2f)", stats)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert_finite_weights(self)  # a checkpoint with NaN/Inf weights is never written
+        if self.feature_cache is not None:
+            self.feature_cache.flush()  # features computed so far survive a preemption with the checkpoint
         # Everything needed to rebuild the model without Hydra (bindspace.BindSpace.from_checkpoint).
         checkpoint["bindspace"] = {
             "format": 1,

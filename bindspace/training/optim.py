@@ -19,7 +19,7 @@ class OptimConfig:
     eps: float = 1e-6
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0  # final lr as a fraction of ``lr`` at the end of the cosine
-    fused: bool | None = None  # fused AdamW kernel on GPU; None lets torch decide
+    fused: bool | None = None  # fused AdamW kernel; None = on when every parameter is on a GPU
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -75,7 +75,10 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig, total_steps: int):
     groups = param_groups(module, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("nothing to train: every parameter is frozen")
-    kwargs = {"fused": cfg.fused} if cfg.fused is not None else {}
+    fused = cfg.fused
+    if fused is None:  # the fused kernel (one launch for all parameters) wherever torch has it: CUDA
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+    kwargs = {"fused": True} if fused else {}
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
     schedule = StagedSchedule(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)

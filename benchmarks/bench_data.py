@@ -95,8 +95,13 @@ def main() -> None:
 
 def _merge(path: Path, section: str) -> str:
     """Replace this benchmark's section in the benchmarks page, keeping the others."""
+    return merge_section(path.read_text() if path.exists() else "", section)
+
+
+def merge_section(text: str, section: str) -> str:
+    """``text`` (a benchmarks page, maybe empty) with the section of the same title replaced or appended."""
     head = "# Benchmarks\n\nEach section: the machine, the date and the command that produced it.\n\n"
-    text = path.read_text() if path.exists() else head
+    text = text or head
     title = section.splitlines()[0]
     parts = text.split("\n## ")
     kept = [p for p in parts[1:] if not ("## " + p).startswith(title)]

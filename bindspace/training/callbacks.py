@@ -116,7 +116,10 @@ class CurriculumCallback(L.Callback):
             return
         dm = trainer.datamodule
         so_far = [e for s in self.curriculum.stages[: self.state.index + 1] for e in s.new_edges]
-        metrics = module.evaluate(list(dm.val_dataloader()), trained_edges=so_far)
+        if dm is None or not hasattr(dm, "val_dataloader"):
+            metrics = {"retrieval": {}}  # trained from bare dataloaders (benchmarks): no held-out set to score
+        else:
+            metrics = module.evaluate(list(dm.val_dataloader()), trained_edges=so_far)
         record = {
             "index": self.state.index,
             "name": self.stage.name,

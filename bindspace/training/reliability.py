@@ -102,9 +102,12 @@ class NonFiniteGuard(L.Callback):
         if loss is not None and not bool(torch.isfinite(loss.detach())):
             where = f"loss={float(loss):g}"
         else:
-            name_of = {id(p): n for n, p in pl_module.named_parameters()}
-            bad = first_nonfinite((name_of.get(id(p), "?"), p.grad) for p in params)
-            where = f"gradient of {bad}" if bad else None
+            grads = [p.grad for p in params if p.grad is not None]
+            # One fused kernel and one sync: any NaN/Inf in any gradient makes the sum of norms non-finite.
+            if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+                name_of = {id(p): n for n, p in pl_module.named_parameters()}
+                bad = first_nonfinite((name_of.get(id(p), "?"), p.grad) for p in params)
+                where = f"gradient of {bad}"
         if not _any_rank(where is not None, pl_module.device):
             self.consecutive = 0
             return

@@ -16,6 +16,7 @@ from bindspace.losses import BACKPROP_MODES, Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import ConfigError, LogitScaleConfig, ModalityConfig, get_modality, list_modalities
 from bindspace.modalities.base import _from_mapping
 from bindspace.models.model import BindSpaceModel
+from bindspace.models.pretrained import pretrained_width
 from bindspace.training.optim import OptimConfig
 
 
@@ -101,16 +102,39 @@ def _check_positive(value: Any, key: str, minimum: int = 1) -> int:
     return value
 
 
+def check_pretrained_width(cfg: ModalityConfig) -> None:
+    """A pretrained trunk's width is fixed by its weights: ``trunk.width`` must state it.
+
+    The head maps that width to ``model.embed_dim``. Only a local folder's config file is read (no
+    weights), so a mismatch fails before any compute. A hub id is not looked up (validation never
+    touches the network); its model's own width then sizes the head, whatever ``trunk.width`` says.
+    """
+    t, where = cfg.trunk, f"modalities.{cfg.name}.trunk"
+    try:
+        width = pretrained_width(t.kind, t.pretrained, t.trust_remote_code)
+    except ValueError as err:
+        raise ConfigError(f"{where}.pretrained: {err}") from None
+    if width is not None and width != t.width:
+        raise ConfigError(
+            f"{where}.width={t.width} but the pretrained trunk {t.pretrained} has hidden size {width}; "
+            f"set {where}.width={width}"
+        )
+
+
 def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate the composed config and build modality configs, graph edges and optimizer settings."""
     graph = cfg.get("graph") or {}
     wanted = list(graph.get("modalities") or list_modalities())
-    for m in wanted:
-        get_modality(m)  # unknown modality -> ConfigError naming it
+    available = cfg.get("modalities") or {}
+    registered = list_modalities()
+    unknown = [("graph.modalities", m) for m in wanted if m not in registered]
+    unknown += [(f"modalities.{m}", m) for m in available if m not in registered]  # e.g. +modalities.smell...
+    if unknown:
+        key, name = unknown[0]
+        raise ConfigError(f"{key}: unknown modality {name!r}; registered: {registered}")
     anchors = parse_anchors(graph.get("anchors"))
     edges = build_edges(wanted, anchors, graph.get("edges"))
     used = graph_modalities(edges, wanted)
-    available = cfg.get("modalities") or {}
     missing = [m for m in used if m not in available]
     if missing:
         raise ConfigError(
@@ -137,4 +161,6 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
                 raise ConfigError(
                     f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}"
                 )
+    for modality_cfg in configs.values():  # last: it may import transformers to read a config file
+        check_pretrained_width(modality_cfg)
     return RunSpec(configs, anchors, edges, embed_dim, optim, curriculum, loss)

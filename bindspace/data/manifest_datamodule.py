@@ -123,12 +123,21 @@ def weighted_rows(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray 
     return np.concatenate([start + np.arange(k) % size for start, k, size in zip(starts, slots, n)])
 
 
+def existing_path(value: str | Path, key: str) -> Path:
+    """The path a data key names, checked to exist before anything is read (the error names the key)."""
+    path = Path(value)
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise ConfigError(f"{key}={value}: no such file or folder{where}")
+    return path
+
+
 def parse_sources(train: str | None, sources: Sequence[Any] | None) -> list[tuple[Path, float]]:
-    """``data.train`` or ``data.sources`` -> [(manifest path, weight)]."""
+    """``data.train`` or ``data.sources`` -> [(manifest path, weight)], every path checked to exist."""
     if (train is None) == (not sources):
         raise ConfigError("data: give exactly one of data.train=PATH or data.sources=[{path: ..., weight: ...}]")
     if train is not None:
-        return [(Path(train), 1.0)]
+        return [(existing_path(train, "data.train"), 1.0)]
     out = []
     for i, src in enumerate(sources):
         src = {"path": src} if isinstance(src, str) else dict(src)
@@ -138,8 +147,18 @@ def parse_sources(train: str | None, sources: Sequence[Any] | None) -> list[tupl
         weight = src.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
             raise ConfigError(f"data.sources[{i}].weight must be a positive number, got {weight!r}")
-        out.append((Path(src["path"]), float(weight)))
+        out.append((existing_path(src["path"], f"data.sources[{i}].path"), float(weight)))
     return out
+
+
+def check_edge_data(edges: Sequence[Edge], manifests: Sequence[Manifest]) -> None:
+    """Fail before any file is decoded when an edge of the graph has no training sample at all."""
+    for e in edges:
+        if not any(s.holds(e) for m in manifests for s in m.samples):
+            raise ManifestError(
+                f"edge {edge_key(e)}: no training sample holds both {e[0]} and {e[1]} (in "
+                f"{', '.join(str(m.path) for m in manifests)}); drop the edge with graph.modalities or graph.edges"
+            )
 
 
 def check_manifests(
@@ -256,10 +275,12 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         weighted = parse_sources(train, sources)
-        heldout = [load_manifest(p) for p in (val, test) if p is not None]
-        manifests, files = check_manifests(
-            [load_manifest(p) for p, _ in weighted] + heldout, list(self.configs), on_error, scan_workers
-        )
+        heldout = [
+            load_manifest(existing_path(p, f"data.{k}")) for k, p in (("val", val), ("test", test)) if p is not None
+        ]
+        training = [load_manifest(p) for p, _ in weighted]
+        check_edge_data(self.edges, training)  # a config error: before minutes of decoding files
+        manifests, files = check_manifests(training + heldout, list(self.configs), on_error, scan_workers)
         parts = manifests[: len(weighted)]
         val_samples = manifests[len(weighted)].samples if val is not None else self._split(parts, val_fraction)
         test_samples = manifests[-1].samples if test is not None else val_samples

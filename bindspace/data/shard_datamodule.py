@@ -31,6 +31,7 @@ from bindspace.data.manifest_datamodule import (
     ManifestDataset,
     check_manifests,
     class_vocabulary,
+    existing_path,
     heldout_dataset,
 )
 from bindspace.data.shards import INDEX_NAME, Fields, extract_shards, iter_shard, load_index, materialize
@@ -187,6 +188,9 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
         super().__init__()
         if train is None or val is None:
             raise ConfigError("data=shards needs data.train=SHARD_FOLDER and data.val=MANIFEST_OR_SHARD_FOLDER")
+        for key, path in (("train", train), ("val", val), ("test", test)):
+            if path is not None:
+                existing_path(path, f"data.{key}")  # named by key, before any shard or file is read
         if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
             raise ConfigError(f"data.shuffle_buffer must be a positive integer, got {shuffle_buffer!r}")
         self.configs, self.edges = dict(configs), [tuple(e) for e in edges]

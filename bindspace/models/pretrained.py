@@ -8,6 +8,7 @@ a download.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import timm
@@ -15,6 +16,64 @@ import torch
 from torch import Tensor, nn
 
 from bindspace.models.layers import Tokens
+
+
+def _local_folder(kind: str, pretrained: str) -> Path | None:
+    """The local folder a pretrained source names, or None for a hub id or timm name.
+
+    A source that is written as a path (absolute, ``~``, ``./``, timm's ``local-dir:``) but is no folder
+    is an error: read as a hub id it would fail later with a far less clear message.
+    """
+    source = pretrained.removeprefix("local-dir:") if kind == "timm" else pretrained
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if source != pretrained or path.is_absolute() or source.startswith((".", "~")):
+        raise ValueError(f"no such folder: {path}")
+    return None
+
+
+def pretrained_width(kind: str, pretrained: str | None, trust_remote_code: bool = False) -> int | None:
+    """The hidden width of a pretrained trunk in a local folder, read from its config file alone (no weights).
+
+    Args:
+        kind: ``timm`` (a ``save_for_hf`` folder: ``num_features``) or ``hf`` (a ``save_pretrained``
+            folder: the transformers config's ``hidden_size``).
+        pretrained: the trunk's ``pretrained`` source.
+        trust_remote_code: passed to transformers for configs of custom architectures.
+
+    Returns:
+        The width, or None when there is nothing local to read (no source, or a hub id: validation
+        never touches the network).
+
+    Raises:
+        ValueError: a path that is no folder, or a folder whose config cannot be read or names no width.
+    """
+    if pretrained is None or kind not in ("timm", "hf"):
+        return None
+    path = _local_folder(kind, pretrained)
+    if path is None:
+        return None
+    if kind == "hf":
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read the transformers config in {path} ({err})") from None
+        width = getattr(config, "hidden_size", None)  # attribute_map covers dim, d_model, n_embd
+    else:
+        file = path / "config.json"
+        if not file.is_file():
+            raise ValueError(f"{path} has no config.json (save it with timm's save_for_hf)")
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{file} is not readable JSON ({err})") from None
+        width = config.get("num_features") or (config.get("model_args") or {}).get("embed_dim")
+    if not isinstance(width, int) or isinstance(width, bool):
+        raise ValueError(f"the config in {path} names no hidden size")
+    return width
 
 
 def _timm_source(name: str | None, pretrained: str | None) -> tuple[str, bool]:

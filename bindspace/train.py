@@ -255,7 +255,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))
         trainer = build_trainer(cfg, run_dir, logger, curriculum)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only: resuming never unpickles code, only tensors and plain containers.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         wall = time.perf_counter() - start
         preempted = next((c.preempted for c in trainer.callbacks if isinstance(c, Preemption)), None)
         if preempted is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,8 +52,9 @@ def test_nonfinite_steps_are_skipped_counted_and_leave_weights_untouched(tmp_pat
 
     run(compose_config([*SMALL, "trainer.max_steps=6", "nonfinite.max_consecutive=2"], str(tmp_path)))
     ckpts = tmp_path / "checkpoints"
-    before, after = torch.load(ckpts / "step000002.ckpt", weights_only=True), torch.load(
-        ckpts / "step000004.ckpt", weights_only=True
+    before, after = (
+        torch.load(ckpts / "step000002.ckpt", weights_only=True),
+        torch.load(ckpts / "step000004.ckpt", weights_only=True),
     )
     # Steps 2 and 3 were skipped: weights and Adam moments are exactly those after step 1.
     for name, value in before["state_dict"].items():
@@ -102,8 +104,6 @@ def test_a_checkpoint_with_nonfinite_weights_is_never_written(tmp_path, monkeypa
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["last.ckpt", "step000002.ckpt"]
     assert load_state(ckpts / "last.ckpt").keys() == load_state(ckpts / "step000002.ckpt").keys()
     assert not list(ckpts.glob(".*.tmp"))
-
-
 
 
 def test_guard_rejects_a_negative_limit():
@@ -223,3 +223,68 @@ def test_same_seed_gives_the_same_metrics_json(tmp_path):
         outputs.append(metrics)
     assert outputs[0] == outputs[1]
     assert outputs[0]["steps"] == 8 and outputs[0]["retrieval"]
+
+
+# ---- safe loading ---------------------------------------------------------------------------------
+class Payload:
+    """Unpickling this object would create ``marker``: the stand-in for code hidden in a checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_checkpoints_with_code_in_them_are_refused_without_running_it(tmp_path):
+    from bindspace.inference import BindSpace, CheckpointError
+    from bindspace.train import run
+
+    marker, ckpt = tmp_path / "pwned", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "global_step": 1, "extra": Payload(marker)}, ckpt)
+    with pytest.raises(CheckpointError, match=re.escape(str(ckpt))):
+        BindSpace.from_checkpoint(ckpt)
+    with pytest.raises(Exception, match=r"(?i)weights_only|unpickl"):  # resuming training: Lightning, weights_only
+        run(compose_config([*SMALL, "trainer.max_steps=2", f"ckpt_path={ckpt}"], str(tmp_path / "run")))
+    assert not marker.exists()
+
+
+def test_transformers_remote_code_never_runs_unless_the_config_says_so(tmp_path):
+    from bindspace.models.pretrained import build_hf_trunk
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}})
+    )
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        build_hf_trunk(str(folder), trust_remote_code=False)
+    assert not marker.exists()
+
+
+KILLED_WRITER = """
+import sys, torch
+from bindspace.training.reliability import AtomicCheckpointIO
+AtomicCheckpointIO().save_checkpoint({"global_step": 2, "w": torch.ones(100_000_000)}, sys.argv[1])
+"""
+
+
+def test_a_process_killed_mid_checkpoint_leaves_the_previous_checkpoint(tmp_path):
+    """SIGKILL while a 400 MB checkpoint is being written: ``last.ckpt`` is still the previous, whole file."""
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1, "w": torch.zeros(3)}, path)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)])
+    deadline = time.monotonic() + 120
+    partial = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        partial = [p for p in tmp_path.glob(".last.ckpt.*.tmp") if p.stat().st_size > 1_000_000]
+        if partial:
+            break
+        time.sleep(0.005)
+    assert partial, "the writer finished (or never started) before it could be killed"
+    proc.kill()
+    proc.wait()
+    state = torch.load(path, weights_only=True)
+    assert state["global_step"] == 1 and torch.equal(state["w"], torch.zeros(3))

@@ -63,6 +63,7 @@ class AlignmentModule(L.LightningModule):
         self.seed = seed
         self._val_batches: list[dict] = []
         self.last_loss: Tensor | None = None
+        self.grad_norm: Tensor | None = None  # set by NonFiniteGuard after backward, read by clipping
         self.feature_cache = feature_cache
         self.last_retrieval: dict[str, Any] = {}
 
@@ -120,6 +121,17 @@ class AlignmentModule(L.LightningModule):
                 self.log(f"train/loss/{k}", v, batch_size=bs, sync_dist=sync)
                 self.log(f"train/logit_scale/{k}", self.loss.logit_scales[k](), batch_size=bs)
         return total
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by the global norm NonFiniteGuard already computed (the same result as clip_grad_norm_)."""
+        norm = self.grad_norm
+        if gradient_clip_val is None or gradient_clip_algorithm not in (None, "norm") or norm is None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, (gradient_clip_val / (norm + 1e-6)).clamp(max=1.0))
+        self.grad_norm = None  # used once
 
     def configure_optimizers(self):
         opt, sched = build_optimizer(self, self.optim_cfg, self.total_steps)

@@ -98,21 +98,28 @@ class NonFiniteGuard(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         loss = getattr(pl_module, "last_loss", None)
-        where = None
+        where, total = None, None
         if loss is not None and not bool(torch.isfinite(loss.detach())):
             where = f"loss={float(loss):g}"
         else:
             grads = [p.grad for p in params if p.grad is not None]
-            # One fused kernel and one sync: any NaN/Inf in any gradient makes the sum of norms non-finite.
-            if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+            # One fused kernel and one sync: any NaN/Inf in any gradient makes the total norm non-finite.
+            # The norm is kept for gradient clipping (AlignmentModule.configure_gradient_clipping), which
+            # then needs no second pass over the gradients.
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else None
+            pl_module.grad_norm = total
+            if total is not None and not bool(torch.isfinite(total)):
                 name_of = {id(p): n for n, p in pl_module.named_parameters()}
                 bad = first_nonfinite((name_of.get(id(p), "?"), p.grad) for p in params)
                 where = f"gradient of {bad}"
         if not _any_rank(where is not None, pl_module.device):
             self.consecutive = 0
+            if total is not None and (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0:
+                pl_module.log("train/grad_norm", total, rank_zero_only=True)  # after DDP's averaging: same on all ranks
             return
         for p in params:
             p.grad = None  # the optimizer skips parameters without gradients: nothing moves
+        pl_module.grad_norm = None
         self.consecutive += 1
         self.skipped += 1
         step = trainer.global_step

@@ -314,9 +314,9 @@ def note_e(speedups: dict[str, float]) -> str:
             if met
             else "Target missed. "
         )
-        + "The speedup is 1 / (1 - the step's share spent in the frozen forward). With the tiny preset the "
-        "image forward (160 images of 17 tokens) is a few percent of a step dominated by five trained "
-        "encoders' forward and backward, so the cache saves nothing measurable there. ImageBind's own case "
+        + "The speedup is 1 / (1 - the step's share spent in the frozen forward and its tokenizer). With the "
+        "tiny preset that share is smaller (160 images of 17 tokens in a step dominated by five trained "
+        "encoders' forward and backward), so is the gain. ImageBind's own case "
         "(frozen ViT-H/14 against a ViT-B audio encoder) puts most of the step in the frozen forward. Not "
         "removed yet: the data pipeline still loads and transforms the anchor's input; skipping it would "
         "need the loader to know which ids are cached."

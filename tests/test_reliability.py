@@ -176,6 +176,28 @@ def test_signal_saves_a_checkpoint_and_the_next_launch_resumes_exactly(tmp_path,
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_sigterm_under_ddp_stops_every_rank_after_the_same_step_and_resumes(tmp_path):
+    """2 gloo ranks: the signal reaches rank 0, which forwards it; both stop together and one checkpoint is saved."""
+    run_dir = tmp_path / "run"
+    ddp = ["trainer=ddp", "trainer.devices=2", "data.batch_size=4"]
+    proc = launch(run_dir, *ddp)
+    first = run_dir / "checkpoints" / "step000002.ckpt"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 2 <= stopped_at < 40
+    code, err = finish(launch(run_dir, *ddp))
+    assert code == 0, err[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and metrics["world_size"] == 2
+
+
 def test_resume_never_starts_from_scratch(tmp_path):
     from bindspace.train import resume_checkpoint
 

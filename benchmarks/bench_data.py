@@ -104,8 +104,9 @@ def merge_section(text: str, section: str) -> str:
     text = text or head
     title = section.splitlines()[0]
     parts = text.split("\n## ")
-    kept = [p for p in parts[1:] if not ("## " + p).startswith(title)]
-    return parts[0].rstrip() + "\n\n" + "".join("## " + p.rstrip() + "\n\n" for p in kept) + section
+    kept = ["## " + p.rstrip() + "\n" for p in parts[1:] if not ("## " + p).startswith(title)]
+    ordered = sorted([*kept, section.rstrip() + "\n"])  # "## (a) ...", "## (b) ...": the order
+    return parts[0].rstrip() + "\n\n" + "\n".join(ordered)
 
 
 if __name__ == "__main__":

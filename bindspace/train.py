@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from bindspace.config import RunSpec, build_run_spec
@@ -152,7 +153,8 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         return str(cfg.ckpt_path)
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.get("resume", "auto") == "auto" and last.is_file():
-        log.info("resume: auto: continuing from %s", last)
+        # Said out loud: reusing a run folder with a changed config would otherwise silently continue it.
+        rank_zero_info(f"bindspace-train: resuming from {last} (resume=auto; resume=never starts this run folder over)")
         return str(last)
     return None
 

@@ -7,7 +7,6 @@ bindspace-train -m seed=0,1,2 anchor=image,text
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,14 @@ from bindspace.training.callbacks import CurriculumCallback
 from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.loggers import build_logger, close_logger, log_stage
 from bindspace.training.module import AlignmentModule
-from bindspace.training.reliability import AtomicCheckpointIO, NonFiniteError, NonFiniteGuard, Preempted, Preemption
+from bindspace.training.reliability import (
+    AtomicCheckpointIO,
+    NonFiniteError,
+    NonFiniteGuard,
+    Preempted,
+    Preemption,
+    parse_signal,
+)
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("bindspace.train")
@@ -57,7 +63,10 @@ def package_dir(package: str, *parts: str) -> str:
 OmegaConf.register_new_resolver("pkg_dir", package_dir, replace=True)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger, curriculum: CurriculumCallback) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, logger, curriculum: CurriculumCallback, rel: dict[str, Any]
+) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with bindspace's callbacks (``rel``: :func:`reliability_settings`)."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     ckpt = ModelCheckpoint(
@@ -68,7 +77,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, curriculum: Curriculum
         save_top_k=-1,
         every_n_train_steps=cfg.checkpoint.every_n_train_steps,
     )
-    rel = reliability_settings(cfg)
     preemption = Preemption(run_dir / "checkpoints" / "last.ckpt", rel["signals"], rel["requeue"])
     callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption]
     if logger:
@@ -89,16 +97,16 @@ def reliability_settings(cfg: DictConfig) -> dict[str, Any]:
     max_consecutive = nonfinite.get("max_consecutive", 5)
     if not isinstance(max_consecutive, int) or isinstance(max_consecutive, bool) or max_consecutive < 0:
         raise ConfigError(f"nonfinite.max_consecutive must be an integer >= 0, got {max_consecutive!r}")
-    signals = list(preemption.get("signals") or [])
-    for name in signals:
-        if not isinstance(name, str) or not hasattr(signal, name.upper()) or not name.upper().startswith("SIG"):
-            raise ConfigError(f"preemption.signals: {name!r} is not a signal name like SIGTERM or SIGUSR1")
+    try:
+        signals = [parse_signal(name) for name in preemption.get("signals") or []]
+    except ValueError as err:
+        raise ConfigError(f"preemption.signals: {err}; use names like SIGTERM or SIGUSR1") from None
     resume = cfg.get("resume", "auto")
     if resume not in RESUME_MODES:
         raise ConfigError(f"resume must be one of {list(RESUME_MODES)}, got {resume!r}")
     return {
         "max_consecutive": max_consecutive,
-        "signals": [s.upper() for s in signals],
+        "signals": signals,
         "requeue": bool(preemption.get("requeue", True)),
         "resume": resume,
     }
@@ -232,7 +240,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     spec = build_run_spec(plain)  # every config error surfaces here, before any compute
     run_dir = Path(cfg.paths.output_dir)
-    reliability_settings(cfg)
+    rel = reliability_settings(cfg)
     ckpt_path = resume_checkpoint(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -255,7 +263,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             logger.log_hyperparams(plain)
         steps_per_epoch = datamodule.steps_per_epoch(_world_size(cfg))
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))
-        trainer = build_trainer(cfg, run_dir, logger, curriculum)
+        trainer = build_trainer(cfg, run_dir, logger, curriculum, rel)
         start = time.perf_counter()
         # weights_only: resuming never unpickles code, only tensors and plain containers.
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -84,3 +84,45 @@ def test_run_spec_from_real_config():
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         _spec([override])
+
+
+def _compose_plain(overrides):
+    """The shipped config without the test-size overrides (the presets as users get them)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("bindspace.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", *overrides])
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+@pytest.mark.parametrize(("preset", "width"), [("tiny", 128), ("small", 384), ("base", 768), ("huge", 1280)])
+def test_every_model_preset_builds_all_six_encoders(preset, width):
+    import torch
+
+    spec = build_run_spec(_compose_plain([f"model={preset}"]))
+    assert spec.modalities["image"].trunk.width == width
+    with torch.device("meta"):  # shapes and wiring without allocating huge's weights
+        model = spec.build_model()
+    assert model.modalities == ALL and model.heads["audio"].proj.out_features == spec.embed_dim
+
+
+def test_small_preset_encodes_every_modality():
+    import torch
+
+    from bindspace.modalities import get_modality
+
+    spec = build_run_spec(_compose_plain(["model=small"]))
+    model = spec.build_model().eval()
+    gen = torch.Generator().manual_seed(0)
+    for m, cfg in spec.modalities.items():
+        with torch.no_grad():
+            emb = model.encode(m, get_modality(m).dummy_input(cfg.input, 2, gen))
+        assert emb.shape == (2, 384) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5), m
+
+
+def test_gpu_ddp_trainer_preset_is_ddp_on_gpus_in_bf16():
+    trainer = _compose_plain(["trainer=gpu_ddp", "trainer.num_nodes=4"])["trainer"]
+    assert trainer["_target_"] == "lightning.Trainer"
+    assert (trainer["accelerator"], trainer["strategy"], trainer["precision"]) == ("gpu", "ddp", "bf16-mixed")
+    assert trainer["devices"] == 8 and trainer["num_nodes"] == 4
+    assert trainer["use_distributed_sampler"] is False  # bindspace shards each global batch itself

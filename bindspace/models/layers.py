@@ -122,7 +122,7 @@ class TransformerTrunk(nn.Module):
         super().__init__()
         if width % heads:
             raise ValueError(f"trunk width {width} is not divisible by its {heads} heads")
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # plain floats, even under a meta device
         self.pre_norm = nn.LayerNorm(width, eps=1e-6) if pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates)
         self.causal = causal

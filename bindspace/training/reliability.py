@@ -167,9 +167,11 @@ class Preemption(L.Callback):
         requeue: run ``scontrol requeue $SLURM_JOB_ID`` from rank 0 after saving (only under SLURM).
     """
 
-    def __init__(self, checkpoint: str | Path, signals: Iterable[str] = DEFAULT_SIGNALS, requeue: bool = True) -> None:
+    def __init__(
+        self, checkpoint: str | Path, signals: Iterable[str | int] = DEFAULT_SIGNALS, requeue: bool = True
+    ) -> None:
         self.checkpoint = Path(checkpoint)
-        self.signals = [_signal(s) for s in signals]
+        self.signals = [parse_signal(s) for s in signals]
         self.requeue = requeue
         self.received: int | None = None
         self.preempted: Preempted | None = None
@@ -209,11 +211,15 @@ class Preemption(L.Callback):
         self._trainer = None
 
 
-def _signal(name: str | int) -> int:
-    if isinstance(name, int):
-        return name
+def parse_signal(name: str | int) -> int:
+    """``"SIGTERM"``, ``"term"`` or ``15`` -> 15; ``ValueError`` for anything that is not a signal."""
+    if isinstance(name, int) and not isinstance(name, bool):
+        return int(signal.Signals(name))
+    if not isinstance(name, str):
+        raise ValueError(f"unknown signal {name!r}")
+    upper = name.upper()
     try:
-        return int(signal.Signals[name.upper() if name.upper().startswith("SIG") else f"SIG{name.upper()}"])
+        return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
     except KeyError:
         raise ValueError(f"unknown signal {name!r}") from None
 

@@ -155,6 +155,9 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
             raise ConfigError(f"loss.weights: {k!r} is not a trained edge; edges are {sorted(keys)}")
     optim = _from_mapping(OptimConfig, cfg.get("optim"), "optim")
     curriculum = Curriculum.from_config(cfg.get("curriculum") or {"stages": [{"edges": "all"}]}, edges, anchors)
+    max_steps = (cfg.get("trainer") or {}).get("max_steps")
+    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0:
+        curriculum.check_schedule(max_steps, optim.warmup_steps)  # epoch-long stages: once the data is known
     for stage in curriculum.stages:
         for m in curriculum.frozen(curriculum.stages.index(stage)):
             if m not in configs:

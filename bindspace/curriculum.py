@@ -9,9 +9,16 @@ drives it. A stage says
   validation metric stops improving for ``patience`` validations, capped at ``max_steps``); the last
   stage may omit a length and run to ``trainer.max_steps``;
 - which encoders are frozen during it (modality names, ``anchor`` for the anchors, ``aligned`` for
-  every modality introduced by an earlier stage);
+  every modality introduced by an earlier stage) and which parts of them (``freeze_parts``: by default the
+  whole encoder, ``[preprocessor, trunk, head]``, as ImageBind froze all of CLIP; ``[preprocessor, trunk]``
+  keeps the projection head trainable). An edge whose two encoders are both wholly frozen trains nothing,
+  so its temperature is frozen too and the edge is left out of that stage's loss;
 - an optional learning rate and warmup of its own;
 - ``replay``: the loss weight of edges from earlier stages (rehearsal against forgetting; 0 drops them).
+
+The learning-rate schedule is per stage by default (``schedule: per_stage``): each stage warms up and
+decays over its own length, so a modality that joins late trains under the same schedule as one that
+joins first. ``schedule: global`` keeps one warmup + cosine over the whole run (stages only re-warm).
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from typing import Any
 
 from bindspace.graph import Edge
 from bindspace.losses import edge_key
-from bindspace.modalities import ConfigError
+from bindspace.modalities import ENCODER_PARTS, ConfigError
+
+SCHEDULES = ("per_stage", "global")
 
 
 @dataclass
@@ -43,6 +52,7 @@ class Stage:
     epochs: float | None = None
     plateau: Plateau | None = None
     freeze: list[str] = field(default_factory=list)
+    freeze_parts: tuple[str, ...] = ENCODER_PARTS  # what "frozen" covers for the modalities in ``freeze``
     lr: float | None = None
     warmup_steps: int | None = None
     replay: float = 1.0
@@ -111,13 +121,33 @@ def expand_order(cfg: Mapping[str, Any], graph: Sequence[Edge], anchors: Sequenc
     return stages
 
 
-class Curriculum:
-    """The resolved stages and where training is in them."""
+def _freeze_parts(entry: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    parts = entry.get("freeze_parts")
+    if parts is None:
+        return ENCODER_PARTS
+    if isinstance(parts, str) or not all(isinstance(p, str) for p in parts):
+        raise ConfigError(f"{where}.freeze_parts must be a list drawn from {list(ENCODER_PARTS)}, got {parts!r}")
+    unknown = [p for p in parts if p not in ENCODER_PARTS]
+    if unknown or not parts:
+        raise ConfigError(f"{where}.freeze_parts: {parts!r}; choose from {list(ENCODER_PARTS)}")
+    return tuple(p for p in ENCODER_PARTS if p in parts)
 
-    def __init__(self, stages: list[Stage], anchors: Sequence[str]) -> None:
+
+class Curriculum:
+    """The resolved stages and where training is in them.
+
+    Args:
+        stages: the stages in order.
+        anchors: the anchor modalities (what ``freeze: [anchor]`` means).
+        schedule: ``per_stage`` (each stage its own warmup and decay) or ``global`` (one over the run).
+    """
+
+    def __init__(self, stages: list[Stage], anchors: Sequence[str], schedule: str = "per_stage") -> None:
         if not stages:
             raise ConfigError("curriculum: at least one stage is required")
-        self.stages, self.anchors = stages, list(anchors)
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"curriculum.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+        self.stages, self.anchors, self.schedule = stages, list(anchors), schedule
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], graph: Sequence[Edge], anchors: Sequence[str]) -> Curriculum:
@@ -136,6 +166,7 @@ class Curriculum:
                     name=str(entry.get("name") or f"stage{i}"),
                     new_edges=new,
                     freeze=list(entry.get("freeze") or []),
+                    freeze_parts=_freeze_parts(entry, where),
                     lr=entry.get("lr"),
                     warmup_steps=entry.get("warmup_steps"),
                     replay=float(entry.get("replay", 1.0)),
@@ -148,13 +179,35 @@ class Curriculum:
         untrained = [e for e in graph if e not in seen]
         if untrained:
             raise ConfigError(f"curriculum never trains graph edges {[edge_key(e) for e in untrained]}")
-        return cls(stages, anchors)
+        curriculum = cls(stages, anchors, str(cfg.get("schedule", "per_stage")))
+        curriculum._check_own_edges_train()
+        return curriculum
+
+    def _check_own_edges_train(self) -> None:
+        """A stage must be able to train each edge it adds: not both of its encoders wholly frozen."""
+        for i, stage in enumerate(self.stages):
+            whole = self.wholly_frozen(i)
+            for e in stage.new_edges:
+                if e[0] in whole and e[1] in whole:
+                    raise ConfigError(
+                        f"curriculum.stages[{i}] ({stage.name}).freeze={stage.freeze} freezes both encoders of its "
+                        f"own edge {edge_key(e)} (freeze_parts={list(stage.freeze_parts)}): nothing of it would train"
+                    )
 
     # ---- what a stage trains -------------------------------------------------------------------
     def edge_weights(self, index: int) -> dict[str, float]:
-        """Edge key -> loss weight in stage ``index``: its own edges 1, earlier ones ``replay``."""
-        stage = self.stages[index]
-        weights = {edge_key(e): stage.replay for s in self.stages[:index] for e in s.new_edges}
+        """Edge key -> loss weight in stage ``index``: its own edges 1, earlier ones ``replay``.
+
+        Earlier edges whose two encoders are both wholly frozen in this stage are left out: they have
+        nothing left to train (their temperature is frozen with them).
+        """
+        stage, whole = self.stages[index], self.wholly_frozen(index)
+        weights = {
+            edge_key(e): stage.replay
+            for s in self.stages[:index]
+            for e in s.new_edges
+            if not (e[0] in whole and e[1] in whole)
+        }
         weights.update({edge_key(e): 1.0 for e in stage.new_edges})
         return {k: w for k, w in weights.items() if w > 0}
 
@@ -163,6 +216,7 @@ class Curriculum:
         return [e for s in self.stages[: index + 1] for e in s.new_edges if edge_key(e) in keys]
 
     def frozen(self, index: int) -> set[str]:
+        """Modalities frozen in stage ``index`` (which of their parts: :meth:`frozen_parts`)."""
         out: set[str] = set()
         for name in self.stages[index].freeze:
             if name == "anchor":
@@ -172,6 +226,15 @@ class Curriculum:
             else:
                 out.add(name)
         return out
+
+    def frozen_parts(self, index: int) -> dict[str, tuple[str, ...]]:
+        """Modality -> the encoder parts frozen in stage ``index``."""
+        parts = self.stages[index].freeze_parts
+        return {m: parts for m in sorted(self.frozen(index))}
+
+    def wholly_frozen(self, index: int) -> set[str]:
+        """Modalities none of whose encoder parts train in stage ``index``."""
+        return {m for m, parts in self.frozen_parts(index).items() if set(parts) == set(ENCODER_PARTS)}
 
     def stage_steps(self, index: int, steps_per_epoch: int) -> int | None:
         """Fixed length of a stage in steps (plateau stages: their cap), None if unbounded."""
@@ -184,6 +247,55 @@ class Curriculum:
             return s.plateau.max_steps
         return None
 
+    def planned_starts(self, max_steps: int, steps_per_epoch: int) -> list[int | None]:
+        """The step each stage starts at if every stage runs its full length (None: not known in advance)."""
+        starts: list[int | None] = [0]
+        for i in range(len(self.stages) - 1):
+            length = self.stage_steps(i, steps_per_epoch)
+            starts.append(None if starts[-1] is None or length is None else starts[-1] + length)
+        return starts
+
+    def unreached(self, max_steps: int, steps_per_epoch: int) -> list[str]:
+        """Names of the stages that start at or after ``max_steps`` on their planned lengths."""
+        starts = self.planned_starts(max_steps, steps_per_epoch)
+        return [s.name for s, start in zip(self.stages, starts) if start is not None and start >= max_steps]
+
+    def schedule_length(self, index: int, start: int | None, max_steps: int, steps_per_epoch: int) -> int | None:
+        """Steps the per-stage schedule of stage ``index`` decays over.
+
+        A stage's planned length (a plateau stage: its cap); the last stage, and a plateau stage without
+        a cap, run to ``max_steps``. A stage cut short by ``max_steps`` keeps its planned schedule.
+        """
+        length = self.stage_steps(index, steps_per_epoch)
+        if length is None or index == len(self.stages) - 1:
+            return None if start is None else max(1, max_steps - start)
+        return length
+
+    def check_schedule(self, max_steps: int, default_warmup: int, steps_per_epoch: int | None = None) -> None:
+        """With ``schedule: per_stage`` no stage that will run may be shorter than its warmup.
+
+        Stages measured in epochs are checked only when ``steps_per_epoch`` is known. A single-stage
+        curriculum is one schedule over the run whatever ``schedule`` says, and is not checked (a short
+        smoke run may stop inside the warmup).
+        """
+        if self.schedule != "per_stage" or len(self.stages) == 1:
+            return
+        starts = self.planned_starts(max_steps, steps_per_epoch or 1)
+        for i, stage in enumerate(self.stages):
+            if stage.epochs is not None and steps_per_epoch is None:
+                continue
+            start = starts[i]
+            if start is not None and start >= max_steps:
+                continue  # never reached: warned about, not an error
+            length = self.schedule_length(i, start, max_steps, steps_per_epoch or 1)
+            warmup = stage.warmup_steps if stage.warmup_steps is not None else default_warmup
+            key = "warmup_steps" if stage.warmup_steps is not None else "optim.warmup_steps"
+            if length is not None and length < warmup:
+                raise ConfigError(
+                    f"curriculum.stages[{i}] ({stage.name}): {length} steps is shorter than its warmup "
+                    f"({key}={warmup}) under curriculum.schedule=per_stage; shorten the warmup or lengthen the stage"
+                )
+
 
 @dataclass
 class CurriculumState:
@@ -193,7 +305,10 @@ class CurriculumState:
     start_step: int = 0
     best: float | None = None
     bad_validations: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished stage
+    # Optimisation steps each edge took part in: an edge is "trained" only if it has at least one.
+    edge_steps: dict[str, int] = field(default_factory=dict)
+    validation: list[dict[str, Any]] = field(default_factory=list)  # per-pair R@1 at every validation
 
     def advance(self, step: int) -> None:
         self.index += 1

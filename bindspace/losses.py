@@ -122,6 +122,22 @@ class MultiEdgeLoss(nn.Module):
         self.weights = {k: float((weights or {}).get(k, 1.0)) for k in keys}
         self.local_loss, self.backprop = local_loss, backprop
 
+    def set_frozen_edges(self, keys: set[str]) -> list[nn.Parameter]:
+        """Freeze the learnable temperatures of ``keys`` (and unfreeze the others); returns those newly frozen.
+
+        A curriculum freezes the temperature of an edge whose two encoders are both wholly frozen: it is
+        the only thing of that edge left to train, and training it alone would not align anything.
+        """
+        newly = []
+        for key, scale in self.logit_scales.items():
+            p = scale.log_scale
+            if not isinstance(p, nn.Parameter):
+                continue  # a fixed temperature (a buffer) never trains
+            if key in keys and p.requires_grad:
+                newly.append(p)
+            p.requires_grad_(key not in keys)
+        return newly
+
     def edge_loss(self, key: str, anchor: Tensor, other: Tensor) -> Tensor:
         scale = self.logit_scales[key]()
         all_anchor, all_other = gather_features(anchor, self.backprop), gather_features(other, self.backprop)

@@ -26,6 +26,8 @@ from bindspace.evaluation.zero_shot import class_embeddings, load_prompts, zero_
 from bindspace.losses import edge_key
 from bindspace.modalities import ConfigError
 from bindspace.training.callbacks import CurriculumCallback
+from bindspace.training.checkpoints import RunCheckpoint
+from bindspace.training.distributed import strategy_for
 from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.loggers import build_logger, close_logger, log_stage
 from bindspace.training.module import AlignmentModule
@@ -64,25 +66,22 @@ OmegaConf.register_new_resolver("pkg_dir", package_dir, replace=True)
 
 
 def build_trainer(
-    cfg: DictConfig, run_dir: Path, logger, curriculum: CurriculumCallback, rel: dict[str, Any]
+    cfg: DictConfig, run_dir: Path, logger, curriculum: CurriculumCallback, rel: dict[str, Any], strategy: Any
 ) -> L.Trainer:
-    """The Trainer of ``cfg.trainer`` with bindspace's callbacks (``rel``: :func:`reliability_settings`)."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    """The Trainer of ``cfg.trainer`` with bindspace's callbacks.
 
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="step{step:06d}",
-        auto_insert_metric_name=False,
-        save_last=True,
-        save_top_k=-1,
-        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-    )
-    preemption = Preemption(run_dir / "checkpoints" / "last.ckpt", rel["signals"], rel["requeue"])
+    ``rel``: :func:`reliability_settings`; ``strategy``: ``trainer.strategy`` as :func:`strategy_for` adjusted it.
+    """
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    ckpt = RunCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_train_steps)
+    preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_now)
     callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return hydra.utils.instantiate(
         cfg.trainer,
+        strategy=strategy,
         logger=logger or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
@@ -167,6 +166,21 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+def warn_unreached_stages(spec: RunSpec, max_steps: int, steps_per_epoch: int) -> list[str]:
+    """One warning line when ``trainer.max_steps`` will end the run before the curriculum's last stage.
+
+    Returns the stages warned about (plateau stages make the rest unpredictable: checked at the end).
+    """
+    missing = spec.curriculum.unreached(max_steps, steps_per_epoch)
+    if missing:
+        edges = [edge_key(e) for s in spec.curriculum.stages if s.name in missing for e in s.new_edges]
+        log.warning(
+            "curriculum: trainer.max_steps=%d ends the run before stage(s) %s; edges %s will not be trained",
+            max_steps, ", ".join(missing), ", ".join(edges),
+        )  # fmt: skip
+    return missing
+
+
 def zero_shot_metrics(module, datamodule, embeddings, labels, prompts: dict | None) -> dict:
     """Top-1/top-5 (%) of every modality against text prompts of the class names (needs labels and text)."""
     names = getattr(datamodule, "class_names", None)
@@ -193,8 +207,10 @@ def final_metrics(
     retrieval, zero-shot and gap keys are left out and the held-out set is not embedded.
     """
     evaluated: dict[str, Any] = {}
+    trained = curriculum.trained_edges()
     if evaluate:
-        metrics = module.evaluate(list(datamodule.test_dataloader()))
+        by_key = {edge_key(e): e for e in spec.edges}
+        metrics = module.evaluate(list(datamodule.test_dataloader()), trained_edges=[by_key[k] for k in trained])
         embeddings, _, labels = module.last_embeddings
         evaluated = {
             **metrics,
@@ -207,10 +223,30 @@ def final_metrics(
         "anchor": spec.anchors,
         "edges": [list(e) for e in spec.edges],
         "logit_scales": module.logit_scale_values(),
+        "trained_edges": trained,  # took part in at least one optimisation step
         "stages": [{k: v for k, v in r.items() if k != "index"} for r in curriculum.state.history],
+        "stages_not_reached": curriculum.stages_not_reached(),
+        "validation": curriculum.state.validation,
+        "budget": run_budget(spec, curriculum, trainer),
         "steps": int(trainer.global_step),
         "world_size": int(trainer.world_size),
         "wall_seconds": round(wall, 1),
+    }
+
+
+def run_budget(spec: RunSpec, curriculum: CurriculumCallback, trainer: L.Trainer) -> dict[str, Any]:
+    """What a run spent, so that arms of a comparison can be checked for a matched budget."""
+    edge_steps = {k: curriculum.state.edge_steps.get(k, 0) for k in (edge_key(e) for e in spec.edges)}
+    starts = [r.get("start_step", 0) for r in curriculum.state.history]
+    return {
+        "steps": int(trainer.global_step),
+        "edge_steps": edge_steps,  # optimisation steps each edge took part in
+        "pair_batches": sum(edge_steps.values()),  # one batch of pairs per edge per step
+        "global_batch": int(trainer.datamodule.batch_size * trainer.world_size)
+        if getattr(trainer.datamodule, "batch_size", None)
+        else None,
+        "schedule": spec.curriculum.schedule,
+        "stage_steps": [r["step"] - s for r, s in zip(curriculum.state.history, starts)],
     }
 
 
@@ -241,6 +277,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     spec = build_run_spec(plain)  # every config error surfaces here, before any compute
     run_dir = Path(cfg.paths.output_dir)
     rel = reliability_settings(cfg)
+    strategy = strategy_for(cfg.trainer.get("strategy", "auto"), _world_size(cfg), spec.curriculum)
     ckpt_path = resume_checkpoint(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -262,8 +299,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if logger is not None:
             logger.log_hyperparams(plain)
         steps_per_epoch = datamodule.steps_per_epoch(_world_size(cfg))
+        spec.curriculum.check_schedule(max_steps, spec.optim.warmup_steps, steps_per_epoch)  # epoch-long stages
+        predicted = warn_unreached_stages(spec, max_steps, steps_per_epoch)
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))
-        trainer = build_trainer(cfg, run_dir, logger, curriculum, rel)
+        trainer = build_trainer(cfg, run_dir, logger, curriculum, rel, strategy)
         start = time.perf_counter()
         # weights_only: resuming never unpickles code, only tensors and plain containers.
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -274,6 +313,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         evaluate = bool((plain.get("eval") or {}).get("final", True))
         metrics = final_metrics(module, datamodule, spec, trainer, curriculum, wall, plain.get("prompts"), evaluate)
         metrics["run"] = identity
+        unreached = [s for s in metrics["stages_not_reached"] if s not in predicted]
+        if unreached:
+            log.warning("curriculum: the run ended before stage(s) %s", ", ".join(unreached))
         if getattr(datamodule, "data_report", None):
             metrics["data"] = datamodule.data_report  # e.g. how many bad files on_error=skip dropped
         if trainer.is_global_zero:
@@ -298,8 +340,10 @@ def write_results(run_dir: Path, metrics: dict, spec: RunSpec) -> None:
     table10 = format_retrieval_table(metrics["retrieval"], "R@10", order, gallery_size=metrics["gallery_size"])
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "retrieval.txt", f"{table}\n\n{table10}\n")
-    trained = ", ".join(edge_key(e) for e in spec.edges)
-    print(f"\nHeld-out retrieval, gallery of {metrics['gallery_size']} (trained edges: {trained})\n")
+    trained = ", ".join(metrics["trained_edges"]) or "none"
+    never = [edge_key(e) for e in spec.edges if edge_key(e) not in metrics["trained_edges"]]
+    note = f"; never trained: {', '.join(never)}" if never else ""
+    print(f"\nHeld-out retrieval, gallery of {metrics['gallery_size']} (trained edges: {trained}{note})\n")
     print(table + "\n\n" + table10)
     print("\nSummary: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics["summary"].items()))
     print(f"metrics: {run_dir / 'metrics.json'}  checkpoints: {run_dir / 'checkpoints'}")

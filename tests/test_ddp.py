@@ -9,6 +9,7 @@ gradient averaging are all the production code paths.
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ COMMON = [
 
 
 def train(run_dir: Path, world_size: int, *overrides: str) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Train through the CLI; the per-step losses of the CSV log and the final weights of last.ckpt."""
     parallel = ["trainer=ddp", f"trainer.devices={world_size}"] if world_size > 1 else []
     proc = subprocess.run(
         [sys.executable, "-m", "bindspace.train", *COMMON, *parallel, *overrides,
@@ -44,6 +46,10 @@ def train(run_dir: Path, world_size: int, *overrides: str) -> tuple[list[float],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_run(run_dir)
+
+
+def read_run(run_dir: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
     with open(run_dir / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     losses = [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
@@ -57,9 +63,9 @@ def single(tmp_path_factory):
     return train(tmp_path_factory.mktemp("single"), 1)
 
 
-def assert_same_training(reference, distributed, rtol=1e-4, atol=1e-6):
+def assert_same_training(reference, distributed, rtol=1e-4, atol=1e-6, steps=STEPS):
     (ref_losses, ref_state), (losses, state) = reference, distributed
-    assert len(ref_losses) == len(losses) == STEPS
+    assert len(ref_losses) == len(losses) == steps
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
     assert ref_state.keys() == state.keys()
     moved = 0
@@ -99,3 +105,49 @@ def test_gather_without_grad_fails_the_same_check(tmp_path, single, overrides):
     assert losses[0] == pytest.approx(single[0][0], rel=1e-5)  # same data and initial weights: step 0 agrees
     with pytest.raises(AssertionError):
         assert_same_training(single, (losses, state))
+
+
+# ---- curricula under DDP ------------------------------------------------------------------------------
+# Stages of 2 steps: image-text (steps 1-2), +audio (3-4), +depth+thermal (5-6); +imu is never reached.
+# Two stage boundaries; under progressive_frozen the first freezes text whole and the second audio.
+CURRICULUM_STEPS = 6
+STAGED = [
+    f"trainer.max_steps={CURRICULUM_STEPS}",
+    "curriculum.stage.steps=2",
+    "curriculum.stage.warmup_steps=1",
+    "checkpoint.every_n_train_steps=1",
+    "loss.gather_with_grad=true",
+]
+
+
+@pytest.fixture(scope="module")
+def staged_runs(tmp_path_factory):
+    """Per curriculum, trained on first use: (1-process reference, 2-process run folder, 2-process result)."""
+    cache: dict[str, tuple] = {}
+
+    def get(curriculum: str):
+        if curriculum not in cache:
+            root = tmp_path_factory.mktemp(curriculum)
+            overrides = [f"curriculum={curriculum}", *STAGED]
+            cache[curriculum] = (train(root / "single", 1, *overrides), root / "ddp", train(root / "ddp", 2, *overrides))
+        return cache[curriculum]
+
+    return get
+
+
+@pytest.mark.parametrize("curriculum", ["progressive", "progressive_frozen"])
+def test_curricula_under_ddp_equal_one_process_through_two_stage_boundaries(staged_runs, curriculum):
+    """The curriculum x DDP crash of the first release: every stage switch, freeze and idle encoder under gloo."""
+    reference, run_dir, distributed = staged_runs(curriculum)
+    moved = assert_same_training(reference, distributed, steps=CURRICULUM_STEPS)
+    assert moved > 0  # not trivially equal: the two runs trained
+    stages = json.loads((run_dir / "metrics.json").read_text())["stages"]
+    assert [(s["name"], s["step"]) for s in stages] == [("image-text", 2), ("+audio", 4), ("+depth+thermal", 6)]
+
+
+def test_ddp_resume_across_a_stage_boundary_that_freezes(tmp_path, staged_runs):
+    """Relaunched under DDP from step 3 (inside +audio): the boundary at 4 freezes audio; same final weights."""
+    _, run_dir, (losses, state) = staged_runs("progressive_frozen")
+    ckpt = run_dir / "checkpoints" / "step000003.ckpt"
+    resumed = train(tmp_path, 2, "curriculum=progressive_frozen", *STAGED, f"ckpt_path={ckpt}")
+    assert_same_training((losses[3:], state), resumed, steps=CURRICULUM_STEPS - 3)

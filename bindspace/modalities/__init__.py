@@ -11,6 +11,7 @@ from bindspace.modalities import imu  # noqa: F401
 
 # isort: on
 from bindspace.modalities.base import (
+    ENCODER_PARTS,
     ConfigError,
     HeadConfig,
     LogitScaleConfig,
@@ -27,6 +28,7 @@ from bindspace.modalities.base import (
 )
 
 __all__ = [
+    "ENCODER_PARTS",
     "ConfigError",
     "HeadConfig",
     "LogitScaleConfig",

@@ -21,6 +21,11 @@ from torch import Tensor, nn
 ModelInput = Tensor | dict[str, Tensor]
 
 
+# The parts of an encoder that hold parameters (ImageBind's four stages minus the parameter-free
+# postprocessor): what freezing and the curriculum's ``freeze_parts`` name.
+ENCODER_PARTS = ("preprocessor", "trunk", "head")
+
+
 @dataclass
 class TrunkConfig:
     """The transformer that turns tokens into contextual tokens.

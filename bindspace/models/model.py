@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
 
-from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, get_modality
+from bindspace.modalities import ENCODER_PARTS, ConfigError, ModalityConfig, ModelInput, get_modality
 from bindspace.models.layers import Head, Normalize, TransformerTrunk
 from bindspace.models.pretrained import build_hf_trunk, build_timm_vit
 
@@ -58,7 +58,7 @@ class BindSpaceModel(nn.Module):
             setattr(self, stage, nn.ModuleDict({name: p[i] for name, p in parts.items()}))
         for name, cfg in self.configs.items():
             if cfg.trunk.freeze:
-                self.set_frozen(name, trunk=True)
+                self.set_frozen(name)
 
     @property
     def modalities(self) -> list[str]:
@@ -117,24 +117,46 @@ class BindSpaceModel(nn.Module):
     def forward(self, inputs: Mapping[str, ModelInput]) -> dict[str, Tensor]:
         return {m: self.encode(m, x) for m, x in inputs.items()}
 
-    def set_frozen(self, modality: str, trunk: bool = True, head: bool = False) -> None:
-        """Freeze (or, with both False, unfreeze) one encoder's tokenizer+trunk and optionally its head.
+    def set_frozen(self, modality: str, parts: Iterable[str] = ()) -> None:
+        """Freeze exactly ``parts`` of one encoder (``preprocessor``, ``trunk``, ``head``); the rest trains.
 
-        Frozen parameters get ``requires_grad=False``; the optimizer only ever sees trainable ones.
+        A modality whose config freezes its trunk (``trunk.freeze``) keeps its tokenizer and trunk frozen
+        whatever ``parts`` says. Frozen parameters get ``requires_grad=False``: they receive no gradient,
+        so the optimizer leaves them (and their weight decay) alone.
         """
-        for stage, frozen in (("preprocessors", trunk), ("trunks", trunk), ("heads", head)):
-            for p in getattr(self, stage)[modality].parameters():
-                p.requires_grad_(not frozen)
+        frozen = set(parts)
+        unknown = frozen - set(ENCODER_PARTS)
+        if unknown:
+            raise ValueError(f"unknown encoder part(s) {sorted(unknown)}; parts are {list(ENCODER_PARTS)}")
+        if self.configs[modality].trunk.freeze:
+            frozen |= {"preprocessor", "trunk"}
+        for part, module in self.encoder_parts(modality).items():
+            for p in module.parameters():
+                p.requires_grad_(part not in frozen)
+
+    def encoder_parts(self, modality: str) -> dict[str, nn.Module]:
+        """The trainable parts of one encoder by name (the postprocessor has no parameters)."""
+        return {part: getattr(self, f"{part}s")[modality] for part in ENCODER_PARTS}
+
+    def frozen_parts(self, modality: str) -> list[str]:
+        """The parts of one encoder none of whose parameters train."""
+        return [
+            part
+            for part, module in self.encoder_parts(modality).items()
+            if not any(p.requires_grad for p in module.parameters())
+        ]
 
     def train(self, mode: bool = True) -> BindSpaceModel:
-        """Frozen tokenizers/trunks stay in eval mode (no dropout, no stochastic depth) while training."""
+        """Frozen parts stay in eval mode (no dropout, no stochastic depth) while training."""
         super().train(mode)
-        for m in self.frozen_modalities():
-            self.preprocessors[m].eval()
-            self.trunks[m].eval()
+        for m in self.modalities:
+            parts = self.encoder_parts(m)
+            for part in self.frozen_parts(m):
+                parts[part].eval()
         return self
 
     def frozen_modalities(self) -> list[str]:
+        """Modalities whose trunk is frozen (their pooled trunk features are a fixed function of the sample)."""
         return [m for m in self.modalities if not any(p.requires_grad for p in self.trunks[m].parameters())]
 
     def encoder_parameters(self, modality: str) -> Iterable[nn.Parameter]:

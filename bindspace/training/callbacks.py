@@ -1,9 +1,10 @@
 """The one Lightning callback that runs a curriculum: stages switch edges, freeze encoders, set the lr.
 
 Nothing in ``training_step`` knows about stages: this callback sets the module's active edges and
-stage weights, freezes and unfreezes encoders (dropping the optimizer state of what it freezes),
-tells the data which edges to draw, re-warms the lr, evaluates the full retrieval matrix at every
-stage boundary and keeps that history, and saves its position in checkpoints.
+stage weights, freezes and unfreezes encoder parts and edge temperatures (dropping the optimizer state
+of what it freezes), tells the data which edges to draw, sets the stage's learning-rate schedule,
+evaluates the full retrieval matrix at every stage end, counts the steps each edge trained, keeps the
+per-pair validation history, and saves all of it in checkpoints.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ class CurriculumCallback(L.Callback):
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.state = CurriculumState()
         self.stage_hook = stage_hook
-        self._restored = False
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -50,15 +50,29 @@ class CurriculumCallback(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.state.stage_done(self.curriculum, step, self.steps_per_epoch):
+        if not getattr(pl_module, "step_skipped", False):  # a step the non-finite guard skipped trained nothing
+            for e in pl_module.active_edges:
+                key = edge_key(e)
+                if key in batch:
+                    self.state.edge_steps[key] = self.state.edge_steps.get(key, 0) + 1
+        if trainer.max_steps is not None and step >= trainer.max_steps > 0:
+            self._record(trainer, pl_module, step)  # the final stage ends with the run
+        elif self.state.stage_done(self.curriculum, step, self.steps_per_epoch):
             self._record(trainer, pl_module, step)
             self.state.advance(step)
             log.info("curriculum: stage %d (%s) starts at step %d", self.state.index, self.stage.name, step)
             self._apply(trainer, pl_module, drop_state=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        retrieval = (getattr(pl_module, "last_retrieval", None) or {}).get("retrieval")
+        if retrieval:
+            r1 = {pair: float(entry["R@1"]) for pair, entry in retrieval.items()}
+            point = {"step": int(trainer.global_step), "stage": self.state.index, "R@1": r1}
+            self.state.validation = [v for v in self.state.validation if v["step"] != point["step"]] + [point]
         plateau = self.stage.plateau
-        if plateau is None or trainer.sanity_checking:
+        if plateau is None:
             return
         value = trainer.callback_metrics.get(plateau.metric)
         if value is None:
@@ -66,8 +80,17 @@ class CurriculumCallback(L.Callback):
             raise KeyError(f"curriculum plateau metric {plateau.metric!r} was not logged; logged: {logged}")
         self.state.observe(float(value), plateau)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._record(trainer, pl_module, trainer.global_step)
+    # ---- what the run reports ---------------------------------------------------------------------
+    def trained_edges(self) -> list[str]:
+        """Edge keys that took part in at least one optimisation step, in graph order."""
+        return [k for k in self._graph_keys() if self.state.edge_steps.get(k, 0) > 0]
+
+    def stages_not_reached(self) -> list[str]:
+        """Names of the stages the run never started."""
+        return [s.name for s in self.curriculum.stages[self.state.index + 1 :]]
+
+    def _graph_keys(self) -> list[str]:
+        return [edge_key(e) for s in self.curriculum.stages for e in s.new_edges]
 
     # ---- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -86,46 +109,67 @@ class CurriculumCallback(L.Callback):
         module.stage_index = i
         module.active_edges = self.curriculum.edges(i)
         module.stage_weights = self.curriculum.edge_weights(i)
-        frozen = self.curriculum.frozen(i)
-        model = module.model
+        model, frozen_parts = module.model, self.curriculum.frozen_parts(i)
+        newly_frozen = []
         for m in model.modalities:
-            if model.configs[m].trunk.freeze:
-                continue  # frozen by its config for the whole run
-            was_trainable = any(p.requires_grad for p in model.trunks[m].parameters())
-            model.set_frozen(m, trunk=m in frozen)
-            if drop_state and was_trainable and m in frozen:
-                self._drop_optimizer_state(trainer, model.trunks[m].parameters())
-                self._drop_optimizer_state(trainer, model.preprocessors[m].parameters())
+            trainable = [p for p in model.encoder_parameters(m) if p.requires_grad]
+            model.set_frozen(m, frozen_parts.get(m, ()))
+            newly_frozen += [p for p in trainable if not p.requires_grad]
+        whole = self.curriculum.wholly_frozen(i)
+        frozen_edges = {edge_key(e) for e in module.loss.edges if e[0] in whole and e[1] in whole}
+        newly_frozen += module.loss.set_frozen_edges(frozen_edges)
+        if drop_state:
+            self._drop_optimizer_state(trainer, newly_frozen)
         model.train(module.training)
         if trainer.datamodule is not None and hasattr(trainer.datamodule, "set_stage"):
             trainer.datamodule.set_stage(i)
-        if trainer.lr_scheduler_configs:
-            scale = stage.lr / module.optim_cfg.lr if stage.lr is not None else 1.0
-            module.schedule.set_stage(self.state.start_step, stage.warmup_steps, scale)
+        self._set_schedule(trainer, module)
+
+    def _set_schedule(self, trainer: L.Trainer, module) -> None:
+        """The stage's lr schedule, applied from this step on (the scheduler already stepped for it)."""
+        if not trainer.lr_scheduler_configs:
+            return
+        stage, i = self.stage, self.state.index
+        scale = stage.lr / module.optim_cfg.lr if stage.lr is not None else 1.0
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else module.total_steps
+        length = self.curriculum.schedule_length(i, self.state.start_step, max_steps, self.steps_per_epoch)
+        schedule = module.schedule
+        schedule.mode = self.curriculum.schedule
+        schedule.set_stage(self.state.start_step, stage.warmup_steps, scale, length)
+        # Lightning steps the scheduler before on_train_batch_end, so the lr of the coming step was set
+        # with the previous stage's schedule: set it again from the new one.
+        scheduler = trainer.lr_scheduler_configs[0].scheduler
+        for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
     @staticmethod
     def _drop_optimizer_state(trainer: L.Trainer, params) -> None:
-        """A frozen encoder gets no optimizer state: free its Adam moments (they restart if unfrozen)."""
+        """A frozen parameter gets no optimizer state: free its Adam moments (they restart if unfrozen)."""
         for opt in trainer.optimizers:
             for p in params:
                 opt.state.pop(p, None)
 
     def _record(self, trainer: L.Trainer, module, step: int) -> None:
         """Full retrieval matrix on the validation set at the end of a stage (forgetting and transfer)."""
-        if any(r["name"] == self.stage.name and r["index"] == self.state.index for r in self.state.history):
+        if any(r["index"] == self.state.index for r in self.state.history):
             return
         dm = trainer.datamodule
-        so_far = [e for s in self.curriculum.stages[: self.state.index + 1] for e in s.new_edges]
+        trained = self.trained_edges()
+        edges_by_key = {edge_key(e): e for s in self.curriculum.stages for e in s.new_edges}
         if dm is None or not hasattr(dm, "val_dataloader"):
             metrics = {"retrieval": {}}  # trained from bare dataloaders (benchmarks): no held-out set to score
         else:
-            metrics = module.evaluate(list(dm.val_dataloader()), trained_edges=so_far)
+            metrics = module.evaluate(list(dm.val_dataloader()), trained_edges=[edges_by_key[k] for k in trained])
         record = {
             "index": self.state.index,
             "name": self.stage.name,
+            "start_step": int(self.state.start_step),
             "step": int(step),
             "edges": [edge_key(e) for e in self.curriculum.edges(self.state.index)],
+            "trained_edges": trained,
             "frozen": sorted(self.curriculum.frozen(self.state.index)),
+            "frozen_parts": list(self.stage.freeze_parts) if self.stage.freeze else [],
             "summary": summarize(metrics["retrieval"]),
             "retrieval": metrics["retrieval"],
         }

@@ -64,6 +64,7 @@ class AlignmentModule(L.LightningModule):
         self._val_batches: list[dict] = []
         self.last_loss: Tensor | None = None
         self.grad_norm: Tensor | None = None  # set by NonFiniteGuard after backward, read by clipping
+        self.step_skipped = False  # set by NonFiniteGuard: this step's update was skipped (non-finite values)
         self.feature_cache = feature_cache
         self.last_retrieval: dict[str, Any] = {}
 
@@ -152,6 +153,11 @@ class AlignmentModule(L.LightningModule):
             self.log(f"val/{k}", v, sync_dist=True)
         mean_r1 = [v for k, v in summary.items() if k.endswith("R@1")]
         self.log("val/mean_R@1", sum(mean_r1) / max(1, len(mean_r1)), prog_bar=True, sync_dist=True)
+        retrieval = metrics["retrieval"]
+        for a, b in self.edges:  # each edge's R@1, both directions averaged: forgetting shows per edge
+            both = [retrieval[p]["R@1"] for p in (f"{a}->{b}", f"{b}->{a}") if p in retrieval]
+            if both:
+                self.log(f"val/R@1/{edge_key((a, b))}", sum(both) / len(both), sync_dist=True)
 
     def evaluate(self, batches, trained_edges: Sequence[Edge] | None = None) -> dict[str, Any]:
         """Retrieval for every ordered modality pair on already-collated held-out batches.
@@ -190,8 +196,19 @@ class AlignmentModule(L.LightningModule):
             "format": 1,
             "embed_dim": self.model.embed_dim,
             "modalities": {m: dataclasses.asdict(c) for m, c in self.model.configs.items()},
-            "edges": [list(e) for e in self.edges],
+            # "edges" are the pairs readers flag as trained: those that took part in an optimisation step
+            # so far (a curriculum cut short, or a checkpoint mid-curriculum, has not trained them all).
+            "edges": [list(e) for e in self.trained_edges()],
+            "graph_edges": [list(e) for e in self.edges],
         }
+
+    def trained_edges(self) -> list[Edge]:
+        """Graph edges that took part in at least one optimisation step (every edge without a curriculum)."""
+        counter = next((c for c in self.trainer.callbacks if hasattr(c, "trained_edges")), None) if self._trainer else None
+        if counter is None:
+            return list(self.edges)
+        trained = set(counter.trained_edges())
+        return [e for e in self.edges if edge_key(e) in trained]
 
     @property
     def schedule(self):

@@ -50,23 +50,35 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class StagedSchedule:
-    """lr multiplier at a step: warmup + cosine over the run, optionally rescaled and re-warmed per stage.
+    """lr multiplier at a step, for a run made of curriculum stages.
+
+    ``mode="per_stage"``: every stage warms up and decays (cosine) over its own length, scaled by
+    its own lr; a modality that joins late trains under the same schedule as one that joins first.
+    ``mode="global"``: one warmup + cosine over the whole run, each stage only re-warming on top of it
+    and rescaling it. With a single stage starting at 0 the two are the same function.
 
     A callable object (not a lambda) so ``LambdaLR`` saves and restores its attributes with the
     checkpoint: a run resumed inside a curriculum stage continues with that stage's lr.
     """
 
-    def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
-        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
-        self.stage_start, self.stage_warmup, self.stage_scale = 0, 0, 1.0
+    def __init__(self, warmup: int, total: int, min_ratio: float, mode: str = "global") -> None:
+        self.warmup, self.total, self.min_ratio, self.mode = warmup, total, min_ratio, mode
+        self.stage_start, self.stage_warmup, self.stage_scale = 0, None, 1.0
+        self.stage_length: int | None = None
 
-    def set_stage(self, start: int, warmup: int | None, scale: float) -> None:
-        self.stage_start, self.stage_warmup, self.stage_scale = start, warmup or 0, scale
+    def set_stage(self, start: int, warmup: int | None, scale: float, length: int | None = None) -> None:
+        """The stage starting at step ``start``: its warmup (None: the run's), lr scale and schedule length."""
+        self.stage_start, self.stage_warmup, self.stage_scale, self.stage_length = start, warmup, scale, length
 
     def __call__(self, step: int) -> float:
-        base = warmup_cosine(step, self.warmup, self.total, self.min_ratio)
         into = step - self.stage_start
-        rewarm = (into + 1) / self.stage_warmup if 0 <= into < self.stage_warmup else 1.0
+        if self.mode == "per_stage":
+            warmup = self.warmup if self.stage_warmup is None else self.stage_warmup
+            length = self.stage_length or max(1, self.total - self.stage_start)
+            return warmup_cosine(into, warmup, length, self.min_ratio) * self.stage_scale
+        base = warmup_cosine(step, self.warmup, self.total, self.min_ratio)
+        rewarm_steps = self.stage_warmup or 0
+        rewarm = (into + 1) / rewarm_steps if 0 <= into < rewarm_steps else 1.0
         return base * rewarm * self.stage_scale
 
 

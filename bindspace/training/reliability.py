@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,8 @@ class NonFiniteGuard(L.Callback):
                 name_of = {id(p): n for n, p in pl_module.named_parameters()}
                 bad = first_nonfinite((name_of.get(id(p), "?"), p.grad) for p in params)
                 where = f"gradient of {bad}"
-        if not _any_rank(where is not None, pl_module.device):
+        pl_module.step_skipped = bool(_any_rank(where is not None, pl_module.device))
+        if not pl_module.step_skipped:
             self.consecutive = 0
             if total is not None and (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0:
                 pl_module.log("train/grad_norm", total, rank_zero_only=True)  # after DDP's averaging: same on all ranks
@@ -165,12 +166,20 @@ class Preemption(L.Callback):
         checkpoint: where the preemption checkpoint goes (the file ``resume: auto`` looks for).
         signals: signal names to handle.
         requeue: run ``scontrol requeue $SLURM_JOB_ID`` from rank 0 after saving (only under SLURM).
+        save: optional ``fn(trainer)`` that saves the checkpoint instead of ``trainer.save_checkpoint``
+            (the run's :class:`~bindspace.training.checkpoints.RunCheckpoint`, so the preemption state is
+            also its step checkpoint and the checkpoint callback knows this step is saved).
     """
 
     def __init__(
-        self, checkpoint: str | Path, signals: Iterable[str | int] = DEFAULT_SIGNALS, requeue: bool = True
+        self,
+        checkpoint: str | Path,
+        signals: Iterable[str | int] = DEFAULT_SIGNALS,
+        requeue: bool = True,
+        save: Callable[[L.Trainer], Any] | None = None,
     ) -> None:
         self.checkpoint = Path(checkpoint)
+        self.save = save
         self.signals = [parse_signal(s) for s in signals]
         self.requeue = requeue
         self.received: int | None = None
@@ -196,7 +205,10 @@ class Preemption(L.Callback):
         signum = _any_rank(self.received or 0, pl_module.device)
         if not signum or self.preempted is not None:
             return
-        trainer.save_checkpoint(self.checkpoint)
+        if self.save is not None:
+            self.save(trainer)
+        else:
+            trainer.save_checkpoint(self.checkpoint)
         requeued = False
         if trainer.is_global_zero and self.requeue and os.environ.get("SLURM_JOB_ID"):
             requeued = _scontrol_requeue()

@@ -129,7 +129,8 @@ def staged_runs(tmp_path_factory):
         if curriculum not in cache:
             root = tmp_path_factory.mktemp(curriculum)
             overrides = [f"curriculum={curriculum}", *STAGED]
-            cache[curriculum] = (train(root / "single", 1, *overrides), root / "ddp", train(root / "ddp", 2, *overrides))
+            single = train(root / "single", 1, *overrides)
+            cache[curriculum] = (single, root / "ddp", train(root / "ddp", 2, *overrides))
         return cache[curriculum]
 
     return get

@@ -105,7 +105,7 @@ class CurriculumCallback(L.Callback):
         return self.curriculum.stages[self.state.index]
 
     def _apply(self, trainer: L.Trainer, module, drop_state: bool) -> None:
-        i, stage = self.state.index, self.stage
+        i = self.state.index
         module.stage_index = i
         module.active_edges = self.curriculum.edges(i)
         module.stage_weights = self.curriculum.edge_weights(i)

@@ -204,7 +204,8 @@ class AlignmentModule(L.LightningModule):
 
     def trained_edges(self) -> list[Edge]:
         """Graph edges that took part in at least one optimisation step (every edge without a curriculum)."""
-        counter = next((c for c in self.trainer.callbacks if hasattr(c, "trained_edges")), None) if self._trainer else None
+        callbacks = self.trainer.callbacks if self._trainer is not None else []
+        counter = next((c for c in callbacks if hasattr(c, "trained_edges")), None)
         if counter is None:
             return list(self.edges)
         trained = set(counter.trained_edges())

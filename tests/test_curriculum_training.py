@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
+import math
 
 import pytest
 import torch
 from conftest import compose_config
+from test_eval_cli import compose_eval
 
 from bindspace.train import run
 
@@ -89,3 +93,148 @@ def test_plateau_ends_a_stage_in_a_real_run(tmp_path):
         )
     )
     assert [(s["name"], s["step"]) for s in metrics["stages"]] == [("a", 5), ("b", 8)]
+
+
+# ---- per-stage learning-rate schedules ------------------------------------------------------------
+def configured_lr(step: int, start: int, warmup: int, length: int, peak: float, floor: float) -> float:
+    """The schedule as the config states it, written out independently: linear warmup, then cosine to floor*peak."""
+    into = step - start
+    if into < warmup:
+        return peak * (into + 1) / warmup
+    progress = min(1.0, (into - warmup) / (length - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def lr_per_step(run_dir) -> list[float]:
+    """The lr each optimisation step trained with (LearningRateMonitor logs it before the step)."""
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lr-AdamW/pg1")]
+    return [float(r["lr-AdamW/pg1"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+TWO_STAGES = [
+    "graph.modalities=[image,text,audio]",
+    "curriculum=progressive",
+    "curriculum.order=[audio]",
+    "curriculum.stage.steps=6",
+    "curriculum.stage.warmup_steps=2",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=3",
+    "optim.min_lr_ratio=0.1",
+    "trainer.max_steps=14",
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "eval.final=false",
+    "+trainer.limit_val_batches=0",
+]
+
+
+def test_per_stage_schedule_gives_every_stage_its_own_warmup_and_decay(tmp_path):
+    run(compose_config(TWO_STAGES, run_dir=str(tmp_path)))
+    lrs = lr_per_step(tmp_path)
+    assert len(lrs) == 14
+    # Stage 0: steps 0-5, decaying over its 6 steps; stage 1 (the last) runs 6-13, 8 steps to max_steps.
+    expected = [configured_lr(s, 0, 2, 6, 1e-3, 0.1) for s in range(6)]
+    expected += [configured_lr(s, 6, 2, 8, 1e-3, 0.1) for s in range(6, 14)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    # The lr integral of each stage is what its schedule states: a late stage gets the full schedule.
+    per_stage = [sum(lrs[:6]), sum(lrs[6:])]
+    assert per_stage == pytest.approx([sum(expected[:6]), sum(expected[6:])], rel=1e-6)
+    assert lrs[6] == pytest.approx(0.5e-3)  # the first step of stage 1 is its own warmup, not stage 0's tail
+
+
+def test_global_schedule_keeps_one_cosine_and_rewarms_each_stage(tmp_path):
+    run(compose_config([*TWO_STAGES, "curriculum.schedule=global"], run_dir=str(tmp_path)))
+    lrs = lr_per_step(tmp_path)
+    # One cosine over the 14 steps (the run's warmup of 3); every stage, the first included, re-warms over 2 steps.
+    rewarm = [min(1.0, (s - (0 if s < 6 else 6) + 1) / 2) for s in range(14)]
+    expected = [configured_lr(s, 0, 3, 14, 1e-3, 0.1) * rewarm[s] for s in range(14)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    # The old schedule: the late stage trains under less lr than the early one, as the issue measured.
+    assert sum(lrs[6:]) / 8 < sum(lrs[:6]) / 6
+
+
+# ---- freezing means the whole encoder ---------------------------------------------------------------
+FROZEN = [
+    "curriculum=progressive_frozen",
+    "curriculum.stage.steps=3",
+    "curriculum.stage.warmup_steps=1",
+    "trainer.max_steps=9",
+    "checkpoint.every_n_train_steps=1",
+    "eval.final=false",
+    "+trainer.limit_val_batches=0",
+]
+
+
+def encoder(state: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
+    """Every parameter of one encoder: preprocessor, trunk and head."""
+    parts = tuple(f"model.{p}.{modality}." for p in ("preprocessors", "trunks", "heads"))
+    out = {k: v for k, v in state.items() if k.startswith(parts)}
+    assert any(k.startswith(parts[2]) for k in out) and any(k.startswith(parts[1]) for k in out)
+    return out
+
+
+def test_a_frozen_encoder_is_frozen_bit_for_bit_head_and_temperature_included(tmp_path):
+    run(compose_config(FROZEN, run_dir=str(tmp_path)))
+    at = {s: weights(tmp_path / "checkpoints" / f"step{s:06d}.ckpt") for s in (1, 3, 6, 9)}
+    # The anchor: frozen whole from the first step (step 1 vs the end; a trainable image would move).
+    for k, v in encoder(at[1], "image").items():
+        assert torch.equal(v, at[9][k]), k
+    # Text trains in stage 0, then is frozen whole once aligned (steps 4-9), head included.
+    assert any(not torch.equal(v, at[3][k]) for k, v in encoder(at[1], "text").items())
+    for k, v in encoder(at[3], "text").items():
+        assert torch.equal(v, at[9][k]), k
+    # image|text's temperature: both of its encoders are frozen whole, so it is frozen too.
+    assert torch.equal(at[3]["loss.logit_scales.image|text.log_scale"], at[9]["loss.logit_scales.image|text.log_scale"])
+    # Audio trains in its own stage (4-6) and is frozen from 7 on.
+    assert any(not torch.equal(v, at[6][k]) for k, v in encoder(at[3], "audio").items())
+    for k, v in encoder(at[6], "audio").items():
+        assert torch.equal(v, at[9][k]), k
+    # A frozen encoder has no optimizer state left.
+    ckpt = torch.load(tmp_path / "checkpoints" / "step000009.ckpt", map_location="cpu", weights_only=True)
+    assert len(ckpt["optimizer_states"][0]["state"]) < len(ckpt["state_dict"])
+
+
+def test_freeze_parts_can_keep_the_heads_training(tmp_path):
+    run(compose_config([*FROZEN, "curriculum.stage.freeze_parts=[preprocessor,trunk]"], run_dir=str(tmp_path)))
+    at3, at9 = (weights(tmp_path / "checkpoints" / f"step{s:06d}.ckpt") for s in (3, 9))
+    text = encoder(at3, "text")
+    assert all(torch.equal(v, at9[k]) for k, v in text.items() if not k.startswith("model.heads."))
+    assert any(not torch.equal(v, at9[k]) for k, v in text.items() if k.startswith("model.heads."))
+
+
+# ---- what trained is what is reported -------------------------------------------------------------
+def test_a_run_that_ends_early_reports_only_the_edges_it_trained(tmp_path, caplog, capsys):
+    cut = ["curriculum=progressive", "curriculum.stage.steps=4", "curriculum.stage.warmup_steps=1"]
+    with caplog.at_level(logging.WARNING, logger="bindspace.train"):
+        metrics = run(compose_config([*cut, "trainer.max_steps=6"], run_dir=str(tmp_path)))
+    warned = [r.getMessage() for r in caplog.records if "ends the run before" in r.getMessage()]
+    assert len(warned) == 1 and "+depth+thermal, +imu" in warned[0] and "image|imu" in warned[0]
+    assert metrics["stages_not_reached"] == ["+depth+thermal", "+imu"]
+    assert metrics["trained_edges"] == ["image|text", "image|audio"]
+    assert metrics["budget"]["edge_steps"] == {
+        "image|text": 6, "image|audio": 2, "image|depth": 0, "image|thermal": 0, "image|imu": 0,
+    }  # fmt: skip
+    retrieval = metrics["retrieval"]
+    assert retrieval["image->audio"]["trained"] and not retrieval["image->imu"]["trained"]
+    assert not retrieval["depth->image"]["trained"]
+    assert "never trained: image|depth, image|thermal, image|imu" in capsys.readouterr().out
+    meta = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["bindspace"]
+    assert meta["edges"] == [["image", "text"], ["image", "audio"]] and len(meta["graph_edges"]) == 5
+
+
+# ---- checkpoints that are what they say ------------------------------------------------------------
+def test_the_final_state_is_saved_whatever_the_interval_and_eval_reproduces_the_run(tmp_path):
+    from bindspace.eval import run as evaluate
+
+    overrides = ["trainer.max_steps=7", "checkpoint.every_n_train_steps=4"]
+    metrics = run(compose_config(overrides, run_dir=str(tmp_path / "train")))
+    ckpts = tmp_path / "train" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step000004.ckpt", "step000007.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 7
+    evaluated = evaluate(compose_eval([f"ckpt_path={ckpts / 'last.ckpt'}", "eval.plots=false"], str(tmp_path / "e")))
+    assert evaluated["gallery_size"] == metrics["gallery_size"]
+    for pair, cell in metrics["retrieval"].items():
+        for k in ("R@1", "R@5", "R@10", "mAP"):
+            assert evaluated["retrieval"][pair][k] == pytest.approx(cell[k], abs=1e-6), (pair, k)
+        assert evaluated["retrieval"][pair]["trained"] == cell["trained"]

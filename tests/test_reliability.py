@@ -115,7 +115,7 @@ def test_guard_rejects_a_negative_limit():
 CLI = [
     *(o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint."))),
     *SMALL,
-    "trainer.max_steps=40",
+    "trainer.max_steps=41",  # not a multiple of the checkpoint interval (2): the final state must still be saved
     "+trainer.limit_val_batches=0",
 ]
 
@@ -161,7 +161,7 @@ def test_signal_saves_a_checkpoint_and_the_next_launch_resumes_exactly(tmp_path,
     assert code == 128 + signum, err[-3000:]
     assert "Traceback" not in err
     stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 2 <= stopped_at < 40
+    assert 2 <= stopped_at < 41
     assert f"preempted: stopped by {signame} after step {stopped_at}" in err
     assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
     assert not (run_dir / "metrics.json").exists()  # a half-trained model is not evaluated
@@ -170,7 +170,8 @@ def test_signal_saves_a_checkpoint_and_the_next_launch_resumes_exactly(tmp_path,
     code, err = finish(launch(run_dir))
     assert code == 0, err[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["steps"] == 40
+    assert metrics["steps"] == 41
+    assert_last_is_the_final_state(run_dir, 41)
     resumed = load_state(run_dir / "checkpoints" / "last.ckpt")
     for name, value in uninterrupted.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
@@ -191,11 +192,22 @@ def test_sigterm_under_ddp_stops_every_rank_after_the_same_step_and_resumes(tmp_
     assert code == 128 + signal.SIGTERM, err[-3000:]
     assert "Traceback" not in err
     stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 2 <= stopped_at < 40
+    assert 2 <= stopped_at < 41
     code, err = finish(launch(run_dir, *ddp))
     assert code == 0, err[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["steps"] == 40 and metrics["world_size"] == 2
+    assert metrics["steps"] == 41 and metrics["world_size"] == 2
+    assert_last_is_the_final_state(run_dir, 41)
+
+
+def assert_last_is_the_final_state(run_dir: Path, steps: int) -> None:
+    """After a preemption and a relaunch: one last.ckpt (no last-vN copies), holding the final step."""
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("last*")) == ["last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == steps
+    final, last = load_state(ckpts / f"step{steps:06d}.ckpt"), load_state(ckpts / "last.ckpt")  # 41: off-interval
+    assert final.keys() == last.keys()
+    assert all(torch.equal(value, last[name]) for name, value in final.items())
 
 
 def test_resume_never_starts_from_scratch(tmp_path):

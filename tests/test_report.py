@@ -8,18 +8,28 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from bindspace.report import (
     ReportError,
+    build_report,
+    chance_of,
     collect_runs,
+    forgetting_cells,
+    forgetting_table,
+    group_stats,
     main,
+    paired_differences,
     stage_curves,
     summary_rows_as_columns,
     summary_table,
+    two_level_bootstrap,
+    validation_panel,
     varying_keys,
+    wandb_tables,
     write_report,
 )
 
@@ -126,11 +136,14 @@ def test_pairs_csv_has_per_pair_means_and_trained_flags(sweep):
 def test_markdown_lists_groups_stats_and_failed_runs(sweep):
     text = write_report(sweep)["md"].read_text()
     assert "| anchor | seeds | trained R@1 | emergent R@1 |" in text
-    assert "| image | 2 | 37.0 ± 2.8 | 13.0 ± 2.8 |" in text
-    assert "| text | 2 (+1 failed) | 48.0 ± 4.2 | 24.0 ± 4.2 |" in text
+    # no per-query files: a t interval over the 2 seeds, 37 ± t(0.975, 1) * sqrt(8) / sqrt(2) = 37 ± 25.4,
+    # clipped at 0 (a percent); the text seeds 45, 51 -> 48 ± 12.706 * 3 = 48 ± 38.1
+    assert "| image | 2 | 37.0 ± 2.8 [11.6, 62.4] | 13.0 ± 2.8 [0.0, 38.4] |" in text
+    assert "| text | 2 (+1 failed) | 48.0 ± 4.2 [9.9, 86.1] | 24.0 ± 4.2 [0.0, 62.1] |" in text
+    assert "Chance (random ranking): R@1 1.00, R@5 5.00, R@10 10.00, mAP 5.19." in text  # gallery of 100
     assert "## Failed runs" in text
     assert "- `4` (anchor=text seed=2): failed, no metrics.json" in text
-    assert "14.0 ± 2.8 |" in text  # audio->text in the image group, emergent: no star
+    assert "14.0 ± 2.8 [0.0, 39.4] |" in text  # audio->text in the image group, emergent: no star
     assert "## Curriculum stages" in text
 
 
@@ -203,7 +216,7 @@ def test_summary_rows_as_columns_lines_up_with_rows(sweep):
 def test_cli_prints_the_summary_and_writes_files(sweep, tmp_path, capsys):
     assert main([str(sweep), "--out", str(tmp_path / "r"), "--metric", "R@5"]) == 0
     out = capsys.readouterr().out
-    assert "| image | 2 | 37.0 ± 2.8 |" in out
+    assert "| image | 2 | 37.0 ± 2.8 [11.6, 62.4] |" in out
     assert "Per-pair R@5" in (tmp_path / "r" / "report.md").read_text()
 
 
@@ -232,3 +245,348 @@ def test_all_failed_still_writes_a_report_and_exits_1(tmp_path, capsys):
     assert not (tmp_path / "report.png").exists()
     with pytest.raises(ReportError, match="no such directory"):
         collect_runs(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- per-query files, intervals, comparisons
+
+PAIRS = [f"{q}->{g}" for q, g in itertools.permutations(MODALITIES, 2)]
+
+
+def per_query_job(root: Path, num: int, overrides: dict, values: dict, ids, extra: dict | None = None) -> Path:
+    """A job whose metrics.json agrees with its per_query.npz: each pair's R@1 is 100 * the mean of its
+    per-query values (`values`: pair -> (N,) in [0, 1]); image is the anchor (pairs touching it trained)."""
+    job = make_job(root, num, overrides, None)
+    retrieval = {
+        pair: {"R@1": 100.0 * float(np.mean(v)), "trained": "image" in pair.split("->")} for pair, v in values.items()
+    }
+    metrics = {"retrieval": retrieval, "gallery_size": len(ids), "anchor": ["image"], **(extra or {})}
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    arrays = {f"retrieval/{pair}/R@1": np.asarray(v, dtype=np.float32) for pair, v in values.items()}
+    np.savez(job / "per_query.npz", ids=np.asarray(ids, dtype=np.int64), **arrays)
+    return job
+
+
+def noisy_values(rng: np.random.Generator, n: int, level: float) -> dict:
+    return {pair: np.clip(rng.normal(level, 0.15, n), 0, 1) for pair in PAIRS}
+
+
+@pytest.fixture
+def paired_sweep(tmp_path) -> Path:
+    """Three groups x 3 seeds on the same 300 held-out ids per seed:
+    `same` copies the baseline, `better` adds 0.1 +- 0.2 to every query (a planted +10 points),
+    `noise` is drawn afresh around the baseline's level (no true difference)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "paired"
+    num = 0
+    for seed in range(3):
+        ids = np.arange(300) + 1000 * seed
+        base = noisy_values(rng, 300, 0.4 + 0.02 * seed)
+        better = {p: np.clip(v + rng.normal(0.1, 0.2, 300), 0, 1) for p, v in base.items()}
+        groups = {"base": base, "same": base, "better": better, "noise": noisy_values(rng, 300, 0.4 + 0.02 * seed)}
+        for group, values in groups.items():
+            per_query_job(root, num, {"variant": group, "seed": seed}, values, ids)
+            num += 1
+    return root
+
+
+def test_two_level_bootstrap_with_one_seed_matches_scipy_percentile_bootstrap():
+    from scipy import stats
+
+    values = np.random.default_rng(3).random(2000)
+    lo, hi = two_level_bootstrap([values], n_boot=4000)
+    ref = stats.bootstrap((values,), np.mean, n_resamples=4000, method="percentile", random_state=1)
+    assert lo == pytest.approx(ref.confidence_interval.low, abs=2e-3)
+    assert hi == pytest.approx(ref.confidence_interval.high, abs=2e-3)
+    assert two_level_bootstrap([values], n_boot=500) == two_level_bootstrap([values], n_boot=500)  # seeded
+
+
+def test_two_level_bootstrap_widens_with_seed_spread():
+    rng = np.random.default_rng(4)
+    agreeing = [rng.random(500) for _ in range(3)]
+    spread = [v + shift for v, shift in zip(agreeing, (-0.2, 0.0, 0.2), strict=True)]
+    lo_a, hi_a = two_level_bootstrap(agreeing)
+    lo_s, hi_s = two_level_bootstrap(spread)
+    assert hi_s - lo_s > 3 * (hi_a - lo_a)  # seed-to-seed variation is part of the interval
+    with pytest.raises(ValueError, match="seed 1"):
+        two_level_bootstrap([np.ones(3), np.ones((3, 2))])
+
+
+def test_seed_aggregation_uses_per_query_files(paired_sweep):
+    runs = [r for r in collect_runs(paired_sweep) if r.overrides["variant"] == "better"]
+    stats = group_stats(runs, ["trained/R@1", "emergent/R@1", "pair/image->text/R@1"])
+    per_seed = [np.mean([np.mean(r.per_query()[f"retrieval/{p}/R@1"]) for p in PAIRS if "image" in p]) for r in runs]
+    trained = stats["trained/R@1"]
+    assert trained.method == "2-level bootstrap" and trained.n_seeds == 3
+    assert trained.mean == pytest.approx(100 * np.mean(per_seed), abs=1e-4)
+    assert trained.std == pytest.approx(100 * np.std(per_seed, ddof=1), abs=1e-4)
+    assert trained.lo < trained.mean < trained.hi and trained.hi - trained.lo < 10
+    rows = read_csv(write_report(paired_sweep, n_boot=300)["csv"])
+    better = next(r for r in rows if r["variant"] == "better")
+    assert better["interval"] == "2-level bootstrap"
+    assert float(better["trained/R@1_lo"]) < float(better["trained/R@1_mean"]) < float(better["trained/R@1_hi"])
+    assert float(better["chance/R@1"]) == pytest.approx(100 / 300)
+
+
+def test_paired_comparison_resolves_a_planted_difference_and_not_identical_groups(paired_sweep):
+    paths = write_report(paired_sweep, baseline="base", n_boot=500)
+    rows = {(r["variant"], r["quantity"]): r for r in read_csv(paths["compare_csv"])}
+    assert {r["baseline"] for r in rows.values()} == {"variant=base"}
+    better = rows[("better", "trained/R@1")]
+    assert 8.0 < float(better["diff"]) < 12.0  # planted +10 points, minus clipping at 1
+    assert 0 < float(better["diff_lo"]) < float(better["diff"]) < float(better["diff_hi"])
+    assert better["resolved"] == "True" and better["interval"] == "2-level bootstrap"
+    assert (better["n_seeds"], better["n_queries"]) == ("3", "300")
+    same = rows[("same", "trained/R@1")]
+    assert float(same["diff_lo"]) == float(same["diff_hi"]) == 0.0 and same["resolved"] == "False"
+    noise = rows[("noise", "emergent/R@1")]
+    assert float(noise["diff_lo"]) < 0 < float(noise["diff_hi"]) and noise["resolved"] == "False"
+    text = paths["md"].read_text()
+    assert "Baseline: **variant=base**" in text and "**not resolved**" in text
+    assert "2-level bootstrap**: every run" in text and "500 resamples, numpy seed 0" in text
+
+
+def test_paired_comparison_matches_queries_by_sample_id(tmp_path):
+    """The other group lists the same samples in another order and scores exactly 0.2 more on each."""
+    rng = np.random.default_rng(5)
+    for seed in range(2):
+        ids = np.arange(100) + 500 * seed
+        base = {p: rng.random(100) * 0.7 for p in PAIRS}
+        order = rng.permutation(100)
+        shifted = {p: v[order] + 0.2 for p, v in base.items()}
+        per_query_job(tmp_path, 2 * seed, {"variant": "a", "seed": seed}, base, ids)
+        per_query_job(tmp_path, 2 * seed + 1, {"variant": "b", "seed": seed}, shifted, ids[order])
+    (diff,) = paired_differences(*group_runs_of(tmp_path, "a", "b"), ["trained/R@1"], n_boot=200).values()
+    assert diff.diff == pytest.approx(20.0, abs=1e-4)
+    assert diff.lo == pytest.approx(20.0, abs=1e-4) and diff.hi == pytest.approx(20.0, abs=1e-4)
+
+
+def group_runs_of(root: Path, *variants: str) -> list[list]:
+    runs = collect_runs(root)
+    return [[r for r in runs if r.overrides["variant"] == v] for v in variants]
+
+
+def test_comparison_without_per_query_files_uses_seeds_and_one_seed_is_never_resolved(sweep, tmp_path):
+    rows = read_csv(write_report(sweep)["compare_csv"])
+    trained = next(r for r in rows if r["quantity"] == "trained/R@1")
+    # seeds 0 and 1 paired: text - image = 45 - 35 and 51 - 39 -> 11 ± t(0.975, 1) * sqrt(2) / sqrt(2)
+    assert float(trained["diff"]) == pytest.approx(11.0)
+    assert float(trained["diff_lo"]) == pytest.approx(11.0 - 12.7062, abs=1e-3)
+    assert trained["interval"] == "t over seeds" and trained["resolved"] == "False"
+    make_job(tmp_path / "one", 0, {"anchor": "image", "seed": 0}, 10)
+    make_job(tmp_path / "one", 1, {"anchor": "text", "seed": 0}, 90)
+    (row, *_) = read_csv(write_report(tmp_path / "one")["compare_csv"])
+    assert row["interval"] == "none" and row["resolved"] == "False" and row["diff_lo"] == ""
+
+
+def test_baseline_option_picks_a_group_and_rejects_an_unknown_one(sweep, capsys):
+    assert main([str(sweep), "--baseline", "text", "--n-boot", "50"]) == 0
+    rows = read_csv(sweep / "report_compare.csv")
+    assert {(r["group"], r["baseline"]) for r in rows} == {("anchor=image", "anchor=text")}
+    assert main([str(sweep), "--baseline", "audio"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'audio'" in err and "anchor=image; anchor=text" in err
+
+
+def test_budget_is_shown_only_when_recorded(tmp_path):
+    for num, anchor in enumerate(["image", "text"]):
+        job = make_job(tmp_path / "budget", num, {"anchor": anchor, "seed": 0}, 10 + num)
+        make_job(tmp_path / "plain", num, {"anchor": anchor, "seed": 0}, 10 + num)
+        metrics = json.loads((job / "metrics.json").read_text())
+        metrics["budget"] = {"rule": "equal total steps", "steps": 600, "edge_steps": {"image|text": 600}}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    paths = write_report(tmp_path / "budget")
+    summary = read_csv(paths["csv"])[0]
+    assert summary["budget"] == "rule=equal total steps, steps=600"  # scalars; the full record beside it
+    assert json.loads(summary["budget_detail"])["edge_steps"] == {"image|text": 600}
+    assert read_csv(paths["compare_csv"])[0]["budget"] == "rule=equal total steps, steps=600"
+    assert "| anchor | seeds | budget |" in paths["md"].read_text()
+    plain = write_report(tmp_path / "plain")
+    assert "budget" not in read_csv(plain["csv"])[0] and "budget" not in read_csv(plain["compare_csv"])[0]
+
+
+def test_a_malformed_per_query_file_is_one_line_naming_file_and_key(paired_sweep, capsys):
+    job = paired_sweep / "0"
+    np.savez(job / "per_query.npz", ids=np.arange(300), **{"retrieval/image->text/R@1": np.zeros(7, np.float32)})
+    assert main([str(paired_sweep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "per_query.npz" in err and "'retrieval/image->text/R@1'" in err
+
+
+# ---------------------------------------------------------------- forgetting and transfer, chance, zero-shot
+
+
+def stage_record(name: str, start: int, step: int, trained: list[str], values: dict[str, tuple[float, float]]) -> dict:
+    """A stage-end record; `values` maps an edge "a|b" to (R@1 of a->b, R@1 of b->a)."""
+    retrieval = {}
+    for edge, (forward, backward) in values.items():
+        a, b = edge.split("|")
+        retrieval[f"{a}->{b}"] = {"R@1": forward, "trained": edge in trained}
+        retrieval[f"{b}->{a}"] = {"R@1": backward, "trained": edge in trained}
+    return {
+        "name": name, "step": step, "start_step": start, "edges": trained[-1:], "trained_edges": trained,
+        "frozen": [], "summary": {}, "retrieval": retrieval,
+    }  # fmt: skip
+
+
+def curriculum_metrics(offset: float) -> dict:
+    """image|text trained from stage 1: 20 -> 30 -> 25 (a drop of 5 from its best); image|audio emergent at
+    stage 1 (2), trained from stage 2: 15 -> 18. `offset` shifts one seed up and the other down."""
+    both = ["image|text", "image|audio"]
+    stages = [
+        stage_record("image-text", 0, 100, both[:1], {both[0]: (18, 22), both[1]: (1, 3)}),
+        stage_record("+audio", 100, 200, both, {both[0]: (30, 30), both[1]: (15, 15)}),
+        stage_record("+depth", 200, 300, both, {both[0]: (24, 26), both[1]: (18, 18)}),
+    ]
+    for stage in stages:
+        for entry in stage["retrieval"].values():
+            entry["R@1"] += offset
+    validation = [
+        {
+            "step": s,
+            "stage": s // 100,
+            "R@1": {"image->text": 10 + s / 10 + offset, "text->image": 10 + s / 10 + offset},
+        }
+        for s in (50, 100, 150, 200, 250, 300)
+    ]
+    final = stages[-1]["retrieval"]
+    return {
+        "retrieval": final, "gallery_size": 400, "edges": [["image", "text"], ["image", "audio"]], "stages": stages,
+        "validation": validation, "chance": {"retrieval": {"R@1": 0.25, "R@5": 1.25}},
+    }  # fmt: skip
+
+
+def test_forgetting_table_marks_the_drop_and_the_emergent_stage():
+    rows = forgetting_table([curriculum_metrics(+1.0), curriculum_metrics(-1.0)])
+    cell = {(r["stage"], r["edge"]): r for r in rows}
+    assert [(r["stage"], r["edge"]) for r in rows[:2]] == [(1, "image|text"), (1, "image|audio")]
+    assert cell[(1, "image|text")]["R@1"] == pytest.approx(20.0)  # mean of 18 and 22, then of the seeds
+    assert cell[(1, "image|text")]["std"] == pytest.approx(math.sqrt(2))  # seeds at 21 and 19
+    assert cell[(3, "image|text")]["R@1"] == pytest.approx(25.0)
+    assert cell[(3, "image|text")]["best_before"] == pytest.approx(30.0)
+    assert cell[(3, "image|text")]["drop"] == pytest.approx(5.0)
+    assert cell[(2, "image|text")]["drop"] == 0.0 and cell[(1, "image|text")]["drop"] is None
+    assert not cell[(1, "image|audio")]["trained"] and cell[(2, "image|audio")]["trained"]
+    assert cell[(3, "image|audio")]["drop"] == 0.0  # 15 -> 18: no forgetting
+    header, body = forgetting_cells(rows)
+    assert header == ["stage", "step", "image|text", "image|audio"]
+    assert body == [
+        ["1 image-text", "100", "20.0", "[2.0]"],
+        ["2 +audio", "200", "30.0", "15.0"],
+        ["3 +depth", "300", "25.0 (-5.0)", "18.0"],
+    ]
+
+
+def test_forgetting_table_of_one_run_and_of_runs_without_stages():
+    (row, *_) = forgetting_table([curriculum_metrics(0.0)], metric="R@1")
+    assert row["n_runs"] == 1 and row["std"] is None
+    assert forgetting_table([{"retrieval": {}}]) == []
+
+
+def test_report_writes_the_forgetting_table_and_figure(tmp_path):
+    for seed, offset in enumerate([1.0, -1.0]):
+        job = make_job(tmp_path, seed, {"seed": seed}, None)
+        (job / "metrics.json").write_text(json.dumps(curriculum_metrics(offset)))
+    paths = write_report(tmp_path)
+    text = paths["md"].read_text()
+    assert "## Forgetting and transfer (R@1, validation split)" in text
+    assert "| 3 +depth | 300 | 25.0 (-5.0) | 18.0 |" in text and "| 1 image-text | 100 | 20.0 | [2.0] |" in text
+    assert "Chance R@1 = 0.25 (from the test gallery; validation gallery size not recorded)" in text
+    rows = read_csv(paths["forgetting_csv"])
+    assert len(rows) == 6 and float(rows[4]["drop"]) == pytest.approx(5.0)
+    with Image.open(paths["forgetting_png"]) as png:
+        assert png.format == "PNG"
+
+
+def test_validation_panel_draws_stage_starts_and_chance():
+    from bindspace.report.figures import forgetting_figure
+
+    metrics = [curriculum_metrics(1.0), curriculum_metrics(-1.0)]
+    for m in metrics:  # a stage record that knows its own gallery gives the validation chance
+        m["stages"][0]["gallery_size"] = 50
+    panel = validation_panel(metrics)
+    assert panel.source == "validation" and panel.boundaries == [100.0, 200.0]
+    assert (panel.chance, panel.chance_note) == (2.0, "validation gallery")  # 100 * 1 / 50
+    assert panel.curves["image|text"][0] == (50.0, pytest.approx(15.0))  # 10 + 50/10, seeds +-1
+    assert panel.trained_from == {"image|text": 0.0}  # validation records here score image-text only
+    (ax,) = [a for a in forgetting_figure({"all runs": panel}).axes if a.get_visible()]
+    boundaries = [line.get_xdata()[0] for line in ax.lines if line.get_gid() == "stage-boundary"]
+    (chance,) = [line for line in ax.lines if line.get_gid() == "chance"]
+    assert boundaries == [100.0, 200.0] and list(chance.get_ydata()) == [2.0, 2.0]
+    # no validation records: the stage-end tables are the curve, one point per stage
+    for m in metrics:
+        del m["validation"]
+    stages_only = validation_panel(metrics)
+    assert stages_only.source == "stages"
+    assert stages_only.curves["image|text"] == [(100.0, 20.0), (200.0, 30.0), (300.0, 25.0)]
+    assert stages_only.trained_from == {"image|text": 0.0, "image|audio": 100.0}
+
+
+def test_chance_comes_from_metrics_json_when_present_else_from_the_gallery():
+    assert chance_of({"gallery_size": 1000}, "R@10") == pytest.approx(1.0)
+    assert chance_of({"gallery_size": 4}, "mAP") == pytest.approx(100 * (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    stored = {"gallery_size": 1000, "chance": {"retrieval": {"R@1": 0.3}, "retrieval_class": {"R@1": 6.25}}}
+    assert chance_of(stored, "R@1") == 0.3  # the file wins over the closed form (e.g. duplicated items)
+    assert chance_of(stored, "R@1", "retrieval_class") == 6.25
+    assert chance_of({"data": {"classes": 16}}, "top1", "zero_shot") == 6.25
+    assert (
+        chance_of({"chance": {"zero_shot": {"audio": {"top5": 50.0}, "imu": {"top5": 50.0}}}}, "top5", "zero_shot")
+        == 50.0
+    )
+    assert chance_of({}, "R@1") is None
+
+
+def test_comparison_figure_draws_chance_on_the_test_bars():
+    from bindspace.evaluation.plots import group_comparison_figure
+
+    stats = {"anchor=image": {"trained": (37.0, 2.0, 30.0, 41.0)}, "anchor=text": {"trained": (48.0, None)}}
+    fig = group_comparison_figure(stats, "R@1", chance=0.1)
+    bars = fig.axes[0]
+    (chance,) = [line for line in bars.lines if line.get_label() == "chance = 0.10"]
+    assert list(chance.get_ydata()) == [0.1, 0.1]
+    assert "test split" in bars.get_title() and "95% interval" in bars.get_ylabel()
+    trained_errors = bars.collections[0]  # error bars in bar order: trained first
+    assert tuple(trained_errors.get_segments()[0][:, 1]) == (30.0, 41.0)  # the interval, not ± std
+
+
+def test_zero_shot_table_with_intervals_and_chance(tmp_path):
+    rng = np.random.default_rng(6)
+    for seed in range(2):
+        ids = np.arange(160) + 1000 * seed
+        values = {p: rng.random(160) for p in PAIRS}
+        hits = {"audio": rng.random(160) < 0.5, "image": rng.random(160) < 0.25}
+        zero_shot = {m: {"top1": 100.0 * h.mean(), "top5": 100.0} for m, h in hits.items()}
+        job = per_query_job(
+            tmp_path, seed, {"seed": seed}, values, ids, {"zero_shot": zero_shot, "data": {"classes": 16}}
+        )
+        arrays = dict(np.load(job / "per_query.npz"))
+        arrays.update({f"zero_shot/{m}/top1": h.astype(np.float32) for m, h in hits.items()})
+        np.savez(job / "per_query.npz", **arrays)
+    paths = write_report(tmp_path, n_boot=400)
+    rows = {(r["modality"], r["metric"]): r for r in read_csv(paths["zero_shot_csv"])}
+    audio = rows[("audio", "top1")]
+    assert audio["interval"] == "2-level bootstrap" and float(audio["chance"]) == 6.25
+    assert float(audio["lo"]) < float(audio["mean"]) < float(audio["hi"])
+    assert 35 < float(audio["mean"]) < 65 and audio["edge_trained"] == "False"  # audio-text is emergent here
+    assert rows[("image", "top1")]["edge_trained"] == "True"  # image-text is a trained edge
+    text = paths["md"].read_text()
+    assert "## Zero-shot classification" in text and "chance = 100 / classes = 6.25" in text
+    assert "test split" in text.split("## Zero-shot classification")[1].split("##")[0]
+
+
+def test_stale_optional_outputs_are_removed(paired_sweep, tmp_path):
+    out = tmp_path / "out"
+    assert "compare_csv" in write_report(paired_sweep, out_dir=out, n_boot=50)
+    single = tmp_path / "single"
+    per_query_job(single, 0, {"seed": 0}, noisy_values(np.random.default_rng(7), 20, 0.5), np.arange(20))
+    paths = write_report(single, out_dir=out, n_boot=50)
+    assert "compare_csv" not in paths and not (out / "report_compare.csv").exists()
+    assert not (out / "report_forgetting.png").exists()
+
+
+def test_wandb_tables_line_up_with_the_report_files(paired_sweep):
+    runs = collect_runs(paired_sweep)
+    report = build_report(runs, baseline="base", n_boot=50)
+    tables = wandb_tables(report)
+    assert set(tables) == {"report/summary", "report/pairs", "report/compare"}  # no zero-shot, no stages here
+    columns, data = tables["report/compare"]
+    assert len(data) == len(report.comparison) and "diff_lo" in columns and "resolved" in columns

@@ -134,48 +134,71 @@ def retrieval_heatmap(
     return fig
 
 
-def _bar_panel(ax, stats: Mapping[str, Mapping[str, MeanStd]], metric: str) -> None:
+def _bar_panel(
+    ax, stats: Mapping[str, Mapping[str, Sequence[float | None]]], metric: str, chance: float | None = None
+) -> None:
     labels = list(stats)
     x = np.arange(len(labels))
     width = 0.38
     for offset, kind, color in ((-width / 2, "trained", "tab:blue"), (width / 2, "emergent", "tab:orange")):
-        means = [stats[g].get(kind, (None, None))[0] for g in labels]
-        stds = [stats[g].get(kind, (None, None))[1] for g in labels]
-        heights = [np.nan if m is None else m for m in means]  # a NaN bar is simply not drawn
-        errors = [0.0 if s is None else s for s in stds]  # one seed: no spread to show
+        stat = [stats[g].get(kind, (None, None)) for g in labels]
+        heights = [np.nan if s[0] is None else s[0] for s in stat]  # a NaN bar is simply not drawn
+        errors = np.array([_error_bar(s) for s in stat]).T.reshape(2, len(labels))
         ax.bar(x + offset, heights, width, yerr=errors, capsize=4, color=color, label=f"{kind} pairs")
+    if chance is not None:
+        ax.axhline(chance, color=CHANCE_COLOR, linestyle="--", linewidth=1.5, label=f"chance = {chance:.2f}")
+    with_intervals = any(len(s) >= 4 and s[2] is not None for kinds in stats.values() for s in kinds.values())
+    spread = "95% interval" if with_intervals else "± std over seeds"
     ax.set_xticks(x, [label.replace(", ", "\n") for label in labels], fontsize="small")
-    ax.set_ylabel(f"mean {metric} over pairs (± std over seeds)")
-    ax.set_title(f"{metric}: trained vs emergent pairs")
+    ax.set_ylabel(f"mean {metric} over pairs ({spread})")
+    ax.set_title(f"{metric}, test split: trained vs emergent pairs")
     ax.legend(fontsize="small")
 
 
-def _curve_panel(ax, curves: Mapping[str, Sequence[Sequence[float]]], metric: str) -> None:
+def _error_bar(stat: Sequence[float | None]) -> tuple[float, float]:
+    """(below, above) of a (mean, std) or (mean, std, lo, hi) tuple: the interval when known, else ± std."""
+    mean, std, lo, hi = (*stat, None, None)[:4]
+    if mean is None:
+        return 0.0, 0.0
+    if lo is not None and hi is not None:
+        return max(0.0, mean - lo), max(0.0, hi - mean)
+    return (0.0, 0.0) if std is None else (std, std)  # one seed without an interval: no spread to show
+
+
+def _curve_panel(ax, curves: Mapping[str, Sequence[Sequence[float]]], metric: str, chance: float | None = None) -> None:
     colors = matplotlib.colormaps["tab10"]
     for index, (label, points) in enumerate(curves.items()):
         steps = [p[0] for p in points]
         color = colors(index % 10)
         ax.plot(steps, [p[1] for p in points], marker="o", color=color, label=f"{label} (trained)")
         ax.plot(steps, [p[2] for p in points], marker="s", linestyle="--", color=color, label=f"{label} (emergent)")
+    if chance is not None:
+        ax.axhline(chance, color=CHANCE_COLOR, linestyle="--", linewidth=1.5, label=f"chance = {chance:.2f}")
     ax.set_xlabel("step (end of curriculum stage)")
     ax.set_ylabel(f"mean {metric} over pairs and seeds")
-    ax.set_title("curriculum stages: solid trained, dashed emergent")
+    ax.set_title("validation split, curriculum stages: solid trained, dashed emergent")
     ax.legend(fontsize="x-small")
 
 
 def group_comparison_figure(
-    stats: Mapping[str, Mapping[str, MeanStd]],
+    stats: Mapping[str, Mapping[str, Sequence[float | None]]],
     metric: str = "R@1",
     curves: Mapping[str, Sequence[Sequence[float]]] | None = None,
+    chance: float | None = None,
+    curve_chance: float | None = None,
 ) -> Figure:
-    """Bars of trained vs emergent retrieval per run group, plus stage-wise curves when given.
+    """Bars of trained vs emergent retrieval per run group (test split), plus stage curves (validation split).
 
     Args:
-        stats: group label -> {"trained": (mean, std), "emergent": (mean, std)}; a None mean
-            leaves its bar out, a None std draws no error bar.
+        stats: group label -> {"trained": (mean, std) or (mean, std, lo, hi), "emergent": ...}; a None
+            mean leaves its bar out; the error bar is the interval [lo, hi] when given, else ± std, and
+            absent when neither is known.
         metric: the metric's name, for the axis labels.
         curves: group label -> [(step, trained, emergent), ...] over curriculum stages; when
             non-empty a second panel plots them.
+        chance: chance level of `metric` on the test split, a dashed line on the bars labelled
+            "chance = <value>".
+        curve_chance: chance level on the validation split, the same line on the curves.
 
     Returns:
         The figure: axes 0 the bars, axes 1 (only with curves) the stage curves.
@@ -183,9 +206,9 @@ def group_comparison_figure(
     with_curves = bool(curves)
     fig = _new_figure((max(6.0, 1.6 * len(stats) + 2.5) + (6.5 if with_curves else 0.0), 4.8))
     axes = fig.subplots(1, 2 if with_curves else 1, squeeze=False)[0]
-    _bar_panel(axes[0], stats, metric)
+    _bar_panel(axes[0], stats, metric, chance)
     if with_curves:
-        _curve_panel(axes[1], curves, metric)
+        _curve_panel(axes[1], curves, metric, curve_chance)
     return fig
 
 

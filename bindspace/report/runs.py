@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import yaml
 
 DEFAULT_METRICS = ("R@1", "R@5", "R@10", "mAP")
@@ -15,6 +16,7 @@ KINDS = ("trained", "emergent")
 _ANCHOR_KEYS = {"anchor", "graph.anchors"}  # override keys shown as the "anchor" column
 _ORDER_KEYS = {"curriculum.order"}  # override keys shown as the "order" column
 GroupKey = tuple[tuple[str, str], ...]  # ((column, value), ...)
+PER_QUERY_FILE = "per_query.npz"  # written by training next to metrics.json; absent in older runs
 
 
 class ReportError(ValueError):
@@ -35,6 +37,7 @@ class RunRecord:
         failed: no usable metrics.json.
         reason: why the job counts as failed.
         tags: the config's tags.
+        config: the job's composed config (``.hydra/config.yaml``), empty when missing.
     """
 
     path: Path
@@ -46,6 +49,14 @@ class RunRecord:
     failed: bool
     reason: str = ""
     tags: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+    _per_query: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def per_query(self) -> dict[str, np.ndarray] | None:
+        """The job's ``per_query.npz`` arrays (read once), or None when the job has none (older runs)."""
+        if self._per_query is None and not self.failed and (self.path / PER_QUERY_FILE).is_file():
+            self._per_query = load_per_query(self.path / PER_QUERY_FILE)
+        return self._per_query
 
 
 class StagePoint(NamedTuple):
@@ -129,6 +140,28 @@ def _load_metrics(job: Path) -> tuple[dict | None, str]:
     return metrics, ""
 
 
+def load_per_query(path: Path) -> dict[str, np.ndarray]:
+    """Reads a ``per_query.npz`` and checks its layout: ``ids`` (N,) int and every other array (N,).
+
+    Raises:
+        ReportError: unreadable file, no ``ids``, or an array whose shape is not (N,), naming file and key.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: unreadable per-query file: {err}") from err
+    ids = arrays.get("ids")
+    if ids is None or ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ReportError(f"{path}: key 'ids' must be a 1-D integer array of sample ids")
+    if len(np.unique(ids)) != len(ids):
+        raise ReportError(f"{path}: key 'ids' holds duplicate sample ids; queries cannot be matched across runs")
+    for key, values in arrays.items():
+        if values.shape != ids.shape:
+            raise ReportError(f"{path}: key {key!r} has shape {values.shape}, expected {ids.shape} like 'ids'")
+    return arrays
+
+
 def _job_dirs(multirun_dir: Path) -> list[Path]:
     if (multirun_dir / "metrics.json").is_file() or (multirun_dir / ".hydra").is_dir():
         return [multirun_dir]  # a single run's folder: a report of one job
@@ -171,7 +204,7 @@ def collect_runs(multirun_dir: str | Path) -> list[RunRecord]:
             RunRecord(
                 path=job, overrides=overrides, anchor=_anchor(config, metrics, overrides),
                 order=_order(config, overrides), seed=_seed(config, overrides), metrics=metrics,
-                failed=metrics is None, reason=reason, tags=[str(t) for t in tags],
+                failed=metrics is None, reason=reason, tags=[str(t) for t in tags], config=config,
             )
         )  # fmt: skip
     return runs

@@ -44,6 +44,37 @@ class Plateau:
     max_steps: int | None = None  # cap on the stage's length
 
 
+CONTINUAL_METHODS = ("none", "distill")
+
+
+@dataclass
+class Continual:
+    """``curriculum.continual``: a countermeasure against forgetting, on top of ``replay``.
+
+    ``distill``: at each stage start the encoders that earlier stages trained, and this one keeps
+    training, are copied and frozen; the stage's loss adds ``weight`` x the mean cosine distance of
+    their embeddings from the copy's (:mod:`bindspace.training.continual`).
+    """
+
+    method: str = "none"
+    weight: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> Continual:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - {"method", "weight"}
+        if unknown:
+            raise ConfigError(f"curriculum.continual: unknown key(s) {sorted(unknown)}; keys are method, weight")
+        out = cls(**cfg)
+        if out.method not in CONTINUAL_METHODS:
+            raise ConfigError(
+                f"curriculum.continual.method must be one of {list(CONTINUAL_METHODS)}, got {out.method!r}"
+            )
+        if not isinstance(out.weight, int | float) or isinstance(out.weight, bool) or out.weight < 0:
+            raise ConfigError(f"curriculum.continual.weight must be a number >= 0, got {out.weight!r}")
+        return out
+
+
 @dataclass
 class Stage:
     name: str
@@ -142,12 +173,19 @@ class Curriculum:
         schedule: ``per_stage`` (each stage its own warmup and decay) or ``global`` (one over the run).
     """
 
-    def __init__(self, stages: list[Stage], anchors: Sequence[str], schedule: str = "per_stage") -> None:
+    def __init__(
+        self,
+        stages: list[Stage],
+        anchors: Sequence[str],
+        schedule: str = "per_stage",
+        continual: Continual | None = None,
+    ) -> None:
         if not stages:
             raise ConfigError("curriculum: at least one stage is required")
         if schedule not in SCHEDULES:
             raise ConfigError(f"curriculum.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
         self.stages, self.anchors, self.schedule = stages, list(anchors), schedule
+        self.continual = continual or Continual()
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], graph: Sequence[Edge], anchors: Sequence[str]) -> Curriculum:
@@ -179,7 +217,8 @@ class Curriculum:
         untrained = [e for e in graph if e not in seen]
         if untrained:
             raise ConfigError(f"curriculum never trains graph edges {[edge_key(e) for e in untrained]}")
-        curriculum = cls(stages, anchors, str(cfg.get("schedule", "per_stage")))
+        continual = Continual.from_config(cfg.get("continual"))
+        curriculum = cls(stages, anchors, str(cfg.get("schedule", "per_stage")), continual)
         curriculum._check_own_edges_train()
         return curriculum
 
@@ -235,6 +274,16 @@ class Curriculum:
     def wholly_frozen(self, index: int) -> set[str]:
         """Modalities none of whose encoder parts train in stage ``index``."""
         return {m for m, parts in self.frozen_parts(index).items() if set(parts) == set(ENCODER_PARTS)}
+
+    def distilled(self, index: int) -> list[str]:
+        """Modalities held near their previous-stage copy in stage ``index`` (``continual.method=distill``).
+
+        Those that earlier stages trained and that still train now (a wholly frozen one cannot drift).
+        """
+        if self.continual.method != "distill" or index == 0:
+            return []
+        earlier = {m for s in self.stages[:index] for e in s.new_edges for m in e}
+        return sorted(earlier - self.wholly_frozen(index))
 
     def stage_steps(self, index: int, steps_per_epoch: int) -> int | None:
         """Fixed length of a stage in steps (plateau stages: their cap), None if unbounded."""

@@ -105,3 +105,55 @@ def test_plateau_ends_a_stage_after_patience_and_respects_the_cap():
 def test_bad_curricula_are_named(cfg, message):
     with pytest.raises(ConfigError, match=message):
         Curriculum.from_config(cfg, STAR, ["image"])
+
+
+# ---- freezing, schedules and continual options (plain Python) ----------------------------------------
+def test_whole_encoder_freezing_drops_replay_edges_with_nothing_left_to_train():
+    cfg = {**PROGRESSIVE, "stage": {"steps": 5, "freeze": ["anchor", "aligned"]}}
+    c = Curriculum.from_config(cfg, STAR, ["image"])
+    assert c.wholly_frozen(1) == {"image", "text"}
+    assert c.edge_weights(1) == {"image|audio": 1.0}  # image|text: both encoders frozen whole
+    heads = Curriculum.from_config(
+        {**PROGRESSIVE, "stage": {"steps": 5, "freeze": ["anchor", "aligned"], "freeze_parts": ["trunk"]}},
+        STAR,
+        ["image"],
+    )
+    assert heads.wholly_frozen(1) == set() and "image|text" in heads.edge_weights(1)
+    assert heads.frozen_parts(1) == {"image": ("trunk",), "text": ("trunk",)}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            {"stages": [{"name": "a", "edges": [["image", "text"]], "freeze": ["image", "text"], "steps": 2},
+                        {"edges": "all"}]},
+            r"stages\[0\] \(a\).freeze=\['image', 'text'\] freezes both encoders of its own edge image\|text",
+        ),
+        ({**PROGRESSIVE, "stage": {"steps": 5, "freeze_parts": ["tail"]}}, r"freeze_parts: \['tail'\]"),
+        ({**PROGRESSIVE, "schedule": "cosine"}, "curriculum.schedule must be one of"),
+        ({**PROGRESSIVE, "continual": {"method": "ewc"}}, "curriculum.continual.method must be one of"),
+        ({**PROGRESSIVE, "continual": {"weight": -1}}, "curriculum.continual.weight must be a number >= 0"),
+        ({**PROGRESSIVE, "continual": {"wieght": 1}}, r"curriculum.continual: unknown key\(s\) \['wieght'\]"),
+    ],
+)  # fmt: skip
+def test_bad_freezing_schedules_and_continual_options_are_named(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        Curriculum.from_config(cfg, STAR, ["image"])
+
+
+def test_a_stage_shorter_than_its_warmup_is_refused_under_per_stage_schedules():
+    c = Curriculum.from_config({**PROGRESSIVE, "stage": {"steps": 10, "warmup_steps": 20}}, STAR, ["image"])
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(image-text\): 10 steps is shorter than its warmup"):
+        c.check_schedule(max_steps=100, default_warmup=50)
+    Curriculum.from_config({**PROGRESSIVE, "schedule": "global", "stage": {"steps": 10, "warmup_steps": 20}},
+                           STAR, ["image"]).check_schedule(100, 50)  # fmt: skip
+    # The last stage runs to max_steps (100 - 10 = 90 steps) and, giving no warmup, takes the run's.
+    stages = [
+        {"name": "a", "edges": [["image", "text"]], "steps": 10, "warmup_steps": 5},
+        {"name": "b", "edges": "all"},
+    ]
+    last = Curriculum.from_config({"stages": stages}, STAR, ["image"])
+    last.check_schedule(max_steps=100, default_warmup=90)
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(b\): 90 steps .*optim.warmup_steps=95"):
+        last.check_schedule(max_steps=100, default_warmup=95)

@@ -18,6 +18,7 @@ import lightning as L
 from bindspace.curriculum import Curriculum, CurriculumState
 from bindspace.evaluation.tables import summarize
 from bindspace.losses import edge_key
+from bindspace.training.continual import StageDistillation
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class CurriculumCallback(L.Callback):
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.state = CurriculumState()
         self.stage_hook = stage_hook
+        continual = curriculum.continual
+        self.distillation = StageDistillation(continual.weight) if continual.method == "distill" else None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -94,9 +97,16 @@ class CurriculumCallback(L.Callback):
 
     # ---- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.state)
+        state = dataclasses.asdict(self.state)
+        if self.distillation is not None:
+            state["distillation"] = self.distillation.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        distillation = state_dict.pop("distillation", None)
+        if self.distillation is not None and distillation is not None:
+            self.distillation.load_state_dict(distillation)
         self.state = CurriculumState(**state_dict)
 
     # ---- internals --------------------------------------------------------------------------------
@@ -120,6 +130,12 @@ class CurriculumCallback(L.Callback):
         newly_frozen += module.loss.set_frozen_edges(frozen_edges)
         if drop_state:
             self._drop_optimizer_state(trainer, newly_frozen)
+        if self.distillation is not None:
+            if drop_state:  # a new stage: the encoders as they are now are what it must not forget
+                self.distillation.snapshot(model, self.curriculum.distilled(i))
+            else:  # start or resume: the teacher restored from the checkpoint, if any
+                self.distillation.restore(model)
+            module.distillation = self.distillation
         model.train(module.training)
         if trainer.datamodule is not None and hasattr(trainer.datamodule, "set_stage"):
             trainer.datamodule.set_stage(i)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from bindspace.evaluation.embed import embed_batches
-from bindspace.evaluation.retrieval import retrieval_matrix
+from bindspace.evaluation.retrieval import evaluate_retrieval
 from bindspace.evaluation.tables import summarize
 from bindspace.losses import Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import concat_inputs, input_batch_size
@@ -67,6 +67,10 @@ class AlignmentModule(L.LightningModule):
         self.step_skipped = False  # set by NonFiniteGuard: this step's update was skipped (non-finite values)
         self.feature_cache = feature_cache
         self.last_retrieval: dict[str, Any] = {}
+        self.last_per_query: dict[str, Any] = {}  # per-query values of the last evaluate (per_query.npz)
+        # Set by the curriculum callback with curriculum.continual.method=distill (training/continual.py).
+        self.distillation = None
+        self.step_encoded: dict[str, tuple[Any, Tensor]] = {}  # modality -> (inputs, embeddings) of this step
 
     # ---- training -------------------------------------------------------------------------------
     def encode_edges(self, batch: dict[str, dict]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -81,14 +85,18 @@ class AlignmentModule(L.LightningModule):
             for m in e:
                 chunks.setdefault(m, []).append((edge_key(e), batch[edge_key(e)][m]))
         cached = set(self.feature_cache.active(self.model)) if self.feature_cache is not None else set()
-        embedded = {}
+        keep = self.distillation is not None and self.distillation.active
+        embedded, self.step_encoded = {}, {}
         for m, parts in chunks.items():
             sizes = [input_batch_size(x) for _, x in parts]
             if m in cached:
                 feats = [self.feature_cache.features(self.model, m, k, batch[k]["id"], x) for k, x in parts]
                 emb = self.model.encode_from_features(m, torch.cat(feats))
             else:
-                emb = self.model.encode(m, concat_inputs([x for _, x in parts]))
+                x = concat_inputs([x for _, x in parts])
+                emb = self.model.encode(m, x)
+                if keep:
+                    self.step_encoded[m] = (x, emb)
             embedded[m] = emb.split(sizes)
         cursor = dict.fromkeys(chunks, 0)
         pairs = {}
@@ -108,6 +116,10 @@ class AlignmentModule(L.LightningModule):
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
         pairs = self.encode_edges(batch)
         total, per_edge = self.loss(pairs, self.stage_weights)
+        encoded, self.step_encoded = self.step_encoded, {}  # not kept past the step
+        distill = self.distillation.loss(encoded) if encoded else None
+        if distill is not None:
+            total = total + distill
         self.last_loss = total.detach()  # NonFiniteGuard reads it before the optimizer step
         bs = max(a.shape[0] for a, _ in pairs.values())
         # With local_loss each rank holds only its rows' share: the logged loss is the mean over ranks,
@@ -120,6 +132,8 @@ class AlignmentModule(L.LightningModule):
             self.log("stage", float(self.stage_index), batch_size=bs)
             for k, v in per_edge.items():
                 self.log(f"train/loss/{k}", v, batch_size=bs, sync_dist=sync)
+            if distill is not None:
+                self.log("train/distill", distill, batch_size=bs, sync_dist=sync)
                 self.log(f"train/logit_scale/{k}", self.loss.logit_scales[k](), batch_size=bs)
         return total
 
@@ -162,16 +176,21 @@ class AlignmentModule(L.LightningModule):
     def evaluate(self, batches, trained_edges: Sequence[Edge] | None = None) -> dict[str, Any]:
         """Retrieval for every ordered modality pair on already-collated held-out batches.
 
-        ``trained_edges`` (default: every edge of the graph) decides the trained/emergent flags.
+        ``trained_edges`` (default: every edge of the graph) decides the trained/emergent flags. Returns
+        the tie-aware tables with intervals, ``summary``/``summary_ci``, ``chance`` and ``bootstrap``;
+        keeps the per-query values (ids, labels, ``retrieval/<q>-><g>/R@k`` ...) in ``last_per_query``.
         """
         present = [m for m in self.model.modalities if all(m in b for b in batches)]
         embeddings, ids, labels = embed_batches(self.model, batches, present)
         self.last_embeddings = (embeddings, ids, labels)  # reused for zero-shot and the gap at the end
         trained = {frozenset(e) for e in (self.edges if trained_edges is None else trained_edges)}
-        instance, class_level = retrieval_matrix(embeddings, ids, trained, class_labels=labels)
-        out: dict[str, Any] = {"retrieval": instance, "gallery_size": int(ids.shape[0])}
-        if class_level is not None:
-            out["retrieval_class"] = class_level
+        result = evaluate_retrieval(embeddings, ids, trained, class_labels=labels)
+        out: dict[str, Any] = {"retrieval": result.instance, "gallery_size": int(ids.shape[0])}
+        if result.class_level is not None:
+            out["retrieval_class"] = result.class_level
+        out.update(summary=summarize(result.instance), summary_ci=result.summary_ci, chance=result.chance)
+        out["bootstrap"] = result.bootstrap.as_dict()
+        self.last_per_query = {"ids": ids, **({} if labels is None else {"labels": labels}), **result.per_query}
         return out
 
     def on_train_start(self) -> None:

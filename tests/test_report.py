@@ -270,6 +270,11 @@ def noisy_values(rng: np.random.Generator, n: int, level: float) -> dict:
     return {pair: np.clip(rng.normal(level, 0.15, n), 0, 1) for pair in PAIRS}
 
 
+def group_runs_of(root: Path, *variants: str) -> list[list]:
+    runs = collect_runs(root)
+    return [[r for r in runs if r.overrides["variant"] == v] for v in variants]
+
+
 @pytest.fixture
 def paired_sweep(tmp_path) -> Path:
     """Three groups x 3 seeds on the same 300 held-out ids per seed:
@@ -358,11 +363,6 @@ def test_paired_comparison_matches_queries_by_sample_id(tmp_path):
     (diff,) = paired_differences(*group_runs_of(tmp_path, "a", "b"), ["trained/R@1"], n_boot=200).values()
     assert diff.diff == pytest.approx(20.0, abs=1e-4)
     assert diff.lo == pytest.approx(20.0, abs=1e-4) and diff.hi == pytest.approx(20.0, abs=1e-4)
-
-
-def group_runs_of(root: Path, *variants: str) -> list[list]:
-    runs = collect_runs(root)
-    return [[r for r in runs if r.overrides["variant"] == v] for v in variants]
 
 
 def test_comparison_without_per_query_files_uses_seeds_and_one_seed_is_never_resolved(sweep, tmp_path):

@@ -118,8 +118,8 @@ def _comparison_markdown(report: Report) -> str:
         r for r in report.comparison if r["quantity"].endswith(f"/{report.metric}") or r["quantity"].endswith("/top1")
     ]
     budget = any(r.get("budget") for r in rows)
-    header = ["group", *(["budget"] if budget else []), "quantity", "baseline", "group", "difference [95% CI]"]
-    header += ["seeds", "chance", "verdict"]
+    header = ["group", *(["budget"] if budget else []), "quantity", "baseline mean", "group mean"]
+    header += ["difference [95% CI]", "seeds", "chance", "verdict"]
     body = []
     for r in rows:
         verdict = "resolved" if r["resolved"] else "**not resolved**"

@@ -4,13 +4,15 @@
     bindspace-search index=images.safetensors query=clips/dog.wav ckpt_path=last.ckpt k=5
     bindspace-search index=a.safetensors,b.safetensors query=captions.safetensors mitigation=center ckpt_path=...
 
-``index`` is a comma-separated list of files written by ``bindspace-embed``; they go into one faiss
-``IndexFlatIP`` (exact inner product = cosine on unit-norm embeddings). ``query`` is an exported
+``index`` is a comma-separated list of files written by ``bindspace-embed``; they are searched as one
+index by exact inner product (= cosine on unit-norm embeddings), a block of queries at a time. ``query`` is an exported
 embeddings file (every row is a query), a data file (embedded with ``ckpt_path``; its modality from
 ``query_modality=`` or its suffix) or otherwise a text string. ``mitigation`` closes the modality gap
 with stats stored in the checkpoint: ``center`` (per-modality centring, queries and index alike) or
 ``bridge`` (index rows mapped onto the query modality by the stored bridges). Prints, per query,
-rank, score, modality and id (``format=json`` prints one JSON object per query instead).
+rank, score, modality and id (``format=json`` prints one JSON object per query instead). Tied scores
+are ranked by bindspace's one rule: each tied hit gets its expected rank over random orders of the
+tied items ("2-4" in the table: tied over positions 2 to 4; ``rank`` and ``tied`` in JSON).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -93,22 +94,49 @@ class Searcher:
 
     def search(
         self, queries: Tensor, modality: str, k: int, centered: bool = False
-    ) -> list[list[tuple[float, str, str]]]:
-        """``(Q, D)`` queries of one modality -> per query, ``k`` (score, modality, id) best first."""
-        import faiss
+    ) -> list[list[tuple[float, str, str, float, int]]]:
+        """``(Q, D)`` queries of one modality -> per query, ``k`` hits best first (exact inner product).
 
+        Each hit is (score, modality, id, rank, tied): ``rank`` is its expected 1-based rank over
+        random orders of the items sharing its score (bindspace's one tie rule), ``tied`` how many
+        index items share that score (1: none). Which tied items make the cut, and their order, is by
+        position in the index, so the output never depends on how a search library broke a tie.
+        """
         if self.mitigation == "center":
             queries = self._centred(queries.float(), modality, already=centered)
-        gallery = self._gallery(modality)
-        index = faiss.IndexFlatIP(gallery.shape[1])
-        index.add(np.ascontiguousarray(gallery.numpy(), dtype=np.float32))
-        scores, rows = index.search(
-            np.ascontiguousarray(queries.float().numpy(), dtype=np.float32), min(k, len(gallery))
-        )
-        return [
-            [(float(s), self.modalities[r], self.ids[r]) for s, r in zip(srow, rrow, strict=True) if r >= 0]
-            for srow, rrow in zip(scores, rows, strict=True)
-        ]
+        gallery = self._gallery(modality).float()
+        return self._ranked(queries.float(), gallery, min(k, len(gallery)))
+
+    def _ranked(self, queries: Tensor, gallery: Tensor, k: int) -> list[list[tuple[float, str, str, float, int]]]:
+        """Scores a block of queries against the whole index at once, so hits, ranks and ties agree."""
+        from bindspace.evaluation.ties import exact_scores
+
+        out = []
+        block = max(1, 2**22 // max(1, len(gallery)))
+        for start in range(0, len(queries), block):
+            scores = exact_scores(queries[start : start + block], gallery)  # (b, M), independent of BLAS blocking
+            values, found = scores.topk(k, dim=1)  # (b, k)
+            kth = values[:, -1:]
+            above_kth, at_kth = (scores > kth).sum(1), (scores == kth).sum(1)
+            for i in (above_kth + at_kth > k).nonzero().flatten().tolist():
+                # A tie group straddles the cut: its first items in index order make it.
+                at = (scores[i] == kth[i]).nonzero().flatten()[: k - int(above_kth[i])]
+                found[i] = torch.cat([found[i][values[i] > kth[i]], at])
+            picked = scores.gather(1, found)
+            above, tied = torch.zeros_like(found), torch.zeros_like(found)
+            for j in range(k):  # one (b, M) comparison per hit keeps memory at the block's size
+                above[:, j] = (scores > picked[:, j : j + 1]).sum(1)
+                tied[:, j] = (scores == picked[:, j : j + 1]).sum(1)
+            for i in range(len(found)):
+                order = sorted(range(k), key=lambda j: (-float(picked[i, j]), int(found[i, j])))
+                out.append(
+                    [self._hit(*(int(x[i, j]) for x in (found, above, tied)), float(picked[i, j])) for j in order]
+                )
+        return out
+
+    def _hit(self, row: int, above: int, tied: int, score: float) -> tuple[float, str, str, float, int]:
+        # Expected 1-based rank among `tied` items sharing positions above+1 .. above+tied.
+        return score, self.modalities[row], self.ids[row], above + (tied + 1) / 2, tied
 
 
 def embed_query(args: Mapping[str, Any], ckpt: Mapping[str, Any] | None) -> tuple[Tensor, str, list[str], bool]:
@@ -146,17 +174,33 @@ def run(args: Mapping[str, Any]) -> list[dict[str, Any]]:
     queries, modality, names, centered = embed_query(args, ckpt)
     hits = searcher.search(queries, modality, args["k"], centered)
     return [
-        {"query": name, "modality": modality, "results": [{"score": s, "modality": m, "id": i} for s, m, i in found]}
+        {
+            "query": name,
+            "modality": modality,
+            "results": [
+                {"score": s, "modality": m, "id": i, "rank": rank, "tied": tied} for s, m, i, rank, tied in found
+            ],
+        }
         for name, found in zip(names, hits, strict=True)
     ]
+
+
+def _rank_cell(hit: Mapping[str, Any]) -> str:
+    """ "3" for an untied hit; "2-4" for one tied with others over positions 2..4."""
+    if hit["tied"] <= 1:
+        return str(round(hit["rank"]))
+    half = (hit["tied"] - 1) / 2
+    return f"{round(hit['rank'] - half)}-{round(hit['rank'] + half)}"
 
 
 def format_results(results: list[dict[str, Any]]) -> str:
     lines = []
     for r in results:
         lines.append(f"query {r['query']!r} ({r['modality']})")
-        lines.append(f"{'rank':>4}  {'score':>7}  {'modality':<8}  id")
-        lines += [f"{n:>4}  {h['score']:>7.4f}  {h['modality']:<8}  {h['id']}" for n, h in enumerate(r["results"], 1)]
+        lines.append(f"{'rank':>7}  {'score':>7}  {'modality':<8}  id")
+        lines += [f"{_rank_cell(h):>7}  {h['score']:>7.4f}  {h['modality']:<8}  {h['id']}" for h in r["results"]]
+        if any(h["tied"] > 1 for h in r["results"]):
+            lines.append("(a-b: tied with other items at positions a..b; listed in index order)")
         lines.append("")
     return "\n".join(lines)
 

@@ -111,3 +111,35 @@ def test_group_comparison_bars_and_stage_curves():
     assert heights[2] == 13.0 and np.isnan(heights[3])  # emergent bars; the text group has none
     assert [list(line.get_ydata()) for line in lines.lines] == [[32.0, 37.0], [8.0, 13.0]]
     assert len(group_comparison_figure(stats).axes) == 1  # no curves, no second panel
+
+
+def cell_colour(fig, row: int, col: int) -> np.ndarray:
+    image = fig.axes[0].images[0]
+    return np.asarray(image.cmap(image.norm(image.get_array()[row, col]))[:3])
+
+
+def test_heatmap_scale_separates_three_times_chance_from_chance():
+    # A 1000-item gallery: chance R@1 = 0.1%. One emergent pair at chance, one at 3x, trained pairs high.
+    table = {
+        "image->text": {"R@1": 40.0, "trained": True},
+        "text->image": {"R@1": 38.0, "trained": True},
+        "image->audio": {"R@1": 0.1, "trained": False},
+        "audio->image": {"R@1": 0.3, "trained": False},
+    }
+    fig = retrieval_heatmap(table, chance=0.1, split="test")
+    at_chance, at_three = cell_colour(fig, 0, 2), cell_colour(fig, 2, 0)  # image->audio, audio->image
+    assert np.linalg.norm(at_three - at_chance) > 0.1  # visibly different (a 0-100 scale: < 0.01)
+    assert np.linalg.norm(cell_colour(fig, 0, 1) - at_three) > 0.3  # and the trained pair far above both
+    assert fig.axes[0].get_title().endswith("[test split]")
+    labels = [t.get_text() for t in fig.axes[-1].get_yticklabels()]
+    assert "0.1 (1x)" in labels and "0.3 (3x)" in labels and "100 (1000x)" in labels
+    assert any("chance = 0.10" in t.get_text() for t in fig.legends[0].get_texts())
+    with pytest.raises(ValueError, match="chance must be positive"):
+        retrieval_heatmap(table, chance=0.0)
+
+
+def test_heatmap_without_chance_still_separates_small_values(table):
+    table["image->text"]["R@1"], table["text->image"]["R@1"] = 0.2, 0.6
+    fig = retrieval_heatmap(table)
+    assert np.linalg.norm(cell_colour(fig, 0, 1) - cell_colour(fig, 1, 0)) > 0.05
+    assert "split" not in fig.axes[0].get_title()  # no split given, none claimed

@@ -1,20 +1,27 @@
 """Retrieval metrics against a brute-force reference and hand-built cases with known answers."""
 
 import itertools
+import logging
+import math
+import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bindspace.evaluation.retrieval import (
     average_precision,
+    chance_levels,
+    evaluate_retrieval,
     rank_of_matches,
     recall_at_k,
     retrieval_matrix,
     retrieval_metrics,
+    retrieval_per_query,
     topk_chunked,
 )
-from bindspace.evaluation.tables import format_retrieval_table, summarize
+from bindspace.evaluation.tables import format_metrics_report, format_retrieval_table, format_summary, summarize
 
 
 def unit(*shape: int, seed: int) -> torch.Tensor:
@@ -77,13 +84,14 @@ def test_ranks_recall_and_ap_match_brute_force(n, m, d, num_keys, seed):
     ref_ranks, ref_aps = reference_ranks_and_ap(query, gallery, query_keys, gallery_keys)
     for chunk_size in (1, 3, 7, n, 4096):
         ranks = rank_of_matches(query, gallery, query_keys, gallery_keys, chunk_size=chunk_size)
-        assert ranks.dtype == torch.long
-        assert ranks.tolist() == ref_ranks
+        assert ranks.higher.dtype == torch.long
+        assert ranks.higher.tolist() == ref_ranks
+        assert ranks.expected.tolist() == ref_ranks  # random scores: no ties, so nothing to average
         aps = average_precision(query, gallery, query_keys, gallery_keys, chunk_size=chunk_size)
         torch.testing.assert_close(aps, torch.tensor(ref_aps), atol=1e-6, rtol=0)
-    recalls = recall_at_k(torch.tensor(ref_ranks), ks=(1, 5, 10))
-    for k in (1, 5, 10):
-        assert recalls[f"R@{k}"] == pytest.approx(100 * sum(r < k for r in ref_ranks) / n)
+    # Without ties the tie-aware numbers are exactly the untied ones (integer counts, not approximations).
+    for recalls in (recall_at_k(ranks, ks=(1, 5, 10)), recall_at_k(torch.tensor(ref_ranks), ks=(1, 5, 10))):
+        assert recalls == {f"R@{k}": 100.0 * sum(r < k for r in ref_ranks) / n for k in (1, 5, 10)}
 
 
 def test_chunked_equals_unchunked_for_sizes_that_do_not_divide():
@@ -92,7 +100,8 @@ def test_chunked_equals_unchunked_for_sizes_that_do_not_divide():
     full_ranks = rank_of_matches(query, gallery, query_keys, gallery_keys, chunk_size=10_000)
     for chunk_size in (1, 6, 13, 50, 100, 102):
         ranks = rank_of_matches(query, gallery, query_keys, gallery_keys, chunk_size=chunk_size)
-        assert torch.equal(ranks, full_ranks), chunk_size
+        assert torch.equal(ranks.higher, full_ranks.higher), chunk_size
+        assert torch.equal(ranks.tied, full_ranks.tied) and torch.equal(ranks.relevant_tied, full_ranks.relevant_tied)
         chunked = retrieval_metrics(query, gallery, query_keys, gallery_keys, chunk_size=chunk_size)
         assert chunked == pytest.approx(full, abs=1e-4), chunk_size
 
@@ -101,7 +110,7 @@ def test_known_ranks_give_exact_recall_median_and_map():
     # First (and only) relevant item at rank 0, 3 and 7.
     patterns = [[position == rank for position in range(12)] for rank in (0, 3, 7)]
     query, gallery, query_keys, gallery_keys = ranked_gallery(patterns)
-    assert rank_of_matches(query, gallery, query_keys, gallery_keys).tolist() == [0, 3, 7]
+    assert rank_of_matches(query, gallery, query_keys, gallery_keys).higher.tolist() == [0, 3, 7]
     metrics = retrieval_metrics(query, gallery, query_keys, gallery_keys, chunk_size=2)
     assert metrics["R@1"] == pytest.approx(100 / 3)
     assert metrics["R@5"] == pytest.approx(200 / 3)
@@ -120,20 +129,102 @@ def test_average_precision_by_hand_with_several_relevant_items():
     query, gallery, query_keys, gallery_keys = ranked_gallery(patterns)
     aps = average_precision(query, gallery, query_keys, gallery_keys, chunk_size=1)
     torch.testing.assert_close(aps, torch.tensor([(1 + 2 / 3 + 3 / 6) / 3, 0.5]))
-    assert rank_of_matches(query, gallery, query_keys, gallery_keys).tolist() == [0, 1]
+    assert rank_of_matches(query, gallery, query_keys, gallery_keys).higher.tolist() == [0, 1]
 
 
-def test_ties_are_counted_optimistically():
-    # Integer vectors make the scores exact: the relevant item (last) ties with two others at 1,
-    # and one item scores 2 strictly above them.
+def test_ties_count_their_expected_value_over_random_orders():
+    # Integer vectors make the scores exact: the relevant item (key 7) ties with two others at 1, and
+    # one item scores 2 strictly above them, so its 0-based rank is 1, 2 or 3 with equal chance.
     query = torch.tensor([[1.0, 0.0]])
     gallery = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     gallery_keys = torch.tensor([0, 1, 2, 7, 3])
-    assert rank_of_matches(query, gallery, torch.tensor([7]), gallery_keys).tolist() == [1]
-    # Two relevant items tied with an irrelevant one: placed first among the tie, positions 2, 3.
+    ranks = rank_of_matches(query, gallery, torch.tensor([7]), gallery_keys)
+    assert (ranks.higher.item(), ranks.tied.item(), ranks.relevant_tied.item()) == (1, 3, 1)
+    assert ranks.expected.item() == 2.0
+    assert recall_at_k(ranks, ks=(1, 2, 3, 4)) == pytest.approx(
+        {"R@1": 0.0, "R@2": 100 / 3, "R@3": 200 / 3, "R@4": 100}
+    )
+    ap = average_precision(query, gallery, torch.tensor([7]), gallery_keys)
+    torch.testing.assert_close(ap, torch.tensor([(1 / 2 + 1 / 3 + 1 / 4) / 3]))
+    # Two relevant items tied with an irrelevant one at positions 2-4: the orders RRI, RIR, IRR give
+    # AP 7/12, 1/2 and 5/12, so 1/2 on average (the optimistic rule said 7/12).
     gallery_keys = torch.tensor([0, 1, 7, 7, 3])
     ap = average_precision(query, gallery, torch.tensor([7]), gallery_keys)
-    torch.testing.assert_close(ap, torch.tensor([(1 / 2 + 2 / 3) / 2]))
+    torch.testing.assert_close(ap, torch.tensor([0.5]))
+    ranks = rank_of_matches(query, gallery, torch.tensor([7]), gallery_keys)
+    assert ranks.expected.item() == pytest.approx(1 + 1 / 3)  # (t - r) / (r + 1) irrelevant first
+
+
+def brute_force_expectations(scores: list[float], relevant: list[bool], ks) -> dict[str, float]:
+    """Every ordering of the gallery consistent with the scores, equally likely: the mean R@k, AP, rank."""
+    totals, count = dict.fromkeys([*(f"R@{k}" for k in ks), "AP", "rank"], 0.0), 0
+    for tie_break in itertools.permutations(range(len(scores))):
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], tie_break[i]))
+        hits = [relevant[i] for i in order]
+        first = hits.index(True)
+        for k in ks:
+            totals[f"R@{k}"] += first < k
+        found, precisions = 0, []
+        for position, hit in enumerate(hits, start=1):
+            if hit:
+                found += 1
+                precisions.append(found / position)
+        totals["AP"] += sum(precisions) / len(precisions)
+        totals["rank"] += first + 1
+        count += 1
+    return {name: value / count for name, value in totals.items()}
+
+
+def test_duplicated_gallery_items_score_the_average_of_random_tie_breaks():
+    # Seven gallery items with duplicated rows (several captions of one image), exact integer scores;
+    # each query is scored against every ordering of the gallery (7! = 5040), tie-breaks uniform.
+    gallery = torch.tensor([[2.0, 0], [1, 1], [1, 1], [2, 0], [0, 2], [1, 1], [2, 0]])
+    queries = torch.tensor([[1.0, 0], [1, 1], [0, 1], [1, 2]])
+    gallery_keys = torch.tensor([0, 1, 1, 2, 3, 1, 2])  # key 1 and 2: duplicates share a key
+    cases = [
+        (torch.tensor([1, 2, 3, 0]), gallery_keys),  # several relevant items, some tied with others
+        (torch.tensor([4, 5, 6, 0]), torch.arange(7)),  # one relevant item each
+    ]
+    for query_keys, keys in cases:
+        per_query = retrieval_per_query(queries, gallery, query_keys, keys, ks=(1, 2, 3, 5), chunk_size=3)
+        scores = (queries @ gallery.T).tolist()
+        for i, key in enumerate(query_keys.tolist()):
+            expected = brute_force_expectations(scores[i], [k == key for k in keys.tolist()], (1, 2, 3, 5))
+            for name, value in expected.items():
+                assert per_query[name][i].item() == pytest.approx(value, abs=1e-12), (i, name)
+
+
+def test_collapsed_model_scores_exactly_chance():
+    # Every embedding the same (a non-trivial vector, so the float rounding of the dot product is real).
+    n, d = 101, 24
+    collapsed = unit(1, d, seed=50).expand(n, d).contiguous()
+    keys = torch.arange(n)
+    labels = torch.tensor([i % 7 if i < 91 else 7 for i in range(n)])  # uneven class sizes: 13 or 10
+    for chunk_size in (1, 9, 4096):  # a one-row block runs as a matrix-vector product
+        instance = retrieval_metrics(collapsed, collapsed, keys, keys, chunk_size=chunk_size)
+        harmonic = sum(1 / r for r in range(1, n + 1))
+        assert instance == pytest.approx(
+            {"R@1": 100 / n, "R@5": 500 / n, "R@10": 1000 / n, "median_rank": (n + 1) / 2, "mAP": 100 * harmonic / n},
+            rel=1e-12,
+        )
+        assert instance == pytest.approx(chance_levels(keys, keys), rel=1e-12)
+        class_level = retrieval_metrics(collapsed, collapsed, labels, labels, chunk_size=chunk_size)
+        assert class_level == pytest.approx(chance_levels(labels, labels), rel=1e-12)
+    # Class-level chance from the class sizes: R@k = 1 - C(M - r, k) / C(M, k) per query.
+    sizes = torch.bincount(labels)[labels].tolist()
+    for k in (1, 5, 10):
+        reference = 100 * sum(1 - math.comb(n - r, k) / math.comb(n, k) for r in sizes) / n
+        assert class_level[f"R@{k}"] == pytest.approx(reference, rel=1e-12)
+
+
+def test_chance_map_matches_enumeration_of_random_rankings():
+    # Six items, two relevant: all 15 placements of the relevant pair are equally likely.
+    m, r = 6, 2
+    aps = []
+    for positions in itertools.combinations(range(1, m + 1), r):
+        aps.append(sum((i + 1) / p for i, p in enumerate(positions)) / r)
+    keys = torch.tensor([0, 0, 1, 2, 3, 4])
+    assert chance_levels(torch.tensor([0]), keys)["mAP"] == pytest.approx(100 * sum(aps) / len(aps), rel=1e-12)
 
 
 def test_single_relevant_item_ap_is_reciprocal_rank():
@@ -142,8 +233,8 @@ def test_single_relevant_item_ap_is_reciprocal_rank():
     query_keys = torch.randperm(80, generator=torch.Generator().manual_seed(0))[:30]
     ranks = rank_of_matches(query, gallery, query_keys, gallery_keys)
     aps = average_precision(query, gallery, query_keys, gallery_keys)
-    torch.testing.assert_close(aps, 1 / (ranks.float() + 1))
-    assert ranks.max() > 0  # the case is not trivially all rank 0
+    torch.testing.assert_close(aps, 1 / (ranks.higher.float() + 1))
+    assert ranks.higher.max() > 0  # the case is not trivially all rank 0
 
 
 def test_class_level_relevance_matches_reference_and_beats_instance_level():
@@ -218,14 +309,67 @@ def test_retrieval_matrix_pairs_flags_and_values():
     assert {pair for pair, entry in instance.items() if entry["trained"]} == expected_trained
     assert {pair for pair, entry in class_level.items() if entry["trained"]} == expected_trained
     direct = retrieval_metrics(embeddings["depth"], embeddings["text"], keys, keys)
-    assert {k: v for k, v in instance["depth->text"].items() if k != "trained"} == pytest.approx(direct)
+    values = {k: v for k, v in instance["depth->text"].items() if k != "trained" and not k.endswith("_ci")}
+    assert values == pytest.approx(direct)
     for pair, entry in instance.items():
         assert entry["R@1"] > 100 * 1 / 50 * 5, pair  # well above chance for correlated modalities
         assert class_level[pair]["R@1"] >= entry["R@1"], pair
+        for table in (entry, class_level[pair]):
+            assert {f"{m}_ci" for m in ("R@1", "R@5", "R@10", "mAP")} <= set(table)
+            for m in ("R@1", "R@5", "R@10", "mAP"):
+                low, high = table[f"{m}_ci"]
+                assert 0.0 <= low <= table[m] <= high <= 100.0, (pair, m)
     frozen = {frozenset(p) for p in trained}
     again, none = retrieval_matrix(embeddings, keys, frozen)
     assert none is None
-    assert again == instance
+    assert again == instance  # seeded: the same intervals every time
+    plain, _ = retrieval_matrix(embeddings, keys, frozen, bootstrap=None)
+    assert not any(k.endswith("_ci") for entry in plain.values() for k in entry)
+
+
+def test_evaluate_retrieval_per_query_values_chance_and_summary_intervals():
+    embeddings = make_modalities(n=60, noise=0.8)
+    ids, labels = torch.arange(60) * 3, torch.arange(60) % 4
+    result = evaluate_retrieval(embeddings, ids, [("image", "text")], class_labels=labels)
+    pairs = [f"{q}->{g}" for q, g in itertools.permutations(embeddings, 2)]
+    expected_keys = {
+        f"{level}/{p}/{m}"
+        for level in ("retrieval", "retrieval_class")
+        for p in pairs
+        for m in ("R@1", "R@5", "R@10", "AP")
+    }
+    assert set(result.per_query) == expected_keys
+    for key, values in result.per_query.items():
+        level, pair, metric = key.split("/")
+        table = result.instance if level == "retrieval" else result.class_level
+        assert values.dtype == np.float32 and values.shape == (60,)
+        assert ((values >= 0) & (values <= 1)).all()
+        # The table's number is the mean of the per-query values.
+        assert 100 * values.astype(np.float64).mean() == pytest.approx(table[pair]["mAP" if metric == "AP" else metric])
+    assert result.chance["retrieval"] == pytest.approx(chance_levels(ids, ids))
+    assert result.chance["retrieval_class"]["R@1"] == pytest.approx(100 * 15 / 60)  # 15 of 60 share a class
+    summary = summarize(result.instance)
+    assert set(result.summary_ci) == set(summary)
+    for key, (low, high) in result.summary_ci.items():
+        assert low <= summary[key] <= high, key
+    # The emergent mean's interval is narrower than a single pair's: it averages several noisy pairs.
+    width = result.summary_ci["emergent/R@1"][1] - result.summary_ci["emergent/R@1"][0]
+    assert width < max(e["R@1_ci"][1] - e["R@1_ci"][0] for e in result.instance.values() if not e["trained"])
+
+
+def test_small_gallery_is_warned_about_once(caplog, monkeypatch):
+    monkeypatch.setattr("bindspace.evaluation.retrieval._warned", set())
+    embeddings = make_modalities(n=8)
+    with caplog.at_level(logging.WARNING, logger="bindspace.evaluation.retrieval"):
+        evaluate_retrieval(embeddings, torch.arange(8), [])
+    assert "gallery of 8 items is too small for R@1, R@5, R@10, mAP" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bindspace.evaluation.retrieval"):
+        evaluate_retrieval(embeddings, torch.arange(8), [])  # e.g. the next validation: said already
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="bindspace.evaluation.retrieval"):
+        evaluate_retrieval(make_modalities(n=100), torch.arange(100), [])
+    assert caplog.text == ""  # 100 items: R@10 chance is exactly 10%
 
 
 def test_format_retrieval_table_shows_modalities_markers_and_chance():
@@ -299,3 +443,52 @@ def test_errors_are_clear():
     bad = {**make_modalities(), "depth": unit(49, 16, seed=0)}
     with pytest.raises(ValueError, match="depth"):
         retrieval_matrix(bad, torch.arange(50), [])
+
+
+def test_tables_state_chance_and_mark_what_the_gallery_cannot_measure():
+    embeddings = make_modalities(n=8)
+    instance, class_level = retrieval_matrix(
+        embeddings, torch.arange(8), [("image", "text")], class_labels=torch.arange(8) % 2
+    )
+    small = format_retrieval_table(instance, "R@5", gallery_size=8)
+    assert small.splitlines()[0].startswith("R@5 (!) ")
+    assert "R@5 = 100*5/8 = 62.50" in small and "(!) R@5 is marked" in small
+    big, _ = retrieval_matrix(make_modalities(n=50), torch.arange(50), [])
+    assert "(!)" not in format_retrieval_table(big, "R@1", gallery_size=50)
+    # Class level: chance from the actual class sizes (4 of 8 relevant), not from the gallery size.
+    chance = chance_levels(torch.arange(8) % 2, torch.arange(8) % 2)
+    text = format_retrieval_table(class_level, "R@1", chance=chance)
+    assert "chance (random ranking of this gallery): R@1 = 50.00" in text and "(!)" in text
+    assert "median_rank" not in text  # only the shown metric's chance
+
+
+def test_summary_line_gives_interval_and_multiple_of_chance():
+    summary = {"trained/R@1": 8.2, "emergent/R@1": 0.3}
+    ci = {"trained/R@1": [7.1, 9.4], "emergent/R@1": [0.1, 0.5]}
+    line = format_summary(summary, ci, {"R@1": 0.1})
+    assert line == "trained/R@1=8.2 [7.1, 9.4] (82x chance), emergent/R@1=0.3 [0.1, 0.5] (3.0x chance)"
+    assert format_summary(summary) == "trained/R@1=8.2, emergent/R@1=0.3"
+
+
+def test_metrics_report_prints_every_matrix_with_chance():
+    embeddings = make_modalities(n=40)
+    labels = torch.arange(40) % 4
+    result = evaluate_retrieval(embeddings, torch.arange(40), [("image", "text")], class_labels=labels)
+    metrics = {
+        "retrieval": result.instance,
+        "retrieval_class": result.class_level,
+        "gallery_size": 40,
+        "chance": {**result.chance, "zero_shot": {"num_classes": 4, "top1": 25.0, "top5": 100.0}},
+        "zero_shot": {"audio": {"top1": 60.0, "top1_ci": [50.0, 70.0], "top5": 100.0, "top5_ci": [100.0, 100.0]}},
+        "summary": summarize(result.instance),
+        "summary_ci": result.summary_ci,
+    }
+    text = format_metrics_report(metrics, list(embeddings))
+    assert text.count("chance (random ranking of this gallery)") == 3  # R@1, R@10, class-level R@1
+    assert "R@10 (!)" in text  # 40 items: R@10 has a chance of 25%
+    assert "chance (random guess among 4 classes, 100*k/C): top1 = 25.00, top5 = 100.00" in text
+    assert re.search(r"audio +60.0 \[50.0, 70.0\] +100.0 \[100.0, 100.0\]", text)
+    assert "top5 is marked: a random guess already scores above 10% (too few classes)" in text
+    assert re.search(
+        r"summary \(mean over pairs, \[95% interval\]\): trained/R@1=[\d.]+ \[[\d.]+, [\d.]+\] \(\d+x chance\)", text
+    )

@@ -62,8 +62,10 @@ def _annotate(ax, image, values: np.ndarray, trained: np.ndarray) -> None:
             continue
         red, green, blue, _ = image.cmap(image.norm(value))
         dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # perceived luminance of the cell
+        # Two significant digits below 1: near a chance of 0.1%, 0.05 and 0.14 must not both read "0.1".
+        text = f"{value:.1f}" if abs(value) >= 1 or value == 0 else f"{value:.2g}"
         ax.text(
-            j, i, f"{value:.1f}", ha="center", va="center", fontsize="small",
+            j, i, text, ha="center", va="center", fontsize="small",
             color="white" if dark else "black", fontweight="bold" if trained[i, j] else "normal",
         )  # fmt: skip
         if trained[i, j]:
@@ -73,14 +75,46 @@ def _annotate(ax, image, values: np.ndarray, trained: np.ndarray) -> None:
             ax.add_patch(box)
 
 
+def _heatmap_norm(values: np.ndarray, metric: str, chance: float | None):
+    """The colour scale: logarithmic, anchored at chance, so 3x chance is a visibly different colour.
+
+    Percent metrics run from half of chance (or, without it, the smallest positive cell) to 100 on a log
+    scale: equal ratios get equal colour steps, so cells at 1x, 3x and 10x chance stay apart even when
+    chance is 0.1% (a linear 0-100 scale paints everything under ~2% alike). Cells further below take
+    the lowest colour. Median rank (lower is better) runs from 1 to chance (or the worst cell), also log.
+    """
+    from matplotlib.colors import LogNorm, Normalize
+
+    finite = values[np.isfinite(values)]
+    if metric == "median_rank":
+        top = max([chance or 1.0, *finite.tolist()])
+        return LogNorm(vmin=1.0, vmax=max(top, 1.0 + 1e-6), clip=True)
+    if not (metric.startswith("R@") or metric == "mAP"):
+        return Normalize()
+    positive = finite[finite > 0]
+    # Half of chance at the bottom: the chance line stays visible, and so does a pair below chance.
+    floor = chance / 2 if chance else (float(positive.min()) if positive.size else 0.01)
+    return LogNorm(vmin=min(max(floor, 1e-4), 99.0), vmax=100.0, clip=True)
+
+
+def _chance_ticks(colorbar, norm, chance: float, metric: str) -> None:
+    """Colour-bar ticks at 1x, 3x, 10x, ... chance, labelled with the value and the multiple."""
+    if metric == "median_rank":
+        return  # ranks: the log axis' own ticks, plus the chance line
+    ticks = [chance * f for f in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000) if chance * f <= norm.vmax * 1.0001]
+    colorbar.set_ticks(ticks, labels=[f"{t:.3g} ({t / chance:.0f}x)" for t in ticks])
+    colorbar.minorticks_off()
+
+
 def retrieval_heatmap(
     metrics: MetricTable,
     metric: str = "R@1",
     modalities: Sequence[str] | None = None,
     title: str | None = None,
     chance: float | None = None,
+    split: str | None = None,
 ) -> Figure:
-    """A query x gallery heatmap of one retrieval metric, trained pairs marked.
+    """A query x gallery heatmap of one retrieval metric on a log scale anchored at chance, trained pairs marked.
 
     Args:
         metrics: a retrieval table {"<q>-><g>": {metric: value, ..., "trained": bool}}, e.g.
@@ -89,7 +123,10 @@ def retrieval_heatmap(
             colour map is reversed).
         modalities: row and column order; by default the order of first appearance in `metrics`.
         title: axes title; a default names the metric and the axes.
-        chance: optional chance level of `metric`, drawn as a line on the colour bar.
+        chance: chance level of `metric` (``metrics.json["chance"]["retrieval"][metric]``): the bottom
+            of the colour scale (the top for median rank), a line on the colour bar, colour-bar ticks
+            at multiples of it, and a legend entry.
+        split: the data split the table scores (e.g. "test", "val"), shown in the title.
 
     Returns:
         The figure. Axes 0 holds the image ((n, n), NaN on the diagonal and for missing pairs),
@@ -97,7 +134,7 @@ def retrieval_heatmap(
         pair; the colour bar is the last axes.
 
     Raises:
-        ValueError: if fewer than two modalities are given or an entry lacks `metric`.
+        ValueError: if fewer than two modalities are given, an entry lacks `metric` or chance <= 0.
     """
     modalities = list(modalities) if modalities is not None else _first_appearance(metrics)
     if len(modalities) < 2:
@@ -105,23 +142,28 @@ def retrieval_heatmap(
     for pair, entry in metrics.items():
         if metric not in entry:
             raise ValueError(f"{pair!r} has no {metric!r}; it has {sorted(entry)}")
+    if chance is not None and not chance > 0:
+        raise ValueError(f"chance must be positive, got {chance!r}")
     values, trained = _grid(metrics, metric, modalities)
     n = len(modalities)
-    fig = _new_figure((1.0 * n + 2.8, 0.9 * n + 1.8))
+    fig = _new_figure((1.0 * n + 3.4, 0.9 * n + 2.0))
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["viridis_r" if metric == "median_rank" else "viridis"].with_extremes(
         bad=SAME_MODALITY_GREY
     )
-    # Percent metrics share a fixed 0-100 scale so heatmaps of different runs compare by eye.
-    percent = metric.startswith("R@") or metric == "mAP"
-    image = ax.imshow(values, cmap=cmap, vmin=0.0 if percent else None, vmax=100.0 if percent else None)
-    colorbar = fig.colorbar(image, ax=ax, label=metric)
+    norm = _heatmap_norm(values, metric, chance)
+    image = ax.imshow(values, cmap=cmap, norm=norm)
+    scale = "log scale" + (", ticks at multiples of chance" if chance is not None else "")
+    colorbar = fig.colorbar(image, ax=ax, label=f"{metric} ({scale})")
+    if chance is not None:
+        _chance_ticks(colorbar, norm, chance, metric)
     _annotate(ax, image, values, trained)
     ax.set_xticks(range(n), modalities, rotation=45, ha="right")
     ax.set_yticks(range(n), modalities)
     ax.set_xlabel("gallery modality")
     ax.set_ylabel("query modality")
-    ax.set_title(title or f"{metric}: query (rows) -> gallery (columns)")
+    heading = title or f"{metric}: query (rows) -> gallery (columns)"
+    ax.set_title(heading + (f" [{split} split]" if split else ""))
     handles = [
         Patch(facecolor="none", edgecolor=TRAINED_COLOR, linewidth=2, label="trained pair (bold, boxed)"),
         Patch(facecolor="none", edgecolor="0.5", label="emergent pair (never trained together)"),

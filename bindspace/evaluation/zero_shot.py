@@ -14,17 +14,23 @@ or any function from a list of strings to ``(N, D)`` embeddings.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bindspace.evaluation.stats import DEFAULT_BOOTSTRAP, Bootstrap, percent_intervals, uninformative
+from bindspace.evaluation.ties import Ranks, exact_scores
 from bindspace.modalities import ConfigError, get_modality
+
+log = logging.getLogger(__name__)
 
 TextEmbedFn = Callable[[list[str]], Tensor]
 
@@ -161,8 +167,9 @@ def zero_shot(
     class_names: Sequence[str],
     templates: Sequence[str],
     ks: Sequence[int] = (1, 5),
-) -> dict[str, float]:
-    """Top-k zero-shot accuracy (%) of samples of any modality against text prompts.
+    bootstrap: Bootstrap | None = DEFAULT_BOOTSTRAP,
+) -> dict[str, float | list[float]]:
+    """Top-k zero-shot accuracy (%) of samples of any modality against text prompts, tie-aware.
 
     Args:
         model_or_embed_fn: embeds the prompts (see :func:`text_embed_fn`).
@@ -171,9 +178,10 @@ def zero_shot(
         class_names: the classes' names as they go into the templates.
         templates: prompt templates with one ``{}`` each.
         ks: cut-offs; k above the number of classes counts every class (100%).
+        bootstrap: 95% intervals over samples; None leaves them out.
 
     Returns:
-        {"top1": %, "top5": %} (one key per k).
+        {"top1": %, "top5": %, "top1_ci": [low, high] %, "top5_ci": ...} (per k).
     """
     if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
         raise ValueError(
@@ -184,20 +192,130 @@ def zero_shot(
             f"labels must index the {len(class_names)} class names, got range [{labels.min()}, {labels.max()}]"
         )
     classes = class_embeddings(model_or_embed_fn, class_names, templates)
-    return zero_shot_from_classes(embeddings, labels, classes, ks)
+    return zero_shot_from_classes(embeddings, labels, classes, ks, bootstrap)
 
 
-def zero_shot_from_classes(
-    embeddings: Tensor, labels: Tensor, classes: Tensor, ks: Sequence[int] = (1, 5)
-) -> dict[str, float]:
-    """As :func:`zero_shot`, with the ``(C, D)`` class embeddings already computed (reuse across modalities)."""
-    if len(embeddings) == 0 or embeddings.shape[1] != classes.shape[1]:
+def _scores_and_labels(embeddings: Tensor, labels: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+    if embeddings.ndim != 2 or classes.ndim != 2 or len(embeddings) == 0 or embeddings.shape[1] != classes.shape[1]:
         raise ValueError(
             f"need (N>0, D) embeddings matching (C, D) classes, got {tuple(embeddings.shape)}, {tuple(classes.shape)}"
         )
-    scores = embeddings.float().cpu() @ classes.float().cpu().T  # (N, C)
-    # Rank of the true class: how many classes score strictly higher (ties in the sample's favour).
-    true = scores.gather(1, labels.long().cpu()[:, None])
-    rank = (scores > true).sum(1)
-    # Integer counts keep the percentages exact (45.4, not 45.39999961853027).
-    return {f"top{k}": 100.0 * int((rank < k).sum()) / len(rank) for k in ks}
+    if labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"labels must be ({len(embeddings)},), one per embedding, got {tuple(labels.shape)}")
+    labels = labels.long().cpu()
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise ValueError(f"labels must index the {len(classes)} classes, got range [{labels.min()}, {labels.max()}]")
+    if not (torch.isfinite(embeddings).all() and torch.isfinite(classes).all()):
+        raise ValueError("embeddings or classes contain NaN or inf")
+    return exact_scores(embeddings.detach().float().cpu(), classes.detach().float().cpu()), labels  # (N, C)
+
+
+def zero_shot_per_query(
+    embeddings: Tensor, labels: Tensor, classes: Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[str, Tensor]:
+    """Each sample's expected top-k correctness over random orders of classes tied with its true class.
+
+    Args:
+        embeddings: (N, D) unit-norm sample embeddings.
+        labels: (N,) true class indices into ``classes``.
+        classes: (C, D) class embeddings (:func:`class_embeddings`).
+        ks: cut-offs; k at or above C is always correct.
+
+    Returns:
+        {"top<k>": (N,) float64 in [0, 1]}: with h classes scoring strictly above the true one and
+        t classes (itself included) tied with it, min(1, max(0, (k - h) / t)).
+    """
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be non-empty positive ints, got {ks!r}")
+    scores, labels = _scores_and_labels(embeddings, labels, classes)
+    true = scores.gather(1, labels[:, None])  # (N, 1)
+    ranks = Ranks((scores > true).sum(1), (scores == true).sum(1), torch.ones(len(labels), dtype=torch.long))
+    return {f"top{k}": ranks.hit_probability(k) for k in ks}
+
+
+def zero_shot_chance(num_classes: int, ks: Sequence[int] = (1, 5)) -> dict[str, float | int]:
+    """A random guess over ``num_classes`` classes: {"num_classes": C, "top<k>": 100 min(k, C) / C}."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return {"num_classes": num_classes, **{f"top{k}": 100.0 * min(k, num_classes) / num_classes for k in ks}}
+
+
+def zero_shot_from_classes(
+    embeddings: Tensor,
+    labels: Tensor,
+    classes: Tensor,
+    ks: Sequence[int] = (1, 5),
+    bootstrap: Bootstrap | None = DEFAULT_BOOTSTRAP,
+) -> dict[str, float | list[float]]:
+    """As :func:`zero_shot`, with the ``(C, D)`` class embeddings already computed (reuse across modalities).
+
+    Ties are scored by their expected value (:func:`zero_shot_per_query`), so a collapsed model scores
+    exactly chance, 100 k / C.
+
+    Returns:
+        {"top1": %, "top5": %, "top1_ci": [low, high] %, "top5_ci": ...}; the intervals (seeded
+        percentile bootstrap over samples) are left out with bootstrap=None.
+    """
+    return _accuracies(zero_shot_per_query(embeddings, labels, classes, ks), bootstrap)
+
+
+def _accuracies(per_sample: dict[str, Tensor], bootstrap: Bootstrap | None) -> dict[str, float | list[float]]:
+    n = len(next(iter(per_sample.values())))
+    # A float64 sum of 0/1 values is an exact integer: 45.4, not 45.39999961853027, without ties.
+    out: dict[str, float | list[float]] = {name: 100.0 * float(v.sum()) / n for name, v in per_sample.items()}
+    if bootstrap is not None:
+        bounds = percent_intervals(bootstrap, {name: v.numpy() for name, v in per_sample.items()})
+        out.update({f"{name}_ci": interval for name, interval in bounds.items()})
+    return out
+
+
+@dataclass
+class ZeroShotResult:
+    """:func:`evaluate_zero_shot`'s output.
+
+    Attributes:
+        table: modality -> :func:`zero_shot_from_classes` (with intervals).
+        per_query: "zero_shot/<m>/top<k>" -> (N,) float32 expected correctness (``per_query.npz``).
+        chance: :func:`zero_shot_chance` of the number of classes.
+    """
+
+    table: dict[str, dict[str, float | list[float]]]
+    per_query: dict[str, np.ndarray]
+    chance: dict[str, float | int]
+
+
+def evaluate_zero_shot(
+    embeddings: Mapping[str, Tensor],
+    labels: Tensor,
+    classes: Tensor,
+    ks: Sequence[int] = (1, 5),
+    bootstrap: Bootstrap | None = DEFAULT_BOOTSTRAP,
+) -> ZeroShotResult:
+    """Zero-shot of several modalities against one set of class embeddings, with per-sample values.
+
+    Args:
+        embeddings: modality -> (N, D) unit-norm embeddings of the same labelled samples.
+        labels: (N,) class indices into ``classes``.
+        classes: (C, D) class embeddings.
+        ks: cut-offs.
+        bootstrap: intervals over samples (the same resampled rows for every modality), or None.
+
+    Returns:
+        A :class:`ZeroShotResult`. Logs a warning for a cut-off whose chance is above 10% (too few
+        classes for it to say much).
+    """
+    table, per_query = {}, {}
+    for m, emb in embeddings.items():
+        if "/" in m:
+            raise ValueError(f"modality name {m!r} must not contain '/'")
+        per_sample = zero_shot_per_query(emb, labels, classes, ks)
+        table[m] = _accuracies(per_sample, bootstrap)
+        per_query.update({f"zero_shot/{m}/{name}": v.float().numpy() for name, v in per_sample.items()})
+    chance = zero_shot_chance(len(classes), ks)
+    small = uninformative({k: v for k, v in chance.items() if k != "num_classes"})
+    if small and embeddings:
+        log.warning(
+            "zero-shot over %d classes: %s already score above 10%% by chance (%s)",
+            len(classes), ", ".join(small), ", ".join(f"{k} {chance[k]:.1f}%" for k in small),
+        )  # fmt: skip
+    return ZeroShotResult(table, per_query, chance)

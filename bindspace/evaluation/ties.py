@@ -80,7 +80,9 @@ class Ranks:
         for i in range(int(x.clamp(max=k).max().clamp(min=0)) if len(x) else 0):
             factor = (t - r - i).clamp(min=0) / (t - i).clamp(min=1)
             miss = torch.where(x > i, miss * factor, miss)
-        return torch.where(x <= 0, torch.zeros_like(miss), 1.0 - miss)
+        # One relevant item: the product telescopes to (t - x) / t; x / t directly is exact (100 k / M at chance).
+        single = (x.double() / t).clamp(0.0, 1.0)
+        return torch.where(r == 1, single, torch.where(x <= 0, torch.zeros_like(miss), 1.0 - miss))
 
     def to(self, device: torch.device | str) -> Ranks:
         return Ranks(self.higher.to(device), self.tied.to(device), self.relevant_tied.to(device))

@@ -4,10 +4,14 @@
     bindspace-eval ckpt_path=... data.test_size=2000 prompts=synthetic eval.save_to_checkpoint=true
 
 Writes ``metrics.json`` (``retrieval``, ``retrieval_class``, ``zero_shot``, ``modality_gap``,
-``mixed_index``, ...), ``retrieval.txt`` and the plots ``retrieval_R@1.png`` and ``modality_gap.png``
-to the run folder (``runs/eval/<time>/``). Centring means and bridges are fitted on the reference
-split (``eval.reference_split``, default val) and scored on the evaluated split (default test).
-The model comes from the checkpoint; the data, the seed and the prompts from this config.
+``mixed_index``, ``fit_split``, ...), ``retrieval.txt`` and the plots ``retrieval_R@1.png`` and
+``modality_gap.png`` to the run folder (``runs/eval/<time>/``). Centring means and bridges are fitted on
+the reference split (``eval.reference_split``, default val) and scored on the evaluated split (default
+test), never on a common sample: when the two share sample ids (a manifest without ``data.test``
+scores its validation set), the shared ids are halved by id hash (``bindspace.evaluation.fit_split``),
+every metric is scored on the score half, and ``metrics.json["fit_split"]`` says so;
+``eval.fit_split=reference`` refuses instead. The model comes from the checkpoint; the data, the seed
+and the prompts from this config.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from bindspace.config import build_run_spec
 from bindspace.data import build_datamodule
+from bindspace.data.checks import small_heldout_message
 from bindspace.evaluation.embed import embed_batches
+from bindspace.evaluation.fit_split import FitScoreSplit, check_disjoint, split_fit_and_score
 from bindspace.evaluation.gap import (
     BRIDGE_METHODS,
     Bridge,
@@ -47,6 +53,7 @@ from bindspace.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("bindspace.eval")
 SPLITS = ("val", "test")
+FIT_SPLIT_MODES = ("auto", "reference")
 Split = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]  # embeddings, ids, labels
 
 
@@ -56,6 +63,7 @@ class EvalOptions:
 
     split: str = "test"
     reference_split: str = "val"  # mitigations are fitted here, never on the evaluated split
+    fit_split: str = "auto"  # auto: halve shared sample ids by id hash | reference: refuse shared ids
     zero_shot_modalities: list[str] | None = None  # default: every modality but text
     zero_shot_ks: list[int] = field(default_factory=lambda: [1, 5])
     mixed_index: list[dict[str, Any]] | None = None  # default: text queries, the model's next two modalities
@@ -75,6 +83,8 @@ class EvalOptions:
             raise ConfigError(
                 f"eval.reference_split must differ from eval.split ({self.split!r}): fit on one, score on the other"
             )
+        if self.fit_split not in FIT_SPLIT_MODES:
+            raise ConfigError(f"eval.fit_split must be one of {FIT_SPLIT_MODES}, got {self.fit_split!r}")
         if self.bridge_method not in BRIDGE_METHODS:
             raise ConfigError(f"eval.bridge_method must be one of {BRIDGE_METHODS}, got {self.bridge_method!r}")
         if self.mixed_index is None:
@@ -106,15 +116,62 @@ def load_model(plain: dict[str, Any]) -> BindSpace:
     return BindSpace.from_state(ckpt, device, spec.modalities, spec.embed_dim, spec.edges, where=str(path))
 
 
-def embed_split(bs: BindSpace, datamodule, split: str) -> Split:
-    """Embed every modality the split's batches hold (a manifest split may hold fewer than the model)."""
+def embed_split(bs: BindSpace, datamodule, split: str) -> tuple[Split, list[str]]:
+    """Embed every modality the split's batches hold (a manifest split may hold fewer than the model).
+
+    Returns:
+        The split, and per row its sample id (a manifest's ``id``; a synthetic scene id) as a string.
+    """
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     batches = iter(loader)
     first = next(batches, None)
     if first is None:
         raise ConfigError(f"data: the {split} split is empty")
     modalities = [m for m in bs.modalities if m in first]
-    return embed_batches(bs.model, itertools.chain([first], batches), modalities)
+    sample_ids: list[str] = []
+
+    def recording(stream):
+        for batch in stream:
+            sample_ids.extend(str(s) for s in batch.get("sample_id", batch["id"].tolist()))
+            yield batch
+
+    return embed_batches(bs.model, recording(itertools.chain([first], batches)), modalities), sample_ids
+
+
+def take_rows(split: Split, rows: list[int]) -> Split:
+    """The rows ``rows`` of every tensor of a split."""
+    index = torch.as_tensor(rows, dtype=torch.long)
+    embs, ids, labels = split
+    return {m: e[index] for m, e in embs.items()}, ids[index], None if labels is None else labels[index]
+
+
+def fit_and_score_splits(bs: BindSpace, datamodule, opts: EvalOptions) -> tuple[Split, Split, FitScoreSplit]:
+    """Embed the reference and scored splits and keep them disjoint by sample id (module docstring).
+
+    Returns:
+        (rows to fit on, rows to score, what was done); proven disjoint by id before anything is scored.
+    """
+    test, test_ids = embed_split(bs, datamodule, opts.split)
+    # One dataset serving both splits (test = val) is embedded once; the id check below decides either way.
+    same = getattr(datamodule, "val_set", None) is getattr(datamodule, "test_set", False)
+    ref, ref_ids = (test, test_ids) if same else embed_split(bs, datamodule, opts.reference_split)
+    plan = split_fit_and_score(ref_ids, test_ids, opts.reference_split, opts.split)
+    if plan.info["shared_ids"] and opts.fit_split == "reference":
+        raise ConfigError(
+            f"eval.fit_split=reference: the {opts.reference_split} and {opts.split} splits share "
+            f"{plan.info['shared_ids']} sample ids, so the mitigations would be fitted on scored samples; "
+            "give data.test a disjoint set or use eval.fit_split=auto (halves the shared ids by id hash)"
+        )
+    check_disjoint([ref_ids[i] for i in plan.fit_rows], [test_ids[i] for i in plan.score_rows])
+    if plan.info["shared_ids"]:
+        log.warning(
+            "eval: %s and %s share %d sample ids; fitting on %d, scoring %d (split by id hash, see fit_split)",
+            opts.reference_split, opts.split, plan.info["shared_ids"], plan.info["fit_ids"], plan.info["score_ids"],
+        )  # fmt: skip
+        small = small_heldout_message(len(plan.score_rows), f"eval: the scored half of {opts.split}")
+        if small:
+            log.warning(small)
+    return take_rows(ref, plan.fit_rows), take_rows(test, plan.score_rows), plan
 
 
 def data_class_names(datamodule) -> list[str] | None:
@@ -193,11 +250,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     opts.check(bs.modalities)
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(plain["data"], bs.model.configs, bs.edges, seed=plain.get("seed", 0))
-    test, ref = embed_split(bs, datamodule, opts.split), embed_split(bs, datamodule, opts.reference_split)
+    ref, test, plan = fit_and_score_splits(bs, datamodule, opts)
     means, bridges = fit_mitigations(ref, opts)
     metrics = evaluate(bs, test, (means, bridges), data_class_names(datamodule), prompts, opts)
     metrics = {"ckpt_path": str(plain["ckpt_path"]), "split": opts.split, "reference_split": opts.reference_split,
-               "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics}  # fmt: skip
+               "fit_split": plan.info, "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges],
+               **metrics}  # fmt: skip
     write_results(run_dir, metrics, test[0], center_all(test[0], means), opts)
     if opts.save_to_checkpoint:
         save_mitigations(plain["ckpt_path"], means, bridges.values(), metadata=bs.metadata())
@@ -214,7 +272,8 @@ def write_results(run_dir: Path, metrics: dict, embs: dict, centred: dict, opts:
         heatmap = retrieval_heatmap(metrics["retrieval"], "R@1", order, chance=100.0 / size)
         save_figure(heatmap, run_dir / "retrieval_R@1.png")
         save_figure(gap_projection_figure(embs, centred, opts.max_points), run_dir / "modality_gap.png")
-    print(f"\nHeld-out retrieval, {metrics['split']} split of {size}\n\n{tables[0]}")
+    halved = " (its score half: see fit_split)" if metrics["fit_split"]["method"] == "id_hash" else ""
+    print(f"\nHeld-out retrieval, {metrics['split']} split{halved} of {size}\n\n{tables[0]}")
     print("\nSummary: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics["summary"].items()))
     print("Centred: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics["summary_centered"].items()))
     for m, acc in metrics.get("zero_shot", {}).items():

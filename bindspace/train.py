@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bindspace.config import RunSpec, build_run_spec
 from bindspace.data import build_datamodule
+from bindspace.data.checks import report_caption_truncation
 from bindspace.evaluation.gap import gap_table
 from bindspace.evaluation.tables import format_retrieval_table, summarize
 from bindspace.evaluation.zero_shot import class_embeddings, load_prompts, zero_shot_from_classes
@@ -282,6 +283,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=cfg.seed)
+    report_caption_truncation(datamodule, spec.modalities)  # a warning line when over 1% of captions are cut
     max_steps = int(cfg.trainer.max_steps)
     module = AlignmentModule(
         spec.build_model(),

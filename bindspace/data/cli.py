@@ -1,9 +1,12 @@
 """``bindspace-data``: check a manifest's files, or write it as tar shards.
 
     bindspace-data check data/train.jsonl            # counts, labels, every bad file; exit 0 clean, 1 problems
+    bindspace-data check data/train.jsonl --context-length 77   # captions cut by that text context
     bindspace-data shard data/train.jsonl shards/ --shard-size 1000
 
-Exit status: 0 clean, 1 problems found (bad files, malformed manifest), 2 usage error.
+``check`` also counts the captions each model preset's text context cuts (or the one given with
+``--context-length``/``--tokenizer``), with a warning line above 1%; cut captions do not change the exit
+status. Exit status: 0 clean, 1 problems found (bad files, malformed manifest), 2 usage error.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
+import yaml
+
+from bindspace.data.checks import TRUNCATION_WARN, caption_truncation, text_lengths, truncation_message
 from bindspace.data.manifest import (
     CSV_SUFFIXES,
     JSONL_SUFFIXES,
@@ -27,6 +34,7 @@ from bindspace.data.manifest import (
     scan_files,
 )
 from bindspace.modalities import ConfigError
+from bindspace.modalities.text import TextInput
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -37,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="decode every file of a manifest and report problems")
     check.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
     check.add_argument("--workers", type=int, default=None, help="decoding threads (default: cpus + 4, max 32)")
+    check.add_argument("--context-length", type=int, default=None, help="text context to check captions against")
+    check.add_argument("--tokenizer", default="bytes", help="with --context-length: bytes or a transformers tokenizer")
     shard = sub.add_parser("shard", help="write a manifest as webdataset-style tar shards plus index.json")
     shard.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
     shard.add_argument("out", type=Path, help="folder for shard-NNNNNN.tar and index.json")
@@ -93,11 +103,45 @@ def _scan(manifest: Manifest, workers: int | None) -> list[FileProblem]:
     return problems
 
 
+def preset_text_inputs() -> dict[str, TextInput]:
+    """``model=<preset>`` -> its text input config, read from the packaged ``configs/model/*.yaml``."""
+    configs = resources.files("bindspace.configs")
+    default = yaml.safe_load((configs / "modality" / "text.yaml").read_text())["input"]
+    out = {}
+    for preset in sorted(p for p in (configs / "model").iterdir() if p.name.endswith(".yaml")):
+        text = (yaml.safe_load(preset.read_text()).get("modalities") or {}).get("text") or {}
+        out[f"model={preset.name[: -len('.yaml')]}"] = TextInput(**{**default, **(text.get("input") or {})})
+    return out
+
+
+def caption_report(manifest: Manifest, text_inputs: dict[str, TextInput]) -> list[str]:
+    """Per text config, how many of the manifest's captions its context cuts (a warning line above 1%)."""
+    captions = [s.values["text"] for s in manifest.samples if "text" in s.values]
+    if not captions:
+        return []
+    lines = []
+    for name, text_input in text_inputs.items():
+        truncated, total = caption_truncation(captions, text_input)
+        longest = max(text_lengths(captions, text_input))
+        message = truncation_message(truncated, total, text_input.context_length, name)
+        warn = "warning: " if truncated / total > TRUNCATION_WARN else ""
+        lines.append(f"{warn}{message} (longest caption: {longest} tokens)")
+    return lines
+
+
 def check(args: argparse.Namespace) -> int:
     manifest = _load(args.manifest)
     if isinstance(manifest, int):
         return manifest
     print("\n".join(describe(manifest)))
+    if args.context_length is not None:
+        if args.context_length < 3:
+            raise ConfigError(f"--context-length must be at least 3, got {args.context_length}")
+        text_inputs = {"--context-length": TextInput(tokenizer=args.tokenizer, context_length=args.context_length)}
+    else:
+        text_inputs = preset_text_inputs()
+    for line in caption_report(manifest, text_inputs):
+        print(line)
     return EXIT_PROBLEMS if _scan(manifest, args.workers) else EXIT_CLEAN
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bindspace.data.checks import small_heldout_message
 from bindspace.data.manifest import (
     INLINE_MODALITIES,
     FileProblem,
@@ -228,6 +229,9 @@ def heldout_dataset(
             f"data.{split}: only {labelled} of {len(samples)} samples have a label; no class metrics", stacklevel=2
         )
     index = class_index if labelled == len(samples) else None
+    small = small_heldout_message(len(samples), f"data.{split}")
+    if small:  # e.g. the automatic 10% of a 60-row manifest: R@10 over 8 samples is 100 for any model
+        warnings.warn(small, stacklevel=2)
     return ManifestDataset(samples, modalities, configs, index)
 
 
@@ -247,7 +251,8 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
         train: the training manifest (or give ``sources``).
         sources: ``[{path, weight}, ...]``: several training manifests mixed by sampling weight.
         val: held-out manifest; default: the ``val_fraction`` of training samples chosen by id hash.
-        test: the final gallery's manifest; default: the validation set.
+        test: the final gallery's manifest; default: the validation set (``bindspace-eval`` then fits its
+            mitigations on one half of it and scores the other, split by sample id).
         val_fraction: share of training samples held out when ``val`` is not given.
         on_error: ``raise`` (bad files fail the run before training) or ``skip`` (drop their samples).
         num_workers, pin_memory: DataLoader settings (persistent workers when ``num_workers > 0``).

@@ -163,7 +163,8 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
         configs, edges, batch_size, seed: as :class:`ManifestDataModule`.
         train: a shard folder (or its ``index.json``).
         val: held-out data, required: a manifest (JSONL/CSV) or a shard folder (unpacked to a temp folder).
-        test: the final gallery; default: the validation set.
+        test: the final gallery; default: the validation set (``bindspace-eval`` then fits on one half of it
+            and scores the other, split by sample id).
         on_error: ``raise`` or ``skip`` bad files of the held-out manifests (training shards were checked when written).
         num_workers, pin_memory: DataLoader settings.
         shuffle_buffer: samples per edge buffered for shuffling, per reader.

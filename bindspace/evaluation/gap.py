@@ -9,7 +9,8 @@ modalities. Measured here per pair of modalities:
 - ``matched_cosine`` / ``random_cosine``: mean cosine of paired rows and of all unpaired rows;
 - ``separability``: held-out accuracy (%) of a logistic regression telling the two apart (50 = mixed).
 
-Mitigations, both estimated on a reference split and applied to new embeddings:
+Mitigations, both estimated on samples disjoint from the scored ones (``bindspace.evaluation.fit_split``)
+and applied to new embeddings:
 
 - centring: subtract the modality's mean, renormalise (:func:`fit_centering`, :func:`center`);
 - a linear bridge from one modality onto another fitted on paired data (:func:`fit_bridge`).
@@ -30,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from bindspace.evaluation.retrieval import rank_of_matches, recall_at_k, topk_chunked
+from bindspace.evaluation.mixed import mixed_index  # noqa: F401 (re-exported: its public home since issue 12)
 
 BRIDGE_METHODS = ("procrustes", "lstsq")
 
@@ -198,61 +199,7 @@ def fit_bridge(
     return Bridge(names[0], names[1], weight.float(), method)
 
 
-# ---- several modalities in one index ------------------------------------------------------------
-def _remap_keys(query_keys: Tensor, gallery_keys: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Keys -> dense non-negative ints, so -1 is free to mean "never relevant"."""
-    names = list(gallery_keys)
-    flat = torch.cat([query_keys.cpu(), *(gallery_keys[m].cpu() for m in names)])
-    _, dense = torch.unique(flat, return_inverse=True)
-    parts = dense.split([len(query_keys), *(len(gallery_keys[m]) for m in names)])
-    return parts[0], dict(zip(names, parts[1:], strict=True))
-
-
-def mixed_index(
-    queries: Tensor,
-    query_keys: Tensor,
-    galleries: Mapping[str, Tensor],
-    gallery_keys: Mapping[str, Tensor],
-    k: int = 10,
-    ks: Sequence[int] = (1, 5, 10),
-) -> dict:
-    """Queries against one index holding several modalities: who fills the top k, and is the match found.
-
-    Args:
-        queries: (N, D) unit-norm query embeddings.
-        query_keys: (N,) key per query; gallery items with an equal key are its matches.
-        galleries: modality -> (M_m, D) embeddings, searched together as one index.
-        gallery_keys: modality -> (M_m,) keys.
-        k: depth of the top-k whose modality shares are reported.
-        ks: recall cut-offs.
-
-    Returns:
-        {"k", "share": {m: % of top-k results from m}, "expected_share": {m: % of the index that is m},
-        "R@k": % of queries with any match in the top k, "per_modality": {m: {"R@k": % with m's
-        match in the top k of the mixed index}}}. A modality with no match for some query is left
-        out of per_modality.
-    """
-    names = list(galleries)
-    if not names or set(names) != set(gallery_keys):
-        raise ValueError(f"galleries {names} and gallery_keys {list(gallery_keys)} must name the same modalities")
-    gallery = torch.cat([_check_2d(f"galleries[{m!r}]", galleries[m], queries.shape[1]) for m in names])
-    owner = torch.cat([torch.full((len(galleries[m]),), i) for i, m in enumerate(names)])
-    _, top = topk_chunked(queries.float(), gallery, min(k, len(gallery)))
-    counts = torch.bincount(owner[top.cpu()].flatten(), minlength=len(names))
-    qk, gk = _remap_keys(query_keys, gallery_keys)
-    out = {
-        "k": k,
-        "share": {m: 100.0 * float(counts[i]) / top.numel() for i, m in enumerate(names)},
-        "expected_share": {m: 100.0 * len(galleries[m]) / len(gallery) for m in names},
-        **recall_at_k(rank_of_matches(queries, gallery, qk, torch.cat([gk[m] for m in names])), ks),
-        "per_modality": {},
-    }
-    for m in names:
-        if not bool(torch.isin(qk, gk[m]).all()):
-            continue
-        only_m = torch.cat([gk[n] if n == m else torch.full_like(gk[n], -1) for n in names])
-        out["per_modality"][m] = recall_at_k(rank_of_matches(queries, gallery, qk, only_m), ks)
-    return out
+# ---- several modalities in one index: bindspace.evaluation.mixed (re-exported here) ---------------
 
 
 # ---- the picture --------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ from bindspace.config import RunSpec, build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.data.checks import report_caption_truncation
 from bindspace.evaluation.gap import gap_table
-from bindspace.evaluation.tables import format_retrieval_table, summarize
-from bindspace.evaluation.zero_shot import class_embeddings, load_prompts, zero_shot_from_classes
+from bindspace.evaluation.stats import write_per_query
+from bindspace.evaluation.tables import format_metrics_report, summarize
+from bindspace.evaluation.zero_shot import ZeroShotResult, class_embeddings, evaluate_zero_shot, load_prompts
 from bindspace.losses import edge_key
 from bindspace.modalities import ConfigError
 from bindspace.training.callbacks import CurriculumCallback
@@ -182,14 +183,15 @@ def warn_unreached_stages(spec: RunSpec, max_steps: int, steps_per_epoch: int) -
     return missing
 
 
-def zero_shot_metrics(module, datamodule, embeddings, labels, prompts: dict | None) -> dict:
-    """Top-1/top-5 (%) of every modality against text prompts of the class names (needs labels and text)."""
+def zero_shot_metrics(module, datamodule, embeddings, labels, prompts: dict | None) -> ZeroShotResult | None:
+    """Top-1/top-5 (%, with intervals, per sample, chance) of every modality against text prompts of the
+    class names; None without labels, class names, prompts or text."""
     names = getattr(datamodule, "class_names", None)
     if labels is None or names is None or prompts is None or "text" not in embeddings:
-        return {}
+        return None
     loaded = load_prompts(prompts)
     classes = class_embeddings(module.model, loaded.class_names(list(names)), loaded.templates)
-    return {m: zero_shot_from_classes(e, labels, classes) for m, e in embeddings.items() if m != "text"}
+    return evaluate_zero_shot({m: e for m, e in embeddings.items() if m != "text"}, labels, classes)
 
 
 def final_metrics(
@@ -213,12 +215,16 @@ def final_metrics(
         by_key = {edge_key(e): e for e in spec.edges}
         metrics = module.evaluate(list(datamodule.test_dataloader()), trained_edges=[by_key[k] for k in trained])
         embeddings, _, labels = module.last_embeddings
+        zero_shot = zero_shot_metrics(module, datamodule, embeddings, labels, prompts)
         evaluated = {
             **metrics,
             "summary": summarize(metrics["retrieval"]),
-            "zero_shot": zero_shot_metrics(module, datamodule, embeddings, labels, prompts),
+            "zero_shot": zero_shot.table if zero_shot else {},
             "modality_gap": gap_table(embeddings),
         }
+        if zero_shot is not None:
+            evaluated["chance"] = {**metrics["chance"], "zero_shot": zero_shot.chance}
+            module.last_per_query.update(zero_shot.per_query)  # written to per_query.npz by write_results
     return {
         **evaluated,
         "anchor": spec.anchors,
@@ -321,7 +327,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if getattr(datamodule, "data_report", None):
             metrics["data"] = datamodule.data_report  # e.g. how many bad files on_error=skip dropped
         if trainer.is_global_zero:
-            write_results(run_dir, metrics, spec)
+            write_results(run_dir, metrics, spec, module.last_per_query)
             if logger is not None:
                 summary = metrics.get("summary", {})
                 logger.log_metrics({f"test/{k}": v for k, v in summary.items()}, step=trainer.global_step)
@@ -330,24 +336,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         close_logger(logger)
 
 
-def write_results(run_dir: Path, metrics: dict, spec: RunSpec) -> None:
+def write_results(run_dir: Path, metrics: dict, spec: RunSpec, per_query: dict | None = None) -> None:
+    """metrics.json, retrieval.txt (every matrix with chance) and, when given, per_query.npz."""
     if "retrieval" not in metrics:  # eval.final=false
         atomic_write_json(run_dir / "metrics.json", metrics)
         print(
             f"trained {metrics['steps']} steps (eval.final=false: no held-out evaluation); {run_dir / 'metrics.json'}"
         )
         return
-    order = list(spec.modalities)
-    table = format_retrieval_table(metrics["retrieval"], "R@1", order, gallery_size=metrics["gallery_size"])
-    table10 = format_retrieval_table(metrics["retrieval"], "R@10", order, gallery_size=metrics["gallery_size"])
+    report = format_metrics_report(metrics, list(spec.modalities))  # every matrix with chance, the summary
     atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "retrieval.txt", f"{table}\n\n{table10}\n")
+    atomic_write_text(run_dir / "retrieval.txt", report + "\n")
+    if per_query:
+        write_per_query(run_dir / "per_query.npz", per_query)
     trained = ", ".join(metrics["trained_edges"]) or "none"
     never = [edge_key(e) for e in spec.edges if edge_key(e) not in metrics["trained_edges"]]
     note = f"; never trained: {', '.join(never)}" if never else ""
     print(f"\nHeld-out retrieval, gallery of {metrics['gallery_size']} (trained edges: {trained}{note})\n")
-    print(table + "\n\n" + table10)
-    print("\nSummary: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics["summary"].items()))
+    print(report)
     print(f"metrics: {run_dir / 'metrics.json'}  checkpoints: {run_dir / 'checkpoints'}")
 
 

@@ -63,15 +63,23 @@ def single(tmp_path_factory):
     return train(tmp_path_factory.mktemp("single"), 1)
 
 
-def assert_same_training(reference, distributed, rtol=1e-4, atol=1e-6, steps=STEPS):
+def assert_same_training(reference, distributed, rtol=1e-4, atol=1e-6, steps=STEPS, mean_atol=None):
+    """Per-step losses and every final weight agree; returns how many weight tensors differ at all.
+
+    ``mean_atol``: also bound the mean absolute weight difference (see the curriculum tests).
+    """
     (ref_losses, ref_state), (losses, state) = reference, distributed
     assert len(ref_losses) == len(losses) == steps
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
     assert ref_state.keys() == state.keys()
-    moved = 0
+    moved, total, count = 0, 0.0, 0
     for name, ref in ref_state.items():
         torch.testing.assert_close(state[name], ref, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
         moved += int(not torch.equal(ref, state[name]))
+        if ref.is_floating_point():
+            total, count = total + float((state[name] - ref).abs().sum()), count + ref.numel()
+    if mean_atol is not None:
+        assert total / count < mean_atol, f"mean absolute weight difference {total / count:.2e}"
     return moved
 
 
@@ -142,7 +150,12 @@ def staged_runs(tmp_path_factory):
 def test_curricula_under_ddp_equal_one_process_through_two_stage_boundaries(staged_runs, curriculum):
     """The curriculum x DDP crash of the first release: every stage switch, freeze and idle encoder under gloo."""
     reference, run_dir, distributed = staged_runs(curriculum)
-    moved = assert_same_training(reference, distributed, steps=CURRICULUM_STEPS)
+    # Every stage start gives the joining encoders fresh Adam moments, whose first updates are ~lr * g / (|g| + eps):
+    # float rounding of a gradient near eps (the mean over 2 x 4 rows is summed in another order) then moves a
+    # few hundred of the 2.7M weights by up to ~1e-5 (mean difference ~1e-8). A gradient DDP failed to
+    # synchronise, or a rank training on its own half, moves weights by ~lr = 1e-3 on average.
+    tolerance = {"atol": 1e-4, "mean_atol": 1e-7, "steps": CURRICULUM_STEPS}
+    moved = assert_same_training(reference, distributed, **tolerance)
     assert moved > 0  # not trivially equal: the two runs trained
     stages = json.loads((run_dir / "metrics.json").read_text())["stages"]
     assert [(s["name"], s["step"]) for s in stages] == [("image-text", 2), ("+audio", 4), ("+depth+thermal", 6)]
@@ -153,4 +166,4 @@ def test_ddp_resume_across_a_stage_boundary_that_freezes(tmp_path, staged_runs):
     _, run_dir, (losses, state) = staged_runs("progressive_frozen")
     ckpt = run_dir / "checkpoints" / "step000003.ckpt"
     resumed = train(tmp_path, 2, "curriculum=progressive_frozen", *STAGED, f"ckpt_path={ckpt}")
-    assert_same_training((losses[3:], state), resumed, steps=CURRICULUM_STEPS - 3)
+    assert_same_training((losses[3:], state), resumed, atol=1e-4, mean_atol=1e-7, steps=CURRICULUM_STEPS - 3)

@@ -59,7 +59,7 @@ def test_eval_writes_every_key_and_matches_the_training_time_retrieval(evaluated
         assert on_disk["retrieval"][pair]["trained"] == cell["trained"]
     assert set(on_disk["zero_shot"]) == {"image", "audio", "depth", "thermal", "imu"}
     for acc in on_disk["zero_shot"].values():
-        assert set(acc) == {"top1", "top5"} and 0.0 <= acc["top1"] <= acc["top5"] <= 100.0
+        assert set(acc) == {"top1", "top5", "top1_ci", "top5_ci"} and 0.0 <= acc["top1"] <= acc["top5"] <= 100.0
     assert len(on_disk["modality_gap"]) == 15 and "text|audio" in on_disk["modality_gap"]
     gap = on_disk["modality_gap"]["text|audio"]
     assert 0.0 <= gap["centroid_distance"] <= 2.0 and 0.0 <= gap["separability"] <= 100.0

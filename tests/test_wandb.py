@@ -17,6 +17,7 @@ def test_offline_run_folder_holds_metrics_and_heatmaps(tmp_path, monkeypatch):
             "logger=wandb",
             "curriculum=progressive",
             "curriculum.stage.steps=2",
+            "curriculum.stage.warmup_steps=1",
             "trainer.max_steps=8",
             "trainer.log_every_n_steps=1",
             "logger.group=test_group",

@@ -13,6 +13,10 @@ split), the shared samples are divided *by sample id*, never by split name:
 
 The split depends on the ids alone (not the seed, the row order or the machine), so every run and
 every checkpoint scores the same samples. :func:`check_disjoint` proves the result by id.
+
+Ids are compared as the data gives them: a manifest's ``id`` column, a synthetic scene id. A manifest
+without ids numbers its rows ("0", "1", ...), so two such manifests used as val and test look like
+the same samples and are split (or refused) although they differ: give held-out manifests ids.
 """
 
 from __future__ import annotations

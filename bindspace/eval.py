@@ -43,9 +43,16 @@ from bindspace.evaluation.gap import (
     mixed_index,
 )
 from bindspace.evaluation.plots import retrieval_heatmap, save_figure
-from bindspace.evaluation.retrieval import retrieval_matrix
-from bindspace.evaluation.tables import format_retrieval_table, summarize
-from bindspace.evaluation.zero_shot import Prompts, class_embeddings, zero_shot_from_classes
+from bindspace.evaluation.retrieval import evaluate_retrieval
+from bindspace.evaluation.stats import write_per_query
+from bindspace.evaluation.tables import format_metrics_report, format_summary, summarize
+from bindspace.evaluation.zero_shot import (
+    Prompts,
+    ZeroShotResult,
+    class_embeddings,
+    evaluate_zero_shot,
+    zero_shot_from_classes,
+)
 from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, run_config_spec, save_mitigations
 from bindspace.modalities import ConfigError
 from bindspace.modalities.base import _from_mapping
@@ -183,12 +190,13 @@ def data_class_names(datamodule) -> list[str] | None:
 
 def zero_shot_tables(
     bs: BindSpace, embs: dict, centred: dict, labels, means, names: list[str], prompts: Prompts, opts: EvalOptions
-) -> tuple[dict, dict]:
-    """``{modality: {"top1": %, "top5": %}}`` on raw embeddings, and with centring (prompts centred as text)."""
+) -> tuple[ZeroShotResult, dict]:
+    """Zero-shot on raw embeddings (table, per-sample values, chance), and ``{modality: {"top1": %, ...}}``
+    with centring (prompts centred as text); every accuracy with its interval."""
     wanted = opts.zero_shot_modalities or [m for m in embs if m != "text"]
     classes = class_embeddings(bs, names, prompts.templates)
     centred_classes = center_all({"text": classes}, means)["text"]
-    raw = {m: zero_shot_from_classes(embs[m], labels, classes, opts.zero_shot_ks) for m in wanted}
+    raw = evaluate_zero_shot({m: embs[m] for m in wanted}, labels, classes, opts.zero_shot_ks)
     after = {m: zero_shot_from_classes(centred[m], labels, centred_classes, opts.zero_shot_ks) for m in wanted}
     return raw, after
 
@@ -223,22 +231,29 @@ def mixed_index_table(test: Split, means: dict, bridges: dict[str, Bridge], opts
 
 def evaluate(
     bs: BindSpace, test: Split, mitigations: tuple, names: list[str] | None, prompts: Prompts, opts: EvalOptions
-) -> dict:
-    """Every metric of ``metrics.json`` from the embedded split and the mitigations (from :func:`fit_mitigations`)."""
+) -> tuple[dict, dict]:
+    """Every metric of ``metrics.json`` from the embedded split and the mitigations (from :func:`fit_mitigations`),
+    and the per-query values of ``per_query.npz``."""
     embs, ids, labels = test
     means, bridges = mitigations
     centred = center_all(embs, means)
-    instance, class_level = retrieval_matrix(embs, ids, bs.edges, class_labels=labels)
-    metrics: dict[str, Any] = {"retrieval": instance, "retrieval_class": class_level, "summary": summarize(instance)}
-    metrics["summary_centered"] = summarize(retrieval_matrix(centred, ids, bs.edges)[0])
+    found = evaluate_retrieval(embs, ids, bs.edges, class_labels=labels)
+    metrics: dict[str, Any] = {"retrieval": found.instance, "retrieval_class": found.class_level}
+    metrics.update(summary=summarize(found.instance), summary_ci=found.summary_ci, chance=found.chance)
+    metrics["bootstrap"] = found.bootstrap.as_dict()
+    per_query = {"ids": ids, **({} if labels is None else {"labels": labels}), **found.per_query}
+    centred_found = evaluate_retrieval(centred, ids, bs.edges)
+    metrics["summary_centered"] = summarize(centred_found.instance)
+    metrics["summary_centered_ci"] = centred_found.summary_ci
     if labels is not None and "text" in bs.modalities:
         names = prompts.class_names(names)
-        zs = zero_shot_tables(bs, embs, centred, labels, means, names, prompts, opts)
-        metrics["zero_shot"], metrics["zero_shot_centered"] = zs
+        raw, metrics["zero_shot_centered"] = zero_shot_tables(bs, embs, centred, labels, means, names, prompts, opts)
+        metrics["zero_shot"], metrics["chance"]["zero_shot"] = raw.table, raw.chance
+        per_query.update(raw.per_query)
     metrics["modality_gap"] = gap_table(embs, seed=opts.gap_seed)
     metrics["modality_gap_centered"] = gap_table(centred, seed=opts.gap_seed)
     metrics["mixed_index"] = mixed_index_table(test, means, bridges, opts)
-    return metrics
+    return metrics, per_query
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -252,30 +267,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(plain["data"], bs.model.configs, bs.edges, seed=plain.get("seed", 0))
     ref, test, plan = fit_and_score_splits(bs, datamodule, opts)
     means, bridges = fit_mitigations(ref, opts)
-    metrics = evaluate(bs, test, (means, bridges), data_class_names(datamodule), prompts, opts)
+    metrics, per_query = evaluate(bs, test, (means, bridges), data_class_names(datamodule), prompts, opts)
     metrics = {"ckpt_path": str(plain["ckpt_path"]), "split": opts.split, "reference_split": opts.reference_split,
                "fit_split": plan.info, "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges],
                **metrics}  # fmt: skip
-    write_results(run_dir, metrics, test[0], center_all(test[0], means), opts)
+    write_results(run_dir, metrics, test[0], center_all(test[0], means), opts, per_query)
     if opts.save_to_checkpoint:
         save_mitigations(plain["ckpt_path"], means, bridges.values(), metadata=bs.metadata())
         print(f"stored centring means and {len(bridges)} bridge(s) in {plain['ckpt_path']}")
     return metrics
 
 
-def write_results(run_dir: Path, metrics: dict, embs: dict, centred: dict, opts: EvalOptions) -> None:
+def write_results(
+    run_dir: Path, metrics: dict, embs: dict, centred: dict, opts: EvalOptions, per_query: dict | None = None
+) -> None:
     order, size = list(embs), metrics["gallery_size"]
-    tables = [format_retrieval_table(metrics["retrieval"], k, order, gallery_size=size) for k in ("R@1", "R@10")]
+    report = format_metrics_report(metrics, order)  # every matrix with chance, zero-shot, the summary
     atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "retrieval.txt", "\n\n".join(tables) + "\n")
+    atomic_write_text(run_dir / "retrieval.txt", report + "\n")
+    if per_query:
+        write_per_query(run_dir / "per_query.npz", per_query)
     if opts.plots:
-        heatmap = retrieval_heatmap(metrics["retrieval"], "R@1", order, chance=100.0 / size)
+        chance = metrics["chance"]["retrieval"]["R@1"]
+        heatmap = retrieval_heatmap(metrics["retrieval"], "R@1", order, chance=chance, split=metrics["split"])
         save_figure(heatmap, run_dir / "retrieval_R@1.png")
         save_figure(gap_projection_figure(embs, centred, opts.max_points), run_dir / "modality_gap.png")
     halved = " (its score half: see fit_split)" if metrics["fit_split"]["method"] == "id_hash" else ""
-    print(f"\nHeld-out retrieval, {metrics['split']} split{halved} of {size}\n\n{tables[0]}")
-    print("\nSummary: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics["summary"].items()))
-    print("Centred: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics["summary_centered"].items()))
+    print(f"\nHeld-out retrieval, {metrics['split']} split{halved} of {size}\n\n{report}")
+    chance = metrics["chance"]["retrieval"]
+    print("Centred: " + format_summary(metrics["summary_centered"], metrics["summary_centered_ci"], chance))
     for m, acc in metrics.get("zero_shot", {}).items():
         centred = metrics["zero_shot_centered"][m]["top1"]
         print(f"zero-shot {m}: top1={acc['top1']:.1f} top5={acc['top5']:.1f} (centred top1 {centred:.1f})")

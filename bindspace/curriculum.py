@@ -134,11 +134,30 @@ def _length(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def default_start(graph: Sequence[Edge], anchors: Sequence[str]) -> list[str]:
+    """The first stage's modalities when ``start`` is not given: the anchors and, unless they already share
+    an edge, the first modality (in graph order) paired with an anchor; with no anchors, the first edge."""
+    if not anchors:
+        return list(graph[0])
+    start = list(anchors)
+    if any(e[0] in start and e[1] in start for e in graph):
+        return start
+    partner = next(m for e in graph for m in e if m not in start and (e[0] in start or e[1] in start))
+    return [*start, partner]
+
+
 def expand_order(cfg: Mapping[str, Any], graph: Sequence[Edge], anchors: Sequence[str]) -> list[dict[str, Any]]:
-    """``start`` + ``order`` (one modality or a group per stage) -> explicit stage entries."""
+    """``start`` + ``order`` (one modality or a group per stage) -> explicit stage entries.
+
+    ``start: null`` is :func:`default_start`; ``order: null`` adds the remaining modalities one per stage,
+    in graph order. So ``curriculum=progressive`` fits any graph: image-text, +audio, +depth, +thermal, +imu
+    for ImageBind's star, text-image, +audio for a text-anchored image-audio graph.
+    """
     known = [m for m in dict.fromkeys(m for e in graph for m in e)]
-    start = list(cfg.get("start") or anchors)
-    order = [[g] if isinstance(g, str) else list(g) for g in cfg["order"]]
+    start = list(cfg.get("start") or default_start(graph, anchors))
+    given = cfg.get("order")
+    order = [[m] for m in known if m not in start] if given is None else given
+    order = [[g] if isinstance(g, str) else list(g) for g in order]
     listed = start + [m for g in order for m in g]
     for m in listed:
         if m not in known:
@@ -189,7 +208,10 @@ class Curriculum:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], graph: Sequence[Edge], anchors: Sequence[str]) -> Curriculum:
-        entries = expand_order(cfg, graph, anchors) if cfg.get("order") else list(cfg.get("stages") or [])
+        progressive = "order" in cfg or "start" in cfg  # the progressive form, even with both left null
+        if progressive and cfg.get("stages"):
+            raise ConfigError("curriculum: give either `stages` or `start`/`order`, not both")
+        entries = expand_order(cfg, graph, anchors) if progressive else list(cfg.get("stages") or [])
         stages, active = [], set()
         seen: set[Edge] = set()
         for i, entry in enumerate(entries):

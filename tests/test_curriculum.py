@@ -157,3 +157,15 @@ def test_a_stage_shorter_than_its_warmup_is_refused_under_per_stage_schedules():
     last.check_schedule(max_steps=100, default_warmup=90)
     with pytest.raises(ConfigError, match=r"stages\[1\] \(b\): 90 steps .*optim.warmup_steps=95"):
         last.check_schedule(max_steps=100, default_warmup=95)
+
+
+def test_progressive_defaults_fit_any_graph():
+    auto = {"start": None, "order": None, "stage": {"steps": 5}}
+    star = Curriculum.from_config(auto, STAR, ["image"])
+    assert [s.name for s in star.stages] == ["image-text", "+audio", "+depth", "+thermal", "+imu"]
+    chain = build_edges(["image", "text", "audio"], ["text"], [["text", "image"], ["image", "audio"]])
+    digits = Curriculum.from_config(auto, chain, ["text"])
+    assert [(s.name, s.new_edges) for s in digits.stages] == [("text-image", [("text", "image")]),
+                                                               ("+audio", [("image", "audio")])]  # fmt: skip
+    with pytest.raises(ConfigError, match="give either `stages` or `start`/`order`"):
+        Curriculum.from_config({**auto, "stages": [{"edges": "all"}]}, STAR, ["image"])

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 # Stages of 3 steps: image-text (1-3), +audio (4-6), +depth+thermal (7-9), +imu (10-12).
 PROGRESSIVE = [
     "curriculum=progressive",
+    "curriculum.order=[audio,[depth,thermal],imu]",
     "curriculum.stage.steps=3",
     "curriculum.stage.warmup_steps=2",
     "trainer.max_steps=12",
@@ -209,8 +210,8 @@ def test_a_run_that_ends_early_reports_only_the_edges_it_trained(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="bindspace.train"):
         metrics = run(compose_config([*cut, "trainer.max_steps=6"], run_dir=str(tmp_path)))
     warned = [r.getMessage() for r in caplog.records if "ends the run before" in r.getMessage()]
-    assert len(warned) == 1 and "+depth+thermal, +imu" in warned[0] and "image|imu" in warned[0]
-    assert metrics["stages_not_reached"] == ["+depth+thermal", "+imu"]
+    assert len(warned) == 1 and "+depth, +thermal, +imu" in warned[0] and "image|imu" in warned[0]
+    assert metrics["stages_not_reached"] == ["+depth", "+thermal", "+imu"]
     assert metrics["trained_edges"] == ["image|text", "image|audio"]
     assert metrics["budget"]["edge_steps"] == {
         "image|text": 6, "image|audio": 2, "image|depth": 0, "image|thermal": 0, "image|imu": 0,

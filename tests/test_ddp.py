@@ -121,6 +121,7 @@ def test_gather_without_grad_fails_the_same_check(tmp_path, single, overrides):
 CURRICULUM_STEPS = 6
 STAGED = [
     f"trainer.max_steps={CURRICULUM_STEPS}",
+    "curriculum.order=[audio,[depth,thermal],imu]",
     "curriculum.stage.steps=2",
     "curriculum.stage.warmup_steps=1",
     "checkpoint.every_n_train_steps=1",

@@ -20,11 +20,24 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "e
 SMOKE = {
     # A value given on the command line replaces the experiment's swept values for that key.
     "ablate_anchor": ["seed=0", "anchor=text"],
-    "ablate_curriculum": ["seed=0", "curriculum.order=[imu,thermal,depth,audio]", "curriculum.stage.steps=1"],
+    "ablate_curriculum": [
+        "seed=0",
+        "curriculum=progressive_distill",
+        "curriculum.stage.steps=1",
+        "curriculum.stage.warmup_steps=1",
+    ],
     # A tiny build of the real-data benchmark (seconds), in the test's own cache.
     "spoken_digits": ["data.n_train_per_edge=40", "data.n_val=20", "data.image_size=32", "data.batch_size=8"],
 }
 SMOKE["spoken_digits_text_anchor"] = SMOKE["spoken_digits"]
+SMOKE["pretrained_anchor"] = [
+    *SMOKE["spoken_digits"],
+    "seed=0",
+    "curriculum=progressive_frozen",
+    "curriculum.stage.steps=2",
+    "curriculum.stage.warmup_steps=1",
+]
+SPOKEN_DIGITS = {"spoken_digits", "spoken_digits_text_anchor", "pretrained_anchor"}
 
 
 def multirun(tmp_path: Path, *overrides: str, synthetic: bool = True) -> subprocess.CompletedProcess:
@@ -38,7 +51,7 @@ def multirun(tmp_path: Path, *overrides: str, synthetic: bool = True) -> subproc
 def test_experiment_smoke_run(tmp_path, experiment):
     """One short job of each experiment (its sweep cut to one point)."""
     assert experiment in SMOKE, f"add a smoke setting for the new experiment {experiment!r}"
-    synthetic = not experiment.startswith("spoken_digits")
+    synthetic = experiment not in SPOKEN_DIGITS
     proc = multirun(
         tmp_path, f"experiment={experiment}", "trainer.max_steps=4", *SMOKE[experiment], synthetic=synthetic
     )

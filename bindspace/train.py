@@ -31,7 +31,7 @@ from bindspace.training.callbacks import CurriculumCallback
 from bindspace.training.checkpoints import RunCheckpoint
 from bindspace.training.distributed import strategy_for
 from bindspace.training.feature_cache import FrozenFeatureCache
-from bindspace.training.loggers import build_logger, close_logger, log_stage
+from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage
 from bindspace.training.module import AlignmentModule
 from bindspace.training.reliability import (
     AtomicCheckpointIO,
@@ -331,6 +331,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if logger is not None:
                 summary = metrics.get("summary", {})
                 logger.log_metrics({f"test/{k}": v for k, v in summary.items()}, step=trainer.global_step)
+                log_forgetting(logger, metrics)
         return metrics
     finally:
         close_logger(logger)

@@ -188,6 +188,8 @@ class CurriculumCallback(L.Callback):
             "frozen_parts": list(self.stage.freeze_parts) if self.stage.freeze else [],
             "summary": summarize(metrics["retrieval"]),
             "retrieval": metrics["retrieval"],
+            "gallery_size": metrics.get("gallery_size"),  # the validation set's: what chance is relative to
+            "chance": metrics.get("chance"),
         }
         self.state.history.append(record)
         if self.stage_hook is not None:

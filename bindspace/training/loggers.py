@@ -79,3 +79,23 @@ def log_stage(logger):
             logger.log_image(key="retrieval/heatmap", images=[figure_to_array(fig)], caption=[name], step=step)
 
     return hook
+
+
+def log_forgetting(logger, metrics: dict) -> None:
+    """At the end of a curriculum run: the stage x edge table and each edge's validation R@1 over steps.
+
+    The same table and figure ``bindspace-report`` makes for a sweep (forgetting and transfer), for one run.
+    """
+    if logger is None or type(logger).__name__ != "WandbLogger" or len(metrics.get("stages") or []) < 2:
+        return
+    from bindspace.evaluation.plots import figure_to_array
+    from bindspace.report import forgetting_table, summary_rows_as_columns
+    from bindspace.report.figures import forgetting_figure
+    from bindspace.report.forgetting import validation_panel
+
+    columns, data = summary_rows_as_columns(forgetting_table([metrics]))
+    logger.log_table(key="curriculum/forgetting", columns=columns, data=data)
+    panel = validation_panel([metrics])
+    if panel is not None:
+        figure = forgetting_figure({"this run": panel})
+        logger.log_image(key="curriculum/validation_R@1", images=[figure_to_array(figure)])

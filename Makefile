@@ -43,6 +43,7 @@ bench: install ## Run the benchmarks and update docs/benchmarks.md (machine, dat
 	$(BIN)/python -m benchmarks.bench_data
 	$(BIN)/python -m benchmarks.bench_retrieval
 	$(BIN)/python -m benchmarks.bench_training
+	$(BIN)/python -m benchmarks.bench_ddp
 
 clean: ## Remove run folders and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -125,6 +125,33 @@ def test_cli_missing_data_path(tmp_path, source):
     assert message == f"data.train={missing}: no such file or folder"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["curriculum=progressive", "trainer.strategy=fsdp"],
+            "trainer.strategy=fsdp: the curriculum changes which parameters train (stage '+audio' adds edges whose "
+            "encoders are idle before it), which fsdp cannot follow; use trainer.strategy=ddp (bindspace then "
+            "enables DDP's unused-parameter detection) or curriculum=all_at_once",
+        ),
+        (
+            ["curriculum=progressive", "curriculum.stage.steps=10"],
+            "curriculum.stages[0] (image-text): 10 steps is shorter than its warmup (warmup_steps=20) under "
+            "curriculum.schedule=per_stage; shorten the warmup or lengthen the stage",
+        ),
+        (
+            ["curriculum=progressive", "curriculum.stage.freeze=[image,text]"],
+            "curriculum.stages[0] (image-text).freeze=['image', 'text'] freezes both encoders of its own edge "
+            "image|text (freeze_parts=['preprocessor', 'trunk', 'head']): nothing of it would train",
+        ),
+    ],
+    ids=["strategy", "warmup", "frozen-edge"],
+)
+def test_cli_curricula_that_cannot_run(tmp_path, overrides, message):
+    assert cli_config_error(tmp_path, *overrides) == message
+
+
 # ---- the same checks in process --------------------------------------------------------------------
 
 

@@ -53,6 +53,23 @@ def test_frozen_feature_cache_trains_identically_and_persists(tmp_path, referenc
     assert state["features"].shape == (len(state["ids"]), 128) and len(set(state["ids"].tolist())) == len(state["ids"])
 
 
+def test_feature_cache_under_a_freezing_curriculum_trains_identically(tmp_path):
+    """progressive_frozen: the image anchor frozen whole from step 0, audio frozen once aligned; both cached."""
+    from bindspace.train import run
+
+    staged = [
+        "graph.edges=[[image,audio],[image,imu]]", "curriculum=progressive_frozen", "curriculum.stage.steps=3",
+        "curriculum.stage.warmup_steps=1", "trainer.max_steps=6", "eval.final=false", "+trainer.limit_val_batches=0",
+        "modalities.imu.trunk.drop_path=0.0", "modalities.imu.head.dropout=0.0",
+    ]  # fmt: skip
+    weights = []
+    for name, extra in (("plain", []), ("cached", ["cache.frozen_features=true"])):
+        run(compose_config([*staged, *extra], str(tmp_path / name)))
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    assert_same_weights(*weights)
+    assert (tmp_path / "cached" / "feature_cache").exists()
+
+
 def test_feature_cache_serves_what_the_encoder_computes():
     cfg = compose_config(["graph.edges=[[image,text]]", "modalities.image.trunk.freeze=true"])
     model = build_run_spec(OmegaConf.to_container(cfg, resolve=True)).build_model().eval()

@@ -49,7 +49,7 @@ def query_modality(path: Path, given: str) -> str:
 
 
 class Searcher:
-    """A faiss inner-product index over several exported embedding files, with optional gap mitigation."""
+    """An exact inner-product index over several exported embedding files, with optional gap mitigation."""
 
     def __init__(self, files: Sequence[str], mitigation: str = "none", meta: Mapping[str, Any] | None = None) -> None:
         if mitigation not in MITIGATIONS:

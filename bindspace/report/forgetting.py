@@ -164,8 +164,9 @@ def validation_panel(
 ) -> ValidationPanel | None:
     """Each edge's validation `metric` over steps, mean over runs; None without any history.
 
-    Uses every validation of ``metrics["validation"]`` that scored `metric`, averaged over the runs
-    that have such records at equal steps. When no run has them (older runs, or a metric validation
+    Uses every validation of ``metrics["validation"]`` that scored `metric`, and the stage-end records
+    (the same validation set) at steps no validation fell on, averaged over the runs that have points
+    at equal steps. When no run has them (older runs, or a metric validation
     does not record), the stage-end values of `forgetting_table` are used (runs pooled stage by stage).
     """
     edges = graph_edges(metrics_list)
@@ -177,6 +178,17 @@ def validation_panel(
                 value = edge_value(record[metric], edge, metric)
                 if value is not None:
                     points[edge].setdefault(float(record["step"]), []).append(value)
+        # Stage ends score the same validation set: their points fill in between validations (a stage
+        # boundary is where forgetting would show), unless a validation already fell on that step.
+        for m in metrics_list:
+            seen = {float(r["step"]) for r in m.get("validation") or [] if "step" in r}
+            for stage in m.get("stages") or []:
+                if "step" not in stage or float(stage["step"]) in seen:
+                    continue
+                for edge in edges:
+                    value = edge_value(stage.get("retrieval") or {}, edge, metric)
+                    if value is not None:
+                        points[edge].setdefault(float(stage["step"]), []).append(value)
         curves = {e: sorted((s, statistics.fmean(v)) for s, v in p.items()) for e, p in points.items() if p}
     else:
         source, curves = "stages", {}

@@ -140,6 +140,8 @@ def staged_runs(tmp_path_factory):
             overrides = [f"curriculum={curriculum}", *STAGED]
             if curriculum == "progressive":  # with the distillation teacher, which every rank runs on its rows
                 overrides.append("curriculum.continual.method=distill")
+            if curriculum == "unfreeze":  # image frozen in stage a, trainable again from stage b on
+                overrides = [*STAGED[:1], *STAGED[4:], f"curriculum.stages={UNFREEZE}"]
             single = train(root / "single", 1, *overrides)
             cache[curriculum] = (single, root / "ddp", train(root / "ddp", 2, *overrides))
         return cache[curriculum]
@@ -147,7 +149,13 @@ def staged_runs(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("curriculum", ["progressive", "progressive_frozen"])
+UNFREEZE = (
+    "[{name: a, edges: [[image,text]], steps: 2, warmup_steps: 1, freeze: [image]},"
+    " {name: b, edges: [[image,audio]], steps: 2, warmup_steps: 1}, {name: c, edges: all, warmup_steps: 1}]"
+)
+
+
+@pytest.mark.parametrize("curriculum", ["progressive", "progressive_frozen", "unfreeze"])
 def test_curricula_under_ddp_equal_one_process_through_two_stage_boundaries(staged_runs, curriculum):
     """The curriculum x DDP crash of the first release: every stage switch, freeze and idle encoder under gloo."""
     reference, run_dir, distributed = staged_runs(curriculum)
@@ -159,7 +167,14 @@ def test_curricula_under_ddp_equal_one_process_through_two_stage_boundaries(stag
     moved = assert_same_training(reference, distributed, **tolerance)
     assert moved > 0  # not trivially equal: the two runs trained
     stages = json.loads((run_dir / "metrics.json").read_text())["stages"]
-    assert [(s["name"], s["step"]) for s in stages] == [("image-text", 2), ("+audio", 4), ("+depth+thermal", 6)]
+    names = ["a", "b", "c"] if curriculum == "unfreeze" else ["image-text", "+audio", "+depth+thermal"]
+    assert [(s["name"], s["step"]) for s in stages] == list(zip(names, [2, 4, 6], strict=True))
+    if curriculum == "unfreeze":  # frozen through stage a, then trained again on both ranks alike
+        at = {k: torch.load(run_dir / "checkpoints" / f"step{k:06d}.ckpt", weights_only=True)["state_dict"]
+              for k in (1, 2)}  # fmt: skip
+        image = [k for k in at[1] if k.startswith("model.trunks.image.")]
+        assert all(torch.equal(at[1][k], at[2][k]) for k in image)
+        assert any(not torch.equal(at[2][k], distributed[1][k]) for k in image)
 
 
 def test_ddp_resume_across_a_stage_boundary_that_freezes(tmp_path, staged_runs):

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every run behind the numbers in README.md, docs/modality_gap.md and experiments/results/ (this commit).
+# Sequential (the 2-core CPU machine: about 2.5 hours), from the repository root after `make install`.
+#   bash experiments/reproduce.sh [runs/exp]
+set -euo pipefail
+E=${1:-runs/exp}
+B=.venv/bin
+export WANDB_MODE=offline
+mkdir -p "$E"
+
+# make train's job, in a named folder, and bindspace-eval on its checkpoint (README, docs/modality_gap.md)
+$B/bindspace-train hydra.run.dir="$E/train"
+$B/bindspace-eval ckpt_path="$E/train/checkpoints/last.ckpt" hydra.run.dir="$E/train_eval"
+
+# the curriculum ablation (600 steps per arm), and the progressive arms at all_at_once's pair-batch budget
+$B/bindspace-train -m experiment=ablate_curriculum hydra.sweep.dir="$E/ablate_curriculum"
+$B/bindspace-train -m experiment=ablate_curriculum curriculum=progressive,progressive_distill \
+  curriculum.stage.steps=200 trainer.max_steps=1000 hydra.sweep.dir="$E/ablate_curriculum_pairs"
+
+# progressive with a pretrained, frozen anchor (spoken digits, MiniLM text anchor)
+$B/bindspace-train -m experiment=pretrained_anchor hydra.sweep.dir="$E/pretrained_anchor"
+
+# the anchor ablation
+$B/bindspace-train -m experiment=ablate_anchor hydra.sweep.dir="$E/ablate_anchor"
+
+# spoken digits, image anchor (README table), and bindspace-eval on seed 0 (docs/modality_gap.md)
+$B/bindspace-train -m experiment=spoken_digits seed=0,1,2 hydra.sweep.dir="$E/spoken_digits"
+$B/bindspace-eval ckpt_path="$E/spoken_digits/0/checkpoints/last.ckpt" data=spoken_digits prompts=spoken_digits \
+  hydra.run.dir="$E/spoken_digits_eval"
+
+# reports into experiments/results/ (the two curriculum sweeps in one report: their jobs side by side)
+mkdir -p "$E/curriculum_budgets"
+for d in "$E"/ablate_curriculum/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/curriculum_budgets/a$(basename "$d")"; done
+for d in "$E"/ablate_curriculum_pairs/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/curriculum_budgets/b$(basename "$d")"; done
+$B/bindspace-report "$E/ablate_curriculum" --baseline all_at_once --out experiments/results/ablate_curriculum
+$B/bindspace-report "$E/curriculum_budgets" --baseline all_at_once --out experiments/results/ablate_curriculum_budgets
+$B/bindspace-report "$E/pretrained_anchor" --baseline all_at_once --out experiments/results/pretrained_anchor
+$B/bindspace-report "$E/ablate_anchor" --baseline image --out experiments/results/ablate_anchor
+$B/bindspace-report "$E/spoken_digits" --out experiments/results/spoken_digits

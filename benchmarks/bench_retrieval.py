@@ -33,8 +33,7 @@ HOW = (
 )
 MISSED = (
     "Speed target missed on this run. What would close it: larger gallery blocks (fewer passes, bounded "
-    "by the memory target) or a fused matmul + top-k kernel as faiss's IndexFlatIP uses (which "
-    "`bindspace-search` already uses)."
+    "by the memory target) or a fused matmul + top-k kernel, as faiss's IndexFlatIP has."
 )
 
 

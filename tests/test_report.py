@@ -590,3 +590,17 @@ def test_wandb_tables_line_up_with_the_report_files(paired_sweep):
     assert set(tables) == {"report/summary", "report/pairs", "report/compare"}  # no zero-shot, no stages here
     columns, data = tables["report/compare"]
     assert len(data) == len(report.comparison) and "diff_lo" in columns and "resolved" in columns
+
+
+def test_baseline_named_by_one_value_when_the_sweep_varies_other_keys_too():
+    from bindspace.report.compare import resolve_baseline
+
+    groups = [
+        (("curriculum", "all_at_once"), ("trainer.max_steps", "")),
+        (("curriculum", "progressive"), ("trainer.max_steps", "")),
+        (("curriculum", "progressive"), ("trainer.max_steps", "1000")),
+    ]
+    assert resolve_baseline(groups, "all_at_once") == groups[0]
+    assert resolve_baseline(groups, "curriculum=all_at_once") == groups[0]
+    with pytest.raises(ReportError, match="matches no group"):
+        resolve_baseline(groups, "progressive")  # two groups: ambiguous

@@ -33,6 +33,11 @@ def resolve_baseline(groups: Sequence[GroupKey], baseline: str | None) -> GroupK
     for key in groups:
         if wanted in (group_label(key), ", ".join(v for _, v in key)):
             return key
+    # One value of one column, when it names exactly one group ("all_at_once" in a sweep that also varies
+    # keys the baseline's jobs do not set).
+    by_value = [key for key in groups if wanted in {v for _, v in key} or wanted in {f"{c}={v}" for c, v in key}]
+    if len(by_value) == 1:
+        return by_value[0]
     known = "; ".join(group_label(k) for k in groups)
     raise ReportError(f"--baseline {baseline!r} matches no group; groups: {known}")
 

@@ -6,6 +6,7 @@ problem raises :class:`ConfigError` with one line naming the key or value at fau
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,110 @@ def _check_positive(value: Any, key: str, minimum: int = 1) -> int:
     return value
 
 
+def _in_range(value: float, key: str, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if not math.isfinite(value) or below or above:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{key} must be in {span}, got {value!r}")
+
+
+def check_optim(optim: OptimConfig) -> OptimConfig:
+    """Values that type-check but cannot train: a negative or zero lr, betas outside [0, 1), ..."""
+    _in_range(optim.lr, "optim.lr", 0.0, math.inf, low_open=True, high_open=True)
+    _in_range(optim.weight_decay, "optim.weight_decay", 0.0, math.inf, high_open=True)
+    for i, beta in enumerate(optim.betas):
+        _in_range(beta, f"optim.betas[{i}]", 0.0, 1.0, high_open=True)
+    _in_range(optim.eps, "optim.eps", 0.0, math.inf, low_open=True, high_open=True)
+    _check_positive(optim.warmup_steps, "optim.warmup_steps", minimum=0)
+    _in_range(optim.min_lr_ratio, "optim.min_lr_ratio", 0.0, 1.0)
+    return optim
+
+
+# The top level of bindspace-train's config (configs/train.yaml and its groups), and the sections
+# whose keys are all known here. Anything else is a typo (`+foo=1`, `optim.lr_rate=...`) that would
+# otherwise train with the default silently.
+TRAIN_KEYS = {
+    "cache", "checkpoint", "ckpt_path", "curriculum", "data", "eval", "graph", "logger", "loss", "modalities",
+    "model", "nonfinite", "optim", "paths", "preemption", "prompts", "resume", "seed", "speed", "tags",
+    "task_name", "trainer",
+}  # fmt: skip
+SECTION_KEYS = {
+    "checkpoint": {"every_n_train_steps"},
+    "nonfinite": {"max_consecutive"},
+    "preemption": {"signals", "requeue"},
+    "speed": {"compile", "compile_mode", "compile_backend", "channels_last"},
+    "cache": {"frozen_features", "dir"},
+    "graph": {"modalities", "anchors", "edges"},
+}
+
+
+def check_train_config(cfg: Mapping[str, Any]) -> None:
+    """The checks of bindspace-train's own keys (before :func:`build_run_spec`, before any compute).
+
+    Unknown top-level and section keys, and the numbers Lightning would only reject (or accept
+    silently) once every data file was decoded: ``trainer.max_steps``, ``seed``, ``checkpoint.every_n_train_steps``.
+    """
+    unknown = sorted(set(cfg) - TRAIN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; bindspace-train's keys are {sorted(TRAIN_KEYS)}")
+    for section, known in SECTION_KEYS.items():
+        value = cfg.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{section} must be a mapping of keys, got {value!r}")
+        extra = sorted(set(value) - known)
+        if extra:
+            raise ConfigError(f"{section}: unknown key(s) {extra}; expected some of {sorted(known)}")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    tags = cfg.get("tags") or []
+    if not isinstance(tags, list | tuple) or not all(isinstance(t, str | int | float) for t in tags):
+        raise ConfigError(f"tags must be a list of strings, got {tags!r}")
+    if cfg.get("ckpt_path") is not None and not isinstance(cfg["ckpt_path"], str):
+        raise ConfigError(f"ckpt_path must be a path, got {cfg['ckpt_path']!r}")
+    _check_positive((cfg.get("checkpoint") or {}).get("every_n_train_steps"), "checkpoint.every_n_train_steps")
+    check_trainer(cfg.get("trainer") or {})
+    from bindspace.training.loggers import check_logger
+
+    check_logger(dict(cfg.get("logger") or {}))
+
+
+def check_trainer(trainer: Mapping[str, Any]) -> None:
+    """``trainer.*``: known to ``lightning.Trainer``, and the numbers bindspace relies on typed and ranged."""
+    import inspect
+
+    import lightning as L
+
+    known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    extra = sorted(k for k in trainer if k not in known and k != "_target_")
+    if extra:
+        raise ConfigError(f"trainer: unknown key(s) {extra}; see lightning.Trainer's arguments")
+    _check_positive(trainer.get("max_steps"), "trainer.max_steps")
+    for key in ("num_nodes", "log_every_n_steps", "accumulate_grad_batches"):
+        if trainer.get(key) is not None:
+            _check_positive(trainer[key], f"trainer.{key}")
+    devices = trainer.get("devices", 1)
+    counted = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
+    if not (counted or devices == "auto" or isinstance(devices, list | tuple) or str(devices).isdigit()):
+        raise ConfigError(f"trainer.devices must be a positive integer, a list of device ids or auto, got {devices!r}")
+    interval = trainer.get("val_check_interval")
+    if interval is not None and not (
+        (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1)
+        or (isinstance(interval, float) and 0.0 < interval <= 1.0)
+    ):
+        raise ConfigError(
+            f"trainer.val_check_interval must be a step count >= 1 or a fraction in (0, 1], got {interval!r}"
+        )
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None:
+        if not isinstance(clip, int | float) or isinstance(clip, bool):
+            raise ConfigError(f"trainer.gradient_clip_val must be a number or null, got {clip!r}")
+        _in_range(float(clip), "trainer.gradient_clip_val", 0.0, math.inf, high_open=True)
+
+
 def check_pretrained_width(cfg: ModalityConfig) -> None:
     """A pretrained trunk's width is fixed by its weights: ``trunk.width`` must state it.
 
@@ -153,10 +258,11 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     for k in weights:
         if k not in keys:
             raise ConfigError(f"loss.weights: {k!r} is not a trained edge; edges are {sorted(keys)}")
-    optim = _from_mapping(OptimConfig, cfg.get("optim"), "optim")
+    optim = check_optim(_from_mapping(OptimConfig, cfg.get("optim"), "optim"))
     curriculum = Curriculum.from_config(cfg.get("curriculum") or {"stages": [{"edges": "all"}]}, edges, anchors)
     max_steps = (cfg.get("trainer") or {}).get("max_steps")
-    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0:
+    if max_steps is not None:  # a training config (bindspace-eval's has no trainer)
+        _check_positive(max_steps, "trainer.max_steps")
         curriculum.check_schedule(max_steps, optim.warmup_steps)  # epoch-long stages: once the data is known
     for stage in curriculum.stages:
         for m in curriculum.frozen(curriculum.stages.index(stage)):

@@ -10,13 +10,18 @@ ids) or, for text, a ``.txt`` file with one text per line. Ids are file paths re
 (or to the glob's folder before its first wildcard), manifest ids, or line numbers. Options: ``batch_size=64``,
 ``device=cpu``, ``center=false`` (apply the checkpoint's stored centring). The file holds one tensor
 ``embeddings`` (N, D) and string metadata ``modality``, ``ids`` (a JSON list), ``checkpoint``,
-``centered``; :func:`load_embeddings` reads it back. It is written atomically.
+``centered``; :func:`load_embeddings` reads it back and checks it (:func:`check_embeddings`: a
+floating (N, D) tensor with D > 0, finite, rows of unit norm within :func:`norm_tolerance`, ``ids`` a
+JSON list of N unique strings, ``modality`` registered), refusing any other file with one
+:class:`EmbeddingFileError` line naming it. It is written atomically, and only when it passes the same
+checks (a non-finite or zero embedding stops ``bindspace-embed`` with one line naming the input).
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +35,8 @@ from bindspace.modalities import ConfigError, get_modality
 from bindspace.utils.io import atomic_write
 
 FORMAT = "bindspace-embeddings/1"
+NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for a row of a float32/float64 file; looser for 16-bit files
+log = logging.getLogger("bindspace.embed")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -110,34 +117,164 @@ def save_embeddings(
     return atomic_write(path, lambda f: f.write(data))
 
 
+class EmbeddingFileError(ConfigError):
+    """An embeddings file (or array) that is not what ``bindspace-embed`` writes; one line naming it and the fault."""
+
+
 @dataclass
 class EmbeddingFile:
-    """What :func:`save_embeddings` wrote."""
+    """What :func:`save_embeddings` wrote, checked by :func:`check_embeddings`."""
 
-    embeddings: Tensor  # (N, D)
+    embeddings: Tensor  # (N, D), floating, finite, unit-norm rows
     ids: list[str]
     modality: str
     metadata: dict[str, str]
+    renormalized: int = 0  # rows that were not unit-norm and were renormalised (``renormalize=True``)
 
 
-def load_embeddings(path: str | Path) -> EmbeddingFile:
-    """Read a file written by ``bindspace-embed``; errors name the file."""
+def norm_tolerance(dtype: torch.dtype) -> float:
+    """How far a row's norm may be from 1: :data:`NORM_TOLERANCE`, or 4 ulp of 1 for coarser (16-bit) dtypes."""
+    return max(NORM_TOLERANCE, 4 * torch.finfo(dtype).eps)
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: its repr (newlines escaped), shortened."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_ids(where: str, raw: str, rows: int) -> list[str]:
+    """The ``ids`` metadata (a JSON list of ``rows`` unique strings) -> the list; EmbeddingFileError otherwise."""
+    try:
+        ids = json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise EmbeddingFileError(f"{where}: metadata 'ids' is not JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(ids, list):
+        raise EmbeddingFileError(f"{where}: metadata 'ids' must be a JSON list of strings, got {type(ids).__name__}")
+    bad = next((i for i, x in enumerate(ids) if not isinstance(x, str)), None)
+    if bad is not None:
+        raise EmbeddingFileError(
+            f"{where}: metadata 'ids' must be strings; item {bad} is {_show(ids[bad])} ({type(ids[bad]).__name__})"
+        )
+    if len(ids) != rows:
+        raise EmbeddingFileError(f"{where}: {len(ids)} ids for {rows} embeddings (one id per row)")
+    first: dict[str, int] = {}
+    for row, name in enumerate(ids):
+        if name in first:
+            raise EmbeddingFileError(
+                f"{where}: duplicate id {_show(name)} (rows {first[name]} and {row}); ids must be unique"
+            )
+        first[name] = row
+    return ids
+
+
+def _check_array(where: str, embeddings: Any) -> None:
+    """A floating ``(N, D)`` tensor with D > 0, or EmbeddingFileError."""
+    if not isinstance(embeddings, Tensor) or not embeddings.is_floating_point():
+        dtype = embeddings.dtype if isinstance(embeddings, Tensor) else type(embeddings).__name__
+        raise EmbeddingFileError(f"{where}: embeddings must be a floating tensor (float32), got {dtype}")
+    if embeddings.ndim != 2 or embeddings.shape[1] == 0:
+        shape = tuple(embeddings.shape)
+        raise EmbeddingFileError(f"{where}: embeddings must be 2-D (N, D) with D > 0, got shape {shape}")
+
+
+def row_norms(embeddings: Tensor, block: int = 2**16) -> Tensor:
+    """``(N, D)`` -> ``(N,)`` float64 norms, a block of rows at a time (no float64 copy of a large index).
+
+    A row holding NaN or inf has a non-finite norm; float32 values cannot overflow a float64 norm.
+    """
+    parts = [torch.empty(0, dtype=torch.float64)]
+    for start in range(0, len(embeddings), block):
+        parts.append(torch.linalg.vector_norm(embeddings[start : start + block].double(), dim=1))
+    return torch.cat(parts)
+
+
+def check_embeddings(
+    where: str,
+    embeddings: Tensor,
+    ids: Sequence[str],
+    modality: str,
+    renormalize: bool = False,
+    advice: str | None = None,
+) -> tuple[Tensor, int]:
+    """Check ``(N, D)`` embeddings with their ``ids`` and ``modality``; ``where`` names them in errors.
+
+    Dtype floating, shape 2-D with D > 0, one id per row, a registered modality, every value finite
+    and every row of unit norm within :func:`norm_tolerance`. Rows off the unit sphere are refused
+    unless ``renormalize`` (then they are divided by their norm; zero rows are refused all the same);
+    ``advice`` (what to do) replaces the end of the messages refusing non-finite or non-unit rows.
+
+    Returns:
+        (embeddings, how many rows were renormalised); the tensor is the input when none was.
+
+    Raises:
+        EmbeddingFileError: one line naming ``where``, what is wrong and the first offending id.
+    """
+    _check_array(where, embeddings)
+    if len(ids) != len(embeddings):
+        raise EmbeddingFileError(f"{where}: {len(ids)} ids for {len(embeddings)} embeddings (one id per row)")
+    try:
+        get_modality(modality)
+    except ConfigError as err:
+        raise EmbeddingFileError(f"{where}: {err}") from None
+    nan_advice = advice or "re-export them"
+    norm_advice = advice or "re-export them, or pass renormalize=true to renormalise them"
+    norms = row_norms(embeddings)
+    rows = (~torch.isfinite(norms)).nonzero().flatten()
+    if len(rows):
+        raise EmbeddingFileError(
+            f"{where}: {len(rows)} of {len(embeddings)} rows hold NaN or inf (first id {_show(ids[int(rows[0])])}, "
+            f"row {int(rows[0])}); {nan_advice}"
+        )
+    tolerance = norm_tolerance(embeddings.dtype)
+    off = ((norms - 1).abs() > tolerance).nonzero().flatten()
+    if len(off) == 0:
+        return embeddings, 0
+    first = int(off[0])
+    count = f"{len(off)} of {len(embeddings)} rows"
+    detail = f"(|norm - 1| > {tolerance:g}; first id {_show(ids[first])}, row {first}, norm {float(norms[first]):.6g})"
+    zero = off[norms[off] == 0]
+    if not renormalize:
+        raise EmbeddingFileError(f"{where}: {count} are not unit-norm {detail}; {norm_advice}")
+    if len(zero):
+        raise EmbeddingFileError(
+            f"{where}: {len(zero)} rows are all zeros and cannot be renormalised "
+            f"(first id {_show(ids[int(zero[0])])}, row {int(zero[0])}); re-export them"
+        )
+    fixed = embeddings.clone()
+    fixed[off] = (embeddings[off].double() / norms[off, None]).to(embeddings.dtype)
+    log.warning("%s: renormalize=true: renormalised %s that were not unit-norm %s", where, count, detail)
+    return fixed, len(off)
+
+
+def load_embeddings(path: str | Path, renormalize: bool = False) -> EmbeddingFile:
+    """Read and check a file written by ``bindspace-embed`` (see :func:`check_embeddings`).
+
+    Args:
+        path: the ``.safetensors`` file.
+        renormalize: divide rows that are not unit-norm by their norm, with one warning (logger
+            ``bindspace.embed``) counting them, instead of refusing the file.
+
+    Raises:
+        EmbeddingFileError: one line naming the file and what is wrong with it.
+    """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no embeddings file at {path}")
+        raise EmbeddingFileError(f"no embeddings file at {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta, emb = dict(f.metadata() or {}), f.get_tensor("embeddings")
     except Exception as err:  # safetensors raises its own error types for truncated or foreign files
-        raise ConfigError(f"{path}: not a bindspace embeddings file ({type(err).__name__}: {err})") from err
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line, whatever the library says
+        raise EmbeddingFileError(f"{path}: not a bindspace embeddings file ({reason})") from err
     if meta.get("format") != FORMAT or "modality" not in meta or "ids" not in meta:
-        raise ConfigError(f"{path}: not a bindspace embeddings file (metadata format {meta.get('format')!r})")
-    ids = json.loads(meta["ids"])
-    if len(ids) != len(emb):
-        raise ConfigError(f"{path}: {len(ids)} ids for {len(emb)} embeddings")
-    return EmbeddingFile(emb, ids, meta["modality"], meta)
+        raise EmbeddingFileError(f"{path}: not a bindspace embeddings file (metadata format {meta.get('format')!r})")
+    _check_array(str(path), emb)  # before the ids are counted against its rows
+    ids = parse_ids(str(path), meta["ids"], len(emb))
+    emb, renormalized = check_embeddings(str(path), emb, ids, meta["modality"], renormalize)
+    return EmbeddingFile(emb, ids, meta["modality"], meta, renormalized)
 
 
 DEFAULTS = {"batch_size": 64, "device": "cpu", "center": False}
@@ -156,6 +293,9 @@ def run(args: Mapping[str, Any]) -> Path:
                           "(run bindspace-eval ... eval.save_to_checkpoint=true first)")  # fmt: skip
     with torch.inference_mode():
         emb = bs.embed(args["modality"], inputs, args["batch_size"], center=args["center"], progress=True)
+    # Never write a file that load_embeddings (and so bindspace-search) would refuse.
+    where, advice = f"{args['ckpt_path']} on inputs={args['inputs']}", "nothing written; check the checkpoint"
+    check_embeddings(where, emb, ids, args["modality"], advice=advice)
     extra = {"checkpoint": str(args["ckpt_path"]), "centered": str(args["center"]).lower()}
     return save_embeddings(args["out"], emb, ids, args["modality"], extra)
 

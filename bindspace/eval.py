@@ -57,6 +57,7 @@ from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, run
 from bindspace.modalities import ConfigError
 from bindspace.modalities.base import _from_mapping
 from bindspace.utils.io import atomic_write_json, atomic_write_text
+from bindspace.utils.run_folder import RunFolder
 
 log = logging.getLogger("bindspace.eval")
 SPLITS = ("val", "test")
@@ -264,14 +265,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bs = load_model(plain)
     opts.check(bs.modalities)
     run_dir = Path(cfg.paths.output_dir)
-    datamodule = build_datamodule(plain["data"], bs.model.configs, bs.edges, seed=plain.get("seed", 0))
-    ref, test, plan = fit_and_score_splits(bs, datamodule, opts)
-    means, bridges = fit_mitigations(ref, opts)
-    metrics, per_query = evaluate(bs, test, (means, bridges), data_class_names(datamodule), prompts, opts)
-    metrics = {"ckpt_path": str(plain["ckpt_path"]), "split": opts.split, "reference_split": opts.reference_split,
-               "fit_split": plan.info, "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges],
-               **metrics}  # fmt: skip
-    write_results(run_dir, metrics, test[0], center_all(test[0], means), opts, per_query)
+    with RunFolder(run_dir) as folder:  # locked; an error before the results leaves nothing in a new folder
+        folder.record(cfg, "eval")
+        datamodule = build_datamodule(plain["data"], bs.model.configs, bs.edges, seed=plain.get("seed", 0))
+        ref, test, plan = fit_and_score_splits(bs, datamodule, opts)
+        means, bridges = fit_mitigations(ref, opts)
+        metrics, per_query = evaluate(bs, test, (means, bridges), data_class_names(datamodule), prompts, opts)
+        metrics = {"ckpt_path": str(plain["ckpt_path"]), "split": opts.split,
+                   "reference_split": opts.reference_split, "fit_split": plan.info,
+                   "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics}  # fmt: skip
+        folder.started()
+        write_results(run_dir, metrics, test[0], center_all(test[0], means), opts, per_query)
     if opts.save_to_checkpoint:
         save_mitigations(plain["ckpt_path"], means, bridges.values(), metadata=bs.metadata())
         print(f"stored centring means and {len(bridges)} bridge(s) in {plain['ckpt_path']}")

@@ -17,6 +17,7 @@ travel in the same checkpoint and apply with ``embed(..., center=True)`` and :me
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
@@ -43,32 +44,121 @@ class CheckpointError(ConfigError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file."""
+def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on CPU, with one-line errors that name the file.
+
+    ``weights_only`` unpickles tensors and plain containers only: a file carrying code is refused.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"ckpt_path: no checkpoint file at {path}")
+        raise CheckpointError(f"{key}: no checkpoint file at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises pickle, zip and runtime errors alike for a bad file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise CheckpointError(f"{path}: no 'state_dict' in the file; is it a Lightning checkpoint?")
     return ckpt
 
 
+def _first_line(err: BaseException) -> str:
+    """``TypeName: the informative line of the message`` (torch's unpickling errors run to many lines)."""
+    message = str(err)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if message.startswith("Weights only load failed"):
+        if "GLOBAL" in message:
+            found = next((line for line in lines if "GLOBAL" in line), "")
+            text = f"it carries Python code or objects, refused ({found.rstrip('.')})"
+        else:  # the line after torch's boiler-plate says what the unpickler tripped over
+            text = next((line for line in lines[1:] if "WeightsUnpickler" not in line and "Please" not in line), text)
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def untrusted_configs(
+    configs: Mapping[str, ModalityConfig], architectures: Mapping[str, Any], where: str
+) -> dict[str, Mapping[str, Any]]:
+    """Make model configs read from a file someone else wrote safe to build; returns what builds each trunk.
+
+    A checkpoint's (or a shared run folder's) description of its model is provenance, never an
+    instruction: ``trust_remote_code`` is cleared, and a timm or transformers trunk is rebuilt from its
+    recorded architecture with random weights (the weights are in the checkpoint), so its
+    ``pretrained`` source is never read, downloaded or imported. A transformers architecture must be
+    one transformers ships. Checkpoints older than the recorded architectures fall back to a timm
+    architecture name, or to the ``config.json`` of a transformers folder on this machine, read as data.
+
+    Raises:
+        CheckpointError: a recorded architecture that is not plain data, names custom code, or (older
+            checkpoints) a trunk that only a download or a hub id could describe.
+    """
+    from bindspace.models.pretrained import hf_config_from_dict
+
+    out: dict[str, Mapping[str, Any]] = {}
+    for m, cfg in configs.items():
+        t = cfg.trunk
+        t.trust_remote_code = False
+        if t.kind not in ("timm", "hf"):
+            continue
+        arch = architectures.get(m)
+        if arch is None:
+            arch = _legacy_architecture(m, t, where)
+        try:
+            if t.kind == "hf":
+                hf_config_from_dict(arch["config"])  # refuses auto_map-only / unknown model types
+            else:
+                timm_name = arch["architecture"]
+                if not isinstance(timm_name, str) or timm_name.startswith(("hf-hub:", "local-dir:")):
+                    raise ValueError(f"timm architecture {timm_name!r} is not a timm model name")
+                if not isinstance(arch["model_args"], Mapping):
+                    raise ValueError("timm model_args is not a mapping")
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: modalities.{m}.trunk: unusable recorded architecture ({err})") from None
+        t.pretrained = None  # provenance only; nothing is loaded from it
+        out[m] = arch
+    return out
+
+
+def _legacy_architecture(modality: str, trunk, where: str) -> dict[str, Any]:
+    """A pretrained trunk's architecture for checkpoints written before architectures were recorded."""
+    key = f"{where}: modalities.{modality}.trunk"
+    if trunk.kind == "timm":
+        if trunk.name and not trunk.name.startswith(("hf-hub:", "local-dir:")):
+            return {"kind": "timm", "architecture": trunk.name, "model_args": {}}
+        raise CheckpointError(
+            f"{key}: the checkpoint records no timm architecture, only the source "
+            f"{trunk.pretrained or trunk.name!r}, which is not fetched for a checkpoint; rebuild the model "
+            "with BindSpace.from_checkpoint(..., modalities=<your config>)"
+        )
+    source = Path(str(trunk.pretrained or "")).expanduser()
+    if trunk.pretrained and source.is_dir() and (source / "config.json").is_file():
+        try:
+            return {"kind": "hf", "config": json.loads((source / "config.json").read_text(encoding="utf-8"))}
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{key}: cannot read {source / 'config.json'} ({err})") from None
+    raise CheckpointError(
+        f"{key}: the checkpoint records no transformers architecture, only the source {trunk.pretrained!r}, "
+        "which is not downloaded for a checkpoint; rebuild the model with "
+        "BindSpace.from_checkpoint(..., modalities=<your config>)"
+    )
+
+
 def model_from_metadata(meta: Mapping[str, Any], where: str = "checkpoint") -> tuple[BindSpaceModel, list]:
-    """Rebuild the (untrained) model and its edges from ``checkpoint["bindspace"]``."""
-    if meta.get("format") != METADATA_FORMAT:
-        raise CheckpointError(f"{where}: bindspace metadata format {meta.get('format')!r}, expected {METADATA_FORMAT}")
+    """Rebuild the (untrained) model and its edges from ``checkpoint["bindspace"]``, without running code.
+
+    See :func:`untrusted_configs`: nothing the metadata names is downloaded, imported or executed.
+    """
+    if not isinstance(meta, Mapping) or meta.get("format") != METADATA_FORMAT:
+        found = meta.get("format") if isinstance(meta, Mapping) else type(meta).__name__
+        raise CheckpointError(f"{where}: bindspace metadata format {found!r}, expected {METADATA_FORMAT}")
     try:
         configs = {m: get_modality(m).config_from_dict(d) for m, d in meta["modalities"].items()}
-        for cfg in configs.values():
-            if cfg.trunk.kind == "timm" and cfg.trunk.name:
-                cfg.trunk.pretrained = None  # the checkpoint holds the weights: do not fetch the originals
-        return BindSpaceModel(configs, int(meta["embed_dim"])), [tuple(e) for e in meta.get("edges", [])]
-    except (KeyError, TypeError, ConfigError) as err:
-        raise CheckpointError(f"{where}: bindspace metadata does not describe a model ({err})") from err
+        architectures = untrusted_configs(configs, meta.get("architectures") or {}, where)
+        model = BindSpaceModel(configs, int(meta["embed_dim"]), architectures)
+        return model, [tuple(e) for e in meta.get("edges", [])]
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{where}: bindspace metadata does not describe a model ({_first_line(err)})") from None
 
 
 def run_config_spec(ckpt_path: Path):
@@ -85,19 +175,40 @@ def run_config_spec(ckpt_path: Path):
     from bindspace.config import build_run_spec
 
     try:
-        return build_run_spec(yaml.safe_load(config.read_text()))
-    except (yaml.YAMLError, ConfigError) as err:
-        raise CheckpointError(f"{config}: cannot rebuild the model of {ckpt_path.name} from it ({err})") from err
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+        # A run folder may come from anyone: never run code it names, not even to read a config file.
+        for section in ((raw or {}).get("modalities") or {}).values():
+            if isinstance(section, dict) and isinstance(section.get("trunk"), dict):
+                section["trunk"]["trust_remote_code"] = False
+        spec = build_run_spec(raw)
+    except (yaml.YAMLError, ConfigError, UnicodeDecodeError, AttributeError) as err:
+        raise CheckpointError(
+            f"{config}: cannot rebuild the model of {ckpt_path.name} from it ({_first_line(err)})"
+        ) from None
+    return spec
 
 
-def checkpoint_metadata(model: BindSpaceModel, edges: Iterable[Sequence[str]] = ()) -> dict[str, Any]:
-    """The ``checkpoint["bindspace"]`` layout, as the training module writes it."""
-    return {
+def checkpoint_metadata(
+    model: BindSpaceModel, edges: Iterable[Sequence[str]] = (), graph_edges: Iterable[Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """The ``checkpoint["bindspace"]`` layout: everything that rebuilds the model, as plain data.
+
+    Args:
+        model: the model.
+        edges: the pairs readers flag as trained.
+        graph_edges: every edge of the training graph (training checkpoints), when it differs.
+    """
+    meta = {
         "format": METADATA_FORMAT,
         "embed_dim": model.embed_dim,
         "modalities": {m: asdict(c) for m, c in model.configs.items()},
+        # Pretrained trunks are rebuilt from these with random weights when loaded: their sources are provenance.
+        "architectures": model.architectures(),
         "edges": [list(e) for e in edges],
     }
+    if graph_edges is not None:
+        meta["graph_edges"] = [list(e) for e in graph_edges]
+    return meta
 
 
 class BindSpace:
@@ -169,7 +280,10 @@ class BindSpace:
                     f"../../.hydra/config.yaml; pass modalities= and embed_dim= (e.g. from "
                     "bindspace.config.build_run_spec of the run's config)"
                 )
-            model, edges = BindSpaceModel(modalities, embed_dim), [tuple(e) for e in edges]
+            try:
+                model, edges = BindSpaceModel(modalities, embed_dim), [tuple(e) for e in edges]
+            except (ValueError, OSError, ImportError) as err:  # e.g. a pretrained source that needs custom code
+                raise CheckpointError(f"{where}: cannot build its model ({_first_line(err)})") from None
         else:
             model, edges = model_from_metadata(meta, where=where)
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

@@ -13,11 +13,18 @@ with stats stored in the checkpoint: ``center`` (per-modality centring, queries 
 rank, score, modality and id (``format=json`` prints one JSON object per query instead). Tied scores
 are ranked by bindspace's one rule: each tied hit gets its expected rank over random orders of the
 tied items ("2-4" in the table: tied over positions 2 to 4; ``rank`` and ``tied`` in JSON).
+
+Every embeddings file (index and query) is checked before searching (:func:`bindspace.embed.load_embeddings`:
+floating (N, D), finite, unit-norm rows, ids a list of N unique strings, a registered modality; all of one
+D), and a bad one stops the search with one line naming it, exit 2. Rows that are not unit-norm would
+outrank every other row, so they are refused unless ``renormalize=true``, which renormalises them with
+one warning line counting them per file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,11 +33,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bindspace.embed import load_embeddings, parse_key_values
+from bindspace.embed import EmbeddingFileError, load_embeddings, parse_key_values
 from bindspace.modalities import ConfigError
 
 MITIGATIONS = ("none", "center", "bridge")
-DEFAULTS = {"ckpt_path": "", "query_modality": "", "k": 10, "mitigation": "none", "device": "cpu", "format": "table"}
+DEFAULTS = {
+    "ckpt_path": "",
+    "query_modality": "",
+    "k": 10,
+    "mitigation": "none",
+    "device": "cpu",
+    "format": "table",
+    "renormalize": False,
+}
 REQUIRED = ("index", "query")
 
 
@@ -51,16 +66,26 @@ def query_modality(path: Path, given: str) -> str:
 class Searcher:
     """An exact inner-product index over several exported embedding files, with optional gap mitigation."""
 
-    def __init__(self, files: Sequence[str], mitigation: str = "none", meta: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        files: Sequence[str],
+        mitigation: str = "none",
+        meta: Mapping[str, Any] | None = None,
+        renormalize: bool = False,
+    ) -> None:
+        if not files:
+            raise ConfigError("index= names no embeddings file")
         if mitigation not in MITIGATIONS:
             raise ConfigError(f"mitigation must be one of {MITIGATIONS}, got {mitigation!r}")
         if mitigation != "none" and meta is None:
             raise ConfigError(f"mitigation={mitigation} needs ckpt_path= (the checkpoint stores the gap statistics)")
         self.mitigation, self.meta = mitigation, dict(meta or {})
-        self.parts = [load_embeddings(f) for f in files]
-        dims = {p.embeddings.shape[1] for p in self.parts}
-        if len(dims) != 1:
-            raise ConfigError(f"index files hold different embedding sizes {sorted(dims)}: {list(files)}")
+        self.parts = [load_embeddings(f, renormalize) for f in files]
+        self.dim = self.parts[0].embeddings.shape[1]
+        other = next((f for f, p in zip(files, self.parts, strict=True) if p.embeddings.shape[1] != self.dim), None)
+        if other is not None:
+            sizes = ", ".join(f"{f} D={p.embeddings.shape[1]}" for f, p in zip(files, self.parts, strict=True))
+            raise EmbeddingFileError(f"{other}: index files hold different embedding sizes ({sizes}); use one model's")
         self.ids = [i for p in self.parts for i in p.ids]
         self.modalities = [p.modality for p in self.parts for _ in p.ids]
 
@@ -102,6 +127,8 @@ class Searcher:
         index items share that score (1: none). Which tied items make the cut, and their order, is by
         position in the index, so the output never depends on how a search library broke a tie.
         """
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise EmbeddingFileError(f"queries of shape {tuple(queries.shape)} for an index of D={self.dim}")
         if self.mitigation == "center":
             queries = self._centred(queries.float(), modality, already=centered)
         gallery = self._gallery(modality).float()
@@ -148,7 +175,7 @@ def embed_query(args: Mapping[str, Any], ckpt: Mapping[str, Any] | None) -> tupl
     if not path.is_file() and path.suffix.lower() in known:
         raise ConfigError(f"query: no file at {path} (a text query should not end in {path.suffix})")
     if path.suffix == ".safetensors":
-        exported = load_embeddings(path)
+        exported = load_embeddings(path, args["renormalize"])
         return exported.embeddings, exported.modality, exported.ids, exported.metadata.get("centered") == "true"
     modality = query_modality(path, args["query_modality"]) if path.is_file() else args["query_modality"] or "text"
     if ckpt is None:
@@ -170,8 +197,13 @@ def run(args: Mapping[str, Any]) -> list[dict[str, Any]]:
         if "bindspace" not in ckpt:
             raise CheckpointError(f"{args['ckpt_path']}: no 'bindspace' metadata; re-save it with bindspace-eval")
     files = [f for f in args["index"].split(",") if f]
-    searcher = Searcher(files, args["mitigation"], None if ckpt is None else ckpt["bindspace"])
+    searcher = Searcher(files, args["mitigation"], None if ckpt is None else ckpt["bindspace"], args["renormalize"])
     queries, modality, names, centered = embed_query(args, ckpt)
+    if queries.shape[1] != searcher.dim:
+        source = args["query"] if Path(args["query"]).suffix == ".safetensors" else f"ckpt_path={args['ckpt_path']}"
+        raise EmbeddingFileError(
+            f"{source}: queries have D={queries.shape[1]}, the index D={searcher.dim} ({', '.join(files)})"
+        )
     hits = searcher.search(queries, modality, args["k"], centered)
     return [
         {
@@ -209,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code (2 for a user error, printed as one line)."""
     from bindspace.data.readers import DataFileError
 
+    # Warnings of the embeddings loader (renormalize=true) reach the user as one stderr line each.
+    warn = logging.StreamHandler(sys.stderr)
+    warn.setFormatter(logging.Formatter("bindspace-search: warning: %(message)s"))
+    warn.setLevel(logging.WARNING)
+    loader_log = logging.getLogger("bindspace.embed")
+    loader_log.addHandler(warn)
     try:
         args = parse_key_values(sys.argv[1:] if argv is None else argv, DEFAULTS, REQUIRED)
         if args["format"] not in ("table", "json"):
@@ -217,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataFileError) as err:
         print(f"bindspace-search: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        loader_log.removeHandler(warn)
     if args["format"] == "json":
         print("\n".join(json.dumps(r) for r in results))
     else:

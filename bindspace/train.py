@@ -6,6 +6,7 @@ bindspace-train -m seed=0,1,2 anchor=image,text
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -18,7 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from bindspace.config import RunSpec, build_run_spec
+from bindspace.config import RunSpec, build_run_spec, check_train_config
 from bindspace.data import build_datamodule
 from bindspace.data.checks import report_caption_truncation
 from bindspace.evaluation.gap import gap_table
@@ -42,6 +43,7 @@ from bindspace.training.reliability import (
     parse_signal,
 )
 from bindspace.utils.io import atomic_write_json, atomic_write_text
+from bindspace.utils.run_folder import RunFolder
 
 log = logging.getLogger("bindspace.train")
 
@@ -278,39 +280,92 @@ def _world_size(cfg: DictConfig) -> int:
     return per_node * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
+def check_checkpoint_fits(path: str, module: AlignmentModule) -> None:
+    """Open a checkpoint to resume from and check it against the model, before any data is decoded.
+
+    ``weights_only``: a file carrying code is refused; a truncated or foreign file, or one of another
+    model (size, modalities, trunk kinds), stops with one line naming the file and the first difference.
+    """
+    from bindspace.inference import load_checkpoint
+
+    state = load_checkpoint(path, key="ckpt_path")["state_dict"]
+    expected = {k: v for k, v in module.state_dict().items() if k.startswith(("model.", "loss."))}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k.startswith(("model.", "loss.")) and k not in expected]
+    if missing or unexpected:
+        raise ConfigError(
+            f"{path}: a checkpoint of another model: {len(missing)} weights of this config missing "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unknown to it (e.g. {unexpected[:2]}); "
+            "resume it with the config it was trained with"
+        )
+    for k, v in expected.items():
+        got = state[k]
+        if not isinstance(got, torch.Tensor) or got.shape != v.shape:
+            found = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ConfigError(
+                f"{path}: a checkpoint of another model size: {k} is {found} there, {tuple(v.shape)} in this "
+                "config; resume it with the config it was trained with"
+            )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the metrics written to ``metrics.json``."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    spec = build_run_spec(plain)  # every config error surfaces here, before any compute
+    check_train_config(plain)  # every config error surfaces here or in build_run_spec, before any compute
+    spec = build_run_spec(plain)
     run_dir = Path(cfg.paths.output_dir)
     rel = reliability_settings(cfg)
     strategy = strategy_for(cfg.trainer.get("strategy", "auto"), _world_size(cfg), spec.curriculum)
-    ckpt_path = resume_checkpoint(cfg, run_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision("high")
-    datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=cfg.seed)
-    report_caption_truncation(datamodule, spec.modalities)  # a warning line when over 1% of captions are cut
+    with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
+        folder.record(cfg)
+        ckpt_path = resume_checkpoint(cfg, run_dir)
+        L.seed_everything(cfg.seed, workers=True)
+        torch.set_float32_matmul_precision("high")
+        max_steps = int(cfg.trainer.max_steps)
+        # The model before the data (building the data touches no global RNG, so initial weights are the
+        # same either way): a checkpoint that does not fit stops before minutes of decoding.
+        module = AlignmentModule(
+            spec.build_model(),
+            spec.build_loss(),
+            spec.edges,
+            spec.optim,
+            total_steps=max_steps,
+            seed=cfg.seed,
+            feature_cache=build_feature_cache(cfg, spec),
+        )
+        if ckpt_path is not None:
+            check_checkpoint_fits(ckpt_path, module)
+        apply_speed_options(module.model, cfg)
+        datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=cfg.seed)
+        report_caption_truncation(datamodule, spec.modalities)  # a warning line when over 1% of captions are cut
+        return train_and_evaluate(cfg, plain, spec, module, datamodule, run_dir, rel, strategy, ckpt_path, folder)
+
+
+def train_and_evaluate(
+    cfg: DictConfig,
+    plain: dict[str, Any],
+    spec: RunSpec,
+    module: AlignmentModule,
+    datamodule,
+    run_dir: Path,
+    rel: dict[str, Any],
+    strategy: Any,
+    ckpt_path: str | None,
+    folder: RunFolder,
+) -> dict[str, Any]:
+    """The part of :func:`run` after every input was checked: fit, then the held-out evaluation."""
     max_steps = int(cfg.trainer.max_steps)
-    module = AlignmentModule(
-        spec.build_model(),
-        spec.build_loss(),
-        spec.edges,
-        spec.optim,
-        total_steps=max_steps,
-        seed=cfg.seed,
-        feature_cache=build_feature_cache(cfg, spec),
-    )
-    apply_speed_options(module.model, cfg)
     identity = run_identity(plain, spec)
     logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"])
     try:
-        if logger is not None:
-            logger.log_hyperparams(plain)
         steps_per_epoch = datamodule.steps_per_epoch(_world_size(cfg))
         spec.curriculum.check_schedule(max_steps, spec.optim.warmup_steps, steps_per_epoch)  # epoch-long stages
         predicted = warn_unreached_stages(spec, max_steps, steps_per_epoch)
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))
         trainer = build_trainer(cfg, run_dir, logger, curriculum, rel, strategy)
+        if logger is not None:
+            logger.log_hyperparams(plain)
+        folder.started()
         start = time.perf_counter()
         # weights_only: resuming never unpickles code, only tensors and plain containers.
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -372,6 +427,16 @@ def main(cfg: DictConfig) -> float | None:
     except NonFiniteError as err:
         print(f"bindspace-train: non-finite training: {err}", file=sys.stderr)
         sys.exit(3)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" ({err.filename})" if err.filename and str(err.filename) not in str(err.strerror) else ""
+        print(
+            f"bindspace-train: disk full: {err.strerror}{where}; the newest complete checkpoint is intact: free "
+            "space and relaunch with the same hydra.run.dir to resume",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     summary = metrics.get("summary", {})
     return summary.get("emergent/R@1", summary.get("trained/R@1"))  # the value a sweeper optimises
 

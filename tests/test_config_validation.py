@@ -40,7 +40,8 @@ def cli_config_error(run_dir: Path, *overrides: str) -> str:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert lines[-1].startswith(PREFIX) and sum(line.startswith(PREFIX) for line in lines) == 1, proc.stderr
-    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()
+    # Nothing written: no checkpoints, no results, not even Hydra's .hydra/ and train.log (issue 13, case 8).
+    assert not run_dir.exists() or not any(run_dir.iterdir()), sorted(p.name for p in run_dir.iterdir())
     return lines[-1].removeprefix(PREFIX)
 
 

@@ -50,7 +50,8 @@ def byte_tokenize(text: str, context_length: int) -> tuple[Tensor, Tensor]:
 def hf_tokenizer(source: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_hf_source(source))
+    # Tokenizer files are data: never run a tokenizer's custom code (a checkpoint names this source too).
+    return AutoTokenizer.from_pretrained(resolve_hf_source(source), trust_remote_code=False)
 
 
 @register_modality

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
 from bindspace.modalities import ENCODER_PARTS, ConfigError, ModalityConfig, ModelInput, get_modality
 from bindspace.models.layers import Head, Normalize, TransformerTrunk
-from bindspace.models.pretrained import build_hf_trunk, build_timm_vit
+from bindspace.models.pretrained import build_hf_trunk, build_timm_vit, trunk_architecture
 
 STAGES = ("preprocessors", "trunks", "heads", "postprocessors")
 
 
-def build_encoder_parts(cfg: ModalityConfig, embed_dim: int) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
-    """Build (preprocessor, trunk, head, postprocessor) for one modality from its config."""
+def build_encoder_parts(
+    cfg: ModalityConfig, embed_dim: int, architecture: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+    """Build (preprocessor, trunk, head, postprocessor) for one modality from its config.
+
+    ``architecture``: for a timm or transformers trunk, what :func:`~bindspace.models.pretrained.trunk_architecture`
+    recorded; the trunk is then built from it with random weights, without reading ``trunk.pretrained``
+    (how checkpoints are loaded: the weights are in the checkpoint, the source is provenance).
+    """
     spec, t = get_modality(cfg.name), cfg.trunk
     if t.kind == "transformer":
         try:
@@ -28,9 +36,9 @@ def build_encoder_parts(cfg: ModalityConfig, embed_dim: int) -> tuple[nn.Module,
         channels = getattr(cfg.input, "channels", None)
         if size is None or channels is None:
             raise ValueError(f"modalities.{cfg.name}.trunk.kind=timm needs an image-like input (size, channels)")
-        pre, trunk, width = build_timm_vit(t.name, t.pretrained, channels, size, t.drop_path)
+        pre, trunk, width = build_timm_vit(t.name, t.pretrained, channels, size, t.drop_path, architecture)
     elif t.kind == "hf":
-        pre, trunk, width = build_hf_trunk(t.pretrained, t.trust_remote_code)
+        pre, trunk, width = build_hf_trunk(t.pretrained, t.trust_remote_code, architecture)
     else:
         raise ValueError(f"modalities.{cfg.name}.trunk.kind must be transformer, timm or hf; got {t.kind!r}")
     if t.grad_checkpointing:
@@ -45,15 +53,23 @@ class BindSpaceModel(nn.Module):
     Args:
         modalities: per-modality configs, keyed by modality name.
         embed_dim: dimension of the shared space.
+        architectures: per modality, a recorded pretrained-trunk architecture (:meth:`architectures`)
+            to build instead of loading ``trunk.pretrained``.
     """
 
-    def __init__(self, modalities: Mapping[str, ModalityConfig], embed_dim: int) -> None:
+    def __init__(
+        self,
+        modalities: Mapping[str, ModalityConfig],
+        embed_dim: int,
+        architectures: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         super().__init__()
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be positive, got {embed_dim}")
         self.embed_dim = embed_dim
         self.configs = dict(modalities)
-        parts = {name: build_encoder_parts(cfg, embed_dim) for name, cfg in self.configs.items()}
+        recorded = dict(architectures or {})
+        parts = {name: build_encoder_parts(cfg, embed_dim, recorded.get(name)) for name, cfg in self.configs.items()}
         for i, stage in enumerate(STAGES):
             setattr(self, stage, nn.ModuleDict({name: p[i] for name, p in parts.items()}))
         for name, cfg in self.configs.items():
@@ -63,6 +79,11 @@ class BindSpaceModel(nn.Module):
     @property
     def modalities(self) -> list[str]:
         return list(self.configs)
+
+    def architectures(self) -> dict[str, dict[str, Any]]:
+        """Per modality with a timm or transformers trunk, what rebuilds it with no pretrained source."""
+        recorded = {m: trunk_architecture(self.trunks[m]) for m in self.modalities}
+        return {m: a for m, a in recorded.items() if a is not None}
 
     def encode(self, modality: str, x: ModelInput) -> Tensor:
         """Model input for one modality -> ``(B, embed_dim)`` unit-norm embeddings.

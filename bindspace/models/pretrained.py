@@ -9,7 +9,9 @@ a download.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -138,22 +140,57 @@ class TimmViTTrunk(nn.Module):
         return self.norm(x)
 
 
+def _timm_model_args(model_id: str) -> dict[str, Any]:
+    """The ``model_args`` a timm source adds to its architecture's defaults (a folder's or hub repo's config.json)."""
+    if model_id.startswith("local-dir:"):
+        file = Path(model_id.removeprefix("local-dir:")) / "config.json"
+        return dict(json.loads(file.read_text(encoding="utf-8")).get("model_args") or {})
+    if model_id.startswith("hf-hub:"):  # already downloaded (and cached) by create_model
+        from timm.models import load_model_config_from_hf
+
+        return dict(load_model_config_from_hf(model_id.removeprefix("hf-hub:"))[2] or {})
+    return {}
+
+
 def build_timm_vit(
-    name: str | None, pretrained: str | None, in_chans: int, img_size: int, drop_path: float
+    name: str | None,
+    pretrained: str | None,
+    in_chans: int,
+    img_size: int,
+    drop_path: float,
+    architecture: Mapping[str, Any] | None = None,
 ) -> tuple[TimmViTTokenizer, TimmViTTrunk, int]:
-    """Create a timm ViT and split it; returns (tokenizer, trunk, width)."""
-    model_id, load = _timm_source(name, pretrained)
+    """Create a timm ViT and split it; returns (tokenizer, trunk, width).
+
+    With ``architecture`` (what :func:`trunk_architecture` recorded, e.g. from a checkpoint) the ViT is
+    created from it with random weights, and ``name``/``pretrained`` are not looked at.
+    """
+    if architecture is not None:
+        model_id, load, model_args = str(architecture["architecture"]), False, dict(architecture["model_args"])
+    else:
+        model_id, load = _timm_source(name, pretrained)
+        model_args = {}
     vit = timm.create_model(
         model_id,
         pretrained=load,
-        num_classes=0,
-        in_chans=in_chans,
-        img_size=img_size,
-        drop_path_rate=drop_path,
+        **{
+            **model_args,
+            "num_classes": 0,
+            "in_chans": in_chans,
+            "img_size": img_size,
+            "drop_path_rate": drop_path,
+        },
     )
     if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
         raise ValueError(f"timm model {model_id!r} is not a VisionTransformer (no blocks/patch_embed)")
-    return TimmViTTokenizer(vit), TimmViTTrunk(vit), vit.embed_dim
+    trunk = TimmViTTrunk(vit)
+    # What rebuilds this trunk from a checkpoint without its pretrained source (see trunk_architecture).
+    trunk.architecture = {
+        "kind": "timm",
+        "architecture": str(vit.pretrained_cfg.get("architecture") or model_id.split(".")[0]),
+        "model_args": model_args if architecture is not None else _timm_model_args(model_id),
+    }
+    return TimmViTTokenizer(vit), trunk, vit.embed_dim
 
 
 class HFInputs(nn.Module):
@@ -182,9 +219,51 @@ def resolve_hf_source(pretrained: str | None) -> str:
     return str(path.resolve()) if path.is_dir() else pretrained
 
 
-def build_hf_trunk(pretrained: str | None, trust_remote_code: bool) -> tuple[HFInputs, HFTrunk, int]:
-    """Load a transformers encoder; returns (passthrough preprocessor, trunk, hidden width)."""
+def build_hf_trunk(
+    pretrained: str | None, trust_remote_code: bool, architecture: Mapping[str, Any] | None = None
+) -> tuple[HFInputs, HFTrunk, int]:
+    """Load a transformers encoder; returns (passthrough preprocessor, trunk, hidden width).
+
+    With ``architecture`` (what :func:`trunk_architecture` recorded, e.g. from a checkpoint) the model is
+    built from that config with random weights, by transformers' own classes only: no source is read
+    and no code runs, whatever the config's ``auto_map`` says.
+    """
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(resolve_hf_source(pretrained), trust_remote_code=trust_remote_code)
-    return HFInputs(), HFTrunk(model), int(model.config.hidden_size)
+    if architecture is not None:
+        model = AutoModel.from_config(hf_config_from_dict(architecture["config"]), trust_remote_code=False)
+    else:
+        model = AutoModel.from_pretrained(resolve_hf_source(pretrained), trust_remote_code=trust_remote_code)
+    trunk = HFTrunk(model)
+    config = model.config.to_dict()
+    config.pop("auto_map", None)  # custom code is never part of what a checkpoint describes
+    trunk.architecture = {"kind": "hf", "config": config}
+    return HFInputs(), trunk, int(model.config.hidden_size)
+
+
+def hf_config_from_dict(config: Mapping[str, Any]):
+    """A transformers config of a built-in architecture from its ``to_dict()``; refuses custom ones.
+
+    Raises:
+        ValueError: no ``model_type``, or one transformers does not ship (custom code would be needed).
+    """
+    from transformers import CONFIG_MAPPING
+
+    data = {k: v for k, v in config.items() if k != "auto_map"}
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"transformers architecture {model_type!r} is not built into transformers "
+            "(custom code is never run from a recorded architecture)"
+        )
+    return CONFIG_MAPPING[model_type].from_dict(data)
+
+
+def trunk_architecture(trunk: nn.Module) -> dict[str, Any] | None:
+    """What rebuilds a pretrained trunk with random weights and no source: recorded in checkpoints.
+
+    ``{"kind": "timm", "architecture": <timm name>, "model_args": {...}}`` or ``{"kind": "hf",
+    "config": <transformers config dict>}``; None for bindspace's own transformers (their config says it all).
+    """
+    recorded = getattr(trunk, "architecture", None)
+    return dict(recorded) if recorded is not None else None

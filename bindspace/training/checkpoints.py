@@ -10,10 +10,15 @@ and the run's final step is saved whatever the interval.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from bindspace.modalities import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -46,6 +51,27 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
         return self.last_path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A bad input met mid-run (a data file that fails to decode): keep the progress made so far.
+
+        The failing batch was never trained on, so the state is that of the last completed step; the
+        next launch resumes from it once the file is fixed (or with ``data.on_error=skip``). Under DDP
+        only the rank that met the file knows, so it writes ``last.ckpt`` itself, without the
+        collective barrier of ``trainer.save_checkpoint`` (DDP weights are the same on every rank).
+        """
+        if not isinstance(exception, ConfigError) or trainer.global_step == 0:
+            return
+        try:
+            if trainer.world_size == 1:
+                self.save_now(trainer)
+            else:
+                checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.last_path)
+        except Exception as err:  # never hide the data error behind a checkpointing one
+            log.warning("could not save %s after the data error (%s)", self.last_path, err)
+            return
+        log.warning("saved %s at step %d before stopping on the data error", self.last_path, trainer.global_step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning orders checkpoint callbacks last, so every other callback's end-of-run state is in.

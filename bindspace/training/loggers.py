@@ -19,18 +19,13 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = No
     be filtered in wandb; ``logger.group`` groups the runs of one sweep.
     """
     lcfg = dict(cfg.get("logger") or {"name": "none"})
-    name = lcfg.pop("name", "none")
+    name, mode = check_logger(lcfg)
     if name == "none":
         return None
     if name == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
-    if name != "wandb":
-        raise ConfigError(f"logger.name must be wandb, csv or none; got {name!r}")
-    mode = lcfg.get("mode", "offline")
-    if mode not in WANDB_MODES:
-        raise ConfigError(f"logger.mode must be one of {WANDB_MODES}; got {mode!r}")
     from lightning.pytorch.loggers import WandbLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -47,6 +42,17 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = No
         mode=mode,
         log_model=False,
     )
+
+
+def check_logger(lcfg: dict[str, Any]) -> tuple[str, str]:
+    """``logger.name`` and ``logger.mode``, checked (called by :func:`bindspace.config.check_train_config`)."""
+    name = lcfg.get("name", "none")
+    if name not in ("wandb", "csv", "none"):
+        raise ConfigError(f"logger.name must be wandb, csv or none; got {name!r}")
+    mode = lcfg.get("mode", "offline")
+    if name == "wandb" and mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode must be one of {WANDB_MODES}; got {mode!r}")
+    return name, mode
 
 
 def close_logger(logger) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +13,7 @@ from torch import Tensor
 from bindspace.evaluation.embed import embed_batches
 from bindspace.evaluation.retrieval import evaluate_retrieval
 from bindspace.evaluation.tables import summarize
+from bindspace.inference import checkpoint_metadata
 from bindspace.losses import Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import concat_inputs, input_batch_size
 from bindspace.models.model import BindSpaceModel
@@ -210,16 +210,10 @@ class AlignmentModule(L.LightningModule):
         assert_finite_weights(self)  # a checkpoint with NaN/Inf weights is never written
         if self.feature_cache is not None:
             self.feature_cache.flush()  # features computed so far survive a preemption with the checkpoint
-        # Everything needed to rebuild the model without Hydra (bindspace.BindSpace.from_checkpoint).
-        checkpoint["bindspace"] = {
-            "format": 1,
-            "embed_dim": self.model.embed_dim,
-            "modalities": {m: dataclasses.asdict(c) for m, c in self.model.configs.items()},
-            # "edges" are the pairs readers flag as trained: those that took part in an optimisation step
-            # so far (a curriculum cut short, or a checkpoint mid-curriculum, has not trained them all).
-            "edges": [list(e) for e in self.trained_edges()],
-            "graph_edges": [list(e) for e in self.edges],
-        }
+        # Everything needed to rebuild the model without Hydra (bindspace.BindSpace.from_checkpoint). "edges"
+        # are the pairs readers flag as trained: those that took part in an optimisation step so far (a
+        # curriculum cut short, or a checkpoint mid-curriculum, has not trained them all).
+        checkpoint["bindspace"] = checkpoint_metadata(self.model, self.trained_edges(), self.edges)
 
     def trained_edges(self) -> list[Edge]:
         """Graph edges that took part in at least one optimisation step (every edge without a curriculum)."""

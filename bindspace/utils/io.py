@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,10 +11,26 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+class DiskFullError(OSError):
+    """A write failed because its device is full (``errno.ENOSPC``); the message names the file."""
+
+
+# Less than this left on the device after a failed write: the write failed for want of space (torch's
+# zip writer reports a full disk as "unexpected pos" RuntimeErrors, not as ENOSPC).
+FULL_BELOW_BYTES = 1 << 20
+
+
+def free_bytes(folder: str | Path) -> int:
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``.
 
     The rename is atomic on POSIX, so readers see the old file or the new one, never half of one.
+    A failed write removes its temporary file; one that failed for want of space raises
+    :class:`DiskFullError` naming ``path`` (the file it would have replaced is untouched).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,10 +42,22 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = isinstance(err, Exception) and _device_full(path.parent, err)  # measured before the unlink frees it
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(errno.ENOSPC, f"no space left on the device writing {path}", str(path)) from err
         raise
     return path
+
+
+def _device_full(folder: Path, err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return free_bytes(folder) < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def _umask() -> int:

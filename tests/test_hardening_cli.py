@@ -1,0 +1,259 @@
+"""Issue 13 through the real ``bindspace-train``: bad checkpoints, mistyped values, one run per folder.
+
+Nothing is left behind either. Each case launches the installed entry point in a fresh interpreter, as
+a user would, and checks the contract of docs/reliability.md: one stderr line naming the file, key or value, exit 2, no traceback,
+before any compute (where the input can be checked up front), and nothing written into a new run folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_OVERRIDES
+
+from bindspace.utils.io import DiskFullError, atomic_write, atomic_write_text
+
+pytestmark = pytest.mark.slow
+
+PREFIX = "bindspace-train: config error: "
+QUICK = [
+    *(o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint."))),
+    "trainer.max_steps=2",
+    "checkpoint.every_n_train_steps=1",
+    "eval.final=false",
+    "+trainer.limit_val_batches=0",
+]
+# A data source that would fail on its own if it were ever looked at: checks that come first prove they
+# ran before any data was decoded.
+BROKEN_DATA = ["data=manifest", "data.train=/nonexistent/train.jsonl", "data.val=/nonexistent/val.jsonl"]
+
+
+def train(run_dir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    base = [o for o in QUICK if not o.startswith("data.")] if "data=manifest" in overrides else QUICK
+    return subprocess.run(
+        [sys.executable, "-m", "bindspace.train", *base, *overrides, f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def one_line_error(proc: subprocess.CompletedProcess, prefix: str = PREFIX) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].startswith(prefix) and sum(line.startswith(prefix) for line in lines) == 1, proc.stderr
+    return lines[-1].removeprefix(prefix)
+
+
+def assert_nothing_written(run_dir: Path) -> None:
+    assert not run_dir.exists() or not any(run_dir.iterdir()), sorted(p.name for p in run_dir.iterdir())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A real 2-step run of the tiny model: its last.ckpt is the checkpoint the cases below corrupt."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    proc = train(run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+# ---- case 4: checkpoints given to ckpt_path are opened and checked before data is decoded --------------
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
+    path = folder / f"{kind}.ckpt"
+    if kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "payload":
+        torch.save({"state_dict": {}, "x": Payload(folder / "MARKER")}, path)
+    elif kind == "other_size":  # the same checkpoint for a model whose image trunk is twice as wide
+        ckpt = torch.load(good, weights_only=True)
+        key = next(k for k in ckpt["state_dict"] if k.startswith("model.heads.image") and k.endswith("weight"))
+        ckpt["state_dict"][key] = torch.zeros(*ckpt["state_dict"][key].shape[:-1], 999)
+        torch.save(ckpt, path)
+    elif kind == "other_modalities":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if ".imu" not in k}
+        torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("truncated", "not a readable torch checkpoint"),
+        ("payload", "carries Python code or objects, refused"),
+        ("other_size", "a checkpoint of another model size: model.heads.image"),
+        ("other_modalities", "a checkpoint of another model"),
+    ],
+)
+def test_a_bad_checkpoint_to_resume_is_one_line_before_any_data(tmp_path, trained, kind, message):
+    path = bad_checkpoint(kind, trained, tmp_path)
+    run_dir = tmp_path / "run"
+    error = one_line_error(train(run_dir, f"ckpt_path={path}", *BROKEN_DATA))
+    assert error.startswith(str(path)) and message in error, error
+    assert not (tmp_path / "MARKER").exists()
+    assert_nothing_written(run_dir)
+
+
+# ---- case 5: numeric keys are typed and ranged; unknown keys are refused ------------------------------
+
+
+MISTYPED = [
+    # The issue's cases, each through the real CLI.
+    ("trainer.max_steps=abc", "trainer.max_steps must be an integer >= 1, got 'abc'", True),
+    ("trainer.max_steps=0", "trainer.max_steps must be an integer >= 1, got 0", True),
+    ("optim.lr=-1", "optim.lr must be in (0, inf), got -1", True),
+    ("optim.warmup_steps=-5", "optim.warmup_steps must be an integer >= 0, got -5", True),
+    ("+foo=1", "unknown top-level key(s) ['foo']", True),
+    # More of the same rules, checked in-process (the CLI path is the one above).
+    ("optim.betas=[0.9,1.5]", "optim.betas[1] must be in [0, 1), got 1.5", False),
+    ("optim.lr=fast", "optim.lr must be a number, got 'fast'", False),
+    ("+trainer.max_step=5", "trainer: unknown key(s) ['max_step']", False),
+    ("+checkpoint.every_n_steps=5", "checkpoint: unknown key(s) ['every_n_steps']", False),
+    ("seed=-1", "seed must be an integer in [0, 2**32), got -1", False),
+    ("modalities.image.trunk.depth=two", "modalities.image.trunk.depth must be an integer, got 'two'", False),
+    ("trainer.val_check_interval=1.5", "trainer.val_check_interval must be a step count >= 1", False),
+    ("+graph.anchor=text", "graph: unknown key(s) ['anchor']", False),
+]
+
+
+@pytest.mark.parametrize(("override", "message", "cli"), MISTYPED, ids=[m[0] for m in MISTYPED])
+def test_a_mistyped_or_out_of_range_value_is_one_line(tmp_path, override, message, cli):
+    if cli:
+        run_dir = tmp_path / "run"
+        error = one_line_error(train(run_dir, override, *BROKEN_DATA))
+        assert_nothing_written(run_dir)
+    else:
+        from conftest import compose_config
+        from omegaconf import OmegaConf
+
+        from bindspace.config import build_run_spec, check_train_config
+        from bindspace.modalities import ConfigError
+
+        plain = OmegaConf.to_container(compose_config([override], run_dir=str(tmp_path)), resolve=True)
+        with pytest.raises(ConfigError) as caught:
+            check_train_config(plain)
+            build_run_spec(plain)
+        error = str(caught.value)
+    assert message in error, error
+
+
+# ---- case 6: one run per run folder ----------------------------------------------------------------------
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def test_a_second_launch_into_a_live_folder_stops_and_a_dead_holder_is_taken_over(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "bindspace.train", *QUICK, "trainer.max_steps=100000",
+         "checkpoint.every_n_train_steps=100000", f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(run_dir / "train.log", first)  # written once the folder is locked
+        holder = json.loads((run_dir / ".lock").read_text())
+        assert holder["pid"] == first.pid
+        error = one_line_error(train(run_dir, "seed=1"))
+        assert f"run folder {run_dir} is in use by pid {first.pid} on host" in error, error
+        config = (run_dir / ".hydra" / "config.yaml").read_text()
+        assert "seed: 0" in config  # the live run's record is untouched by the refused launch
+    finally:
+        first.send_signal(signal.SIGKILL)  # dies without releasing anything: the lock file stays behind
+        first.communicate()
+    assert (run_dir / ".lock").exists()
+    proc = train(run_dir, "seed=1", "resume=never")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"taking over the lock of pid {first.pid} on host" in proc.stdout + proc.stderr  # the log's console
+    assert not (run_dir / ".lock").exists()  # released at the end of the run
+    assert "seed: 1" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+# ---- case 8: nothing left behind ---------------------------------------------------------------------------
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    stale = [run_dir / "checkpoints" / ".step000001.ckpt.x1y2z3.tmp", run_dir / ".metrics.json.abc123.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)
+    proc = train(run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any(p.exists() for p in stale)
+    assert "a temporary file an interrupted run left behind" in proc.stdout + proc.stderr
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_write_that_fails_for_want_of_space_says_so_and_leaves_the_old_file(tmp_path):
+    target = atomic_write_text(tmp_path / "metrics.json", "old")
+
+    def full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match=f"no space left on the device writing {target}"):
+        atomic_write(target, full)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (needs mount privileges: root in a container; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.decode().strip()})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporaries(small_disk):
+    run_dir = small_disk / "run"
+    proc = train(run_dir, "logger=none")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("bindspace-train: disk full: no space left on the device writing "), lines[-1]
+    assert "checkpoints" in lines[-1]
+    leftovers = [p for p in run_dir.rglob("*.tmp")]
+    assert not leftovers, leftovers
+
+
+def test_config_error_in_a_sweep_job_leaves_nothing_and_reuses_no_folder(tmp_path):
+    """A config error never touches a run folder that already holds a run: its record stays the old run's."""
+    run_dir = tmp_path / "run"
+    proc = train(run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    one_line_error(train(run_dir, "optim.lr=-1"))
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
+    assert os.listdir(run_dir)  # the old run is all still there

@@ -1,8 +1,9 @@
 """Issue 13 through the real ``bindspace-train``: bad checkpoints, mistyped values, one run per folder.
 
 Nothing is left behind either. Each case launches the installed entry point in a fresh interpreter, as
-a user would, and checks the contract of docs/reliability.md: one stderr line naming the file, key or value, exit 2, no traceback,
-before any compute (where the input can be checked up front), and nothing written into a new run folder.
+a user would, and checks the contract of docs/reliability.md: one stderr line naming the file, key or
+value, exit 2, no traceback, before any compute (where the input can be checked up front), and nothing
+written into a new run folder.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ problem raises :class:`ConfigError` with one line naming the key or value at fau
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,14 @@ SECTION_KEYS = {
 }
 
 
+def closest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the nearest candidate by edit similarity, or nothing."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    if not match:
+        return ""
+    return f" (did you mean {prefix + '.' if prefix else ''}{match[0]!r}?)"
+
+
 def check_train_config(cfg: Mapping[str, Any]) -> None:
     """The checks of bindspace-train's own keys (before :func:`build_run_spec`, before any compute).
 
@@ -149,7 +158,11 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     """
     unknown = sorted(set(cfg) - TRAIN_KEYS)
     if unknown:
-        raise ConfigError(f"unknown top-level key(s) {unknown}; bindspace-train's keys are {sorted(TRAIN_KEYS)}")
+        groups = ("anchor", "curriculum", "data", "experiment", "logger", "model", "prompts", "trainer")
+        raise ConfigError(
+            f"unknown top-level key(s) {unknown}{closest(unknown[0], [*TRAIN_KEYS, *groups])}; "
+            f"bindspace-train's keys are {sorted(TRAIN_KEYS)}"
+        )
     for section, known in SECTION_KEYS.items():
         value = cfg.get(section)
         if value is None:
@@ -158,7 +171,8 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"{section} must be a mapping of keys, got {value!r}")
         extra = sorted(set(value) - known)
         if extra:
-            raise ConfigError(f"{section}: unknown key(s) {extra}; expected some of {sorted(known)}")
+            near = closest(extra[0], known, section)
+            raise ConfigError(f"{section}: unknown key(s) {extra}{near}; expected some of {sorted(known)}")
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
@@ -183,7 +197,9 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
     known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     extra = sorted(k for k in trainer if k not in known and k != "_target_")
     if extra:
-        raise ConfigError(f"trainer: unknown key(s) {extra}; see lightning.Trainer's arguments")
+        raise ConfigError(
+            f"trainer: unknown key(s) {extra}{closest(extra[0], known, 'trainer')}; see lightning.Trainer's arguments"
+        )
     _check_positive(trainer.get("max_steps"), "trainer.max_steps")
     for key in ("num_nodes", "log_every_n_steps", "accumulate_grad_batches"):
         if trainer.get(key) is not None:

@@ -57,7 +57,7 @@ from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, run
 from bindspace.modalities import ConfigError
 from bindspace.modalities.base import _from_mapping
 from bindspace.utils.io import atomic_write_json, atomic_write_text
-from bindspace.utils.run_folder import RunFolder
+from bindspace.utils.run_folder import RunFolder, remove_if_empty
 
 log = logging.getLogger("bindspace.eval")
 SPLITS = ("val", "test")
@@ -311,7 +311,8 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except (ConfigError, CheckpointError) as err:
-        # A user error: one clear line, no stack-trace wall, non-zero exit.
+        # A user error: one clear line, no stack-trace wall, non-zero exit, no empty run folder.
+        remove_if_empty()
         print(f"bindspace-eval: error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -43,7 +43,7 @@ from bindspace.training.reliability import (
     parse_signal,
 )
 from bindspace.utils.io import atomic_write_json, atomic_write_text
-from bindspace.utils.run_folder import RunFolder
+from bindspace.utils.run_folder import RunFolder, remove_if_empty
 
 log = logging.getLogger("bindspace.train")
 
@@ -418,7 +418,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
     except ConfigError as err:
-        # A user error: one clear line, no stack-trace wall, non-zero exit.
+        # A user error: one clear line, no stack-trace wall, non-zero exit, no empty run folder.
+        remove_if_empty()
         print(f"bindspace-train: config error: {err}", file=sys.stderr)
         sys.exit(2)
     except Preempted as stop:

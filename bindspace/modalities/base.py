@@ -10,6 +10,7 @@ that module and its YAML file under ``configs/modality/`` only.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -100,7 +101,9 @@ def _from_mapping(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+        near = difflib.get_close_matches(unknown[0], sorted(names), n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hint}; expected some of {sorted(names)}")
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         check_type(value, hints.get(key, Any), f"{where}.{key}")

@@ -183,6 +183,16 @@ class RunFolder:
             self.path.rmdir()  # only if nothing else is in it
 
 
+def remove_if_empty(path: str | Path | None = None) -> None:
+    """Remove a run folder (default: Hydra's output folder) created for a run that stopped before writing into it."""
+    if path is None:
+        hydra_cfg, _ = _hydra_runtime()
+        path = hydra_cfg.runtime.output_dir if hydra_cfg is not None else None
+    if path:
+        with contextlib.suppress(OSError):
+            Path(path).rmdir()  # fails (and is skipped) unless the folder is empty
+
+
 def _read_holder(lock: Path) -> dict[str, Any] | None:
     try:
         text = lock.read_text(encoding="utf-8").strip()

@@ -6,7 +6,8 @@
 
 ``check`` also counts the captions each model preset's text context cuts (or the one given with
 ``--context-length``/``--tokenizer``), with a warning line above 1%; cut captions do not change the exit
-status. Exit status: 0 clean, 1 problems found (bad files, malformed manifest), 2 usage error.
+status. Exit status: 0 clean, 1 problems found (bad files, malformed manifest), 2 usage error or a
+manifest that is not UTF-8 text (one line on stderr naming the file, line and byte offset).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bindspace.data.manifest import (
     JSONL_SUFFIXES,
     FileProblem,
     Manifest,
+    ManifestEncodingError,
     ManifestError,
     drop_samples,
     file_jobs,
@@ -88,6 +90,9 @@ def _load(path: Path) -> Manifest | int:
         return EXIT_USAGE
     try:
         return load_manifest(path)
+    except ManifestEncodingError as err:  # not a text file we can read at all: one line, like a usage error
+        print(f"bindspace-data: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ManifestError as err:
         print(f"bad manifest: {err}")
         return EXIT_PROBLEMS
@@ -169,7 +174,7 @@ def shard(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 clean, 1 problems, 2 usage)."""
+    """Entry point; returns the exit status (0 clean, 1 problems, 2 usage or a manifest that is not UTF-8)."""
     args = _parser().parse_args(argv)  # argparse exits with 2 on bad usage
     try:
         return {"check": check, "shard": shard}[args.command](args)

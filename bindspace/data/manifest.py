@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bindspace.data.readers import DataFileError, read_file
+from bindspace.data.readers import DataFileError, read_file, utf8_problem
 from bindspace.modalities import ConfigError, get_modality, list_modalities
 
 # Modalities whose manifest value is the data itself rather than a file path.
@@ -33,6 +34,10 @@ CSV_SUFFIXES = (".csv",)
 
 class ManifestError(ConfigError):
     """A manifest that cannot be used; the message names the file, the line and the key at fault."""
+
+
+class ManifestEncodingError(ManifestError):
+    """A manifest that is not UTF-8 text; the message names the file, the line and the byte offset."""
 
 
 @dataclass(frozen=True)
@@ -115,17 +120,16 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     Raises:
         ManifestError: missing file, unknown suffix, malformed line, unknown key, wrong value type,
             a sample without modalities, duplicate ids, or no samples at all.
+        ManifestEncodingError: a file that is not UTF-8 text (the message names the line and byte offset).
     """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found (or not a file)")
     suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        rows = _jsonl_rows(path)
-    elif suffix in CSV_SUFFIXES:
-        rows = _csv_rows(path)
-    else:
+    if suffix not in JSONL_SUFFIXES + CSV_SUFFIXES:
         raise ManifestError(f"{path}: manifest must end in {', '.join(JSONL_SUFFIXES + CSV_SUFFIXES)}")
+    text = _read_text(path)
+    rows = _jsonl_rows(path, text) if suffix in JSONL_SUFFIXES else _csv_rows(path, text)
     samples = [_parse_row(path, line, index, row) for index, (line, row) in enumerate(rows)]
     if not samples:
         raise ManifestError(f"{path}: manifest holds no samples")
@@ -137,25 +141,38 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     return Manifest(path, samples)
 
 
-def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _read_text(path: Path) -> str:
+    """The manifest's text; a file that is not UTF-8 fails naming the line and byte offset."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ManifestError(f"{path}: cannot read the manifest ({err.strerror or err})") from None
+    problem = utf8_problem(data)
+    if problem:
+        raise ManifestEncodingError(f"{path}: {problem}")
+    return data.decode("utf-8-sig")
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with path.open(encoding="utf-8-sig") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{path}:{line}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise ManifestError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-            rows.append((line, row))
+    for line, row_text in enumerate(io.StringIO(text, newline=None), start=1):
+        if not row_text.strip():
+            continue
+        try:
+            row = json.loads(row_text)
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{path}:{line}: not valid JSON ({err.msg} at column {err.colno})") from None
+        except (ValueError, RecursionError) as err:  # e.g. an integer of more than 4300 digits, deep nesting
+            raise ManifestError(f"{path}:{line}: not usable JSON ({type(err).__name__}: {err})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+        rows.append((line, row))
     return rows
 
 
-def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
         if header is None:
             raise ManifestError(f"{path}: empty CSV (no header row)")
@@ -170,6 +187,8 @@ def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if len(cells) != len(header):
                 raise ManifestError(f"{path}:{reader.line_num}: {len(cells)} cells, the header has {len(header)}")
             rows.append((reader.line_num, dict(zip(header, cells))))
+    except csv.Error as err:  # e.g. a field longer than csv.field_size_limit()
+        raise ManifestError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
     return rows
 
 
@@ -189,6 +208,8 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
             raise ManifestError(f"{where}: key {m!r} must be a string ({kind}), got {value!r}")
         if m in INLINE_MODALITIES:
             values[m] = value
+        elif "\x00" in value:
+            raise ManifestError(f"{where}: key {m!r}: a file path cannot hold a NUL character, got {value!r}")
         else:
             raw_paths[m] = value
             values[m] = path.parent / value  # an absolute value replaces the folder

@@ -22,6 +22,7 @@ Conventions (what each reader returns):
 Any NaN or Inf fails. `.npy` files load with `allow_pickle=False`; `.npz` archives are not accepted.
 """
 
+import codecs
 import csv
 import io
 import os
@@ -35,6 +36,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 from PIL import Image
+
+from bindspace.modalities.base import ConfigError
 
 PathLike = str | os.PathLike[str]
 
@@ -60,23 +63,59 @@ _WAV_DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTIL
 _WAV_UNKNOWN_LENGTH = 0x7FFFFFFF  # streaming writers put 0x7FFFFFFF/0xFFFFFFFF in the size field
 
 
-class DataFileError(ValueError):
-    """A data file that cannot be used; str() names the file and says what is wrong.
+class DataFileError(ConfigError):
+    """A data file that cannot be used; str() names the file and says what is wrong, on one line.
+
+    A ConfigError (so a ValueError): the command-line tools print it as one line and exit with 2.
 
     Attributes:
         path: The offending file.
-        reason: What is wrong with it, in words.
+        reason: What is wrong with it, in words (line breaks of decoder messages are joined).
     """
 
     def __init__(self, path: PathLike, reason: str):
         self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        self.reason = one_line(reason)
+        super().__init__(f"{one_line(str(self.path))}: {self.reason}")
 
     def __reduce__(self) -> tuple[type, tuple[Path, str]]:
         # The default would call DataFileError(message) with one argument, which fails when the
         # error crosses a process boundary (multiprocessing, DataLoader workers).
         return type(self), (self.path, self.reason)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks (and the blanks around them) replaced by single spaces."""
+    parts = text.splitlines()
+    if len(parts) <= 1:
+        return parts[0] if parts else ""
+    return " ".join(part.strip() for part in parts if part.strip())
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    """1-based line (universal newlines) of byte ``offset`` in ``data``, whose bytes before it are UTF-8."""
+    return sum(1 for _ in io.StringIO(data[:offset].decode("utf-8", "replace") + "x", newline=None))
+
+
+def utf8_problem(data: bytes) -> str | None:
+    """Why ``data`` is not UTF-8 text, naming the line and byte offset, or None when it is.
+
+    A leading UTF-8 byte-order mark is allowed; NUL bytes are not (UTF-16 without a byte-order mark,
+    or a binary file). Lines count like Python's universal newlines.
+    """
+    fix = "save it as UTF-8"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return f"not UTF-8 but UTF-16 (it starts with a UTF-16 byte-order mark; line 1, byte offset 0); {fix}"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = f"line {_line_of(data, err.start)}, byte offset {err.start}"
+        return f"not UTF-8 ({where}: byte 0x{data[err.start]:02x}, {err.reason}); Latin-1 or UTF-16? {fix}"
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        where = f"line {_line_of(data, nul)}, byte offset {nul}"
+        return f"not UTF-8 text ({where}: a NUL byte); UTF-16 or a binary file? {fix}"
+    return None
 
 
 @contextmanager
@@ -106,6 +145,8 @@ def _checked_path(path: PathLike, modality: str) -> Path:
         raise DataFileError(path, "file not found") from err
     except OSError as err:
         raise DataFileError(path, f"cannot access file: {err.strerror or err}") from err
+    except ValueError as err:  # e.g. a NUL character in the path
+        raise DataFileError(path, f"not a usable path: {err}") from err
     if not stat.S_ISREG(info.st_mode):  # directories, and FIFOs that would block a read forever
         raise DataFileError(path, "not a regular file")
     if info.st_size == 0:
@@ -139,7 +180,11 @@ def _load_npy(path: Path) -> np.ndarray:
 def _load_csv(path: Path) -> np.ndarray:
     """Parse a CSV of numbers into a float64 (rows, columns) array; row 1 may be a header."""
     with _decoding(path, "CSV text"):
-        reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+        data = path.read_bytes()
+        problem = utf8_problem(data)
+        if problem:
+            raise DataFileError(path, f"CSV is {problem}")
+        reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
         rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     if rows and not _is_numeric(rows[0][1]):
         rows = rows[1:]

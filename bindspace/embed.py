@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bindspace.cli import KeyValueCommand, run_command
 from bindspace.modalities import ConfigError, get_modality
 from bindspace.utils.io import atomic_write
 
@@ -38,33 +39,6 @@ FORMAT = "bindspace-embeddings/1"
 NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for a row of a float32/float64 file; looser for 16-bit files
 log = logging.getLogger("bindspace.embed")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def parse_key_values(argv: Sequence[str], defaults: Mapping[str, Any], required: Sequence[str]) -> dict[str, Any]:
-    """``["k=v", ...]`` -> a dict typed like ``defaults``; unknown, malformed or missing keys raise ConfigError."""
-    out: dict[str, Any] = dict(defaults)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"arguments are key=value, got {arg!r}")
-        if key not in defaults and key not in required:
-            raise ConfigError(f"unknown key {key!r}; expected some of {sorted({*defaults, *required})}")
-        kind = type(defaults.get(key))
-        if kind is bool:
-            if value.lower() not in _TRUE + _FALSE:
-                raise ConfigError(f"{key} must be true or false, got {value!r}")
-            out[key] = value.lower() in _TRUE
-        elif kind is int:
-            if not value.isdigit() or int(value) < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-            out[key] = int(value)
-        else:
-            out[key] = value
-    missing = [k for k in required if not out.get(k)]
-    if missing:
-        raise ConfigError(f"missing {', '.join(f'{k}=...' for k in missing)}")
-    return out
 
 
 def resolve_inputs(modality: str, inputs: str) -> tuple[list[str], list[Any]]:
@@ -277,8 +251,26 @@ def load_embeddings(path: str | Path, renormalize: bool = False) -> EmbeddingFil
     return EmbeddingFile(emb, ids, meta["modality"], meta, renormalized)
 
 
-DEFAULTS = {"batch_size": 64, "device": "cpu", "center": False}
-REQUIRED = ("ckpt_path", "modality", "inputs", "out")
+COMMAND = KeyValueCommand(
+    prog="bindspace-embed",
+    summary="Embed the files (or texts) of one modality with a trained checkpoint into a safetensors file.",
+    required={
+        "ckpt_path": "a checkpoint written by bindspace-train (e.g. runs/train/<time>/checkpoints/last.ckpt)",
+        "modality": "the modality of the inputs (image, text, audio, depth, thermal, imu, or any registered one)",
+        "inputs": "a folder, a glob, a manifest (.jsonl/.csv) or, for text, a .txt file with one text per line",
+        "out": "the .safetensors file to write (embeddings (N, D) and their ids)",
+    },
+    options={
+        "batch_size": (64, "inputs embedded per forward pass"),
+        "device": ("cpu", "cpu, cuda, cuda:1, ..."),
+        "center": (False, "apply the centring stored in the checkpoint (bindspace-eval eval.save_to_checkpoint=true)"),
+    },
+    examples=[
+        "bindspace-embed ckpt_path=last.ckpt modality=audio inputs=clips/ out=audio.safetensors",
+        "bindspace-embed ckpt_path=last.ckpt modality=text inputs=captions.txt out=captions.safetensors",
+    ],
+)
+DEFAULTS, REQUIRED = COMMAND.defaults, tuple(COMMAND.required)
 
 
 def run(args: Mapping[str, Any]) -> Path:
@@ -302,17 +294,13 @@ def run(args: Mapping[str, Any]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code (2 for a user error, printed as one line)."""
-    from bindspace.data.readers import DataFileError
-    from bindspace.inference import CheckpointError
 
-    try:
-        args = parse_key_values(sys.argv[1:] if argv is None else argv, DEFAULTS, REQUIRED)
-        out = run(args)
-    except (ConfigError, CheckpointError, DataFileError) as err:
-        print(f"bindspace-embed: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    def body() -> int:
+        out = run(COMMAND.parse(sys.argv[1:] if argv is None else argv))
+        print(f"wrote {out}")
+        return 0
+
+    return run_command(COMMAND.prog, body)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bindspace.cli import check_hydra_overrides
 from bindspace.config import build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.data.checks import small_heldout_message
@@ -306,8 +307,18 @@ def write_results(
     print(f"metrics: {run_dir / 'metrics.json'}")
 
 
+def main() -> None:
+    """``bindspace-eval``: overrides checked in one line (:func:`bindspace.cli.check_hydra_overrides`), then Hydra."""
+    try:
+        check_hydra_overrides("eval", sys.argv[1:])
+    except ConfigError as err:
+        print(f"bindspace-eval: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://bindspace.configs", config_name="eval")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except (ConfigError, CheckpointError) as err:

@@ -33,20 +33,33 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bindspace.embed import EmbeddingFileError, load_embeddings, parse_key_values
+from bindspace.cli import KeyValueCommand, run_command
+from bindspace.embed import EmbeddingFileError, load_embeddings
 from bindspace.modalities import ConfigError
 
 MITIGATIONS = ("none", "center", "bridge")
-DEFAULTS = {
-    "ckpt_path": "",
-    "query_modality": "",
-    "k": 10,
-    "mitigation": "none",
-    "device": "cpu",
-    "format": "table",
-    "renormalize": False,
-}
-REQUIRED = ("index", "query")
+COMMAND = KeyValueCommand(
+    prog="bindspace-search",
+    summary="Search exported embeddings of any mix of modalities with a file, an embeddings file or a text.",
+    required={
+        "index": "comma-separated .safetensors files written by bindspace-embed, searched as one index",
+        "query": "an embeddings file (every row a query), a data file, or otherwise a text string",
+    },
+    options={
+        "ckpt_path": ("", "the checkpoint that embeds a data-file or text query (and holds the gap statistics)"),
+        "query_modality": ("", "the modality of a data-file query when its suffix does not say"),
+        "k": (10, "results per query"),
+        "mitigation": ("none", "none | center | bridge (statistics stored in the checkpoint)"),
+        "device": ("cpu", "cpu, cuda, ..."),
+        "format": ("table", "table | json (one JSON object per query)"),
+        "renormalize": (False, "divide rows that are not unit-norm by their norm (one warning) instead of refusing"),
+    },
+    examples=[
+        'bindspace-search index=images.safetensors,audio.safetensors query="a dog barking" ckpt_path=last.ckpt',
+        "bindspace-search index=images.safetensors query=clips/dog.wav ckpt_path=last.ckpt k=5",
+    ],
+)
+DEFAULTS, REQUIRED = COMMAND.defaults, tuple(COMMAND.required)
 
 
 def query_modality(path: Path, given: str) -> str:
@@ -239,29 +252,28 @@ def format_results(results: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code (2 for a user error, printed as one line)."""
-    from bindspace.data.readers import DataFileError
-
     # Warnings of the embeddings loader (renormalize=true) reach the user as one stderr line each.
     warn = logging.StreamHandler(sys.stderr)
     warn.setFormatter(logging.Formatter("bindspace-search: warning: %(message)s"))
     warn.setLevel(logging.WARNING)
     loader_log = logging.getLogger("bindspace.embed")
-    loader_log.addHandler(warn)
-    try:
-        args = parse_key_values(sys.argv[1:] if argv is None else argv, DEFAULTS, REQUIRED)
+
+    def body() -> int:
+        args = COMMAND.parse(sys.argv[1:] if argv is None else argv)
         if args["format"] not in ("table", "json"):
             raise ConfigError(f"format must be table or json, got {args['format']!r}")
         results = run(args)
-    except (ConfigError, DataFileError) as err:
-        print(f"bindspace-search: error: {err}", file=sys.stderr)
-        return 2
+        if args["format"] == "json":
+            print("\n".join(json.dumps(r) for r in results))
+        else:
+            print(format_results(results))
+        return 0
+
+    loader_log.addHandler(warn)
+    try:
+        return run_command(COMMAND.prog, body)
     finally:
         loader_log.removeHandler(warn)
-    if args["format"] == "json":
-        print("\n".join(json.dumps(r) for r in results))
-    else:
-        print(format_results(results))
-    return 0
 
 
 if __name__ == "__main__":

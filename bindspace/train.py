@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from bindspace.cli import check_hydra_overrides
 from bindspace.config import RunSpec, build_run_spec, check_train_config
 from bindspace.data import build_datamodule
 from bindspace.data.checks import report_caption_truncation
@@ -413,8 +414,18 @@ def write_results(run_dir: Path, metrics: dict, spec: RunSpec, per_query: dict |
     print(f"metrics: {run_dir / 'metrics.json'}  checkpoints: {run_dir / 'checkpoints'}")
 
 
+def main() -> None:
+    """``bindspace-train``: overrides checked in one line (:func:`bindspace.cli.check_hydra_overrides`), then Hydra."""
+    try:
+        check_hydra_overrides("train", sys.argv[1:])
+    except ConfigError as err:
+        print(f"bindspace-train: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://bindspace.configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
     except ConfigError as err:

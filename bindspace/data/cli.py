@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from bindspace.cli import OneLineArgumentParser
 from bindspace.data.checks import TRUNCATION_WARN, caption_truncation, text_lengths, truncation_message
 from bindspace.data.manifest import (
     CSV_SUFFIXES,
@@ -42,8 +43,14 @@ EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bindspace-data", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineArgumentParser(
+        prog="bindspace-data",
+        description=__doc__.split("\n")[0],
+        epilog="examples:\n  bindspace-data check data/train.jsonl\n"
+        "  bindspace-data shard data/train.jsonl shards/train",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
     check = sub.add_parser("check", help="decode every file of a manifest and report problems")
     check.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
     check.add_argument("--workers", type=int, default=None, help="decoding threads (default: cpus + 4, max 32)")
@@ -179,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return {"check": check, "shard": shard}[args.command](args)
     except ConfigError as err:
-        print(f"bindspace-data: {err}", file=sys.stderr)
+        print(f"bindspace-data: error: {err}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bindspace.cli import OneLineArgumentParser
 from bindspace.report.aggregate import Difference, SeedStats, group_stats, paired_differences, seed_stats
 from bindspace.report.bootstrap import DEFAULT_BOOT_SEED, DEFAULT_N_BOOT, bootstrap_many, two_level_bootstrap
 from bindspace.report.build import Report, build_report
@@ -225,7 +226,12 @@ def log_to_wandb(report: Report, paths: dict[str, Path], mode: str, out: Path) -
 def main(argv: Sequence[str] | None = None) -> int:
     """``bindspace-report MULTIRUN_DIR [--out DIR] [--metric R@1] [--baseline GROUP] [--n-boot N] [--boot-seed S]
     [--wandb MODE]``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="bindspace-report", description="Compare the jobs of a multirun.")
+    parser = OneLineArgumentParser(
+        prog="bindspace-report",
+        description="Compare the jobs of a multirun: seeds pooled with intervals, paired differences, chance.",
+        epilog="example:\n  bindspace-report runs/train/multirun/<time> --baseline anchor=image",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("multirun_dir", type=Path, help="a bindspace-train -m sweep folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the sweep folder)")
     parser.add_argument("--metric", default="R@1", help="metric of the pair table, figures and stages (default R@1)")

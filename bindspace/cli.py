@@ -1,0 +1,216 @@
+"""One convention for bindspace's command lines, and one error-to-exit-code wrapper.
+
+Two styles, each where it fits:
+
+* **Hydra** (``bindspace-train``, ``bindspace-eval``): runs are compositions of config groups
+  (``model=base anchor=text curriculum=progressive``) that sweep (``-m seed=0,1,2``) and are recorded
+  in ``.hydra/``; their ``--help`` is Hydra's, with bindspace's template (``configs/hydra/help``).
+* **key=value** (``bindspace-embed``, ``bindspace-search``): one-shot tools whose options are few and
+  flat; they read like the Hydra commands (``ckpt_path=... k=5``) without composing anything.
+* **sub-commands** (``bindspace-data check|shard``, ``bindspace-report``): argparse, through
+  :class:`OneLineArgumentParser`.
+
+Every command answers ``--help`` with its options and an example, names an unknown option with the
+closest valid one in one line, and exits 0 (done), 2 (a user error: one line naming the file, key or
+value) or another code its docs give (3: non-finite training; 128+N: stopped by signal N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import errno
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bindspace.modalities import ConfigError
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or nothing."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class HelpRequested(Exception):
+    """``--help`` was given: the command prints its help and exits 0."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+@dataclass
+class KeyValueCommand:
+    """A ``key=value`` command line: its options (with defaults and help), required keys and examples.
+
+    Values are typed like their defaults: booleans (``true``/``false``), positive integers, strings.
+    """
+
+    prog: str
+    summary: str
+    options: Mapping[str, tuple[Any, str]]  # key -> (default, help)
+    required: Mapping[str, str] = field(default_factory=dict)  # key -> help
+    examples: Sequence[str] = ()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {k: default for k, (default, _) in self.options.items()}
+
+    def help(self) -> str:
+        width = max(len(k) for k in [*self.required, *self.options]) + 2
+        lines = [f"usage: {self.prog} key=value ...", "", self.summary, "", "required:"]
+        lines += [f"  {k + '=':<{width}} {text}" for k, text in self.required.items()]
+        lines += ["", "options:"]
+        for k, (default, text) in self.options.items():
+            shown = str(default).lower() if isinstance(default, bool) else (default if default != "" else "(none)")
+            lines.append(f"  {k + '=':<{width}} {text} [default: {shown}]")
+        if self.examples:
+            lines += ["", "examples:", *(f"  {e}" for e in self.examples)]
+        return "\n".join(lines)
+
+    def parse(self, argv: Sequence[str]) -> dict[str, Any]:
+        """``["k=v", ...]`` -> a dict typed like the defaults.
+
+        Raises:
+            HelpRequested: ``-h`` or ``--help`` among the arguments.
+            ConfigError: an unknown key (with the closest valid one), a malformed or mistyped value,
+                or a missing required key, in one line.
+        """
+        if any(a in ("-h", "--help") for a in argv):
+            raise HelpRequested(self.help())
+        known = [*self.required, *self.options]
+        out: dict[str, Any] = self.defaults
+        for arg in argv:
+            key, sep, value = arg.partition("=")
+            if arg.startswith("-"):
+                raise ConfigError(
+                    f"unknown option {arg!r}{did_you_mean(arg.lstrip('-').split('=')[0], known)}; options are "
+                    f"key=value (see {self.prog} --help)"
+                )
+            if not sep or not key:
+                raise ConfigError(f"arguments are key=value, got {arg!r} (see {self.prog} --help)")
+            if key not in known:
+                raise ConfigError(f"unknown key {key!r}{did_you_mean(key, known)}; keys are {sorted(known)}")
+            kind = type(self.options[key][0]) if key in self.options else str
+            if kind is bool:
+                if value.lower() not in _TRUE + _FALSE:
+                    raise ConfigError(f"{key} must be true or false, got {value!r}")
+                out[key] = value.lower() in _TRUE
+            elif kind is int:
+                if not value.isdigit() or int(value) < 1:
+                    raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+                out[key] = int(value)
+            else:
+                out[key] = value
+        missing = [k for k in self.required if not out.get(k)]
+        if missing:
+            raise ConfigError(f"missing {', '.join(f'{k}=...' for k in missing)} (see {self.prog} --help)")
+        return out
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the bad option and the closest valid one, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            bad = message.split(":", 1)[1].split()
+            options = [o for action in self._actions for o in action.option_strings]
+            message = f"{message}{did_you_mean(bad[0], options) if bad else ''}"
+        elif "invalid choice:" in message:
+            message = message.split(" (choose from")[0] + self._closest_choice(message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _closest_choice(self, message: str) -> str:
+        bad = message.split("invalid choice:", 1)[1].strip().split()[0].strip("'")
+        choices = [c for action in self._actions if action.choices for c in action.choices]
+        return did_you_mean(bad, [str(c) for c in choices])
+
+
+def run_command(prog: str, body: Callable[[], int | None]) -> int:
+    """Run a command's body with bindspace's exit codes: 0, or 2 with one line for a user error.
+
+    A :class:`HelpRequested` prints the help (exit 0); a ``ConfigError`` (which includes checkpoint
+    and data-file errors) prints ``<prog>: error: <message>``; a full disk prints one line too.
+    """
+    try:
+        return int(body() or 0)
+    except HelpRequested as request:
+        print(request.text)
+        return 0
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"{prog}: error: disk full: {err.strerror}", file=sys.stderr)
+        return 2
+
+
+# Hydra flags that are not overrides: with any of them, Hydra parses the command line itself.
+HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--package", "-p", "-m",
+               "--multirun", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--experimental-rerun", "--version")  # fmt: skip
+
+
+def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
+    """Compose ``config_name`` with the command line's overrides once, before Hydra runs, for one-line errors.
+
+    Hydra reports an unknown key or option in several lines with exit 1; this names the key and the
+    closest valid one in one :class:`ConfigError` line. Sweeps (``-m``), Hydra's own flags and the
+    processes Lightning's DDP launcher starts (``LOCAL_RANK`` set) are left to Hydra unchecked.
+
+    Raises:
+        ConfigError: an override that does not compose.
+    """
+    import os
+
+    if os.environ.get("LOCAL_RANK") or any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    overrides = [a for a in argv if not a.startswith("hydra.")]
+    try:
+        with initialize_config_module("bindspace.configs", version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except HydraException as err:
+        raise ConfigError(_one_line_hydra_error(err, config_name, compose, initialize_config_module)) from None
+
+
+def _one_line_hydra_error(err: Exception, config_name: str, compose, initialize) -> str:
+    try:
+        return _describe_hydra_error(err, config_name, compose, initialize)
+    except Exception:  # the hint is a courtesy: never let it hide the error itself
+        return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def _describe_hydra_error(err: Exception, config_name: str, compose, initialize) -> str:
+    message = str(err)
+    first = message.strip().splitlines()[0] if message.strip() else type(err).__name__
+    if first.startswith("Could not override '"):
+        from omegaconf import DictConfig, OmegaConf
+
+        key = first.split("'")[1]
+        with initialize("bindspace.configs", version_base="1.3"):
+            defaults = compose(config_name)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(defaults, parent) if parent else defaults
+        keys = list(node.keys()) if isinstance(node, DictConfig) else []
+        if not parent:
+            keys += ["anchor", "curriculum", "data", "experiment", "logger", "model", "prompts", "trainer"]
+        hint = did_you_mean(leaf, [str(k) for k in keys])
+        if hint:
+            hint = hint.replace("'", f"'{parent}.", 1) if parent else hint
+        return f"unknown key {key!r}{hint}; a key that is not in the config needs a leading + (+{key}=...)"
+    if first.startswith("In '") and "Could not find" in first:
+        options = [line.strip() for line in message.splitlines() if line.startswith("\t") and "=" not in line]
+        wanted = first.split("Could not find '")[1].rstrip("'")
+        group, _, name = wanted.rpartition("/")
+        return f"no {group} config named {name!r}{did_you_mean(name, options)}; available: {', '.join(options)}"
+    return " ".join(line.strip() for line in message.strip().splitlines() if line.strip() and "hydra.cc" not in line)

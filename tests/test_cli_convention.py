@@ -1,0 +1,74 @@
+"""One CLI convention (issue 14, part 4): every command answers --help with its options and an example,
+and names an unknown option with the closest valid one in one line, exit 2.
+
+The key=value and argparse commands run in-process through their ``main`` (the console scripts call
+exactly that); the Hydra commands run in a fresh interpreter, since their check happens before Hydra
+parses the command line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bindspace.data.cli import main as data_main
+from bindspace.embed import main as embed_main
+from bindspace.report import main as report_main
+from bindspace.search import main as search_main
+
+IN_PROCESS = {
+    "bindspace-embed": (embed_main, ["ckpt_path=a", "modality=text", "inputs=x.txt", "out=o", "batchsize=3"],
+                        "unknown key 'batchsize' (did you mean 'batch_size'?)"),
+    "bindspace-search": (search_main, ["index=a", "qury=b"], "unknown key 'qury' (did you mean 'query'?)"),
+    "bindspace-data": (data_main, ["chek", "x.jsonl"], "invalid choice: 'chek' (did you mean 'check'?)"),
+    "bindspace-report": (report_main, ["runs", "--basline", "x"], "--basline x (did you mean '--baseline'?)"),
+}  # fmt: skip
+
+
+def exit_code(call) -> int:
+    try:
+        return int(call() or 0)
+    except SystemExit as stop:  # argparse exits itself
+        return int(stop.code or 0)
+
+
+@pytest.mark.parametrize("prog", list(IN_PROCESS))
+def test_help_shows_options_and_an_example(prog, capsys):
+    main = IN_PROCESS[prog][0]
+    assert exit_code(lambda: main(["--help"])) == 0
+    out = capsys.readouterr().out
+    assert prog in out and "example" in out.lower()
+
+
+@pytest.mark.parametrize("prog", list(IN_PROCESS))
+def test_an_unknown_option_is_one_line_with_the_closest(prog, capsys):
+    main, argv, message = IN_PROCESS[prog]
+    assert exit_code(lambda: main(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error: ") and message in err[0], err
+
+
+def cli(module: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "prog", "bad", "message"),
+    [
+        ("bindspace.train", "bindspace-train: config error: ", "optim.lrr=1",
+         "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+        ("bindspace.eval", "bindspace-eval: error: ", "anchor=txt",
+         "no anchor config named 'txt' (did you mean 'text'?)"),
+    ],
+)  # fmt: skip
+def test_hydra_commands_help_and_unknown_keys(tmp_path, module, prog, bad, message):
+    helped = cli(module, "--help")
+    assert helped.returncode == 0 and "examples:" in helped.stdout and "config groups" in helped.stdout
+    assert len(helped.stdout.splitlines()) < 60  # a page of help, not the config dump
+    proc = cli(module, bad, f"hydra.run.dir={tmp_path / 'run'}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(prog) and message in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()

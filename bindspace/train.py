@@ -82,6 +82,9 @@ def build_trainer(
     ckpt = RunCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_train_steps)
     preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_now)
     callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption]
+    bar = step_progress_bar() if cfg.trainer.get("enable_progress_bar", True) else None
+    if bar is not None:
+        callbacks.append(bar)
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return hydra.utils.instantiate(
@@ -92,6 +95,22 @@ def build_trainer(
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
+
+
+def step_progress_bar():
+    """Lightning's rich progress bar labelled by steps: bindspace trains for ``max_steps`` in one long epoch
+    (``max_epochs=-1``), which the stock label shows as ``Epoch 0/-2``. None without ``rich``."""
+    try:
+        import rich  # noqa: F401
+        from lightning.pytorch.callbacks import RichProgressBar
+    except ImportError:
+        return None
+
+    class StepProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            return f"step (of max_steps={self.trainer.max_steps})"
+
+    return StepProgressBar()
 
 
 def reliability_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = No
     if mode != "online":
         # Belt and braces: the environment wins over any stray setting, so offline never dials out.
         os.environ["WANDB_MODE"] = mode
-    return WandbLogger(
+    logger = WandbLogger(
         project=lcfg.get("project", "bindspace"),
         entity=lcfg.get("entity"),
         group=lcfg.get("group"),
@@ -42,6 +42,12 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = No
         mode=mode,
         log_model=False,
     )
+    # Lightning always passes anonymous=None to wandb.init, which then warns that the (deprecated) setting
+    # has no effect on every run; leaving the key out changes nothing else.
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
+    return logger
 
 
 def check_logger(lcfg: dict[str, Any]) -> tuple[str, str]:

@@ -16,6 +16,8 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,7 +46,7 @@ from bindspace.training.reliability import (
     parse_signal,
 )
 from bindspace.utils.io import atomic_write_json, atomic_write_text
-from bindspace.utils.run_folder import RunFolder, remove_if_empty
+from bindspace.utils.run_folder import RunFolder, is_launch_rank, link_latest, remove_if_empty
 
 log = logging.getLogger("bindspace.train")
 
@@ -468,6 +470,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         sys.exit(2)
+    if is_launch_rank() and HydraConfig.get().mode == RunMode.RUN:  # sweeps have their own folder layout
+        link_latest(cfg.paths.output_dir)  # runs/train/latest: the newest finished run, for notebooks and scripts
     summary = metrics.get("summary", {})
     return summary.get("emergent/R@1", summary.get("trained/R@1"))  # the value a sweeper optimises
 

@@ -168,7 +168,10 @@ def _job_dirs(multirun_dir: Path) -> list[Path]:
     jobs = [
         p
         for p in multirun_dir.iterdir()
-        if p.is_dir() and (p.name.isdigit() or (p / ".hydra").is_dir() or (p / "metrics.json").is_file())
+        # not the `latest` link bindspace-train keeps beside single runs: it repeats one of them
+        if p.is_dir()
+        and not p.is_symlink()
+        and (p.name.isdigit() or (p / ".hydra").is_dir() or (p / "metrics.json").is_file())
     ]
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 

@@ -193,6 +193,27 @@ def remove_if_empty(path: str | Path | None = None) -> None:
             Path(path).rmdir()  # fails (and is skipped) unless the folder is empty
 
 
+def link_latest(run_dir: str | Path, name: str = "latest") -> Path | None:
+    """Point ``<run_dir>/../latest`` at ``run_dir`` (a relative symlink, replaced atomically).
+
+    Gives the newest finished run of a task a stable path (``runs/train/latest/checkpoints/last.ckpt``)
+    for notebooks and scripts. Returns the link, or None where symlinks are not possible.
+    """
+    run_dir = Path(run_dir).resolve()
+    link = run_dir.parent / name
+    if link == run_dir or (link.exists() and not link.is_symlink()):
+        return None  # never replace a real folder that happens to be called "latest"
+    tmp = run_dir.parent / f".{name}.{os.getpid()}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+    return link
+
+
 def _read_holder(lock: Path) -> dict[str, Any] | None:
     try:
         text = lock.read_text(encoding="utf-8").strip()

@@ -210,6 +210,9 @@ def test_stale_temporaries_of_a_killed_run_are_removed_at_the_next_start(tmp_pat
     assert not any(p.exists() for p in stale)
     assert "a temporary file an interrupted run left behind" in proc.stdout + proc.stderr
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    # The finished run is what <parent>/latest points at (runs/train/latest for the notebook).
+    latest = tmp_path / "latest"
+    assert latest.is_symlink() and latest.resolve() == run_dir.resolve()
 
 
 def test_a_write_that_fails_for_want_of_space_says_so_and_leaves_the_old_file(tmp_path):

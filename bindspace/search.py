@@ -108,7 +108,8 @@ class Searcher:
         means = self.meta.get("centering") or {}
         if modality not in means:
             raise ConfigError(
-                f"mitigation=center: the checkpoint stores no centring for {modality!r} (has {sorted(means)})"
+                f"mitigation=center: the checkpoint stores no centring for {modality!r} (has {sorted(means)}); "
+                "store it with: bindspace-eval ckpt_path=<this checkpoint> eval.save_to_checkpoint=true"
             )
         return emb if already else center(emb, torch.tensor(means[modality]))
 
@@ -124,7 +125,8 @@ class Searcher:
                 key, bridges = f"{p.modality}->{query_modality}", self.meta.get("bridges") or {}
                 if key not in bridges:
                     raise ConfigError(
-                        f"mitigation=bridge: the checkpoint stores no bridge {key!r} (has {sorted(bridges)})"
+                        f"mitigation=bridge: the checkpoint stores no bridge {key!r} (has {sorted(bridges)}); store "
+                        "bridges with: bindspace-eval ckpt_path=<this checkpoint> eval.save_to_checkpoint=true"
                     )
                 emb = Bridge.from_dict(bridges[key])(emb)
             rows.append(emb)

@@ -183,6 +183,16 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
         raise ConfigError(_one_line_hydra_error(err, config_name, compose, initialize_config_module)) from None
 
 
+def run_hydra_command(config_name: str, error_prefix: str, hydra_main: Callable[[], Any]) -> None:
+    """A Hydra entry point: the command line's overrides checked first (one line, exit 2), then ``hydra_main``."""
+    try:
+        check_hydra_overrides(config_name, sys.argv[1:])
+    except ConfigError as err:
+        print(f"{error_prefix}: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
 def _one_line_hydra_error(err: Exception, config_name: str, compose, initialize) -> str:
     try:
         return _describe_hydra_error(err, config_name, compose, initialize)

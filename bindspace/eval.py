@@ -27,7 +27,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bindspace.cli import check_hydra_overrides
+from bindspace.cli import run_hydra_command
 from bindspace.config import build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.data.checks import small_heldout_message
@@ -309,12 +309,7 @@ def write_results(
 
 def main() -> None:
     """``bindspace-eval``: overrides checked in one line (:func:`bindspace.cli.check_hydra_overrides`), then Hydra."""
-    try:
-        check_hydra_overrides("eval", sys.argv[1:])
-    except ConfigError as err:
-        print(f"bindspace-eval: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
+    run_hydra_command("eval", "bindspace-eval: error", hydra_main)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://bindspace.configs", config_name="eval")

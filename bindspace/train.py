@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from bindspace.cli import check_hydra_overrides
+from bindspace.cli import run_hydra_command
 from bindspace.config import RunSpec, build_run_spec, check_train_config
 from bindspace.data import build_datamodule
 from bindspace.data.checks import report_caption_truncation
@@ -437,12 +437,7 @@ def write_results(run_dir: Path, metrics: dict, spec: RunSpec, per_query: dict |
 
 def main() -> None:
     """``bindspace-train``: overrides checked in one line (:func:`bindspace.cli.check_hydra_overrides`), then Hydra."""
-    try:
-        check_hydra_overrides("train", sys.argv[1:])
-    except ConfigError as err:
-        print(f"bindspace-train: config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
+    run_hydra_command("train", "bindspace-train: config error", hydra_main)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://bindspace.configs", config_name="train")

@@ -18,7 +18,7 @@ from bindspace.losses import BACKPROP_MODES, Edge, MultiEdgeLoss, edge_key
 from bindspace.modalities import ConfigError, LogitScaleConfig, ModalityConfig, get_modality, list_modalities
 from bindspace.modalities.base import _from_mapping
 from bindspace.models.model import BindSpaceModel
-from bindspace.models.pretrained import pretrained_width
+from bindspace.nn.pretrained import pretrained_width
 from bindspace.training.optim import OptimConfig
 
 

@@ -91,7 +91,7 @@ def untrusted_configs(
         CheckpointError: a recorded architecture that is not plain data, names custom code, or (older
             checkpoints) a trunk that only a download or a hub id could describe.
     """
-    from bindspace.models.pretrained import hf_config_from_dict
+    from bindspace.nn.pretrained import hf_config_from_dict
 
     out: dict[str, Mapping[str, Any]] = {}
     for m, cfg in configs.items():

@@ -23,13 +23,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import matplotlib
 import torch
 import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import Tensor
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the library
+    from matplotlib.figure import Figure
 
 from bindspace.evaluation.mixed import mixed_index  # noqa: F401 (re-exported: its public home since issue 12)
 
@@ -213,6 +214,8 @@ def pca_2d(x: Tensor) -> Tensor:
 def _projection_panel(ax, embeddings: Mapping[str, Tensor], max_points: int, title: str) -> None:
     parts = {m: e[:max_points].detach().float().cpu() for m, e in embeddings.items()}
     xy = pca_2d(torch.cat(list(parts.values()))).split([len(p) for p in parts.values()])
+    import matplotlib
+
     colors = matplotlib.colormaps["tab10"]
     for i, (m, points) in enumerate(zip(parts, xy, strict=True)):
         ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, color=colors(i % 10), label=m, gid=f"points-{m}")
@@ -240,6 +243,9 @@ def gap_projection_figure(
         The figure (matplotlib object API with an Agg canvas, no pyplot state): one axes per panel,
         each with a "points-<m>" and a "centroid-<m>" collection per modality.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     panels = {"raw embeddings": embeddings} if centered is None else {"raw": embeddings, "centred": centered}
     fig = Figure(figsize=(5.5 * len(panels), 5.0), layout="constrained")
     FigureCanvasAgg(fig)

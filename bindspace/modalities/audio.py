@@ -20,7 +20,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from bindspace.modalities.base import ModalitySpec, register_modality
-from bindspace.models.layers import PatchTokenizer
+from bindspace.nn.layers import PatchTokenizer
 
 
 @dataclass

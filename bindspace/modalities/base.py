@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bindspace.errors import ConfigError
+
 ModelInput = Tensor | dict[str, Tensor]
 
 
@@ -87,10 +89,6 @@ class ModalityConfig:
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
-
-
-class ConfigError(ValueError):
-    """A user configuration error; the message names the key or value at fault."""
 
 
 def _from_mapping(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bindspace.modalities.base import ModalitySpec, register_modality
-from bindspace.models.layers import SequencePatchTokenizer
+from bindspace.nn.layers import SequencePatchTokenizer
 
 
 @dataclass

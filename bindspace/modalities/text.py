@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from bindspace.modalities.base import ModalitySpec, register_modality
-from bindspace.models.layers import TextTokenEmbedding
-from bindspace.models.pretrained import resolve_hf_source
+from bindspace.nn.layers import TextTokenEmbedding
+from bindspace.nn.pretrained import resolve_hf_source
 
 PAD, BOS, EOS, BYTE_OFFSET = 0, 1, 2, 3
 BYTE_VOCAB = 256 + BYTE_OFFSET

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from bindspace.modalities._image_ops import dummy_image, resize_center_crop, to_chw_float
 from bindspace.modalities.base import ModalitySpec, register_modality
-from bindspace.models.layers import PatchTokenizer
+from bindspace.nn.layers import PatchTokenizer
 
 
 @dataclass

@@ -8,8 +8,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from bindspace.modalities import ENCODER_PARTS, ConfigError, ModalityConfig, ModelInput, get_modality
-from bindspace.models.layers import Head, Normalize, TransformerTrunk
-from bindspace.models.pretrained import build_hf_trunk, build_timm_vit, trunk_architecture
+from bindspace.nn.layers import Head, Normalize, TransformerTrunk
+from bindspace.nn.pretrained import build_hf_trunk, build_timm_vit, trunk_architecture
 
 STAGES = ("preprocessors", "trunks", "heads", "postprocessors")
 
@@ -19,7 +19,7 @@ def build_encoder_parts(
 ) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
     """Build (preprocessor, trunk, head, postprocessor) for one modality from its config.
 
-    ``architecture``: for a timm or transformers trunk, what :func:`~bindspace.models.pretrained.trunk_architecture`
+    ``architecture``: for a timm or transformers trunk, what :func:`~bindspace.nn.pretrained.trunk_architecture`
     recorded; the trunk is then built from it with random weights, without reading ``trunk.pretrained``
     (how checkpoints are loaded: the weights are in the checkpoint, the source is provenance).
     """

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bindspace.modalities import ConfigError
+from bindspace.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,269 @@
+"""Trunks from pretrained timm and transformers models, split into ImageBind's four stages.
+
+Pretrained sources are data: a hub id or a local folder (timm ``save_for_hf`` / transformers
+``save_pretrained``). A local folder is always preferred when it exists, so nothing is downloaded
+when the weights are on disk; set ``HF_HUB_OFFLINE=1`` to make a missing folder an error rather than
+a download.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from bindspace.nn.layers import Tokens
+
+
+def _local_folder(kind: str, pretrained: str) -> Path | None:
+    """The local folder a pretrained source names, or None for a hub id or timm name.
+
+    A source that is written as a path (absolute, ``~``, ``./``, timm's ``local-dir:``) but is no folder
+    is an error: read as a hub id it would fail later with a far less clear message.
+    """
+    source = pretrained.removeprefix("local-dir:") if kind == "timm" else pretrained
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if source != pretrained or path.is_absolute() or source.startswith((".", "~")):
+        raise ValueError(f"no such folder: {path}")
+    return None
+
+
+def pretrained_width(kind: str, pretrained: str | None, trust_remote_code: bool = False) -> int | None:
+    """The hidden width of a pretrained trunk in a local folder, read from its config file alone (no weights).
+
+    Args:
+        kind: ``timm`` (a ``save_for_hf`` folder: ``num_features``) or ``hf`` (a ``save_pretrained``
+            folder: the transformers config's ``hidden_size``).
+        pretrained: the trunk's ``pretrained`` source.
+        trust_remote_code: passed to transformers for configs of custom architectures.
+
+    Returns:
+        The width, or None when there is nothing local to read (no source, or a hub id: validation
+        never touches the network).
+
+    Raises:
+        ValueError: a path that is no folder, or a folder whose config cannot be read or names no width.
+    """
+    if pretrained is None or kind not in ("timm", "hf"):
+        return None
+    path = _local_folder(kind, pretrained)
+    if path is None:
+        return None
+    if kind == "hf":
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read the transformers config in {path} ({err})") from None
+        width = getattr(config, "hidden_size", None)  # attribute_map covers dim, d_model, n_embd
+    else:
+        file = path / "config.json"
+        if not file.is_file():
+            raise ValueError(f"{path} has no config.json (save it with timm's save_for_hf)")
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{file} is not readable JSON ({err})") from None
+        width = config.get("num_features") or (config.get("model_args") or {}).get("embed_dim")
+    if not isinstance(width, int) or isinstance(width, bool):
+        raise ValueError(f"the config in {path} names no hidden size")
+    return width
+
+
+def _timm_source(name: str | None, pretrained: str | None) -> tuple[str, bool]:
+    """The timm model id to create and whether to load weights."""
+    if pretrained is None:
+        if name is None:
+            raise ValueError("trunk.kind=timm needs trunk.name (a timm architecture) or trunk.pretrained")
+        return name, False
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"pretrained timm folder {path} has no config.json (save it with timm's save_for_hf)"
+            )
+        return f"local-dir:{path.resolve()}", True
+    if pretrained.startswith(("hf-hub:", "local-dir:")):
+        return pretrained, True
+    if "/" in pretrained:
+        return f"hf-hub:{pretrained}", True
+    return pretrained, True  # a timm name with its default pretrained tag
+
+
+class TimmViTTokenizer(nn.Module):
+    """The embedding half of a timm ViT: patch embedding, class token, positions, pre-norm."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.patch_embed = vit.patch_embed
+        self.cls_token = vit.cls_token
+        self.reg_token = getattr(vit, "reg_token", None)
+        self.pos_embed = vit.pos_embed
+        self.no_embed_class = getattr(vit, "no_embed_class", False)
+        self.pos_drop = vit.pos_drop
+        self.norm_pre = vit.norm_pre
+
+    def forward(self, x: Tensor) -> Tokens:
+        x = self.patch_embed(x)  # (B, N, W)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:
+            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+        return self.norm_pre(self.pos_drop(x)), None
+
+
+class TimmViTTrunk(nn.Module):
+    """The block half of a timm ViT (its final norm included, so pretrained features are unchanged)."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.blocks = vit.blocks
+        self.norm = vit.norm
+        self.grad_checkpointing = False
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = tokens
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x)
+
+
+def _timm_model_args(model_id: str) -> dict[str, Any]:
+    """The ``model_args`` a timm source adds to its architecture's defaults (a folder's or hub repo's config.json)."""
+    if model_id.startswith("local-dir:"):
+        file = Path(model_id.removeprefix("local-dir:")) / "config.json"
+        return dict(json.loads(file.read_text(encoding="utf-8")).get("model_args") or {})
+    if model_id.startswith("hf-hub:"):  # already downloaded (and cached) by create_model
+        from timm.models import load_model_config_from_hf
+
+        return dict(load_model_config_from_hf(model_id.removeprefix("hf-hub:"))[2] or {})
+    return {}
+
+
+def build_timm_vit(
+    name: str | None,
+    pretrained: str | None,
+    in_chans: int,
+    img_size: int,
+    drop_path: float,
+    architecture: Mapping[str, Any] | None = None,
+) -> tuple[TimmViTTokenizer, TimmViTTrunk, int]:
+    """Create a timm ViT and split it; returns (tokenizer, trunk, width).
+
+    With ``architecture`` (what :func:`trunk_architecture` recorded, e.g. from a checkpoint) the ViT is
+    created from it with random weights, and ``name``/``pretrained`` are not looked at.
+    """
+    if architecture is not None:
+        model_id, load, model_args = str(architecture["architecture"]), False, dict(architecture["model_args"])
+    else:
+        model_id, load = _timm_source(name, pretrained)
+        model_args = {}
+    vit = timm.create_model(
+        model_id,
+        pretrained=load,
+        **{
+            **model_args,
+            "num_classes": 0,
+            "in_chans": in_chans,
+            "img_size": img_size,
+            "drop_path_rate": drop_path,
+        },
+    )
+    if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
+        raise ValueError(f"timm model {model_id!r} is not a VisionTransformer (no blocks/patch_embed)")
+    trunk = TimmViTTrunk(vit)
+    # What rebuilds this trunk from a checkpoint without its pretrained source (see trunk_architecture).
+    trunk.architecture = {
+        "kind": "timm",
+        "architecture": str(vit.pretrained_cfg.get("architecture") or model_id.split(".")[0]),
+        "model_args": model_args if architecture is not None else _timm_model_args(model_id),
+    }
+    return TimmViTTokenizer(vit), trunk, vit.embed_dim
+
+
+class HFInputs(nn.Module):
+    """Passes tokenizer output through: with a transformers trunk, tokenisation happens in the data transform."""
+
+    def forward(self, x: dict[str, Tensor]) -> Tokens:
+        return x["input_ids"], x["attention_mask"].bool()
+
+
+class HFTrunk(nn.Module):
+    """A transformers ``AutoModel`` returning its last hidden state ``(B, L, W)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        attention_mask = None if mask is None else mask.long()
+        return self.model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
+
+
+def resolve_hf_source(pretrained: str | None) -> str:
+    if pretrained is None:
+        raise ValueError("trunk.kind=hf needs trunk.pretrained (a hub id or a save_pretrained folder)")
+    path = Path(pretrained).expanduser()
+    return str(path.resolve()) if path.is_dir() else pretrained
+
+
+def build_hf_trunk(
+    pretrained: str | None, trust_remote_code: bool, architecture: Mapping[str, Any] | None = None
+) -> tuple[HFInputs, HFTrunk, int]:
+    """Load a transformers encoder; returns (passthrough preprocessor, trunk, hidden width).
+
+    With ``architecture`` (what :func:`trunk_architecture` recorded, e.g. from a checkpoint) the model is
+    built from that config with random weights, by transformers' own classes only: no source is read
+    and no code runs, whatever the config's ``auto_map`` says.
+    """
+    from transformers import AutoModel
+
+    if architecture is not None:
+        model = AutoModel.from_config(hf_config_from_dict(architecture["config"]), trust_remote_code=False)
+    else:
+        model = AutoModel.from_pretrained(resolve_hf_source(pretrained), trust_remote_code=trust_remote_code)
+    trunk = HFTrunk(model)
+    config = model.config.to_dict()
+    config.pop("auto_map", None)  # custom code is never part of what a checkpoint describes
+    trunk.architecture = {"kind": "hf", "config": config}
+    return HFInputs(), trunk, int(model.config.hidden_size)
+
+
+def hf_config_from_dict(config: Mapping[str, Any]):
+    """A transformers config of a built-in architecture from its ``to_dict()``; refuses custom ones.
+
+    Raises:
+        ValueError: no ``model_type``, or one transformers does not ship (custom code would be needed).
+    """
+    from transformers import CONFIG_MAPPING
+
+    data = {k: v for k, v in config.items() if k != "auto_map"}
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"transformers architecture {model_type!r} is not built into transformers "
+            "(custom code is never run from a recorded architecture)"
+        )
+    return CONFIG_MAPPING[model_type].from_dict(data)
+
+
+def trunk_architecture(trunk: nn.Module) -> dict[str, Any] | None:
+    """What rebuilds a pretrained trunk with random weights and no source: recorded in checkpoints.
+
+    ``{"kind": "timm", "architecture": <timm name>, "model_args": {...}}`` or ``{"kind": "hf",
+    "config": <transformers config dict>}``; None for bindspace's own transformers (their config says it all).
+    """
+    recorded = getattr(trunk, "architecture", None)
+    return dict(recorded) if recorded is not None else None

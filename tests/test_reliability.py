@@ -284,7 +284,7 @@ def test_checkpoints_with_code_in_them_are_refused_without_running_it(tmp_path):
 
 
 def test_transformers_remote_code_never_runs_unless_the_config_says_so(tmp_path):
-    from bindspace.models.pretrained import build_hf_trunk
+    from bindspace.nn.pretrained import build_hf_trunk
 
     marker = tmp_path / "pwned"
     folder = tmp_path / "model"

@@ -142,7 +142,7 @@ def _fits(value: Any, hint: Any) -> bool:
             return all(_fits(v, args[0]) for v in value)
         return not args or (len(args) == len(value) and all(_fits(v, a) for v, a in zip(value, args, strict=True)))
     if origin is list or hint is list:
-        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value) if args else True
+        return isinstance(value, list | tuple) and (not args or all(_fits(v, args[0]) for v in value))
     if origin is dict or hint is dict:
         return isinstance(value, Mapping)
     if isinstance(hint, type):

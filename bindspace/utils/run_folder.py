@@ -108,17 +108,16 @@ class RunFolder:
         """Write ``.hydra/`` (owner only) as Hydra would, and start ``<job name>.log`` in the folder."""
         from omegaconf import OmegaConf
 
+        hydra_cfg, overrides = _hydra_runtime()
         if self.owner:
             record = self.path / RECORD_DIR
             if not record.exists():
                 self._created.append(record)
             record.mkdir(exist_ok=True)
-            hydra_cfg, overrides = _hydra_runtime()
             OmegaConf.save(task_config, record / "config.yaml")
             if hydra_cfg is not None:
                 OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
                 OmegaConf.save(OmegaConf.create(overrides), record / "overrides.yaml")
-        hydra_cfg, _ = _hydra_runtime()
         name = hydra_cfg.job.name if hydra_cfg is not None else job_name
         logfile = self.path / f"{name}.log"
         if not logfile.exists():

@@ -22,6 +22,36 @@ from bindspace.nn.pretrained import pretrained_width
 from bindspace.training.optim import OptimConfig
 
 
+def register_hydra_configs() -> None:
+    """Generate the modality configs Hydra composes from the registry (idempotent; call before composing).
+
+    Nothing about a modality is written in YAML: its spec is the one source.
+
+    - ``modality/<name>``: one modality's full default config (its ImageBind-huge recipe);
+    - ``modalities/registered``: every registered modality's, keyed by name (``train.yaml`` and
+      ``eval.yaml`` start from it, so a plugin modality is configurable like a built-in one);
+    - ``modality_preset/<preset>``: the keys each modality's ``presets[<preset>]`` changes, which
+      ``configs/model/<preset>.yaml`` merges over them.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    specs = [get_modality(m) for m in list_modalities()]
+    for spec in specs:
+        store.store(group="modality", name=spec.name, node=spec.config_dict())
+    store.store(group="modalities", name="registered", node={spec.name: spec.config_dict() for spec in specs})
+    for preset in sorted({p for spec in specs for p in spec.presets}):
+        sized = {spec.name: config_to_dict_partial(spec.presets[preset]) for spec in specs if preset in spec.presets}
+        store.store(group="modality_preset", name=preset, node=sized)
+
+
+def config_to_dict_partial(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A preset's sections as plain YAML-able data (tuples as lists)."""
+    return {
+        k: {kk: list(v) if isinstance(v, tuple) else v for kk, v in dict(sec).items()} for k, sec in sections.items()
+    }
+
+
 @dataclass
 class RunSpec:
     """The validated pieces of a training run."""

@@ -57,9 +57,9 @@ def resolve_inputs(modality: str, inputs: str) -> tuple[list[str], list[Any]]:
             raise ConfigError(f"inputs: {modality} comes from a .txt file (one per line) or a manifest, got {inputs!r}")
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [str(i) for i in range(len(lines))], lines
-    from bindspace.data.readers import SUPPORTED_SUFFIXES
+    from bindspace.data.readers import supported_suffixes
 
-    suffixes = SUPPORTED_SUFFIXES.get(modality, ())
+    suffixes = supported_suffixes().get(modality, ())
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         ids = [p.relative_to(path).as_posix() for p in files]

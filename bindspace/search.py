@@ -66,9 +66,9 @@ def query_modality(path: Path, given: str) -> str:
     """The modality of a query file: ``query_modality=`` or the one modality its suffix belongs to."""
     if given:
         return given
-    from bindspace.data.readers import SUPPORTED_SUFFIXES
+    from bindspace.data.readers import supported_suffixes
 
-    owners = [m for m, suffixes in SUPPORTED_SUFFIXES.items() if path.suffix.lower() in suffixes]
+    owners = [m for m, suffixes in supported_suffixes().items() if path.suffix.lower() in suffixes]
     if len(owners) != 1:
         raise ConfigError(
             f"query={path}: say which modality it is with query_modality= (suffix fits {owners or 'none'})"
@@ -183,10 +183,10 @@ class Searcher:
 
 def embed_query(args: Mapping[str, Any], ckpt: Mapping[str, Any] | None) -> tuple[Tensor, str, list[str], bool]:
     """``query=`` -> (queries (Q, D), their modality, their names, whether they are centred already)."""
-    from bindspace.data.readers import SUPPORTED_SUFFIXES
+    from bindspace.data.readers import supported_suffixes
 
     path = Path(args["query"])
-    known = {s for suffixes in SUPPORTED_SUFFIXES.values() for s in suffixes} | {".safetensors"}
+    known = {s for suffixes in supported_suffixes().values() for s in suffixes} | {".safetensors"}
     if not path.is_file() and path.suffix.lower() in known:
         raise ConfigError(f"query: no file at {path} (a text query should not end in {path.suffix})")
     if path.suffix == ".safetensors":

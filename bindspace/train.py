@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bindspace.cli import run_hydra_command
 from bindspace.config import RunSpec, build_run_spec, check_train_config
-from bindspace.data import build_datamodule
+from bindspace.data import build_datamodule, data_modalities
 from bindspace.data.checks import report_caption_truncation
 from bindspace.evaluation.gap import gap_table
 from bindspace.evaluation.stats import write_per_query
@@ -334,6 +334,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the metrics written to ``metrics.json``."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     check_train_config(plain)  # every config error surfaces here or in build_run_spec, before any compute
+    if plain["graph"].get("modalities") is None:  # the graph follows the data: a manifest's columns, ...
+        plain["graph"]["modalities"] = data_modalities(plain["data"])
     spec = build_run_spec(plain)
     run_dir = Path(cfg.paths.output_dir)
     rel = reliability_settings(cfg)

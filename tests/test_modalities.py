@@ -165,7 +165,7 @@ def test_audio_resamples_mixes_and_pads():
     cfg = AudioInput(clip_seconds=0.5, num_mel_bins=32, target_frames=48)
     stereo_44k = np.random.default_rng(0).standard_normal((2, 4410)).astype(np.float32) * 0.1  # 0.1 s
     x = spec.transform((stereo_44k, 44100), cfg)
-    assert x.shape == (1, 32, 48)
+    assert x.shape == (1, 1, 32, 48)  # the clip axis is declared (AudioSpec.clip_axis): always there
     # The file is shorter than a clip: the tail is silence, i.e. the floor of the log-mel.
     assert x[..., -5:].std() < 1e-3 < x[..., :5].std()
     multi = spec.transform((stereo_44k, 44100), dataclasses.replace(cfg, num_clips=3))

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bindspace.data.steps import StepBatches, heldout_loader, step_loader
-from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes
+from bindspace.data.synthetic import MODALITIES as BUILTIN_RENDERED
+from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes, renderable_modalities
 from bindspace.losses import Edge, edge_key
 from bindspace.modalities import ModalityConfig, get_modality
 
@@ -91,6 +92,11 @@ class SyntheticDataModule(L.LightningDataModule):
         scene: overrides of :class:`SyntheticConfig` (``num_classes``, ``noise``, ...).
     """
 
+    @classmethod
+    def provided_modalities(cls, **_: Any) -> list[str]:
+        """Every registered modality the benchmark can render: the six built-ins and plugins that render."""
+        return renderable_modalities()
+
     def __init__(
         self,
         configs: Mapping[str, ModalityConfig],
@@ -110,7 +116,8 @@ class SyntheticDataModule(L.LightningDataModule):
         self.batch_size, self.seed, self.pool_size = batch_size, seed, pool_size
         self.val_size, self.test_size, self.disjoint_pools = val_size, test_size, disjoint_pools
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.scenes = SyntheticScenes(scene_config(self.configs, scene), seed=seed)
+        plugins = {m: c.input for m, c in self.configs.items() if m not in BUILTIN_RENDERED}
+        self.scenes = SyntheticScenes(scene_config(self.configs, scene), seed=seed, inputs=plugins)
         self.class_names = self.scenes.class_names()  # label index -> name, for zero-shot prompts
         # Edges drawn in each curriculum stage; a curriculum callback replaces this before fitting.
         self.stage_edges: list[list[Edge]] = [list(self.edges)]

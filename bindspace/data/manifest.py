@@ -25,8 +25,13 @@ from typing import Any
 from bindspace.data.readers import DataFileError, read_file, utf8_problem
 from bindspace.modalities import ConfigError, get_modality, list_modalities
 
+
 # Modalities whose manifest value is the data itself rather than a file path.
-INLINE_MODALITIES = frozenset(m for m in list_modalities() if get_modality(m).inline)
+def is_inline(modality: str) -> bool:
+    """Whether manifests hold the value itself (text) rather than a file path, as the spec declares."""
+    return get_modality(modality).inline
+
+
 META_KEYS = ("id", "label")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv",)
@@ -204,9 +209,9 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
     for m in canonical(k for k in present if k in known):
         value = present[m]
         if not isinstance(value, str):
-            kind = "the text itself" if m in INLINE_MODALITIES else "a file path"
+            kind = "the text itself" if is_inline(m) else "a file path"
             raise ManifestError(f"{where}: key {m!r} must be a string ({kind}), got {value!r}")
-        if m in INLINE_MODALITIES:
+        if is_inline(m):
             values[m] = value
         elif "\x00" in value:
             raise ManifestError(f"{where}: key {m!r}: a file path cannot hold a NUL character, got {value!r}")
@@ -251,7 +256,7 @@ def file_jobs(manifest: Manifest, modalities: Iterable[str] | None = None) -> li
         (s, m, v)
         for s in manifest.samples
         for m, v in s.values.items()
-        if m not in INLINE_MODALITIES and (wanted is None or m in wanted)
+        if not is_inline(m) and (wanted is None or m in wanted)
     ]
 
 

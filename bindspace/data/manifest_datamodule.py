@@ -27,13 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from bindspace.data.checks import small_heldout_message
 from bindspace.data.manifest import (
-    INLINE_MODALITIES,
     FileProblem,
     Manifest,
     ManifestError,
     Sample,
+    canonical,
     drop_samples,
     format_problems,
+    is_inline,
     load_manifest,
     scan_files,
     split_by_id,
@@ -52,7 +53,7 @@ MAX_POOL_RATIO = 16
 def load_inputs(modality: str, values: Sequence[str | Path], cfg: ModalityConfig) -> ModelInput:
     """Decode and transform one modality of a batch: texts inline, files through the readers."""
     spec = get_modality(modality)
-    if modality in INLINE_MODALITIES:
+    if is_inline(modality):
         return spec.transform_batch(list(values), cfg.input)
     return collate_inputs([spec.transform(spec.read(v), cfg.input) for v in values])
 
@@ -258,6 +259,12 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
         num_workers, pin_memory: DataLoader settings (persistent workers when ``num_workers > 0``).
         scan_workers: threads decoding every file once at startup (default ``min(32, cpus + 4)``).
     """
+
+    @classmethod
+    def provided_modalities(cls, train: str | None = None, sources: Sequence[Any] | None = None, **_: Any) -> list[str]:
+        """The modality columns of the training manifest(s), in registry order (only their text is read)."""
+        manifests = [load_manifest(path) for path, _ in parse_sources(train, sources)]
+        return canonical(m for manifest in manifests for m in manifest.modality_counts())
 
     def __init__(
         self,

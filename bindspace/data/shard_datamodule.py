@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from bindspace.data.manifest import (
     Manifest,
     ManifestError,
+    canonical,
     drop_samples,
     load_manifest,
     pair_key,
@@ -361,6 +362,14 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
         scan_workers: threads checking the held-out files at startup (default ``min(32, cpus + 4)``), and
             indexing the shards (default one: tar headers are parsed under the GIL; more help on network storage).
     """
+
+    @classmethod
+    def provided_modalities(cls, train: str | None = None, **_: Any) -> list[str]:
+        """The modalities the shard set's ``index.json`` counts, in registry order (no shard is opened)."""
+        if train is None:
+            raise ConfigError("data=shards needs data.train=SHARD_FOLDER and data.val=MANIFEST_OR_SHARD_FOLDER")
+        _, index = load_index(existing_path(train, "data.train"))
+        return canonical(m for m, n in index["modalities"].items() if n)
 
     def __init__(
         self,

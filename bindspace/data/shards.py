@@ -26,18 +26,18 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bindspace.data.manifest import (
-    INLINE_MODALITIES,
     Manifest,
     ManifestError,
     Sample,
     canonical,
+    is_inline,
     load_manifest,
     pair_key,
 )
 from bindspace.data.manifest_datamodule import (
     check_manifests,
 )
-from bindspace.data.readers import SUPPORTED_SUFFIXES, DataFileError, utf8_problem
+from bindspace.data.readers import DataFileError, supported_suffixes, utf8_problem
 from bindspace.modalities import ConfigError, list_modalities
 from bindspace.utils.io import atomic_write, atomic_write_json
 
@@ -55,7 +55,7 @@ def sample_fields(sample: Sample) -> Fields:
     fields = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
     for m in canonical(sample.values):
         value = sample.values[m]
-        if m in INLINE_MODALITIES:
+        if is_inline(m):
             fields[f"{m}.txt"] = str(value).encode("utf-8")
         else:
             fields[f"{m}{Path(value).suffix.lower()}"] = Path(value).read_bytes()
@@ -226,7 +226,7 @@ class ShardCheck:
 def _member_problem(name: str, field_name: str, info: tarfile.TarInfo, read: Any) -> tuple[str | None, Any]:
     """``(problem, parsed json or None)`` for one member; reads only the small json and text members."""
     modality, _, suffix = field_name.partition(".")
-    if field_name == "json" or modality in INLINE_MODALITIES:
+    if field_name == "json" or is_inline(modality):
         if info.size > MAX_META_BYTES:
             return f"member {name}: {info.size} bytes, more than {MAX_META_BYTES} for sample metadata or text", None
         data = read()
@@ -243,10 +243,10 @@ def _member_problem(name: str, field_name: str, info: tarfile.TarInfo, read: Any
         except (ValueError, RecursionError) as err:
             return f"member {name}: not valid JSON ({err})", None
         return _meta_problem(name, meta), meta
-    if modality not in SUPPORTED_SUFFIXES:
+    if modality not in supported_suffixes():
         return f"member {name}: {modality!r} is not a modality", None
-    if f".{suffix}" not in SUPPORTED_SUFFIXES[modality]:
-        return f"member {name}: {modality} files need one of {', '.join(SUPPORTED_SUFFIXES[modality])}", None
+    if f".{suffix}" not in supported_suffixes()[modality]:
+        return f"member {name}: {modality} files need one of {', '.join(supported_suffixes()[modality])}", None
     if info.size == 0:
         return f"member {name}: empty (0 bytes)", None
     return None, None
@@ -451,7 +451,7 @@ def materialize(key: str, fields: Fields, folder: Path, source: Path | None = No
         modality, _, _ = name.partition(".")
         if name == "json":
             continue
-        if modality in INLINE_MODALITIES:
+        if is_inline(modality):
             try:
                 values[modality] = data.decode("utf-8")
             except UnicodeDecodeError:
@@ -483,7 +483,7 @@ def extract_shards(path: str | Path, out: str | Path, select: Mapping[str, Colle
                 continue
             s = materialize(key, fields, out, folder / shard["name"])
             row = {"id": s.id, "label": s.label}
-            row.update({m: (v if m in INLINE_MODALITIES else Path(v).name) for m, v in s.values.items()})
+            row.update({m: (v if is_inline(m) else Path(v).name) for m, v in s.values.items()})
             lines.append(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False))
     (out / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return load_manifest(out / "manifest.jsonl")

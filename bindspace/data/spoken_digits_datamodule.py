@@ -9,6 +9,7 @@ so audio<->text alignment is emergent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bindspace.data.manifest_datamodule import ManifestDataModule
 from bindspace.data.spoken_digits import build_spoken_digits
@@ -28,6 +29,11 @@ class SpokenDigitsDataModule(ManifestDataModule):
             new folder; the same one is reused).
         batch_size, num_workers, pin_memory, on_error: as :class:`ManifestDataModule`.
     """
+
+    @classmethod
+    def provided_modalities(cls, **_: Any) -> list[str]:
+        """Handwritten digit images, their captions and spoken names."""
+        return ["image", "text", "audio"]
 
     def __init__(
         self,

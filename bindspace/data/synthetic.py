@@ -13,12 +13,14 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-MODALITIES = ("image", "text", "audio", "depth", "thermal", "imu")
+MODALITIES = ("image", "text", "audio", "depth", "thermal", "imu")  # rendered here; plugins render themselves
 FACTORS = ("x", "y", "size", "orientation", "speed", "temperature")
 # What each modality can recover besides the class; text sees its factors quantised to three words.
 VISIBLE_FACTORS: dict[str, tuple[str, ...]] = {
@@ -210,6 +212,41 @@ def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
+def renderable_modalities() -> list[str]:
+    """Registered modalities the benchmark renders, in registry order: the six built-ins and every
+    plugin whose spec implements ``render_synthetic``."""
+    from bindspace.modalities import get_modality, list_modalities
+
+    return [m for m in list_modalities() if m in MODALITIES or get_modality(m).renders_synthetic]
+
+
+def _plugin_spec(modality: str) -> Any:
+    from bindspace.modalities import get_modality, list_modalities
+
+    if modality not in list_modalities() or not get_modality(modality).renders_synthetic:
+        raise ValueError(f"the synthetic benchmark cannot render {modality!r}; it renders {renderable_modalities()}")
+    return get_modality(modality)
+
+
+class SceneNoise:
+    """Deterministic randomness for one modality of a batch of scenes (what plugin renderers draw from).
+
+    Every draw is a pure function of (seed, scene id, the modality's stream, the draw's position), so
+    a scene renders identically in any batch, worker or rank.
+    """
+
+    def __init__(self, seed: int, ids: np.ndarray, stream: int) -> None:
+        self.seed, self.ids, self.stream = seed, ids, stream
+
+    def uniform(self, n: int) -> np.ndarray:
+        """(B, n) float64 uniforms in [0, 1), one row per scene."""
+        return _hash_uniform(self.seed, self.ids, self.stream, n)
+
+    def normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        """(B, *shape) float32 zero-mean, unit-variance noise (uniformly distributed), one generator per scene."""
+        return _scene_noise(self.seed, self.ids, self.stream, tuple(shape))
+
+
 @dataclass(frozen=True)
 class _Pose:
     """Per-pixel object-frame geometry of a batch, shared by image, depth and thermal."""
@@ -238,11 +275,12 @@ class SyntheticScenes:
         seed: Non-negative integer; a different seed is a different benchmark.
     """
 
-    def __init__(self, config: SyntheticConfig, seed: int = 0):
+    def __init__(self, config: SyntheticConfig, seed: int = 0, inputs: Mapping[str, Any] | None = None):
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.config = config
         self.seed = int(seed)
+        self.inputs = dict(inputs or {})  # plugin modalities' input configs (their render geometry)
         # Fewest shapes that still give every class its own (shape, colour) pair.
         self._num_shapes = min(len(SHAPES), math.ceil(math.sqrt(config.num_classes)))
         n = config.image_size
@@ -291,10 +329,12 @@ class SyntheticScenes:
         Raises:
             ValueError: For an unknown modality or malformed scene ids.
         """
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         ids = self._check_ids(scene_ids)
-        return getattr(self, f"_{modality}")(ids, self.factors(ids))
+        if modality in MODALITIES:
+            return getattr(self, f"_{modality}")(ids, self.factors(ids))
+        spec = _plugin_spec(modality)
+        noise = SceneNoise(self.seed, ids, self._stream(modality))
+        return spec.render_synthetic(self.factors(ids), noise, self.inputs.get(modality) or spec.default_config().input)
 
     def _check_ids(self, scene_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(scene_ids)
@@ -305,7 +345,10 @@ class SyntheticScenes:
         return ids.astype(np.int64)
 
     def _stream(self, modality: str) -> int:
-        return 1 + MODALITIES.index(modality)
+        if modality in MODALITIES:
+            return 1 + MODALITIES.index(modality)
+        # A plugin's stream follows from its name alone, whatever else is installed.
+        return 1 + len(MODALITIES) + zlib.crc32(modality.encode()) % 2**20
 
     def _pose(self, f: dict[str, np.ndarray]) -> _Pose:
         g = self._grid

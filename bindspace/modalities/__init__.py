@@ -1,4 +1,5 @@
-"""The modality registry. Importing this package registers the six built-in modalities."""
+"""The modality registry. Importing this package registers the six built-in modalities, then the
+modalities other installed packages declare under the entry point group ``bindspace.modalities``."""
 
 # Registration order is the canonical modality order (tables, plots, defaults): ImageBind's.
 # isort: off
@@ -24,8 +25,12 @@ from bindspace.modalities.base import (
     get_modality,
     input_batch_size,
     list_modalities,
+    load_plugins,
     register_modality,
+    unregister_modality,
 )
+
+load_plugins()
 
 __all__ = [
     "ENCODER_PARTS",
@@ -42,4 +47,5 @@ __all__ = [
     "input_batch_size",
     "list_modalities",
     "register_modality",
+    "unregister_modality",
 ]

@@ -9,25 +9,39 @@ drop path 0.1; logit scale 20.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
+from bindspace.errors import DataFileError
 from bindspace.modalities.base import ModalitySpec, register_modality
+from bindspace.modalities.files import PathLike, checked_file, decoding, to_float32
 from bindspace.nn.layers import PatchTokenizer
+
+MAX_FLOAT_AUDIO_PEAK = 2.0
+# Above this many samples (4 GiB as float32) a header is far more likely corrupt than real.
+MAX_AUDIO_SAMPLES = 2**30
+# libsndfile logs "data : <declared> (should be <available>)" when a WAV's data chunk is cut short.
+_WAV_DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_WAV_UNKNOWN_LENGTH = 0x7FFFFFFF  # streaming writers put 0x7FFFFFFF/0xFFFFFFFF in the size field
 
 
 @dataclass
 class AudioInput:
     sample_rate: int = 16000
     clip_seconds: float = 2.0
-    num_clips: int = 1  # > 1 gives (S, 1, F, T) per sample; the model averages the clip embeddings
+    num_clips: int = (
+        1  # S clips per file, evenly spaced; model input is (S, 1, F, T) per sample, clip embeddings averaged
+    )
     num_mel_bins: int = 128
     target_frames: int = 204
     mean: float = -4.268
@@ -35,10 +49,6 @@ class AudioInput:
     patch_size: int = 16
     patch_stride: int = 10
     channels: int = 1
-
-    @property
-    def ndim(self) -> int:  # (1, F, T) for one clip
-        return 3
 
 
 def to_mono(waveform: Tensor) -> Tensor:
@@ -99,14 +109,68 @@ def fbank_clips(clips: Tensor, cfg: AudioInput) -> Tensor:
     return ((feats - cfg.mean) / cfg.std)[:, None]
 
 
+def read_audio(path: PathLike) -> tuple[np.ndarray, int]:
+    """Read a WAV, FLAC or Ogg (Vorbis/Opus) file with soundfile.
+
+    Args:
+        path: Audio file with at least one sample.
+
+    Returns:
+        float32 array (C, T) in [-1, 1], and the sample rate in Hz.
+
+    Raises:
+        DataFileError: Unreadable, zero-length, truncated (WAV and FLAC; a truncated Ogg decodes as
+            a shorter clip), non-finite, or floating-point audio peaking above MAX_FLOAT_AUDIO_PEAK.
+    """
+    path = checked_file(path)
+    with decoding(path, "audio"), sf.SoundFile(path) as f:
+        if f.frames * f.channels > MAX_AUDIO_SAMPLES:
+            raise DataFileError(path, f"header claims {f.frames} frames x {f.channels} channels; too large")
+        _check_wav_complete(path, f)
+        rate, declared = f.samplerate, f.frames
+        samples = f.read(dtype="float32", always_2d=True)  # (T, C)
+    if samples.shape[0] == 0:
+        raise DataFileError(path, "audio has zero length (no samples)")
+    if samples.shape[0] < declared:
+        raise DataFileError(path, f"truncated: header declares {declared} frames, only {samples.shape[0]} decoded")
+    samples = to_float32(path, samples, "audio")
+    peak = float(np.abs(samples).max())
+    if peak > MAX_FLOAT_AUDIO_PEAK:
+        raise DataFileError(path, f"samples peak at {peak:.4g}, expected full scale 1.0; is it mis-scaled?")
+    return np.ascontiguousarray(np.clip(samples, -1.0, 1.0).T), int(rate)
+
+
+def _check_wav_complete(path: Path, f: sf.SoundFile) -> None:
+    """Fail if a WAV's data chunk is shorter than its header says (libsndfile reads it silently)."""
+    match = _WAV_DATA_LOG.search(f.extra_info) if f.format in ("WAV", "WAVEX") else None
+    if match is None:
+        return
+    declared, available = int(match.group(1)), int(match.group(2))
+    if available < declared < _WAV_UNKNOWN_LENGTH:
+        raise DataFileError(path, f"truncated: data chunk declares {declared} bytes, file holds {available}")
+
+
 @register_modality
 class AudioSpec(ModalitySpec):
     name = "audio"
     input_config = AudioInput
+    readers = dict.fromkeys((".wav", ".flac", ".ogg"), read_audio)
+    clip_axis = True  # (B, S, 1, F, T): S clips per sample, ImageBind's layout
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 768, "depth": 12, "heads": 12, "drop_path": 0.1},
         "head": {"pool": "cls"},
         "logit_scale": {"init": 20.0, "learnable": False},
+    }
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        # 1 s of audio as 64 mel bins x 96 frames in non-overlapping 16 x 16 patches: 24 tokens.
+        "tiny": {
+            "input": {"clip_seconds": 1.0, "num_mel_bins": 64, "target_frames": 96, "patch_stride": 16},
+            "trunk": {"width": 128, "depth": 2, "heads": 4, "drop_path": 0.0},
+        },
+        "small": {
+            "input": {"clip_seconds": 1.0, "num_mel_bins": 64, "target_frames": 96, "patch_stride": 16},
+            "trunk": {"width": 384, "depth": 6, "heads": 6, "drop_path": 0.0},
+        },
     }
 
     def transform(self, raw, cfg: AudioInput) -> Tensor:
@@ -119,14 +183,13 @@ class AudioSpec(ModalitySpec):
         if wav.shape[0] < n:  # pad short files with silence so every clip is full length
             wav = F.pad(wav, (0, n - wav.shape[0]))
         clips = torch.stack([wav[s : s + n] for s in clip_starts(wav.shape[0], n, cfg.num_clips)])
-        feats = fbank_clips(clips, cfg)  # (S, 1, F, frames)
-        return feats[0] if cfg.num_clips == 1 else feats
+        return fbank_clips(clips, cfg)  # (S, 1, F, frames): the clip axis is always there (clip_axis)
 
     def transform_batch(self, raws, cfg: AudioInput) -> Tensor:
         """Equal-length waveforms ``(B, T)`` at ``cfg.sample_rate`` (synthetic data) in one vectorised pass."""
         n = round(cfg.clip_seconds * cfg.sample_rate)
         if isinstance(raws, Tensor) and raws.ndim == 2 and raws.shape[1] == n and cfg.num_clips == 1:
-            return fbank_clips(raws.float(), cfg)
+            return fbank_clips(raws.float(), cfg)[:, None]
         return super().transform_batch(raws, cfg)
 
     def build_preprocessor(self, cfg: AudioInput, width: int) -> nn.Module:
@@ -134,4 +197,5 @@ class AudioSpec(ModalitySpec):
         return PatchTokenizer(cfg.channels, size, width, cfg.patch_size, cfg.patch_stride, norm=True)
 
     def dummy_input(self, cfg: AudioInput, batch_size: int, generator: torch.Generator) -> Tensor:
-        return torch.randn(batch_size, cfg.channels, cfg.num_mel_bins, cfg.target_frames, generator=generator)
+        shape = (batch_size, cfg.num_clips, cfg.channels, cfg.num_mel_bins, cfg.target_frames)
+        return torch.randn(*shape, generator=generator)

@@ -1,10 +1,13 @@
 """What a modality is, declared once: its spec, its config, and the registry of specs.
 
-A modality module (``image.py``, ``audio.py``, ...) subclasses :class:`ModalitySpec`, fills in how a
-decoded file becomes model input (``transform``) and how model input becomes tokens
-(``build_preprocessor``), and registers an instance with :func:`register_modality`. Everything else
-(trunks, heads, losses, data loading, evaluation) reads the spec, so adding a seventh modality touches
-that module and its YAML file under ``configs/modality/`` only.
+A modality is one module: a :class:`ModalitySpec` subclass holding the input dataclass (every input
+constant, written once as its defaults), the file readers by suffix, the transform from a decoded
+file to model input, the tokenizer (``build_preprocessor``), the ImageBind-huge recipe for trunk,
+head and temperature (``defaults``) and the smaller model presets (``presets``, timm's
+``default_cfgs`` idea), registered with :func:`register_modality`. Everything else (Hydra configs,
+trunks, heads, losses, data loading, evaluation, the command lines) reads the registry, so a seventh
+modality is that one module, inside the package or in another one that declares it under the entry
+point group ``bindspace.modalities`` (see README, "Adding a modality").
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bindspace.errors import ConfigError
+from bindspace.errors import ConfigError, DataFileError
 
 ModelInput = Tensor | dict[str, Tensor]
 
@@ -178,12 +181,55 @@ class ModalitySpec:
     # The ImageBind-huge recipe for trunk/head/logit_scale, as data (timm's default_cfgs idea);
     # a config overrides it key by key.
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Smaller sizes by model preset name (``model=tiny``): {preset: {section: {key: value}}}, applied
+    # over ``defaults``; a preset this modality does not list leaves it at ``defaults``.
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    # File suffix (lower case, with the dot) -> reader: path -> the raw form :meth:`transform` takes.
+    readers: ClassVar[Mapping[str, Callable[[Path], Any]]] = {}
+    # Model input carries a clip axis: ``(B, S, ...)``, S clips per sample (ImageBind's audio), each
+    # encoded on its own and the embeddings averaged. Declared, never guessed from the shape.
+    clip_axis: ClassVar[bool] = False
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """The file suffixes this modality reads (empty for inline modalities such as text)."""
+        return tuple(self.readers)
 
     def read(self, path: str | Path) -> Any:
-        """Decode one file into the raw form :meth:`transform` takes."""
-        from bindspace.data.readers import read_file
+        """Decode one file into the raw form :meth:`transform` takes, by its suffix.
 
-        return read_file(self.name, path)
+        Raises:
+            DataFileError: an unknown suffix, or a file that cannot be used (named, with the reason).
+        """
+        path = Path(path)
+        reader = self.readers.get(path.suffix.lower())
+        if reader is None:
+            if not self.readers:
+                raise DataFileError(path, f"{self.name} is given inline (the value itself), not read from a file")
+            found = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
+            accepted = ", ".join(self.readers)
+            raise DataFileError(path, f"{self.name} files need a known suffix, got {found}; accepted: {accepted}")
+        return reader(path)
+
+    @property
+    def renders_synthetic(self) -> bool:
+        """Whether :meth:`render_synthetic` is implemented (the synthetic benchmark can hold this modality)."""
+        return type(self).render_synthetic is not ModalitySpec.render_synthetic
+
+    def render_synthetic(self, factors: Mapping[str, Any], noise: Any, cfg: Any) -> Any:
+        """Optional: render scenes of the synthetic benchmark (``bindspace.data.synthetic``) in this modality.
+
+        Args:
+            factors: ``label`` (B,) int64 and the latent factors (``x``, ``y``, ``size``,
+                ``orientation``, ``speed``, ``temperature``) as (B,) float32 in [0, 1).
+            noise: a :class:`~bindspace.data.synthetic.SceneNoise` for this modality's noise stream
+                (``uniform(k)``, ``normal(shape)``: pure functions of seed and scene id).
+            cfg: this modality's input dataclass.
+
+        Returns:
+            A raw batch that :meth:`transform_batch` accepts.
+        """
+        raise NotImplementedError(f"the synthetic benchmark cannot render {self.name}")
 
     def transform(self, raw: Any, cfg: Any) -> ModelInput:
         """Raw decoded sample -> model input for one sample (no batch dimension)."""
@@ -201,8 +247,12 @@ class ModalitySpec:
         """A random batch of valid model input, for tests, shape checks and benchmarks."""
         raise NotImplementedError
 
-    def config_from_dict(self, data: Mapping[str, Any]) -> ModalityConfig:
-        """Validate a plain mapping (e.g. from YAML) into a :class:`ModalityConfig`."""
+    def config_from_dict(self, data: Mapping[str, Any], preset: str | None = None) -> ModalityConfig:
+        """Validate a plain mapping (e.g. from YAML) into a :class:`ModalityConfig`.
+
+        Keys not given come from ``presets[preset]`` (when this modality has that preset), then from
+        ``defaults``, then from the dataclasses' own defaults.
+        """
         data = dict(data)
         name = data.pop("name", self.name)
         if name != self.name:
@@ -212,7 +262,8 @@ class ModalitySpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        section = {k: {**self.defaults.get(k, {}), **dict(data.get(k) or {})} for k in known}
+        sized = self.presets.get(preset, {}) if preset else {}
+        section = {k: {**self.defaults.get(k, {}), **sized.get(k, {}), **dict(data.get(k) or {})} for k in known}
         return ModalityConfig(
             name=self.name,
             input=_from_mapping(self.input_config, section["input"], f"{where}.input"),
@@ -221,8 +272,25 @@ class ModalitySpec:
             logit_scale=_from_mapping(LogitScaleConfig, section["logit_scale"], f"{where}.logit_scale"),
         )
 
-    def default_config(self) -> ModalityConfig:
-        return self.config_from_dict({})
+    def default_config(self, preset: str | None = None) -> ModalityConfig:
+        return self.config_from_dict({}, preset)
+
+    def config_dict(self, preset: str | None = None) -> dict[str, Any]:
+        """The full default config as plain data (what bindspace's Hydra configs are generated from)."""
+        return config_to_dict(self.default_config(preset))
+
+
+def config_to_dict(cfg: ModalityConfig) -> dict[str, Any]:
+    """A :class:`ModalityConfig` as plain YAML-able data (tuples as lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
 
 
 def collate_inputs(items: list[ModelInput]) -> ModelInput:
@@ -244,26 +312,84 @@ def input_batch_size(x: ModelInput) -> int:
 
 
 _REGISTRY: dict[str, ModalitySpec] = {}
+# Entry points of group ENTRY_POINT_GROUP that failed to load: name -> why (named when that modality is asked for).
+PLUGIN_ERRORS: dict[str, str] = {}
+ENTRY_POINT_GROUP = "bindspace.modalities"
+_SECTIONS = ("input", "trunk", "head", "logit_scale")
 
 
 def register_modality(cls: type[ModalitySpec]) -> type[ModalitySpec]:
-    """Class decorator: register a spec under its ``name`` (one instance per modality)."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"modality {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls()
+    """Class decorator: check a spec's declarations and register one instance under its ``name``.
+
+    Raises:
+        TypeError: a declaration of the wrong kind (the message names the class attribute).
+        ValueError: a name already registered, or one that cannot be a config key.
+    """
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+        raise ValueError(f"{where}.name must be a lower-case identifier (a config key), got {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"modality {name!r} is already registered (by {type(_REGISTRY[name]).__module__})")
+    if not dataclasses.is_dataclass(getattr(cls, "input_config", None)):
+        raise TypeError(f"{where}.input_config must be a dataclass of the modality's input constants")
+    for suffix, reader in cls.readers.items():
+        if not (isinstance(suffix, str) and suffix.startswith(".") and suffix == suffix.lower()) or not callable(
+            reader
+        ):
+            raise TypeError(f"{where}.readers: expected lower-case '.suffix' -> function, got {suffix!r}: {reader!r}")
+    if cls.inline and cls.readers:
+        raise TypeError(f"{where}: an inline modality (the value itself in manifests) has no file readers")
+    declared = {"defaults": cls.defaults, **{f"presets[{p!r}]": v for p, v in cls.presets.items()}}
+    for what, sections in declared.items():
+        unknown = sorted(set(sections) - set(_SECTIONS))
+        if unknown:
+            raise TypeError(f"{where}.{what}: unknown section(s) {unknown}; expected some of {list(_SECTIONS)}")
+    spec = cls()
+    for preset in (None, *cls.presets):  # every preset must build: a typo in one fails at import, not in a run
+        try:
+            spec.config_from_dict({}, preset)
+        except ConfigError as err:
+            raise TypeError(f"{where}: preset {preset or 'defaults'!r} does not validate: {err}") from None
+    _REGISTRY[name] = spec
     return cls
+
+
+def unregister_modality(name: str) -> None:
+    """Remove a registered modality (tests and notebooks that define one for a while)."""
+    _REGISTRY.pop(name, None)
 
 
 def get_modality(name: str) -> ModalitySpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown modality {name!r}; registered: {list_modalities()}") from None
+        failed = f"; plugin {name!r} failed to load: {PLUGIN_ERRORS[name]}" if name in PLUGIN_ERRORS else ""
+        raise ConfigError(f"unknown modality {name!r}; registered: {list_modalities()}{failed}") from None
 
 
 def list_modalities() -> list[str]:
-    """Registered modality names, in registration order (image, text, audio, depth, thermal, imu)."""
+    """Registered modality names, built-ins first in ImageBind's order, then plugins in load order."""
     return list(_REGISTRY)
 
 
-ReaderFn = Callable[[Path], Any]
+def load_plugins() -> None:
+    """Import the modules named by the ``bindspace.modalities`` entry points (once per process).
+
+    A plugin that fails to import is reported by a warning and named again when its modality is asked
+    for; the built-ins and the other plugins stay usable.
+    """
+    import warnings
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            ep.load()
+        except Exception as err:  # a broken plugin must not take the built-ins down with it
+            PLUGIN_ERRORS[ep.name] = f"{ep.value}: {type(err).__name__}: {err}"
+            warnings.warn(f"bindspace: modality plugin {ep.name!r} ({ep.value}) failed to load: {err}", stacklevel=2)
+            continue
+        if ep.name not in _REGISTRY:
+            PLUGIN_ERRORS[ep.name] = f"{ep.value} imported, but registered no modality named {ep.name!r}"

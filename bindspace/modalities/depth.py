@@ -12,11 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bindspace.errors import DataFileError
 from bindspace.modalities._image_ops import dummy_image, resize_center_crop, to_chw_float
 from bindspace.modalities.base import ModalitySpec, register_modality
+from bindspace.modalities.files import PathLike, as_plane, checked_file, load_npy, read_gray_image, to_float32
 from bindspace.nn.layers import PatchTokenizer
 
 
@@ -30,19 +33,53 @@ class DepthInput:
     std: float = 0.3
     channels: int = 1
 
-    @property
-    def ndim(self) -> int:
-        return 3
+
+def read_depth(path: PathLike) -> np.ndarray:
+    """Read a depth map in metres.
+
+    Args:
+        path: Float .npy in metres shaped (H, W) or (1, H, W), or 16-bit grayscale PNG in
+            millimetres.
+
+    Returns:
+        float32 array (H, W) in metres, all values finite and >= 0.
+
+    Raises:
+        DataFileError: Unreadable file, 8-bit PNG, integer .npy, wrong shape, NaN/Inf or negatives.
+    """
+    path = checked_file(path)
+    if path.suffix.lower() == ".npy":
+        array = load_npy(path)
+        if array.dtype.kind != "f":
+            raise DataFileError(
+                path, f"depth .npy must hold floats in metres, got dtype {array.dtype} (units ambiguous)"
+            )
+        depth = to_float32(path, as_plane(path, array, "depth"), "depth")
+    else:
+        stored = read_gray_image(path, ("PNG",))
+        if stored.dtype != np.uint16:
+            raise DataFileError(
+                path, "8-bit PNG depth is ambiguous (unknown units); save 16-bit PNG in mm or .npy in metres"
+            )
+        depth = stored.astype(np.float32) / 1000.0
+    if depth.min() < 0:
+        raise DataFileError(path, f"depth has negative values (min {depth.min():.4g}); expected metres >= 0")
+    return depth
 
 
 @register_modality
 class DepthSpec(ModalitySpec):
     name = "depth"
     input_config = DepthInput
+    readers = dict.fromkeys((".npy", ".png"), read_depth)
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 384, "depth": 12, "heads": 8, "drop_path": 0.0},
         "head": {"pool": "cls"},
         "logit_scale": {"init": 5.0, "learnable": False},
+    }
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "tiny": {"input": {"size": 64, "patch_size": 16}, "trunk": {"width": 128, "depth": 2, "heads": 4}},
+        "small": {"input": {"size": 112, "patch_size": 16}, "trunk": {"width": 384, "depth": 6, "heads": 6}},
     }
 
     def transform(self, raw, cfg: DepthInput) -> Tensor:

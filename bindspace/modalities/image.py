@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from bindspace.modalities._image_ops import dummy_image, resize_center_crop, to_chw_float
 from bindspace.modalities.base import ModalitySpec, register_modality
+from bindspace.modalities.files import SIXTEEN_BIT_MODES, PathLike, checked_file, decoding
 from bindspace.nn.layers import PatchTokenizer
 
 # OpenAI CLIP's RGB statistics, used by ImageBind's vision transform.
@@ -30,20 +33,50 @@ class ImageInput:
     std: tuple[float, float, float] = CLIP_STD
     channels: int = 3
 
-    @property
-    def ndim(self) -> int:  # (C, H, W)
-        return 3
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read a PNG, JPEG or WEBP image as RGB.
+
+    Args:
+        path: Image file; any size and PIL mode (L, LA, P, RGBA, I;16, CMYK ...).
+
+    Returns:
+        uint8 array (H, W, 3), RGB, in stored pixel order.
+
+    Raises:
+        DataFileError: Missing, empty, truncated or undecodable file.
+    """
+    path = checked_file(path)
+    with decoding(path, "a PNG/JPEG/WEBP image"), Image.open(path, formats=("PNG", "JPEG", "WEBP")) as img:
+        img.load()  # decode every byte now, so a truncated file fails here and not in a transform
+        if img.mode in SIXTEEN_BIT_MODES:
+            # convert("RGB") would clip 16-bit values at 255; scale to the full 8-bit range instead.
+            gray = (np.clip(np.array(img), 0, 65535) / 257.0).round().astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=-1)
+        return np.array(img.convert("RGB"))
 
 
 @register_modality
 class ImageSpec(ModalitySpec):
     name = "image"
     input_config = ImageInput
+    readers = dict.fromkeys((".png", ".jpg", ".jpeg", ".webp"), read_image)
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 1280, "depth": 32, "heads": 16, "pre_norm": True},
         "head": {"pool": "cls"},
         # ImageBind's vision postprocessor has no scale; image-anchored edges take the other side's.
         "logit_scale": {"init": 1 / 0.07, "learnable": True},
+    }
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "tiny": {
+            "input": {"size": 64, "patch_size": 16},
+            "trunk": {"width": 128, "depth": 2, "heads": 4, "drop_path": 0.0},
+        },
+        "small": {
+            "input": {"size": 112, "patch_size": 16},
+            "trunk": {"width": 384, "depth": 6, "heads": 6, "drop_path": 0.0},
+        },
+        "base": {"input": {"size": 224, "patch_size": 16}, "trunk": {"width": 768, "depth": 12, "heads": 12}},
     }
 
     def transform(self, raw, cfg: ImageInput) -> Tensor:

@@ -17,8 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bindspace.errors import DataFileError
 from bindspace.modalities.base import ModalitySpec, register_modality
+from bindspace.modalities.files import PathLike, checked_file, load_csv, load_npy, to_float32
 from bindspace.nn.layers import SequencePatchTokenizer
+
+IMU_CHANNELS = 6
 
 
 @dataclass
@@ -28,10 +32,6 @@ class IMUInput:
     accel_scale: float = 9.81  # m/s^2 -> units of g
     gyro_scale: float = math.pi  # rad/s -> half turns per second
     channels: int = 6
-
-    @property
-    def ndim(self) -> int:
-        return 2
 
 
 def fit_length(x: Tensor, length: int) -> Tensor:
@@ -46,14 +46,53 @@ def fit_length(x: Tensor, length: int) -> Tensor:
     return x
 
 
+def read_imu(path: PathLike) -> np.ndarray:
+    """Read six-axis IMU samples (accelerometer xyz, gyroscope xyz).
+
+    Args:
+        path: .npy or .csv holding (T, 6) or (6, T) numbers; (6, 6) is read as (T, 6). A CSV may
+            start with one header row of column names.
+
+    Returns:
+        float32 array (6, T), T >= 1.
+
+    Raises:
+        DataFileError: Unreadable file, non-numeric values, any other shape, or NaN/Inf.
+    """
+    path = checked_file(path)
+    array = load_npy(path) if path.suffix.lower() == ".npy" else load_csv(path)
+    if array.dtype.kind not in "iuf":
+        raise DataFileError(path, f"IMU values must be real numbers, got dtype {array.dtype}")
+    if array.ndim == 2 and array.shape[1] == IMU_CHANNELS:  # (T, 6), checked first so (6, 6) lands here
+        array = array.T
+    elif not (array.ndim == 2 and array.shape[0] == IMU_CHANNELS):
+        raise DataFileError(path, f"IMU must be shaped (T, 6) or (6, T), got {array.shape}")
+    if array.shape[1] == 0:
+        raise DataFileError(path, "IMU has no samples (T = 0)")
+    return to_float32(path, array, "IMU")
+
+
 @register_modality
 class IMUSpec(ModalitySpec):
     name = "imu"
     input_config = IMUInput
+    readers = dict.fromkeys((".npy", ".csv"), read_imu)
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "trunk": {"width": 512, "depth": 6, "heads": 8, "drop_path": 0.7},
         "head": {"pool": "cls", "dropout": 0.5},
         "logit_scale": {"init": 5.0, "learnable": False},
+    }
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "tiny": {
+            "input": {"length": 200, "patch": 10},
+            "trunk": {"width": 128, "depth": 2, "heads": 4, "drop_path": 0.1},
+            "head": {"dropout": 0.1},
+        },
+        "small": {
+            "input": {"length": 200, "patch": 10},
+            "trunk": {"width": 384, "depth": 6, "heads": 6, "drop_path": 0.0},
+            "head": {"dropout": 0.0},
+        },
     }
 
     def transform(self, raw, cfg: IMUInput) -> Tensor:

@@ -125,15 +125,20 @@ class BindSpaceModel(nn.Module):
 
     def encode_from_features(self, modality: str, features: Tensor) -> Tensor:
         """:meth:`encode_features` output -> unit-norm embeddings, through the (possibly trainable) head."""
-        clips = features.shape[1] if features.ndim == 3 else 0
+        clips = features.shape[1] if get_modality(modality).clip_axis else 0
         emb = self.heads[modality].project(features.flatten(0, 1) if clips else features)
         return self._finish(modality, emb, clips)
 
     def _clip_count(self, modality: str, x: ModelInput) -> int:
-        ndim = getattr(self.configs[modality].input, "ndim", None)
-        if isinstance(x, Tensor) and ndim is not None and x.ndim == ndim + 2:
-            return x.shape[1]
-        return 0
+        """S for a modality whose spec declares a clip axis (input ``(B, S, ...)``), else 0."""
+        if not get_modality(modality).clip_axis:
+            return 0
+        if not isinstance(x, Tensor) or x.ndim < 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"{modality} input must be (B, S, ...) with a clip axis (its spec's clip_axis), got {shape}"
+            )
+        return x.shape[1]
 
     def forward(self, inputs: Mapping[str, ModelInput]) -> dict[str, Tensor]:
         return {m: self.encode(m, x) for m, x in inputs.items()}

@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from bindspace.cli import OneLineArgumentParser
 from bindspace.data.checks import TRUNCATION_WARN, caption_truncation, text_lengths, truncation_message
 from bindspace.data.manifest import (
@@ -36,7 +34,7 @@ from bindspace.data.manifest import (
     outside_paths,
     scan_files,
 )
-from bindspace.modalities import ConfigError
+from bindspace.modalities import ConfigError, get_modality
 from bindspace.modalities.text import TextInput
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -116,14 +114,13 @@ def _scan(manifest: Manifest, workers: int | None) -> list[FileProblem]:
 
 
 def preset_text_inputs() -> dict[str, TextInput]:
-    """``model=<preset>`` -> its text input config, read from the packaged ``configs/model/*.yaml``."""
-    configs = resources.files("bindspace.configs")
-    default = yaml.safe_load((configs / "modality" / "text.yaml").read_text())["input"]
-    out = {}
-    for preset in sorted(p for p in (configs / "model").iterdir() if p.name.endswith(".yaml")):
-        text = (yaml.safe_load(preset.read_text()).get("modalities") or {}).get("text") or {}
-        out[f"model={preset.name[: -len('.yaml')]}"] = TextInput(**{**default, **(text.get("input") or {})})
-    return out
+    """``model=<preset>`` -> its text input: the text spec's preset of that name (or its defaults), for
+    every packaged ``configs/model/<preset>.yaml``."""
+    spec = get_modality("text")
+    presets = (p.name for p in (resources.files("bindspace.configs") / "model").iterdir())
+    return {
+        f"model={name[:-5]}": spec.default_config(name[:-5]).input for name in sorted(presets) if name.endswith(".yaml")
+    }
 
 
 def caption_report(manifest: Manifest, text_inputs: dict[str, TextInput]) -> list[str]:

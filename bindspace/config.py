@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bindspace.curriculum import Curriculum
-from bindspace.graph import build_edges, graph_modalities
-from bindspace.losses import BACKPROP_MODES, Edge, MultiEdgeLoss, edge_key
-from bindspace.modalities import ConfigError, LogitScaleConfig, ModalityConfig, get_modality, list_modalities
-from bindspace.modalities.base import _from_mapping
+from bindspace.errors import ConfigError
+from bindspace.graph import Edge, build_edges, edge_key, graph_modalities
+from bindspace.losses import BACKPROP_MODES, MultiEdgeLoss
+from bindspace.modalities import LogitScaleConfig, ModalityConfig, get_modality, list_modalities
 from bindspace.models.model import BindSpaceModel
 from bindspace.nn.pretrained import pretrained_width
 from bindspace.training.optim import OptimConfig
+from bindspace.utils.typed import from_mapping
 
 
 def register_hydra_configs() -> None:
@@ -122,7 +123,7 @@ def edge_scales(
     for e in edges:
         k = edge_key(e)
         base = modalities[e[1]].logit_scale
-        out[k] = _from_mapping(
+        out[k] = from_mapping(
             LogitScaleConfig, {**vars(base), **dict(overrides.get(k) or {})}, f"loss.logit_scales.{k}"
         )
     return out
@@ -304,7 +305,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     for k in weights:
         if k not in keys:
             raise ConfigError(f"loss.weights: {k!r} is not a trained edge; edges are {sorted(keys)}")
-    optim = check_optim(_from_mapping(OptimConfig, cfg.get("optim"), "optim"))
+    optim = check_optim(from_mapping(OptimConfig, cfg.get("optim"), "optim"))
     curriculum = Curriculum.from_config(cfg.get("curriculum") or {"stages": [{"edges": "all"}]}, edges, anchors)
     max_steps = (cfg.get("trainer") or {}).get("max_steps")
     if max_steps is not None:  # a training config (bindspace-eval's has no trainer)

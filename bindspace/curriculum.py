@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bindspace.graph import Edge
-from bindspace.losses import edge_key
-from bindspace.modalities import ENCODER_PARTS, ConfigError
+from bindspace.errors import ConfigError
+from bindspace.graph import Edge, edge_key
+from bindspace.modalities import ENCODER_PARTS
 
 SCHEDULES = ("per_stage", "global")
 

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from bindspace.cli import KeyValueCommand, run_command
-from bindspace.modalities import ConfigError, get_modality
+from bindspace.errors import ConfigError
+from bindspace.modalities import get_modality
 from bindspace.utils.io import atomic_write
 
 FORMAT = "bindspace-embeddings/1"

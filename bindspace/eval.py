@@ -31,6 +31,7 @@ from bindspace.cli import run_hydra_command
 from bindspace.config import build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.data.checks import small_heldout_message
+from bindspace.errors import ConfigError
 from bindspace.evaluation.embed import embed_batches
 from bindspace.evaluation.fit_split import FitScoreSplit, check_disjoint, split_fit_and_score
 from bindspace.evaluation.gap import (
@@ -55,10 +56,9 @@ from bindspace.evaluation.zero_shot import (
     zero_shot_from_classes,
 )
 from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, run_config_spec, save_mitigations
-from bindspace.modalities import ConfigError
-from bindspace.modalities.base import _from_mapping
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 from bindspace.utils.run_folder import RunFolder, remove_if_empty
+from bindspace.utils.typed import from_mapping
 
 log = logging.getLogger("bindspace.eval")
 SPLITS = ("val", "test")
@@ -261,7 +261,7 @@ def evaluate(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one checkpoint; returns the metrics written to ``metrics.json``."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    opts = _from_mapping(EvalOptions, plain.get("eval"), "eval")
+    opts = from_mapping(EvalOptions, plain.get("eval"), "eval")
     prompts = Prompts.from_dict(plain.get("prompts") or {}, "prompts")
     bs = load_model(plain)
     opts.check(bs.modalities)

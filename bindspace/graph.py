@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from bindspace.modalities import ConfigError, list_modalities
+from bindspace.errors import ConfigError
 
 Edge = tuple[str, str]
 
 
+def edge_key(edge: Edge) -> str:
+    """Edges are named ``"anchor|other"`` in configs, logs and checkpoints."""
+    return f"{edge[0]}|{edge[1]}"
+
+
 def _check_known(names: Iterable[str], modalities: Sequence[str], what: str) -> None:
+    from bindspace.modalities import list_modalities  # the registry is above the graph; looked up here
+
     registered = set(list_modalities())
     for name in names:
         if name not in registered:

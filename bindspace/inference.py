@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from bindspace.errors import ConfigError
 from bindspace.evaluation.embed import to_device
 from bindspace.evaluation.gap import Bridge
 from bindspace.evaluation.gap import center as center_embeddings
-from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, collate_inputs, get_modality
+from bindspace.modalities import ModalityConfig, ModelInput, collate_inputs, get_modality
 from bindspace.models.model import BindSpaceModel
 from bindspace.utils.io import atomic_write
 

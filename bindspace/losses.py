@@ -20,15 +20,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bindspace.graph import Edge, edge_key
 from bindspace.modalities import LogitScaleConfig
 
-Edge = tuple[str, str]
+__all__ = ["BACKPROP_MODES", "Edge", "MultiEdgeLoss", "edge_key", "infonce"]
+
 BACKPROP_MODES = ("global", "local", "none")
-
-
-def edge_key(edge: Edge) -> str:
-    """Edges are named ``"anchor|other"`` in configs, logs and checkpoints."""
-    return f"{edge[0]}|{edge[1]}"
 
 
 def infonce(anchor: Tensor, other: Tensor, logit_scale: Tensor | float, labels: Tensor | None = None) -> Tensor:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from bindspace.cli import KeyValueCommand, run_command
 from bindspace.embed import EmbeddingFileError, load_embeddings
-from bindspace.modalities import ConfigError
+from bindspace.errors import ConfigError
 
 MITIGATIONS = ("none", "center", "bridge")
 COMMAND = KeyValueCommand(

@@ -25,12 +25,12 @@ from bindspace.cli import run_hydra_command
 from bindspace.config import RunSpec, build_run_spec, check_train_config
 from bindspace.data import build_datamodule, data_modalities
 from bindspace.data.checks import report_caption_truncation
+from bindspace.errors import ConfigError
 from bindspace.evaluation.gap import gap_table
 from bindspace.evaluation.stats import write_per_query
 from bindspace.evaluation.tables import format_metrics_report, summarize
 from bindspace.evaluation.zero_shot import ZeroShotResult, class_embeddings, evaluate_zero_shot, load_prompts
-from bindspace.losses import edge_key
-from bindspace.modalities import ConfigError
+from bindspace.graph import edge_key
 from bindspace.training.callbacks import CurriculumCallback
 from bindspace.training.checkpoints import RunCheckpoint
 from bindspace.training.distributed import strategy_for

@@ -15,7 +15,8 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bindspace.modalities import ConfigError, ModalityConfig
+from bindspace.errors import ConfigError
+from bindspace.modalities import ModalityConfig
 
 DATAMODULES: dict[str, str] = {
     "synthetic": "bindspace.data.datamodule:SyntheticDataModule",

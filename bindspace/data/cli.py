@@ -34,7 +34,8 @@ from bindspace.data.manifest import (
     outside_paths,
     scan_files,
 )
-from bindspace.modalities import ConfigError, get_modality
+from bindspace.errors import ConfigError
+from bindspace.modalities import get_modality
 from bindspace.modalities.text import TextInput
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2

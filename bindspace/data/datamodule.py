@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from bindspace.data.steps import StepBatches, heldout_loader, step_loader
 from bindspace.data.synthetic import MODALITIES as BUILTIN_RENDERED
 from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes, renderable_modalities
-from bindspace.losses import Edge, edge_key
+from bindspace.graph import Edge, edge_key
 from bindspace.modalities import ModalityConfig, get_modality
 
 Batch = dict[str, Any]

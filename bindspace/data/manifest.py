@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bindspace.data.readers import DataFileError, read_file, utf8_problem
-from bindspace.modalities import ConfigError, get_modality, list_modalities
+from bindspace.data.readers import read_file, utf8_problem
+from bindspace.errors import ConfigError, DataFileError
+from bindspace.modalities import get_modality, list_modalities
 
 
 # Modalities whose manifest value is the data itself rather than a file path.

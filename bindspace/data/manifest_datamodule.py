@@ -40,8 +40,9 @@ from bindspace.data.manifest import (
     split_by_id,
 )
 from bindspace.data.steps import HeldoutLoaders, StepBatches, step_loader
-from bindspace.losses import Edge, edge_key
-from bindspace.modalities import ConfigError, ModalityConfig, ModelInput, collate_inputs, get_modality
+from bindspace.errors import ConfigError
+from bindspace.graph import Edge, edge_key
+from bindspace.modalities import ModalityConfig, ModelInput, collate_inputs, get_modality
 
 log = logging.getLogger("bindspace.data")
 Batch = dict[str, Any]

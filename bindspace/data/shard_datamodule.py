@@ -46,7 +46,6 @@ from bindspace.data.manifest_datamodule import (
     existing_path,
     heldout_dataset,
 )
-from bindspace.data.readers import DataFileError
 from bindspace.data.shards import (
     INDEX_NAME,
     Fields,
@@ -58,8 +57,9 @@ from bindspace.data.shards import (
     usable_index,
 )
 from bindspace.data.steps import HeldoutLoaders, ignore_preemption_signals
-from bindspace.losses import Edge, edge_key
-from bindspace.modalities import ConfigError, ModalityConfig
+from bindspace.errors import ConfigError, DataFileError
+from bindspace.graph import Edge, edge_key
+from bindspace.modalities import ModalityConfig
 
 log = logging.getLogger("bindspace.data")
 Row = tuple[str, Fields, Path]  # a sample's key, its members, and the shard it came from

@@ -37,8 +37,9 @@ from bindspace.data.manifest import (
 from bindspace.data.manifest_datamodule import (
     check_manifests,
 )
-from bindspace.data.readers import DataFileError, supported_suffixes, utf8_problem
-from bindspace.modalities import ConfigError, list_modalities
+from bindspace.data.readers import supported_suffixes, utf8_problem
+from bindspace.errors import ConfigError, DataFileError
+from bindspace.modalities import list_modalities
 from bindspace.utils.io import atomic_write, atomic_write_json
 
 FORMAT = "bindspace-shards/1"

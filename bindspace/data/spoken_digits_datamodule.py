@@ -13,7 +13,7 @@ from typing import Any
 
 from bindspace.data.manifest_datamodule import ManifestDataModule
 from bindspace.data.spoken_digits import build_spoken_digits
-from bindspace.losses import Edge
+from bindspace.graph import Edge
 from bindspace.modalities import ModalityConfig
 
 

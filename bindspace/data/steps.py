@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bindspace.losses import Edge, edge_key
+from bindspace.graph import Edge, edge_key
 
 # A loader ends after this many steps; Lightning stops at trainer.max_steps long before.
 MAX_STEPS = 10**12

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bindspace.errors import ConfigError
 from bindspace.evaluation.stats import DEFAULT_BOOTSTRAP, Bootstrap, percent_intervals, uninformative
 from bindspace.evaluation.ties import Ranks, exact_scores
-from bindspace.modalities import ConfigError, get_modality
+from bindspace.modalities import get_modality
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from bindspace.modalities import thermal  # noqa: F401
 from bindspace.modalities import imu  # noqa: F401
 
 # isort: on
+from bindspace.errors import ConfigError
 from bindspace.modalities.base import (
     ENCODER_PARTS,
-    ConfigError,
     HeadConfig,
     LogitScaleConfig,
     ModalityConfig,

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from bindspace.modalities import ENCODER_PARTS, ConfigError, ModalityConfig, ModelInput, get_modality
+from bindspace.errors import ConfigError
+from bindspace.modalities import ENCODER_PARTS, ModalityConfig, ModelInput, get_modality
 from bindspace.nn.layers import Head, Normalize, TransformerTrunk
 from bindspace.nn.pretrained import build_hf_trunk, build_timm_vit, trunk_architecture
 

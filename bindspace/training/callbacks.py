@@ -17,7 +17,7 @@ import lightning as L
 
 from bindspace.curriculum import Curriculum, CurriculumState
 from bindspace.evaluation.tables import summarize
-from bindspace.losses import edge_key
+from bindspace.graph import edge_key
 from bindspace.training.continual import StageDistillation
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from bindspace.modalities import ConfigError
+from bindspace.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

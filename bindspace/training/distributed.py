@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from bindspace.curriculum import Curriculum
-from bindspace.modalities import ConfigError
+from bindspace.errors import ConfigError
 
 # Lightning's DDP flavours; each has a registered "<name>_find_unused_parameters_true" variant.
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bindspace.modalities import ConfigError
+from bindspace.errors import ConfigError
 
 WANDB_MODES = ("offline", "online", "disabled")
 

@@ -13,8 +13,9 @@ from torch import Tensor
 from bindspace.evaluation.embed import embed_batches
 from bindspace.evaluation.retrieval import evaluate_retrieval
 from bindspace.evaluation.tables import summarize
+from bindspace.graph import Edge, edge_key
 from bindspace.inference import checkpoint_metadata
-from bindspace.losses import Edge, MultiEdgeLoss, edge_key
+from bindspace.losses import MultiEdgeLoss
 from bindspace.modalities import concat_inputs, input_batch_size
 from bindspace.models.model import BindSpaceModel
 from bindspace.training.feature_cache import FrozenFeatureCache

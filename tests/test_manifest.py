@@ -268,10 +268,10 @@ def test_on_error_raise_lists_bad_files_before_training(tmp_path):
 
 
 def _reason(path: Path) -> str:
-    from bindspace.data.readers import DataFileError, read_image
+    from bindspace.data.readers import DataFileError, read_file
 
     try:
-        read_image(path)
+        read_file("image", path)  # through the spec: its suffix is checked first
     except DataFileError as err:
         return err.reason
     raise AssertionError(f"{path} reads fine")

@@ -26,10 +26,10 @@ from bindspace.config import RunSpec, build_run_spec, check_train_config
 from bindspace.data import build_datamodule, data_modalities
 from bindspace.data.checks import report_caption_truncation
 from bindspace.errors import ConfigError
-from bindspace.evaluation.gap import gap_table
 from bindspace.evaluation.stats import write_per_query
-from bindspace.evaluation.tables import format_metrics_report, summarize
-from bindspace.evaluation.zero_shot import ZeroShotResult, class_embeddings, evaluate_zero_shot, load_prompts
+from bindspace.evaluation.suite import versioned
+from bindspace.evaluation.tables import format_metrics_report
+from bindspace.evaluation.zero_shot import load_prompts
 from bindspace.graph import edge_key
 from bindspace.training.callbacks import CurriculumCallback
 from bindspace.training.checkpoints import RunCheckpoint
@@ -207,17 +207,6 @@ def warn_unreached_stages(spec: RunSpec, max_steps: int, steps_per_epoch: int) -
     return missing
 
 
-def zero_shot_metrics(module, datamodule, embeddings, labels, prompts: dict | None) -> ZeroShotResult | None:
-    """Top-1/top-5 (%, with intervals, per sample, chance) of every modality against text prompts of the
-    class names; None without labels, class names, prompts or text."""
-    names = getattr(datamodule, "class_names", None)
-    if labels is None or names is None or prompts is None or "text" not in embeddings:
-        return None
-    loaded = load_prompts(prompts)
-    classes = class_embeddings(module.model, loaded.class_names(list(names)), loaded.templates)
-    return evaluate_zero_shot({m: e for m, e in embeddings.items() if m != "text"}, labels, classes)
-
-
 def final_metrics(
     module: AlignmentModule,
     datamodule,
@@ -235,20 +224,16 @@ def final_metrics(
     """
     evaluated: dict[str, Any] = {}
     trained = curriculum.trained_edges()
-    if evaluate:
+    if evaluate:  # the evaluation suite, as bindspace-eval and the stage ends run it
         by_key = {edge_key(e): e for e in spec.edges}
-        metrics = module.evaluate(list(datamodule.test_dataloader()), trained_edges=[by_key[k] for k in trained])
-        embeddings, _, labels = module.last_embeddings
-        zero_shot = zero_shot_metrics(module, datamodule, embeddings, labels, prompts)
-        evaluated = {
-            **metrics,
-            "summary": summarize(metrics["retrieval"]),
-            "zero_shot": zero_shot.table if zero_shot else {},
-            "modality_gap": gap_table(embeddings),
-        }
-        if zero_shot is not None:
-            evaluated["chance"] = {**metrics["chance"], "zero_shot": zero_shot.chance}
-            module.last_per_query.update(zero_shot.per_query)  # written to per_query.npz by write_results
+        names = getattr(datamodule, "class_names", None)
+        evaluated = module.evaluate(
+            list(datamodule.test_dataloader()),
+            trained_edges=[by_key[k] for k in trained],
+            class_names=list(names) if names is not None else None,
+            prompts=load_prompts(prompts) if prompts is not None else None,
+            gap=True,
+        )  # per-query values stay in module.last_per_query for per_query.npz
     return {
         **evaluated,
         "anchor": spec.anchors,
@@ -399,7 +384,7 @@ def train_and_evaluate(
             raise preempted  # checkpoint saved; no evaluation of a half-trained model
         evaluate = bool((plain.get("eval") or {}).get("final", True))
         metrics = final_metrics(module, datamodule, spec, trainer, curriculum, wall, plain.get("prompts"), evaluate)
-        metrics["run"] = identity
+        metrics = versioned({**metrics, "run": identity})  # as written to metrics.json
         unreached = [s for s in metrics["stages_not_reached"] if s not in predicted]
         if unreached:
             log.warning("curriculum: the run ended before stage(s) %s", ", ".join(unreached))

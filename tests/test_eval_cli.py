@@ -53,6 +53,7 @@ def test_eval_writes_every_key_and_matches_the_training_time_retrieval(evaluated
         on_disk
     )
     training = json.loads((trained / "metrics.json").read_text())
+    assert on_disk["format"] == training["format"] == "bindspace-metrics/2"  # one versioned layout
     assert on_disk["gallery_size"] == training["gallery_size"]
     for pair, cell in training["retrieval"].items():  # same model, same held-out scenes, same numbers
         assert on_disk["retrieval"][pair]["R@1"] == pytest.approx(cell["R@1"]), pair

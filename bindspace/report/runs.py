@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
+from bindspace.evaluation.suite import metrics_version
+
 DEFAULT_METRICS = ("R@1", "R@5", "R@10", "mAP")
 KINDS = ("trained", "emergent")
 _ANCHOR_KEYS = {"anchor", "graph.anchors"}  # override keys shown as the "anchor" column
@@ -137,6 +139,10 @@ def _load_metrics(job: Path) -> tuple[dict | None, str]:
         return None, f"unreadable metrics.json: {err}"
     if not isinstance(metrics, dict) or not any(isinstance(metrics.get(k), dict) for k in ("retrieval", "summary")):
         return None, "metrics.json has neither a retrieval table nor a summary"
+    try:
+        metrics_version(metrics)  # version 1 (no "format") and 2 read alike; a newer layout is refused
+    except ValueError as err:
+        return None, f"metrics.json: {err}"
     return metrics, ""
 
 

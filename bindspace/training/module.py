@@ -10,9 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from bindspace.evaluation.embed import embed_batches
-from bindspace.evaluation.retrieval import evaluate_retrieval
-from bindspace.evaluation.tables import summarize
+from bindspace.evaluation.suite import embed_split, evaluate_split
 from bindspace.graph import Edge, edge_key
 from bindspace.inference import checkpoint_metadata
 from bindspace.losses import MultiEdgeLoss
@@ -163,7 +161,7 @@ class AlignmentModule(L.LightningModule):
         metrics = self.evaluate(self._val_batches)
         self._val_batches = []
         self.last_retrieval = metrics
-        summary = summarize(metrics["retrieval"])
+        summary = metrics["summary"]
         for k, v in summary.items():
             self.log(f"val/{k}", v, sync_dist=True)
         mean_r1 = [v for k, v in summary.items() if k.endswith("R@1")]
@@ -174,25 +172,19 @@ class AlignmentModule(L.LightningModule):
             if both:
                 self.log(f"val/R@1/{edge_key((a, b))}", sum(both) / len(both), sync_dist=True)
 
-    def evaluate(self, batches, trained_edges: Sequence[Edge] | None = None) -> dict[str, Any]:
-        """Retrieval for every ordered modality pair on already-collated held-out batches.
+    def evaluate(self, batches, trained_edges: Sequence[Edge] | None = None, **suite: Any) -> dict[str, Any]:
+        """Score already-collated held-out batches with the evaluation suite (:mod:`bindspace.evaluation.suite`).
 
-        ``trained_edges`` (default: every edge of the graph) decides the trained/emergent flags. Returns
-        the tie-aware tables with intervals, ``summary``/``summary_ci``, ``chance`` and ``bootstrap``;
-        keeps the per-query values (ids, labels, ``retrieval/<q>-><g>/R@k`` ...) in ``last_per_query``.
+        ``trained_edges`` (default: every edge of the graph) decides the trained/emergent flags; ``suite``
+        passes zero-shot and gap options on (default: retrieval only, as at stage ends). Keeps the embedded
+        split in ``last_embeddings`` and the per-query values in ``last_per_query``.
         """
-        present = [m for m in self.model.modalities if all(m in b for b in batches)]
-        embeddings, ids, labels = embed_batches(self.model, batches, present)
-        self.last_embeddings = (embeddings, ids, labels)  # reused for zero-shot and the gap at the end
-        trained = {frozenset(e) for e in (self.edges if trained_edges is None else trained_edges)}
-        result = evaluate_retrieval(embeddings, ids, trained, class_labels=labels)
-        out: dict[str, Any] = {"retrieval": result.instance, "gallery_size": int(ids.shape[0])}
-        if result.class_level is not None:
-            out["retrieval_class"] = result.class_level
-        out.update(summary=summarize(result.instance), summary_ci=result.summary_ci, chance=result.chance)
-        out["bootstrap"] = result.bootstrap.as_dict()
-        self.last_per_query = {"ids": ids, **({} if labels is None else {"labels": labels}), **result.per_query}
-        return out
+        split = embed_split(self.model, batches)
+        self.last_embeddings = split  # reused for plots and inspection after the run
+        trained = list(self.edges if trained_edges is None else trained_edges)
+        found = evaluate_split(self.model, split, trained, **{"gap": False, **suite})
+        self.last_per_query = found.per_query
+        return found.metrics
 
     def on_train_start(self) -> None:
         # Frozen trunks stay in eval mode even though Lightning switched the module to train mode.

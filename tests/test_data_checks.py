@@ -23,7 +23,7 @@ from bindspace.data.checks import (
     trivial_recalls,
 )
 from bindspace.data.cli import main, preset_text_inputs
-from bindspace.data.spoken_digits import class_prompts
+from bindspace.datasets.spoken_digits.builder import class_prompts
 from bindspace.modalities import get_modality
 from bindspace.modalities.text import TextInput, byte_tokenize
 

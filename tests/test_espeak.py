@@ -7,7 +7,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from bindspace.data.espeak import EspeakError, Speaker
+from bindspace.datasets.spoken_digits.espeak import EspeakError, Speaker
 
 # Keep built data and the library copy Speaker makes out of the user's cache.
 pytestmark = pytest.mark.usefixtures("bindspace_cache")

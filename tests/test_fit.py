@@ -10,14 +10,18 @@ from conftest import TINY_OVERRIDES
 from bindspace.errors import ConfigError
 from bindspace.training.fit import compose_config, fit
 
-QUICK = [*(o for o in TINY_OVERRIDES if not o.startswith("trainer.max_steps")), "trainer.max_steps=2", "eval.final=false"]
+QUICK = [
+    *(o for o in TINY_OVERRIDES if not o.startswith("trainer.max_steps")),
+    "trainer.max_steps=2",
+    "eval.final=false",
+]
 
 
 def test_a_misspelled_key_is_one_line_naming_the_closest_one():
     with pytest.raises(ConfigError, match="did you mean 'anchor'") as err:
         compose_config(["+anchr=text"])
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="optim.lr must be in"):
+    with pytest.raises(ConfigError, match=r"optim\.lr must be in"):
         fit([*QUICK, "optim.lr=-1"], run_dir="/nonexistent/never/written")
 
 

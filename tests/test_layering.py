@@ -21,6 +21,8 @@ CORE = [
     "bindspace.data",
     "bindspace.nn",
     "bindspace.errors",
+    "bindspace.graph",
+    "bindspace.datasets",
 ]
 OPTIONAL_AT_RUN_TIME = ("hydra", "omegaconf", "matplotlib", "wandb")
 
@@ -72,6 +74,9 @@ def test_the_package_import_graph_has_no_cycles():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
     assert not graph.get("bindspace.nn"), graph.get("bindspace.nn")  # the leaf of neural layers and trunks
     assert graph.get("bindspace.errors") is None and graph["bindspace.utils"] <= {"bindspace.errors"}
+    assert graph["bindspace.graph"] <= {"bindspace.errors"}  # Edge and edge_key: below the registry
+    # Benchmark builders write datasets; they do not load them (bindspace.data reads what they wrote).
+    assert graph.get("bindspace.datasets", set()) <= {"bindspace.errors", "bindspace.utils"}
 
 
 def test_the_checker_finds_a_planted_cycle():

@@ -11,8 +11,7 @@ import soundfile as sf
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from bindspace.data.espeak import Speaker
-from bindspace.data.spoken_digits import (
+from bindspace.datasets.spoken_digits.builder import (
     CAPTION_TEMPLATES,
     DIGIT_NAMES,
     SPLITS,
@@ -27,6 +26,7 @@ from bindspace.data.spoken_digits import (
     render_utterance,
     upscale_digit,
 )
+from bindspace.datasets.spoken_digits.espeak import Speaker
 
 TINY = {"n_train_per_edge": 40, "n_val": 20, "image_size": 32}
 EXPECTED_KEYS = {

@@ -1,6 +1,6 @@
 """``data=spoken_digits``: the real-data benchmark, built on first use, read through the manifest path.
 
-The builder (:mod:`bindspace.data.spoken_digits`) writes real handwritten digits, eSpeak NG speech of
+The builder (:mod:`bindspace.datasets.spoken_digits`) writes real handwritten digits, eSpeak NG speech of
 their names and captions into a cache folder in the manifest format, so this benchmark exercises the
 same readers, transforms and checks as any user's data. Image-text and image-audio pools are disjoint,
 so audio<->text alignment is emergent.
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bindspace.data.manifest_datamodule import ManifestDataModule
-from bindspace.data.spoken_digits import build_spoken_digits
+from bindspace.datasets.spoken_digits import build_spoken_digits
 from bindspace.graph import Edge
 from bindspace.modalities import ModalityConfig
 

@@ -1,0 +1,3 @@
+from bindspace.datasets.spoken_digits.builder import main
+
+main()

@@ -254,6 +254,24 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
         _in_range(float(clip), "trainer.gradient_clip_val", 0.0, math.inf, high_open=True)
 
 
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_speed(speed: Mapping[str, Any], modalities: Sequence[str]) -> None:
+    """``speed.*`` against the model's modalities, before any model is built."""
+    names = speed.get("compile") or []
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"speed.compile must be a list of modality names or [all], got {names!r}")
+    if list(names) != ["all"]:
+        unknown = [m for m in names if m not in modalities]
+        if unknown:
+            raise ConfigError(f"speed.compile: {unknown[0]!r} is not a modality of the model {list(modalities)}")
+    if speed.get("compile_mode") not in COMPILE_MODES:
+        raise ConfigError(f"speed.compile_mode must be one of {list(COMPILE_MODES)}, got {speed['compile_mode']!r}")
+    if not isinstance(speed.get("channels_last", False), bool):
+        raise ConfigError(f"speed.channels_last must be true or false, got {speed['channels_last']!r}")
+
+
 def check_pretrained_width(cfg: ModalityConfig) -> None:
     """A pretrained trunk's width is fixed by its weights: ``trunk.width`` must state it.
 
@@ -317,6 +335,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
                 raise ConfigError(
                     f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}"
                 )
+    check_speed(cfg.get("speed") or {}, list(configs))
     for modality_cfg in configs.values():  # last: it may import transformers to read a config file
         check_pretrained_width(modality_cfg)
     return RunSpec(configs, anchors, edges, embed_dim, optim, curriculum, loss)

@@ -159,12 +159,9 @@ def build_feature_cache(cfg: DictConfig, spec: RunSpec) -> FrozenFeatureCache | 
 def apply_speed_options(model, cfg: DictConfig) -> None:
     """``speed.compile`` (torch.compile per trunk) and ``speed.channels_last`` (NHWC conv stems)."""
     speed = cfg.get("speed") or {}
-    names = list(speed.get("compile") or [])
+    names = list(speed.get("compile") or [])  # checked by bindspace.config.check_speed
     if names == ["all"]:
         names = model.modalities
-    unknown = [m for m in names if m not in model.modalities]
-    if unknown:
-        raise ConfigError(f"speed.compile: {unknown[0]!r} is not a modality of the model {model.modalities}")
     for m in names:
         # In place (nn.Module.compile): parameter names, checkpoints and freezing are unchanged.
         model.trunks[m].compile(

@@ -205,3 +205,17 @@ def test_missing_data_paths_name_their_key(tmp_path, source, paths, key):
     spec = run_spec(["graph.modalities=[image,text]"])
     with pytest.raises(ConfigError, match="^" + re.escape(f"{key}={missing}: no such file or folder") + "$"):
         build_datamodule({"name": source, **data}, spec.modalities, spec.edges, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("speed.compile=[image,smell]", "speed.compile: 'smell' is not a modality of the model"),
+        ("speed.compile_mode=fastest", "speed.compile_mode must be one of"),
+        ("speed.channels_last=1", "speed.channels_last must be true or false"),
+    ],
+)
+def test_speed_options_are_checked_with_the_config(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_spec(["graph.modalities=[image,text]", override])
+    assert run_spec(["graph.modalities=[image,text]", "speed.compile=[all]"]).modalities.keys() == {"image", "text"}

@@ -59,7 +59,9 @@ class CurriculumCallback(L.Callback):
                 if key in batch:
                     self.state.edge_steps[key] = self.state.edge_steps.get(key, 0) + 1
         if trainer.max_steps is not None and step >= trainer.max_steps > 0:
-            self._record(trainer, pl_module, step)  # the final stage ends with the run
+            # The run ends here: so does its stage, unless a relaunch with more steps continues it.
+            stage_over = self.state.stage_done(self.curriculum, step, self.steps_per_epoch)
+            self._record(trainer, pl_module, step, end="stage" if stage_over else "run")
         elif self.state.stage_done(self.curriculum, step, self.steps_per_epoch):
             self._record(trainer, pl_module, step)
             self.state.advance(step)
@@ -166,10 +168,18 @@ class CurriculumCallback(L.Callback):
             for p in params:
                 opt.state.pop(p, None)
 
-    def _record(self, trainer: L.Trainer, module, step: int) -> None:
-        """Full retrieval matrix on the validation set at the end of a stage (forgetting and transfer)."""
-        if any(r["index"] == self.state.index for r in self.state.history):
-            return
+    def _record(self, trainer: L.Trainer, module, step: int, end: str = "stage") -> None:
+        """Full retrieval matrix on the validation set at the end of a stage (forgetting and transfer).
+
+        ``end`` says what ended it: ``stage`` (its length, plateau or the run at its last step) or ``run``
+        (the run stopped mid-stage). A relaunch with more steps continues such a stage, and its record is
+        replaced when the stage really ends.
+        """
+        previous = [r for r in self.state.history if r["index"] == self.state.index]
+        if previous:
+            if previous[-1].get("end", "stage") != "run" or previous[-1]["step"] >= step:
+                return
+            self.state.history.remove(previous[-1])
         dm = trainer.datamodule
         trained = self.trained_edges()
         edges_by_key = {edge_key(e): e for s in self.curriculum.stages for e in s.new_edges}
@@ -182,6 +192,7 @@ class CurriculumCallback(L.Callback):
             "name": self.stage.name,
             "start_step": int(self.state.start_step),
             "step": int(step),
+            "end": end,
             "edges": [edge_key(e) for e in self.curriculum.edges(self.state.index)],
             "trained_edges": trained,
             "frozen": sorted(self.curriculum.frozen(self.state.index)),

@@ -209,7 +209,17 @@ def _describe_hydra_error(err: Exception, config_name: str, compose, initialize)
         key = first.split("'")[1]
         with initialize("bindspace.configs", version_base="1.3"):
             defaults = compose(config_name)
-        parent, _, leaf = key.rpartition(".")
+        # The first component that is not in the config is the typo: modalities.tactle.trunk.width -> tactle.
+        parts, absent = key.split("."), object()
+        depth = next(
+            (
+                i
+                for i in range(len(parts))
+                if OmegaConf.select(defaults, ".".join(parts[: i + 1]), default=absent) is absent
+            ),
+            len(parts) - 1,
+        )
+        parent, leaf = ".".join(parts[:depth]), parts[depth]
         node = OmegaConf.select(defaults, parent) if parent else defaults
         keys = list(node.keys()) if isinstance(node, DictConfig) else []
         if not parent:

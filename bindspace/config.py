@@ -17,6 +17,7 @@ from bindspace.errors import ConfigError
 from bindspace.graph import Edge, build_edges, edge_key, graph_modalities
 from bindspace.losses import BACKPROP_MODES, MultiEdgeLoss
 from bindspace.modalities import LogitScaleConfig, ModalityConfig, get_modality, list_modalities
+from bindspace.modalities.base import unknown_modality
 from bindspace.models.model import BindSpaceModel
 from bindspace.nn.pretrained import pretrained_width
 from bindspace.training.optim import OptimConfig
@@ -301,7 +302,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     unknown += [(f"modalities.{m}", m) for m in available if m not in registered]  # e.g. +modalities.smell...
     if unknown:
         key, name = unknown[0]
-        raise ConfigError(f"{key}: unknown modality {name!r}; registered: {registered}")
+        raise ConfigError(f"{key}: {unknown_modality(name)}")
     anchors = parse_anchors(graph.get("anchors"))
     edges = build_edges(wanted, anchors, graph.get("edges"))
     used = graph_modalities(edges, wanted)

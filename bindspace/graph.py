@@ -21,12 +21,12 @@ def edge_key(edge: Edge) -> str:
 
 
 def _check_known(names: Iterable[str], modalities: Sequence[str], what: str) -> None:
-    from bindspace.modalities import list_modalities  # the registry is above the graph; looked up here
+    from bindspace.modalities.base import list_modalities, unknown_modality  # the registry is above the graph
 
     registered = set(list_modalities())
     for name in names:
         if name not in registered:
-            raise ConfigError(f"{what}: unknown modality {name!r}; registered: {list_modalities()}")
+            raise ConfigError(f"{what}: {unknown_modality(name)}")
         if name not in modalities:
             raise ConfigError(f"{what}: {name!r} is not among the configured modalities {list(modalities)}")
 

@@ -289,8 +289,17 @@ def get_modality(name: str) -> ModalitySpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        failed = f"; plugin {name!r} failed to load: {PLUGIN_ERRORS[name]}" if name in PLUGIN_ERRORS else ""
-        raise ConfigError(f"unknown modality {name!r}; registered: {list_modalities()}{failed}") from None
+        raise ConfigError(unknown_modality(name)) from None
+
+
+def unknown_modality(name: Any) -> str:
+    """``unknown modality 'txt' (did you mean 'text'?); registered: [...]``, and why a plugin of that name failed."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.6)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    failed = f"; plugin {name!r} failed to load: {PLUGIN_ERRORS[name]}" if name in PLUGIN_ERRORS else ""
+    return f"unknown modality {name!r}{hint}; registered: {list_modalities()}{failed}"
 
 
 def list_modalities() -> list[str]:

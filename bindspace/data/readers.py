@@ -21,7 +21,7 @@ from bindspace.errors import DataFileError, one_line, utf8_problem
 from bindspace.modalities import get_modality, list_modalities
 from bindspace.modalities.audio import MAX_AUDIO_SAMPLES, MAX_FLOAT_AUDIO_PEAK, read_audio
 from bindspace.modalities.depth import read_depth
-from bindspace.modalities.files import PathLike
+from bindspace.modalities.files import InMemoryFile, PathLike
 from bindspace.modalities.image import read_image
 from bindspace.modalities.imu import IMU_CHANNELS, read_imu
 from bindspace.modalities.thermal import THERMAL_RANGE_TOLERANCE, read_thermal
@@ -32,6 +32,7 @@ __all__ = [
     "MAX_FLOAT_AUDIO_PEAK",
     "THERMAL_RANGE_TOLERANCE",
     "DataFileError",
+    "InMemoryFile",
     "one_line",
     "read_audio",
     "read_depth",
@@ -49,8 +50,8 @@ def supported_suffixes() -> dict[str, tuple[str, ...]]:
     return {m: get_modality(m).suffixes for m in list_modalities() if get_modality(m).suffixes}
 
 
-def read_file(modality: str, path: PathLike) -> Any:
-    """Read ``path`` with the reader ``modality``'s spec declares for its suffix.
+def read_file(modality: str, path: PathLike | InMemoryFile) -> Any:
+    """Read ``path`` (or a file's bytes held in memory) with the reader ``modality``'s spec declares for its suffix.
 
     Raises:
         ValueError: a modality that is not registered or is not read from files (text is inline).
@@ -59,7 +60,7 @@ def read_file(modality: str, path: PathLike) -> Any:
     if modality not in list_modalities() or not get_modality(modality).suffixes:
         known = ", ".join(supported_suffixes())
         raise ValueError(f"no file reader for modality {modality!r}; known: {known}")
-    return get_modality(modality).read(Path(path))
+    return get_modality(modality).read(path if isinstance(path, InMemoryFile) else Path(path))
 
 
 def __getattr__(name: str) -> Any:

@@ -60,6 +60,7 @@ from bindspace.data.steps import HeldoutLoaders, ignore_preemption_signals
 from bindspace.errors import ConfigError, DataFileError
 from bindspace.graph import Edge, edge_key
 from bindspace.modalities import ModalityConfig
+from bindspace.modalities.files import InMemoryFile
 
 log = logging.getLogger("bindspace.data")
 Row = tuple[str, Fields, Path]  # a sample's key, its members, and the shard it came from
@@ -202,14 +203,13 @@ class ShardStream(IterableDataset):
         self._slot = worker % len(self.skipped)
         streams: dict[str, Iterator[Row]] = {}
         try:
-            with tempfile.TemporaryDirectory(prefix="bindspace-shards-") as tmp:
-                while True:
-                    out = {}
-                    for key in self.stage_edges[int(self.stage[0])]:
-                        if key not in streams:
-                            streams[key] = self._edge_stream(key, split, splits)
-                        out[key] = self._next_batch(key, streams[key], Path(tmp))
-                    yield out
+            while True:
+                out = {}
+                for key in self.stage_edges[int(self.stage[0])]:
+                    if key not in streams:
+                        streams[key] = self._edge_stream(key, split, splits)
+                    out[key] = self._next_batch(key, streams[key])
+                yield out
         except ConfigError as err:
             if info is None:
                 raise
@@ -255,7 +255,7 @@ class ShardStream(IterableDataset):
         self.skipped[self._slot] += 1
         log.warning("data.on_error=skip: left out a training sample: %s", err)
 
-    def _next_batch(self, key: str, stream: Iterator[Row], tmp: Path) -> dict[str, Any]:
+    def _next_batch(self, key: str, stream: Iterator[Row]) -> dict[str, Any]:
         """A batch of distinct samples; a sample with a bad member raises, or is replaced (on_error=skip)."""
         rows = _distinct(stream, self.batch_size)
         while True:
@@ -264,7 +264,7 @@ class ShardStream(IterableDataset):
                 rows = _distinct(stream, self.batch_size, rows)
                 continue
             try:
-                return self._batch(key, rows, tmp)
+                return self._batch(key, rows)
             except DataFileError as err:
                 row = getattr(err, "row", None)
                 if self.on_error == "raise" or row is None:
@@ -272,35 +272,28 @@ class ShardStream(IterableDataset):
                 self._bad.add((rows[row][2], rows[row][0]))
                 self._count_skipped(err)
 
-    def _batch(self, key: str, rows: list[Row], tmp: Path) -> dict[str, Any]:
-        """Decode ``rows``; a bad member raises DataFileError naming its shard and member, ``.row`` its row."""
+    def _batch(self, key: str, rows: list[Row]) -> dict[str, Any]:
+        """Decode ``rows`` in memory; a bad member raises DataFileError naming shard and member (``.row``: its row)."""
         samples, members = [], {}
-        try:
-            for i, (k, fields, shard) in enumerate(rows):
-                try:
-                    sample = materialize(k, fields, tmp, shard)
-                except DataFileError as err:
-                    err.row = i
-                    raise
-                samples.append(sample)
-                members.update({v: i for v in sample.values.values() if isinstance(v, Path)})
+        for i, (k, fields, shard) in enumerate(rows):
             try:
-                batch = ManifestDataset(samples, self.edges[key], self.configs, self.class_index).__getitems__(
-                    range(len(rows))
-                )
+                sample = materialize(k, fields, source=shard)
             except DataFileError as err:
-                i = members.get(err.path)
-                if i is None:
-                    raise
-                member = err.path.name  # materialized as the member's own name; a decoder may quote the temp path
-                bad = DataFileError(rows[i][2], f"member {member}: {err.reason.replace(str(err.path), member)}")
-                bad.row = i
-                raise bad from None
-        finally:
-            for s in samples:
-                for v in s.values.values():
-                    if isinstance(v, Path):
-                        v.unlink(missing_ok=True)
+                err.row = i
+                raise
+            samples.append(sample)
+            members.update({Path(v.name): i for v in sample.values.values() if isinstance(v, InMemoryFile)})
+        try:
+            batch = ManifestDataset(samples, self.edges[key], self.configs, self.class_index).__getitems__(
+                range(len(rows))
+            )
+        except DataFileError as err:
+            i = members.get(err.path)
+            if i is None:
+                raise
+            bad = DataFileError(rows[i][2], f"member {err.path.name}: {err.reason}")
+            bad.row = i
+            raise bad from None
         batch["id"] = torch.as_tensor([int(k) for k, _, _ in rows], dtype=torch.long)  # positions in the manifest
         return batch
 

@@ -40,6 +40,7 @@ from bindspace.data.manifest_datamodule import (
 from bindspace.data.readers import supported_suffixes, utf8_problem
 from bindspace.errors import ConfigError, DataFileError
 from bindspace.modalities import list_modalities
+from bindspace.modalities.files import InMemoryFile
 from bindspace.utils.io import atomic_write, atomic_write_json
 
 FORMAT = "bindspace-shards/1"
@@ -422,12 +423,13 @@ def iter_shard(path: Path, modalities: Collection[str] | None = None) -> Iterato
         yield key, fields
 
 
-def materialize(key: str, fields: Fields, folder: Path, source: Path | None = None) -> Sample:
-    """A Sample whose files are written into ``folder`` (the readers decode files, not bytes).
+def materialize(key: str, fields: Fields, folder: Path | None = None, source: Path | None = None) -> Sample:
+    """A Sample whose file members stay in memory: :class:`InMemoryFile` values named ``<key>.<field>``,
+    which the readers decode like files (no temporary file per sample).
 
     Args:
         key, fields: a sample of :func:`iter_shard`.
-        folder: where its file members are written, as ``<key>.<field>``.
+        folder: unused (members were written here before the readers took bytes); kept for callers.
         source: the shard it came from, named by errors.
 
     Raises:
@@ -436,7 +438,7 @@ def materialize(key: str, fields: Fields, folder: Path, source: Path | None = No
     """
 
     def bad(name: str, why: str) -> DataFileError:
-        return DataFileError(source or folder / f"{key}.tar", f"member {key}.{name}: {why}")
+        return DataFileError(source or Path(f"{key}.tar"), f"member {key}.{name}: {why}")
 
     if "json" not in fields:
         raise bad("json", "missing")
@@ -447,7 +449,7 @@ def materialize(key: str, fields: Fields, folder: Path, source: Path | None = No
     problem = _meta_problem(f"{key}.json", meta)
     if problem:
         raise bad("json", problem.partition(": ")[2])
-    values: dict[str, str | Path] = {}
+    values: dict[str, str | InMemoryFile] = {}
     for name, data in fields.items():
         modality, _, _ = name.partition(".")
         if name == "json":
@@ -458,8 +460,7 @@ def materialize(key: str, fields: Fields, folder: Path, source: Path | None = No
             except UnicodeDecodeError:
                 raise bad(name, str(utf8_problem(data))) from None
         else:
-            values[modality] = folder / f"{key}.{name}"
-            values[modality].write_bytes(data)
+            values[modality] = InMemoryFile(f"{key}.{name}", data)
     return Sample(int(meta.get("line") or 0), str(meta["id"]), meta.get("label"), values)
 
 
@@ -482,9 +483,12 @@ def extract_shards(path: str | Path, out: str | Path, select: Mapping[str, Colle
         for key, fields in iter_shard(folder / shard["name"]):
             if key in left_out:
                 continue
-            s = materialize(key, fields, out, folder / shard["name"])
+            s = materialize(key, fields, source=folder / shard["name"])
+            for v in s.values.values():
+                if isinstance(v, InMemoryFile):
+                    (out / v.name).write_bytes(v.data)  # held-out members are decoded once, from files
             row = {"id": s.id, "label": s.label}
-            row.update({m: (v if is_inline(m) else Path(v).name) for m, v in s.values.items()})
+            row.update({m: (v if is_inline(m) else v.name) for m, v in s.values.items()})
             lines.append(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False))
     (out / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return load_manifest(out / "manifest.jsonl")

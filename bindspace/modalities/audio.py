@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from bindspace.errors import DataFileError
 from bindspace.modalities.base import ModalitySpec, register_modality
-from bindspace.modalities.files import PathLike, checked_file, decoding, to_float32
+from bindspace.modalities.files import PathLike, as_file, checked_file, decoding, to_float32
 from bindspace.nn.layers import PatchTokenizer
 
 MAX_FLOAT_AUDIO_PEAK = 2.0
@@ -123,7 +123,7 @@ def read_audio(path: PathLike) -> tuple[np.ndarray, int]:
             a shorter clip), non-finite, or floating-point audio peaking above MAX_FLOAT_AUDIO_PEAK.
     """
     path = checked_file(path)
-    with decoding(path, "audio"), sf.SoundFile(path) as f:
+    with decoding(path, "audio"), sf.SoundFile(as_file(path)) as f:
         if f.frames * f.channels > MAX_AUDIO_SAMPLES:
             raise DataFileError(path, f"header claims {f.frames} frames x {f.channels} channels; too large")
         _check_wav_complete(path, f)

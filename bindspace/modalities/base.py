@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from bindspace.errors import ConfigError, DataFileError
+from bindspace.modalities.files import InMemoryFile
 from bindspace.utils.typed import check_type, from_mapping  # noqa: F401  (check_type: re-exported)
 
 ModelInput = Tensor | dict[str, Tensor]
@@ -120,13 +121,15 @@ class ModalitySpec:
         """The file suffixes this modality reads (empty for inline modalities such as text)."""
         return tuple(self.readers)
 
-    def read(self, path: str | Path) -> Any:
-        """Decode one file into the raw form :meth:`transform` takes, by its suffix.
+    def read(self, path: str | Path | InMemoryFile) -> Any:
+        """Decode one file (a path, or its bytes with its name) into the raw form :meth:`transform` takes.
+
+        The reader is chosen by the suffix. Bytes are decoded in memory (tar shards: no temporary files).
 
         Raises:
             DataFileError: an unknown suffix, or a file that cannot be used (named, with the reason).
         """
-        path = Path(path)
+        path = path if isinstance(path, InMemoryFile) else Path(path)
         reader = self.readers.get(path.suffix.lower())
         if reader is None:
             if not self.readers:
@@ -135,6 +138,10 @@ class ModalitySpec:
             accepted = ", ".join(self.readers)
             raise DataFileError(path, f"{self.name} files need a known suffix, got {found}; accepted: {accepted}")
         return reader(path)
+
+    def decode(self, name: str, data: bytes) -> Any:
+        """:meth:`read` of bytes held in memory; ``name`` gives the suffix and names the file in errors."""
+        return self.read(InMemoryFile(name, data))
 
     @property
     def renders_synthetic(self) -> bool:

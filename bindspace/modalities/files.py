@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +26,47 @@ from bindspace.errors import DataFileError, utf8_problem
 
 PathLike = str | os.PathLike[str]
 
+
+@dataclass(frozen=True)
+class InMemoryFile:
+    """A file's bytes with its name, e.g. a member of a tar shard: readers decode it as they decode a path.
+
+    ``name`` carries the suffix the reader is chosen by, and names the file in errors (``os.fspath`` gives
+    it, so :class:`DataFileError` takes one like a path).
+    """
+
+    name: str
+    data: bytes
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    def __fspath__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"InMemoryFile({self.name!r}, {len(self.data)} bytes)"
+
+
+Source = Path | InMemoryFile  # what a reader decodes
+
+
+def as_file(src: Source) -> Path | io.BytesIO:
+    """What a decoder opens: the path itself, or a fresh binary stream over the bytes."""
+    return io.BytesIO(src.data) if isinstance(src, InMemoryFile) else src
+
+
+def read_bytes(src: Source) -> bytes:
+    return src.data if isinstance(src, InMemoryFile) else src.read_bytes()
+
+
 _NPY_MAGIC = b"\x93NUMPY"
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")  # "I": 16-bit PNGs in older Pillow
 
 
 @contextmanager
-def decoding(path: Path, what: str) -> Iterator[None]:
+def decoding(path: Source, what: str) -> Iterator[None]:
     """Turn any exception raised by a third-party decoder into a DataFileError about `path`."""
     try:
         yield
@@ -42,8 +79,15 @@ def decoding(path: Path, what: str) -> Iterator[None]:
         raise DataFileError(path, f"cannot decode {what}: {detail}") from err
 
 
-def checked_file(path: PathLike) -> Path:
-    """Return ``path`` after checking that it is a non-empty regular file (the suffix is the spec's to check)."""
+def checked_file(path: PathLike | InMemoryFile) -> Source:
+    """Return ``path`` after checking that it is a non-empty regular file (the suffix is the spec's to check).
+
+    Bytes in memory (:class:`InMemoryFile`) are checked to be non-empty and returned as they are.
+    """
+    if isinstance(path, InMemoryFile):
+        if not path.data:
+            raise DataFileError(path, "file is empty (0 bytes)")
+        return path
     path = Path(path)
     try:
         info = path.stat()
@@ -70,9 +114,11 @@ def to_float32(path: Path, array: np.ndarray, what: str) -> np.ndarray:
     return out
 
 
-def load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Source) -> np.ndarray:
     """Load a .npy array without pickles, failing cleanly on truncated or forged headers."""
     with decoding(path, "a .npy array"):
+        if isinstance(path, InMemoryFile):
+            return _load_npy_bytes(path)
         with path.open("rb") as f:
             if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
                 # Checked first because np.load would otherwise try zip (.npz) and pickle formats.
@@ -83,10 +129,27 @@ def load_npy(path: Path) -> np.ndarray:
         return np.array(mapped)
 
 
-def load_csv(path: Path) -> np.ndarray:
+def _load_npy_bytes(src: InMemoryFile) -> np.ndarray:
+    """The bytes of a .npy file: the header's promise checked against the bytes there (no memory map to do it)."""
+    if not src.data.startswith(_NPY_MAGIC):
+        raise DataFileError(src, "not a .npy file (no NumPy header; .npz and pickles are not accepted)")
+    stream = io.BytesIO(src.data)
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise DataFileError(src, "holds Python objects (a pickle); refused")
+    needed, held = math.prod(shape) * dtype.itemsize, len(src.data) - stream.tell()
+    if needed > held:
+        raise DataFileError(src, f"truncated: its header declares {needed} bytes of data, the file holds {held}")
+    stream.seek(0)
+    return np.load(stream, allow_pickle=False)
+
+
+def load_csv(path: Source) -> np.ndarray:
     """Parse a CSV of numbers into a float64 (rows, columns) array; row 1 may be a header."""
     with decoding(path, "CSV text"):
-        data = path.read_bytes()
+        data = read_bytes(path)
         problem = utf8_problem(data)
         if problem:
             raise DataFileError(path, f"CSV is {problem}")
@@ -124,9 +187,9 @@ def as_plane(path: Path, array: np.ndarray, what: str) -> np.ndarray:
     return plane
 
 
-def read_gray_image(path: Path, formats: tuple[str, ...]) -> np.ndarray:
+def read_gray_image(path: Source, formats: tuple[str, ...]) -> np.ndarray:
     """Decode a single-channel image to its stored integers: uint8 (8-bit) or uint16 (16-bit)."""
-    with decoding(path, f"a {'/'.join(formats)} image"), Image.open(path, formats=formats) as img:
+    with decoding(path, f"a {'/'.join(formats)} image"), Image.open(as_file(path), formats=formats) as img:
         img.load()
         mode, stored = img.mode, np.array(img)
     if mode in SIXTEEN_BIT_MODES:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from bindspace.modalities._image_ops import dummy_image, resize_center_crop, to_chw_float
 from bindspace.modalities.base import ModalitySpec, register_modality
-from bindspace.modalities.files import SIXTEEN_BIT_MODES, PathLike, checked_file, decoding
+from bindspace.modalities.files import SIXTEEN_BIT_MODES, PathLike, as_file, checked_file, decoding
 from bindspace.nn.layers import PatchTokenizer
 
 # OpenAI CLIP's RGB statistics, used by ImageBind's vision transform.
@@ -47,7 +47,7 @@ def read_image(path: PathLike) -> np.ndarray:
         DataFileError: Missing, empty, truncated or undecodable file.
     """
     path = checked_file(path)
-    with decoding(path, "a PNG/JPEG/WEBP image"), Image.open(path, formats=("PNG", "JPEG", "WEBP")) as img:
+    with decoding(path, "a PNG/JPEG/WEBP image"), Image.open(as_file(path), formats=("PNG", "JPEG", "WEBP")) as img:
         img.load()  # decode every byte now, so a truncated file fails here and not in a transform
         if img.mode in SIXTEEN_BIT_MODES:
             # convert("RGB") would clip 16-bit values at 255; scale to the full 8-bit range instead.

@@ -41,6 +41,7 @@ format: install ## ruff fix + format
 
 bench: install ## Run the benchmarks and update docs/benchmarks.md (machine, date and command in each section)
 	$(BIN)/python -m benchmarks.bench_data
+	$(BIN)/python -m benchmarks.bench_manifest
 	$(BIN)/python -m benchmarks.bench_retrieval
 	$(BIN)/python -m benchmarks.bench_training
 	$(BIN)/python -m benchmarks.bench_ddp

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -48,12 +49,13 @@ class SceneDataset(Dataset):
         return self.size
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
-        ids = torch.as_tensor(list(indices), dtype=torch.long) + self.offset
-        if len(ids) and (ids.min() < self.offset or ids.max() >= self.offset + self.size):
+        local = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if local.size and (local.min() < 0 or local.max() >= self.size):
             raise IndexError(f"scene index out of range 0..{self.size - 1}")
-        batch: Batch = {"id": ids, "label": torch.as_tensor(self.scenes.labels(ids.numpy()))}
+        ids = local + self.offset  # numpy throughout: a step renders 10 batches, each call counts
+        batch: Batch = {"id": torch.from_numpy(ids), "label": torch.from_numpy(self.scenes.labels(ids))}
         for m in self.modalities:
-            raw = self.scenes.render(m, ids.numpy())
+            raw = self.scenes.render(m, ids)
             raw = raw if isinstance(raw, list) else torch.from_numpy(raw)
             batch[m] = get_modality(m).transform_batch(raw, self.configs[m].input)
         return batch

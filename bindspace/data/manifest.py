@@ -10,13 +10,14 @@ documented in ``docs/data.md``; this module is plain Python (no Hydra, no Lightn
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import itertools
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,17 +262,22 @@ def file_jobs(manifest: Manifest, modalities: Iterable[str] | None = None) -> li
     ]
 
 
-def _probe(job: tuple[Sample, str, Path]) -> FileProblem | None:
+Keep = Callable[[str, Path, Any], None]
+
+
+def _probe(job: tuple[Sample, str, Path], keep: Keep | None = None) -> FileProblem | None:
     sample, modality, path = job
     try:
-        read_file(modality, path)  # the arrays are dropped at once; only the verdict is kept
+        decoded = read_file(modality, path)
+        if keep is not None:
+            keep(modality, path, decoded)  # e.g. audio kept at the model's rate; other arrays are dropped
     except DataFileError as err:
         return FileProblem(sample.line, sample.id, modality, path, err.reason)
     return None
 
 
 def scan_files(
-    manifest: Manifest, modalities: Iterable[str] | None = None, workers: int | None = None
+    manifest: Manifest, modalities: Iterable[str] | None = None, workers: int | None = None, keep: Keep | None = None
 ) -> list[FileProblem]:
     """Decode every file once with the readers, in a thread pool; return the problems in file order.
 
@@ -282,12 +288,14 @@ def scan_files(
         manifest: the manifest to check.
         modalities: only files of these modalities (default: all).
         workers: pool size; default ``min(32, cpu_count + 4)``.
+        keep: called as ``keep(modality, path, decoded)`` for every file that decodes (from the
+            pool's threads), so a caller can keep what it needs instead of decoding again.
     """
     jobs = file_jobs(manifest, modalities)
     if not jobs:
         return []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [p for p in pool.map(_probe, jobs) if p is not None]
+        return [p for p in pool.map(functools.partial(_probe, keep=keep), jobs) if p is not None]
 
 
 def outside_paths(manifest: Manifest) -> list[tuple[Sample, str, str]]:

@@ -8,7 +8,8 @@ order of ``steps.py`` (data of step ``s`` = f(seed, s), exact resume, any world 
 
 Every file is decoded once when the datamodule is built, before any model exists: bad files either
 fail the run with their list (``on_error="raise"``) or drop their samples, counted in
-``data_report`` (``on_error="skip"``).
+``data_report`` (``on_error="skip"``). Audio decoded then is kept at the model's sample rate
+(``audio_cache_gb``; ``bindspace.data.resample``), so steps neither decode nor resample it again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from bindspace.data.manifest import (
     scan_files,
     split_by_id,
 )
+from bindspace.data.resample import DecodedAudio, prepare
 from bindspace.data.steps import HeldoutLoaders, StepBatches, step_loader
 from bindspace.errors import ConfigError
 from bindspace.graph import Edge, edge_key
@@ -51,12 +53,23 @@ ON_ERROR = ("raise", "skip")
 MAX_POOL_RATIO = 16
 
 
-def load_inputs(modality: str, values: Sequence[str | Path], cfg: ModalityConfig) -> ModelInput:
-    """Decode and transform one modality of a batch: texts inline, files through the readers."""
+def load_inputs(
+    modality: str, values: Sequence[str | Path], cfg: ModalityConfig, decoded: Mapping[Path, Any] | None = None
+) -> ModelInput:
+    """Decode and transform one modality of a batch: texts inline, files through the readers.
+
+    ``decoded``: files already decoded (and prepared: audio at the model's rate), by path; the others
+    are read now, audio resampled with a kernel built once per rate pair.
+    """
     spec = get_modality(modality)
     if is_inline(modality):
         return spec.transform_batch(list(values), cfg.input)
-    return collate_inputs([spec.transform(spec.read(v), cfg.input) for v in values])
+
+    def raw(value: Any) -> Any:
+        kept = decoded.get(value) if decoded and isinstance(value, str | Path) else None
+        return kept if kept is not None else prepare(modality, spec.read(value), cfg.input)
+
+    return collate_inputs([spec.transform(raw(v), cfg.input) for v in values])
 
 
 class ManifestDataset(Dataset):
@@ -68,6 +81,7 @@ class ManifestDataset(Dataset):
         configs: modality configs (transforms).
         class_index: label name -> class index; batches hold ``"label"`` when given.
         rows: optional virtual index -> sample row (a weighted pool); default identity.
+        decoded: files decoded at startup, by path (see :func:`load_inputs`).
     """
 
     def __init__(
@@ -77,9 +91,11 @@ class ManifestDataset(Dataset):
         configs: Mapping[str, ModalityConfig],
         class_index: Mapping[str, int] | None = None,
         rows: np.ndarray | None = None,
+        decoded: Mapping[Path, Any] | None = None,
     ) -> None:
         self.samples, self.modalities = list(samples), list(modalities)
         self.configs, self.class_index, self.rows = dict(configs), class_index, rows
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.samples) if self.rows is None else len(self.rows)
@@ -95,7 +111,7 @@ class ManifestDataset(Dataset):
         if self.class_index is not None:
             batch["label"] = torch.as_tensor([self.class_index[s.label] for s in picked], dtype=torch.long)
         for m in self.modalities:
-            batch[m] = load_inputs(m, [s.values[m] for s in picked], self.configs[m])
+            batch[m] = load_inputs(m, [s.values[m] for s in picked], self.configs[m], self.decoded)
         return batch
 
     def __getitem__(self, index: int) -> Batch:
@@ -165,9 +181,15 @@ def check_edge_data(edges: Sequence[Edge], manifests: Sequence[Manifest]) -> Non
 
 
 def check_manifests(
-    manifests: Sequence[Manifest], modalities: Sequence[str], on_error: str, workers: int | None
+    manifests: Sequence[Manifest],
+    modalities: Sequence[str],
+    on_error: str,
+    workers: int | None,
+    keep: Callable[[str, Path, Any], None] | None = None,
 ) -> tuple[list[Manifest], dict[str, dict[str, int]]]:
     """Decode every file once; fail listing the bad ones (``raise``) or drop their samples (``skip``).
+
+    ``keep(modality, path, decoded)`` sees every file that decodes (see :func:`scan_files`).
 
     Returns:
         The manifests to use, and per manifest path ``{"samples", "bad_files", "skipped_samples"}``.
@@ -177,7 +199,7 @@ def check_manifests(
     problems: dict[Path, list[FileProblem]] = {}
     for m in manifests:
         if m.path not in problems:
-            problems[m.path] = scan_files(m, modalities, workers)
+            problems[m.path] = scan_files(m, modalities, workers, keep)
     every = [p for found in problems.values() for p in found]
     if every and on_error == "raise":
         bad = ", ".join(str(path) for path, found in problems.items() if found)
@@ -219,7 +241,11 @@ def heldout_modalities(samples: Sequence[Sample], graph: Sequence[str], split: s
 
 
 def heldout_dataset(
-    samples: Sequence[Sample], configs: Mapping[str, ModalityConfig], class_index: Mapping[str, int] | None, split: str
+    samples: Sequence[Sample],
+    configs: Mapping[str, ModalityConfig],
+    class_index: Mapping[str, int] | None,
+    split: str,
+    decoded: Mapping[Path, Any] | None = None,
 ) -> ManifestDataset:
     """Held-out batches: the modalities every sample holds, ``label`` when every sample has one."""
     if not samples:
@@ -234,7 +260,7 @@ def heldout_dataset(
     small = small_heldout_message(len(samples), f"data.{split}")
     if small:  # e.g. the automatic 10% of a 60-row manifest: R@10 over 8 samples is 100 for any model
         warnings.warn(small, stacklevel=2)
-    return ManifestDataset(samples, modalities, configs, index)
+    return ManifestDataset(samples, modalities, configs, index, decoded=decoded)
 
 
 def class_vocabulary(samples: Sequence[Sample]) -> list[str]:
@@ -259,6 +285,8 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
         on_error: ``raise`` (bad files fail the run before training) or ``skip`` (drop their samples).
         num_workers, pin_memory: DataLoader settings (persistent workers when ``num_workers > 0``).
         scan_workers: threads decoding every file once at startup (default ``min(32, cpus + 4)``).
+        audio_cache_gb: audio decoded at startup is kept, mono at the model's sample rate (float32), up
+            to this many GB; steps read only what did not fit (0: decode every use).
     """
 
     @classmethod
@@ -282,6 +310,7 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         scan_workers: int | None = None,
+        audio_cache_gb: float = 2.0,
     ) -> None:
         super().__init__()
         self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
@@ -293,15 +322,25 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
         ]
         training = [load_manifest(p) for p, _ in weighted]
         check_edge_data(self.edges, training)  # a config error: before minutes of decoding files
-        manifests, files = check_manifests(training + heldout, list(self.configs), on_error, scan_workers)
+        if isinstance(audio_cache_gb, bool) or not isinstance(audio_cache_gb, int | float) or audio_cache_gb < 0:
+            raise ConfigError(f"data.audio_cache_gb must be a number >= 0, got {audio_cache_gb!r}")
+        self.decoded: DecodedAudio | None = None
+        if "audio" in self.configs:  # decoded once below, resampled once, kept for every step
+            self.decoded = DecodedAudio(self.configs["audio"].input.sample_rate, audio_cache_gb * 1e9)
+        keep = self.decoded.keep if self.decoded is not None else None
+        manifests, files = check_manifests(training + heldout, list(self.configs), on_error, scan_workers, keep)
+        if self.decoded is not None:
+            log.info("data: %s", self.decoded.summary())
         parts = manifests[: len(weighted)]
         val_samples = manifests[len(weighted)].samples if val is not None else self._split(parts, val_fraction)
         test_samples = manifests[-1].samples if test is not None else val_samples
         self.class_names = class_vocabulary([s for m in parts for s in m.samples] + val_samples + test_samples)
         index = {name: i for i, name in enumerate(self.class_names)} or None
         self.pools = {edge_key(e): self._edge_pool(e, parts, [w for _, w in weighted], index) for e in self.edges}
-        self.val_set = heldout_dataset(val_samples, self.configs, index, "val")
-        self.test_set = self.val_set if test is None else heldout_dataset(test_samples, self.configs, index, "test")
+        self.val_set = heldout_dataset(val_samples, self.configs, index, "val", self.decoded)
+        self.test_set = (
+            self.val_set if test is None else heldout_dataset(test_samples, self.configs, index, "test", self.decoded)
+        )
         self.skipped = sum(r["skipped_samples"] for r in files.values())
         self.data_report = self._report(files, parts)
         if self.skipped:
@@ -333,9 +372,8 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
             rows = weighted_rows([len(r) for r, _ in eligible], [w for _, w in eligible])
         except ValueError as err:
             raise ConfigError(f"data.sources, edge {key}: {err}; make the weight ratios less extreme") from None
-        pool = ManifestDataset(
-            samples, edge, self.configs, index if all(s.label is not None for s in samples) else None, rows
-        )
+        labelled = all(s.label is not None for s in samples)
+        pool = ManifestDataset(samples, edge, self.configs, index if labelled else None, rows, self.decoded)
         if len(pool) < self.batch_size:
             raise ManifestError(
                 f"edge {key}: {len(pool)} training samples, fewer than data.batch_size={self.batch_size}"

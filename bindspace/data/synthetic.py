@@ -12,13 +12,17 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from bindspace.data.scene_rng import scene_words
 
 MODALITIES = ("image", "text", "audio", "depth", "thermal", "imu")  # rendered here; plugins render themselves
 FACTORS = ("x", "y", "size", "orientation", "speed", "temperature")
@@ -159,35 +163,89 @@ class SyntheticConfig:
             raise ValueError(f"need noise >= 0 and caption_dropout in [0, 1], got {self}")
 
 
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_U64 = {k: np.uint64(k) for k in (11, 27, 30, 31, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, _GOLDEN)}
+
+
 def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a bijective uint64 hash (wrap-around arithmetic is intended)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    """splitmix64 finaliser: a bijective uint64 hash (wrap-around arithmetic is intended), in place."""
+    z ^= z >> _U64[30]
+    z *= _U64[0xBF58476D1CE4E5B9]
+    z ^= z >> _U64[27]
+    z *= _U64[0x94D049BB133111EB]
+    z ^= z >> _U64[31]
+    return z
+
+
+def _mix64_int(z: int) -> int:
+    """``_mix64`` of one Python int (a key shared by the whole batch)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
 
 
 def _hash_uniform(seed: int, ids: np.ndarray, stream: int, n: int) -> np.ndarray:
     """Counter-based uniforms in [0, 1): (B, n), a pure function of (seed, id, stream, column)."""
-    key = _mix64(np.full(ids.shape, seed, np.uint64) + np.uint64(0x9E3779B97F4A7C15))
-    key = _mix64(key ^ ids.astype(np.uint64))
-    key = _mix64(key ^ np.uint64(stream * 0x632BE59BD9B4E019 % 2**64))
-    counters = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return (_mix64(key[:, None] + counters) >> np.uint64(11)).astype(np.float64) / 2.0**53
+    key = ids.astype(np.uint64)
+    key ^= np.uint64(_mix64_int((seed + _GOLDEN) & _M64))
+    key = _mix64(key)
+    key ^= np.uint64(stream * 0x632BE59BD9B4E019 % 2**64)
+    key = _mix64(key)
+    bits = _mix64(key[:, None] + np.arange(1, n + 1, dtype=np.uint64) * _U64[_GOLDEN])
+    bits >>= _U64[11]
+    out = bits.astype(np.float64)
+    out /= 2.0**53
+    return out
 
 
-def _scene_noise(seed: int, ids: np.ndarray, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+_WORK = threading.local()
+_SCRATCH_MAX_BYTES = 16 * 2**20  # per buffer: training batches of the tiny and small presets need a few MiB
+
+
+def _scratch(slot: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """A work buffer of this thread, reused across renders; never part of a returned array.
+
+    Fresh multi-megabyte temporaries cost a page fault per 4 KiB on every render (the allocator hands
+    large blocks back to the OS when they are freed), more than the arithmetic done in them.
+    """
+    size = math.prod(shape)
+    if size * np.dtype(dtype).itemsize > _SCRATCH_MAX_BYTES:  # a one-off large batch: not kept
+        return np.empty(shape, dtype)
+    buffers = _WORK.__dict__.setdefault("buffers", {})
+    buf = buffers.get(slot)
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = buffers[slot] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def _scene_noise(
+    seed: int, ids: np.ndarray, stream: int, shape: tuple[int, ...], out: np.ndarray | None = None
+) -> np.ndarray:
     """Zero-mean unit-variance noise of shape (B, *shape), one generator per scene.
 
     Uniform 16-bit noise cut from raw generator words: 3x faster than float draws and 7x faster than
-    Gaussian ones, and sensor noise need not be Gaussian.
+    Gaussian ones, and sensor noise need not be Gaussian. Scene ``i`` draws from
+    ``SFC64(SeedSequence([seed, ids[i], stream]))``, seeded for the whole batch at once (``scene_rng``).
+    ``out`` (float32, (B, *shape)) receives the noise instead of a new array.
     """
     size = math.prod(shape)
-    raw = np.empty((len(ids), -(-size // 4)), np.uint64)  # four int16 per 64-bit word
-    for row, scene_id in zip(raw, ids.tolist(), strict=True):
-        row[:] = np.random.SFC64(np.random.SeedSequence([seed, scene_id, stream])).random_raw(len(row))
-    noise = raw.view(np.int16)[:, :size].astype(np.float32)
-    noise *= np.float32(math.sqrt(3.0) / 32768)
-    return noise.reshape(len(ids), *shape)
+    words = -(-size // 4)  # four int16 per 64-bit word
+    raw = scene_words(seed, ids, stream, words, out=_scratch("noise.words", (len(ids), words), np.uint64))
+    # int16 -> float32 is exact, so converting inside the multiply gives the same floats in one pass.
+    out = np.empty((len(ids), *shape), np.float32) if out is None else out
+    np.multiply(raw.view(np.int16)[:, :size], _NOISE_UNIT, out=out.reshape(len(ids), size))
+    return out
+
+
+_NOISE_UNIT = np.float32(math.sqrt(3.0) / 32768)  # int16 -> uniform noise of unit variance
+
+
+_CHUNK = 8  # scenes per pass in full-frame loops: a few hundred KiB, cache-sized
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def _by_group(groups: np.ndarray, funcs: Sequence[Callable[..., np.ndarray]], *arrays: np.ndarray) -> np.ndarray:
@@ -199,6 +257,18 @@ def _by_group(groups: np.ndarray, funcs: Sequence[Callable[..., np.ndarray]], *a
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
         out[rows] = funcs[g](*(a[rows] for a in arrays))
+    return out
+
+
+def _by_run(groups: np.ndarray, funcs: Sequence[Callable[..., np.ndarray]], *arrays: np.ndarray) -> np.ndarray:
+    """``_by_group`` for rows ordered so that equal groups come in a few runs: one call per run, on
+    slices of the arrays (no rows copied in)."""
+    out = np.empty_like(arrays[0])
+    if not len(groups):
+        return out
+    bounds = [0, *(np.flatnonzero(groups[1:] != groups[:-1]) + 1).tolist(), len(groups)]
+    for start, stop in itertools.pairwise(bounds):
+        out[start:stop] = funcs[groups[start]](*(a[start:stop] for a in arrays))
     return out
 
 
@@ -247,21 +317,58 @@ class SceneNoise:
         return _scene_noise(self.seed, self.ids, self.stream, tuple(shape))
 
 
+# Every shape lies within this many object radii of its centre at q <= 1 (the cube's corners, 0.8 * sqrt 2;
+# the other shapes reach 1), and q grows in proportion to distance, so coverage ends within REACH * q radii.
+_REACH = 1.14
+
+
 @dataclass(frozen=True)
 class _Pose:
-    """Per-pixel object-frame geometry of a batch, shared by image, depth and thermal."""
+    """Object-frame geometry of a batch on a square window around each object (image, depth, thermal).
 
-    u: np.ndarray  # (B, H, W) object-frame coordinates in units of the object radius
-    v: np.ndarray  # (B, H, W)
-    q: np.ndarray  # (B, H, W) 0 at the shape's core, 1 on its outline, > 1 outside
+    Outside its window a scene's coverage ``alpha`` is exactly 0, so the renderers compute the object
+    there only and blend it onto the full-frame background: the same floats as a full-frame render, on
+    about a quarter of the pixels at the default sizes. Windows are ordered by shape, then colour
+    (``order``), so that the per-shape and per-colour functions work on slices of the batch (``_by_run``).
+    """
+
+    u: np.ndarray  # (B, S, S) object-frame coordinates in units of the object radius
+    v: np.ndarray  # (B, S, S)
+    q: np.ndarray  # (B, S, S) 0 at the shape's core, 1 on its outline, > 1 outside
     r_px: np.ndarray  # (B, 1, 1) object radius in pixels, for anti-aliased edges
-    marker: np.ndarray  # (B, H, W) in [0, 1], the orientation dot
+    marker: np.ndarray  # (B, S, S) in [0, 1], the orientation dot
     shape: np.ndarray  # (B,) index into SHAPES
     colour: np.ndarray  # (B,) index into COLOURS
+    order: np.ndarray  # (B,) the frame (row of the batch) of each window
+    top: np.ndarray  # (B,) first row of each scene's window
+    left: np.ndarray  # (B,) first column
+    size: int  # S, the window's side (the full frame when objects are that large)
 
     def alpha(self, edge_px: float) -> np.ndarray:
-        """(B, H, W) coverage in [0, 1] with an edge ramp about edge_px pixels wide."""
-        return np.clip((1 - self.q) * self.r_px / edge_px + 0.5, 0, 1)
+        """(B, S, S) coverage in [0, 1] with an edge ramp about edge_px pixels wide."""
+        a = 1 - self.q
+        a *= self.r_px
+        a /= edge_px
+        a += 0.5
+        return np.clip(a, 0, 1, out=a)
+
+    def blend(self, frame: np.ndarray, over: np.ndarray, alpha: np.ndarray, mix: bool = True) -> np.ndarray:
+        """Composite the object onto ``frame`` (B, ..., H, W) in place on each scene's window; returns ``frame``.
+
+        ``mix``: ``frame + alpha * (over - frame)`` (the object replaces what is behind it), else
+        ``frame + alpha * over`` (it adds to it). ``over`` (B, ..., S, S) is used as scratch.
+        """
+        alpha = alpha[:, None] if over.ndim == 4 else alpha
+        # One small window per scene: views of the frame, no gather and scatter of every window.
+        s = self.size
+        windows = zip(self.order.tolist(), self.top.tolist(), self.left.tolist(), strict=True)
+        for i, (row, top, left) in enumerate(windows):
+            below, d = frame[row, ..., top : top + s, left : left + s], over[i]
+            if mix:
+                d -= below
+            d *= alpha[i]
+            below += d
+        return frame
 
 
 class SyntheticScenes:
@@ -350,79 +457,127 @@ class SyntheticScenes:
         # A plugin's stream follows from its name alone, whatever else is installed.
         return 1 + len(MODALITIES) + zlib.crc32(modality.encode()) % 2**20
 
-    def _pose(self, f: dict[str, np.ndarray]) -> _Pose:
-        g = self._grid
-        cx = ((f["x"] * 2 - 1) * 0.6)[:, None, None]  # keeps the largest object inside the frame
-        cy = ((f["y"] * 2 - 1) * 0.6)[:, None, None]
-        radius = (0.2 + 0.2 * f["size"])[:, None, None]  # in half-widths
+    def _pose(self, f: dict[str, np.ndarray], edge_px: float) -> _Pose:
+        """Geometry on each object's window: every pixel where a coverage ramp of ``edge_px`` is non-zero."""
+        g, n = self._grid, self.config.image_size
+        order = np.lexsort((f["label"] // self._num_shapes, f["label"] % self._num_shapes))  # shape, then colour
+        f = {k: f[k][order] for k in ("label", "x", "y", "size", "orientation")}
+        cx = (f["x"] * 2 - 1) * 0.6  # keeps the largest object inside the frame
+        cy = (f["y"] * 2 - 1) * 0.6
+        radius = 0.2 + 0.2 * f["size"]  # in half-widths
+        r_px = radius * (n / 2)
+        # alpha > 0 needs q < 1 + edge_px / (2 r_px): closer than REACH * (r_px + edge_px / 2) pixels to
+        # the centre (0.01 px more absorbs rounding). Pixel j's centre lies at j + 0.5, the object's at
+        # c = (x + 1) n / 2, so the pixels within ext of it are ceil(c - ext - 0.5) .. (at most ceil(2 ext)).
+        ext = _REACH * (float(r_px.max(initial=0.0)) + edge_px / 2) + 0.01
+        size = min(n, math.ceil(2 * ext))
+        first = lambda c: np.ceil((c.astype(np.float64) + 1) * (n / 2) - ext - 0.5).astype(np.int64)  # noqa: E731
+        top, left = np.clip(first(cy), 0, n - size), np.clip(first(cx), 0, n - size)
+        span = np.arange(size)
+        gx, gy = g[left[:, None] + span], g[top[:, None] + span]  # (B, S) pixel centres of the window
         theta = (2 * np.pi * f["orientation"])[:, None, None]
+        radius = radius[:, None, None]
         cos, sin = np.cos(theta) / radius, np.sin(theta) / radius
-        dx, dy = g[None, None, :] - cx, g[None, :, None] - cy  # (B, 1, W), (B, H, 1)
-        # Scale the thin factors first: each full (B, H, W) array then costs a single addition.
-        u, v = cos * dx + sin * dy, cos * dy - sin * dx  # (B, H, W)
+        dx, dy = gx[:, None, :] - cx[:, None, None], gy[:, :, None] - cy[:, None, None]  # (B, 1, S), (B, S, 1)
+        # Scale the thin factors first: each (B, S, S) array then costs a single addition.
+        u, v = cos * dx + sin * dy, cos * dy - sin * dx  # (B, S, S)
         shape, colour = f["label"] % self._num_shapes, f["label"] // self._num_shapes
-        q = _by_group(shape, _SHAPE_Q, u, v)
-        marker = np.exp(-((u - _MARKER[0]) ** 2 + (v - _MARKER[1]) ** 2) / 0.02)
-        r_px = radius * (self.config.image_size / 2)
-        return _Pose(u, v, q, r_px, marker, shape, colour)
+        q = _by_run(shape, _SHAPE_Q, u, v)
+        # exp(-((u - mu) ** 2 + (v - mv) ** 2) / 0.02), in place
+        marker = u - _MARKER[0]
+        np.square(marker, out=marker)
+        marker += np.square(v - _MARKER[1], out=_scratch("pose.marker", u.shape))
+        np.negative(marker, out=marker)
+        marker /= 0.02
+        # Far from the dot exp() underflows to subnormals, about 10x slower; below e^-87 (1.6e-38) every
+        # use of the marker rounds to the same pixel value, so the argument is floored there.
+        np.maximum(marker, -87.0, out=marker)
+        np.exp(marker, out=marker)
+        return _Pose(u, v, q, r_px[:, None, None], marker, shape, colour, order, top, left, size)
 
     def _image(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
-        cfg, n, pose = self.config, self.config.image_size, self._pose(f)
+        cfg, n, pose = self.config, self.config.image_size, self._pose(f, 1.0)
         stream = self._stream("image")
         k = 3 * _CLUTTER**2
-        field = _scene_noise(self.seed, ids, stream, (k + 3 * n * n,))
-        clutter = field[:, :k].reshape(-1, 3, _CLUTTER, _CLUTTER)
+        words = -(-(k + 3 * n * n) // 4)
+        raw = scene_words(self.seed, ids, stream, words, out=_scratch("image.words", (len(ids), words), np.uint64))
+        field = raw.view(np.int16)  # the clutter's k values, then 3 * n * n pixel noise values per scene
+        clutter = np.multiply(field[:, :k], _NOISE_UNIT, dtype=np.float32).reshape(-1, 3, _CLUTTER, _CLUTTER)
         # Mostly grey clutter, so the object stays the most saturated thing in the frame.
         clutter = 0.6 * clutter + 0.4 * clutter.mean(axis=1, keepdims=True)
-        background = self._upsample @ clutter @ self._upsample.T  # (B, 3, H, W)
-        background *= 0.12 * cfg.noise
-        background += 0.45
+        image = np.empty((len(ids), 3, n, n), np.float32)  # the background, a few scenes at a time
+        for rows in _chunks(len(ids), _CHUNK):
+            np.matmul(self._upsample @ clutter[rows], self._upsample.T, out=image[rows])
+            image[rows] *= 0.12 * cfg.noise
+            image[rows] += 0.45
         jitter = (_hash_uniform(self.seed, ids, stream, 4) * 2 - 1).astype(np.float32)
-        colour = np.array(list(COLOURS.values()), np.float32)[pose.colour]  # (B, 3)
+        colour = np.array(list(COLOURS.values()), np.float32)[f["label"] // self._num_shapes]  # (B, 3)
         colour = np.clip(colour + 0.08 * cfg.noise * jitter[:, :3], 0, 1) * (1 + 0.15 * cfg.noise * jitter[:, 3:])
-        texture = _by_group(pose.colour, _TEXTURES, pose.u, pose.v, np.minimum(pose.q, 1))
-        shade = (0.55 + 0.45 * texture) * (1 - 0.8 * pose.marker)  # (B, H, W)
-        # In place from here: 12 MB temporaries cost page faults, not just arithmetic.
-        image = colour[:, :, None, None] * shade[:, None]
-        image -= background
-        image *= pose.alpha(1.0)[:, None]
-        image += background
-        pixel_noise = field[:, k:].reshape(-1, 3, n, n)
-        pixel_noise *= 0.03 * cfg.noise
-        image += pixel_noise
-        return np.clip(image, 0, 1, out=image)
+        colour = colour[pose.order]  # in window order
+        # shade = (0.55 + 0.45 * texture) * (1 - 0.8 * marker), in place; (B, S, S)
+        shade = _by_run(pose.colour, _TEXTURES, pose.u, pose.v, np.minimum(pose.q, 1))
+        shade *= 0.45
+        shade += 0.55
+        dot = np.multiply(pose.marker, 0.8, out=_scratch("image.dot", shade.shape))
+        shade *= np.subtract(1, dot, out=dot)
+        # The object over the background on its window; elsewhere alpha is 0 and the pixel is the background.
+        pose.blend(image, colour[:, :, None, None] * shade[:, None], pose.alpha(1.0))
+        # Pixel noise, a few scenes at a time so that each pass over them stays in cache.
+        noise = field[:, k : k + 3 * n * n].reshape(image.shape)
+        for rows in _chunks(len(ids), _CHUNK):
+            pixel_noise = np.multiply(noise[rows], _NOISE_UNIT, out=_scratch("image.noise", noise[rows].shape))
+            pixel_noise *= 0.03 * cfg.noise
+            image[rows] += pixel_noise
+            np.clip(image[rows], 0, 1, out=image[rows])
+        return image
 
     def _depth(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
-        cfg, g, pose = self.config, self._grid, self._pose(f)
+        cfg, g, pose = self.config, self._grid, self._pose(f, 1.0)
         stream = self._stream("depth")
         wall = (_hash_uniform(self.seed, ids, stream, 3) * 2 - 1).astype(np.float32)[:, :, None, None]
-        far = 6.0 + cfg.noise * (wall[:, 0] + 0.8 * wall[:, 1] * g[None, None, :] + 0.8 * wall[:, 2] * g[None, :, None])
+        # far = 6.0 + noise * (tilted plane), in place: the wall, then the object pasted on it
+        depth = wall[:, 0] + 0.8 * wall[:, 1] * g[None, None, :] + 0.8 * wall[:, 2] * g[None, :, None]
+        depth *= cfg.noise
+        depth += 6.0
         q = np.minimum(pose.q, 1)
-        relief = _by_group(pose.shape, _RELIEF, q) + 0.5 * _by_group(pose.colour, _TEXTURES, pose.u, pose.v, q)
+        relief = _by_run(pose.shape, _RELIEF, q) + 0.5 * _by_run(pose.colour, _TEXTURES, pose.u, pose.v, q)
         # At 2.5 m a 60 degree camera sees 1.5 m per half-width; relief is as deep as the object is wide.
         radius_m = 1.5 * pose.r_px / (cfg.image_size / 2)
         near = 2.5 - radius_m * (relief + 0.6 * pose.marker)
-        depth = far + pose.alpha(1.0) * (near - far)  # (B, H, W); mixed edge pixels, like real sensors
-        # Structured-light style noise grows with the square of the distance.
-        depth += 0.003 * cfg.noise * depth * depth * _scene_noise(self.seed, ids, stream, depth.shape[1:])
+        pose.blend(depth, near, pose.alpha(1.0))  # mixed edge pixels, like real sensors
+        # Structured-light style noise grows with the square of the distance: depth += c * depth^2 * noise.
+        grain = np.multiply(depth, 0.003 * cfg.noise, out=_scratch("depth.grain", depth.shape))
+        grain *= depth
+        grain *= _scene_noise(self.seed, ids, stream, depth.shape[1:], out=_scratch("depth.noise", depth.shape))
+        depth += grain
         return np.clip(depth, 0.5, 10.0, out=depth)
 
     def _thermal(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
-        cfg, g, pose = self.config, self._grid, self._pose(f)
+        cfg, g, pose = self.config, self._grid, self._pose(f, 2.5)
         stream = self._stream("thermal")
         room = (_hash_uniform(self.seed, ids, stream, 3) * 2 - 1).astype(np.float32)[:, :, None, None]
-        ambient = 0.2 + 0.05 * cfg.noise * (room[:, 0] + room[:, 1] * g[None, None, :] + room[:, 2] * g[None, :, None])
-        heat = _by_group(pose.colour, _HEAT, pose.u, pose.v, np.minimum(pose.q, 1))
+        # ambient = 0.2 + 0.05 * noise * (tilted plane), in place
+        thermal = room[:, 0] + room[:, 1] * g[None, None, :] + room[:, 2] * g[None, :, None]
+        thermal *= 0.05 * cfg.noise
+        thermal += 0.2
+        heat = _by_run(pose.colour, _HEAT, pose.u, pose.v, np.minimum(pose.q, 1))
         # The heat pattern has a fixed contrast on top of the mean temperature, so cold objects
         # still show their class; the hottest spots of the hottest objects just reach 1.
-        excess = (0.05 + 0.4 * f["temperature"])[:, None, None] + 0.25 * heat + 0.1 * pose.marker
-        thermal = ambient + pose.alpha(2.5) * excess  # a wider edge ramp: thermal optics are blurry
-        thermal += 0.02 * cfg.noise * _scene_noise(self.seed, ids, stream, thermal.shape[1:])
+        excess = (0.05 + 0.4 * f["temperature"][pose.order])[:, None, None] + 0.25 * heat + 0.1 * pose.marker
+        pose.blend(thermal, excess, pose.alpha(2.5), mix=False)  # a wider edge ramp: thermal optics are blurry
+        grain = _scene_noise(self.seed, ids, stream, thermal.shape[1:], out=_scratch("thermal.noise", thermal.shape))
+        grain *= 0.02 * cfg.noise
+        thermal += grain
         return np.clip(thermal, 0, 1, out=thermal)
 
     def _audio(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
         cfg, stream = self.config, self._stream("audio")
-        n = round(cfg.audio_sample_rate * cfg.audio_seconds)
+        n, b = round(cfg.audio_sample_rate * cfg.audio_seconds), len(ids)
+        # Scenes are synthesised grouped by envelope (colour), so that each group's rows are one slice
+        # small enough to stay in cache through all the steps after the FFT; every row is computed on
+        # its own and written to the caller's order at the end.
+        order = np.argsort(f["label"] // self._num_shapes, kind="stable")
+        ids, f = ids[order], {k: v[order] for k, v in f.items()}
         shape, colour = f["label"] % self._num_shapes, f["label"] // self._num_shapes
         phases = _hash_uniform(self.seed, ids, stream, 1 + _PARTIALS.shape[-1])  # note grid, partials
         f0 = 110.0 * 2.0 ** (2 * (1 - f["size"]))  # big objects sound low: 110-440 Hz
@@ -430,22 +585,33 @@ class SyntheticScenes:
         # Synthesising on FFT bins (bin k is k / seconds Hz) makes all partials one inverse FFT.
         bins = np.rint(f0[:, None] * ratios * cfg.audio_seconds).astype(np.int64)
         ok = (amps > 0) & (bins > 0) & (bins < n // 2)
-        rows = np.broadcast_to(np.arange(len(ids))[:, None], bins.shape)
-        spec = np.zeros((len(ids), n // 2 + 1), np.complex64)
-        np.add.at(spec, (rows[ok], bins[ok]), (amps * np.exp(2j * np.pi * phases[:, 1:]) * (n / 2))[ok])
-        wave = np.fft.irfft(spec, n=n, axis=-1)  # (B, T) float32 steady partials
+        spec = _scratch("audio.spectrum", (b, n // 2 + 1), np.complex64)
+        spec.fill(0)
+        cells = (np.arange(b)[:, None] * spec.shape[1] + bins)[ok]
+        np.add.at(spec.reshape(-1), cells, (amps * np.exp(2j * np.pi * phases[:, 1:]) * (n / 2))[ok])
+        wave = np.fft.irfft(spec, n=n, axis=-1, out=_scratch("audio.wave", (b, n)))  # (B, T) steady partials
         tone_rms = np.sqrt((np.where(ok, amps, 0) ** 2).sum(axis=1) / 2)[:, None]  # Parseval, no pass over T
-        # In-place arithmetic from here on: fresh 16 MB temporaries cost page faults, not just flops.
         notes_per_second = (1.5 + 6.0 * f["speed"])[:, None]  # the tempo follows the spin speed
-        note_phase = np.arange(n, dtype=np.float32) / cfg.audio_sample_rate * notes_per_second
-        note_phase += phases[:, :1].astype(np.float32)  # the note grid starts at a random offset
-        note_phase -= np.floor(note_phase)
-        wave *= _by_group(colour, _ENVELOPES, note_phase)
-        noise = _scene_noise(self.seed, ids, stream, (n,))
-        noise *= 0.1 * cfg.noise * tone_rms
-        wave += noise
-        wave /= np.maximum(wave.max(axis=1, keepdims=True), -wave.min(axis=1, keepdims=True)) + 1e-6
-        return wave
+        grid_start = phases[:, :1].astype(np.float32)  # the note grid starts at a random offset
+        words = -(-n // 4)
+        noise = scene_words(self.seed, ids, stream, words, out=_scratch("audio.words", (b, words), np.uint64))
+        noise = noise.view(np.int16)[:, :n]
+        t = np.arange(n, dtype=np.float32) / cfg.audio_sample_rate
+        out = np.empty((b, n), np.float32)
+        starts = np.searchsorted(colour, np.arange(len(_ENVELOPES) + 1))
+        for g in np.unique(colour):
+            rows = slice(starts[g], starts[g + 1])
+            phase = np.multiply(t, notes_per_second[rows], out=_scratch("audio.phase", (len(colour[rows]), n)))
+            phase += grid_start[rows]
+            phase -= np.floor(phase, out=_scratch("audio.floor", phase.shape))
+            w = wave[rows]
+            w *= _ENVELOPES[g](phase).astype(np.float32, copy=False)
+            hiss = np.multiply(noise[rows], _NOISE_UNIT, out=phase)
+            hiss *= 0.1 * cfg.noise * tone_rms[rows]
+            w += hiss
+            w /= np.maximum(w.max(axis=1, keepdims=True), -w.min(axis=1, keepdims=True)) + 1e-6
+            out[order[rows]] = w
+        return out
 
     def _imu(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
         cfg, stream = self.config, self._stream("imu")

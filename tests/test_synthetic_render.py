@@ -1,0 +1,58 @@
+"""The synthetic renderer's shortcuts give what the straightforward computation gives (issue 14, part 7).
+
+- per-scene noise: one vectorised seeding for the batch equals one ``SFC64(SeedSequence([seed, id, stream]))``
+  per scene, word for word;
+- objects are rendered on a window around each one: every pixel the object covers lies inside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bindspace.data.scene_rng import scene_words, sfc64_seeds
+from bindspace.data.synthetic import _SHAPE_Q, SyntheticConfig, SyntheticScenes, _by_group
+
+IDS = np.r_[0, 1, 2, 31, 2**32 - 1, 2**32, 2**32 + 5, 2**40 + 3, 2**62, 1_000_000_007, 2_000_000_123]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**32 - 1, 2**32, 2**64 + 9])
+@pytest.mark.parametrize("stream", [0, 3, 2**20 + 17, 2**33])
+def test_batch_seeding_equals_numpy_per_scene(seed, stream):
+    seeds = sfc64_seeds(seed, IDS, stream)
+    words = scene_words(seed, IDS, stream, 9)
+    for i, scene_id in enumerate(IDS.tolist()):
+        sequence = np.random.SeedSequence([seed, scene_id, stream])
+        np.testing.assert_array_equal(seeds[i], sequence.generate_state(3, np.uint64))
+        np.testing.assert_array_equal(words[i], np.random.SFC64(sequence).random_raw(9))
+
+
+def test_scene_words_fill_a_given_buffer_and_handle_empty_batches():
+    out = np.zeros((3, 5), np.uint64)
+    assert scene_words(4, np.array([7, 8, 9]), 2, 5, out=out) is out
+    np.testing.assert_array_equal(out[1], np.random.SFC64(np.random.SeedSequence([4, 8, 2])).random_raw(5))
+    assert scene_words(4, np.arange(0), 2, 5).shape == (0, 5)
+
+
+@pytest.mark.parametrize(("image_size", "edge_px"), [(16, 1.0), (16, 2.5), (32, 1.0), (64, 1.0), (64, 2.5), (97, 2.5)])
+def test_object_windows_hold_every_covered_pixel(image_size, edge_px):
+    scenes = SyntheticScenes(SyntheticConfig(image_size=image_size, num_classes=48), seed=5)
+    ids = np.arange(3000)
+    f = scenes.factors(ids)
+    pose = scenes._pose(f, edge_px)
+    # Coverage on the full frame, computed as the renderer did before windows: alpha > 0 where q < q_max.
+    g, n = scenes._grid, image_size
+    cx, cy = ((f["x"] * 2 - 1) * 0.6)[:, None, None], ((f["y"] * 2 - 1) * 0.6)[:, None, None]
+    radius = (0.2 + 0.2 * f["size"])[:, None, None]
+    theta = (2 * np.pi * f["orientation"])[:, None, None]
+    cos, sin = np.cos(theta) / radius, np.sin(theta) / radius
+    dx, dy = g[None, None, :] - cx, g[None, :, None] - cy
+    u, v = cos * dx + sin * dy, cos * dy - sin * dx
+    q = _by_group(f["label"] % scenes._num_shapes, _SHAPE_Q, u, v)
+    covered = (1 - q) * (radius * (n / 2)) / edge_px + 0.5 > 0
+    inside = np.zeros_like(covered)
+    for row, top, left in zip(pose.order, pose.top, pose.left, strict=True):
+        inside[row, top : top + pose.size, left : left + pose.size] = True
+    assert covered.any(axis=(1, 2)).all()
+    assert not (covered & ~inside).any()
+    assert pose.size < n or image_size <= 16  # a real window at the default sizes

@@ -13,6 +13,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One intra-op thread, here and in every subprocess the tests launch (children read OMP_NUM_THREADS). The
+# test models are tiny, so a second thread gains nothing on two cores; but with any other process on the
+# machine, two OpenMP threads wait on each other at every op: an in-process 12-step run then takes 75-105 s
+# instead of 5 s. DDP ranks already run one thread each (Lightning sets it when the variable is unset).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # A shrunken model and run: every modality, every stage of the pipeline, seconds not minutes.
 TINY_OVERRIDES = [

@@ -50,8 +50,21 @@ def test_an_unknown_option_is_one_line_with_the_closest(prog, capsys):
     assert len(err) == 1 and err[0].startswith(f"{prog}: error: ") and message in err[0], err
 
 
-def cli(module: str, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
+def cli(module: str, *argv: str) -> subprocess.Popen:
+    """Start a command in a fresh interpreter; ``.communicate()`` waits for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.slow
@@ -65,10 +78,11 @@ def cli(module: str, *argv: str) -> subprocess.CompletedProcess:
     ],
 )  # fmt: skip
 def test_hydra_commands_help_and_unknown_keys(tmp_path, module, prog, bad, message):
-    helped = cli(module, "--help")
+    # Two independent launches, started together: each is mostly one core importing torch and Lightning.
+    helping, failing = cli(module, "--help"), cli(module, bad, f"hydra.run.dir={tmp_path / 'run'}")
+    helped, proc = finish(helping), finish(failing)
     assert helped.returncode == 0 and "examples:" in helped.stdout and "config groups" in helped.stdout
     assert len(helped.stdout.splitlines()) < 60  # a page of help, not the config dump
-    proc = cli(module, bad, f"hydra.run.dir={tmp_path / 'run'}")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(prog) and message in lines[0], proc.stderr
     assert not (tmp_path / "run").exists()

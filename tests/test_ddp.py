@@ -37,16 +37,51 @@ COMMON = [
 ]
 
 
+class Launched:
+    """A training run started through the CLI; :meth:`result` waits for it and reads it (once).
+
+    Most of a short run here is a fresh interpreter importing torch and Lightning, on one core; a
+    1-process reference launched next to a distributed run overlaps that start-up with the other run's.
+    """
+
+    def __init__(self, run_dir: Path, world_size: int, *overrides: str) -> None:
+        parallel = ["trainer=ddp", f"trainer.devices={world_size}"] if world_size > 1 else []
+        self.run_dir, self._read = run_dir, None
+        self._stderr = run_dir.with_name(f"{run_dir.name}.stderr")  # a file: an unread full pipe would stall the run
+        with open(self._stderr, "w") as stderr:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "bindspace.train", *COMMON, *parallel, *overrides,
+                 f"data.batch_size={GLOBAL_BATCH // world_size}", f"hydra.run.dir={run_dir}"],
+                stdout=subprocess.DEVNULL, stderr=stderr,
+            )  # fmt: skip
+
+    def result(self) -> tuple[list[float], dict[str, torch.Tensor]]:
+        """The per-step losses of the CSV log and the final weights of last.ckpt."""
+        if self._read is None:
+            try:
+                code = self._proc.wait(timeout=600)
+            finally:
+                self.close()
+            assert code == 0, self._stderr.read_text()[-3000:]
+            self._read = read_run(self.run_dir)
+        return self._read
+
+    def close(self) -> None:
+        """Stop the run if it is still going (its test failed before waiting for it)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> Launched:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def train(run_dir: Path, world_size: int, *overrides: str) -> tuple[list[float], dict[str, torch.Tensor]]:
     """Train through the CLI; the per-step losses of the CSV log and the final weights of last.ckpt."""
-    parallel = ["trainer=ddp", f"trainer.devices={world_size}"] if world_size > 1 else []
-    proc = subprocess.run(
-        [sys.executable, "-m", "bindspace.train", *COMMON, *parallel, *overrides,
-         f"data.batch_size={GLOBAL_BATCH // world_size}", f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return read_run(run_dir)
+    return Launched(run_dir, world_size, *overrides).result()
 
 
 def read_run(run_dir: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -66,8 +101,12 @@ EXACT = {"atol": 1e-5, "mean_atol": 5e-8}
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """One process, global batch B: the reference both distributed variants must reproduce."""
-    return train(tmp_path_factory.mktemp("single"), 1)
+    """One process, global batch B: the reference both distributed variants must reproduce.
+
+    Launched here and waited for at first use, so it trains while the first test starts its 2-process run.
+    """
+    with Launched(tmp_path_factory.mktemp("single"), 1) as launched:
+        yield launched
 
 
 def assert_same_training(reference, distributed, rtol=1e-4, atol=1e-6, steps=STEPS, mean_atol=None):
@@ -98,8 +137,8 @@ def assert_same_training(reference, distributed, rtol=1e-4, atol=1e-6, steps=STE
     ],
 )
 def test_two_processes_with_half_batches_equal_one_process(tmp_path, single, overrides):
-    distributed = train(tmp_path, 2, *overrides)
-    assert_same_training(single, distributed, **EXACT)
+    with Launched(tmp_path, 2, *overrides) as distributed:
+        assert_same_training(single.result(), distributed.result(), **EXACT)
 
 
 @pytest.mark.parametrize(
@@ -116,10 +155,11 @@ def test_gather_without_grad_fails_the_same_check(tmp_path, single, overrides):
     other rank's: 1/N of the truth (gradient clipping and Adam hide most, not all, of a pure rescale).
     With the local loss the gradient misses the other ranks' rows altogether.
     """
-    losses, state = train(tmp_path, 2, *overrides)
-    assert losses[0] == pytest.approx(single[0][0], rel=1e-5)  # same data and initial weights: step 0 agrees
+    with Launched(tmp_path, 2, *overrides) as distributed:
+        reference, (losses, state) = single.result(), distributed.result()
+    assert losses[0] == pytest.approx(reference[0][0], rel=1e-5)  # same data and initial weights: step 0 agrees
     with pytest.raises(AssertionError):
-        assert_same_training(single, (losses, state), **EXACT)
+        assert_same_training(reference, (losses, state), **EXACT)
 
 
 # ---- curricula under DDP ------------------------------------------------------------------------------
@@ -149,8 +189,9 @@ def staged_runs(tmp_path_factory):
                 overrides.append("curriculum.continual.method=distill")
             if curriculum == "unfreeze":  # image frozen in stage a, trainable again from stage b on
                 overrides = [*STAGED[:1], *STAGED[4:], f"curriculum.stages={UNFREEZE}"]
-            single = train(root / "single", 1, *overrides)
-            cache[curriculum] = (single, root / "ddp", train(root / "ddp", 2, *overrides))
+            # The two runs are independent: launched together, each one's start-up overlaps the other's.
+            with Launched(root / "single", 1, *overrides) as single, Launched(root / "ddp", 2, *overrides) as ddp:
+                cache[curriculum] = (single.result(), root / "ddp", ddp.result())
         return cache[curriculum]
 
     return get

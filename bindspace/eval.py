@@ -161,7 +161,7 @@ def fit_and_score_splits(bs: BindSpace, datamodule, opts: EvalOptions) -> tuple[
     """
     test, test_ids = embed_split(bs, datamodule, opts.split)
     # One dataset serving both splits (test = val) is embedded once; the id check below decides either way.
-    same = getattr(datamodule, "val_set", None) is getattr(datamodule, "test_set", False)
+    same = datamodule.heldout_set(opts.reference_split) is datamodule.heldout_set(opts.split)
     ref, ref_ids = (test, test_ids) if same else embed_split(bs, datamodule, opts.reference_split)
     plan = split_fit_and_score(ref_ids, test_ids, opts.reference_split, opts.split)
     if plan.info["shared_ids"] and opts.fit_split == "reference":
@@ -183,10 +183,8 @@ def fit_and_score_splits(bs: BindSpace, datamodule, opts: EvalOptions) -> tuple[
 
 
 def data_class_names(datamodule) -> list[str] | None:
-    names = getattr(datamodule, "class_names", None)
-    if names is None and hasattr(datamodule, "scenes"):
-        names = datamodule.scenes.class_names
-    return list(names() if callable(names) else names) if names is not None else None
+    """The data's class names (label index -> name), None when it has no labels."""
+    return list(datamodule.class_names) or None
 
 
 def centred_zero_shot(

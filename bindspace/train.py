@@ -223,11 +223,10 @@ def final_metrics(
     trained = curriculum.trained_edges()
     if evaluate:  # the evaluation suite, as bindspace-eval and the stage ends run it
         by_key = {edge_key(e): e for e in spec.edges}
-        names = getattr(datamodule, "class_names", None)
         evaluated = module.evaluate(
             list(datamodule.test_dataloader()),
             trained_edges=[by_key[k] for k in trained],
-            class_names=list(names) if names is not None else None,
+            class_names=list(datamodule.class_names) or None,
             prompts=load_prompts(prompts) if prompts is not None else None,
             gap=True,
         )  # per-query values stay in module.last_per_query for per_query.npz
@@ -255,9 +254,7 @@ def run_budget(spec: RunSpec, curriculum: CurriculumCallback, trainer: L.Trainer
         "steps": int(trainer.global_step),
         "edge_steps": edge_steps,  # optimisation steps each edge took part in
         "pair_batches": sum(edge_steps.values()),  # one batch of pairs per edge per step
-        "global_batch": int(trainer.datamodule.batch_size * trainer.world_size)
-        if getattr(trainer.datamodule, "batch_size", None)
-        else None,
+        "global_batch": int(trainer.datamodule.batch_size * trainer.world_size),
         "schedule": spec.curriculum.schedule,
         "stage_steps": [r["step"] - s for r, s in zip(curriculum.state.history, starts)],
     }
@@ -385,7 +382,7 @@ def train_and_evaluate(
         unreached = [s for s in metrics["stages_not_reached"] if s not in predicted]
         if unreached:
             log.warning("curriculum: the run ended before stage(s) %s", ", ".join(unreached))
-        if getattr(datamodule, "data_report", None):
+        if datamodule.data_report:
             metrics["data"] = datamodule.data_report  # e.g. how many bad files on_error=skip dropped
         if trainer.is_global_zero:
             write_results(run_dir, metrics, spec, module.last_per_query)

@@ -1,11 +1,15 @@
-"""Data sources: each ``data=<name>`` config names a LightningDataModule class registered here.
+"""Data sources: each ``data=<name>`` config names a datamodule class registered here.
 
-A datamodule takes the modality configs, the graph's edges and the seed plus its own keys, and
-provides ``provided_modalities(**keys)`` (a classmethod: what the data holds, read cheaply before
-the model is built), ``edges``, ``stage_edges`` (set by the curriculum), ``set_stage(i)``,
-``steps_per_epoch(world_size)``, and step-indexed ``train_dataloader`` (see ``steps.py``),
-``val_dataloader`` and ``test_dataloader`` whose batches hold every evaluated modality plus ``id``
-(and ``label`` when known).
+Every datamodule is a :class:`bindspace.data.base.PairedDataModule` (the protocol training, the
+curriculum and evaluation rely on, owned by that base class). It takes the modality configs, the
+graph's edges and the seed plus its own keys (``data.<key>``). Layout of the package, by concern:
+
+- ``base.py`` (the protocol), ``steps.py`` (step-indexed batches), ``checks.py`` (data checks);
+- sources: ``datamodule.py`` (synthetic), ``manifest_datamodule.py``, ``shard_datamodule.py``,
+  ``spoken_digits_datamodule.py``;
+- formats and decoding: ``manifest.py``, ``shards.py``, ``readers.py``, ``resample.py``;
+- the synthetic renderer: ``synthetic.py``, ``scene_rng.py``;
+- benchmark builders live in :mod:`bindspace.datasets`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ def build_datamodule(
     kwargs = dict(data)
     name = kwargs.pop("name", "synthetic")
     cls = datamodule_class(data)
+    from bindspace.data.base import PairedDataModule  # lightning: imported when data is built
+
+    if not (isinstance(cls, type) and issubclass(cls, PairedDataModule)):
+        raise ConfigError(f"data={name}: {cls!r} is not a bindspace.data.base.PairedDataModule")
     accepted = set(inspect.signature(cls).parameters) - {"configs", "edges", "seed"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
+from bindspace.data.base import PairedDataModule
 
 log = logging.getLogger("bindspace.data")
 TRUNCATION_WARN = 0.01  # share of captions cut above which a run warns
@@ -44,34 +44,18 @@ def caption_truncation(source: Any, text_input: Any) -> tuple[int, int]:
         source: captions (an iterable of str) or a datamodule (see :func:`datamodule_captions`).
         text_input: the model's text input config (``modalities.text.input``).
     """
-    captions = datamodule_captions(source) if hasattr(source, "train_dataloader") else list(source)
+    captions = datamodule_captions(source) if isinstance(source, PairedDataModule) else list(source)
     lengths = text_lengths(captions, text_input)
     return sum(n > text_input.context_length for n in lengths), len(lengths)
 
 
 def datamodule_captions(datamodule: Any) -> list[str]:
-    """The captions a run reads: training pools with text and the held-out sets.
+    """The captions a run reads: training pools with text and the held-out sets (``PairedDataModule.captions``).
 
     Synthetic data renders the first ``SYNTHETIC_POOL_SAMPLE`` scenes of each text pool; streamed shards
-    contribute their held-out manifests only (training shards are not read ahead of training).
+    contribute their held-out sets only (training shards are not read ahead of training).
     """
-    if hasattr(datamodule, "scenes"):  # synthetic: captions come from (seed, scene id)
-        sets = _synthetic_sets(datamodule)
-        ids = [np.arange(ds.offset, ds.offset + min(ds.size, SYNTHETIC_POOL_SAMPLE)) for ds in sets]
-        return datamodule.scenes.render("text", np.concatenate(ids)) if ids else []
-    seen: dict[int, str] = {}
-    pools = list(getattr(datamodule, "pools", {}).values())
-    for ds in [*pools, getattr(datamodule, "val_set", None), getattr(datamodule, "test_set", None)]:
-        if ds is not None and "text" in getattr(ds, "modalities", ()):
-            seen.update((id(s), s.values["text"]) for s in ds.samples)  # a sample in several pools counts once
-    return list(seen.values())
-
-
-def _synthetic_sets(datamodule: Any) -> list[Any]:
-    if "text" not in datamodule.modalities:
-        return []
-    pools = {datamodule.edge_dataset(e).offset: datamodule.edge_dataset(e) for e in datamodule.edges if "text" in e}
-    return [*pools.values(), datamodule.heldout_dataset("val"), datamodule.heldout_dataset("test")]
+    return list(datamodule.captions())
 
 
 def report_caption_truncation(datamodule: Any, configs: Mapping[str, Any]) -> tuple[int, int] | None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from bindspace.data.steps import StepBatches, heldout_loader, step_loader
+from bindspace.data.base import PairedDataModule, check_split
+from bindspace.data.checks import SYNTHETIC_POOL_SAMPLE
 from bindspace.data.synthetic import MODALITIES as BUILTIN_RENDERED
 from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes, renderable_modalities
 from bindspace.graph import Edge, edge_key
@@ -80,14 +80,12 @@ def scene_config(configs: Mapping[str, ModalityConfig], overrides: Mapping[str, 
     return SyntheticConfig(**{**derived, **dict(overrides or {})})
 
 
-class SyntheticDataModule(L.LightningDataModule):
-    """Per-edge training loaders (combined so one step sees one batch of every active edge) and held-out sets.
+class SyntheticDataModule(PairedDataModule):
+    """Per-edge training pools of scenes (pool ``k`` belongs to ``edges[k]``) and held-out scenes.
 
     Args:
-        configs: modality configs of the model (transforms and render geometry come from them).
-        edges: the trainable edges; pool ``k`` belongs to ``edges[k]``.
-        batch_size: per device and per edge.
-        seed: scene seed (the same seed gives the same scenes on every machine).
+        configs, edges, batch_size, seed, num_workers, pin_memory: as :class:`PairedDataModule`
+            (``seed`` is also the scene seed: the same seed gives the same scenes on every machine).
         pool_size: scenes per edge pool.
         val_size, test_size: held-out scenes with every modality (test is the final gallery).
         disjoint_pools: if False every edge draws from pool 0 (so all modalities share scenes).
@@ -113,54 +111,34 @@ class SyntheticDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         scene: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
-        self.batch_size, self.seed, self.pool_size = batch_size, seed, pool_size
-        self.val_size, self.test_size, self.disjoint_pools = val_size, test_size, disjoint_pools
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        super().__init__(configs, edges, batch_size, seed, num_workers, pin_memory)
+        self.pool_size, self.val_size, self.test_size = pool_size, val_size, test_size
+        self.disjoint_pools = disjoint_pools
         plugins = {m: c.input for m, c in self.configs.items() if m not in BUILTIN_RENDERED}
         self.scenes = SyntheticScenes(scene_config(self.configs, scene), seed=seed, inputs=plugins)
         self.class_names = self.scenes.class_names()  # label index -> name, for zero-shot prompts
-        # Edges drawn in each curriculum stage; a curriculum callback replaces this before fitting.
-        self.stage_edges: list[list[Edge]] = [list(self.edges)]
-        self.train_steps: StepBatches | None = None
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.configs)
+        self._heldout = {
+            "val": SceneDataset(self.scenes, self.modalities, self.configs, offset=VAL_BASE, size=val_size),
+            "test": SceneDataset(self.scenes, self.modalities, self.configs, offset=TEST_BASE, size=test_size),
+        }
 
     def edge_dataset(self, edge: Edge) -> SceneDataset:
         k = self.edges.index(tuple(edge)) if self.disjoint_pools else 0
         return SceneDataset(self.scenes, edge, self.configs, offset=k * self.pool_size, size=self.pool_size)
 
-    def heldout_dataset(self, split: str) -> SceneDataset:
-        offset, size = (VAL_BASE, self.val_size) if split == "val" else (TEST_BASE, self.test_size)
-        return SceneDataset(self.scenes, self.modalities, self.configs, offset=offset, size=size)
+    def edge_sources(self) -> dict[str, SceneDataset]:
+        return {edge_key(e): self.edge_dataset(e) for e in self.edges}
 
-    def train_dataloader(self) -> DataLoader:
-        """Step-indexed: starts at the trainer's global step, so a resumed run continues its data order."""
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        self.train_steps = StepBatches(
-            {edge_key(e): self.edge_dataset(e) for e in self.edges},
-            self.stage_edges,
-            self.batch_size,
-            self.seed,
-            rank=rank,
-            world_size=world,
-        )
-        return step_loader(self.train_steps, trainer, self.num_workers, self.pin_memory)
+    def heldout_set(self, split: str) -> SceneDataset:
+        return self._heldout[check_split(split)]
 
-    def steps_per_epoch(self, world_size: int = 1) -> int:
-        """Steps in one pass over an edge's pool (curriculum stages measured in epochs use it)."""
-        return max(1, self.pool_size // (self.batch_size * world_size))
+    heldout_dataset = heldout_set  # the name before the PairedDataModule base
 
-    def set_stage(self, index: int) -> None:
-        if self.train_steps is not None:
-            self.train_steps.set_stage(index)
-
-    def val_dataloader(self) -> DataLoader:
-        return heldout_loader(self.heldout_dataset("val"), self.batch_size, self.num_workers, self.pin_memory)
-
-    def test_dataloader(self) -> DataLoader:
-        return heldout_loader(self.heldout_dataset("test"), self.batch_size, self.num_workers, self.pin_memory)
+    def captions(self) -> list[str]:
+        """Captions of the first ``SYNTHETIC_POOL_SAMPLE`` scenes of each text pool and every held-out scene."""
+        if "text" not in self.modalities:
+            return []
+        pools = {ds.offset: ds for e, ds in zip(self.edges, self.edge_sources().values()) if "text" in e}
+        sets = [*pools.values(), *self.heldout_sets()]
+        ids = [np.arange(ds.offset, ds.offset + min(ds.size, SYNTHETIC_POOL_SAMPLE)) for ds in sets]
+        return self.scenes.render("text", np.concatenate(ids))

@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from bindspace.data.base import PairedDataModule, check_split
 from bindspace.data.checks import small_heldout_message
 from bindspace.data.manifest import (
     FileProblem,
@@ -41,7 +41,6 @@ from bindspace.data.manifest import (
     split_by_id,
 )
 from bindspace.data.resample import DecodedAudio, prepare
-from bindspace.data.steps import HeldoutLoaders, StepBatches, step_loader
 from bindspace.errors import ConfigError
 from bindspace.graph import Edge, edge_key
 from bindspace.modalities import ModalityConfig, ModelInput, collate_inputs, get_modality
@@ -268,7 +267,7 @@ def class_vocabulary(samples: Sequence[Sample]) -> list[str]:
     return sorted({s.label for s in samples if s.label is not None})
 
 
-class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
+class ManifestDataModule(PairedDataModule):
     """Per-edge, step-indexed training batches from manifests; held-out batches from a val/test manifest.
 
     Args:
@@ -312,10 +311,7 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
         scan_workers: int | None = None,
         audio_cache_gb: float = 2.0,
     ) -> None:
-        super().__init__()
-        self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
-        self.batch_size, self.seed = batch_size, seed
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        super().__init__(configs, edges, batch_size, seed, num_workers, pin_memory)
         weighted = parse_sources(train, sources)
         heldout = [
             load_manifest(existing_path(p, f"data.{k}")) for k, p in (("val", val), ("test", test)) if p is not None
@@ -342,12 +338,9 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
             self.val_set if test is None else heldout_dataset(test_samples, self.configs, index, "test", self.decoded)
         )
         self.skipped = sum(r["skipped_samples"] for r in files.values())
-        self.data_report = self._report(files, parts)
+        self._report = self._build_report(files, parts)
         if self.skipped:
             log.warning("data: skipped %d sample(s) with bad files: %s", self.skipped, files)
-        # Edges drawn in each curriculum stage; a curriculum callback replaces this before fitting.
-        self.stage_edges: list[list[Edge]] = [list(self.edges)]
-        self.train_steps: StepBatches | None = None
 
     @staticmethod
     def _split(parts: list[Manifest], fraction: float) -> list[Sample]:
@@ -380,7 +373,7 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
             )
         return pool
 
-    def _report(self, files: dict[str, dict[str, int]], parts: list[Manifest]) -> dict[str, Any]:
+    def _build_report(self, files: dict[str, dict[str, int]], parts: list[Manifest]) -> dict[str, Any]:
         return {
             "manifests": files,
             "skipped": self.skipped,
@@ -393,25 +386,11 @@ class ManifestDataModule(HeldoutLoaders, L.LightningDataModule):
         }
 
     @property
-    def modalities(self) -> list[str]:
-        return list(self.configs)
+    def data_report(self) -> dict[str, Any]:
+        return self._report
 
-    def train_dataloader(self) -> DataLoader:
-        """Step-indexed: starts at the trainer's global step, so a resumed run continues its data order."""
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        for key, pool in self.pools.items():
-            if len(pool) < self.batch_size * world:
-                raise ConfigError(
-                    f"edge {key}: {len(pool)} samples cannot fill a global batch of {self.batch_size} x {world}"
-                )
-        self.train_steps = StepBatches(self.pools, self.stage_edges, self.batch_size, self.seed, rank, world)
-        return step_loader(self.train_steps, trainer, self.num_workers, self.pin_memory)
+    def edge_sources(self) -> dict[str, ManifestDataset]:
+        return self.pools
 
-    def steps_per_epoch(self, world_size: int = 1) -> int:
-        """Steps in one pass over the largest edge pool (so every edge has seen each of its samples)."""
-        return max(1, max(len(p) for p in self.pools.values()) // (self.batch_size * world_size))
-
-    def set_stage(self, index: int) -> None:
-        if self.train_steps is not None:
-            self.train_steps.set_stage(index)
+    def heldout_set(self, split: str) -> ManifestDataset:
+        return self.val_set if check_split(split) == "val" else self.test_set

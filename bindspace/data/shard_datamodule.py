@@ -24,11 +24,11 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from bindspace.data.base import PairedDataModule, check_split, sample_captions
 from bindspace.data.manifest import (
     Manifest,
     ManifestError,
@@ -56,7 +56,7 @@ from bindspace.data.shards import (
     materialize,
     usable_index,
 )
-from bindspace.data.steps import HeldoutLoaders, ignore_preemption_signals
+from bindspace.data.steps import ignore_preemption_signals
 from bindspace.errors import ConfigError, DataFileError
 from bindspace.graph import Edge, edge_key
 from bindspace.modalities import ModalityConfig
@@ -339,7 +339,7 @@ def check_shard_set(path: str | Path, on_error: str, workers: int | None = None)
     return ShardSet(folder, index, skip, owners, report)
 
 
-class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
+class ShardDataModule(PairedDataModule):
     """Streams training shards written by ``bindspace-data shard``; held-out sets from a manifest or shards.
 
     Args:
@@ -379,7 +379,7 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
         shuffle_buffer: int = 1000,
         scan_workers: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(configs, edges, batch_size, seed, num_workers, pin_memory)
         if train is None or val is None:
             raise ConfigError("data=shards needs data.train=SHARD_FOLDER and data.val=MANIFEST_OR_SHARD_FOLDER")
         for key, path in (("train", train), ("val", val), ("test", test)):
@@ -389,9 +389,7 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
             raise ConfigError(f"data.shuffle_buffer must be a positive integer, got {shuffle_buffer!r}")
         if on_error not in ON_ERROR:
             raise ConfigError(f"data.on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
-        self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
-        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
-        self.num_workers, self.pin_memory, self.on_error = num_workers, pin_memory, on_error
+        self.shuffle_buffer, self.on_error = shuffle_buffer, on_error
         shards = check_shard_set(train, on_error, scan_workers)  # before any held-out file is decoded
         self.folder, self.index, self.skip, shard_report = shards.folder, shards.index, shards.skip, shards.report
         self.pairs = {edge_key(e): int(self.index["pairs"].get(pair_key(*e), 0)) for e in self.edges}
@@ -433,8 +431,6 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
             "test_samples": len(self.test_set),
             "classes": len(self.class_names),
         }
-        self.stage_edges: list[list[Edge]] = [list(self.edges)]
-        self.train_stream: ShardStream | None = None
         self._skipped_earlier = 0  # dropped while training by streams replaced since
 
     @property
@@ -444,7 +440,7 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
         ``shards.skipped_while_training`` counts drops: a bad member met by two readers (ranks are counted
         apart; this is the local rank's count) or after the loader was rebuilt counts twice.
         """
-        during = self._skipped_earlier + (int(self.train_stream.skipped.sum()) if self.train_stream else 0)
+        during = self._skipped_earlier + (int(self.train_steps.skipped.sum()) if self.train_steps else 0)
         shards = {**self._report["shards"], "skipped_while_training": during}
         return {**self._report, "shards": shards, "skipped": self.skipped + during}
 
@@ -471,22 +467,33 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
         }
         return kept, report
 
+    def edge_sizes(self) -> dict[str, int]:
+        return dict(self.pairs)
+
+    def heldout_set(self, split: str) -> ManifestDataset:
+        return self.val_set if check_split(split) == "val" else self.test_set
+
+    def captions(self) -> list[str]:
+        """The held-out sets' captions: training shards are not read ahead of training."""
+        return sample_captions(self.heldout_sets())
+
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        """A stream per rank and worker, starting at the trainer's global step (``ShardStream``)."""
+        rank, world = self.rank_and_world()
         readers = world * max(1, self.num_workers)
         for key, count in self.pairs.items():
             if count < readers:
                 raise ConfigError(f"edge {key}: {count} samples cannot feed {readers} readers (ranks x workers)")
-        if self.train_stream is not None:
-            self._skipped_earlier += int(self.train_stream.skipped.sum())
-        self.train_stream = ShardStream(
+        if self.train_steps is not None:
+            self._skipped_earlier += int(self.train_steps.skipped.sum())
+        trainer = self.trainer
+        self.train_steps = ShardStream(
             self.folder, self.index, self.edges, self.stage_edges, self.batch_size, self.seed, self.configs,
             self.train_class_index, rank, world, self.shuffle_buffer, trainer.global_step if trainer else 0,
             self.on_error, self.skip, max(1, self.num_workers),
         )  # fmt: skip
         return ShardLoader(
-            self.train_stream,
+            self.train_steps,
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -494,10 +501,7 @@ class ShardDataModule(HeldoutLoaders, L.LightningDataModule):
             worker_init_fn=ignore_preemption_signals if self.num_workers > 0 else None,
         )
 
-    def steps_per_epoch(self, world_size: int = 1) -> int:
-        """Steps in one pass over the edge with the most samples."""
-        return max(1, max(self.pairs.values()) // (self.batch_size * world_size))
-
-    def set_stage(self, index: int) -> None:
-        if self.train_stream is not None:
-            self.train_stream.set_stage(index)
+    @property
+    def train_stream(self) -> ShardStream | None:
+        """The training stream built last (``train_steps``; kept under the name it had before the base class)."""
+        return self.train_steps

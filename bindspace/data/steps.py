@@ -152,19 +152,3 @@ def heldout_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memo
         pin_memory=pin_memory,
         collate_fn=first_item,
     )
-
-
-class HeldoutLoaders:
-    """``val_dataloader``/``test_dataloader`` for datamodules that hold ``val_set`` and ``test_set``."""
-
-    val_set: Dataset
-    test_set: Dataset
-    batch_size: int
-    num_workers: int
-    pin_memory: bool
-
-    def val_dataloader(self) -> DataLoader:
-        return heldout_loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
-
-    def test_dataloader(self) -> DataLoader:
-        return heldout_loader(self.test_set, self.batch_size, self.num_workers, self.pin_memory)

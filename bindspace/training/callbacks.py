@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 
 from bindspace.curriculum import Curriculum, CurriculumState
+from bindspace.data.base import PairedDataModule
 from bindspace.evaluation.tables import summarize
 from bindspace.graph import edge_key
 from bindspace.training.continual import StageDistillation
@@ -44,8 +45,8 @@ class CurriculumCallback(L.Callback):
     # ---- lifecycle ------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "stage_edges"):
-            dm.stage_edges = [self.curriculum.edges(i) for i in range(len(self.curriculum.stages))]
+        if isinstance(dm, PairedDataModule):  # else: trained from bare dataloaders (benchmarks)
+            dm.set_stages([self.curriculum.edges(i) for i in range(len(self.curriculum.stages))])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After any checkpoint restore: the stored state (or stage 0) decides what trains now.
@@ -139,7 +140,7 @@ class CurriculumCallback(L.Callback):
                 self.distillation.restore(model)
             module.distillation = self.distillation
         model.train(module.training)
-        if trainer.datamodule is not None and hasattr(trainer.datamodule, "set_stage"):
+        if isinstance(trainer.datamodule, PairedDataModule):
             trainer.datamodule.set_stage(i)
         self._set_schedule(trainer, module)
 
@@ -183,7 +184,7 @@ class CurriculumCallback(L.Callback):
         dm = trainer.datamodule
         trained = self.trained_edges()
         edges_by_key = {edge_key(e): e for s in self.curriculum.stages for e in s.new_edges}
-        if dm is None or not hasattr(dm, "val_dataloader"):
+        if not isinstance(dm, PairedDataModule):
             metrics = {"retrieval": {}}  # trained from bare dataloaders (benchmarks): no held-out set to score
         else:
             metrics = module.evaluate(list(dm.val_dataloader()), trained_edges=[edges_by_key[k] for k in trained])

@@ -1,0 +1,163 @@
+"""The paired-datamodule protocol, owned by one base class.
+
+Every data source (``data=synthetic|manifest|shards|spoken_digits``, or one of your own) is a
+:class:`PairedDataModule`. The base class owns what training, the curriculum and evaluation rely on:
+
+- ``provided_modalities(**keys)``: what the data holds, read cheaply before any model exists
+  (``graph.modalities: null`` trains exactly that);
+- ``edges`` and ``stage_edges`` (the curriculum writes one list of edges per stage before fitting),
+  ``set_stage(i)`` (reaches DataLoader workers through shared memory) and ``steps_per_epoch``;
+- step-indexed training batches (``steps.py``: the data of global step ``s`` is a function of
+  ``(seed, s)``, so resume needs no iterator state and N ranks see what one process sees), with this
+  rank's slice of the global batch;
+- ``val_dataloader``/``test_dataloader`` over :meth:`heldout_set`, whose batches hold every evaluated
+  modality plus ``id`` (and ``label`` when known);
+- ``class_names`` (for zero-shot prompts), ``data_report`` (what was read and skipped, into
+  ``metrics.json``) and ``captions()`` (for the text-context check).
+
+A source implements :meth:`provided_modalities`, :meth:`edge_sources` (or, for streams that are not
+indexable, :meth:`train_dataloader` and :meth:`edge_sizes`) and :meth:`heldout_set`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from bindspace.data.steps import BatchSource, StepBatches, heldout_loader, step_loader
+from bindspace.errors import ConfigError
+from bindspace.graph import Edge, edge_key
+from bindspace.modalities import ModalityConfig
+
+SPLITS = ("val", "test")
+
+
+class PairedDataModule(L.LightningDataModule):
+    """Per-edge training batches (one batch of every active edge per step) and held-out sets.
+
+    Args:
+        configs: modality configs of the model (which modalities are read, and their transforms).
+        edges: the trainable edges.
+        batch_size: per device and per edge.
+        seed: data order seed.
+        num_workers, pin_memory: DataLoader settings (persistent workers when ``num_workers > 0``).
+    """
+
+    def __init__(
+        self,
+        configs: Mapping[str, ModalityConfig],
+        edges: Sequence[Edge],
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"data.{key} must be an integer >= {low}, got {value!r}")
+        self.configs, self.edges = dict(configs), [tuple(e) for e in edges]
+        self.batch_size, self.seed = batch_size, seed
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.class_names: list[str] = []  # label index -> name; empty when the data has no labels
+        # Edges drawn in each curriculum stage; the curriculum callback replaces this before fitting.
+        self.stage_edges: list[list[Edge]] = [list(self.edges)]
+        self.train_steps: Any = None  # what train_dataloader built last (anything with set_stage)
+
+    # ---- what a source provides -------------------------------------------------------------------
+    @classmethod
+    def provided_modalities(cls, **keys: Any) -> list[str]:
+        """The modalities the data holds, in registry order, from the data config's keys (no data file read)."""
+        raise NotImplementedError(f"{cls.__name__} must implement provided_modalities")
+
+    def edge_sources(self) -> Mapping[str, BatchSource]:
+        """Edge key -> an indexable dataset of that edge's training pairs (``__getitems__`` -> one batch)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement edge_sources or train_dataloader")
+
+    def heldout_set(self, split: str) -> Dataset:
+        """The held-out ``val`` or ``test`` dataset (``__getitems__`` -> one batch with ``id``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement heldout_set")
+
+    def edge_sizes(self) -> dict[str, int]:
+        """Training pairs per edge key."""
+        return {key: len(source) for key, source in self.edge_sources().items()}
+
+    @property
+    def data_report(self) -> dict[str, Any]:
+        """Counts of what was read (and skipped), written into ``metrics.json`` under ``data``."""
+        return {}
+
+    def captions(self) -> list[str]:
+        """Every caption a run reads (training pools and held-out sets), for the text-context check."""
+        return sample_captions([*self.edge_sources().values(), *self.heldout_sets()])
+
+    # ---- the protocol ---------------------------------------------------------------------------
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.configs)
+
+    def rank_and_world(self) -> tuple[int, int]:
+        """This process's rank and the world size (0, 1 before a trainer is attached)."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def heldout_sets(self) -> list[Dataset]:
+        """The distinct held-out datasets (one when the test gallery is the validation set)."""
+        val, test = self.heldout_set("val"), self.heldout_set("test")
+        return [val] if test is val else [val, test]
+
+    def train_dataloader(self) -> DataLoader:
+        """Step-indexed: starts at the trainer's global step, so a resumed run continues its data order."""
+        rank, world = self.rank_and_world()
+        sources = self.edge_sources()
+        for key, source in sources.items():
+            if len(source) < self.batch_size * world:
+                raise ConfigError(
+                    f"edge {key}: {len(source)} samples cannot fill a global batch of {self.batch_size} x {world}"
+                )
+        self.train_steps = StepBatches(sources, self.stage_edges, self.batch_size, self.seed, rank, world)
+        return step_loader(self.train_steps, self.trainer, self.num_workers, self.pin_memory)
+
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Steps in one pass over the largest edge's pairs (curriculum stages measured in epochs use it)."""
+        return max(1, max(self.edge_sizes().values()) // (self.batch_size * world_size))
+
+    def set_stage(self, index: int) -> None:
+        """Draw the edges of curriculum stage ``index`` from now on (reaches running workers)."""
+        if not 0 <= index < len(self.stage_edges):
+            raise IndexError(f"stage {index} out of range: the datamodule has {len(self.stage_edges)} stage(s)")
+        if self.train_steps is not None:
+            self.train_steps.set_stage(index)
+
+    def set_stages(self, stages: Sequence[Sequence[Edge]]) -> None:
+        """The edges of every curriculum stage; each must be an edge of this datamodule."""
+        known = {edge_key(e) for e in self.edges}
+        for i, edges in enumerate(stages):
+            unknown = [edge_key(e) for e in edges if edge_key(e) not in known]
+            if unknown:
+                raise ConfigError(f"curriculum stage {i}: {unknown} are not edges of the data ({sorted(known)})")
+        self.stage_edges = [list(edges) for edges in stages]
+
+    def val_dataloader(self) -> DataLoader:
+        return heldout_loader(self.heldout_set("val"), self.batch_size, self.num_workers, self.pin_memory)
+
+    def test_dataloader(self) -> DataLoader:
+        return heldout_loader(self.heldout_set("test"), self.batch_size, self.num_workers, self.pin_memory)
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    return split
+
+
+def sample_captions(datasets: Iterable[Any]) -> list[str]:
+    """The texts of datasets that hold text and list their ``samples`` (a sample in several counts once)."""
+    seen: dict[int, str] = {}
+    for ds in datasets:
+        if ds is not None and "text" in getattr(ds, "modalities", ()) and hasattr(ds, "samples"):
+            seen.update((id(s), s.values["text"]) for s in ds.samples)
+    return list(seen.values())

@@ -9,7 +9,9 @@ drop path 0.1; logit scale 20.
 
 from __future__ import annotations
 
+import math
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -76,6 +78,31 @@ def _mel_banks(num_bins: int, padded: int, sample_rate: int) -> Tensor:
     return F.pad(banks, (0, 1))  # (bins, padded // 2 + 1): Kaldi ignores the Nyquist bin
 
 
+@lru_cache(maxsize=8)
+def _hann(win: int, dtype: torch.dtype) -> Tensor:
+    return torch.hann_window(win, periodic=False, dtype=dtype)
+
+
+_WORK = threading.local()
+_SCRATCH_MAX_BYTES = 16 * 2**20  # per buffer: the tiny and small presets' training batches need a few MiB
+
+
+def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+    """A work buffer of this thread, reused across calls; never part of a returned tensor.
+
+    Fresh multi-megabyte temporaries cost a page fault per 4 KiB on every call, more than the
+    arithmetic done in them.
+    """
+    size = math.prod(shape)
+    if size * dtype.itemsize > _SCRATCH_MAX_BYTES:  # a one-off large batch: not kept
+        return torch.empty(shape, dtype=dtype)
+    buffers = _WORK.__dict__.setdefault("buffers", {})
+    buf = buffers.get(slot)
+    if buf is None or buf.dtype != dtype or buf.numel() < size:
+        buf = buffers[slot] = torch.empty(size, dtype=dtype)
+    return buf[:size].view(shape)
+
+
 def kaldi_fbank(waveforms: Tensor, sample_rate: int, num_mel_bins: int) -> Tensor:
     """Batched Kaldi log-mel filterbank, equal to ``torchaudio.compliance.kaldi.fbank`` per row.
 
@@ -86,27 +113,75 @@ def kaldi_fbank(waveforms: Tensor, sample_rate: int, num_mel_bins: int) -> Tenso
     Returns:
         ``(B, frames, num_mel_bins)``.
     """
-    win, hop = int(sample_rate * 0.025), int(sample_rate * 0.010)
+    _check_fbank_input(waveforms, sample_rate)
+    mel = _power_mel(waveforms, sample_rate, num_mel_bins)
+    return mel.clamp_min_(torch.finfo(mel.dtype).eps).log_()
+
+
+def _check_fbank_input(waveforms: Tensor, sample_rate: int) -> None:
+    win = int(sample_rate * 0.025)
     if waveforms.ndim != 2 or waveforms.shape[1] < win:
         raise ValueError(f"fbank needs (B, T) waveforms with T >= {win}, got {tuple(waveforms.shape)}")
+
+
+def _power_mel(waveforms: Tensor, sample_rate: int, num_mel_bins: int, out: Tensor | None = None) -> Tensor:
+    """The mel power ``(B, frames, num_mel_bins)`` of :func:`kaldi_fbank`, before the log.
+
+    Every step is the same float operation as the textbook sequence (``frames - mean``, then
+    ``x - 0.97 * previous``, the window, zero padding, ``|rfft|^2``, the mel matrix), done in place
+    in reused, zero-padded work buffers: no concatenated copy for the pre-emphasis, no padded copy
+    for the FFT. In float32 the power is ``hypot(re, im) ** 2``: the square of ``complex.abs()``
+    to the bit (they differ only where the square under- or overflows anyway), without abs's slow path.
+    """
+    win, hop = int(sample_rate * 0.025), int(sample_rate * 0.010)
     padded = 1 << (win - 1).bit_length()
-    frames = waveforms.unfold(1, win, hop)  # (B, M, win)
-    frames = frames - frames.mean(dim=2, keepdim=True)
-    shifted = torch.cat([frames[..., :1], frames[..., :-1]], dim=2)
-    frames = (frames - 0.97 * shifted) * torch.hann_window(win, periodic=False, dtype=frames.dtype)
-    power = torch.fft.rfft(F.pad(frames, (0, padded - win)), dim=2).abs().pow(2)  # (B, M, padded/2+1)
-    mel = power @ _mel_banks(num_mel_bins, padded, sample_rate).T.to(power.dtype)
-    return mel.clamp_min(torch.finfo(mel.dtype).eps).log()
+    frames = waveforms.unfold(1, win, hop)  # (B, M, win), a view
+    shape = (*frames.shape[:2], padded)
+    buffer = _scratch("fbank.frames", shape, waveforms.dtype)
+    buffer[..., win:] = 0
+    body = buffer[..., :win]
+    torch.sub(frames, frames.mean(dim=2, keepdim=True), out=body)  # DC offset removed per frame
+    # Pre-emphasis, x[i] - 0.97 * x[i - 1]; the first sample is its own predecessor.
+    previous = torch.mul(body[..., :-1], 0.97, out=_scratch("fbank.previous", (*shape[:2], win - 1), body.dtype))
+    first = 0.97 * body[..., :1]
+    body[..., 1:] -= previous
+    body[..., :1] -= first
+    body *= _hann(win, waveforms.dtype)
+    bins = padded // 2 + 1
+    spectrum = _scratch("fbank.spectrum", (*shape[:2], bins), _complex(waveforms.dtype))
+    ri = torch.view_as_real(torch.fft.rfft(buffer, dim=2, out=spectrum))  # (B, M, bins, 2)
+    power = _scratch("fbank.power", (*shape[:2], bins), body.dtype)
+    if power.dtype == torch.float32:  # |X|^2 as .abs().pow(2): equal in float32 (abs's own path is slow)
+        torch.hypot(ri[..., 0], ri[..., 1], out=power).square_()
+    else:  # float64's abs() is not hypot() to the last bit
+        torch.abs(spectrum, out=power).pow_(2)
+    banks = _mel_banks(num_mel_bins, padded, sample_rate).T.to(power.dtype)
+    return torch.matmul(power, banks, out=out)
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def fbank_clips(clips: Tensor, cfg: AudioInput) -> Tensor:
     """Mono clips ``(B, T)`` -> standardised log-mel ``(B, 1, num_mel_bins, target_frames)``."""
-    feats = kaldi_fbank(clips - clips.mean(dim=1, keepdim=True), cfg.sample_rate, cfg.num_mel_bins).transpose(1, 2)
-    frames = feats.shape[2]
-    if frames < cfg.target_frames:
-        feats = F.pad(feats, (0, cfg.target_frames - frames))
-    feats = feats[:, :, : cfg.target_frames]
-    return ((feats - cfg.mean) / cfg.std)[:, None]
+    _check_fbank_input(clips, cfg.sample_rate)
+    centred = torch.sub(clips, clips.mean(dim=1, keepdim=True), out=_scratch("fbank.clips", clips.shape, clips.dtype))
+    b, bins = len(clips), cfg.num_mel_bins
+    win, hop = int(cfg.sample_rate * 0.025), int(cfg.sample_rate * 0.010)
+    frames = (clips.shape[1] - win) // hop + 1
+    mel = _power_mel(centred, cfg.sample_rate, bins, out=_scratch("fbank.mel", (b, frames, bins), clips.dtype))
+    # The log-mel in a (B, target, F) tensor, as ``feats.transpose(1, 2)`` is laid out; frames past
+    # the clip's end are 0 before the standardisation, as F.pad of the log-mel gives. Elementwise
+    # from here on, so cropping first changes no value.
+    kept = min(frames, cfg.target_frames)
+    feats = clips.new_empty((b, cfg.target_frames, bins))
+    feats[:, kept:] = 0
+    torch.clamp_min(mel[:, :kept], torch.finfo(mel.dtype).eps, out=feats[:, :kept]).log_()
+    feats -= cfg.mean
+    feats /= cfg.std
+    feats = feats.transpose(1, 2)
+    return (feats if frames >= cfg.target_frames else feats.contiguous())[:, None]  # F.pad's layout
 
 
 def read_audio(path: PathLike) -> tuple[np.ndarray, int]:

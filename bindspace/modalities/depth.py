@@ -94,8 +94,12 @@ class DepthSpec(ModalitySpec):
 
     @staticmethod
     def _disparity(depth: Tensor, cfg: DepthInput) -> Tensor:
-        disparity = 1.0 / depth.clamp(cfg.min_depth, cfg.max_depth)
-        return (disparity - cfg.mean) / cfg.std
+        """``(1 / depth.clamp(min, max) - mean) / std`` in one new tensor (``depth`` is left as it is)."""
+        disparity = torch.clamp(depth, cfg.min_depth, cfg.max_depth)
+        disparity = disparity.reciprocal_() if disparity.is_floating_point() else 1.0 / disparity
+        disparity -= cfg.mean
+        disparity /= cfg.std
+        return disparity
 
     def build_preprocessor(self, cfg: DepthInput, width: int) -> nn.Module:
         return PatchTokenizer(cfg.channels, (cfg.size, cfg.size), width, cfg.patch_size, norm=True)

@@ -8,6 +8,7 @@ still image that equals a 14x14 Conv2d, which is what we use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,6 +57,12 @@ def read_image(path: PathLike) -> np.ndarray:
         return np.array(img.convert("RGB"))
 
 
+@lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """CLIP-style per-channel statistics as ``(C, 1, 1)`` float32 tensors, built once per config."""
+    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+
 @register_modality
 class ImageSpec(ModalitySpec):
     name = "image"
@@ -81,19 +88,21 @@ class ImageSpec(ModalitySpec):
 
     def transform(self, raw, cfg: ImageInput) -> Tensor:
         """uint8 ``(H, W, 3)`` (from a file) or float ``(3, H, W)`` in [0, 1] -> normalised ``(3, S, S)``."""
-        x = resize_center_crop(to_chw_float(raw, 3), cfg.size).clamp(0.0, 1.0)
-        return self._normalize(x, cfg)
+        return self._clamp_normalize(resize_center_crop(to_chw_float(raw, 3), cfg.size), cfg)
 
     def transform_batch(self, raws, cfg: ImageInput) -> Tensor:
         if isinstance(raws, Tensor) and raws.ndim == 4:
-            return self._normalize(resize_center_crop(raws.float(), cfg.size).clamp(0.0, 1.0), cfg)
+            return self._clamp_normalize(resize_center_crop(raws.float(), cfg.size), cfg)
         return super().transform_batch(raws, cfg)
 
     @staticmethod
-    def _normalize(x: Tensor, cfg: ImageInput) -> Tensor:
-        mean = torch.tensor(cfg.mean).view(-1, 1, 1)
-        std = torch.tensor(cfg.std).view(-1, 1, 1)
-        return (x - mean) / std
+    def _clamp_normalize(x: Tensor, cfg: ImageInput) -> Tensor:
+        """``(x.clamp(0, 1) - mean) / std`` per channel, in one new tensor (never ``x`` itself)."""
+        mean, std = _channel_stats(tuple(cfg.mean), tuple(cfg.std))
+        out = torch.clamp(x, 0.0, 1.0, out=torch.empty_like(x, memory_format=torch.contiguous_format))
+        out -= mean
+        out /= std
+        return out
 
     def build_preprocessor(self, cfg: ImageInput, width: int) -> nn.Module:
         # No LayerNorm on the vision stem (ImageBind); its trunk uses pre_norm instead.

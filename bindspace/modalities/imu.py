@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,6 +45,12 @@ def fit_length(x: Tensor, length: int) -> Tensor:
         flat = x.reshape(-1, x.shape[-2], t)
         return F.interpolate(flat, size=length, mode="linear", align_corners=True).reshape(*x.shape[:-1], length)
     return x
+
+
+@lru_cache(maxsize=16)
+def _sensor_scale(accel_scale: float, gyro_scale: float) -> Tensor:
+    """The per-axis divisors ``(1, 6, 1)`` float32, built once per config."""
+    return torch.tensor([accel_scale] * 3 + [gyro_scale] * 3).view(1, 6, 1)
 
 
 def read_imu(path: PathLike) -> np.ndarray:
@@ -103,9 +110,7 @@ class IMUSpec(ModalitySpec):
         x = torch.as_tensor(np.asarray(raws)) if not isinstance(raws, Tensor) else raws
         if x.ndim != 3 or x.shape[1] != cfg.channels:
             raise ValueError(f"IMU batch must be (B, {cfg.channels}, T), got {tuple(x.shape)}")
-        x = fit_length(x.float(), cfg.length)
-        scale = torch.tensor([cfg.accel_scale] * 3 + [cfg.gyro_scale] * 3).view(1, 6, 1)
-        return x / scale
+        return fit_length(x.float(), cfg.length) / _sensor_scale(cfg.accel_scale, cfg.gyro_scale)
 
     def build_preprocessor(self, cfg: IMUInput, width: int) -> nn.Module:
         return SequencePatchTokenizer(cfg.channels, cfg.length, width, cfg.patch, norm=True)

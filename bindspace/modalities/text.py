@@ -11,10 +11,12 @@ logit scale initialised at 1/0.07 (CLIP). Two tokenizers:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +46,22 @@ def byte_tokenize(text: str, context_length: int) -> tuple[Tensor, Tensor]:
     mask = torch.zeros(context_length, dtype=torch.long)
     mask[: len(ids)] = 1
     return input_ids, mask
+
+
+def byte_tokenize_batch(texts: Sequence[str], context_length: int) -> tuple[Tensor, Tensor]:
+    """:func:`byte_tokenize` of every text, stacked: ``(B, context_length)`` ids and mask, built in numpy."""
+    if context_length < 3:
+        raise ValueError(f"context_length must be at least 3, got {context_length}")
+    body = [t.encode("utf-8")[: context_length - 2] for t in texts]
+    lengths = np.fromiter(map(len, body), np.int64, count=len(body))
+    ids = np.zeros((len(body), context_length), np.int64)  # PAD
+    ids[:, 0] = BOS
+    rows = np.repeat(np.arange(len(body)), lengths)
+    cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1  # after BOS
+    ids[rows, cols] = np.frombuffer(b"".join(body), np.uint8).astype(np.int64) + BYTE_OFFSET
+    ids[np.arange(len(body)), lengths + 1] = EOS
+    mask = (np.arange(context_length) < (lengths + 2)[:, None]).astype(np.int64)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 @lru_cache(maxsize=4)
@@ -86,8 +104,8 @@ class TextSpec(ModalitySpec):
             if not isinstance(t, str):
                 raise TypeError(f"text inputs must be strings, got {type(t).__name__}")
         if cfg.tokenizer == "bytes":
-            ids, masks = zip(*(byte_tokenize(t, cfg.context_length) for t in texts))
-            return {"input_ids": torch.stack(ids), "attention_mask": torch.stack(masks)}
+            ids, mask = byte_tokenize_batch(texts, cfg.context_length)
+            return {"input_ids": ids, "attention_mask": mask}
         enc = hf_tokenizer(cfg.tokenizer)(
             texts, padding="max_length", truncation=True, max_length=cfg.context_length, return_tensors="pt"
         )

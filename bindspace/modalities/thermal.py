@@ -79,14 +79,19 @@ class ThermalSpec(ModalitySpec):
 
     def transform(self, raw, cfg: ThermalInput) -> Tensor:
         """float ``(H, W)`` in [0, 1] (or uint8) -> standardised ``(1, S, S)``."""
-        x = resize_center_crop(to_chw_float(raw, 1), cfg.size, mode="bilinear")
-        return (x - cfg.mean) / cfg.std
+        return self._standardize(resize_center_crop(to_chw_float(raw, 1), cfg.size, mode="bilinear"), cfg)
 
     def transform_batch(self, raws, cfg: ThermalInput) -> Tensor:
         if isinstance(raws, Tensor) and raws.ndim == 3:
-            x = resize_center_crop(raws[:, None].float(), cfg.size, mode="bilinear")
-            return (x - cfg.mean) / cfg.std
+            return self._standardize(resize_center_crop(raws[:, None].float(), cfg.size, mode="bilinear"), cfg)
         return super().transform_batch(raws, cfg)
+
+    @staticmethod
+    def _standardize(x: Tensor, cfg: ThermalInput) -> Tensor:
+        """``(x - mean) / std`` in one new tensor (``x`` may be the caller's: it is left as it is)."""
+        out = x - cfg.mean
+        out /= cfg.std
+        return out
 
     def build_preprocessor(self, cfg: ThermalInput, width: int) -> nn.Module:
         return PatchTokenizer(cfg.channels, (cfg.size, cfg.size), width, cfg.patch_size, norm=True)

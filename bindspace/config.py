@@ -159,6 +159,7 @@ def check_optim(optim: OptimConfig) -> OptimConfig:
 # The top level of bindspace-train's config (configs/train.yaml and its groups), and the sections
 # whose keys are all known here. Anything else is a typo (`+foo=1`, `optim.lr_rate=...`) that would
 # otherwise train with the default silently.
+RESUME_MODES = ("auto", "never")
 TRAIN_KEYS = {
     "cache", "checkpoint", "ckpt_path", "curriculum", "data", "eval", "graph", "logger", "loss", "modalities",
     "model", "nonfinite", "optim", "paths", "preemption", "prompts", "resume", "seed", "speed", "tags",
@@ -218,6 +219,31 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     from bindspace.training.loggers import check_logger
 
     check_logger(dict(cfg.get("logger") or {}))
+    reliability_settings(cfg)
+
+
+def reliability_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``nonfinite``, ``preemption`` and ``resume``, checked (by :func:`check_train_config`, before any compute)."""
+    from bindspace.training.reliability import parse_signal
+
+    nonfinite = cfg.get("nonfinite") or {}
+    preemption = cfg.get("preemption") or {}
+    max_consecutive = nonfinite.get("max_consecutive", 5)
+    if not isinstance(max_consecutive, int) or isinstance(max_consecutive, bool) or max_consecutive < 0:
+        raise ConfigError(f"nonfinite.max_consecutive must be an integer >= 0, got {max_consecutive!r}")
+    try:
+        signals = [parse_signal(name) for name in preemption.get("signals") or []]
+    except ValueError as err:
+        raise ConfigError(f"preemption.signals: {err}; use names like SIGTERM or SIGUSR1") from None
+    resume = cfg.get("resume", "auto")
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {list(RESUME_MODES)}, got {resume!r}")
+    return {
+        "max_consecutive": max_consecutive,
+        "signals": signals,
+        "requeue": bool(preemption.get("requeue", True)),
+        "resume": resume,
+    }
 
 
 def check_trainer(trainer: Mapping[str, Any]) -> None:

@@ -6,10 +6,13 @@ bindspace-train -m seed=0,1,2 anchor=image,text
 
 from __future__ import annotations
 
+import copy
 import errno
+import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from bindspace.cli import run_hydra_command
-from bindspace.config import RunSpec, build_run_spec, check_train_config
+from bindspace.config import RunSpec, build_run_spec, check_train_config, reliability_settings
 from bindspace.data import build_datamodule, data_modalities
 from bindspace.data.checks import report_caption_truncation
 from bindspace.errors import ConfigError
@@ -43,14 +46,11 @@ from bindspace.training.reliability import (
     NonFiniteGuard,
     Preempted,
     Preemption,
-    parse_signal,
 )
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 from bindspace.utils.run_folder import RunFolder, is_launch_rank, link_latest, remove_if_empty
 
 log = logging.getLogger("bindspace.train")
-
-RESUME_MODES = ("auto", "never")
 
 
 def package_dir(package: str, *parts: str) -> str:
@@ -73,7 +73,7 @@ OmegaConf.register_new_resolver("pkg_dir", package_dir, replace=True)
 
 
 def build_trainer(
-    cfg: DictConfig, run_dir: Path, logger, curriculum: CurriculumCallback, rel: dict[str, Any], strategy: Any
+    cfg: Mapping[str, Any], run_dir: Path, logger, curriculum: CurriculumCallback, rel: dict[str, Any], strategy: Any
 ) -> L.Trainer:
     """The Trainer of ``cfg.trainer`` with bindspace's callbacks.
 
@@ -81,16 +81,16 @@ def build_trainer(
     """
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    ckpt = RunCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_train_steps)
+    ckpt = RunCheckpoint(run_dir / "checkpoints", cfg["checkpoint"]["every_n_train_steps"])
     preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_now)
     callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption]
-    bar = step_progress_bar() if cfg.trainer.get("enable_progress_bar", True) else None
+    bar = step_progress_bar() if cfg["trainer"].get("enable_progress_bar", True) else None
     if bar is not None:
         callbacks.append(bar)
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return hydra.utils.instantiate(
-        cfg.trainer,
+        dict(cfg["trainer"]),
         strategy=strategy,
         logger=logger or False,
         callbacks=callbacks,
@@ -115,29 +115,7 @@ def step_progress_bar():
     return StepProgressBar()
 
 
-def reliability_settings(cfg: DictConfig) -> dict[str, Any]:
-    """``nonfinite``, ``preemption`` and ``resume``, checked before any compute."""
-    nonfinite = cfg.get("nonfinite") or {}
-    preemption = cfg.get("preemption") or {}
-    max_consecutive = nonfinite.get("max_consecutive", 5)
-    if not isinstance(max_consecutive, int) or isinstance(max_consecutive, bool) or max_consecutive < 0:
-        raise ConfigError(f"nonfinite.max_consecutive must be an integer >= 0, got {max_consecutive!r}")
-    try:
-        signals = [parse_signal(name) for name in preemption.get("signals") or []]
-    except ValueError as err:
-        raise ConfigError(f"preemption.signals: {err}; use names like SIGTERM or SIGUSR1") from None
-    resume = cfg.get("resume", "auto")
-    if resume not in RESUME_MODES:
-        raise ConfigError(f"resume must be one of {list(RESUME_MODES)}, got {resume!r}")
-    return {
-        "max_consecutive": max_consecutive,
-        "signals": signals,
-        "requeue": bool(preemption.get("requeue", True)),
-        "resume": resume,
-    }
-
-
-def build_feature_cache(cfg: DictConfig, spec: RunSpec) -> FrozenFeatureCache | None:
+def build_feature_cache(cfg: Mapping[str, Any], spec: RunSpec) -> FrozenFeatureCache | None:
     """``cache.frozen_features``: serve frozen encoders' features from a per-sample cache."""
     ccfg = cfg.get("cache") or {}
     if not ccfg.get("frozen_features", False):
@@ -156,7 +134,7 @@ def build_feature_cache(cfg: DictConfig, spec: RunSpec) -> FrozenFeatureCache | 
     return FrozenFeatureCache(ccfg.get("dir"))
 
 
-def apply_speed_options(model, cfg: DictConfig) -> None:
+def apply_speed_options(model, cfg: Mapping[str, Any]) -> None:
     """``speed.compile`` (torch.compile per trunk) and ``speed.channels_last`` (NHWC conv stems)."""
     speed = cfg.get("speed") or {}
     names = list(speed.get("compile") or [])  # checked by bindspace.config.check_speed
@@ -171,16 +149,16 @@ def apply_speed_options(model, cfg: DictConfig) -> None:
         model.to(memory_format=torch.channels_last)  # 4-D conv weights; convs convert their inputs
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+def resume_checkpoint(cfg: Mapping[str, Any], run_dir: Path) -> str | None:
     """``ckpt_path`` if given; else, with ``resume: auto``, the run folder's own ``last.ckpt`` if present.
 
     This is what makes a requeued SLURM job (or any relaunch with the same ``hydra.run.dir``) continue
     where the preempted one stopped.
     """
     if cfg.get("ckpt_path"):
-        if not Path(cfg.ckpt_path).is_file():
-            raise ConfigError(f"ckpt_path: no checkpoint file at {cfg.ckpt_path}")
-        return str(cfg.ckpt_path)
+        if not Path(cfg["ckpt_path"]).is_file():
+            raise ConfigError(f"ckpt_path: no checkpoint file at {cfg['ckpt_path']}")
+        return str(cfg["ckpt_path"])
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.get("resume", "auto") == "auto" and last.is_file():
         # Said out loud: reusing a run folder with a changed config would otherwise silently continue it.
@@ -260,7 +238,7 @@ def run_budget(spec: RunSpec, curriculum: CurriculumCallback, trainer: L.Trainer
     }
 
 
-def run_identity(cfg: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
+def run_identity(cfg: Mapping[str, Any], spec: RunSpec) -> dict[str, Any]:
     """What distinguishes this run in a sweep: written to metrics.json and used as wandb tags."""
     cur = cfg.get("curriculum") or {}
     order = cur.get("order")
@@ -275,10 +253,10 @@ def run_identity(cfg: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
     }
 
 
-def _world_size(cfg: DictConfig) -> int:
-    devices = cfg.trainer.get("devices", 1)
+def _world_size(cfg: Mapping[str, Any]) -> int:
+    devices = cfg["trainer"].get("devices", 1)
     per_node = devices if isinstance(devices, int) and devices > 0 else 1
-    return per_node * int(cfg.trainer.get("num_nodes", 1) or 1)
+    return per_node * int(cfg["trainer"].get("num_nodes", 1) or 1)
 
 
 def check_checkpoint_fits(path: str, module: AlignmentModule) -> None:
@@ -309,22 +287,41 @@ def check_checkpoint_fits(path: str, module: AlignmentModule) -> None:
             )
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one configuration; returns the metrics written to ``metrics.json``."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved, plain-data copy of a config (a Hydra ``DictConfig`` or nested dicts and lists).
+
+    Interpolations (``${...}``) are resolved; a plain mapping without any is only copied.
+    """
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a run config must be a mapping, got {type(config).__name__}")
+    copied = copy.deepcopy(dict(config))
+    if "${" in json.dumps(copied, default=str):
+        return OmegaConf.to_container(OmegaConf.create(copied), resolve=True)
+    return copied
+
+
+def run(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns the metrics written to ``metrics.json``.
+
+    ``config``: the composed ``train`` config, as Hydra's ``DictConfig`` or as plain nested dicts
+    (:func:`bindspace.training.fit` passes plain data). It is checked whole before any compute.
+    """
+    plain = plain_config(config)
     check_train_config(plain)  # every config error surfaces here or in build_run_spec, before any compute
     if plain["graph"].get("modalities") is None:  # the graph follows the data: a manifest's columns, ...
         plain["graph"]["modalities"] = data_modalities(plain["data"])
     spec = build_run_spec(plain)
-    run_dir = Path(cfg.paths.output_dir)
-    rel = reliability_settings(cfg)
-    strategy = strategy_for(cfg.trainer.get("strategy", "auto"), _world_size(cfg), spec.curriculum)
+    run_dir = Path(plain["paths"]["output_dir"])
+    rel = reliability_settings(plain)
+    strategy = strategy_for(plain["trainer"].get("strategy", "auto"), _world_size(plain), spec.curriculum)
     with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
-        folder.record(cfg)
-        ckpt_path = resume_checkpoint(cfg, run_dir)
-        L.seed_everything(cfg.seed, workers=True)
+        folder.record(config)  # as composed (interpolations kept), as Hydra records it
+        ckpt_path = resume_checkpoint(plain, run_dir)
+        L.seed_everything(plain["seed"], workers=True)
         torch.set_float32_matmul_precision("high")
-        max_steps = int(cfg.trainer.max_steps)
+        max_steps = int(plain["trainer"]["max_steps"])
         # The model before the data (building the data touches no global RNG, so initial weights are the
         # same either way): a checkpoint that does not fit stops before minutes of decoding.
         module = AlignmentModule(
@@ -333,19 +330,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             spec.edges,
             spec.optim,
             total_steps=max_steps,
-            seed=cfg.seed,
-            feature_cache=build_feature_cache(cfg, spec),
+            seed=plain["seed"],
+            feature_cache=build_feature_cache(plain, spec),
         )
         if ckpt_path is not None:
             check_checkpoint_fits(ckpt_path, module)
-        apply_speed_options(module.model, cfg)
-        datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=cfg.seed)
+        apply_speed_options(module.model, plain)
+        datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=plain["seed"])
         report_caption_truncation(datamodule, spec.modalities)  # a warning line when over 1% of captions are cut
-        return train_and_evaluate(cfg, plain, spec, module, datamodule, run_dir, rel, strategy, ckpt_path, folder)
+        return train_and_evaluate(plain, spec, module, datamodule, run_dir, rel, strategy, ckpt_path, folder)
 
 
 def train_and_evaluate(
-    cfg: DictConfig,
     plain: dict[str, Any],
     spec: RunSpec,
     module: AlignmentModule,
@@ -357,15 +353,15 @@ def train_and_evaluate(
     folder: RunFolder,
 ) -> dict[str, Any]:
     """The part of :func:`run` after every input was checked: fit, then the held-out evaluation."""
-    max_steps = int(cfg.trainer.max_steps)
+    max_steps = int(plain["trainer"]["max_steps"])
     identity = run_identity(plain, spec)
     logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"])
     try:
-        steps_per_epoch = datamodule.steps_per_epoch(_world_size(cfg))
+        steps_per_epoch = datamodule.steps_per_epoch(_world_size(plain))
         spec.curriculum.check_schedule(max_steps, spec.optim.warmup_steps, steps_per_epoch)  # epoch-long stages
         predicted = warn_unreached_stages(spec, max_steps, steps_per_epoch)
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))
-        trainer = build_trainer(cfg, run_dir, logger, curriculum, rel, strategy)
+        trainer = build_trainer(plain, run_dir, logger, curriculum, rel, strategy)
         if logger is not None:
             logger.log_hyperparams(plain)
         folder.started()

@@ -11,6 +11,7 @@ before any compute), so a run started here and one started from the command line
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,16 +61,18 @@ def fit(config: Mapping[str, Any] | Sequence[str] | None = None, run_dir: str | 
     Raises:
         ConfigError: a config error, named in one line, before any compute.
     """
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
     from bindspace.train import run
 
+    if OmegaConf.is_config(config):  # e.g. OmegaConf.load(".../.hydra/config.yaml")
+        config = OmegaConf.to_container(config, resolve=False)
     if config is None or (isinstance(config, Sequence) and not isinstance(config, str)):
         config = compose_config(list(config or ()))
     elif not isinstance(config, Mapping):
         raise ConfigError(f"config must be a list of overrides or a config mapping, got {type(config).__name__}")
-    cfg = OmegaConf.create(dict(config))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(Path(run_dir).absolute())
-    OmegaConf.resolve(cfg)
-    return run(cfg)
+    config = copy.deepcopy(dict(config))
+    paths = dict(config.get("paths") or {})
+    paths["output_dir"] = str(Path(run_dir).absolute())
+    config["paths"] = paths
+    return run(config)  # plain data: checked whole, resolved, recorded in run_dir/.hydra/config.yaml

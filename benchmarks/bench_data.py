@@ -14,6 +14,7 @@ gives the medians, and where a generated step's time goes, per modality.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -86,6 +87,7 @@ def main() -> None:
         loss.backward()
         opt.step()
 
+    load_start = os.getloadavg()[0]  # other processes slow both sides; the doc says how busy the machine was
     gens, trains = [], []
     for _ in range(args.repeats):
         torch.set_num_threads(1)
@@ -111,7 +113,8 @@ def main() -> None:
             "## (d) Synthetic data generation vs training consumption",
             "",
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}. Date: {date.today()}.",
+            f"torch {torch.__version__}, load average {load_start:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end. Date: {date.today()}.",
             f"Command: `make bench` (`python -m benchmarks.bench_data --steps {args.steps} --repeats {args.repeats}`).",
             "",
             "| what | per step (ms) | pairs / s |",

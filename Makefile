@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,imagebind]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install bindspace with dev extras (re-runs only when pyproject.toml changes)
+install: $(STAMP) ## Create .venv and install bindspace with dev and test extras (re-runs only when pyproject.toml changes)
 
 train: install ## Train the six-modality model on the built-in synthetic benchmark (CPU, ~4 min) and print the retrieval matrix
 	WANDB_MODE=offline $(BIN)/bindspace-train $(ARGS)

@@ -119,11 +119,20 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         if message.startswith("unrecognized arguments:"):
             bad = message.split(":", 1)[1].split()
-            options = [o for action in self._actions for o in action.option_strings]
-            message = f"{message}{did_you_mean(bad[0], options) if bad else ''}"
+            message = f"{message}{did_you_mean(bad[0], self._option_strings()) if bad else ''}"
         elif "invalid choice:" in message:
             message = message.split(" (choose from")[0] + self._closest_choice(message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _option_strings(self) -> list[str]:
+        """Every option of this parser and of its sub-commands (their leftovers are reported up here)."""
+        options = []
+        for action in self._actions:
+            options += action.option_strings
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    options += [o for a in sub._actions for o in a.option_strings if o not in options]
+        return options
 
     def _closest_choice(self, message: str) -> str:
         bad = message.split("invalid choice:", 1)[1].strip().split()[0].strip("'")

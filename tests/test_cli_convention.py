@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from bindspace.convert import main as convert_main
 from bindspace.data.cli import main as data_main
 from bindspace.embed import main as embed_main
 from bindspace.report import main as report_main
@@ -24,6 +25,8 @@ IN_PROCESS = {
     "bindspace-search": (search_main, ["index=a", "qury=b"], "unknown key 'qury' (did you mean 'query'?)"),
     "bindspace-data": (data_main, ["chek", "x.jsonl"], "invalid choice: 'chek' (did you mean 'check'?)"),
     "bindspace-report": (report_main, ["runs", "--basline", "x"], "--basline x (did you mean '--baseline'?)"),
+    "bindspace-convert": (convert_main, ["imagebind", "a.pth", "b.ckpt", "--haeds", "image=8"],
+                          "--haeds image=8 (did you mean '--heads'?)"),
 }  # fmt: skip
 
 

@@ -50,6 +50,8 @@ class TrunkConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     pre_norm: bool = False  # LayerNorm before the first block; ImageBind uses it for vision only
+    kv_bias: bool = False  # a learned key/value pair in every attention (ImageBind's add_bias_kv: audio, depth, ...)
+    norm_eps: float = 1e-6  # the blocks' LayerNorm epsilon: ImageBind's, and timm 1.0.31's Block default
     name: str | None = None  # timm architecture name for kind=timm
     pretrained: str | None = None
     freeze: bool = False  # frozen trunks get no gradients and no optimizer state

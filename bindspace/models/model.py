@@ -28,7 +28,9 @@ def build_encoder_parts(
     if t.kind == "transformer":
         try:
             pre = spec.build_preprocessor(cfg.input, t.width)
-            trunk = TransformerTrunk(t.width, t.depth, t.heads, t.mlp_ratio, t.drop_path, t.pre_norm, spec.causal)
+            trunk = TransformerTrunk(
+                t.width, t.depth, t.heads, t.mlp_ratio, t.drop_path, t.pre_norm, spec.causal, t.kv_bias, t.norm_eps
+            )
         except ValueError as err:  # geometry that does not fit: name the modality's config
             raise ConfigError(f"modalities.{cfg.name}: {err}") from err
         width = t.width

@@ -1,0 +1,128 @@
+"""``bindspace-convert``: another project's weights as a bindspace checkpoint.
+
+    bindspace-convert imagebind .checkpoints/imagebind_huge.pth imagebind_huge.ckpt
+    bindspace-convert imagebind small.pth small.ckpt --heads image=8 text=8 audio=4
+
+``imagebind``: an ``ImageBindModel`` state dict (the released ``imagebind_huge.pth`` or any other size)
+becomes a checkpoint that ``BindSpace.from_checkpoint`` loads, with the same embeddings after L2
+normalisation. Widths, depths, patch sizes and the embedding size are read from the weights; attention
+heads are not in them and default to ImageBind-huge's (image 16, text 16, audio 12, depth 8, thermal 12,
+imu 8). The source is read with ``torch.load(weights_only=True)`` (a file carrying code is refused) and
+the output written atomically. Exit status: 0 written, 2 a usage error or a state dict that does not
+convert (one line naming the keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bindspace.cli import OneLineArgumentParser, did_you_mean, run_command
+from bindspace.errors import ConfigError
+from bindspace.utils.io import atomic_write
+
+PROG = "bindspace-convert"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n")[0],
+        epilog="examples:\n  bindspace-convert imagebind .checkpoints/imagebind_huge.pth imagebind_huge.ckpt\n"
+        "  bindspace-convert imagebind small.pth small.ckpt --heads image=8 text=8",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="source", required=True, parser_class=OneLineArgumentParser)
+    ib = sub.add_parser(
+        "imagebind",
+        help="an ImageBindModel state dict (.pth) -> a bindspace checkpoint",
+        epilog="example:\n  bindspace-convert imagebind .checkpoints/imagebind_huge.pth imagebind_huge.ckpt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ib.add_argument("src", type=Path, help="the ImageBind state dict (torch.save of ImageBindModel.state_dict())")
+    ib.add_argument("out", type=Path, help="the bindspace checkpoint to write")
+    ib.add_argument(
+        "--heads",
+        nargs="+",
+        default=[],
+        metavar="MODALITY=N",
+        help="attention heads per modality (bindspace or ImageBind names); default ImageBind-huge's",
+    )
+    return parser
+
+
+def parse_heads(items: Sequence[str]) -> dict[str, int]:
+    """``["image=16", "vision=16", ...]`` -> ``{"image": 16}``; ImageBind's ``vision`` is bindspace's ``image``."""
+    from bindspace.interop.imagebind import HUGE_HEADS, MODALITIES
+
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = MODALITIES.get(name, name)
+        if not sep or name not in HUGE_HEADS:
+            hint = did_you_mean(name, [*HUGE_HEADS, *MODALITIES]) if sep else ""
+            raise ConfigError(f"--heads: expected MODALITY=N with a modality of {list(HUGE_HEADS)}, got {item!r}{hint}")
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"--heads {name}: heads must be a positive integer, got {value!r}")
+        out[name] = int(value)
+    return out
+
+
+def load_state_dict(src: Path) -> dict[str, torch.Tensor]:
+    """``torch.load(src, weights_only=True)``: a flat mapping of names to tensors, or one line saying why not."""
+    from bindspace.inference import CheckpointError, _first_line
+
+    if not src.is_file():
+        raise CheckpointError(f"{src}: no such file")
+    try:
+        sd = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and runtime errors alike for a bad file
+        raise CheckpointError(f"{src}: not a readable torch file ({_first_line(err)})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict) and "bindspace" not in sd:
+        sd = sd["state_dict"]  # a training checkpoint's weights
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise CheckpointError(f"{src}: not a state dict (a mapping of names to tensors)")
+    return sd
+
+
+def convert_imagebind(src: Path, out: Path, heads: dict[str, int] | None = None) -> Path:
+    """Convert an ImageBind state dict file into a bindspace checkpoint at ``out`` (written atomically)."""
+    from bindspace.inference import checkpoint_metadata
+    from bindspace.interop.imagebind import ConversionError, build_configs, convert_state_dict
+    from bindspace.models.model import BindSpaceModel
+
+    sd = load_state_dict(src)
+    try:
+        plain, state, embed_dim = convert_state_dict(sd, heads)
+    except ConversionError as err:
+        raise ConversionError(f"{src}: {err}") from None
+    with torch.device("meta"):  # the metadata needs the configs only, not a second copy of the weights
+        model = BindSpaceModel(build_configs(plain), embed_dim)
+    others = [m for m in model.modalities if m != "image"]
+    edges = [("image", m) for m in others] if "image" in model.modalities else []  # ImageBind's star
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in state.items()},
+        "bindspace": checkpoint_metadata(model, edges),
+        "converted_from": {"format": "imagebind", "source": str(src), "tensors": len(sd)},
+    }
+    return atomic_write(out, lambda f: torch.save(ckpt, f))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 written, 2 usage error or a state dict that does not convert)."""
+    args = _parser().parse_args(argv)  # argparse exits with 2 on bad usage
+
+    def body() -> int:
+        path = convert_imagebind(args.src, args.out, parse_heads(args.heads))
+        print(f"{PROG}: wrote {path}")
+        return 0
+
+    return run_command(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

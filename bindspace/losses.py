@@ -135,9 +135,13 @@ class MultiEdgeLoss(nn.Module):
             p.requires_grad_(key not in keys)
         return newly
 
-    def edge_loss(self, key: str, anchor: Tensor, other: Tensor) -> Tensor:
+    def edge_loss(
+        self, key: str, anchor: Tensor, other: Tensor, all_anchor: Tensor | None = None, all_other: Tensor | None = None
+    ) -> Tensor:
+        """One edge's symmetric InfoNCE; ``all_*``: the features of every rank (gathered here when not given)."""
         scale = self.logit_scales[key]()
-        all_anchor, all_other = gather_features(anchor, self.backprop), gather_features(other, self.backprop)
+        if all_anchor is None or all_other is None:
+            all_anchor, all_other = gather_features(anchor, self.backprop), gather_features(other, self.backprop)
         if all_anchor.shape[0] == anchor.shape[0]:  # single process or no gathering
             return infonce(anchor, other, scale)
         rank = dist.get_rank()
@@ -148,6 +152,33 @@ class MultiEdgeLoss(nn.Module):
             o2a = F.cross_entropy(scale * other @ all_anchor.T, labels)
             return (a2o + o2a) / 2
         return infonce(all_anchor, all_other, scale)
+
+    def gather_by_modality(self, pairs: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Every rank's features of every edge, with one all-gather per modality per step (not two per edge).
+
+        The features a modality has in all its edges are concatenated, gathered once (rank-major), and each
+        edge takes its columns back: in the image-anchored star graph that is 6 collectives instead of 10.
+        Ranks gather the same modalities in the same (sorted) order, as collectives require.
+        """
+        if self.backprop == "none" or not (dist.is_available() and dist.is_initialized()):
+            return dict(pairs)
+        world = dist.get_world_size()
+        if world == 1:
+            return dict(pairs)
+        sides: dict[str, list[tuple[str, int, Tensor]]] = {}
+        for key in sorted(pairs):
+            for side, (m, x) in enumerate(zip(key.split("|"), pairs[key])):
+                sides.setdefault(m, []).append((key, side, x))
+        gathered: dict[str, list[Tensor]] = {k: [pairs[k][0], pairs[k][1]] for k in pairs}
+        for m in sorted(sides):
+            parts = sides[m]
+            local = torch.cat([x for _, _, x in parts]) if len(parts) > 1 else parts[0][2]
+            full = gather_features(local, self.backprop).view(world, local.shape[0], -1)
+            start = 0
+            for key, side, x in parts:
+                gathered[key][side] = full[:, start : start + x.shape[0]].reshape(world * x.shape[0], -1)
+                start += x.shape[0]
+        return {k: (a, o) for k, (a, o) in gathered.items()}
 
     def forward(
         self, pairs: Mapping[str, tuple[Tensor, Tensor]], stage_weights: Mapping[str, float] | None = None
@@ -161,6 +192,7 @@ class MultiEdgeLoss(nn.Module):
         if not pairs:
             raise ValueError("MultiEdgeLoss got no active edge")
         stage_weights = stage_weights or {}
-        losses = {k: self.edge_loss(k, a, o) for k, (a, o) in pairs.items()}
+        everyone = self.gather_by_modality(pairs)
+        losses = {k: self.edge_loss(k, a, o, *everyone[k]) for k, (a, o) in pairs.items()}
         total = sum(self.weights[k] * stage_weights.get(k, 1.0) * v for k, v in losses.items())
         return total, losses

@@ -246,6 +246,8 @@ class AudioSpec(ModalitySpec):
             "input": {"clip_seconds": 1.0, "num_mel_bins": 64, "target_frames": 96, "patch_stride": 16},
             "trunk": {"width": 384, "depth": 6, "heads": 6, "drop_path": 0.0},
         },
+        # ImageBind-huge: three clips per file, a learned key/value bias in every attention.
+        "huge": {"input": {"num_clips": 3}, "trunk": {"kv_bias": True}},
     }
 
     def transform(self, raw, cfg: AudioInput) -> Tensor:

@@ -80,6 +80,7 @@ class DepthSpec(ModalitySpec):
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "tiny": {"input": {"size": 64, "patch_size": 16}, "trunk": {"width": 128, "depth": 2, "heads": 4}},
         "small": {"input": {"size": 112, "patch_size": 16}, "trunk": {"width": 384, "depth": 6, "heads": 6}},
+        "huge": {"trunk": {"kv_bias": True}},  # ImageBind's learned key/value bias in every attention
     }
 
     def transform(self, raw, cfg: DepthInput) -> Tensor:

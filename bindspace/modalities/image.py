@@ -2,7 +2,8 @@
 
 ImageBind-huge: 224 px, ViT-H/14 (width 1280, 32 blocks, 16 heads) with a LayerNorm before the
 blocks, CLIP normalisation. ImageBind patches a 2-frame "video" with a (2, 14, 14) Conv3d; for a
-still image that equals a 14x14 Conv2d, which is what we use.
+still image that equals a 14x14 Conv2d (the sum of the two temporal slices), which the smaller presets
+use; ``huge`` keeps the Conv3d (``input.frames=2``) so that ImageBind's weights load as they are.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ImageInput:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     channels: int = 3
+    frames: int = 1  # ImageBind (huge): 2, the image repeated into 2 frames and patched by a (2, p, p) Conv3d
 
 
 def read_image(path: PathLike) -> np.ndarray:
@@ -84,6 +86,7 @@ class ImageSpec(ModalitySpec):
             "trunk": {"width": 384, "depth": 6, "heads": 6, "drop_path": 0.0},
         },
         "base": {"input": {"size": 224, "patch_size": 16}, "trunk": {"width": 768, "depth": 12, "heads": 12}},
+        "huge": {"input": {"frames": 2}},  # ImageBind's Conv3d stem, so its weights load as they are
     }
 
     def transform(self, raw, cfg: ImageInput) -> Tensor:
@@ -106,7 +109,7 @@ class ImageSpec(ModalitySpec):
 
     def build_preprocessor(self, cfg: ImageInput, width: int) -> nn.Module:
         # No LayerNorm on the vision stem (ImageBind); its trunk uses pre_norm instead.
-        return PatchTokenizer(cfg.channels, (cfg.size, cfg.size), width, cfg.patch_size, norm=False)
+        return PatchTokenizer(cfg.channels, (cfg.size, cfg.size), width, cfg.patch_size, norm=False, frames=cfg.frames)
 
     def dummy_input(self, cfg: ImageInput, batch_size: int, generator: torch.Generator) -> Tensor:
         return dummy_image(batch_size, cfg.channels, cfg.size, generator)

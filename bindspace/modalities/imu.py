@@ -100,6 +100,7 @@ class IMUSpec(ModalitySpec):
             "trunk": {"width": 384, "depth": 6, "heads": 6, "drop_path": 0.0},
             "head": {"dropout": 0.0},
         },
+        "huge": {"trunk": {"kv_bias": True}},  # ImageBind's learned key/value bias in every attention
     }
 
     def transform(self, raw, cfg: IMUInput) -> Tensor:

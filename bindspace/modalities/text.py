@@ -26,6 +26,8 @@ from bindspace.nn.pretrained import resolve_hf_source
 
 PAD, BOS, EOS, BYTE_OFFSET = 0, 1, 2, 3
 BYTE_VOCAB = 256 + BYTE_OFFSET
+# OpenAI CLIP's BPE (ImageBind's text tokenizer): 49408 ids, end-of-text the largest, zero padding.
+CLIP_BPE, CLIP_VOCAB = "clip_bpe", 49408
 
 
 @dataclass
@@ -112,10 +114,13 @@ class TextSpec(ModalitySpec):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def vocab_size(self, cfg: TextInput) -> int:
+        if cfg.tokenizer == CLIP_BPE:
+            return CLIP_VOCAB
         return BYTE_VOCAB if cfg.tokenizer == "bytes" else len(hf_tokenizer(cfg.tokenizer))
 
     def build_preprocessor(self, cfg: TextInput, width: int) -> nn.Module:
-        return TextTokenEmbedding(self.vocab_size(cfg), cfg.context_length, width)
+        # CLIP BPE ids (ImageBind's text input) end at their largest id: a bare id tensor is enough.
+        return TextTokenEmbedding(self.vocab_size(cfg), cfg.context_length, width, eos_argmax=cfg.tokenizer == CLIP_BPE)
 
     def dummy_input(self, cfg: TextInput, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
         lengths = torch.randint(3, cfg.context_length + 1, (batch_size,), generator=generator)

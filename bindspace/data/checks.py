@@ -32,6 +32,10 @@ def text_lengths(texts: Sequence[str], text_input: Any) -> list[int]:
     texts = [t.lower() if text_input.lowercase else t for t in texts]
     if text_input.tokenizer == "bytes":
         return [len(t.encode("utf-8")) + 2 for t in texts]  # BOS + bytes + EOS
+    if text_input.tokenizer == "clip_bpe":
+        from bindspace.modalities.clip_bpe import clip_bpe
+
+        return [len(clip_bpe().encode(t)) + 2 for t in texts]  # start + word ids + end
     from bindspace.modalities.text import hf_tokenizer
 
     return [len(ids) for ids in hf_tokenizer(text_input.tokenizer)(texts, truncation=False)["input_ids"]]

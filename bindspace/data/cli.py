@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
     check.add_argument("--workers", type=int, default=None, help="decoding threads (default: cpus + 4, max 32)")
     check.add_argument("--context-length", type=int, default=None, help="text context to check captions against")
-    check.add_argument("--tokenizer", default="bytes", help="with --context-length: bytes or a transformers tokenizer")
+    check.add_argument(
+        "--tokenizer", default="bytes", help="with --context-length: bytes, clip_bpe or a transformers tokenizer"
+    )
     shard = sub.add_parser("shard", help="write a manifest as webdataset-style tar shards plus index.json")
     shard.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
     shard.add_argument("out", type=Path, help="folder for shard-NNNNNN.tar and index.json")

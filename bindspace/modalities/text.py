@@ -1,10 +1,12 @@
 """Text: a tokenizer plus a transformer, pooled at the end-of-text token (CLIP / ImageBind).
 
 ImageBind-huge: 77-token context, width 1024, 24 blocks, 16 heads, causal attention, a learnable
-logit scale initialised at 1/0.07 (CLIP). Two tokenizers:
+logit scale initialised at 1/0.07 (CLIP). Three kinds of tokenizer:
 
 - ``bytes`` (default): UTF-8 bytes plus BOS/EOS/PAD, needs no downloaded vocabulary, so a
   from-scratch text encoder works offline on any machine;
+- ``clip_bpe``: OpenAI CLIP's byte-level BPE (``bindspace.modalities.clip_bpe``), ImageBind's
+  tokenizer and the ``huge`` preset's, over the merges file that ships inside open_clip_torch;
 - a transformers tokenizer (hub id or local folder), for pretrained text trunks
   (``trunk.kind=hf``, e.g. all-MiniLM-L6-v2 with ``head.pool=mean``).
 """
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from bindspace.modalities.base import ModalitySpec, register_modality
+from bindspace.modalities.clip_bpe import clip_bpe
 from bindspace.nn.layers import TextTokenEmbedding
 from bindspace.nn.pretrained import resolve_hf_source
 
@@ -32,7 +35,7 @@ CLIP_BPE, CLIP_VOCAB = "clip_bpe", 49408
 
 @dataclass
 class TextInput:
-    tokenizer: str = "bytes"  # "bytes" or a transformers tokenizer (hub id or local folder)
+    tokenizer: str = "bytes"  # "bytes", "clip_bpe" or a transformers tokenizer (hub id or local folder)
     context_length: int = 77
     lowercase: bool = False
 
@@ -108,6 +111,9 @@ class TextSpec(ModalitySpec):
         if cfg.tokenizer == "bytes":
             ids, mask = byte_tokenize_batch(texts, cfg.context_length)
             return {"input_ids": ids, "attention_mask": mask}
+        if cfg.tokenizer == CLIP_BPE:
+            ids, mask = clip_bpe()(texts, cfg.context_length)
+            return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
         enc = hf_tokenizer(cfg.tokenizer)(
             texts, padding="max_length", truncation=True, max_length=cfg.context_length, return_tensors="pt"
         )

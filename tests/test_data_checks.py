@@ -25,6 +25,7 @@ from bindspace.data.checks import (
 from bindspace.data.cli import main, preset_text_inputs
 from bindspace.datasets.spoken_digits.builder import class_prompts
 from bindspace.modalities import get_modality
+from bindspace.modalities.clip_bpe import clip_bpe
 from bindspace.modalities.text import TextInput, byte_tokenize
 
 
@@ -131,8 +132,14 @@ def test_data_check_reports_caption_truncation_per_preset_and_for_a_given_contex
     manifest = write_rows(tmp_path / "m.jsonl", rows)
     assert main(["check", str(manifest)]) == 0
     out = capsys.readouterr().out
-    for preset in ("tiny", "small", "base", "huge"):
+    for preset in ("tiny", "small", "base"):
         assert f"text: 0 of 3 captions (0.0%) exceed the 128-token text context (model={preset})" in out
+    # huge is ImageBind's CLIP BPE in 77 positions, counted in BPE tokens
+    longest_bpe = max(len(clip_bpe().encode(r["text"])) for r in rows) + 2
+    line = (
+        f"text: 0 of 3 captions (0.0%) exceed the 77-token text context (model=huge) (longest caption: {longest_bpe} "
+    )
+    assert line in out and longest_bpe < len(rows[0]["text"]) + 2
     assert main(["check", str(manifest), "--context-length", "16"]) == 0  # cut captions are not bad files
     out = capsys.readouterr().out
     assert "warning: text: 3 of 3 captions (100.0%) exceed the 16-token text context (--context-length)" in out

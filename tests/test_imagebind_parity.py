@@ -137,6 +137,29 @@ def test_text_ids_with_a_mask_encode_as_the_bare_ids(converted):
     torch.testing.assert_close(out, reference["text"], atol=TOLERANCE, rtol=0)
 
 
+CAPTIONS = [
+    "A dog barks at the mailman.",
+    "",
+    "Ünïcödé café, 東京 &amp; 12,345.6 — “quoted” ﬁne",
+    "It's raining; they'll stay in.   Tabs\tand\nnewlines",
+    "word " * 100,  # cut to 77 ids, the end token kept
+]
+
+
+def test_converted_imagebind_encodes_strings_as_imagebind(converted):
+    """Captions through bindspace's CLIP BPE and encoder equal ImageBind's tokenizer and model."""
+    bs, *_ = converted
+    assert bs.model.configs["text"].input.tokenizer == CLIP_BPE
+    pre = pytest.importorskip("imagebind.models.multimodal_preprocessors", reason=EXTRA)
+    tokenizer = pre.SimpleTokenizer(str(Path(pre.__file__).parent.parent / "bpe" / "bpe_simple_vocab_16e6.txt.gz"))
+    ids = tokenizer(CAPTIONS)
+    with torch.no_grad():
+        reference = F.normalize(tiny_imagebind()({"text": ids})["text"], dim=-1)  # the converted weights (seed 0)
+    out = bs.embed("text", CAPTIONS)
+    print(f"text from strings: max abs difference {(out - reference).abs().max().item():.3g}")
+    torch.testing.assert_close(out, reference, atol=TOLERANCE, rtol=0)
+
+
 def _meta_imagebind_huge() -> torch.nn.Module:
     """``imagebind_huge()`` on the meta device (its drop-path schedule calls ``.item()``: computed on CPU)."""
     linspace = torch.linspace
@@ -180,9 +203,6 @@ def test_huge_with_imagebinds_text_input_has_imagebind_huges_parameter_count():
     assert _count(bs) == _count(ib) - 1
 
 
-@pytest.mark.xfail(
-    strict=True, reason="huge's text preset keeps the byte tokenizer (128 bytes) until the CLIP BPE transform lands"
-)
 def test_huge_preset_is_imagebind_huge_including_text():
     assert _count(_huge()) == _count(_meta_imagebind_huge()) - 1
 

@@ -93,7 +93,8 @@ class TextSpec(ModalitySpec):
         "tiny": {"input": {"context_length": 128}, "trunk": {"width": 128, "depth": 2, "heads": 4}},
         "small": {"input": {"context_length": 128}, "trunk": {"width": 384, "depth": 6, "heads": 6}},
         "base": {"input": {"context_length": 128}, "trunk": {"width": 512, "depth": 12, "heads": 8}},
-        "huge": {"input": {"context_length": 128}},
+        # ImageBind-huge's: CLIP BPE in 77 positions (the longest built-in caption is 26 BPE tokens).
+        "huge": {"input": {"tokenizer": CLIP_BPE, "context_length": 77}},
     }
 
     def read(self, path):

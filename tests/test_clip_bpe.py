@@ -10,7 +10,6 @@ import importlib.util
 import random
 import subprocess
 import sys
-import types
 import unicodedata
 from pathlib import Path
 
@@ -61,8 +60,7 @@ def imagebind_tokenizer():
     if spec is None or not spec.submodule_search_locations:
         pytest.skip(EXTRA)
     if "imagebind" not in sys.modules:  # its __init__ imports a data module with heavy deps: skip it
-        package = types.ModuleType("imagebind")
-        package.__path__ = list(spec.submodule_search_locations)
+        package = importlib.util.module_from_spec(spec)  # its __init__ not run; find_spec still works
         sys.modules["imagebind"] = package
     pre = pytest.importorskip("imagebind.models.multimodal_preprocessors", reason=EXTRA)
     vocab = Path(spec.submodule_search_locations[0]) / "bpe" / bpe.VOCAB_FILE

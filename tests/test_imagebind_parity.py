@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-import types
 from pathlib import Path
 from unittest import mock
 
@@ -39,8 +38,7 @@ def _imagebind_model():
     if spec is None or not spec.submodule_search_locations:
         pytest.skip(EXTRA, allow_module_level=True)
     if "imagebind" not in sys.modules:
-        package = types.ModuleType("imagebind")
-        package.__path__ = list(spec.submodule_search_locations)
+        package = importlib.util.module_from_spec(spec)  # its __init__ not run; find_spec still works
         sys.modules["imagebind"] = package
     return pytest.importorskip("imagebind.models.imagebind_model", reason=EXTRA)
 
@@ -122,7 +120,10 @@ def test_the_conversion_reads_every_size_and_recipe_from_the_weights(converted):
         assert trunk.kv_bias == (name not in ("vision", "text")), name  # ImageBind's add_bias_kv
     assert bs.embed_dim == EMBED_DIM and cfgs["image"].input.frames == 2 and cfgs["image"].trunk.pre_norm
     assert (cfgs["text"].input.tokenizer, cfgs["text"].input.context_length) == (CLIP_BPE, 77)
-    assert cfgs["audio"].input.num_clips == 3
+    assert (cfgs["audio"].input.num_clips, cfgs["audio"].input.clip_sampler, cfgs["audio"].input.mono) == (
+        3, "imagebind", "first"
+    )  # fmt: skip
+    assert cfgs["image"].input.resize == "pil"  # ImageBind's loaders (tests/test_imagebind_preprocessing.py)
     scales = {m: (round(c.logit_scale.init, 4), c.logit_scale.learnable) for m, c in cfgs.items()}
     assert scales["audio"] == (20.0, False) and scales["thermal"] == (10.0, False) and scales["text"][1]
     assert sorted(map(tuple, bs.edges)) == sorted(("image", m) for m in cfgs if m != "image")

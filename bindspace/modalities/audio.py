@@ -1,7 +1,8 @@
 """Audio as log-mel filterbanks seen by a 1-channel ViT (ImageBind's recipe at the huge preset).
 
 Mono, resampled to 16 kHz, clips of 2 s (ImageBind samples 3 clips per file and averages their
-embeddings; ``num_clips``), 128-bin Kaldi fbank with a 25 ms Hanning window and 10 ms shift, padded
+embeddings; ``num_clips``; ``huge`` places them and picks the channel as ImageBind's loader does),
+128-bin Kaldi fbank with a 25 ms Hanning window and 10 ms shift, padded
 or cropped to 204 frames, standardised with mean -4.268 / std 9.138 (AudioSet statistics, as AST
 and ImageBind). ViT: 16x16 patches at stride 10 (overlapping), width 768, 12 blocks, 12 heads,
 drop path 0.1; logit scale 20.
@@ -13,6 +14,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
-from bindspace.errors import DataFileError
+from bindspace.errors import ConfigError, DataFileError
 from bindspace.modalities.base import ModalitySpec, register_modality
 from bindspace.modalities.files import PathLike, as_file, checked_file, decoding, to_float32
 from bindspace.nn.layers import PatchTokenizer
@@ -35,6 +37,8 @@ MAX_AUDIO_SAMPLES = 2**30
 # libsndfile logs "data : <declared> (should be <available>)" when a WAV's data chunk is cut short.
 _WAV_DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _WAV_UNKNOWN_LENGTH = 0x7FFFFFFF  # streaming writers put 0x7FFFFFFF/0xFFFFFFFF in the size field
+CLIP_SAMPLERS = ("spread", "imagebind")
+MONO_MIXES = ("mean", "first")
 
 
 @dataclass
@@ -51,6 +55,21 @@ class AudioInput:
     patch_size: int = 16
     patch_stride: int = 10
     channels: int = 1
+    # Where clips start and how a file shorter than a clip is filled. "spread": the first clip at the
+    # start, the last at the end (one clip: centred), a short file padded with silence. "imagebind":
+    # ImageBind's loader (pytorchvideo's ConstantClipsPerVideoSampler), clip i starts at
+    # i * (duration - clip) / num_clips, so the last ends before the file does; a short file's clips
+    # are the whole file and their log-mel is padded with zeros before the standardisation.
+    clip_sampler: str = "spread"
+    mono: str = "mean"  # "mean" of the channels, or "first" channel (ImageBind: Kaldi's fbank reads channel 0)
+
+    def __post_init__(self) -> None:
+        if self.clip_sampler not in CLIP_SAMPLERS:
+            raise ConfigError(
+                f"modalities.audio.input.clip_sampler must be one of {CLIP_SAMPLERS}, got {self.clip_sampler!r}"
+            )
+        if self.mono not in MONO_MIXES:
+            raise ConfigError(f"modalities.audio.input.mono must be one of {MONO_MIXES}, got {self.mono!r}")
 
 
 def to_mono(waveform: Tensor) -> Tensor:
@@ -68,6 +87,33 @@ def clip_starts(num_samples: int, clip_samples: int, num_clips: int) -> list[int
     if num_clips == 1:
         return [span // 2]
     return [round(i * span / (num_clips - 1)) for i in range(num_clips)]
+
+
+def imagebind_clip_starts(num_samples: int, sample_rate: int, clip_seconds: float, num_clips: int) -> list[int]:
+    """Clip starts as ImageBind's audio loader picks them (pytorchvideo's ConstantClipsPerVideoSampler).
+
+    The free span ``duration - clip`` (seconds, a float, then exact as a fraction) is cut into
+    ``num_clips`` equal steps; clip ``i`` starts at ``i`` steps, its first sample the start time times
+    the rate rounded down. A file no longer than a clip gives ``num_clips`` starts at 0.
+    """
+    step = Fraction(max(num_samples / sample_rate - clip_seconds, 0)) / num_clips
+    return [int(step * i * sample_rate) for i in range(num_clips)]
+
+
+def cut_clips(wav: Tensor, cfg: AudioInput) -> Tensor:
+    """A mono waveform ``(T,)`` at ``cfg.sample_rate`` -> ``(num_clips, samples)``, placed by ``cfg.clip_sampler``."""
+    n = round(cfg.clip_seconds * cfg.sample_rate)
+    if cfg.clip_sampler == "imagebind":
+        starts = imagebind_clip_starts(wav.shape[0], cfg.sample_rate, cfg.clip_seconds, cfg.num_clips)
+        # A short file's clips are the file itself (fbank_clips pads the log-mel), one fbank window at least.
+        window = int(cfg.sample_rate * 0.025)
+        n = max(min(n, wav.shape[0]), window)
+        wav = F.pad(wav, (0, max(window - wav.shape[0], 0)))
+    else:
+        if wav.shape[0] < n:  # pad short files with silence so every clip is full length
+            wav = F.pad(wav, (0, n - wav.shape[0]))
+        starts = clip_starts(wav.shape[0], n, cfg.num_clips)
+    return torch.stack([wav[s : s + n] for s in starts])
 
 
 @lru_cache(maxsize=8)
@@ -246,21 +292,19 @@ class AudioSpec(ModalitySpec):
             "input": {"clip_seconds": 1.0, "num_mel_bins": 64, "target_frames": 96, "patch_stride": 16},
             "trunk": {"width": 384, "depth": 6, "heads": 6, "drop_path": 0.0},
         },
-        # ImageBind-huge: three clips per file, a learned key/value bias in every attention.
-        "huge": {"input": {"num_clips": 3}, "trunk": {"kv_bias": True}},
+        # ImageBind-huge: three clips per file placed as its loader places them, its left channel, a
+        # learned key/value bias in every attention.
+        "huge": {"input": {"num_clips": 3, "clip_sampler": "imagebind", "mono": "first"}, "trunk": {"kv_bias": True}},
     }
 
     def transform(self, raw, cfg: AudioInput) -> Tensor:
         """``(waveform (C, T) or (T,), sample_rate)`` or a waveform already at ``cfg.sample_rate``."""
         wav, sr = raw if isinstance(raw, tuple) else (raw, cfg.sample_rate)
-        wav = to_mono(torch.as_tensor(np.asarray(wav), dtype=torch.float32))
+        wav = torch.as_tensor(np.asarray(wav), dtype=torch.float32)
+        wav = wav[0] if cfg.mono == "first" and wav.ndim == 2 else to_mono(wav)
         if sr != cfg.sample_rate:
             wav = torchaudio.functional.resample(wav, int(sr), cfg.sample_rate)
-        n = round(cfg.clip_seconds * cfg.sample_rate)
-        if wav.shape[0] < n:  # pad short files with silence so every clip is full length
-            wav = F.pad(wav, (0, n - wav.shape[0]))
-        clips = torch.stack([wav[s : s + n] for s in clip_starts(wav.shape[0], n, cfg.num_clips)])
-        return fbank_clips(clips, cfg)  # (S, 1, F, frames): the clip axis is always there (clip_axis)
+        return fbank_clips(cut_clips(wav, cfg), cfg)  # (S, 1, F, frames): the clip axis is always there (clip_axis)
 
     def transform_batch(self, raws, cfg: AudioInput) -> Tensor:
         """Equal-length waveforms ``(B, T)`` at ``cfg.sample_rate`` (synthetic data) in one vectorised pass."""

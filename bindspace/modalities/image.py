@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from bindspace.errors import ConfigError
 from bindspace.modalities._image_ops import dummy_image, resize_center_crop, to_chw_float
 from bindspace.modalities.base import ModalitySpec, register_modality
 from bindspace.modalities.files import SIXTEEN_BIT_MODES, PathLike, as_file, checked_file, decoding
@@ -25,6 +26,7 @@ from bindspace.nn.layers import PatchTokenizer
 # OpenAI CLIP's RGB statistics, used by ImageBind's vision transform.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RESIZES = ("torch", "pil")
 
 
 @dataclass
@@ -35,6 +37,14 @@ class ImageInput:
     std: tuple[float, float, float] = CLIP_STD
     channels: int = 3
     frames: int = 1  # ImageBind (huge): 2, the image repeated into 2 frames and patched by a (2, p, p) Conv3d
+    # "torch": antialiased bicubic interpolation of the float image, new sides rounded, crop offset
+    # floored. "pil": ImageBind's loader (torchvision on a PIL image): PIL's bicubic on the 8-bit
+    # image, the long side truncated, the crop offset rounded. Float input (renders) takes "torch".
+    resize: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZES:
+            raise ConfigError(f"modalities.image.input.resize must be one of {RESIZES}, got {self.resize!r}")
 
 
 def read_image(path: PathLike) -> np.ndarray:
@@ -57,6 +67,20 @@ def read_image(path: PathLike) -> np.ndarray:
             gray = (np.clip(np.array(img), 0, 65535) / 257.0).round().astype(np.uint8)
             return np.repeat(gray[..., None], 3, axis=-1)
         return np.array(img.convert("RGB"))
+
+
+def pil_resize_center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` -> ``(size, size, 3)`` as torchvision's ``Resize(size, BICUBIC)`` and ``CenterCrop(size)``
+    do on a PIL image (ImageBind's vision loader): the shorter side becomes ``size``, the longer
+    ``int(size * long / short)``, PIL's bicubic filter, the crop's offsets ``round((side - size) / 2)``.
+    """
+    h, w = rgb.shape[:2]
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(h, w) < 1:
+        raise ValueError(f"expected a non-empty uint8 (H, W, 3) image, got shape {rgb.shape}")
+    nh, nw = (int(size * h / w), size) if w <= h else (size, int(size * w / h))
+    img = Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BICUBIC)
+    top, left = round((nh - size) / 2), round((nw - size) / 2)  # half to even, as torchvision
+    return np.array(img.crop((left, top, left + size, top + size)))  # writable, as torch wants
 
 
 @lru_cache(maxsize=16)
@@ -86,11 +110,14 @@ class ImageSpec(ModalitySpec):
             "trunk": {"width": 384, "depth": 6, "heads": 6, "drop_path": 0.0},
         },
         "base": {"input": {"size": 224, "patch_size": 16}, "trunk": {"width": 768, "depth": 12, "heads": 12}},
-        "huge": {"input": {"frames": 2}},  # ImageBind's Conv3d stem, so its weights load as they are
+        # ImageBind's Conv3d stem, so its weights load as they are, and its loader's resize and crop.
+        "huge": {"input": {"frames": 2, "resize": "pil"}},
     }
 
     def transform(self, raw, cfg: ImageInput) -> Tensor:
         """uint8 ``(H, W, 3)`` (from a file) or float ``(3, H, W)`` in [0, 1] -> normalised ``(3, S, S)``."""
+        if cfg.resize == "pil" and isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.shape[2:] == (3,):
+            raw = pil_resize_center_crop(raw, cfg.size)
         return self._clamp_normalize(resize_center_crop(to_chw_float(raw, 3), cfg.size), cfg)
 
     def transform_batch(self, raws, cfg: ImageInput) -> Tensor:

@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install bindspace with dev and test extras (re-runs only when pyproject.toml changes)
 
-train: install ## Train the six-modality model on the built-in synthetic benchmark (CPU, ~4 min) and print the retrieval matrix
+train: install ## Train the six-modality model on the built-in synthetic benchmark (CPU, ~7 min) and print the retrieval matrix
 	WANDB_MODE=offline $(BIN)/bindspace-train $(ARGS)
 
 test: install ## Run the whole test suite (what CI runs)

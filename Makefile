@@ -25,11 +25,13 @@ install: $(STAMP) ## Create .venv and install bindspace with dev and test extras
 train: install ## Train the six-modality model on the built-in synthetic benchmark (CPU, ~7 min) and print the retrieval matrix
 	WANDB_MODE=offline $(BIN)/bindspace-train $(ARGS)
 
+# One pytest worker per core, whole files per worker (module fixtures stay in one process); JOBS=1 runs serially.
+JOBS ?= auto
 test: install ## Run the whole test suite (what CI runs)
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n $(JOBS) --dist loadfile $(ARGS)
 
 test-fast: install ## Run the tests not marked slow
-	$(BIN)/pytest -q -m "not slow" $(ARGS)
+	$(BIN)/pytest -q -n $(JOBS) --dist loadfile -m "not slow" $(ARGS)
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check .

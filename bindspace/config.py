@@ -162,7 +162,8 @@ def check_optim(optim: OptimConfig) -> OptimConfig:
 # otherwise train with the default silently.
 RESUME_MODES = ("auto", "never")
 TRAIN_KEYS = {
-    "cache", "checkpoint", "ckpt_path", "curriculum", "data", "eval", "graph", "logger", "loss", "modalities",
+    "cache", "checkpoint", "ckpt_path", "curriculum", "data", "early_stopping", "eval", "graph", "logger", "loss",
+    "modalities",
     "model", "nonfinite", "optim", "paths", "preemption", "prompts", "resume", "seed", "speed", "tags",
     "task_name", "trainer",
 }  # fmt: skip
@@ -217,7 +218,10 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"ckpt_path must be a path, got {cfg['ckpt_path']!r}")
     _check_positive((cfg.get("checkpoint") or {}).get("every_n_train_steps"), "checkpoint.every_n_train_steps")
     check_trainer(cfg.get("trainer") or {})
+    from bindspace.training.early_stopping import parse_early_stopping
     from bindspace.training.loggers import check_logger
+
+    parse_early_stopping(cfg.get("early_stopping"), cfg.get("trainer"))
 
     check_logger(dict(cfg.get("logger") or {}))
     reliability_settings(cfg)

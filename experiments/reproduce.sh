@@ -28,6 +28,14 @@ $B/bindspace-train -m experiment=spoken_digits seed=0,1,2 hydra.sweep.dir="$E/sp
 $B/bindspace-eval ckpt_path="$E/spoken_digits/0/checkpoints/last.ckpt" data=spoken_digits prompts=spoken_digits \
   hydra.run.dir="$E/spoken_digits_eval"
 
+# two spaces trained apart (image-audio, seed 0; image-text, seed 1) joined through images (README "Connect two spaces")
+$B/bindspace-train graph.modalities=[image,audio] seed=0 logger=none hydra.run.dir="$E/connect/a"
+$B/bindspace-train graph.modalities=[image,text] seed=1 logger=none hydra.run.dir="$E/connect/b"
+for method in procrustes lstsq contrastive; do
+  $B/bindspace-connect a="$E/connect/a/checkpoints/last.ckpt" b="$E/connect/b/checkpoints/last.ckpt" shared=image \
+    fit=synthetic eval=synthetic method=$method out="$E/connect/$method.safetensors"
+done
+
 # reports into experiments/results/ (the two curriculum sweeps in one report: their jobs side by side)
 mkdir -p "$E/curriculum_budgets"
 for d in "$E"/ablate_curriculum/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/curriculum_budgets/a$(basename "$d")"; done

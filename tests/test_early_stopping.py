@@ -77,16 +77,35 @@ def test_bad_settings_are_one_line_before_any_compute(value, trainer, message):
 
 
 def test_through_the_cli_config_check(tmp_path):
-    with pytest.raises(ConfigError, match="early_stopping.patience"):
+    with pytest.raises(ConfigError, match=r"early_stopping\.patience"):
         run(compose_config(["early_stopping={patience: -1}"], run_dir=str(tmp_path)))
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_only_counting_validations_count(tmp_path):
-    class Trainer:
-        sanity_checking, global_step, should_stop = False, 4, False
-        callback_metrics = {"val/mean_R@1": torch.tensor(1.0)}
+    from types import SimpleNamespace
 
+    trainer = SimpleNamespace(
+        sanity_checking=False, global_step=4, should_stop=False, callback_metrics={"val/mean_R@1": torch.tensor(1.0)}
+    )
     early = EarlyStopping(tmp_path, patience=1, counting=lambda: False)
-    early.on_validation_end(Trainer(), None)
-    assert early.best is None and not Trainer.should_stop
+    early.on_validation_end(trainer, None)
+    assert early.best is None and not trainer.should_stop
+
+
+def test_under_ddp_with_a_curriculum_only_the_last_stage_counts(tmp_path):
+    """Through the CLI, 2 gloo processes: stages of 4 steps, the last (+imu) from step 16; stop at 20."""
+    import subprocess
+    import sys
+
+    from conftest import TINY_OVERRIDES
+
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith(("data.batch_size", "trainer.max_steps", "checkpoint."))]
+    args = [*tiny, "trainer=ddp", "trainer.devices=2", "data.batch_size=4", *STOPPING, "curriculum=progressive",
+            "curriculum.stage.steps=4", "curriculum.stage.warmup_steps=1", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "bindspace.train", *args], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [s["step"] for s in metrics["stages"]] == [4, 8, 12, 16]  # +imu, the last stage, starts at 16
+    early = metrics["early_stopping"]
+    assert (early["best_step"], early["stopped_step"], metrics["steps"]) == (16, 20, 20)

@@ -159,7 +159,7 @@ OBJECTIVE_KEYS = {
 
 def _check_choice(value: Any, key: str, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        near = closest(value, allowed) if isinstance(value, str) else ""
+        near = closest(value.lower(), allowed) if isinstance(value, str) else ""
         raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}{near}")
     return value
 
@@ -182,27 +182,40 @@ def edge_objectives(edges: Sequence[Edge], loss: Mapping[str, Any]) -> dict[str,
 
     ``loss.edges={"image|audio": {kind: siglip, dist: shift}}``: an entry's ``kind`` and that kind's own keys
     override the section's. Raises :class:`ConfigError` naming the key (an unknown kind, an entry that is
-    not an edge of the graph, an option of another kind, a value out of range).
+    not an edge of the graph, an option of another kind, a value out of range), every section checked
+    whether an edge uses it or not.
     """
     default = _check_choice(loss.get("kind", "infonce"), "loss.kind", LOSS_KINDS)
     sections = {kind: _check_options(loss.get(kind), f"loss.{kind}", keys) for kind, keys in OBJECTIVE_KEYS.items()}
+    defaults = {kind: _objective(kind, sections[kind], f"loss.{kind}") for kind in LOSS_KINDS}
     keys = [edge_key(e) for e in edges]
     per_edge = loss.get("edges") or {}
     if not isinstance(per_edge, Mapping):
         raise ConfigError(
-            f'loss.edges must map edge keys to objectives, e.g. {{"image|audio": {{kind: siglip}}}}, got {per_edge!r}'
+            f"loss.edges must map edge keys to objectives, e.g. {{image|audio: {{kind: siglip}}}}, got {per_edge!r}"
         )
     for k in per_edge:
         if k not in keys:
-            raise ConfigError(f"loss.edges: {k!r} is not an edge of the graph{closest(str(k), keys)}; edges are {keys}")
+            flipped = "|".join(reversed(str(k).split("|")))  # edges are named anchor|other
+            near = f" (did you mean {flipped!r}?)" if flipped in keys else closest(str(k), keys)
+            raise ConfigError(f"loss.edges: {k!r} is not an edge of the graph{near}; edges are {keys}")
     out = {}
     for k in keys:
+        if k not in per_edge:
+            out[k] = defaults[default]
+            continue
         where = f"loss.edges.{k}"
-        entry = _check_options(per_edge.get(k), where, {"kind"} | set().union(*OBJECTIVE_KEYS.values()))
+        entry = per_edge[k] if per_edge[k] is not None else {}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a mapping like {{kind: siglip}}, got {entry!r}")
+        entry = dict(entry)
         kind = _check_choice(entry.pop("kind", default), f"{where}.kind", LOSS_KINDS)
-        _check_options(entry, where, OBJECTIVE_KEYS[kind])  # another kind's option is a mistake, not ignored
-        options = {**sections[kind], **entry}
-        out[k] = _objective(kind, options, where if k in per_edge else f"loss.{kind}")
+        for option in entry:
+            owner = next((other for other, known in OBJECTIVE_KEYS.items() if option in known), None)
+            if owner is not None and owner != kind:
+                raise ConfigError(f"{where}.{option}: an option of {owner}, not of {kind}")
+        _check_options(entry, where, OBJECTIVE_KEYS[kind] | {"kind"})
+        out[k] = _objective(kind, {**sections[kind], **entry}, where)
     return out
 
 

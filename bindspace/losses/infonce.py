@@ -48,9 +48,9 @@ def infonce(anchor: Tensor, other: Tensor, logit_scale: Tensor | float, labels: 
     ) / 2
 
 
-def group_targets(row_groups: Tensor, column_groups: Tensor) -> Tensor:
+def group_targets(row_groups: Tensor, column_groups: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(R, M)`` target distributions: each row's probability spread evenly over the columns of its group."""
-    same = (row_groups[:, None] == column_groups[None, :]).to(torch.float32)
+    same = (row_groups[:, None] == column_groups[None, :]).to(dtype)
     counts = same.sum(1, keepdim=True)
     if bool((counts == 0).any()):
         raise ValueError("multi-positive InfoNCE: a row's group has no member among the columns (its own pair)")
@@ -94,7 +94,7 @@ def multi_positive_nce(
     _check_groups(row_groups, rows.shape[0])
     _check_groups(column_groups, columns.shape[0])
     logits = logit_scale * rows @ columns.T  # (R, M)
-    return soft_target_cross_entropy(logits, labels, group_targets(row_groups, column_groups).to(logits.dtype))
+    return soft_target_cross_entropy(logits, labels, group_targets(row_groups, column_groups, logits.dtype))
 
 
 def _check_groups(groups: Tensor, rows: int) -> None:
@@ -124,7 +124,7 @@ def multi_positive_infonce(anchor: Tensor, other: Tensor, logit_scale: Tensor | 
     _check_groups(groups, anchor.shape[0])
     labels = torch.arange(anchor.shape[0], device=anchor.device)
     logits = logit_scale * anchor @ other.T  # (B, B), used in both directions as infonce does
-    targets = group_targets(groups, groups).to(logits.dtype)  # symmetric: a group's members share its size
+    targets = group_targets(groups, groups, logits.dtype)  # symmetric: a group's members share its size
     return (
         soft_target_cross_entropy(logits, labels, targets)
         + soft_target_cross_entropy(logits.T[labels], labels, targets.T[labels])

@@ -36,9 +36,10 @@ def siglip_block(anchor: Tensor, other: Tensor, logit_scale: Tensor, logit_bias:
     ``paired``: the block holds the positives on its diagonal (needs ``B == M``); otherwise all negatives.
     """
     logits = logit_scale * anchor @ other.T + logit_bias  # (B, M)
+    if not paired:  # all labels -1: no label matrix to build or keep for backward
+        return -F.logsigmoid(-logits).sum()
     labels = -torch.ones_like(logits)
-    if paired:
-        labels.fill_diagonal_(1.0)
+    labels.fill_diagonal_(1.0)
     return -F.logsigmoid(labels * logits).sum()
 
 

@@ -3,17 +3,20 @@
 Every pair ``(i, j)`` of an edge's batch is an independent binary problem: ``+1`` on the diagonal
 (the paired samples), ``-1`` elsewhere, with logits ``t * <a_i, o_j> + b``. The loss is the sum over
 the ``(B, B)`` blocks of the batch divided by the number of rows, as big_vision's ``siglip.py`` and
-open_clip's ``SigLipLoss``. Since the matrix is a sum of independent terms, a rank never needs more
-than one ``(B, B)`` block at a time: its rows against its own columns, then against the columns of
-every other rank, which arrive one chunk at a time (``dist``):
+open_clip's ``SigLipLoss``. Since the matrix is a sum of independent terms, a rank computes one
+``(B, B)`` block at a time and never a ``(B, NB)`` or ``(NB, NB)`` matrix: its rows against its own
+columns, then against the columns of every other rank, which arrive one chunk at a time (``dist``):
 
 - ``bidir``: a ring passing chunks left and right at once, ``ceil((N - 1) / 2)`` steps (open_clip's default);
 - ``shift``: a ring passing chunks to the right, ``N - 1`` steps;
 - ``reduce``: one sum all-reduce per rank's chunk (the owner contributes it, the others zeros);
 - ``gather``: the all-gathered columns (what the edge's softmax losses gather anyway), taken chunk by chunk.
 
-Each rank's loss is its ``B`` rows' share; DDP's average of the ranks' gradients is then the gradient of
-the loss over the global batch when the chunks carry gradients back (``backprop="global"``).
+Autograd keeps each block's sigmoid input for backward (``2 N B^2`` entries with its buffer, about two
+``(B, NB)`` matrices in all, as InfoNCE's local loss) and the received ``(B, D)`` chunks; docs/scaling.md
+gives the measured bytes. Each rank's loss is its ``B`` rows' share; DDP's average of the ranks'
+gradients is then the gradient of the loss over the global batch when the chunks carry gradients back
+(``backprop="global"``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ __all__ = ["SIGLIP_DIST", "siglip", "siglip_block", "siglip_distributed"]
 SIGLIP_DIST = ("bidir", "shift", "reduce", "gather")
 
 
-def siglip_block(anchor: Tensor, other: Tensor, logit_scale: Tensor, logit_bias: Tensor, paired: bool) -> Tensor:
-    """Sum of ``-log sigmoid(label * logit)`` over one ``(B, M)`` block.
+def siglip_block(scaled_anchor: Tensor, other: Tensor, logit_bias: Tensor, paired: bool) -> Tensor:
+    """Sum of ``-log sigmoid(label * logit)`` over one ``(B, M)`` block, ``logit = <t a_i, o_j> + b``.
 
-    ``paired``: the block holds the positives on its diagonal (needs ``B == M``); otherwise all negatives.
+    ``scaled_anchor``: ``t * anchor``, scaled once for all blocks. ``paired``: the block holds the
+    positives on its diagonal (needs ``B == M``); otherwise all its labels are negative.
     """
-    logits = logit_scale * anchor @ other.T + logit_bias  # (B, M)
+    logits = scaled_anchor @ other.T + logit_bias  # (B, M)
     if not paired:  # all labels -1: no label matrix to build or keep for backward
         return -F.logsigmoid(-logits).sum()
     labels = -torch.ones_like(logits)
@@ -48,7 +52,7 @@ def siglip(anchor: Tensor, other: Tensor, logit_scale: Tensor, logit_bias: Tenso
     check_pair("siglip", anchor, other)
     if anchor.shape[0] != other.shape[0]:
         raise ValueError(f"siglip pairs row i with row i: batches of {anchor.shape[0]} and {other.shape[0]}")
-    return siglip_block(anchor, other, logit_scale, logit_bias, paired=True) / anchor.shape[0]
+    return siglip_block(logit_scale * anchor, other, logit_bias, paired=True) / anchor.shape[0]
 
 
 def siglip_distributed(
@@ -76,14 +80,16 @@ def siglip_distributed(
     """
     if dist not in SIGLIP_DIST:
         raise ValueError(f"siglip dist must be one of {SIGLIP_DIST}, got {dist!r}")
-    loss = siglip(anchor, other, logit_scale, logit_bias)  # the diagonal block: this rank's positives
+    check_pair("siglip", anchor, other)
+    scaled = logit_scale * anchor  # (B, D), once for every block
+    rows = anchor.shape[0]
+    loss = siglip_block(scaled, other, logit_bias, paired=True) / rows  # this rank's positives
     world = distributed_world(backprop)
     if world is None:
         return loss
     rank, size = world
-    rows = anchor.shape[0]
     for chunk in _other_chunks(other, rank, size, dist, backprop, all_other):
-        loss = loss + siglip_block(anchor, chunk, logit_scale, logit_bias, paired=False) / rows
+        loss = loss + siglip_block(scaled, chunk, logit_bias, paired=False) / rows
     return loss
 
 

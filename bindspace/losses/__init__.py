@@ -18,6 +18,7 @@ Memory of the logits per rank, with ``N`` ranks of batch ``B``: the full softmax
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -171,6 +172,7 @@ class MultiEdgeLoss(nn.Module):
         )
         self.weights = {k: float((weights or {}).get(k, 1.0)) for k in keys}
         self.local_loss, self.backprop = local_loss, backprop
+        self._ignored_groups: set[str] = set()  # edges warned that their objective has no use for group ids
 
     def set_frozen_edges(self, keys: set[str]) -> list[nn.Parameter]:
         """Freeze the learnable temperatures (and biases) of ``keys``, unfreeze the others; returns those newly frozen.
@@ -202,6 +204,11 @@ class MultiEdgeLoss(nn.Module):
         ``groups``: ``(B,)`` integer group ids of this rank's pairs (InfoNCE edges: several positives).
         """
         objective, scale = self.objectives[key], self.logit_scales[key]()
+        if groups is not None and objective.kind != "infonce" and key not in self._ignored_groups:
+            self._ignored_groups.add(key)
+            warnings.warn(
+                f"loss.edges.{key}: {objective.kind} ignores the pairs' group ids (InfoNCE uses them)", stacklevel=3
+            )
         if objective.gathers and (all_anchor is None or all_other is None):
             all_anchor, all_other = gather_features(anchor, self.backprop), gather_features(other, self.backprop)
         if objective.kind == "siglip":

@@ -114,7 +114,8 @@ class AlignmentModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
         pairs = self.encode_edges(batch)
-        total, per_edge = self.loss(pairs, self.stage_weights)
+        groups = {k: batch[k]["group"] for k in pairs if "group" in batch[k]}  # a manifest's group column
+        total, per_edge = self.loss(pairs, self.stage_weights, groups)
         encoded, self.step_encoded = self.step_encoded, {}  # not kept past the step
         distill = self.distillation.loss(encoded) if encoded else None
         if distill is not None:

@@ -252,3 +252,14 @@ def test_bad_loss_config_names_the_key(loss, message):
     with pytest.raises(ConfigError) as err:
         edge_objectives(STAR, loss)
     assert str(err.value) == message
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_per_edge_key_that_is_not_an_edge_before_any_compute(tmp_path):
+    from test_config_validation import cli_config_error  # one line, exit 2, nothing written
+
+    message = cli_config_error(tmp_path / "run", "loss.edges={image|audo:{kind:siglip}}")
+    assert message.startswith("loss.edges: 'image|audo' is not an edge of the graph (did you mean 'image|audio'?)")
+    assert cli_config_error(tmp_path / "run2", "loss.kind=sigmoid") == (
+        "loss.kind must be one of ['infonce', 'siglip', 'dcl'], got 'sigmoid' (did you mean 'siglip'?)"
+    )

@@ -6,6 +6,7 @@ problem raises :class:`ConfigError` with one line naming the key or value at fau
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -149,7 +150,10 @@ def edge_scales(
 
 
 # The loss section's keys, and each objective's own (``loss.<kind>.*``, or ``loss.edges.<edge>.*`` next to ``kind``).
-LOSS_KEYS = {"kind", "edges", "siglip", "dcl", "local_loss", "backprop", "gather_with_grad", "weights", "logit_scales"}
+LOSS_KEYS = {
+    "kind", "edges", "siglip", "dcl", "cyclip", "local_loss", "backprop", "gather_with_grad", "weights", "logit_scales",
+}  # fmt: skip
+CYCLIP_KEYS = {"in_modal", "cross_modal"}  # CyCLIP's weights, added to any kind (loss.cyclip or an edge's cyclip)
 OBJECTIVE_KEYS = {
     "infonce": set(),
     "siglip": {"logit_scale", "bias", "dist"},
@@ -187,7 +191,8 @@ def edge_objectives(edges: Sequence[Edge], loss: Mapping[str, Any]) -> dict[str,
     """
     default = _check_choice(loss.get("kind", "infonce"), "loss.kind", LOSS_KINDS)
     sections = {kind: _check_options(loss.get(kind), f"loss.{kind}", keys) for kind, keys in OBJECTIVE_KEYS.items()}
-    defaults = {kind: _objective(kind, sections[kind], f"loss.{kind}") for kind in LOSS_KINDS}
+    cyclip = _cyclip(loss.get("cyclip"), "loss.cyclip")
+    defaults = {kind: _objective(kind, sections[kind], f"loss.{kind}", cyclip) for kind in LOSS_KINDS}
     keys = [edge_key(e) for e in edges]
     per_edge = loss.get("edges") or {}
     if not isinstance(per_edge, Mapping):
@@ -210,17 +215,36 @@ def edge_objectives(edges: Sequence[Edge], loss: Mapping[str, Any]) -> dict[str,
             raise ConfigError(f"{where} must be a mapping like {{kind: siglip}}, got {entry!r}")
         entry = dict(entry)
         kind = _check_choice(entry.pop("kind", default), f"{where}.kind", LOSS_KINDS)
+        weights = _cyclip(entry.pop("cyclip"), f"{where}.cyclip", cyclip) if "cyclip" in entry else cyclip
         for option in entry:
             owner = next((other for other, known in OBJECTIVE_KEYS.items() if option in known), None)
             if owner is not None and owner != kind:
                 raise ConfigError(f"{where}.{option}: an option of {owner}, not of {kind}")
         _check_options(entry, where, OBJECTIVE_KEYS[kind] | {"kind"})
-        out[k] = _objective(kind, {**sections[kind], **entry}, where)
+        out[k] = _objective(kind, {**sections[kind], **entry}, where, weights)
     return out
 
 
-def _objective(kind: str, options: Mapping[str, Any], where: str) -> EdgeLoss:
-    """One edge's :class:`EdgeLoss` from its checked options."""
+def _cyclip(value: Any, where: str, base: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
+    """CyCLIP's ``(in_modal, cross_modal)`` weights over ``base``, each a number >= 0."""
+    options = _check_options(value, where, CYCLIP_KEYS)
+    out = []
+    for name, default in zip(("in_modal", "cross_modal"), base, strict=True):
+        weight = options.get(name, default)
+        if not isinstance(weight, int | float) or isinstance(weight, bool):
+            raise ConfigError(f"{where}.{name} must be a number, got {weight!r}")
+        _in_range(float(weight), f"{where}.{name}", 0.0, math.inf, high_open=True)
+        out.append(float(weight))
+    return out[0], out[1]
+
+
+def _objective(kind: str, options: Mapping[str, Any], where: str, cyclip: tuple[float, float]) -> EdgeLoss:
+    """One edge's :class:`EdgeLoss` from its checked options and its CyCLIP weights."""
+    made = _kind_objective(kind, options, where)
+    return dataclasses.replace(made, cyclip_in_modal=cyclip[0], cyclip_cross_modal=cyclip[1])
+
+
+def _kind_objective(kind: str, options: Mapping[str, Any], where: str) -> EdgeLoss:
     if kind == "siglip":
         scale = from_mapping(LogitScaleConfig, {**vars(SIGLIP_LOGIT_SCALE), **dict(options.get("logit_scale") or {})},
                              f"{where}.logit_scale")  # fmt: skip

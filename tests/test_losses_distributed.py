@@ -22,7 +22,17 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import bindspace.losses as losses
-from bindspace.losses import SIGLIP_DIST, EdgeLoss, LogitBiasConfig, MultiEdgeLoss, dcl, multi_positive_infonce, siglip
+from bindspace.losses import (
+    SIGLIP_DIST,
+    EdgeLoss,
+    LogitBiasConfig,
+    MultiEdgeLoss,
+    cyclip_terms,
+    dcl,
+    infonce,
+    multi_positive_infonce,
+    siglip,
+)
 from bindspace.modalities import LogitScaleConfig
 
 open_clip_loss = pytest.importorskip("open_clip.loss")
@@ -119,6 +129,14 @@ def multi_edge_cases(rank: int, a: torch.Tensor, o: torch.Tensor, groups: torch.
         _, parts = loss({KEY: (x, y)}, groups={KEY: groups[rows]})
         value, feature_grads = backward(parts[KEY], [x, y])
         out[f"groups/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
+    # CyCLIP's terms on an InfoNCE edge (full and local loss) and on a SigLIP edge (its rows' share).
+    for kind, local_loss in (("infonce", False), ("infonce", True), ("siglip", False)):
+        objective = EdgeLoss(kind, bias=LogitBiasConfig(-3.0), cyclip_in_modal=0.25, cyclip_cross_modal=0.5)
+        scale = LogitScaleConfig(7.0 if kind == "siglip" else 6.0, True)
+        loss = MultiEdgeLoss([EDGE], {KEY: scale}, local_loss=local_loss, objectives={KEY: objective}).double()
+        x, y = leaves(a[rows], o[rows])
+        value, feature_grads = backward(loss({KEY: (x, y)})[0], [x, y])
+        out[f"cyclip/{kind}/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
     # SigLIP through MultiEdgeLoss, and how much the full InfoNCE keeps for backward by comparison.
     objective = EdgeLoss("siglip", bias=LogitBiasConfig(-3.0))
     loss = MultiEdgeLoss([EDGE], {KEY: LogitScaleConfig(7.0, True)}, objectives={KEY: objective}).double()
@@ -128,8 +146,8 @@ def multi_edge_cases(rank: int, a: torch.Tensor, o: torch.Tensor, groups: torch.
     grads = [loss.logit_scales[KEY].log_scale.grad.clone(), loss.logit_biases[KEY].bias.grad.clone()]
     out["siglip/module"] = (value, [*feature_grads, *grads])
     out["siglip/module/saved"] = saved
-    infonce = MultiEdgeLoss([EDGE], {KEY: LogitScaleConfig(7.0, True)}).double()
-    _, out["infonce/saved"] = max_saved(infonce, {KEY: tuple(leaves(a[rows], o[rows]))})
+    full_infonce = MultiEdgeLoss([EDGE], {KEY: LogitScaleConfig(7.0, True)}).double()
+    _, out["infonce/saved"] = max_saved(full_infonce, {KEY: tuple(leaves(a[rows], o[rows]))})
     return out
 
 
@@ -178,6 +196,15 @@ def single_process(world: int) -> dict:
         ref[f"dcl/{weighting}/{in_modal}"] = backward(dcl(x, y, t.exp(), weighting, 0.5, in_modal), [x, y, t])
     x, y, t = leaves(a, o, stored_log(6.0))
     ref["groups"] = backward(multi_positive_infonce(x, y, t.exp(), groups), [x, y, t])
+    for kind in ("infonce", "siglip"):
+        x, y, t = leaves(a, o, stored_log(7.0 if kind == "siglip" else 6.0))
+        in_modal, cross = cyclip_terms(x, y)
+        main = (
+            siglip(x, y, t.exp(), torch.tensor(-3.0, dtype=torch.float64))
+            if kind == "siglip"
+            else infonce(x, y, t.exp())
+        )
+        ref[f"cyclip/{kind}"] = backward(main + 0.25 * in_modal + 0.5 * cross, [x, y, t])
     return ref
 
 
@@ -250,3 +277,9 @@ def test_siglip_edges_on_the_ring_are_not_gathered(ranks):
     """image|audio on SigLIP's ring: audio is not all-gathered; image still once (for its other edges)."""
     _, results = ranks
     assert [r["gathers"] for r in results] == [5] * len(results)
+
+
+@pytest.mark.parametrize("kind,local_loss", [("infonce", False), ("infonce", True), ("siglip", False)])
+def test_cyclip_terms_across_ranks_equal_one_process(ranks, kind, local_loss):
+    world, results = ranks
+    assert_equals_single([r[f"cyclip/{kind}/{local_loss}"] for r in results], single_process(world)[f"cyclip/{kind}"])

@@ -21,6 +21,7 @@ from bindspace.losses import (
     SIGLIP_LOGIT_SCALE,
     EdgeLoss,
     MultiEdgeLoss,
+    cyclip_terms,
     dcl,
     infonce,
     multi_positive_infonce,
@@ -171,6 +172,35 @@ def test_multi_edge_loss_passes_each_edges_groups():
     torch.testing.assert_close(parts["image|audio"], infonce(*pairs["image|audio"], 5.0))
 
 
+# ---- CyCLIP ------------------------------------------------------------------------------------------
+
+
+def cyclip_reference(a, o) -> tuple[float, float]:
+    """Goel et al. (2022), eqs. (3)-(4), both ``1/N sum_jk (...)^2``: in-modal and cross-modal."""
+    a, o = a.detach().tolist(), o.detach().tolist()
+    n = len(a)
+    dot = lambda x, y: sum(p * q for p, q in zip(x, y, strict=True))  # noqa: E731
+    in_modal = sum((dot(a[j], a[k]) - dot(o[j], o[k])) ** 2 for j in range(n) for k in range(n)) / n
+    cross = sum((dot(a[j], o[k]) - dot(a[k], o[j])) ** 2 for j in range(n) for k in range(n)) / n
+    return in_modal, cross
+
+
+def test_cyclip_terms_equal_the_papers_formulas_and_add_to_any_objective():
+    a, o = unit(7, 5, seed=11), unit(7, 5, seed=12)
+    in_modal, cross = cyclip_terms(a, o)
+    want = cyclip_reference(a, o)
+    assert (float(in_modal), float(cross)) == (pytest.approx(want[0], rel=1e-12), pytest.approx(want[1], rel=1e-12))
+    assert torch.autograd.gradcheck(lambda x, y: sum(cyclip_terms(x, y)), (a, o))
+    edges, key = [("image", "text")], "image|text"
+    for kind in ("infonce", "siglip", "dcl"):
+        plain = MultiEdgeLoss(edges, {key: LogitScaleConfig(9.0, False)}, objectives={key: EdgeLoss(kind)}).double()
+        regular = EdgeLoss(kind, cyclip_in_modal=0.25, cyclip_cross_modal=0.5)
+        both = MultiEdgeLoss(edges, {key: LogitScaleConfig(9.0, False)}, objectives={key: regular}).double()
+        torch.testing.assert_close(
+            both({key: (a, o)})[0], plain({key: (a, o)})[0] + 0.25 * in_modal + 0.5 * cross, rtol=1e-12, atol=0
+        )
+
+
 # ---- configuration -------------------------------------------------------------------------------
 
 STAR = [("image", m) for m in ("text", "audio", "depth", "thermal", "imu")]
@@ -191,6 +221,13 @@ def test_loss_kind_for_all_edges_and_per_edge_overrides():
     audio = objectives["image|audio"]
     assert (audio.kind, audio.dist, audio.bias.init, audio.bias.learnable) == ("siglip", "shift", -5.0, True)
     assert audio.logit_scale == SIGLIP_LOGIT_SCALE
+    cyclip = edge_objectives(
+        STAR, {"cyclip": {"in_modal": 0.25}, "edges": {"image|imu": {"cyclip": {"cross_modal": 1}}}}
+    )
+    assert (cyclip["image|text"].cyclip_in_modal, cyclip["image|text"].cyclip_cross_modal) == (0.25, 0.0)
+    assert (cyclip["image|imu"].kind, cyclip["image|imu"].cyclip_in_modal, cyclip["image|imu"].cyclip_cross_modal) == (
+        "infonce", 0.25, 1.0,
+    )  # fmt: skip
 
 
 def test_the_default_config_trains_infonce_everywhere_and_siglip_scales_start_at_ten():
@@ -242,6 +279,12 @@ def test_the_default_config_trains_infonce_everywhere_and_siglip_scales_start_at
             "loss.dcl.weighting must be one of ['none', 'vmf'], got 'vMF' (did you mean 'vmf'?)",
         ),
         ({"dcl": {"sigma": 0}}, "loss.dcl.sigma must be in (0, inf), got 0.0"),
+        ({"cyclip": {"in_modal": -0.25}}, "loss.cyclip.in_modal must be in [0, inf), got -0.25"),
+        (
+            {"edges": {"image|text": {"cyclip": {"crossmodal": 1}}}},
+            "loss.edges.image|text.cyclip: unknown key(s) ['crossmodal'] (did you mean loss.edges.image|text.cyclip."
+            "'cross_modal'?); expected some of ['cross_modal', 'in_modal']",
+        ),
         (
             {"dcl": {"temperature": 0.1}},
             "loss.dcl: unknown key(s) ['temperature']; expected some of ['in_modal', 'sigma', 'weighting']",

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bindspace.graph import Edge, edge_key
+from bindspace.losses.cyclip import cyclip_terms
 from bindspace.losses.dcl import DCL_WEIGHTINGS, dcl
 from bindspace.losses.distributed import BACKPROP_MODES, distributed_world, gather_features
 from bindspace.losses.infonce import infonce, multi_positive_infonce, multi_positive_nce
@@ -45,6 +46,7 @@ __all__ = [
     "LogitBiasConfig",
     "LogitScale",
     "MultiEdgeLoss",
+    "cyclip_terms",
     "dcl",
     "edge_key",
     "gather_features",
@@ -80,6 +82,8 @@ class EdgeLoss:
         weighting: (dcl) ``none`` for DCL, ``vmf`` for DCLW.
         sigma: (dcl) DCLW's scale of the positive similarities.
         in_modal: (dcl) also contrast against the same modality's other samples.
+        cyclip_in_modal, cyclip_cross_modal: (any kind) weights of CyCLIP's consistency terms (0: off;
+            the paper uses 0.25 each).
     """
 
     kind: str = "infonce"
@@ -89,6 +93,8 @@ class EdgeLoss:
     weighting: str = "none"
     sigma: float = 0.5
     in_modal: bool = False
+    cyclip_in_modal: float = 0.0
+    cyclip_cross_modal: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -100,11 +106,19 @@ class EdgeLoss:
                 raise ValueError(f"EdgeLoss.{name} must be one of {allowed}, got {value!r}")
         if not self.sigma > 0:
             raise ValueError(f"EdgeLoss.sigma must be > 0, got {self.sigma!r}")
+        if not (self.cyclip_in_modal >= 0 and self.cyclip_cross_modal >= 0):
+            raise ValueError(
+                f"EdgeLoss: CyCLIP weights must be >= 0, got {self.cyclip_in_modal}, {self.cyclip_cross_modal}"
+            )
+
+    @property
+    def cyclip(self) -> bool:
+        return self.cyclip_in_modal > 0 or self.cyclip_cross_modal > 0
 
     @property
     def gathers(self) -> bool:
-        """Whether the edge needs every rank's features all-gathered (SigLIP's ring variants do not)."""
-        return self.kind != "siglip" or self.dist == "gather"
+        """Whether the edge needs every rank's features all-gathered (SigLIP's ring variants do not, unless CyCLIP)."""
+        return self.kind != "siglip" or self.dist == "gather" or self.cyclip
 
 
 class LogitScale(nn.Module):
@@ -203,14 +217,37 @@ class MultiEdgeLoss(nn.Module):
 
         ``groups``: ``(B,)`` integer group ids of this rank's pairs (InfoNCE edges: several positives).
         """
+        objective = self.objectives[key]
+        if objective.gathers and (all_anchor is None or all_other is None):
+            all_anchor, all_other = gather_features(anchor, self.backprop), gather_features(other, self.backprop)
+        loss = self._objective_loss(key, anchor, other, all_anchor, all_other, groups)
+        if not objective.cyclip:
+            return loss
+        world = distributed_world(self.backprop)
+        if world is None:
+            in_modal, cross = cyclip_terms(anchor, other)
+        elif self.local_loss or objective.kind == "siglip":  # a rank's rows' share, as the objective's
+            in_modal, cross = cyclip_terms(anchor, other, all_anchor, all_other)
+        else:
+            in_modal, cross = cyclip_terms(all_anchor, all_other)
+        return loss + objective.cyclip_in_modal * in_modal + objective.cyclip_cross_modal * cross
+
+    def _objective_loss(
+        self,
+        key: str,
+        anchor: Tensor,
+        other: Tensor,
+        all_anchor: Tensor | None = None,
+        all_other: Tensor | None = None,
+        groups: Tensor | None = None,
+    ) -> Tensor:
+        """The edge's objective alone (no CyCLIP terms)."""
         objective, scale = self.objectives[key], self.logit_scales[key]()
         if groups is not None and objective.kind != "infonce" and key not in self._ignored_groups:
             self._ignored_groups.add(key)
             warnings.warn(
                 f"loss.edges.{key}: {objective.kind} ignores the pairs' group ids (InfoNCE uses them)", stacklevel=3
             )
-        if objective.gathers and (all_anchor is None or all_other is None):
-            all_anchor, all_other = gather_features(anchor, self.backprop), gather_features(other, self.backprop)
         if objective.kind == "siglip":
             bias = self.logit_biases[key]()
             return siglip_distributed(anchor, other, scale, bias, objective.dist, self.backprop, all_other)

@@ -30,6 +30,7 @@ from bindspace.losses import (
     cyclip_terms,
     dcl,
     infonce,
+    masked_infonce,
     multi_positive_infonce,
     siglip,
 )
@@ -61,6 +62,11 @@ def global_batch(world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     o = F.normalize(torch.randn(world * B, D, generator=g, dtype=torch.float64), dim=-1)
     groups = torch.randint(0, world * B // 2, (world * B,), generator=g)  # some groups of 2 or 3, some of 1
     return a, o, groups
+
+
+def global_batch_present(world: int) -> torch.Tensor:
+    """Which pairs of the global batch are present: every third absent, so each rank has some of both."""
+    return torch.arange(world * B) % 3 != 1
 
 
 def leaves(*values: torch.Tensor) -> list[torch.Tensor]:
@@ -129,6 +135,13 @@ def multi_edge_cases(rank: int, a: torch.Tensor, o: torch.Tensor, groups: torch.
         _, parts = loss({KEY: (x, y)}, groups={KEY: groups[rows]})
         value, feature_grads = backward(parts[KEY], [x, y])
         out[f"groups/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
+    # Absent pairs (a missing partner) masked out, full and local loss.
+    present = global_batch_present(len(a) // B)
+    for local_loss in (False, True):
+        loss = MultiEdgeLoss([EDGE], {KEY: LogitScaleConfig(6.0, True)}, local_loss=local_loss).double()
+        x, y = leaves(a[rows], o[rows])
+        value, feature_grads = backward(loss({KEY: (x, y)}, present={KEY: present[rows]})[0], [x, y])
+        out[f"present/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
     # CyCLIP's terms on an InfoNCE edge (full and local loss) and on a SigLIP edge (its rows' share).
     for kind, local_loss in (("infonce", False), ("infonce", True), ("siglip", False)):
         objective = EdgeLoss(kind, bias=LogitBiasConfig(-3.0), cyclip_in_modal=0.25, cyclip_cross_modal=0.5)
@@ -196,6 +209,8 @@ def single_process(world: int) -> dict:
         ref[f"dcl/{weighting}/{in_modal}"] = backward(dcl(x, y, t.exp(), weighting, 0.5, in_modal), [x, y, t])
     x, y, t = leaves(a, o, stored_log(6.0))
     ref["groups"] = backward(multi_positive_infonce(x, y, t.exp(), groups), [x, y, t])
+    x, y, t = leaves(a, o, stored_log(6.0))
+    ref["present"] = backward(masked_infonce(x, y, t.exp(), global_batch_present(world)), [x, y, t])
     for kind in ("infonce", "siglip"):
         x, y, t = leaves(a, o, stored_log(7.0 if kind == "siglip" else 6.0))
         in_modal, cross = cyclip_terms(x, y)
@@ -283,3 +298,9 @@ def test_siglip_edges_on_the_ring_are_not_gathered(ranks):
 def test_cyclip_terms_across_ranks_equal_one_process(ranks, kind, local_loss):
     world, results = ranks
     assert_equals_single([r[f"cyclip/{kind}/{local_loss}"] for r in results], single_process(world)[f"cyclip/{kind}"])
+
+
+@pytest.mark.parametrize("local_loss", [False, True], ids=["full", "local"])
+def test_masked_pairs_across_ranks_equal_one_process(ranks, local_loss):
+    world, results = ranks
+    assert_equals_single([r[f"present/{local_loss}"] for r in results], single_process(world)["present"])

@@ -24,6 +24,7 @@ from bindspace.losses import (
     cyclip_terms,
     dcl,
     infonce,
+    masked_infonce,
     multi_positive_infonce,
     siglip,
 )
@@ -170,6 +171,28 @@ def test_multi_edge_loss_passes_each_edges_groups():
     _, parts = loss(pairs, groups={"image|text": groups})
     torch.testing.assert_close(parts["image|text"], multi_positive_infonce(*pairs["image|text"], 10.0, groups))
     torch.testing.assert_close(parts["image|audio"], infonce(*pairs["image|audio"], 5.0))
+
+
+# ---- masks of missing pairs -----------------------------------------------------------------------------
+
+
+def test_an_absent_pair_contributes_nothing():
+    """InfoNCE with absent pairs masked equals InfoNCE on the present pairs alone; absent rows get no gradient."""
+    a, o = unit(10, 6, seed=21), unit(10, 6, seed=22)
+    present = torch.tensor([1, 1, 0, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
+    masked = masked_infonce(a, o, 8.0, present)
+    alone = infonce(a[present], o[present], 8.0)
+    torch.testing.assert_close(masked, alone, rtol=1e-12, atol=0)
+    for got, want in zip(grads(masked, a, o), grads(alone, a, o), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)  # zero on absent rows, like `alone`'s
+    assert all(not torch.isnan(g).any() for g in grads(masked_infonce(a, o, 8.0, present), a, o))
+    nothing = masked_infonce(a, o, 8.0, torch.zeros(10, dtype=torch.bool))
+    assert float(nothing) == 0.0 and all(float(g.abs().sum()) == 0.0 for g in grads(nothing, a, o))
+    edges, key = [("image", "text")], "image|text"
+    loss = MultiEdgeLoss(edges, {key: LogitScaleConfig(8.0, False)}).double()
+    stored = loss.logit_scales[key]()  # 8 as a float32 log stores it
+    want = infonce(a[present], o[present], stored)
+    torch.testing.assert_close(loss({key: (a, o)}, present={key: present})[1][key], want, rtol=1e-12, atol=0)
 
 
 # ---- CyCLIP ------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from bindspace.graph import Edge, edge_key
 from bindspace.losses.cyclip import cyclip_terms
 from bindspace.losses.dcl import DCL_WEIGHTINGS, dcl
 from bindspace.losses.distributed import BACKPROP_MODES, distributed_world, gather_features
-from bindspace.losses.infonce import infonce, multi_positive_infonce, multi_positive_nce
+from bindspace.losses.infonce import infonce, masked_infonce, masked_nce, multi_positive_infonce, multi_positive_nce
 from bindspace.losses.siglip import SIGLIP_DIST, siglip, siglip_distributed
 from bindspace.modalities import LogitScaleConfig
 
@@ -51,6 +51,7 @@ __all__ = [
     "edge_key",
     "gather_features",
     "infonce",
+    "masked_infonce",
     "multi_positive_infonce",
     "siglip",
     "siglip_distributed",
@@ -212,15 +213,18 @@ class MultiEdgeLoss(nn.Module):
         all_anchor: Tensor | None = None,
         all_other: Tensor | None = None,
         groups: Tensor | None = None,
+        present: Tensor | None = None,
     ) -> Tensor:
         """One edge's loss; ``all_*``: the features of every rank (gathered here when the edge needs them).
 
         ``groups``: ``(B,)`` integer group ids of this rank's pairs (InfoNCE edges: several positives).
+        ``present``: ``(B,)`` bool, False for a pair whose partner is missing (InfoNCE edges): it takes no
+        part in the loss, neither as a query nor as a negative.
         """
         objective = self.objectives[key]
         if objective.gathers and (all_anchor is None or all_other is None):
             all_anchor, all_other = gather_features(anchor, self.backprop), gather_features(other, self.backprop)
-        loss = self._objective_loss(key, anchor, other, all_anchor, all_other, groups)
+        loss = self._objective_loss(key, anchor, other, all_anchor, all_other, groups, present)
         if not objective.cyclip:
             return loss
         world = distributed_world(self.backprop)
@@ -240,6 +244,7 @@ class MultiEdgeLoss(nn.Module):
         all_anchor: Tensor | None = None,
         all_other: Tensor | None = None,
         groups: Tensor | None = None,
+        present: Tensor | None = None,
     ) -> Tensor:
         """The edge's objective alone (no CyCLIP terms)."""
         objective, scale = self.objectives[key], self.logit_scales[key]()
@@ -262,6 +267,21 @@ class MultiEdgeLoss(nn.Module):
                 *rows, scale, objective.weighting, objective.sigma, objective.in_modal,
                 all_anchor, all_other, row_offset=rank * anchor.shape[0] if local else 0,
             )  # fmt: skip
+        if present is not None:
+            if objective.kind != "infonce" or groups is not None:
+                raise ValueError(f"edge {key}: masks of missing pairs are implemented for InfoNCE without groups")
+            if world is None:
+                return masked_infonce(anchor, other, scale, present)
+            everywhere = _gather_groups(present)
+            count = everywhere.sum().clamp(min=1)
+            if not local:
+                return masked_infonce(all_anchor, all_other, scale, everywhere)
+            labels = torch.arange(anchor.shape[0], device=anchor.device) + rank * anchor.shape[0]
+            share = count / world[1]  # each rank's rows over its share: the ranks' mean is the global mean
+            return (
+                masked_nce(anchor, all_other, scale, labels, present, everywhere, share)
+                + masked_nce(other, all_anchor, scale, labels, present, everywhere, share)
+            ) / 2
         if groups is not None:
             every = _gather_groups(groups) if world is not None else groups
             if not local:
@@ -311,6 +331,7 @@ class MultiEdgeLoss(nn.Module):
         pairs: Mapping[str, tuple[Tensor, Tensor]],
         stage_weights: Mapping[str, float] | None = None,
         groups: Mapping[str, Tensor] | None = None,
+        present: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total and per-edge losses.
 
@@ -318,12 +339,16 @@ class MultiEdgeLoss(nn.Module):
             pairs: edge key -> (anchor-side embeddings, other-side embeddings).
             stage_weights: optional per-edge multipliers (a curriculum's replay weights); missing = 1.
             groups: optional edge key -> ``(B,)`` integer group ids of the pairs (multi-positive InfoNCE).
+            present: optional edge key -> ``(B,)`` bool, False for pairs whose partner is missing.
         """
         if not pairs:
             raise ValueError("MultiEdgeLoss got no active edge")
-        stage_weights, groups = stage_weights or {}, groups or {}
+        stage_weights, groups, present = stage_weights or {}, groups or {}, present or {}
         everyone = self.gather_by_modality(pairs)
-        losses = {k: self.edge_loss(k, a, o, *everyone[k], groups=groups.get(k)) for k, (a, o) in pairs.items()}
+        losses = {
+            k: self.edge_loss(k, a, o, *everyone[k], groups=groups.get(k), present=present.get(k))
+            for k, (a, o) in pairs.items()
+        }
         total = sum(self.weights[k] * stage_weights.get(k, 1.0) * v for k, v in losses.items())
         return total, losses
 
@@ -342,7 +367,7 @@ def infonce_rows(rows: Tensor, columns: Tensor, logit_scale: Tensor, labels: Ten
 
 
 def _gather_groups(groups: Tensor) -> Tensor:
-    """Every rank's group ids, rank-major (integers: no gradient)."""
+    """Every rank's group ids (or presence flags), rank-major (no gradient)."""
     parts = [torch.empty_like(groups) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, groups.contiguous())
     return torch.cat(parts)

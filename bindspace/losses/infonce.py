@@ -10,6 +10,8 @@ __all__ = [
     "check_pair",
     "group_targets",
     "infonce",
+    "masked_infonce",
+    "masked_nce",
     "multi_positive_infonce",
     "multi_positive_nce",
     "soft_target_cross_entropy",
@@ -128,4 +130,55 @@ def multi_positive_infonce(anchor: Tensor, other: Tensor, logit_scale: Tensor | 
     return (
         soft_target_cross_entropy(logits, labels, targets)
         + soft_target_cross_entropy(logits.T[labels], labels, targets.T[labels])
+    ) / 2
+
+
+def masked_nce(
+    rows: Tensor,
+    columns: Tensor,
+    logit_scale: Tensor | float,
+    labels: Tensor,
+    row_present: Tensor,
+    column_present: Tensor,
+    count: Tensor | float,
+) -> Tensor:
+    """One direction of InfoNCE where absent pairs take no part: not as queries, not as candidates.
+
+    Args:
+        rows: ``(R, D)`` unit-norm embeddings.
+        columns: ``(M, D)`` unit-norm embeddings of the other side (every rank's, rank-major).
+        logit_scale: inverse temperature.
+        labels: ``(R,)`` index of each row's own pair among the columns.
+        row_present: ``(R,)`` bool, whether each row's pair is present (its partner exists).
+        column_present: ``(M,)`` bool, the same for the columns.
+        count: what the rows' summed cross-entropy is divided by (the number of present pairs, or a rank's share).
+
+    Returns:
+        Scalar: the present rows' cross-entropy against the present columns, summed, over ``count``.
+    """
+    logits = (logit_scale * rows @ columns.T).masked_fill(~column_present[None, :], float("-inf"))  # (R, M)
+    # An absent row's own column is -inf too: its (infinite) loss is dropped, and so is its zero gradient.
+    per_row = F.cross_entropy(logits, labels, reduction="none")
+    return torch.where(row_present, per_row, torch.zeros_like(per_row)).sum() / count
+
+
+def masked_infonce(anchor: Tensor, other: Tensor, logit_scale: Tensor | float, present: Tensor) -> Tensor:
+    """Symmetric InfoNCE over the present pairs of a batch (``present[i]``: pair i has both sides).
+
+    Equal to :func:`infonce` on the present pairs alone, with the batch's shapes unchanged (an absent pair's
+    embeddings, whatever they hold, get no gradient). A batch with no present pair has loss 0.
+
+    Args:
+        anchor: ``(B, D)`` unit-norm embeddings; row ``i`` pairs with row ``i`` of ``other``.
+        other: ``(B, D)`` unit-norm embeddings.
+        logit_scale: inverse temperature.
+        present: ``(B,)`` bool.
+    """
+    check_pair("masked_infonce", anchor, other)
+    _check_groups(present, anchor.shape[0])
+    labels = torch.arange(anchor.shape[0], device=anchor.device)
+    count = present.sum().clamp(min=1)
+    return (
+        masked_nce(anchor, other, logit_scale, labels, present, present, count)
+        + masked_nce(other, anchor, logit_scale, labels, present, present, count)
     ) / 2

@@ -268,8 +268,10 @@ class MultiEdgeLoss(nn.Module):
                 all_anchor, all_other, row_offset=rank * anchor.shape[0] if local else 0,
             )  # fmt: skip
         if present is not None:
-            if objective.kind != "infonce" or groups is not None:
-                raise ValueError(f"edge {key}: masks of missing pairs are implemented for InfoNCE without groups")
+            if objective.kind != "infonce" or groups is not None or objective.cyclip:
+                raise ValueError(
+                    f"edge {key}: masks of missing pairs are implemented for InfoNCE (no groups, no CyCLIP)"
+                )
             if world is None:
                 return masked_infonce(anchor, other, scale, present)
             everywhere = _gather_groups(present)

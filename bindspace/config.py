@@ -455,6 +455,28 @@ def check_pretrained_width(cfg: ModalityConfig) -> None:
         )
 
 
+def check_augment(
+    configs: Mapping[str, ModalityConfig], curriculum: Curriculum, cached: bool
+) -> dict[str, ModalityConfig]:
+    """``modalities.<m>.augment`` parsed (a preset resolved to its keys) and checked against the input
+    config; refused for a frozen modality when the frozen-feature cache serves it one feature per id."""
+    from bindspace.data.augment import check_augment_input, parse_augment
+
+    out = {}
+    for m, c in configs.items():
+        augment = parse_augment(m, c.augment)
+        if augment:
+            check_augment_input(m, augment, c.input)
+            frozen = c.trunk.freeze or any(m in curriculum.frozen(i) for i in range(len(curriculum.stages)))
+            if cached and frozen:
+                raise ConfigError(
+                    f"modalities.{m}.augment: {m} is frozen and cache.frozen_features=true serves one cached "
+                    f"feature per sample, so augmented inputs would never reach it; drop one of the two"
+                )
+        out[m] = dataclasses.replace(c, augment=augment)
+    return out
+
+
 def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate the composed config and build modality configs, graph edges and optimizer settings."""
     graph = cfg.get("graph") or {}
@@ -501,6 +523,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
                     f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}"
                 )
     check_speed(cfg.get("speed") or {}, list(configs))
+    configs = check_augment(configs, curriculum, bool((cfg.get("cache") or {}).get("frozen_features", False)))
     for modality_cfg in configs.values():  # last: it may import transformers to read a config file
         check_pretrained_width(modality_cfg)
     return RunSpec(configs, anchors, edges, embed_dim, optim, curriculum, loss)

@@ -93,6 +93,9 @@ class ModalityConfig:
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
+    # Training-time augmentation (bindspace.data.augment): None (off), "default" or a mapping of its
+    # keys; checked, and a preset resolved, by bindspace.config.build_run_spec.
+    augment: Any = None
 
 
 class ModalitySpec:
@@ -193,9 +196,10 @@ class ModalitySpec:
             raise ConfigError(f"modality config for {self.name!r} says name={name!r}")
         where = f"modalities.{self.name}"
         known = {"input", "trunk", "head", "logit_scale"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - {"augment"})
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known | {'augment'})}")
+        augment = data.pop("augment", None)
         sized = self.presets.get(preset, {}) if preset else {}
         section = {k: {**self.defaults.get(k, {}), **sized.get(k, {}), **dict(data.get(k) or {})} for k in known}
         return ModalityConfig(
@@ -204,6 +208,7 @@ class ModalitySpec:
             trunk=from_mapping(TrunkConfig, section["trunk"], f"{where}.trunk"),
             head=from_mapping(HeadConfig, section["head"], f"{where}.head"),
             logit_scale=from_mapping(LogitScaleConfig, section["logit_scale"], f"{where}.logit_scale"),
+            augment=augment,
         )
 
     def default_config(self, preset: str | None = None) -> ModalityConfig:

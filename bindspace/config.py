@@ -16,7 +16,16 @@ from typing import Any
 from bindspace.curriculum import Curriculum
 from bindspace.errors import ConfigError
 from bindspace.graph import Edge, build_edges, edge_key, graph_modalities
-from bindspace.losses import BACKPROP_MODES, MultiEdgeLoss
+from bindspace.losses import (
+    BACKPROP_MODES,
+    DCL_WEIGHTINGS,
+    LOSS_KINDS,
+    SIGLIP_DIST,
+    SIGLIP_LOGIT_SCALE,
+    EdgeLoss,
+    LogitBiasConfig,
+    MultiEdgeLoss,
+)
 from bindspace.modalities import LogitScaleConfig, ModalityConfig, get_modality, list_modalities
 from bindspace.modalities.base import unknown_modality
 from bindspace.models.model import BindSpaceModel
@@ -71,12 +80,14 @@ class RunSpec:
         return BindSpaceModel(self.modalities, self.embed_dim)
 
     def build_loss(self) -> MultiEdgeLoss:
+        objectives = edge_objectives(self.edges, self.loss)
         return MultiEdgeLoss(
             self.edges,
-            edge_scales(self.edges, self.modalities, self.loss.get("logit_scales") or {}),
+            edge_scales(self.edges, self.modalities, self.loss.get("logit_scales") or {}, objectives),
             weights=self.loss.get("weights") or {},
             local_loss=bool(self.loss.get("local_loss", False)),
             backprop=loss_backprop(self.loss),
+            objectives=objectives,
         )
 
 
@@ -114,9 +125,13 @@ def loss_backprop(loss: Mapping[str, Any]) -> str:
 
 
 def edge_scales(
-    edges: Sequence[Edge], modalities: Mapping[str, ModalityConfig], overrides: Mapping[str, Any]
+    edges: Sequence[Edge],
+    modalities: Mapping[str, ModalityConfig],
+    overrides: Mapping[str, Any],
+    objectives: Mapping[str, EdgeLoss] | None = None,
 ) -> dict[str, LogitScaleConfig]:
-    """Each edge's temperature: the preset of its other (non-anchor) side, unless overridden by key."""
+    """Each edge's temperature, unless overridden by key: the preset of its other (non-anchor) side, or for a
+    SigLIP edge its objective's (``loss.siglip.logit_scale``, t = 10 by default)."""
     keys = {edge_key(e) for e in edges}
     for k in overrides:
         if k not in keys:
@@ -124,11 +139,131 @@ def edge_scales(
     out = {}
     for e in edges:
         k = edge_key(e)
+        objective = (objectives or {}).get(k)
         base = modalities[e[1]].logit_scale
+        if objective is not None and objective.kind == "siglip":
+            base = objective.logit_scale or SIGLIP_LOGIT_SCALE
         out[k] = from_mapping(
             LogitScaleConfig, {**vars(base), **dict(overrides.get(k) or {})}, f"loss.logit_scales.{k}"
         )
     return out
+
+
+# The loss section's keys, and each objective's own (``loss.<kind>.*``, or ``loss.edges.<edge>.*`` next to ``kind``).
+LOSS_KEYS = {
+    "kind", "edges", "siglip", "dcl", "cyclip", "local_loss", "backprop", "gather_with_grad", "weights", "logit_scales",
+}  # fmt: skip
+CYCLIP_KEYS = {"in_modal", "cross_modal"}  # CyCLIP's weights, added to any kind (loss.cyclip or an edge's cyclip)
+OBJECTIVE_KEYS = {
+    "infonce": set(),
+    "siglip": {"logit_scale", "bias", "dist"},
+    "dcl": {"weighting", "sigma", "in_modal"},
+}
+
+
+def _check_choice(value: Any, key: str, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        near = closest(value.lower(), allowed) if isinstance(value, str) else ""
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}{near}")
+    return value
+
+
+def _check_options(options: Any, key: str, known: set[str]) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{key} must be a mapping of keys, got {options!r}")
+    extra = sorted(set(options) - known)
+    if extra:
+        raise ConfigError(
+            f"{key}: unknown key(s) {extra}{closest(extra[0], known, key)}; expected some of {sorted(known)}"
+        )
+    return dict(options)
+
+
+def edge_objectives(edges: Sequence[Edge], loss: Mapping[str, Any]) -> dict[str, EdgeLoss]:
+    """Each edge's objective: ``loss.kind`` for all, ``loss.edges.<edge>`` per edge, options from ``loss.<kind>``.
+
+    ``loss.edges={"image|audio": {kind: siglip, dist: shift}}``: an entry's ``kind`` and that kind's own keys
+    override the section's. Raises :class:`ConfigError` naming the key (an unknown kind, an entry that is
+    not an edge of the graph, an option of another kind, a value out of range), every section checked
+    whether an edge uses it or not.
+    """
+    default = _check_choice(loss.get("kind", "infonce"), "loss.kind", LOSS_KINDS)
+    sections = {kind: _check_options(loss.get(kind), f"loss.{kind}", keys) for kind, keys in OBJECTIVE_KEYS.items()}
+    cyclip = _cyclip(loss.get("cyclip"), "loss.cyclip")
+    defaults = {kind: _objective(kind, sections[kind], f"loss.{kind}", cyclip) for kind in LOSS_KINDS}
+    keys = [edge_key(e) for e in edges]
+    per_edge = loss.get("edges") or {}
+    if not isinstance(per_edge, Mapping):
+        raise ConfigError(
+            f"loss.edges must map edge keys to objectives, e.g. {{image|audio: {{kind: siglip}}}}, got {per_edge!r}"
+        )
+    for k in per_edge:
+        if k not in keys:
+            flipped = "|".join(reversed(str(k).split("|")))  # edges are named anchor|other
+            near = f" (did you mean {flipped!r}?)" if flipped in keys else closest(str(k), keys)
+            raise ConfigError(f"loss.edges: {k!r} is not an edge of the graph{near}; edges are {keys}")
+    out = {}
+    for k in keys:
+        if k not in per_edge:
+            out[k] = defaults[default]
+            continue
+        where = f"loss.edges.{k}"
+        entry = per_edge[k] if per_edge[k] is not None else {}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a mapping like {{kind: siglip}}, got {entry!r}")
+        entry = dict(entry)
+        kind = _check_choice(entry.pop("kind", default), f"{where}.kind", LOSS_KINDS)
+        weights = _cyclip(entry.pop("cyclip"), f"{where}.cyclip", cyclip) if "cyclip" in entry else cyclip
+        for option in entry:
+            owner = next((other for other, known in OBJECTIVE_KEYS.items() if option in known), None)
+            if owner is not None and owner != kind:
+                raise ConfigError(f"{where}.{option}: an option of {owner}, not of {kind}")
+        _check_options(entry, where, OBJECTIVE_KEYS[kind] | {"kind"})
+        out[k] = _objective(kind, {**sections[kind], **entry}, where, weights)
+    return out
+
+
+def _cyclip(value: Any, where: str, base: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
+    """CyCLIP's ``(in_modal, cross_modal)`` weights over ``base``, each a number >= 0."""
+    options = _check_options(value, where, CYCLIP_KEYS)
+    out = []
+    for name, default in zip(("in_modal", "cross_modal"), base, strict=True):
+        weight = options.get(name, default)
+        if not isinstance(weight, int | float) or isinstance(weight, bool):
+            raise ConfigError(f"{where}.{name} must be a number, got {weight!r}")
+        _in_range(float(weight), f"{where}.{name}", 0.0, math.inf, high_open=True)
+        out.append(float(weight))
+    return out[0], out[1]
+
+
+def _objective(kind: str, options: Mapping[str, Any], where: str, cyclip: tuple[float, float]) -> EdgeLoss:
+    """One edge's :class:`EdgeLoss` from its checked options and its CyCLIP weights."""
+    made = _kind_objective(kind, options, where)
+    return dataclasses.replace(made, cyclip_in_modal=cyclip[0], cyclip_cross_modal=cyclip[1])
+
+
+def _kind_objective(kind: str, options: Mapping[str, Any], where: str) -> EdgeLoss:
+    if kind == "siglip":
+        scale = from_mapping(LogitScaleConfig, {**vars(SIGLIP_LOGIT_SCALE), **dict(options.get("logit_scale") or {})},
+                             f"{where}.logit_scale")  # fmt: skip
+        _in_range(scale.init, f"{where}.logit_scale.init", 0.0, scale.max, low_open=True)
+        bias = from_mapping(LogitBiasConfig, options.get("bias"), f"{where}.bias")
+        _in_range(bias.init, f"{where}.bias.init", -math.inf, math.inf, low_open=True, high_open=True)
+        dist = _check_choice(options.get("dist", "bidir"), f"{where}.dist", SIGLIP_DIST)
+        return EdgeLoss(kind, logit_scale=scale, bias=bias, dist=dist)
+    if kind == "dcl":
+        weighting = _check_choice(options.get("weighting", "none"), f"{where}.weighting", DCL_WEIGHTINGS)
+        sigma = options.get("sigma", 0.5)
+        if not isinstance(sigma, int | float) or isinstance(sigma, bool):
+            raise ConfigError(f"{where}.sigma must be a number, got {sigma!r}")
+        _in_range(float(sigma), f"{where}.sigma", 0.0, math.inf, low_open=True, high_open=True)
+        in_modal = options.get("in_modal", False)
+        if not isinstance(in_modal, bool):
+            raise ConfigError(f"{where}.in_modal must be true or false, got {in_modal!r}")
+        return EdgeLoss(kind, weighting=weighting, sigma=float(sigma), in_modal=in_modal)
+    return EdgeLoss(kind)
 
 
 def _check_positive(value: Any, key: str, minimum: int = 1) -> int:
@@ -174,6 +309,7 @@ SECTION_KEYS = {
     "speed": {"compile", "compile_mode", "compile_backend", "channels_last"},
     "cache": {"frozen_features", "dir"},
     "graph": {"modalities", "anchors", "edges"},
+    "loss": LOSS_KEYS,
 }
 
 
@@ -372,6 +508,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
         _check_positive(data["batch_size"], "data.batch_size", minimum=2)
     loss = dict(cfg.get("loss") or {})
     loss_backprop(loss)
+    edge_objectives(edges, loss)
     weights = loss.get("weights") or {}
     keys = {edge_key(e) for e in edges}
     for k in weights:

@@ -219,6 +219,7 @@ def final_metrics(
         "anchor": spec.anchors,
         "edges": [list(e) for e in spec.edges],
         "logit_scales": module.logit_scale_values(),
+        "logit_biases": module.logit_bias_values(),  # SigLIP edges only
         "trained_edges": trained,  # took part in at least one optimisation step
         "stages": [{k: v for k, v in r.items() if k != "index"} for r in curriculum.state.history],
         "stages_not_reached": curriculum.stages_not_reached(),

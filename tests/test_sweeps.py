@@ -20,6 +20,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "e
 SMOKE = {
     # A value given on the command line replaces the experiment's swept values for that key.
     "ablate_anchor": ["seed=0", "anchor=text"],
+    "ablate_loss": ["seed=0", "loss.kind=siglip"],
     "ablate_curriculum": [
         "seed=0",
         "curriculum=progressive_distill",

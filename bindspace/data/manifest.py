@@ -34,7 +34,7 @@ def is_inline(modality: str) -> bool:
     return get_modality(modality).inline
 
 
-META_KEYS = ("id", "label")
+META_KEYS = ("id", "label", "group")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv",)
 
@@ -57,6 +57,8 @@ class Sample:
         label: class name, or None.
         values: modality -> the text itself (inline modalities) or the file's path.
         raw_paths: modality -> the path exactly as written in the manifest (for messages).
+        group: samples sharing a group (several captions of one sound) are each other's positives in
+            multi-positive InfoNCE, not negatives; None: a group of its own.
     """
 
     line: int
@@ -64,6 +66,7 @@ class Sample:
     label: str | None
     values: dict[str, str | Path]
     raw_paths: dict[str, str] = field(default_factory=dict)
+    group: str | None = None
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -204,7 +207,7 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
     known = set(list_modalities())
     unknown = sorted(k for k in row if k not in known and k not in META_KEYS)
     if unknown:
-        raise ManifestError(f"{where}: unknown key(s) {unknown}; expected modalities {sorted(known)}, id, label")
+        raise ManifestError(f"{where}: unknown key(s) {unknown}; expected modalities {sorted(known)}, id, label, group")
     present = {k: v for k, v in row.items() if v is not None and v != ""}
     values: dict[str, str | Path] = {}
     raw_paths: dict[str, str] = {}
@@ -222,9 +225,8 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
             values[m] = path.parent / value  # an absolute value replaces the folder
     if not values:
         raise ManifestError(f"{where}: sample holds no modality (keys: {sorted(row)})")
-    return Sample(
-        line, _meta(where, present, "id", str(index)), _meta(where, present, "label", None), values, raw_paths
-    )
+    sample_id, label = _meta(where, present, "id", str(index)), _meta(where, present, "label", None)
+    return Sample(line, sample_id, label, values, raw_paths, group=_meta(where, present, "group", None))
 
 
 def _meta(where: str, row: dict[str, Any], key: str, default: str | None) -> str | None:

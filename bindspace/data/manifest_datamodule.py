@@ -95,6 +95,8 @@ class ManifestDataset(Dataset):
         self.samples, self.modalities = list(samples), list(modalities)
         self.configs, self.class_index, self.rows = dict(configs), class_index, rows
         self.decoded = decoded
+        # Integer group ids (the manifest's group column, for multi-positive InfoNCE); the same on every rank.
+        self.group_index = group_index(self.samples)
 
     def __len__(self) -> int:
         return len(self.samples) if self.rows is None else len(self.rows)
@@ -109,6 +111,8 @@ class ManifestDataset(Dataset):
         batch: Batch = {"id": torch.as_tensor(rows, dtype=torch.long), "sample_id": [s.id for s in picked]}
         if self.class_index is not None:
             batch["label"] = torch.as_tensor([self.class_index[s.label] for s in picked], dtype=torch.long)
+        if self.group_index is not None:
+            batch["group"] = torch.as_tensor([self.group_index[group_of(s)] for s in picked], dtype=torch.long)
         for m in self.modalities:
             batch[m] = load_inputs(m, [s.values[m] for s in picked], self.configs[m], self.decoded)
         return batch
@@ -116,6 +120,18 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> Batch:
         batch = self.__getitems__([index])
         return {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}
+
+
+def group_of(sample: Sample) -> tuple[bool, str]:
+    """A sample's group key: its ``group``, or a group of its own (keyed by its id) when it has none."""
+    return (sample.group is None, sample.id if sample.group is None else sample.group)
+
+
+def group_index(samples: Sequence[Sample]) -> dict[tuple[bool, str], int] | None:
+    """Group key -> integer id, in sorted order (so every rank agrees); None when no sample names a group."""
+    if all(s.group is None for s in samples):
+        return None
+    return {key: i for i, key in enumerate(sorted({group_of(s) for s in samples}))}
 
 
 def weighted_rows(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray | None:
@@ -367,6 +383,12 @@ class ManifestDataModule(PairedDataModule):
             raise ConfigError(f"data.sources, edge {key}: {err}; make the weight ratios less extreme") from None
         labelled = all(s.label is not None for s in samples)
         pool = ManifestDataset(samples, edge, self.configs, index if labelled else None, rows, self.decoded)
+        if pool.group_index is not None and len(pool.group_index) == len(samples):
+            warnings.warn(
+                f"data: edge {key}: every group of the manifest's group column has one member; "
+                "multi-positive InfoNCE is then plain InfoNCE",
+                stacklevel=2,
+            )
         if len(pool) < self.batch_size:
             raise ManifestError(
                 f"edge {key}: {len(pool)} training samples, fewer than data.batch_size={self.batch_size}"

@@ -1,4 +1,4 @@
-"""The LightningModule: encode each edge's pair, sum the per-edge InfoNCE, evaluate retrieval."""
+"""The LightningModule: encode each edge's pair, sum the per-edge losses, evaluate retrieval."""
 
 from __future__ import annotations
 
@@ -114,7 +114,8 @@ class AlignmentModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
         pairs = self.encode_edges(batch)
-        total, per_edge = self.loss(pairs, self.stage_weights)
+        groups = {k: batch[k]["group"] for k in pairs if "group" in batch[k]}  # a manifest's group column
+        total, per_edge = self.loss(pairs, self.stage_weights, groups)
         encoded, self.step_encoded = self.step_encoded, {}  # not kept past the step
         distill = self.distillation.loss(encoded) if encoded else None
         if distill is not None:
@@ -131,9 +132,11 @@ class AlignmentModule(L.LightningModule):
             self.log("stage", float(self.stage_index), batch_size=bs)
             for k, v in per_edge.items():
                 self.log(f"train/loss/{k}", v, batch_size=bs, sync_dist=sync)
+                self.log(f"train/logit_scale/{k}", self.loss.logit_scales[k]().detach(), batch_size=bs)
+                if k in self.loss.logit_biases:  # SigLIP edges
+                    self.log(f"train/logit_bias/{k}", self.loss.logit_biases[k]().detach(), batch_size=bs)
             if distill is not None:
                 self.log("train/distill", distill, batch_size=bs, sync_dist=sync)
-                self.log(f"train/logit_scale/{k}", self.loss.logit_scales[k](), batch_size=bs)
         return total
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -222,6 +225,9 @@ class AlignmentModule(L.LightningModule):
         """The :class:`StagedSchedule` of the lr scheduler (the curriculum sets per-stage lr here)."""
         return self.lr_schedulers().lr_lambdas[0]
 
-    @torch.no_grad()
     def logit_scale_values(self) -> dict[str, float]:
-        return {k: float(s()) for k, s in self.loss.logit_scales.items()}
+        return self.loss.parameter_values()["logit_scales"]
+
+    def logit_bias_values(self) -> dict[str, float]:
+        """SigLIP edges' logit biases (no entry for the softmax losses' edges)."""
+        return self.loss.parameter_values()["logit_biases"]

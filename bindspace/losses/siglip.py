@@ -1,0 +1,126 @@
+"""SigLIP's sigmoid loss (Zhai et al., 2023), on one process and chunked across ranks.
+
+Every pair ``(i, j)`` of an edge's batch is an independent binary problem: ``+1`` on the diagonal
+(the paired samples), ``-1`` elsewhere, with logits ``t * <a_i, o_j> + b``. The loss is the sum over
+the ``(B, B)`` blocks of the batch divided by the number of rows, as big_vision's ``siglip.py`` and
+open_clip's ``SigLipLoss``. Since the matrix is a sum of independent terms, a rank computes one
+``(B, B)`` block at a time and never a ``(B, NB)`` or ``(NB, NB)`` matrix: its rows against its own
+columns, then against the columns of every other rank, which arrive one chunk at a time (``dist``):
+
+- ``bidir``: a ring passing chunks left and right at once, ``ceil((N - 1) / 2)`` steps (open_clip's default);
+- ``shift``: a ring passing chunks to the right, ``N - 1`` steps;
+- ``reduce``: one sum all-reduce per rank's chunk (the owner contributes it, the others zeros);
+- ``gather``: the all-gathered columns (what the edge's softmax losses gather anyway), taken chunk by chunk.
+
+Autograd keeps each block's sigmoid input for backward (``2 N B^2`` entries with its buffer, about two
+``(B, NB)`` matrices in all, as InfoNCE's local loss) and the received ``(B, D)`` chunks; docs/scaling.md
+gives the measured bytes. Each rank's loss is its ``B`` rows' share; DDP's average of the ranks'
+gradients is then the gradient of the loss over the global batch when the chunks carry gradients back
+(``backprop="global"``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bindspace.losses.distributed import distributed_world, exchange, gather_features, reduce_from
+from bindspace.losses.infonce import check_pair
+
+__all__ = ["SIGLIP_DIST", "siglip", "siglip_block", "siglip_distributed"]
+
+SIGLIP_DIST = ("bidir", "shift", "reduce", "gather")
+
+
+def siglip_block(scaled_anchor: Tensor, other: Tensor, logit_bias: Tensor, paired: bool) -> Tensor:
+    """Sum of ``-log sigmoid(label * logit)`` over one ``(B, M)`` block, ``logit = <t a_i, o_j> + b``.
+
+    ``scaled_anchor``: ``t * anchor``, scaled once for all blocks. ``paired``: the block holds the
+    positives on its diagonal (needs ``B == M``); otherwise all its labels are negative.
+    """
+    logits = scaled_anchor @ other.T + logit_bias  # (B, M)
+    if not paired:  # all labels -1: no label matrix to build or keep for backward
+        return -F.logsigmoid(-logits).sum()
+    labels = -torch.ones_like(logits)
+    labels.fill_diagonal_(1.0)
+    return -F.logsigmoid(labels * logits).sum()
+
+
+def siglip(anchor: Tensor, other: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+    """The sigmoid loss of one batch: ``(B, D)`` pairs, the sum over the ``(B, B)`` logits over ``B``."""
+    check_pair("siglip", anchor, other)
+    if anchor.shape[0] != other.shape[0]:
+        raise ValueError(f"siglip pairs row i with row i: batches of {anchor.shape[0]} and {other.shape[0]}")
+    return siglip_block(logit_scale * anchor, other, logit_bias, paired=True) / anchor.shape[0]
+
+
+def siglip_distributed(
+    anchor: Tensor,
+    other: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    dist: str = "bidir",
+    backprop: str = "global",
+    all_other: Tensor | None = None,
+) -> Tensor:
+    """This rank's share of the sigmoid loss of the global batch, one ``(B, B)`` block at a time.
+
+    Args:
+        anchor: ``(B, D)`` this rank's anchor-side embeddings.
+        other: ``(B, D)`` this rank's other-side embeddings (row i pairs with ``anchor[i]``).
+        logit_scale: the temperature ``t`` (already exponentiated).
+        logit_bias: the bias ``b``.
+        dist: how the other ranks' columns arrive (:data:`SIGLIP_DIST`).
+        backprop: ``global`` (the chunks carry gradients back), ``local`` (constants) or ``none`` (in-batch only).
+        all_other: with ``dist="gather"``, every rank's ``other`` rank-major (gathered here when not given).
+
+    Returns:
+        Scalar: this rank's rows' loss over ``B``; the mean over ranks is the global batch's loss.
+    """
+    if dist not in SIGLIP_DIST:
+        raise ValueError(f"siglip dist must be one of {SIGLIP_DIST}, got {dist!r}")
+    check_pair("siglip", anchor, other)
+    scaled = logit_scale * anchor  # (B, D), once for every block
+    rows = anchor.shape[0]
+    loss = siglip_block(scaled, other, logit_bias, paired=True) / rows  # this rank's positives
+    world = distributed_world(backprop)
+    if world is None:
+        return loss
+    rank, size = world
+    for chunk in _other_chunks(other, rank, size, dist, backprop, all_other):
+        loss = loss + siglip_block(scaled, chunk, logit_bias, paired=False) / rows
+    return loss
+
+
+def _other_chunks(other: Tensor, rank: int, size: int, dist: str, backprop: str, all_other: Tensor | None):
+    """The other ranks' ``(B, D)`` columns, one at a time (a generator: each is used before the next arrives)."""
+    if dist == "gather":
+        if all_other is None:
+            all_other = gather_features(other, backprop)
+        chunks = all_other.view(size, other.shape[0], -1)
+        yield from (chunks[i] for i in range(size) if i != rank)
+    elif dist == "reduce":
+        for owner in range(size):
+            chunk = reduce_from(other, owner, rank, backprop)
+            if owner == rank:
+                # Every rank must use every all-reduce's result, or its backward would not run on all ranks.
+                yield chunk[:0]
+            else:
+                yield chunk
+    elif dist == "shift":
+        right, left = (rank + 1) % size, (rank - 1) % size
+        chunk = other
+        for _ in range(size - 1):  # step s brings rank (rank - s)'s columns
+            (chunk,) = exchange([chunk], [right], [left], backprop)
+            yield chunk
+    else:  # bidir
+        right, left = (rank + 1) % size, (rank - 1) % size
+        to_right = to_left = other
+        for _ in range((size - 1) // 2):  # step s brings ranks rank - s and rank + s at once
+            to_right, to_left = exchange([to_right, to_left], [right, left], [left, right], backprop)
+            yield to_right
+            yield to_left
+        if (size - 1) % 2:  # an even world: the rank opposite, rank + size / 2, is still missing
+            (chunk,) = exchange([to_right], [right], [left], backprop)
+            yield chunk

@@ -34,7 +34,7 @@ from bindspace.evaluation.suite import versioned
 from bindspace.evaluation.tables import format_metrics_report
 from bindspace.evaluation.zero_shot import load_prompts
 from bindspace.graph import edge_key
-from bindspace.training.callbacks import CurriculumCallback
+from bindspace.training.callbacks import CurriculumCallback, StepCost
 from bindspace.training.checkpoints import RunCheckpoint
 from bindspace.training.distributed import strategy_for
 from bindspace.training.early_stopping import EarlyStopping, parse_early_stopping
@@ -84,7 +84,7 @@ def build_trainer(
 
     ckpt = RunCheckpoint(run_dir / "checkpoints", cfg["checkpoint"]["every_n_train_steps"])
     preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_now)
-    callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption]
+    callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption, StepCost()]
     early = parse_early_stopping(cfg.get("early_stopping"), cfg["trainer"])
     if early is not None:  # counts in the curriculum's last stage only
         last_stage = len(curriculum.curriculum.stages) - 1
@@ -390,6 +390,9 @@ def train_and_evaluate(
             log.warning("curriculum: the run ended before stage(s) %s", ", ".join(unreached))
         if early is not None:
             metrics["early_stopping"] = early.summary()
+        cost = next((c for c in trainer.callbacks if isinstance(c, StepCost)), None)
+        if cost is not None:
+            metrics["step_cost"] = cost.summary(module.device)
         if datamodule.data_report:
             metrics["data"] = datamodule.data_report  # e.g. how many bad files on_error=skip dropped
         if trainer.is_global_zero:

@@ -42,16 +42,28 @@ def _methods(stats) -> str:
     return "; ".join(dict.fromkeys(s.method for s in stats))
 
 
+def step_cost_of(runs: Sequence[RunRecord]) -> dict[str, float | None]:
+    """The group's ``step_ms`` (median over its runs of each run's median step time) and ``peak_rss_mib``
+    (the largest run's), from ``metrics.json["step_cost"]``; None where no run records one."""
+    costs = [(r.metrics or {}).get("step_cost") or {} for r in runs if not r.failed]
+    steps = sorted(c["step_ms_median"] for c in costs if c.get("step_ms_median") is not None)
+    peaks = [c["peak_rss_mib"] for c in costs if c.get("peak_rss_mib") is not None]
+    median = (steps[(len(steps) - 1) // 2] + steps[len(steps) // 2]) / 2 if steps else None
+    return {"step_ms": median, "peak_rss_mib": max(peaks) if peaks else None}
+
+
 def add_summary_intervals(
     rows: Sequence[dict], runs: Sequence[RunRecord], n_boot: int = DEFAULT_N_BOOT, boot_seed: int = DEFAULT_BOOT_SEED
 ) -> list[dict]:
     """Summary rows (`summary_table`) with ``<kind>/<metric>_lo`` / ``_hi``, ``interval``, ``chance/<metric>``
-    and, when any run records one, ``budget`` and ``budget_detail`` (see `budget_of`).
+    and, when any run records one, ``budget`` and ``budget_detail`` (see `budget_of`), ``step_ms`` and
+    ``peak_rss_mib`` (see `step_cost_of`).
 
     Rows and existing columns are left as they were.
     """
     groups = {group_label(k): v for k, v in group_runs(runs).items()}
     with_budget = any((r.metrics or {}).get("budget") is not None for r in runs)
+    with_cost = any((r.metrics or {}).get("step_cost") for r in runs)
     out = []
     for row in rows:
         members = groups[row["group"]]
@@ -66,6 +78,7 @@ def add_summary_intervals(
         extra.update({f"chance/{m}": group_chance(done, m) for m in metrics})
         if with_budget:
             extra["budget"], extra["budget_detail"] = budget_of(members), budget_of(members, detail=True)
+        extra.update(step_cost_of(members) if with_cost else {})
         out.append({**row, **extra})
     return out
 

@@ -56,7 +56,12 @@ def summary_markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
     group_columns = list(rows[0])[: list(rows[0]).index("group")] or ["group"]
     metrics = [m for m in metrics if f"trained/{m}_mean" in rows[0]]
     budget = any(row.get("budget") for row in rows)
-    header = [*group_columns, "seeds", *(["budget"] if budget else []), *(f"{k} {m}" for m in metrics for k in KINDS)]
+    cost = any(row.get("step_ms") is not None for row in rows)
+    cost_header = ["step ms", "peak RSS MiB"] if cost else []
+    header = [
+        *group_columns, "seeds", *(["budget"] if budget else []), *cost_header,
+        *(f"{k} {m}" for m in metrics for k in KINDS),
+    ]  # fmt: skip
     body = []
     for row in rows:
         seeds = f"{row['n_seeds']}" + (f" (+{row['n_failed']} failed)" if row["n_failed"] else "")
@@ -65,8 +70,14 @@ def summary_markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
             for m in metrics
             for k in KINDS
         ]
-        body.append([*(row[c] for c in group_columns), seeds, *([row.get("budget") or ""] if budget else []), *cells])
+        costs = [_number(row.get("step_ms")), _number(row.get("peak_rss_mib"))] if cost else []
+        spent = [row.get("budget") or ""] if budget else []
+        body.append([*(row[c] for c in group_columns), seeds, *spent, *costs, *cells])
     return md_table(header, body)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
 
 
 def _pairs_markdown(pairs: Sequence[dict], metric: str) -> str:

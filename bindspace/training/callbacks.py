@@ -206,3 +206,47 @@ class CurriculumCallback(L.Callback):
         self.state.history.append(record)
         if self.stage_hook is not None:
             self.stage_hook(trainer, module, record)
+
+
+class StepCost(L.Callback):
+    """What a training step costs, for ``metrics.json["step_cost"]``: wall time per step and peak memory.
+
+    Step time is measured from batch start to batch end on rank 0 (data loading excluded: it overlaps
+    in the workers), over the steps after the first ``skip`` (compilation, allocator warm-up); peak
+    memory is the process's resident-set high-water mark (``ru_maxrss``) and, on CUDA, the allocator's
+    ``max_memory_allocated``. A resumed run times its own steps only.
+    """
+
+    def __init__(self, skip: int = 3) -> None:
+        self.skip, self.times = skip, []
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import time
+
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        if self._start is not None:
+            self.times.append(time.perf_counter() - self._start)
+
+    def summary(self, device: Any = None) -> dict[str, Any]:
+        import resource
+        import statistics
+        import sys
+
+        import torch
+
+        timed = self.times[self.skip :] or self.times
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out: dict[str, Any] = {
+            "steps_timed": len(timed),
+            "step_ms_median": round(1e3 * statistics.median(timed), 2) if timed else None,
+            "step_ms_p90": round(1e3 * sorted(timed)[int(0.9 * (len(timed) - 1))], 2) if timed else None,
+            "peak_rss_mib": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1),
+        }
+        if device is not None and getattr(device, "type", "") == "cuda":
+            out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        return out

@@ -153,6 +153,7 @@ def check_optim(optim: OptimConfig) -> OptimConfig:
     _in_range(optim.eps, "optim.eps", 0.0, math.inf, low_open=True, high_open=True)
     _check_positive(optim.warmup_steps, "optim.warmup_steps", minimum=0)
     _in_range(optim.min_lr_ratio, "optim.min_lr_ratio", 0.0, 1.0)
+    _in_range(optim.layer_decay, "optim.layer_decay", 0.0, 1.0, low_open=True)
     return optim
 
 
@@ -318,6 +319,20 @@ def check_pretrained_width(cfg: ModalityConfig) -> None:
         )
 
 
+def check_stage_unlocking(curriculum: Curriculum, configs: Mapping[str, ModalityConfig]) -> None:
+    """A stage's ``unlocked_layers``: modalities of the model, within a from-scratch trunk's depth, not frozen ones."""
+    for i, stage in enumerate(curriculum.stages):
+        for m, n in stage.unlocked_layers.items():
+            key = f"curriculum.stages[{i}] ({stage.name}).unlocked_layers.{m}"
+            if m not in configs:
+                raise ConfigError(f"{key}: {m!r} is not a modality of the model {list(configs)}")
+            t = configs[m].trunk
+            if t.freeze:
+                raise ConfigError(f"{key}={n} but modalities.{m}.trunk.freeze=true: a frozen trunk unlocks nothing")
+            if n != "all" and t.kind == "transformer" and n > t.depth:
+                raise ConfigError(f"{key}={n} but the trunk has {t.depth} blocks (modalities.{m}.trunk.depth)")
+
+
 def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate the composed config and build modality configs, graph edges and optimizer settings."""
     graph = cfg.get("graph") or {}
@@ -362,6 +377,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
                 raise ConfigError(
                     f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}"
                 )
+    check_stage_unlocking(curriculum, configs)
     check_speed(cfg.get("speed") or {}, list(configs))
     for modality_cfg in configs.values():  # last: it may import transformers to read a config file
         check_pretrained_width(modality_cfg)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from bindspace.errors import ConfigError, DataFileError
 from bindspace.modalities.files import InMemoryFile
-from bindspace.utils.typed import check_type, from_mapping  # noqa: F401  (check_type: re-exported)
+from bindspace.utils.typed import check_type, from_mapping
 
 ModelInput = Tensor | dict[str, Tensor]
 
@@ -55,6 +55,11 @@ class TrunkConfig:
     name: str | None = None  # timm architecture name for kind=timm
     pretrained: str | None = None
     freeze: bool = False  # frozen trunks get no gradients and no optimizer state
+    # Train only the last N blocks and the final norm (the embeddings and earlier blocks frozen); None: all.
+    unlocked_layers: int | None = None
+    # A peft adapter on the trunk ({kind: lora, r: 8, alpha: 16, dropout: 0.05, target: [qkv, proj]}):
+    # the trunk's own weights freeze, the adapter's train (bindspace.nn.adapters).
+    adapter: dict[str, Any] | None = None
     grad_checkpointing: bool = False
     trust_remote_code: bool = False  # never run code from a model folder unless asked
 
@@ -93,6 +98,7 @@ class ModalityConfig:
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
+    lr_scale: float = 1.0  # multiplies this encoder's learning rate (LanguageBind's --coef-lr)
 
 
 class ModalitySpec:
@@ -193,6 +199,7 @@ class ModalitySpec:
             raise ConfigError(f"modality config for {self.name!r} says name={name!r}")
         where = f"modalities.{self.name}"
         known = {"input", "trunk", "head", "logit_scale"}
+        lr_scale = data.pop("lr_scale", 1.0)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
@@ -201,9 +208,10 @@ class ModalitySpec:
         return ModalityConfig(
             name=self.name,
             input=from_mapping(self.input_config, section["input"], f"{where}.input"),
-            trunk=from_mapping(TrunkConfig, section["trunk"], f"{where}.trunk"),
+            trunk=_finetune_checked(from_mapping(TrunkConfig, section["trunk"], f"{where}.trunk"), where),
             head=from_mapping(HeadConfig, section["head"], f"{where}.head"),
             logit_scale=from_mapping(LogitScaleConfig, section["logit_scale"], f"{where}.logit_scale"),
+            lr_scale=_lr_scale(lr_scale, where),
         )
 
     def default_config(self, preset: str | None = None) -> ModalityConfig:
@@ -212,6 +220,36 @@ class ModalitySpec:
     def config_dict(self, preset: str | None = None) -> dict[str, Any]:
         """The full default config as plain data (what bindspace's Hydra configs are generated from)."""
         return config_to_dict(self.default_config(preset))
+
+
+def _finetune_checked(trunk: TrunkConfig, where: str) -> TrunkConfig:
+    """``trunk.unlocked_layers`` and ``trunk.adapter`` checked (their fit to the trunk's depth and layers: at build)."""
+    from bindspace.nn.adapters import normalized_adapter
+
+    n = trunk.unlocked_layers
+    if n is not None and n < 0:
+        raise ConfigError(f"{where}.trunk.unlocked_layers must be an integer >= 0 or null (all), got {n!r}")
+    if n is not None and trunk.kind == "transformer" and n > trunk.depth:
+        raise ConfigError(f"{where}.trunk.unlocked_layers={n} but the trunk has {trunk.depth} blocks (trunk.depth)")
+    trunk.adapter = normalized_adapter(trunk.adapter, f"{where}.trunk.adapter")
+    if trunk.freeze and trunk.adapter is not None:
+        raise ConfigError(
+            f"{where}.trunk.adapter ({trunk.adapter['kind']} on {trunk.adapter['target']}) with trunk.freeze=true: "
+            "the frozen trunk holds the adapter, so nothing of it would train; drop trunk.freeze "
+            "(an adapter already keeps the trunk's own weights frozen)"
+        )
+    if trunk.freeze and n is not None:
+        raise ConfigError(
+            f"{where}.trunk.unlocked_layers={n} with trunk.freeze=true: a frozen trunk unlocks nothing; set one of them"
+        )
+    return trunk
+
+
+def _lr_scale(value: Any, where: str) -> float:
+    check_type(value, float, f"{where}.lr_scale")
+    if not 0.0 < float(value) < float("inf"):
+        raise ConfigError(f"{where}.lr_scale must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def config_to_dict(cfg: ModalityConfig) -> dict[str, Any]:

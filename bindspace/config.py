@@ -333,6 +333,29 @@ def check_stage_unlocking(curriculum: Curriculum, configs: Mapping[str, Modality
                 raise ConfigError(f"{key}={n} but the trunk has {t.depth} blocks (modalities.{m}.trunk.depth)")
 
 
+def check_adapter_cache(
+    cache: Mapping[str, Any], configs: Mapping[str, ModalityConfig], curriculum: Curriculum
+) -> None:
+    """``cache.frozen_features`` never serves a trunk with an adapter: its adapter trains, so it is not frozen."""
+    if not cache.get("frozen_features", False):
+        return
+    adapted = [m for m, c in configs.items() if c.trunk.adapter is not None]
+    for i, stage in enumerate(curriculum.stages):
+        for m in sorted(set(adapted) & curriculum.frozen(i)):
+            if "trunk" in stage.freeze_parts:
+                raise ConfigError(
+                    f"cache.frozen_features=true with modalities.{m}.trunk.adapter: a trunk with an adapter is not "
+                    f"frozen (its adapter trains), yet curriculum stage {stage.name!r} freezes it; drop the cache "
+                    "or the adapter"
+                )
+    frozen = [m for m, c in configs.items() if c.trunk.freeze]
+    if adapted and not frozen and not any(curriculum.frozen(i) for i in range(len(curriculum.stages))):
+        raise ConfigError(
+            f"cache.frozen_features=true but the only encoders it could serve carry adapters "
+            f"(modalities.{adapted[0]}.trunk.adapter): a trunk with an adapter is not frozen; drop the cache"
+        )
+
+
 def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate the composed config and build modality configs, graph edges and optimizer settings."""
     graph = cfg.get("graph") or {}
@@ -378,6 +401,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
                     f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}"
                 )
     check_stage_unlocking(curriculum, configs)
+    check_adapter_cache(cfg.get("cache") or {}, configs, curriculum)
     check_speed(cfg.get("speed") or {}, list(configs))
     for modality_cfg in configs.values():  # last: it may import transformers to read a config file
         check_pretrained_width(modality_cfg)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from bindspace.errors import ConfigError, DataFileError
 from bindspace.modalities.files import InMemoryFile
+from bindspace.nn.adapters import ADAPTER_KINDS, AdapterConfig
 from bindspace.utils.typed import check_type, from_mapping
 
 ModelInput = Tensor | dict[str, Tensor]
@@ -224,14 +225,13 @@ class ModalitySpec:
 
 def _finetune_checked(trunk: TrunkConfig, where: str) -> TrunkConfig:
     """``trunk.unlocked_layers`` and ``trunk.adapter`` checked (their fit to the trunk's depth and layers: at build)."""
-    from bindspace.nn.adapters import normalized_adapter
-
     n = trunk.unlocked_layers
     if n is not None and n < 0:
         raise ConfigError(f"{where}.trunk.unlocked_layers must be an integer >= 0 or null (all), got {n!r}")
     if n is not None and trunk.kind == "transformer" and n > trunk.depth:
         raise ConfigError(f"{where}.trunk.unlocked_layers={n} but the trunk has {trunk.depth} blocks (trunk.depth)")
-    trunk.adapter = normalized_adapter(trunk.adapter, f"{where}.trunk.adapter")
+    if trunk.adapter is not None:
+        trunk.adapter = dataclasses.asdict(adapter_config(trunk.adapter, f"{where}.trunk.adapter"))
     if trunk.freeze and trunk.adapter is not None:
         raise ConfigError(
             f"{where}.trunk.adapter ({trunk.adapter['kind']} on {trunk.adapter['target']}) with trunk.freeze=true: "
@@ -243,6 +243,23 @@ def _finetune_checked(trunk: TrunkConfig, where: str) -> TrunkConfig:
             f"{where}.trunk.unlocked_layers={n} with trunk.freeze=true: a frozen trunk unlocks nothing; set one of them"
         )
     return trunk
+
+
+def adapter_config(data: Mapping[str, Any], where: str) -> AdapterConfig:
+    """Validate ``trunk.adapter`` (a mapping) into an :class:`~bindspace.nn.adapters.AdapterConfig`."""
+    cfg = from_mapping(AdapterConfig, data, where)
+    if cfg.kind not in ADAPTER_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {list(ADAPTER_KINDS)}, got {cfg.kind!r}")
+    if cfg.r < 1:
+        raise ConfigError(f"{where}.r must be an integer >= 1, got {cfg.r!r}")
+    if not 0.0 < cfg.alpha < float("inf"):
+        raise ConfigError(f"{where}.alpha must be > 0, got {cfg.alpha!r}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"{where}.dropout must be in [0, 1), got {cfg.dropout!r}")
+    if not cfg.target or not all(isinstance(t, str) and t for t in cfg.target):
+        raise ConfigError(f"{where}.target must be a non-empty list of module names, got {cfg.target!r}")
+    cfg.target = list(cfg.target)
+    return cfg
 
 
 def _lr_scale(value: Any, where: str) -> float:

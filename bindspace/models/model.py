@@ -9,7 +9,13 @@ from torch import Tensor, nn
 
 from bindspace.errors import ConfigError
 from bindspace.modalities import ENCODER_PARTS, ModalityConfig, ModelInput, get_modality
-from bindspace.nn.adapters import adapter_parameter_names, apply_adapter, trunk_layout, trunk_trainable
+from bindspace.nn.adapters import (
+    AdapterConfig,
+    adapter_parameter_names,
+    apply_adapter,
+    trunk_layout,
+    trunk_trainable,
+)
 from bindspace.nn.layers import Head, Normalize, TransformerTrunk
 from bindspace.nn.pretrained import build_hf_trunk, build_timm_vit, trunk_architecture
 
@@ -63,7 +69,10 @@ def _fit_finetuning(cfg: ModalityConfig, trunk: nn.Module) -> None:
         if t.unlocked_layers > depth:
             raise ConfigError(f"{where}.unlocked_layers={t.unlocked_layers} but the {t.kind} trunk has {depth} blocks")
     if t.adapter is not None:
-        apply_adapter(trunk, t.adapter, f"{where}.adapter")
+        try:
+            apply_adapter(trunk, AdapterConfig(**t.adapter))
+        except ValueError as err:
+            raise ConfigError(f"{where}.adapter.{err}") from None
 
 
 class BindSpaceModel(nn.Module):

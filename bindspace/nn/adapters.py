@@ -14,14 +14,11 @@ separable by name (:func:`adapter_parameter_names`) and mergeable into the base 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
-
-from bindspace.errors import ConfigError
-from bindspace.utils.typed import from_mapping
 
 # Where the block list of a transformers model lives, by architecture family (BERT/MiniLM, RoBERTa,
 # DistilBERT, GPT-2, T5 encoders, Llama-likes, CLIP/ViT/wav2vec2 encoders), relative to the model.
@@ -101,28 +98,6 @@ class AdapterConfig:
     target: list[str] = field(default_factory=lambda: ["qkv", "proj"])
 
 
-def adapter_config(data: Mapping[str, Any], where: str) -> AdapterConfig:
-    """Validate ``trunk.adapter`` (a mapping) into an :class:`AdapterConfig`; errors name ``where``."""
-    cfg = from_mapping(AdapterConfig, data, where)
-    if cfg.kind not in ADAPTER_KINDS:
-        raise ConfigError(f"{where}.kind must be one of {list(ADAPTER_KINDS)}, got {cfg.kind!r}")
-    if cfg.r < 1:
-        raise ConfigError(f"{where}.r must be an integer >= 1, got {cfg.r!r}")
-    if not cfg.alpha > 0:
-        raise ConfigError(f"{where}.alpha must be > 0, got {cfg.alpha!r}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"{where}.dropout must be in [0, 1), got {cfg.dropout!r}")
-    if not cfg.target or not all(isinstance(t, str) and t for t in cfg.target):
-        raise ConfigError(f"{where}.target must be a non-empty list of module names, got {cfg.target!r}")
-    cfg.target = list(cfg.target)
-    return cfg
-
-
-def normalized_adapter(data: Mapping[str, Any] | None, where: str) -> dict[str, Any] | None:
-    """``trunk.adapter`` checked and completed with its defaults, as plain data (what checkpoints record)."""
-    return None if data is None else asdict(adapter_config(data, where))
-
-
 def _peft_config(cfg: AdapterConfig):
     import peft
 
@@ -142,35 +117,28 @@ def _layer_names(trunk: nn.Module) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in trunk.named_modules() if isinstance(m, kinds)})
 
 
-def apply_adapter(trunk: nn.Module, data: Mapping[str, Any], where: str) -> list[str]:
-    """Inject the adapter ``data`` describes into ``trunk`` in place (through peft); returns the adapted modules.
-
-    Args:
-        trunk: the trunk to adapt.
-        data: the ``trunk.adapter`` mapping.
-        where: the config key, for errors (``modalities.text.trunk.adapter``).
+def apply_adapter(trunk: nn.Module, cfg: AdapterConfig) -> list[str]:
+    """Inject the adapter ``cfg`` describes into ``trunk`` in place (through peft); returns the adapted modules.
 
     Raises:
-        ConfigError: a target that matches no module of the trunk, or one peft cannot adapt (the
-            message names the target, what it matched and the layer names the trunk has).
+        ValueError: a target that matches no module of the trunk, or one peft cannot adapt; the message
+            starts with ``target`` and names what it matched and the layer names the trunk has.
     """
     from peft import inject_adapter_in_model
 
-    cfg = adapter_config(data, where)
     names = [n for n, _ in trunk.named_modules() if n]
     for target in cfg.target:
-        matched = [n for n in names if n == target or n.endswith("." + target)]
-        if not matched:
-            raise ConfigError(
-                f"{where}.target: {target!r} matches no module of the {type(trunk).__name__}; "
+        if not any(n == target or n.endswith("." + target) for n in names):
+            raise ValueError(
+                f"target: {target!r} matches no module of the {type(trunk).__name__}; "
                 f"its linear/conv layers are named {_layer_names(trunk)}"
             )
     try:
         inject_adapter_in_model(_peft_config(cfg), trunk)
     except (ValueError, TypeError) as err:  # e.g. a target naming a block or a norm, which peft cannot wrap
         matched = [n for n in names if any(n == t or n.endswith("." + t) for t in cfg.target)]
-        raise ConfigError(
-            f"{where}.target {cfg.target} matched {matched[:4]}{'...' if len(matched) > 4 else ''}, which "
+        raise ValueError(
+            f"target: {cfg.target} matched {matched[:4]}{'...' if len(matched) > 4 else ''}, which "
             f"{cfg.kind} cannot adapt ({str(err).splitlines()[0]}); name linear layers: {_layer_names(trunk)}"
         ) from None
     return adapted_modules(trunk)
@@ -194,6 +162,16 @@ def adapter_parameter_names(module: nn.Module) -> set[str]:
                 if not pname.startswith("base_layer."):
                     out.add(f"{name}.{pname}" if name else pname)
     return out
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, Any]:
+    """The adapters' own tensors from ``model``'s state dict (full names), and nothing of the base weights.
+
+    What a LoRA checkpoint adds to its base model: small (``r * (in + out)`` per adapted layer) and
+    separable by name, so it can be stored, shipped or swapped on its own.
+    """
+    names = adapter_parameter_names(model)
+    return {k: v for k, v in model.state_dict().items() if k in names}
 
 
 def merge_adapters(module: nn.Module) -> int:

@@ -203,7 +203,7 @@ class ModalitySpec:
         lr_scale = data.pop("lr_scale", 1.0)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted([*known, 'lr_scale'])}")
         sized = self.presets.get(preset, {}) if preset else {}
         section = {k: {**self.defaults.get(k, {}), **sized.get(k, {}), **dict(data.get(k) or {})} for k in known}
         return ModalityConfig(

@@ -190,7 +190,7 @@ class BindSpaceModel(nn.Module):
         if t.freeze:
             frozen |= {"preprocessor", "trunk"}
         n = t.unlocked_layers if unlocked_layers is None else (None if unlocked_layers == "all" else unlocked_layers)
-        adapters = adapter_parameter_names(self.trunks[modality])
+        adapters = adapter_parameter_names(self.trunks[modality]) if t.adapter is not None else set()
         if n is not None or adapters:
             frozen.add("preprocessor")  # below the first block: what partial unlocking and adapters keep as is
         for part, module in self.encoder_parts(modality).items():

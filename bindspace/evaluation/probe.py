@@ -6,9 +6,10 @@ passes splits made disjoint by :mod:`bindspace.evaluation.fit_split`; :func:`lin
 again by id). The features are standardised with means and scales of the fitted rows alone: unit-norm
 embeddings have tiny per-dimension scales, which would make any fixed ``C`` a different regulariser
 for every model. Accuracy comes with a seeded percentile bootstrap interval over the scored samples
-(:mod:`bindspace.evaluation.stats`) and its chance level: the accuracy on the scored samples of the
-majority class of the fitted ones, what a probe learns from an embedding that holds no information
-(a collapsed model scores exactly that).
+(:mod:`bindspace.evaluation.stats`) and its chance level: the majority-class rate of the scored
+samples, the best any classifier that ignores the embedding can score on them. It is at least ``100 / C``
+(a uniform guess) and at least what a probe of a collapsed model scores (the fitted samples' majority
+class for every sample), so an accuracy is never shown against a chance level it beats for free.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from bindspace.evaluation.fit_split import check_disjoint
 from bindspace.evaluation.stats import DEFAULT_BOOTSTRAP, Bootstrap, percent_intervals
 
 
-def probe_chance(fit_labels: np.ndarray, score_labels: np.ndarray) -> float:
-    """Accuracy in percent of predicting the fitted samples' majority class (the lowest label on a tie) for all."""
-    classes, counts = np.unique(fit_labels, return_counts=True)
-    return 100.0 * float((score_labels == classes[counts.argmax()]).sum()) / len(score_labels)
+def probe_chance(score_labels: np.ndarray) -> float:
+    """The majority-class rate of the scored labels in percent: the best accuracy of any constant prediction."""
+    _, counts = np.unique(score_labels, return_counts=True)
+    return 100.0 * float(counts.max()) / len(score_labels)
 
 
 def probe_modality(
@@ -65,7 +66,7 @@ def probe_modality(
     if bootstrap is not None:
         out["top1_ci"] = percent_intervals(bootstrap, {"top1": correct})["top1"]
     out.update(
-        chance=probe_chance(fit_labels, score_labels),
+        chance=probe_chance(score_labels),
         classes=len(np.unique(np.concatenate([fit_labels, score_labels]))),
         fit_samples=len(fit_labels),
         scored_samples=len(score_labels),

@@ -43,6 +43,25 @@ def test_lora_on_bindspaces_trunk_trains_the_adapter_and_the_head_only():
     assert {f"trunks.audio.{n}" for n in adapter_parameter_names(model.trunks["audio"])} == lora
 
 
+def test_lora_on_a_timm_vit_wraps_its_attention_and_leaves_the_rest_frozen():
+    cfg = get_modality("image").config_from_dict(
+        {
+            "input": {"size": 32, "patch_size": 8},
+            "trunk": {
+                "kind": "timm",
+                "name": "vit_tiny_patch16_224",
+                "width": 192,
+                "adapter": {"kind": "dora", "r": 2, "target": ["qkv"]},
+            },
+        }
+    )
+    model = BindSpaceModel({"image": cfg}, embed_dim=16)
+    trunk = {n.removeprefix("trunks.image.") for n in trainable(model) if n.startswith("trunks.")}
+    assert {f"blocks.{i}.attn.qkv.lora_A.default.weight" for i in range(12)} <= trunk
+    assert all(".lora_" in n for n in trunk) and "norm.weight" not in trunk
+    assert not any(p.requires_grad for p in model.preprocessors["image"].parameters())
+
+
 def minilm_config(adapter: dict | None = None, **trunk):
     return get_modality("text").config_from_dict(
         {

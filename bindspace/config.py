@@ -6,6 +6,7 @@ problem raises :class:`ConfigError` with one line naming the key or value at fau
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -162,7 +163,8 @@ def check_optim(optim: OptimConfig) -> OptimConfig:
 # otherwise train with the default silently.
 RESUME_MODES = ("auto", "never")
 TRAIN_KEYS = {
-    "cache", "checkpoint", "ckpt_path", "curriculum", "data", "eval", "graph", "logger", "loss", "modalities",
+    "cache", "checkpoint", "ckpt_path", "curriculum", "data", "early_stopping", "eval", "graph", "logger", "loss",
+    "modalities",
     "model", "nonfinite", "optim", "paths", "preemption", "prompts", "resume", "seed", "speed", "tags",
     "task_name", "trainer",
 }  # fmt: skip
@@ -217,7 +219,10 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"ckpt_path must be a path, got {cfg['ckpt_path']!r}")
     _check_positive((cfg.get("checkpoint") or {}).get("every_n_train_steps"), "checkpoint.every_n_train_steps")
     check_trainer(cfg.get("trainer") or {})
+    from bindspace.training.early_stopping import parse_early_stopping
     from bindspace.training.loggers import check_logger
+
+    parse_early_stopping(cfg.get("early_stopping"), cfg.get("trainer"))
 
     check_logger(dict(cfg.get("logger") or {}))
     reliability_settings(cfg)
@@ -356,6 +361,28 @@ def check_adapter_cache(
         )
 
 
+def check_augment(
+    configs: Mapping[str, ModalityConfig], curriculum: Curriculum, cached: bool
+) -> dict[str, ModalityConfig]:
+    """``modalities.<m>.augment`` parsed (a preset resolved to its keys) and checked against the input
+    config; refused for a frozen modality when the frozen-feature cache serves it one feature per id."""
+    from bindspace.data.augment import check_augment_input, parse_augment
+
+    out = {}
+    for m, c in configs.items():
+        augment = parse_augment(m, c.augment)
+        if augment:
+            check_augment_input(m, augment, c.input)
+            frozen = c.trunk.freeze or any(m in curriculum.frozen(i) for i in range(len(curriculum.stages)))
+            if cached and frozen:
+                raise ConfigError(
+                    f"modalities.{m}.augment: {m} is frozen and cache.frozen_features=true serves one cached "
+                    f"feature per sample, so augmented inputs would never reach it; drop one of the two"
+                )
+        out[m] = dataclasses.replace(c, augment=augment)
+    return out
+
+
 def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate the composed config and build modality configs, graph edges and optimizer settings."""
     graph = cfg.get("graph") or {}
@@ -403,6 +430,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     check_stage_unlocking(curriculum, configs)
     check_adapter_cache(cfg.get("cache") or {}, configs, curriculum)
     check_speed(cfg.get("speed") or {}, list(configs))
+    configs = check_augment(configs, curriculum, bool((cfg.get("cache") or {}).get("frozen_features", False)))
     for modality_cfg in configs.values():  # last: it may import transformers to read a config file
         check_pretrained_width(modality_cfg)
     return RunSpec(configs, anchors, edges, embed_dim, optim, curriculum, loss)

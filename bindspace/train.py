@@ -37,6 +37,7 @@ from bindspace.graph import edge_key
 from bindspace.training.callbacks import CurriculumCallback
 from bindspace.training.checkpoints import RunCheckpoint
 from bindspace.training.distributed import strategy_for
+from bindspace.training.early_stopping import EarlyStopping, parse_early_stopping
 from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage
 from bindspace.training.module import AlignmentModule
@@ -84,6 +85,11 @@ def build_trainer(
     ckpt = RunCheckpoint(run_dir / "checkpoints", cfg["checkpoint"]["every_n_train_steps"])
     preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_now)
     callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption]
+    early = parse_early_stopping(cfg.get("early_stopping"), cfg["trainer"])
+    if early is not None:  # counts in the curriculum's last stage only
+        last_stage = len(curriculum.curriculum.stages) - 1
+        counting = lambda: curriculum.state.index == last_stage  # noqa: E731
+        callbacks.append(EarlyStopping(run_dir / "checkpoints", **early, counting=counting))
     bar = step_progress_bar() if cfg["trainer"].get("enable_progress_bar", True) else None
     if bar is not None:
         callbacks.append(bar)
@@ -372,12 +378,17 @@ def train_and_evaluate(
         preempted = next((c.preempted for c in trainer.callbacks if isinstance(c, Preemption)), None)
         if preempted is not None:
             raise preempted  # checkpoint saved; no evaluation of a half-trained model
+        early = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+        if early is not None and early.restore_best(module):
+            log.info("early_stopping: evaluating the best weights, step %d (%s)", early.best_step, early.best_path)
         evaluate = bool((plain.get("eval") or {}).get("final", True))
         metrics = final_metrics(module, datamodule, spec, trainer, curriculum, wall, plain.get("prompts"), evaluate)
         metrics = versioned({**metrics, "run": identity})  # as written to metrics.json
         unreached = [s for s in metrics["stages_not_reached"] if s not in predicted]
         if unreached:
             log.warning("curriculum: the run ended before stage(s) %s", ", ".join(unreached))
+        if early is not None:
+            metrics["early_stopping"] = early.summary()
         if datamodule.data_report:
             metrics["data"] = datamodule.data_report  # e.g. how many bad files on_error=skip dropped
         if trainer.is_global_zero:

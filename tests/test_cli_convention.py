@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from bindspace.connect import main as connect_main
 from bindspace.convert import main as convert_main
 from bindspace.data.cli import main as data_main
 from bindspace.embed import main as embed_main
@@ -27,6 +28,8 @@ IN_PROCESS = {
     "bindspace-report": (report_main, ["runs", "--basline", "x"], "--basline x (did you mean '--baseline'?)"),
     "bindspace-convert": (convert_main, ["imagebind", "a.pth", "b.ckpt", "--haeds", "image=8"],
                           "--haeds image=8 (did you mean '--heads'?)"),
+    "bindspace-connect": (connect_main, ["a=x", "b=y", "shared=image", "fit=synthetic", "out=c.st", "metod=lstsq"],
+                          "unknown key 'metod' (did you mean 'method'?)"),
 }  # fmt: skip
 
 

@@ -176,6 +176,11 @@ STAGED = [
 ]
 
 
+# Augmentation draws per (seed, step, edge, row of the global batch): each rank augments its half as one
+# process augments the whole batch, and a resumed run as an uninterrupted one.
+AUGMENTED = [f"modalities.{m}.augment=default" for m in ("image", "text", "audio", "depth", "thermal")]
+
+
 @pytest.fixture(scope="module")
 def staged_runs(tmp_path_factory):
     """Per curriculum, trained on first use: (1-process reference, 2-process run folder, 2-process result)."""
@@ -187,6 +192,8 @@ def staged_runs(tmp_path_factory):
             overrides = [f"curriculum={curriculum}", *STAGED]
             if curriculum == "progressive":  # with the distillation teacher, which every rank runs on its rows
                 overrides.append("curriculum.continual.method=distill")
+            if curriculum == "progressive_frozen":  # with augmentation: random per (seed, step, global row)
+                overrides += AUGMENTED
             if curriculum == "unfreeze":  # image frozen in stage a, trainable again from stage b on
                 overrides = [*STAGED[:1], *STAGED[4:], f"curriculum.stages={UNFREEZE}"]
             # The two runs are independent: launched together, each one's start-up overlaps the other's.
@@ -229,5 +236,5 @@ def test_ddp_resume_across_a_stage_boundary_that_freezes(tmp_path, staged_runs):
     """Relaunched under DDP from step 3 (inside +audio): the boundary at 4 freezes audio; same final weights."""
     _, run_dir, (losses, state) = staged_runs("progressive_frozen")
     ckpt = run_dir / "checkpoints" / "step000003.ckpt"
-    resumed = train(tmp_path, 2, "curriculum=progressive_frozen", *STAGED, f"ckpt_path={ckpt}")
+    resumed = train(tmp_path, 2, "curriculum=progressive_frozen", *STAGED, *AUGMENTED, f"ckpt_path={ckpt}")
     assert_same_training((losses[3:], state), resumed, atol=1e-4, mean_atol=1e-7, steps=CURRICULUM_STEPS - 3)

@@ -118,8 +118,17 @@ class PairedDataModule(L.LightningDataModule):
                 raise ConfigError(
                     f"edge {key}: {len(source)} samples cannot fill a global batch of {self.batch_size} x {world}"
                 )
-        self.train_steps = StepBatches(sources, self.stage_edges, self.batch_size, self.seed, rank, world)
+        self.train_steps = StepBatches(
+            sources, self.stage_edges, self.batch_size, self.seed, rank, world, self.augmentations(), self.configs
+        )
         return step_loader(self.train_steps, self.trainer, self.num_workers, self.pin_memory)
+
+    def augmentations(self) -> dict[str, dict[str, float]]:
+        """Modality -> training-time augmentation settings (``modalities.<m>.augment``, parsed by
+        :func:`bindspace.config.build_run_spec`); held-out sets are never augmented."""
+        from bindspace.data.augment import parse_augment
+
+        return {m: a for m, c in self.configs.items() if (a := parse_augment(m, c.augment))}
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         """Steps in one pass over the largest edge's pairs (curriculum stages measured in epochs use it)."""

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from bindspace.data.augment import augment_batch
 from bindspace.data.base import PairedDataModule, check_split, sample_captions
 from bindspace.data.manifest import (
     Manifest,
@@ -174,7 +175,9 @@ class ShardStream(IterableDataset):
         on_error: str = "raise",
         skip: Mapping[str, Collection[str]] | None = None,
         readers: int = 1,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
+        self.augment = {m: a for m, a in (augment or {}).items() if a}
         self.edges = {edge_key(e): tuple(e) for e in edges}
         self.keys = list(self.edges)
         self.shards = {
@@ -202,13 +205,18 @@ class ShardStream(IterableDataset):
         split, splits = self.rank * workers + worker, self.world_size * workers
         self._slot = worker % len(self.skipped)
         streams: dict[str, Iterator[Row]] = {}
+        rows = range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         try:
-            while True:
+            # The DataLoader takes workers' items in turn, so this worker's k-th item is that global step.
+            for step in itertools.count(self.start_step + worker, workers):
                 out = {}
                 for key in self.stage_edges[int(self.stage[0])]:
                     if key not in streams:
                         streams[key] = self._edge_stream(key, split, splits)
                     out[key] = self._next_batch(key, streams[key])
+                    if self.augment:
+                        edge = self.keys.index(key)
+                        out[key] = augment_batch(out[key], self.augment, self.configs, self.seed, step, edge, rows)
                 yield out
         except ConfigError as err:
             if info is None:
@@ -490,7 +498,7 @@ class ShardDataModule(PairedDataModule):
         self.train_steps = ShardStream(
             self.folder, self.index, self.edges, self.stage_edges, self.batch_size, self.seed, self.configs,
             self.train_class_index, rank, world, self.shuffle_buffer, trainer.global_step if trainer else 0,
-            self.on_error, self.skip, max(1, self.num_workers),
+            self.on_error, self.skip, max(1, self.num_workers), self.augmentations(),
         )  # fmt: skip
         return ShardLoader(
             self.train_steps,

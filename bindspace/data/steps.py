@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from bindspace.data.augment import augment_batch
 from bindspace.graph import Edge, edge_key
 
 # A loader ends after this many steps; Lightning stops at trainer.max_steps long before.
@@ -65,6 +66,9 @@ class StepBatches(Dataset):
         batch_size: per device and per edge.
         seed: data order seed.
         rank, world_size: this process's slice of the global batch.
+        augment: modality -> augmentation settings (:mod:`bindspace.data.augment`), applied to every
+            training batch holding the modality, random per (seed, step, edge, row of the global batch).
+        configs: modality -> config (the input configs the augmentations read); needed with ``augment``.
     """
 
     def __init__(
@@ -75,10 +79,17 @@ class StepBatches(Dataset):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        augment: Mapping[str, Any] | None = None,
+        configs: Mapping[str, Any] | None = None,
     ) -> None:
         self.sources, self.keys = dict(sources), list(sources)
         self.stage_edges = [[edge_key(e) for e in edges] for edges in stage_edges]
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.augment = {m: a for m, a in (augment or {}).items() if a}
+        self.configs = dict(configs or {})
+        missing = [m for m in self.augment if m not in self.configs]
+        if missing:
+            raise ValueError(f"augmentation of {missing} needs their configs")
         # Shared memory so DataLoader workers see stage changes made in the main process.
         self.stage = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -93,8 +104,13 @@ class StepBatches(Dataset):
         for key in self.stage_edges[int(self.stage[0])]:
             source = self.sources[key]
             idx = step_indices(self.seed, self.keys.index(key), len(source), step, self.batch_size * self.world_size)
-            mine = idx[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-            out[key] = source.__getitems__(mine.tolist())
+            first = self.rank * self.batch_size
+            batch = source.__getitems__(idx[first : first + self.batch_size].tolist())
+            if self.augment:
+                rows = range(first, first + self.batch_size)
+                edge = self.keys.index(key)
+                batch = augment_batch(batch, self.augment, self.configs, self.seed, step, edge, rows)
+            out[key] = batch
         return out
 
 

@@ -100,6 +100,9 @@ class ModalityConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
     lr_scale: float = 1.0  # multiplies this encoder's learning rate (LanguageBind's --coef-lr)
+    # Training-time augmentation (bindspace.data.augment): None (off), "default" or a mapping of its
+    # keys; checked, and a preset resolved, by bindspace.config.build_run_spec.
+    augment: Any = None
 
 
 class ModalitySpec:
@@ -201,9 +204,11 @@ class ModalitySpec:
         where = f"modalities.{self.name}"
         known = {"input", "trunk", "head", "logit_scale"}
         lr_scale = data.pop("lr_scale", 1.0)
+        augment = data.pop("augment", None)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted([*known, 'lr_scale'])}")
+            expected = sorted(known | {"augment", "lr_scale"})
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {expected}")
         sized = self.presets.get(preset, {}) if preset else {}
         section = {k: {**self.defaults.get(k, {}), **sized.get(k, {}), **dict(data.get(k) or {})} for k in known}
         return ModalityConfig(
@@ -213,6 +218,7 @@ class ModalitySpec:
             head=from_mapping(HeadConfig, section["head"], f"{where}.head"),
             logit_scale=from_mapping(LogitScaleConfig, section["logit_scale"], f"{where}.logit_scale"),
             lr_scale=_lr_scale(lr_scale, where),
+            augment=augment,
         )
 
     def default_config(self, preset: str | None = None) -> ModalityConfig:

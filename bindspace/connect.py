@@ -1,0 +1,504 @@
+"""``bindspace-connect``: join two trained spaces through one modality they share, without paired data.
+
+    bindspace-connect a=audio_image.ckpt b=text_image.ckpt shared=image fit=synthetic eval=synthetic \\
+        out=connector.safetensors
+
+Space A aligned, say, image and audio; space B image and text. No sample pairs audio with text, yet
+both spaces know images. The idea of C-MCR, Ex-MCR and FreeBind (whose training code was not
+published): embed the *same* images with A's image encoder and with B's, and learn the map that sends
+A's image embeddings onto B's. Every modality of A then reaches B's space through that map, so audio
+can be compared with text: an alignment that no data ever paired.
+
+What is fitted, and on what:
+
+- **The map** ``W`` (``D_a x D_b``) from pairs ``(a_i, b_i)`` = A's and B's embedding of shared sample
+  ``i``, both centred on their mean over the fit set. ``method=procrustes`` (default) is the orthogonal
+  map that best aligns them (``U V^T`` from the SVD of ``A^T B``; the geometry of A is kept, nothing to
+  tune); ``lstsq`` the ridge regression (more freedom, more to fit); ``contrastive`` starts at
+  Procrustes and trains the linear map with symmetric InfoNCE on the same pairs (C-MCR's objective).
+- **The modality gap.** Within one space each modality sits in its own region (a roughly constant
+  offset from the others). A map fitted on images moves A's image *region* onto B's image region, not
+  A's audio region onto B's text region. So every modality is centred on its own mean in its own space
+  before the map (the gap correction of Liang et al., 2022); the means of the non-shared modalities
+  come from their own unpaired fit samples (``fit`` rows that hold only that modality). A modality
+  without fit samples is centred on the shared modality's mean.
+- **Held out.** Evaluation scores samples whose ids were never fitted on (checked by id), and reports
+  every cross-space pair (a modality only A knows against one only B knows) with its chance level and
+  a bootstrap interval, next to the identity map (the two spaces compared as they are) as the baseline.
+
+``fit``/``eval``: ``synthetic`` (the built-in benchmark: fit scenes and evaluation scenes come from
+disjoint id ranges, and the non-shared modalities' centring scenes from ranges of their own, so no fit
+sample is paired with another) or a manifest (``docs/data.md``). The connector is a safetensors file
+(the map, the means, and as metadata both checkpoints' paths and SHA-256, the method and the fitted
+ids); :class:`ConnectedSpace` loads it with its two checkpoints and embeds any modality of either space
+into B's space. Exit status: 0 written, 2 a usage error (one line naming the key, file or value).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bindspace.cli import KeyValueCommand, run_command
+from bindspace.errors import ConfigError
+from bindspace.utils.io import atomic_write, atomic_write_json
+
+FORMAT = "bindspace-connector/1"
+METHODS = ("procrustes", "lstsq", "contrastive")
+# Synthetic scene ids: fit scenes far from every training pool (0 .. edges x pool_size) and from the
+# validation and test galleries (bindspace.data.datamodule VAL_BASE, TEST_BASE).
+FIT_BASE = 3_000_000_000
+PROG = "bindspace-connect"
+
+
+class ConnectError(ConfigError):
+    """Two spaces that cannot be connected as asked, or a connector file that cannot be used."""
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Connector:
+    """The map from space A into space B, and each modality's centre in its own space.
+
+    Attributes:
+        shared: the modality both spaces hold, which the map was fitted on.
+        weight: ``(D_a, D_b)``; a centred A embedding ``x`` goes to ``normalize(x @ weight)``.
+        means_a, means_b: modality -> ``(D,)`` mean of its fit embeddings in that space (the shared
+            modality always has one in both).
+        method: how ``weight`` was fitted (one of :data:`METHODS`, or ``identity``).
+        info: provenance, stored as metadata: the checkpoints' paths and SHA-256, the fit ids.
+    """
+
+    shared: str
+    weight: Tensor
+    means_a: dict[str, Tensor]
+    means_b: dict[str, Tensor]
+    method: str = "procrustes"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def centre(self, space: str, modality: str, embeddings: Tensor) -> Tensor:
+        means = self.means_a if space == "a" else self.means_b
+        return embeddings.float() - means.get(modality, means[self.shared])
+
+    def from_a(self, modality: str, embeddings: Tensor) -> Tensor:
+        """A's embeddings of ``modality`` in B's space: centred, mapped, unit norm."""
+        return F.normalize(self.centre("a", modality, embeddings) @ self.weight, dim=-1)
+
+    def from_b(self, modality: str, embeddings: Tensor) -> Tensor:
+        """B's embeddings of ``modality``, centred on the same footing as mapped ones, unit norm."""
+        return F.normalize(self.centre("b", modality, embeddings), dim=-1)
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save
+
+        tensors = {"weight": self.weight.float().contiguous()}
+        tensors |= {f"mean_a.{m}": v.float().contiguous() for m, v in self.means_a.items()}
+        tensors |= {f"mean_b.{m}": v.float().contiguous() for m, v in self.means_b.items()}
+        meta = {"format": FORMAT, "shared": self.shared, "method": self.method, "info": json.dumps(self.info)}
+        return atomic_write(path, lambda f: f.write(save(tensors, metadata=meta)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Connector:
+        """Read a connector file (plain tensors and JSON strings: nothing in it is executed).
+
+        Raises:
+            ConnectError: not a readable connector, naming the file and what is wrong.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            raise ConnectError(f"{path}: not a readable connector file ({str(err).splitlines()[0]})") from None
+        if meta.get("format") != FORMAT:
+            raise ConnectError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        weight, shared = tensors.get("weight"), meta.get("shared", "")
+        means = {
+            side: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"mean_{side}.")} for side in "ab"
+        }
+        if weight is None or weight.ndim != 2 or not torch.isfinite(weight).all():
+            raise ConnectError(f"{path}: 'weight' must be a finite (D_a, D_b) matrix")
+        for side, dim in (("a", weight.shape[0]), ("b", weight.shape[1])):
+            if shared not in means[side]:
+                raise ConnectError(f"{path}: no mean_{side}.{shared} for the shared modality {shared!r}")
+            bad = [m for m, v in means[side].items() if v.shape != (dim,) or not torch.isfinite(v).all()]
+            if bad:
+                raise ConnectError(f"{path}: mean_{side} of {bad} must be finite vectors of length {dim}")
+        try:
+            info = json.loads(meta.get("info", "{}"))
+        except json.JSONDecodeError:
+            raise ConnectError(f"{path}: metadata 'info' is not JSON") from None
+        return cls(shared, weight, means["a"], means["b"], meta.get("method", "?"), info)
+
+
+def fit_map(xa: Tensor, xb: Tensor, method: str = "procrustes", ridge: float = 1e-3, seed: int = 0) -> Tensor:
+    """``W`` with ``xa @ W ~ xb`` for paired, already centred rows (row i of each is one sample).
+
+    Args:
+        xa: ``(N, D_a)``; xb: ``(N, D_b)``.
+        method: ``procrustes`` (orthonormal columns or rows: ``U V^T`` of ``svd(xa^T xb)``), ``lstsq``
+            (ridge, ``ridge`` times the mean eigenvalue of ``xa^T xa`` on the diagonal) or
+            ``contrastive`` (Procrustes, then 300 full-batch Adam steps of symmetric InfoNCE at
+            temperature 0.05 on the pairs, seeded).
+    """
+    if xa.ndim != 2 or xb.ndim != 2 or len(xa) != len(xb):
+        raise ValueError(f"fit_map needs paired (N, D) rows, got {tuple(xa.shape)} and {tuple(xb.shape)}")
+    if len(xa) < 2:
+        raise ValueError(f"fit_map needs at least 2 pairs, got {len(xa)}")
+    a, b = xa.double(), xb.double()
+    if method == "procrustes" or method == "contrastive":
+        u, _, vh = torch.linalg.svd(a.T @ b, full_matrices=False)
+        weight = u @ vh
+        if method == "contrastive":
+            weight = _contrastive(a.float(), b.float(), weight.float(), seed).double()
+    elif method == "lstsq":
+        gram = a.T @ a
+        lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
+        weight = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), a.T @ b)
+    else:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return weight.float()
+
+
+def _contrastive(a: Tensor, b: Tensor, init: Tensor, seed: int, steps: int = 300, tau: float = 0.05) -> Tensor:
+    torch.manual_seed(seed)
+    weight = torch.nn.Parameter(init.clone())
+    opt = torch.optim.Adam([weight], lr=1e-3)
+    bn = F.normalize(b, dim=-1)
+    labels = torch.arange(len(a))
+    for _ in range(steps):
+        logits = F.normalize(a @ weight, dim=-1) @ bn.T / tau
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return weight.detach()
+
+
+def fit_connector(
+    shared: str,
+    shared_a: Tensor,
+    shared_b: Tensor,
+    others_a: Mapping[str, Tensor] | None = None,
+    others_b: Mapping[str, Tensor] | None = None,
+    method: str = "procrustes",
+    info: Mapping[str, Any] | None = None,
+) -> Connector:
+    """Fit a :class:`Connector` from embeddings.
+
+    Args:
+        shared: the shared modality's name.
+        shared_a, shared_b: ``(N, D_a)`` and ``(N, D_b)``: A's and B's embeddings of the same N samples.
+        others_a, others_b: modality -> ``(M, D)`` embeddings of unpaired samples of a modality of that
+            space, for its centre (the modality gap correction).
+        method: see :func:`fit_map`.
+    """
+    mean_a, mean_b = shared_a.float().mean(0), shared_b.float().mean(0)
+    weight = fit_map(shared_a.float() - mean_a, shared_b.float() - mean_b, method)
+    means_a = {shared: mean_a} | {m: e.float().mean(0) for m, e in (others_a or {}).items() if len(e)}
+    means_b = {shared: mean_b} | {m: e.float().mean(0) for m, e in (others_b or {}).items() if len(e)}
+    return Connector(shared, weight, means_a, means_b, method, dict(info or {}))
+
+
+class ConnectedSpace:
+    """Two trained spaces joined by a :class:`Connector`: every modality of either one, in B's space.
+
+    Args:
+        a, b: the two :class:`~bindspace.inference.BindSpace` models.
+        connector: fitted on (the same) A and B.
+    """
+
+    def __init__(self, a, b, connector: Connector) -> None:
+        if connector.shared not in a.modalities or connector.shared not in b.modalities:
+            raise ConnectError(f"connector's shared modality {connector.shared!r} is not in both spaces")
+        if tuple(connector.weight.shape) != (a.embed_dim, b.embed_dim):
+            raise ConnectError(
+                f"connector maps {tuple(connector.weight.shape)}, the spaces are {a.embed_dim} -> {b.embed_dim}"
+            )
+        self.a, self.b, self.connector = a, b, connector
+
+    @classmethod
+    def from_files(cls, a: str | Path, b: str | Path, connector: str | Path, device: str = "cpu") -> ConnectedSpace:
+        """Load both checkpoints and the connector; refuse checkpoints other than those it was fitted on."""
+        from bindspace.inference import BindSpace
+
+        conn = Connector.load(connector)
+        for side, path in (("a", a), ("b", b)):
+            want = conn.info.get(f"{side}_sha256")
+            if want and sha256(path) != want:
+                raise ConnectError(
+                    f"{path}: not the checkpoint {side.upper()} that {connector} was fitted on "
+                    f"({conn.info.get(f'{side}_checkpoint')}); SHA-256 differs"
+                )
+        return cls(BindSpace.from_checkpoint(a, device), BindSpace.from_checkpoint(b, device), conn)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(dict.fromkeys([*self.b.modalities, *self.a.modalities]))
+
+    def space_of(self, modality: str) -> str:
+        """``"b"`` for modalities B holds (the shared one included), ``"a"`` for those only A holds."""
+        if modality in self.b.modalities:
+            return "b"
+        if modality in self.a.modalities:
+            return "a"
+        raise KeyError(f"neither space has {modality!r}; they have {self.modalities}")
+
+    def embed(self, modality: str, inputs: Any, space: str | None = None, batch_size: int = 64) -> Tensor:
+        """Inputs of ``modality`` -> ``(N, D_b)`` unit-norm embeddings in the connected space.
+
+        ``space`` picks the encoder for the shared modality (``"a"`` or ``"b"``; default B's).
+        """
+        space = space or self.space_of(modality)
+        if space == "a":
+            return self.connector.from_a(modality, self.a.embed(modality, inputs, batch_size=batch_size))
+        return self.connector.from_b(modality, self.b.embed(modality, inputs, batch_size=batch_size))
+
+
+# ---- data: what is fitted on and what is scored ---------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """Per modality: sample ids and the inputs to embed (paths, strings or a rendered array)."""
+
+    ids: dict[str, list[str]]
+    values: dict[str, Any]
+    labels: Tensor | None = None  # eval only: per row, when every row has one
+
+
+def synthetic_inputs(configs: Mapping[str, Any], modalities: Sequence[str], base: int, size: int, paired: bool, seed=0):
+    """Scenes of the built-in benchmark: ``paired`` -> the same ``size`` scenes in every modality (eval),
+    else a range of its own per modality (fit: no scene is seen in two modalities)."""
+    from bindspace.data.datamodule import scene_config
+    from bindspace.data.synthetic import SyntheticScenes
+
+    scenes = SyntheticScenes(scene_config(configs), seed=seed)
+    ids, values = {}, {}
+    for k, m in enumerate(modalities):
+        scene_ids = np.arange(size, dtype=np.int64) + base + (0 if paired else k * size)
+        ids[m], values[m] = [str(i) for i in scene_ids], scenes.render(m, scene_ids)
+    labels = torch.from_numpy(scenes.labels(np.arange(size, dtype=np.int64) + base)) if paired else None
+    return Inputs(ids, values, labels)
+
+
+def manifest_inputs(path: str, modalities: Sequence[str], paired: bool, key: str) -> Inputs:
+    """Rows of a manifest: every row holding a modality (fit), or the rows holding all of them (eval)."""
+    from bindspace.data.manifest import load_manifest
+
+    samples = load_manifest(path).samples
+    if paired:
+        rows = [s for s in samples if s.holds(modalities)]
+        if len(rows) < 2:
+            raise ConfigError(f"{key}={path}: fewer than 2 rows hold all of {list(modalities)}")
+        labelled = all(s.label is not None for s in rows)
+        names = sorted({s.label for s in rows}) if labelled else []
+        labels = torch.tensor([names.index(s.label) for s in rows]) if labelled else None
+        ids = {m: [s.id for s in rows] for m in modalities}
+        return Inputs(ids, {m: [s.values[m] for s in rows] for m in modalities}, labels)
+    ids, values = {}, {}
+    for m in modalities:
+        rows = [s for s in samples if m in s.values]
+        if rows:
+            ids[m], values[m] = [s.id for s in rows], [s.values[m] for s in rows]
+    return Inputs(ids, values)
+
+
+# ---- scoring --------------------------------------------------------------------------------------
+
+
+def evaluate_connection(space: ConnectedSpace, data: Inputs, baseline: bool = True) -> dict[str, Any]:
+    """Retrieval between every modality pair in the connected space, cross-space pairs marked.
+
+    Returns ``{"pairs": {"<q>-><g>": {...}}, "chance": ..., "identity": {...} (when D_a == D_b)}``:
+    per pair R@1/5/10 and mAP in percent with ``_ci`` intervals and the chance levels, and ``"kind"``:
+    ``connected`` (one modality embedded by A and mapped, the other by B: only the connector relates
+    them), else ``trained`` (an edge of that space) or ``emergent`` (same space, never paired).
+    """
+    from bindspace.evaluation.retrieval import evaluate_retrieval
+
+    modalities = list(data.values)
+    rows = len(next(iter(data.ids.values())))
+    keys = torch.arange(rows)
+    trained = {frozenset(e) for e in [*space.a.edges, *space.b.edges]}
+    raw = {m: (space.space_of(m), _embed_raw(space, m, data.values[m])) for m in modalities}
+    conn = space.connector
+    mapped = {m: conn.from_a(m, e) if s == "a" else conn.from_b(m, e) for m, (s, e) in raw.items()}
+    result = {"pairs": _pairs(evaluate_retrieval(mapped, keys, trained, data.labels), raw, trained)}
+    if baseline and space.a.embed_dim == space.b.embed_dim:
+        plain = {m: e for m, (_, e) in raw.items()}  # the identity map, no centring: the spaces as they are
+        result["identity"] = _pairs(evaluate_retrieval(plain, keys, trained, data.labels), raw, trained)
+    return result
+
+
+def _embed_raw(space: ConnectedSpace, modality: str, values: Any) -> Tensor:
+    side = space.a if space.space_of(modality) == "a" else space.b
+    return side.embed(modality, values)
+
+
+def _pairs(result, raw: Mapping[str, tuple[str, Tensor]], trained: set) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for level, table in (("instance", result.instance), ("class", result.class_level or {})):
+        chance = result.chance["retrieval" if level == "instance" else "retrieval_class"]
+        for pair, metrics in table.items():
+            q, g = pair.split("->")
+            # One side mapped from A, the other B's: only the connector relates them.
+            within = "trained" if frozenset((q, g)) in trained else "emergent"
+            kind = "connected" if raw[q][0] != raw[g][0] else within
+
+            out.setdefault(level, {})[pair] = {
+                **{k: v for k, v in metrics.items() if k != "trained"},
+                "kind": kind,
+                "chance": {k: v for k, v in chance.items()},
+            }
+    return out
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+COMMAND = KeyValueCommand(
+    prog=PROG,
+    summary="Join two trained spaces through a modality both hold, with no paired data across them.",
+    required={
+        "a": "checkpoint of space A (mapped into B)",
+        "b": "checkpoint of space B (the target space)",
+        "shared": "the modality both spaces hold (the map is fitted on it)",
+        "fit": "'synthetic' or a manifest: rows with the shared modality fit the map, other rows centre their modality",
+        "out": "the connector file to write (.safetensors)",
+    },
+    options={
+        "method": ("procrustes", f"how the map is fitted: {', '.join(METHODS)}"),
+        "eval": ("", "'synthetic' or a manifest of held-out rows with several modalities; writes <out>.metrics.json"),
+        "fit_size": (2000, "synthetic: scenes per modality to fit on"),
+        "eval_size": (1000, "synthetic: held-out scenes to score"),
+        "device": ("cpu", "where the encoders run"),
+    },
+    examples=[
+        "bindspace-connect a=A.ckpt b=B.ckpt shared=image fit=synthetic eval=synthetic out=conn.safetensors",
+        "bindspace-connect a=A.ckpt b=B.ckpt shared=image fit=unpaired.jsonl eval=heldout.jsonl out=conn.safetensors",
+    ],
+)
+
+
+def connect(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The command's work: fit, save, and (with ``eval``) score and write ``<out>.metrics.json``."""
+    from bindspace.inference import BindSpace
+
+    if args["method"] not in METHODS:
+        raise ConfigError(f"method={args['method']!r}: must be one of {list(METHODS)}")
+    out = Path(args["out"])
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"out={out}: the connector is a .safetensors file")
+    for key in ("fit", "eval"):
+        value = args[key]
+        if value and value != "synthetic" and not Path(value).is_file():
+            raise ConfigError(f"{key}={value}: no such manifest (or 'synthetic')")
+    a = BindSpace.from_checkpoint(args["a"], args["device"])
+    b = BindSpace.from_checkpoint(args["b"], args["device"])
+    shared = args["shared"]
+    for side, space in (("a", a), ("b", b)):
+        if shared not in space.modalities:
+            raise ConfigError(
+                f"shared={shared}: checkpoint {side}={args[side]} has no {shared!r} encoder ({space.modalities})"
+            )
+    only_a = [m for m in a.modalities if m not in b.modalities]
+    only_b = [m for m in b.modalities if m != shared]
+    configs = {**b.model.configs, **a.model.configs}
+    fit_modalities = [shared, *only_a, *only_b]
+    if args["fit"] == "synthetic":
+        fit = synthetic_inputs(configs, fit_modalities, FIT_BASE, args["fit_size"], paired=False)
+    else:
+        fit = manifest_inputs(args["fit"], fit_modalities, paired=False, key="fit")
+    if shared not in fit.values:
+        raise ConfigError(f"fit={args['fit']}: no rows with the shared modality {shared!r}")
+    shared_a, shared_b = a.embed(shared, fit.values[shared]), b.embed(shared, fit.values[shared])
+    others_a = {m: a.embed(m, fit.values[m]) for m in only_a if m in fit.values}
+    others_b = {m: b.embed(m, fit.values[m]) for m in only_b if m in fit.values}
+    fit_ids = sorted({i for ids in fit.ids.values() for i in ids})
+    info = {
+        "a_checkpoint": str(args["a"]),
+        "b_checkpoint": str(args["b"]),
+        "a_sha256": sha256(args["a"]),
+        "b_sha256": sha256(args["b"]),
+        "fit": args["fit"],
+        "fit_counts": {m: len(v) for m, v in fit.ids.items()},
+        "fit_ids_sha256": hashlib.sha256("\n".join(fit_ids).encode()).hexdigest(),
+    }
+    connector = fit_connector(shared, shared_a, shared_b, others_a, others_b, args["method"], info)
+    report: dict[str, Any] = {"connector": str(out), "method": args["method"], "shared": shared, **info}
+    if args["eval"]:
+        eval_modalities = [shared, *only_a, *only_b]
+        if args["eval"] == "synthetic":
+            from bindspace.data.datamodule import TEST_BASE
+
+            data = synthetic_inputs(configs, eval_modalities, TEST_BASE, args["eval_size"], paired=True)
+        else:
+            data = manifest_inputs(args["eval"], eval_modalities, paired=True, key="eval")
+        from bindspace.evaluation.fit_split import check_disjoint
+
+        try:
+            check_disjoint(fit_ids, sorted({i for ids in data.ids.values() for i in ids}))
+        except ValueError as err:
+            raise ConfigError(f"eval={args['eval']}: {err}") from None
+        report |= evaluate_connection(ConnectedSpace(a, b, connector), data)
+        report["eval"] = {"source": args["eval"], "rows": len(next(iter(data.ids.values())))}
+    connector.save(out)
+    if args["eval"]:
+        atomic_write_json(out.with_suffix(".metrics.json"), report)
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The cross-space pairs (and the identity baseline) as a text table."""
+    lines = []
+    for level in ("instance", "class"):
+        pairs = report.get("pairs", {}).get(level, {})
+        if not pairs:
+            continue
+        lines.append(f"{level}-level retrieval, R@1 % [95% interval] (chance), connected pairs:")
+        for pair, m in pairs.items():
+            if m["kind"] != "connected":
+                continue
+            base = report.get("identity", {}).get(level, {}).get(pair)
+            ci = m.get("R@1_ci") or [float("nan")] * 2
+            line = f"  {pair:<16} {m['R@1']:6.2f} [{ci[0]:.2f}, {ci[1]:.2f}] (chance {m['chance']['R@1']:.2f})"
+            if base:
+                line += f"   identity map: {base['R@1']:6.2f}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body() -> int:
+        args = COMMAND.parse(sys.argv[1:] if argv is None else argv)
+        report = connect(args)
+        print(f"wrote {args['out']}")
+        if args["eval"]:
+            print(format_report(report))
+            print(f"wrote {Path(args['out']).with_suffix('.metrics.json')}")
+        return 0
+
+    return run_command(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""bindspace-connect: two spaces joined through a shared modality, no paired data across them.
+
+The end-to-end test builds two spaces whose true relation is known: one trained model (image-audio and
+image-text edges) is split into space A (image, audio) and space B (image, text), and B's embeddings are
+turned by a random rotation (every head's output), as two independent trainings would turn them. The
+identity map then compares audio with text at chance; the connector, fitted on images only, must bring
+back the alignment the model had before the split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config
+
+from bindspace.connect import (
+    FIT_BASE,
+    ConnectedSpace,
+    ConnectError,
+    Connector,
+    fit_connector,
+    fit_map,
+    main,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def random_rotation(d: int, seed: int) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).float()
+
+
+@pytest.mark.parametrize("method", ["procrustes", "lstsq", "contrastive"])
+def test_fit_map_recovers_a_rotation_from_paired_rows(method):
+    x = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+    rot = random_rotation(16, 1)
+    xa, xb = x - x.mean(0), (x @ rot) - (x @ rot).mean(0)
+    w = fit_map(xa, xb, method)
+    if method == "contrastive":  # InfoNCE sees directions only: W is a rotation up to what cosines ignore
+        assert torch.nn.functional.cosine_similarity(w.flatten(), rot.flatten(), dim=0) > 0.98
+        cos = torch.nn.functional.normalize(xa @ w, dim=1) @ torch.nn.functional.normalize(xb, dim=1).T
+        assert torch.equal(cos.argmax(1), torch.arange(len(x)))
+    else:
+        assert torch.allclose(w, rot, atol=1e-4 if method == "procrustes" else 2e-3)  # ridge shrinks by 1e-3
+
+
+def test_fit_map_handles_unequal_widths_and_refuses_bad_input():
+    x = torch.randn(100, 8, generator=torch.Generator().manual_seed(0))
+    w = fit_map(x, x @ torch.randn(8, 12, generator=torch.Generator().manual_seed(1)), "procrustes")
+    assert w.shape == (8, 12) and torch.allclose(w @ w.T, torch.eye(8), atol=1e-5)  # orthonormal rows
+    with pytest.raises(ValueError, match="paired"):
+        fit_map(x, x[:50])
+    with pytest.raises(ValueError, match="method"):
+        fit_map(x, x, "umap")
+
+
+def test_connector_file_round_trip_and_refusals(tmp_path):
+    conn = fit_connector("image", torch.randn(20, 4), torch.randn(20, 4), {"audio": torch.randn(5, 4)}, None)
+    conn.info = {"a_checkpoint": "a.ckpt"}
+    conn.save(tmp_path / "c.safetensors")
+    back = Connector.load(tmp_path / "c.safetensors")
+    assert torch.equal(back.weight, conn.weight) and set(back.means_a) == {"image", "audio"}
+    assert back.info == conn.info and back.method == "procrustes"
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ConnectError, match=r"bad\.safetensors"):
+        Connector.load(tmp_path / "bad.safetensors")
+
+
+_RUNS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def spaces(tmp_path_factory) -> tuple[Path, Path, Path, torch.Tensor]:
+    """(full model, A = its image+audio, B = its image+text turned by a rotation, the rotation)."""
+    from bindspace.train import run
+
+    root = tmp_path_factory.mktemp("connect")
+    run_dir = root / "run"
+    overrides = ["graph.modalities=[image,audio,text]", "trainer.max_steps=120", "data.batch_size=16",
+                 "checkpoint.every_n_train_steps=120", "trainer.val_check_interval=120",
+                 "optim.warmup_steps=10"]  # fmt: skip
+    run(compose_config(overrides, run_dir=str(run_dir)))
+    full = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(full, map_location="cpu", weights_only=True)
+    rot = random_rotation(ckpt["bindspace"]["embed_dim"], seed=7)
+    a = split_checkpoint(ckpt, ["image", "audio"], root / "a.ckpt")
+    b = split_checkpoint(ckpt, ["image", "text"], root / "b.ckpt", rotation=rot)
+    return full, a, b, rot
+
+
+def split_checkpoint(ckpt: dict, keep: list[str], out: Path, rotation: torch.Tensor | None = None) -> Path:
+    """The encoders of ``keep`` as a checkpoint of their own, their outputs optionally rotated."""
+    meta = dict(ckpt["bindspace"])
+    meta["modalities"] = {m: v for m, v in meta["modalities"].items() if m in keep}
+    meta["architectures"] = {m: v for m, v in (meta.get("architectures") or {}).items() if m in keep}
+    meta["edges"] = [e for e in meta["edges"] if set(e) <= set(keep)]
+    meta.pop("graph_edges", None)
+    state = {}
+    for key, value in ckpt["state_dict"].items():
+        parts = key.split(".")
+        if parts[0] != "model" or parts[2] not in keep:
+            continue
+        if rotation is not None and parts[1] == "heads" and parts[-2:] == ["proj", "weight"]:
+            value = rotation.T @ value  # e -> e @ rotation: normalisation commutes with a rotation
+        state[key] = value
+    torch.save({"state_dict": state, "bindspace": meta}, out)
+    return out
+
+
+def test_connecting_two_spaces_recovers_the_alignment_the_identity_map_misses(spaces, tmp_path, capsys):
+    full, a, b, rot = spaces
+    out = tmp_path / "conn.safetensors"
+    argv = [f"a={a}", f"b={b}", "shared=image", "fit=synthetic", "eval=synthetic", f"out={out}",
+            "fit_size=400", "eval_size=300"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.with_suffix(".metrics.json").read_text())
+    printed = capsys.readouterr().out
+    assert "audio->text" in printed and "identity map" in printed
+    connected = report["pairs"]["class"]["audio->text"]
+    identity = report["identity"]["class"]["audio->text"]
+    assert connected["kind"] == "connected"
+    # The model before the split, scored on the same scenes with its own centring: what there is to recover.
+    from bindspace.inference import BindSpace
+
+    whole = BindSpace.from_checkpoint(full)
+    space = ConnectedSpace.from_files(a, b, out)
+    assert space.connector.weight.shape == rot.shape
+    from bindspace.connect import evaluate_connection, synthetic_inputs
+    from bindspace.data.datamodule import TEST_BASE
+
+    modalities = ["image", "audio", "text"]
+    fit = synthetic_inputs(whole.model.configs, modalities, FIT_BASE, 400, paired=False)  # the CLI's fit scenes
+    means = {m: whole.embed(m, fit.values[m]).mean(0) for m in modalities}
+    own = Connector("image", torch.eye(whole.embed_dim), means, means)  # each modality centred, no map
+    data = synthetic_inputs(whole.model.configs, modalities, TEST_BASE, 300, paired=True)
+    original = evaluate_connection(ConnectedSpace(whole, whole, own), data, baseline=False)
+    before = original["pairs"]["class"]["audio->text"]["R@1"]
+    chance = connected["chance"]["R@1"]
+    assert before > chance + 5, f"the trained model's emergent audio->text ({before:.1f}%) is not above chance"
+    # The connector brings the split spaces back to (about) the model's own emergent alignment ...
+    assert connected["R@1"] == pytest.approx(before, abs=4.0)
+    # ... which comparing the spaces as they are (the identity map) does not.
+    assert identity["R@1"] < chance + 3 < connected["R@1"] - 3
+    # Nothing scored was fitted on: fit scenes start at FIT_BASE, the scored ones at TEST_BASE.
+    assert report["eval"]["rows"] == 300 and TEST_BASE + 300 < FIT_BASE
+    assert report["fit_counts"] == {"image": 400, "audio": 400, "text": 400}
+
+
+def test_connected_space_refuses_other_checkpoints_and_names_bad_keys(spaces, tmp_path, capsys):
+    full, a, b, _ = spaces
+    out = tmp_path / "conn.safetensors"
+    assert main([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={out}", "fit_size=50"]) == 0
+    assert not out.with_suffix(".metrics.json").exists()  # no eval asked
+    with pytest.raises(ConnectError, match="SHA-256"):
+        ConnectedSpace.from_files(full, b, out)
+    for argv, needle in [
+        ([f"a={a}", f"b={b}", "shared=depth", "fit=synthetic", f"out={out}"], "has no 'depth' encoder"),
+        ([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={out}", "metod=lstsq"], "did you mean 'method'"),
+        ([f"a={a}", f"b={b}", "shared=image", "fit=nope.jsonl", f"out={out}"], "fit=nope.jsonl"),
+        ([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={tmp_path / 'c.pt'}"], ".safetensors"),
+    ]:
+        before = out.read_bytes()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+        assert out.read_bytes() == before  # a failed run leaves the written connector alone
+    assert main(["--help"]) == 0 and "examples:" in capsys.readouterr().out

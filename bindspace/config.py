@@ -289,6 +289,7 @@ def check_optim(optim: OptimConfig) -> OptimConfig:
     _in_range(optim.eps, "optim.eps", 0.0, math.inf, low_open=True, high_open=True)
     _check_positive(optim.warmup_steps, "optim.warmup_steps", minimum=0)
     _in_range(optim.min_lr_ratio, "optim.min_lr_ratio", 0.0, 1.0)
+    _in_range(optim.layer_decay, "optim.layer_decay", 0.0, 1.0, low_open=True)
     return optim
 
 
@@ -459,6 +460,43 @@ def check_pretrained_width(cfg: ModalityConfig) -> None:
         )
 
 
+def check_stage_unlocking(curriculum: Curriculum, configs: Mapping[str, ModalityConfig]) -> None:
+    """A stage's ``unlocked_layers``: modalities of the model, within a from-scratch trunk's depth, not frozen ones."""
+    for i, stage in enumerate(curriculum.stages):
+        for m, n in stage.unlocked_layers.items():
+            key = f"curriculum.stages[{i}] ({stage.name}).unlocked_layers.{m}"
+            if m not in configs:
+                raise ConfigError(f"{key}: {m!r} is not a modality of the model {list(configs)}")
+            t = configs[m].trunk
+            if t.freeze:
+                raise ConfigError(f"{key}={n} but modalities.{m}.trunk.freeze=true: a frozen trunk unlocks nothing")
+            if n != "all" and t.kind == "transformer" and n > t.depth:
+                raise ConfigError(f"{key}={n} but the trunk has {t.depth} blocks (modalities.{m}.trunk.depth)")
+
+
+def check_adapter_cache(
+    cache: Mapping[str, Any], configs: Mapping[str, ModalityConfig], curriculum: Curriculum
+) -> None:
+    """``cache.frozen_features`` never serves a trunk with an adapter: its adapter trains, so it is not frozen."""
+    if not cache.get("frozen_features", False):
+        return
+    adapted = [m for m, c in configs.items() if c.trunk.adapter is not None]
+    for i, stage in enumerate(curriculum.stages):
+        for m in sorted(set(adapted) & curriculum.frozen(i)):
+            if "trunk" in stage.freeze_parts:
+                raise ConfigError(
+                    f"cache.frozen_features=true with modalities.{m}.trunk.adapter: a trunk with an adapter is not "
+                    f"frozen (its adapter trains), yet curriculum stage {stage.name!r} freezes it; drop the cache "
+                    "or the adapter"
+                )
+    frozen = [m for m, c in configs.items() if c.trunk.freeze]
+    if adapted and not frozen and not any(curriculum.frozen(i) for i in range(len(curriculum.stages))):
+        raise ConfigError(
+            f"cache.frozen_features=true but the only encoders it could serve carry adapters "
+            f"(modalities.{adapted[0]}.trunk.adapter): a trunk with an adapter is not frozen; drop the cache"
+        )
+
+
 def check_augment(
     configs: Mapping[str, ModalityConfig], curriculum: Curriculum, cached: bool
 ) -> dict[str, ModalityConfig]:
@@ -526,6 +564,8 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
                 raise ConfigError(
                     f"curriculum stage {stage.name!r} freezes {m!r}, which is not in the model {list(configs)}"
                 )
+    check_stage_unlocking(curriculum, configs)
+    check_adapter_cache(cfg.get("cache") or {}, configs, curriculum)
     check_speed(cfg.get("speed") or {}, list(configs))
     configs = check_augment(configs, curriculum, bool((cfg.get("cache") or {}).get("frozen_features", False)))
     for modality_cfg in configs.values():  # last: it may import transformers to read a config file

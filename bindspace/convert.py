@@ -2,13 +2,18 @@
 
     bindspace-convert imagebind .checkpoints/imagebind_huge.pth imagebind_huge.ckpt
     bindspace-convert imagebind small.pth small.ckpt --heads image=8 text=8 audio=4
+    bindspace-convert merge runs/train/<time>/checkpoints/last.ckpt merged.ckpt
 
 ``imagebind``: an ``ImageBindModel`` state dict (the released ``imagebind_huge.pth`` or any other size)
 becomes a checkpoint that ``BindSpace.from_checkpoint`` loads, with the same embeddings after L2
 normalisation. Widths, depths, patch sizes and the embedding size are read from the weights; attention
 heads are not in them and default to ImageBind-huge's (image 16, text 16, audio 12, depth 8, thermal 12,
 imu 8). The source is read with ``torch.load(weights_only=True)`` (a file carrying code is refused) and
-the output written atomically. Exit status: 0 written, 2 a usage error or a state dict that does not
+the output written atomically.
+
+``merge``: a checkpoint trained with adapters (``modalities.<m>.trunk.adapter``, peft) becomes one with the
+adapters folded into the base weights (``W + scale * B @ A``), loadable with no adapter and no peft, with
+the same embeddings. Exit status: 0 written, 2 a usage error or a state dict that does not
 convert (one line naming the keys).
 """
 
@@ -52,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODALITY=N",
         help="attention heads per modality (bindspace or ImageBind names); default ImageBind-huge's",
     )
+    add_merge_parser(sub)
     return parser
 
 
@@ -112,11 +118,71 @@ def convert_imagebind(src: Path, out: Path, heads: dict[str, int] | None = None)
     return atomic_write(out, lambda f: torch.save(ckpt, f))
 
 
+# ---- merge: adapters folded into their base weights -----------------------------------------------------
+def add_merge_parser(sub) -> None:
+    merge = sub.add_parser(
+        "merge",
+        help="a checkpoint trained with adapters -> the same model with the adapters merged into its weights",
+        epilog="example:\n  bindspace-convert merge runs/train/<time>/checkpoints/last.ckpt merged.ckpt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    merge.add_argument("src", type=Path, help="a bindspace checkpoint whose trunks carry adapters (trunk.adapter)")
+    merge.add_argument("out", type=Path, help="the merged checkpoint to write")
+
+
+def merge_checkpoint(src: Path, out: Path) -> tuple[Path, dict[str, int]]:
+    """Merge every modality's adapters into its trunk; returns the written path and the merged layers per modality.
+
+    The source is read with ``weights_only=True`` and rebuilt from its metadata without running code
+    (:func:`~bindspace.inference.model_from_metadata`); the output holds the model's weights and the
+    same metadata with ``trunk.adapter`` cleared (centring and bridges kept), written atomically.
+    """
+    import copy
+
+    from bindspace.inference import CheckpointError, load_checkpoint, model_from_metadata
+    from bindspace.nn.adapters import merge_adapters
+
+    ckpt = load_checkpoint(src, key="src")
+    meta = ckpt.get("bindspace")
+    if meta is None:
+        raise CheckpointError(f"{src}: no 'bindspace' metadata (written by older bindspace-train); nothing says which "
+                              "trunks carry adapters")  # fmt: skip
+    model, _ = model_from_metadata(meta, where=str(src))
+    adapted = [m for m, c in model.configs.items() if c.trunk.adapter is not None]
+    if not adapted:
+        raise CheckpointError(f"{src}: no modality has an adapter (trunk.adapter is null for {model.modalities})")
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    found = model.load_state_dict(state, strict=False)
+    if found.missing_keys or found.unexpected_keys:
+        raise CheckpointError(
+            f"{src}: weights do not fit the model its metadata describes: {len(found.missing_keys)} missing (e.g. "
+            f"{found.missing_keys[:2]}), {len(found.unexpected_keys)} unexpected (e.g. {found.unexpected_keys[:2]})"
+        )
+    merged = {m: merge_adapters(model.trunks[m]) for m in adapted}
+    merged_meta = copy.deepcopy(dict(meta))
+    for m in adapted:
+        merged_meta["modalities"][m]["trunk"]["adapter"] = None
+    out_ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "bindspace": merged_meta,
+        "merged_from": {
+            "source": str(src),
+            "adapters": {m: meta["modalities"][m]["trunk"]["adapter"] for m in adapted},
+        },
+    }
+    return atomic_write(out, lambda f: torch.save(out_ckpt, f)), merged
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 written, 2 usage error or a state dict that does not convert)."""
     args = _parser().parse_args(argv)  # argparse exits with 2 on bad usage
 
     def body() -> int:
+        if args.source == "merge":
+            path, merged = merge_checkpoint(args.src, args.out)
+            layers = ", ".join(f"{m}: {n} layers" for m, n in merged.items())
+            print(f"{PROG}: merged the adapters ({layers}) into {path}")
+            return 0
         path = convert_imagebind(args.src, args.out, parse_heads(args.heads))
         print(f"{PROG}: wrote {path}")
         return 0

@@ -13,6 +13,8 @@ drives it. A stage says
   whole encoder, ``[preprocessor, trunk, head]``, as ImageBind froze all of CLIP; ``[preprocessor, trunk]``
   keeps the projection head trainable). An edge whose two encoders are both wholly frozen trains nothing,
   so its temperature is frozen too and the edge is left out of that stage's loss;
+- ``unlocked_layers``: per modality, how many last trunk blocks train in this stage (an integer, or
+  ``all``), in place of that modality's ``trunk.unlocked_layers`` (a later stage unlocking more);
 - an optional learning rate and warmup of its own;
 - ``replay``: the loss weight of edges from earlier stages (rehearsal against forgetting; 0 drops them).
 
@@ -87,6 +89,18 @@ class Stage:
     lr: float | None = None
     warmup_steps: int | None = None
     replay: float = 1.0
+    unlocked_layers: dict[str, int | str] = field(default_factory=dict)  # modality -> N or "all", this stage
+
+
+def _unlocked_layers(entry: Mapping[str, Any], where: str) -> dict[str, int | str]:
+    """A stage's ``unlocked_layers``: modality -> a block count >= 0 or ``all`` (checked against depths at build)."""
+    value = entry.get("unlocked_layers") or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}.unlocked_layers must map modalities to a block count or all, got {value!r}")
+    for m, n in value.items():
+        if n != "all" and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise ConfigError(f"{where}.unlocked_layers.{m} must be an integer >= 0 or all, got {n!r}")
+    return dict(value)
 
 
 def _edges_for(entry: Mapping[str, Any], graph: Sequence[Edge], active: set[str], where: str) -> list[Edge]:
@@ -230,6 +244,7 @@ class Curriculum:
                     lr=entry.get("lr"),
                     warmup_steps=entry.get("warmup_steps"),
                     replay=float(entry.get("replay", 1.0)),
+                    unlocked_layers=_unlocked_layers(entry, where),
                     **_length(entry, where),
                 )
             )

@@ -3,7 +3,10 @@
     bindspace-eval ckpt_path=runs/train/<time>/checkpoints/last.ckpt
     bindspace-eval ckpt_path=... data.test_size=2000 prompts=synthetic eval.save_to_checkpoint=true
 
-Writes ``metrics.json`` (``retrieval``, ``retrieval_class``, ``zero_shot``, ``modality_gap``,
+With ``probe=true`` a logistic-regression probe per modality is fitted on the reference split's frozen
+embeddings and scored on the evaluated split (``linear_probe``, beside ``zero_shot``; same id rule).
+
+Writes ``metrics.json`` (``retrieval``, ``retrieval_class``, ``zero_shot``, ``linear_probe``, ``modality_gap``,
 ``mixed_index``, ``fit_split``, ...), ``retrieval.txt`` and the plots ``retrieval_R@1.png`` and
 ``modality_gap.png`` to the run folder (``runs/eval/<time>/``). Centring means and bridges are fitted on
 the reference split (``eval.reference_split``, default val) and scored on the evaluated split (default
@@ -45,6 +48,7 @@ from bindspace.evaluation.gap import (
     mixed_index,
 )
 from bindspace.evaluation.plots import retrieval_heatmap, save_figure
+from bindspace.evaluation.probe import linear_probe
 from bindspace.evaluation.retrieval import evaluate_retrieval
 from bindspace.evaluation.stats import write_per_query
 from bindspace.evaluation.suite import METRICS_FORMAT, evaluate_split
@@ -81,6 +85,7 @@ class EvalOptions:
     max_points: int = 500  # per modality in the projection plot
     save_to_checkpoint: bool = False
     plots: bool = True
+    probe_c: float = 1.0  # the linear probe's inverse regularisation (probe=true), on standardised embeddings
 
     def check(self, modalities: list[str]) -> None:
         """Raise ConfigError naming the first bad key (modality names are checked against the model)."""
@@ -93,6 +98,8 @@ class EvalOptions:
             )
         if self.fit_split not in FIT_SPLIT_MODES:
             raise ConfigError(f"eval.fit_split must be one of {FIT_SPLIT_MODES}, got {self.fit_split!r}")
+        if not isinstance(self.probe_c, int | float) or not 0 < self.probe_c < float("inf"):
+            raise ConfigError(f"eval.probe_c must be a number > 0, got {self.probe_c!r}")
         if self.bridge_method not in BRIDGE_METHODS:
             raise ConfigError(f"eval.bridge_method must be one of {BRIDGE_METHODS}, got {self.bridge_method!r}")
         if self.mixed_index is None:
@@ -249,20 +256,35 @@ def evaluate(
     return metrics, per_query
 
 
+def probe_table(ref: Split, test: Split, plan: FitScoreSplit, opts: EvalOptions, seed: int) -> dict[str, Any]:
+    """``metrics.json["linear_probe"]``: a probe per modality fitted on the fit rows, scored on the scored rows."""
+    if ref[2] is None or test[2] is None:
+        raise ConfigError("probe=true needs a labelled dataset (class labels on the reference and scored splits)")
+    return linear_probe(ref, test, plan.fit_ids, plan.score_ids, seed=seed, c=opts.probe_c)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one checkpoint; returns the metrics written to ``metrics.json``."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     opts = from_mapping(EvalOptions, plain.get("eval"), "eval")
     prompts = Prompts.from_dict(plain.get("prompts") or {}, "prompts")
+    probe = plain.get("probe", False)
+    if not isinstance(probe, bool):
+        raise ConfigError(f"probe must be true or false, got {probe!r}")
     bs = load_model(plain)
     opts.check(bs.modalities)
     run_dir = Path(cfg.paths.output_dir)
     with RunFolder(run_dir) as folder:  # locked; an error before the results leaves nothing in a new folder
         folder.record(cfg, "eval")
         datamodule = build_datamodule(plain["data"], bs.model.configs, bs.edges, seed=plain.get("seed", 0))
+        if probe and not data_class_names(datamodule):  # before anything is embedded
+            raise ConfigError("probe=true needs a labelled dataset (class labels); this data has none")
         ref, test, plan = fit_and_score_splits(bs, datamodule, opts)
         means, bridges = fit_mitigations(ref, opts)
         metrics, per_query = evaluate(bs, test, (means, bridges), data_class_names(datamodule), prompts, opts)
+        if probe:
+            metrics["linear_probe"] = probe_table(ref, test, plan, opts, int(plain.get("seed", 0)))
+            metrics["chance"]["linear_probe"] = {m: v["chance"] for m, v in metrics["linear_probe"].items()}
         metrics = {"format": METRICS_FORMAT, "ckpt_path": str(plain["ckpt_path"]), "split": opts.split,
                    "reference_split": opts.reference_split, "fit_split": plan.info,
                    "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics}  # fmt: skip
@@ -295,6 +317,12 @@ def write_results(
     for m, acc in metrics.get("zero_shot", {}).items():
         centred = metrics["zero_shot_centered"][m]["top1"]
         print(f"zero-shot {m}: top1={acc['top1']:.1f} top5={acc['top5']:.1f} (centred top1 {centred:.1f})")
+    for m, probe in metrics.get("linear_probe", {}).items():
+        low, high = probe["top1_ci"]
+        print(
+            f"linear probe {m}: top1={probe['top1']:.1f} [{low:.1f}, {high:.1f}] (chance {probe['chance']:.1f}; "
+            f"fitted on {probe['fit_samples']}, scored {probe['scored_samples']})"
+        )
     print(f"metrics: {run_dir / 'metrics.json'}")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 SALT = "bindspace-fit-score:"
@@ -62,11 +62,14 @@ class FitScoreSplit:
         fit_rows: indices into the reference split.
         score_rows: indices into the scored split.
         info: what was done, for ``metrics.json["fit_split"]``.
+        fit_ids, score_ids: the sample ids of those rows (what a later fit, e.g. a linear probe, checks again).
     """
 
     fit_rows: list[int]
     score_rows: list[int]
     info: dict[str, Any]
+    fit_ids: list[str] = field(default_factory=list)
+    score_ids: list[str] = field(default_factory=list)
 
 
 def split_fit_and_score(
@@ -110,4 +113,4 @@ def split_fit_and_score(
     }
     if shared:
         info["rule"] = RULE
-    return FitScoreSplit(fit_rows, score_rows, info)
+    return FitScoreSplit(fit_rows, score_rows, info, kept_fit, kept_score)

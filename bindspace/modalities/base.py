@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from bindspace.errors import ConfigError, DataFileError
 from bindspace.modalities.files import InMemoryFile
-from bindspace.utils.typed import check_type, from_mapping  # noqa: F401  (check_type: re-exported)
+from bindspace.nn.adapters import ADAPTER_KINDS, AdapterConfig
+from bindspace.utils.typed import check_type, from_mapping
 
 ModelInput = Tensor | dict[str, Tensor]
 
@@ -55,6 +56,11 @@ class TrunkConfig:
     name: str | None = None  # timm architecture name for kind=timm
     pretrained: str | None = None
     freeze: bool = False  # frozen trunks get no gradients and no optimizer state
+    # Train only the last N blocks and the final norm (the embeddings and earlier blocks frozen); None: all.
+    unlocked_layers: int | None = None
+    # A peft adapter on the trunk ({kind: lora, r: 8, alpha: 16, dropout: 0.05, target: [qkv, proj]}):
+    # the trunk's own weights freeze, the adapter's train (bindspace.nn.adapters).
+    adapter: dict[str, Any] | None = None
     grad_checkpointing: bool = False
     trust_remote_code: bool = False  # never run code from a model folder unless asked
 
@@ -93,6 +99,7 @@ class ModalityConfig:
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
+    lr_scale: float = 1.0  # multiplies this encoder's learning rate (LanguageBind's --coef-lr)
     # Training-time augmentation (bindspace.data.augment): None (off), "default" or a mapping of its
     # keys; checked, and a preset resolved, by bindspace.config.build_run_spec.
     augment: Any = None
@@ -196,18 +203,21 @@ class ModalitySpec:
             raise ConfigError(f"modality config for {self.name!r} says name={name!r}")
         where = f"modalities.{self.name}"
         known = {"input", "trunk", "head", "logit_scale"}
-        unknown = sorted(set(data) - known - {"augment"})
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known | {'augment'})}")
+        lr_scale = data.pop("lr_scale", 1.0)
         augment = data.pop("augment", None)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            expected = sorted(known | {"augment", "lr_scale"})
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {expected}")
         sized = self.presets.get(preset, {}) if preset else {}
         section = {k: {**self.defaults.get(k, {}), **sized.get(k, {}), **dict(data.get(k) or {})} for k in known}
         return ModalityConfig(
             name=self.name,
             input=from_mapping(self.input_config, section["input"], f"{where}.input"),
-            trunk=from_mapping(TrunkConfig, section["trunk"], f"{where}.trunk"),
+            trunk=_finetune_checked(from_mapping(TrunkConfig, section["trunk"], f"{where}.trunk"), where),
             head=from_mapping(HeadConfig, section["head"], f"{where}.head"),
             logit_scale=from_mapping(LogitScaleConfig, section["logit_scale"], f"{where}.logit_scale"),
+            lr_scale=_lr_scale(lr_scale, where),
             augment=augment,
         )
 
@@ -217,6 +227,52 @@ class ModalitySpec:
     def config_dict(self, preset: str | None = None) -> dict[str, Any]:
         """The full default config as plain data (what bindspace's Hydra configs are generated from)."""
         return config_to_dict(self.default_config(preset))
+
+
+def _finetune_checked(trunk: TrunkConfig, where: str) -> TrunkConfig:
+    """``trunk.unlocked_layers`` and ``trunk.adapter`` checked (their fit to the trunk's depth and layers: at build)."""
+    n = trunk.unlocked_layers
+    if n is not None and n < 0:
+        raise ConfigError(f"{where}.trunk.unlocked_layers must be an integer >= 0 or null (all), got {n!r}")
+    if n is not None and trunk.kind == "transformer" and n > trunk.depth:
+        raise ConfigError(f"{where}.trunk.unlocked_layers={n} but the trunk has {trunk.depth} blocks (trunk.depth)")
+    if trunk.adapter is not None:
+        trunk.adapter = dataclasses.asdict(adapter_config(trunk.adapter, f"{where}.trunk.adapter"))
+    if trunk.freeze and trunk.adapter is not None:
+        raise ConfigError(
+            f"{where}.trunk.adapter ({trunk.adapter['kind']} on {trunk.adapter['target']}) with trunk.freeze=true: "
+            "the frozen trunk holds the adapter, so nothing of it would train; drop trunk.freeze "
+            "(an adapter already keeps the trunk's own weights frozen)"
+        )
+    if trunk.freeze and n is not None:
+        raise ConfigError(
+            f"{where}.trunk.unlocked_layers={n} with trunk.freeze=true: a frozen trunk unlocks nothing; set one of them"
+        )
+    return trunk
+
+
+def adapter_config(data: Mapping[str, Any], where: str) -> AdapterConfig:
+    """Validate ``trunk.adapter`` (a mapping) into an :class:`~bindspace.nn.adapters.AdapterConfig`."""
+    cfg = from_mapping(AdapterConfig, data, where)
+    if cfg.kind not in ADAPTER_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {list(ADAPTER_KINDS)}, got {cfg.kind!r}")
+    if cfg.r < 1:
+        raise ConfigError(f"{where}.r must be an integer >= 1, got {cfg.r!r}")
+    if not 0.0 < cfg.alpha < float("inf"):
+        raise ConfigError(f"{where}.alpha must be > 0, got {cfg.alpha!r}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"{where}.dropout must be in [0, 1), got {cfg.dropout!r}")
+    if not cfg.target or not all(isinstance(t, str) and t for t in cfg.target):
+        raise ConfigError(f"{where}.target must be a non-empty list of module names, got {cfg.target!r}")
+    cfg.target = list(cfg.target)
+    return cfg
+
+
+def _lr_scale(value: Any, where: str) -> float:
+    check_type(value, float, f"{where}.lr_scale")
+    if not 0.0 < float(value) < float("inf"):
+        raise ConfigError(f"{where}.lr_scale must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def config_to_dict(cfg: ModalityConfig) -> dict[str, Any]:

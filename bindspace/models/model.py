@@ -9,6 +9,13 @@ from torch import Tensor, nn
 
 from bindspace.errors import ConfigError
 from bindspace.modalities import ENCODER_PARTS, ModalityConfig, ModelInput, get_modality
+from bindspace.nn.adapters import (
+    AdapterConfig,
+    adapter_parameter_names,
+    apply_adapter,
+    trunk_layout,
+    trunk_trainable,
+)
 from bindspace.nn.layers import Head, Normalize, TransformerTrunk
 from bindspace.nn.pretrained import build_hf_trunk, build_timm_vit, trunk_architecture
 
@@ -46,8 +53,26 @@ def build_encoder_parts(
         raise ValueError(f"modalities.{cfg.name}.trunk.kind must be transformer, timm or hf; got {t.kind!r}")
     if t.grad_checkpointing:
         trunk.grad_checkpointing = True
+    _fit_finetuning(cfg, trunk)
     head = Head(width, embed_dim, cfg.head.pool, cfg.head.dropout)
     return pre, trunk, head, Normalize()
+
+
+def _fit_finetuning(cfg: ModalityConfig, trunk: nn.Module) -> None:
+    """``trunk.unlocked_layers`` against the built trunk's depth, and its ``trunk.adapter`` injected (peft)."""
+    t, where = cfg.trunk, f"modalities.{cfg.name}.trunk"
+    if t.unlocked_layers is not None:
+        try:
+            depth = trunk_layout(trunk).depth
+        except ValueError as err:
+            raise ConfigError(f"{where}.unlocked_layers: {err}") from None
+        if t.unlocked_layers > depth:
+            raise ConfigError(f"{where}.unlocked_layers={t.unlocked_layers} but the {t.kind} trunk has {depth} blocks")
+    if t.adapter is not None:
+        try:
+            apply_adapter(trunk, AdapterConfig(**t.adapter))
+        except ValueError as err:
+            raise ConfigError(f"{where}.adapter.{err}") from None
 
 
 class BindSpaceModel(nn.Module):
@@ -75,9 +100,8 @@ class BindSpaceModel(nn.Module):
         parts = {name: build_encoder_parts(cfg, embed_dim, recorded.get(name)) for name, cfg in self.configs.items()}
         for i, stage in enumerate(STAGES):
             setattr(self, stage, nn.ModuleDict({name: p[i] for name, p in parts.items()}))
-        for name, cfg in self.configs.items():
-            if cfg.trunk.freeze:
-                self.set_frozen(name)
+        for name in self.configs:
+            self.set_frozen(name)  # trunk.freeze, trunk.unlocked_layers and adapters decide what trains
 
     @property
     def modalities(self) -> list[str]:
@@ -146,22 +170,36 @@ class BindSpaceModel(nn.Module):
     def forward(self, inputs: Mapping[str, ModelInput]) -> dict[str, Tensor]:
         return {m: self.encode(m, x) for m, x in inputs.items()}
 
-    def set_frozen(self, modality: str, parts: Iterable[str] = ()) -> None:
+    def set_frozen(self, modality: str, parts: Iterable[str] = (), unlocked_layers: int | str | None = None) -> None:
         """Freeze exactly ``parts`` of one encoder (``preprocessor``, ``trunk``, ``head``); the rest trains.
 
         A modality whose config freezes its trunk (``trunk.freeze``) keeps its tokenizer and trunk frozen
         whatever ``parts`` says. Frozen parameters get ``requires_grad=False``: they receive no gradient,
         so the optimizer leaves them (and their weight decay) alone.
+
+        Within a trunk that is not frozen, ``trunk.unlocked_layers=N`` trains its last N blocks and final
+        norm only (its tokenizer then stays frozen too), and an adapter (``trunk.adapter``) trains its own
+        weights instead of the trunk's. ``unlocked_layers`` overrides the config's N for this call (a
+        curriculum stage that unlocks more): an integer, or ``"all"`` to train the whole trunk.
         """
         frozen = set(parts)
         unknown = frozen - set(ENCODER_PARTS)
         if unknown:
             raise ValueError(f"unknown encoder part(s) {sorted(unknown)}; parts are {list(ENCODER_PARTS)}")
-        if self.configs[modality].trunk.freeze:
+        t = self.configs[modality].trunk
+        if t.freeze:
             frozen |= {"preprocessor", "trunk"}
+        n = t.unlocked_layers if unlocked_layers is None else (None if unlocked_layers == "all" else unlocked_layers)
+        adapters = adapter_parameter_names(self.trunks[modality]) if t.adapter is not None else set()
+        if n is not None or adapters:
+            frozen.add("preprocessor")  # below the first block: what partial unlocking and adapters keep as is
         for part, module in self.encoder_parts(modality).items():
             for p in module.parameters():
                 p.requires_grad_(part not in frozen)
+        if "trunk" not in frozen and (n is not None or adapters):
+            trainable = trunk_trainable(self.trunks[modality], n, adapters)
+            for name, p in self.trunks[modality].named_parameters():
+                p.requires_grad_(trainable[name])
 
     def encoder_parts(self, modality: str) -> dict[str, nn.Module]:
         """The trainable parts of one encoder by name (the postprocessor has no parameters)."""
@@ -183,6 +221,18 @@ class BindSpaceModel(nn.Module):
             for part in self.frozen_parts(m):
                 parts[part].eval()
         return self
+
+    def lockable_parameters(self) -> list[nn.Parameter]:
+        """Parameters frozen by partial unlocking or an adapter, which a curriculum stage may unlock.
+
+        Unlike those of ``trunk.freeze`` they belong in the optimizer (with no state until they train).
+        """
+        out = []
+        for m, cfg in self.configs.items():
+            if cfg.trunk.freeze or (cfg.trunk.unlocked_layers is None and cfg.trunk.adapter is None):
+                continue
+            out += [p for stage in ("preprocessors", "trunks") for p in getattr(self, stage)[m].parameters()]
+        return out
 
     def frozen_modalities(self) -> list[str]:
         """Modalities whose trunk is frozen (their pooled trunk features are a fixed function of the sample)."""

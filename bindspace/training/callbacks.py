@@ -126,7 +126,7 @@ class CurriculumCallback(L.Callback):
         newly_frozen = []
         for m in model.modalities:
             trainable = [p for p in model.encoder_parameters(m) if p.requires_grad]
-            model.set_frozen(m, frozen_parts.get(m, ()))
+            model.set_frozen(m, frozen_parts.get(m, ()), self.stage.unlocked_layers.get(m))
             newly_frozen += [p for p in trainable if not p.requires_grad]
         whole = self.curriculum.wholly_frozen(i)
         frozen_edges = {edge_key(e) for e in module.loss.edges if e[0] in whole and e[1] in whole}

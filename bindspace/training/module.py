@@ -17,7 +17,7 @@ from bindspace.losses import MultiEdgeLoss
 from bindspace.modalities import concat_inputs, input_batch_size
 from bindspace.models.model import BindSpaceModel
 from bindspace.training.feature_cache import FrozenFeatureCache
-from bindspace.training.optim import OptimConfig, build_optimizer
+from bindspace.training.optim import OptimConfig, build_optimizer, describe_groups
 from bindspace.training.reliability import assert_finite_weights
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,9 @@ class AlignmentModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt, sched = build_optimizer(self, self.optim_cfg, self.total_steps)
+        if self.global_rank == 0:  # what trains at which lr: layer decay, lr scales, unlocking and adapters
+            for line in describe_groups(opt.param_groups, self.optim_cfg.lr):
+                log.info("optimizer group %s", line)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- evaluation -----------------------------------------------------------------------------

@@ -1,12 +1,22 @@
-"""AdamW with linear warmup and cosine decay; no weight decay on norms, biases, tokens and temperatures."""
+"""AdamW with linear warmup and cosine decay; no weight decay on norms, biases, tokens and temperatures.
+
+Learning rates per parameter group: ``optim.layer_decay`` (BEiT, open_clip's ``--layer-decay``) scales
+block ``i`` of a trunk of ``L`` blocks by ``decay ** (L - i)``, its embeddings by ``decay ** (L + 1)``
+and its final norm and head by 1; ``modalities.<m>.lr_scale`` (LanguageBind's ``--coef-lr``) scales the
+whole encoder of ``m``. Both multiply the lr the schedule sets.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from bindspace.models.model import BindSpaceModel
+from bindspace.nn.adapters import trunk_layout
 
 NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "log_scale", "token_embedding")
 
@@ -20,25 +30,96 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0  # final lr as a fraction of ``lr`` at the end of the cosine
     fused: bool | None = None  # fused AdamW kernel; None = on when every parameter is on a GPU
+    layer_decay: float = 1.0  # lr of block i of L: lr * layer_decay ** (L - i); 1 = the same lr everywhere
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into decayed matrices and undecayed everything else.
+def _find_model(module: nn.Module) -> BindSpaceModel | None:
+    if isinstance(module, BindSpaceModel):
+        return module
+    found = getattr(module, "model", None)
+    return found if isinstance(found, BindSpaceModel) else None
 
-    Frozen parameters (``requires_grad=False``) are left out, so they get no optimizer state.
+
+def lr_scales(model: BindSpaceModel, layer_decay: float = 1.0, prefix: str = "") -> dict[str, tuple[float, str]]:
+    """Parameter name (with ``prefix``) -> (lr multiplier, group label) for every parameter of the encoders.
+
+    The label is the modality, and with layer decay its layer: ``audio.embed`` (tokenizer and whatever
+    precedes the first block), ``audio.block3``, ``audio.head`` (final norm, head).
     """
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
+    out: dict[str, tuple[float, str]] = {}
+    for m, cfg in model.configs.items():
+        if layer_decay == 1.0:
+            for stage in ("preprocessors", "trunks", "heads"):
+                out.update(
+                    {
+                        f"{prefix}{stage}.{m}.{n}": (cfg.lr_scale, m)
+                        for n, _ in getattr(model, stage)[m].named_parameters()
+                    }
+                )
             continue
-        if p.ndim < 2 or any(n in name for n in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        layout = trunk_layout(model.trunks[m])
+        top = layout.depth + 1  # the final norm's and the head's layer
+        layers = {f"preprocessors.{m}.{n}": 0 for n, _ in model.preprocessors[m].named_parameters()}
+        layers |= {f"trunks.{m}.{n}": layout.layer_id(n) for n, _ in model.trunks[m].named_parameters()}
+        layers |= {f"heads.{m}.{n}": top for n, _ in model.heads[m].named_parameters()}
+        for name, layer in layers.items():
+            label = "embed" if layer == 0 else "head" if layer == top else f"block{layer - 1}"
+            out[prefix + name] = (cfg.lr_scale * layer_decay ** (top - layer), f"{m}.{label}")
+    return out
+
+
+def param_groups(
+    module: nn.Module, weight_decay: float, layer_decay: float = 1.0, lockable: Iterable[nn.Parameter] = ()
+) -> list[dict]:
+    """Split trainable parameters into decayed matrices and undecayed everything else, by lr multiplier.
+
+    Frozen parameters (``requires_grad=False``) are left out, so they get no optimizer state, except
+    ``lockable`` ones (frozen by partial unlocking or an adapter, which a curriculum stage may unlock):
+    they join their group and get state only once they train.
+
+    With every lr multiplier 1 (no ``layer_decay``, no ``lr_scale``) there are two groups, as always;
+    otherwise one per (modality or layer, decay), each named (``audio.block3/decay``, what Lightning's
+    ``LearningRateMonitor`` logs) and carrying its ``lr_scale``. Parameters outside the encoders
+    (the edges' temperatures) keep multiplier 1 (group ``loss``).
+    """
+    model = _find_model(module)
+    prefix = "model." if model is not None and model is not module else ""
+    scales = lr_scales(model, layer_decay, prefix) if model is not None else {}
+    lockable_ids = {id(p) for p in lockable}
+    found = []  # (parameter, decayed, lr multiplier, label) in module order
+    for name, p in module.named_parameters():
+        if not p.requires_grad and id(p) not in lockable_ids:
+            continue
+        decayed = not (p.ndim < 2 or any(n in name for n in NO_DECAY_NAMES))
+        found.append((p, decayed, *scales.get(name, (1.0, "loss"))))
+    if all(scale == 1.0 for _, _, scale, _ in found):  # the two groups of a plain run, unnamed as ever
+        return [
+            {"params": [p for p, d, _, _ in found if d == decayed], "weight_decay": wd}
+            for decayed, wd in ((True, weight_decay), (False, 0.0))
+        ]
+    groups: dict[tuple[str, bool], dict] = {}
+    for p, decayed, scale, label in found:
+        name = f"{label}/{'decay' if decayed else 'no_decay'}"
+        group = groups.setdefault(
+            (label, decayed),
+            {"params": [], "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale, "name": name},
+        )
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def describe_groups(groups: list[dict], base_lr: float) -> list[str]:
+    """One line per parameter group: name, parameters training now (of those held), lr and weight decay."""
+    lines = []
+    for i, g in enumerate(groups):
+        held = sum(p.numel() for p in g["params"])
+        training = sum(p.numel() for p in g["params"] if p.requires_grad)
+        lr = base_lr * g.get("lr_scale", 1.0)
+        name = g.get("name", f"pg{i + 1}")
+        lines.append(
+            f"{name}: {training} of {held} parameters training, lr {lr:.4g}, weight decay {g['weight_decay']:g}"
+        )
+    return lines
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -83,10 +164,19 @@ class StagedSchedule:
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig, total_steps: int):
-    """AdamW over the trainable parameters, with a :class:`StagedSchedule` stepped every step."""
-    groups = param_groups(module, cfg.weight_decay)
+    """AdamW over the trainable parameters, with a :class:`StagedSchedule` stepped every step.
+
+    Each group's lr is ``cfg.lr`` times its ``lr_scale`` (layer decay, per-modality scale); the schedule
+    multiplies every group's by the same factor.
+    """
+    model = _find_model(module)
+    lockable = model.lockable_parameters() if model is not None else ()
+    groups = param_groups(module, cfg.weight_decay, cfg.layer_decay, lockable)
     if not any(g["params"] for g in groups):
         raise ValueError("nothing to train: every parameter is frozen")
+    for g in groups:
+        if "lr_scale" in g:
+            g["lr"] = cfg.lr * g["lr_scale"]
     fused = cfg.fused
     if fused is None:  # the fused kernel (one launch for all parameters) wherever torch has it: CUDA
         fused = all(p.is_cuda for g in groups for p in g["params"])

@@ -253,7 +253,9 @@ def test_same_seed_gives_the_same_metrics_json(tmp_path):
     for name in ("a", "b"):
         run(compose_config(["graph.edges=[[image,audio],[audio,imu]]", "seed=7"], str(tmp_path / name)))
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        metrics.pop("wall_seconds")
+        metrics.pop("wall_seconds")  # what the machine measured, not what the seed decides
+        cost = metrics.pop("step_cost")
+        assert cost["steps_timed"] == 5 and cost["step_ms_median"] > 0 and cost["peak_rss_mib"] > 0
         outputs.append(metrics)
     assert outputs[0] == outputs[1]
     assert outputs[0]["steps"] == 8 and outputs[0]["retrieval"]

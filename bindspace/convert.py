@@ -92,7 +92,7 @@ def load_state_dict(src: Path) -> dict[str, torch.Tensor]:
 def convert_imagebind(src: Path, out: Path, heads: dict[str, int] | None = None) -> Path:
     """Convert an ImageBind state dict file into a bindspace checkpoint at ``out`` (written atomically)."""
     from bindspace.inference import checkpoint_metadata
-    from bindspace.interop.imagebind import ConversionError, build_configs, convert_state_dict
+    from bindspace.interop.imagebind import MODALITIES, ConversionError, build_configs, convert_state_dict
     from bindspace.models.model import BindSpaceModel
 
     sd = load_state_dict(src)
@@ -104,8 +104,15 @@ def convert_imagebind(src: Path, out: Path, heads: dict[str, int] | None = None)
         model = BindSpaceModel(build_configs(plain), embed_dim)
     others = [m for m in model.modalities if m != "image"]
     edges = [("image", m) for m in others] if "image" in model.modalities else []  # ImageBind's star
+    # ImageBind's temperatures as the star's edge temperatures (what init_from loads): the log of each
+    # modality's postprocessor scale, the other side of its image edge (bindspace's edge_scales rule).
+    scales = {}
+    for ib, m in MODALITIES.items():
+        key = f"modality_postprocessors.{ib}.1.log_logit_scale"
+        if edges and m in others and key in sd and not sd[key].is_meta:
+            scales[f"loss.logit_scales.image|{m}.log_scale"] = sd[key].detach().float().reshape(()).clone()
     ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in state.items()},
+        "state_dict": {**{f"model.{k}": v for k, v in state.items()}, **scales},
         "bindspace": checkpoint_metadata(model, edges),
         "converted_from": {"format": "imagebind", "source": str(src), "tensors": len(sd)},
     }

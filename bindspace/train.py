@@ -34,8 +34,15 @@ from bindspace.evaluation.suite import versioned
 from bindspace.evaluation.tables import format_metrics_report
 from bindspace.evaluation.zero_shot import load_prompts
 from bindspace.graph import edge_key
+from bindspace.training.bind import bind_new_modality, own_checkpoint_modalities
 from bindspace.training.callbacks import CurriculumCallback
-from bindspace.training.checkpoints import RunCheckpoint
+from bindspace.training.checkpoints import (
+    InitSource,
+    RunCheckpoint,
+    log_seeding,
+    read_init_source,
+    seed_from_checkpoint,
+)
 from bindspace.training.distributed import strategy_for
 from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage
@@ -165,6 +172,26 @@ def resume_checkpoint(cfg: Mapping[str, Any], run_dir: Path) -> str | None:
         rank_zero_info(f"bindspace-train: resuming from {last} (resume=auto; resume=never starts this run folder over)")
         return str(last)
     return None
+
+
+def seed_source(plain: dict[str, Any], ckpt_path: str | None) -> InitSource | None:
+    """``init_from``, read, for a fresh run; None without it or when the run resumes (its own checkpoint wins).
+
+    With ``new_modality`` the graph and curriculum are rewritten here (:func:`bind_new_modality`), from the
+    checkpoint's modalities, or from the run's own checkpoint when it resumes.
+    """
+    path, new = plain.get("init_from"), plain.get("new_modality")
+    if not path:
+        return None
+    init = None
+    if ckpt_path is None:
+        init = read_init_source(path)
+    else:
+        rank_zero_info(f"bindspace-train: init_from={path} not read: resuming from {ckpt_path} (it seeds fresh runs)")
+    if new:
+        held = init.modalities if init is not None else own_checkpoint_modalities(ckpt_path, new)
+        bind_new_modality(plain, held, path)
+    return init
 
 
 def warn_unreached_stages(spec: RunSpec, max_steps: int, steps_per_epoch: int) -> list[str]:
@@ -312,13 +339,14 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     check_train_config(plain)  # every config error surfaces here or in build_run_spec, before any compute
     if plain["graph"].get("modalities") is None:  # the graph follows the data: a manifest's columns, ...
         plain["graph"]["modalities"] = data_modalities(plain["data"])
-    spec = build_run_spec(plain)
     run_dir = Path(plain["paths"]["output_dir"])
+    ckpt_path = resume_checkpoint(plain, run_dir)
+    init = seed_source(plain, ckpt_path)
+    spec = build_run_spec(plain)
     rel = reliability_settings(plain)
     strategy = strategy_for(plain["trainer"].get("strategy", "auto"), _world_size(plain), spec.curriculum)
     with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
         folder.record(config)  # as composed (interpolations kept), as Hydra records it
-        ckpt_path = resume_checkpoint(plain, run_dir)
         L.seed_everything(plain["seed"], workers=True)
         torch.set_float32_matmul_precision("high")
         max_steps = int(plain["trainer"]["max_steps"])
@@ -333,6 +361,8 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
             seed=plain["seed"],
             feature_cache=build_feature_cache(plain, spec),
         )
+        if init is not None:  # after the fresh initialisation: modalities the checkpoint lacks keep it
+            log_seeding(init.path, seed_from_checkpoint(init, module))
         if ckpt_path is not None:
             check_checkpoint_fits(ckpt_path, module)
         apply_speed_options(module.model, plain)

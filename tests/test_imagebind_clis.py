@@ -1,10 +1,11 @@
-"""``bindspace-embed``, ``bindspace-search`` and ``bindspace-eval`` on a converted ImageBind checkpoint (issue 15).
+"""``bindspace-embed``, ``-search``, ``-eval`` and ``-train init_from=`` on a converted ImageBind checkpoint (issue 15).
 
 A tiny ``ImageBindModel`` with random weights (tests/test_imagebind_parity.py) is converted with
 ``bindspace-convert imagebind``; every command's output is then checked against ImageBind's own model:
 embed's vectors against ImageBind's loaders and model on the same files, search's ranking against the
 inner products of those vectors, and eval's retrieval matrix against R@1 recomputed from ImageBind's
-embeddings of the same held-out batches. The ImageBind code comes from the ``imagebind`` test extra;
+embeddings of the same held-out batches, and training's seeded weights and temperatures against the
+converted ones. The ImageBind code comes from the ``imagebind`` test extra;
 without it these tests skip.
 """
 
@@ -36,7 +37,7 @@ from bindspace.search import main as search_main
 
 pytestmark = pytest.mark.slow
 CAPTIONS = ["a dog barks at the mailman", "rain on a tin roof", "a red sphere on a blue cube"]
-EVAL = ["data.val_size=16", "data.test_size=16", "eval.plots=false"]
+EVAL = ["data.val_size=8", "data.test_size=12", "eval.plots=false"]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_eval_scores_what_imagebind_embeds(space, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     names = list(MODALITIES.values())
-    assert metrics["gallery_size"] == 16 and metrics["fit_split"]["shared_ids"] == 0
+    assert metrics["gallery_size"] == 12 and metrics["fit_split"]["shared_ids"] == 0
     assert set(metrics["retrieval"]) == {f"{q}->{g}" for q in names for g in names if q != g}
     for pair, cell in metrics["retrieval"].items():
         assert cell["trained"] == ("image" in pair.split("->")), pair  # ImageBind's star
@@ -152,3 +153,28 @@ def test_eval_scores_what_imagebind_embeds(space, tmp_path):
                 scores = embedded[q] @ embedded[g].T  # (N, N); sample i's match is gallery item i
                 hits = (scores.argmax(dim=1) == torch.arange(len(scores))).float().mean().item() * 100
                 assert metrics["retrieval"][f"{q}->{g}"]["R@1"] == pytest.approx(hits, abs=1e-6), f"{q}->{g}"
+
+
+def test_training_starts_from_the_converted_checkpoint(space, tmp_path):
+    """``init_from`` a converted ImageBind: model=huge resized to the converted widths, image's trunk frozen."""
+    ckpt, model, _ = space
+    sizes = [f"modalities.{m}.trunk.{k}={v}" for m, (w, d, h) in (("image", (32, 2, 4)), ("text", (48, 2, 6)),
+             ("audio", (40, 1, 5))) for k, v in (("width", w), ("depth", d), ("heads", h))]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bindspace.train", "logger=none", "model=huge", "model.embed_dim=24", *sizes,
+         "graph.modalities=[image,text,audio]", "modalities.image.trunk.freeze=true", f"init_from={ckpt}",
+         "trainer.max_steps=1", "data.batch_size=4", "data.val_size=8", "data.test_size=8", "eval.final=false",
+         "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "train.log").read_text()
+    assert f"init_from: {ckpt}: loaded image, text, audio (temperatures: image|text, image|audio)" in log
+    assert f"init_from: depth, thermal, imu in {ckpt} but not in this config: ignored" in log
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    converted = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    frozen = [k for k in converted if k.startswith(("model.preprocessors.image.", "model.trunks.image."))]
+    assert frozen and all(torch.equal(state[k], converted[k]) for k in frozen)
+    # ImageBind's fixed audio temperature (its postprocessor's log scale) is the edge's, not the preset's.
+    audio_scale = model.modality_postprocessors.audio[1].log_logit_scale
+    assert torch.equal(state["loss.logit_scales.image|audio.log_scale"], audio_scale.reshape(()))

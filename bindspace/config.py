@@ -212,6 +212,10 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     tags = cfg.get("tags") or []
     if not isinstance(tags, list | tuple) or not all(isinstance(t, str | int | float) for t in tags):
         raise ConfigError(f"tags must be a list of strings, got {tags!r}")
+    missing = [k for k in ("init_from", "new_modality") if not cfg.get(k)]
+    if cfg.get("task_name") == "bind_new_modality" and missing:
+        needs = " and ".join(missing)
+        raise ConfigError(f"experiment=bind_new_modality needs {needs}, e.g. init_from=last.ckpt new_modality=imu")
     for key in ("ckpt_path", "init_from"):
         if cfg.get(key) is not None and not isinstance(cfg[key], str):
             raise ConfigError(f"{key} must be a path, got {cfg[key]!r}")

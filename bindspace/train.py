@@ -34,7 +34,7 @@ from bindspace.evaluation.suite import versioned
 from bindspace.evaluation.tables import format_metrics_report
 from bindspace.evaluation.zero_shot import load_prompts
 from bindspace.graph import edge_key
-from bindspace.training.bind import bind_new_modality, own_checkpoint_modalities
+from bindspace.training.bind import BindPlan, add_passengers, bind_new_modality, resumed_plan_inputs
 from bindspace.training.callbacks import CurriculumCallback
 from bindspace.training.checkpoints import (
     InitSource,
@@ -174,24 +174,27 @@ def resume_checkpoint(cfg: Mapping[str, Any], run_dir: Path) -> str | None:
     return None
 
 
-def seed_source(plain: dict[str, Any], ckpt_path: str | None) -> InitSource | None:
-    """``init_from``, read, for a fresh run; None without it or when the run resumes (its own checkpoint wins).
+def seed_source(plain: dict[str, Any], ckpt_path: str | None) -> tuple[InitSource | None, BindPlan | None]:
+    """``init_from``, read, for a fresh run (None without it or when the run resumes: its own checkpoint wins).
 
     With ``new_modality`` the graph and curriculum are rewritten here (:func:`bind_new_modality`), from the
     checkpoint's modalities, or from the run's own checkpoint when it resumes.
     """
     path, new = plain.get("init_from"), plain.get("new_modality")
     if not path:
-        return None
+        return None, None
     init = None
     if ckpt_path is None:
         init = read_init_source(path)
     else:
         rank_zero_info(f"bindspace-train: init_from={path} not read: resuming from {ckpt_path} (it seeds fresh runs)")
-    if new:
-        held = init.modalities if init is not None else own_checkpoint_modalities(ckpt_path, new)
-        bind_new_modality(plain, held, path)
-    return init
+    if not new:
+        return init, None
+    if init is not None:
+        held, trained = init.modalities, [tuple(e) for e in (init.meta or {}).get("edges") or []]
+    else:
+        held, trained = resumed_plan_inputs(ckpt_path)
+    return init, bind_new_modality(plain, held, trained, path)
 
 
 def warn_unreached_stages(spec: RunSpec, max_steps: int, steps_per_epoch: int) -> list[str]:
@@ -230,7 +233,7 @@ def final_metrics(
         by_key = {edge_key(e): e for e in spec.edges}
         evaluated = module.evaluate(
             list(datamodule.test_dataloader()),
-            trained_edges=[by_key[k] for k in trained],
+            trained_edges=[*module.inherited_edges, *(by_key[k] for k in trained)],
             class_names=list(datamodule.class_names) or None,
             prompts=load_prompts(prompts) if prompts is not None else None,
             gap=True,
@@ -241,6 +244,7 @@ def final_metrics(
         "edges": [list(e) for e in spec.edges],
         "logit_scales": module.logit_scale_values(),
         "trained_edges": trained,  # took part in at least one optimisation step
+        **({"inherited_edges": [edge_key(e) for e in module.inherited_edges]} if module.inherited_edges else {}),
         "stages": [{k: v for k, v in r.items() if k != "index"} for r in curriculum.state.history],
         "stages_not_reached": curriculum.stages_not_reached(),
         "validation": curriculum.state.validation,
@@ -341,8 +345,10 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
         plain["graph"]["modalities"] = data_modalities(plain["data"])
     run_dir = Path(plain["paths"]["output_dir"])
     ckpt_path = resume_checkpoint(plain, run_dir)
-    init = seed_source(plain, ckpt_path)
+    init, bind = seed_source(plain, ckpt_path)
     spec = build_run_spec(plain)
+    if bind is not None:
+        add_passengers(spec, plain, bind)
     rel = reliability_settings(plain)
     strategy = strategy_for(plain["trainer"].get("strategy", "auto"), _world_size(plain), spec.curriculum)
     with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
@@ -361,6 +367,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
             seed=plain["seed"],
             feature_cache=build_feature_cache(plain, spec),
         )
+        module.inherited_edges = bind.inherited if bind is not None else []
         if init is not None:  # after the fresh initialisation: modalities the checkpoint lacks keep it
             log_seeding(init.path, seed_from_checkpoint(init, module))
         if ckpt_path is not None:

@@ -3,7 +3,8 @@
 The space is a real 2-step run with image, text and audio (image-anchored). Binding IMU to image alone
 (ImageBind's recipe) through the real CLI must leave every old encoder bit-identical (weights, and
 embeddings of the same held-out batch), train only IMU, serve the frozen side from the feature cache,
-and keep flagging the pairs the space had trained as trained, IMU's others as emergent.
+and keep flagging the pairs the space had trained as trained, IMU's others as emergent; relaunched,
+it resumes from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def test_binding_imu_leaves_the_space_bit_identical(space, tmp_path):
     assert not any(flags[f"imu->{m}"] or flags[f"{m}->imu"] for m in ("text", "audio"))  # emergent
     assert not flags["text->audio"]  # never trained, before or now
     assert sorted(map(tuple, b.edges)) == sorted([("image", "text"), ("image", "audio"), ("image", "imu")])
+
+    # Relaunched with more steps: the plan comes from the run's own checkpoint (init_from is not read).
+    relaunch = ["experiment=bind_new_modality", f"init_from={tmp_path / 'gone.ckpt'}", "new_modality=imu",
+                "graph.anchors=[image]", "trainer.max_steps=6"]  # fmt: skip
+    resumed = run(compose_config(relaunch, run_dir=str(tmp_path)))
+    assert resumed["steps"] == 6 and resumed["inherited_edges"] == ["image|text", "image|audio"]
+    after = weights(tmp_path / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(after[k], before[k]) for k in old)
 
 
 def test_a_new_encoder_for_a_modality_the_space_has(space, tmp_path):

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from bindspace.errors import ConfigError
 from bindspace.graph import Edge
 
@@ -87,7 +89,8 @@ def bind_new_modality(plain: dict[str, Any], held: Sequence[str], trained: Seque
     stage = {"name": f"+{new}", "edges": "all", "freeze": partners}  # freeze_parts: the whole encoder
     plain["curriculum"] = {**curriculum, "name": "bind_new_modality", "stages": [stage]}
     rest = f"; {', '.join(plan.passengers)} frozen in no edge (emergent)" if plan.passengers else ""
-    log.info("new_modality: training %s against %s (frozen, from %s)%s", new, ", ".join(partners), where, rest)
+    if rank_zero_only.rank == 0:
+        log.info("new_modality: training %s against %s (frozen, from %s)%s", new, ", ".join(partners), where, rest)
     return plan
 
 

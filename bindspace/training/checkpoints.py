@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
 from bindspace.errors import ConfigError
 from bindspace.models.model import STAGES
@@ -221,8 +222,9 @@ def seed_from_checkpoint(source: InitSource, module) -> dict[str, list[str]]:
     return {"loaded": loaded, "fresh": fresh, "ignored": ignored, "logit_scales": scales}
 
 
+@rank_zero_only
 def log_seeding(path: str, report: Mapping[str, list[str]]) -> None:
-    """One line per fact: what was loaded, what starts fresh, what was ignored."""
+    """One line per fact: what was loaded, what starts fresh, what was ignored (once, by global rank 0)."""
     scales = ", ".join(report["logit_scales"]) or "none (fresh, from the config)"
     log.info("init_from: %s: loaded %s (temperatures: %s); optimizer, schedule and step start fresh",
              path, ", ".join(report["loaded"]), scales)  # fmt: skip

@@ -7,9 +7,10 @@
 becomes a checkpoint that ``BindSpace.from_checkpoint`` loads, with the same embeddings after L2
 normalisation. Widths, depths, patch sizes and the embedding size are read from the weights; attention
 heads are not in them and default to ImageBind-huge's (image 16, text 16, audio 12, depth 8, thermal 12,
-imu 8). The source is read with ``torch.load(weights_only=True)`` (a file carrying code is refused) and
-the output written atomically. Exit status: 0 written, 2 a usage error or a state dict that does not
-convert (one line naming the keys).
+imu 8). ImageBind's temperatures (its postprocessors' logit scales) become the image edges'
+``loss.logit_scales``, which ``bindspace-train init_from=`` loads. The source is read with
+``torch.load(weights_only=True)`` (a file carrying code is refused) and the output written atomically.
+Exit status: 0 written, 2 a usage error or a state dict that does not convert (one line naming the keys).
 """
 
 from __future__ import annotations

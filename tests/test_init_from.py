@@ -104,6 +104,7 @@ def test_a_checkpoint_that_does_not_fit_stops_before_any_compute(seed, tmp_path)
         (["init_from={seed}", "graph.modalities=[depth,thermal]", "anchor=depth"], "none of this config's modalities"),
         (["init_from={code}"], "it carries Python code or objects, refused"),
         (["init_from={bare}"], "no encoder weights (model.<preprocessors|trunks|heads>.<modality>.*)"),
+        (["init_from={nan}"], "does not fit this config: model.heads.audio.proj.weight holds NaN or inf"),
         (["new_modality=imu"], "new_modality=imu binds a modality into the space of init_from=<checkpoint>, not set"),
     ],
 )
@@ -114,7 +115,10 @@ def test_bad_init_from_is_one_line(seed, tmp_path, overrides, message):
 
     torch.save({"state_dict": {}, "x": Shell()}, tmp_path / "code.ckpt")
     torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "bare.ckpt")
-    paths = {"seed": seed, "code": tmp_path / "code.ckpt", "bare": tmp_path / "bare.ckpt"}
+    nan = torch.load(seed, map_location="cpu", weights_only=True)
+    nan["state_dict"]["model.heads.audio.proj.weight"][0, 0] = float("nan")
+    torch.save(nan, tmp_path / "nan.ckpt")
+    paths = {"seed": seed, "code": tmp_path / "code.ckpt", "bare": tmp_path / "bare.ckpt", "nan": tmp_path / "nan.ckpt"}
     given = [o.format(**paths) for o in overrides]
     graph = [] if any(o.startswith("graph.") for o in given) else SEEDED[:1]
     cfg = compose_config([*graph, *QUIET, *given], run_dir=str(tmp_path / "run"))

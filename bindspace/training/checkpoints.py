@@ -199,6 +199,8 @@ def seed_from_checkpoint(source: InitSource, module) -> dict[str, list[str]]:
         if got is not None and (not isinstance(got, torch.Tensor) or got.shape != v.shape):
             found = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             bad.append(f"{k} is {found} there, {tuple(v.shape)} in this config")
+        elif got is not None and got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            bad.append(f"{k} holds NaN or inf")
     # The config keys to change first (they explain the tensors), then the tensors themselves.
     bad = [d for m in loaded for d in _architecture_differences(source, model, m)] + bad
     if bad:
@@ -215,7 +217,7 @@ def seed_from_checkpoint(source: InitSource, module) -> dict[str, list[str]]:
              if f"loss.logit_scales.{k}.log_scale" in source.state),
             None,
         )  # fmt: skip
-        if isinstance(stored, torch.Tensor) and stored.numel() == 1:
+        if isinstance(stored, torch.Tensor) and stored.numel() == 1 and bool(torch.isfinite(stored).all()):
             with torch.no_grad():
                 module.loss.logit_scales[key].log_scale.copy_(stored.reshape(()))
             scales.append(key)

@@ -178,3 +178,37 @@ def test_training_starts_from_the_converted_checkpoint(space, tmp_path):
     # ImageBind's fixed audio temperature (its postprocessor's log scale) is the edge's, not the preset's.
     audio_scale = model.modality_postprocessors.audio[1].log_logit_scale
     assert torch.equal(state["loss.logit_scales.image|audio.log_scale"], audio_scale.reshape(()))
+
+
+def test_converted_imagebind_huge_fits_model_huge_for_init_from():
+    """The README's ``bindspace-train model=huge init_from=imagebind_huge.ckpt``, checked on the meta device.
+
+    ``imagebind_huge()``'s state dict is converted and compared with ``model=huge``'s model as init_from
+    compares them (architecture keys, every tensor's name and shape): nothing is downloaded.
+    """
+    from test_imagebind_parity import _meta_imagebind_huge
+
+    from bindspace.config import build_run_spec
+    from bindspace.inference import checkpoint_metadata
+    from bindspace.interop.imagebind import build_configs, convert_state_dict
+    from bindspace.models.model import BindSpaceModel
+    from bindspace.training.checkpoints import InitSource, fit_problems
+
+    plain, state, embed_dim = convert_state_dict(_meta_imagebind_huge().state_dict())
+    six = f"graph.modalities=[{','.join(MODALITIES.values())}]"
+    with initialize_config_module("bindspace.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["model=huge", six])
+    keys = ["modalities", "model", "graph", "optim", "curriculum", "loss", "speed", "trainer"]  # no run paths
+    spec = build_run_spec(OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True))
+    with torch.device("meta"):
+        converted = BindSpaceModel(build_configs(plain), embed_dim)
+        huge = BindSpaceModel(spec.modalities, spec.embed_dim)
+    source = InitSource("imagebind_huge.ckpt", {f"model.{k}": v for k, v in state.items()},
+                        checkpoint_metadata(converted), list(converted.modalities))  # fmt: skip
+    assert sorted(huge.modalities) == sorted(source.modalities)
+    assert fit_problems(source, huge, huge.modalities) == []
+    # And a head count the weights cannot show is caught by name.
+    spec.modalities["audio"].trunk.heads = 16
+    assert fit_problems(source, huge, ["audio"]) == [
+        "modalities.audio.trunk.heads: 12 in the checkpoint, 16 in this config"
+    ]

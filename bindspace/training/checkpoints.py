@@ -166,6 +166,27 @@ def _architecture_differences(source: InitSource, model, modality: str) -> list[
     return out
 
 
+def fit_problems(source: InitSource, model, modalities: list[str]) -> list[str]:
+    """What keeps ``source``'s weights of ``modalities`` from loading into ``model``: one entry per problem.
+
+    The config keys to change come first (they explain the tensors), then missing, unknown, misshapen
+    and non-finite tensors. Works on the meta device (shapes only; values are not checked there).
+    """
+    ours = {f"model.{k}": v for k, v in model.state_dict().items() if k.split(".")[1] in modalities}
+    theirs = {k: v for k, v in source.state.items() if _encoder_modality(k) in modalities}
+    bad = [d for m in modalities for d in _architecture_differences(source, model, m)]
+    bad += [f"{k} missing from the checkpoint" for k in ours if k not in theirs]
+    bad += [f"{k} unknown to this config" for k in theirs if k not in ours]
+    for k, v in ours.items():
+        got = theirs.get(k)
+        if got is not None and (not isinstance(got, torch.Tensor) or got.shape != v.shape):
+            found = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            bad.append(f"{k} is {found} there, {tuple(v.shape)} in this config")
+        elif got is not None and got.is_floating_point() and not got.is_meta and not bool(torch.isfinite(got).all()):
+            bad.append(f"{k} holds NaN or inf")
+    return bad
+
+
 def seed_from_checkpoint(source: InitSource, module) -> dict[str, list[str]]:
     """Load ``source``'s weights into a fresh :class:`~bindspace.training.module.AlignmentModule`, in place.
 
@@ -190,21 +211,10 @@ def seed_from_checkpoint(source: InitSource, module) -> dict[str, list[str]]:
         raise ConfigError(
             f"init_from: {source.path} holds {source.modalities}, none of this config's modalities {model.modalities}"
         )
-    ours = {f"model.{k}": v for k, v in model.state_dict().items() if k.split(".")[1] in loaded}
-    theirs = {k: v for k, v in source.state.items() if _encoder_modality(k) in loaded}
-    bad = [f"{k} missing from the checkpoint" for k in ours if k not in theirs]
-    bad += [f"{k} unknown to this config" for k in theirs if k not in ours]
-    for k, v in ours.items():
-        got = theirs.get(k)
-        if got is not None and (not isinstance(got, torch.Tensor) or got.shape != v.shape):
-            found = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            bad.append(f"{k} is {found} there, {tuple(v.shape)} in this config")
-        elif got is not None and got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            bad.append(f"{k} holds NaN or inf")
-    # The config keys to change first (they explain the tensors), then the tensors themselves.
-    bad = [d for m in loaded for d in _architecture_differences(source, model, m)] + bad
+    bad = fit_problems(source, model, loaded)
     if bad:
         raise ConfigError(f"init_from: {source.path} does not fit this config: {_named(bad)}")
+    theirs = {k: v for k, v in source.state.items() if _encoder_modality(k) in loaded}
     with torch.no_grad():
         model.load_state_dict({k.removeprefix("model."): v for k, v in theirs.items()}, strict=False)
     scales = []

@@ -3,18 +3,19 @@
 The seed is a real 2-step run with image, text, audio and IMU; the seeded runs configure image, audio and
 depth: two modalities loaded, one fresh, two of the checkpoint's ignored. Weights only: the step, the
 optimizer and the schedule start over; a checkpoint that does not fit stops before any compute; a
-relaunch of a seeded run resumes from its own ``last.ckpt`` and never reads ``init_from`` again.
+relaunch of a seeded run stopped by SIGTERM resumes from its own ``last.ckpt`` and never reads
+``init_from`` again (in-process: the signal handling is the CLI's, tests/test_reliability.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from conftest import TINY_OVERRIDES, compose_config
 
 from bindspace.errors import ConfigError
 from bindspace.train import run
+from bindspace.training.module import AlignmentModule
+from bindspace.training.reliability import Preempted
 
 pytestmark = pytest.mark.slow
 
@@ -128,30 +131,30 @@ def test_bad_init_from_is_one_line(seed, tmp_path, overrides, message):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_seeded_run_resumes_from_its_own_checkpoint(seed, tmp_path):
-    """Stopped by SIGTERM and relaunched with init_from now unreadable: the relaunch resumes, and ends
-    where an uninterrupted seeded run ends."""
+def test_a_seeded_run_resumes_from_its_own_checkpoint(seed, tmp_path, monkeypatch):
+    """Stopped by SIGTERM after step 5 and relaunched with init_from now unreadable: the relaunch resumes,
+    and ends where an uninterrupted seeded run ends."""
     mine = tmp_path / "mine.ckpt"
     shutil.copy(seed, mine)
-    steps = ["trainer.max_steps=14", "checkpoint.every_n_train_steps=2"]
-    reference = cli(tmp_path / "uninterrupted", f"init_from={seed}", *steps)
-    proc = cli(tmp_path / "run", f"init_from={mine}", *steps)
-    first = tmp_path / "run" / "checkpoints" / "step000002.ckpt"
-    deadline = time.monotonic() + 300
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be signalled"
-    proc.send_signal(signal.SIGTERM)
-    code, out = finish(proc)
-    assert code == 128 + signal.SIGTERM, out[-3000:]
-    stopped = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 2 <= stopped < 14
+    steps = ["trainer.max_steps=10", "checkpoint.every_n_train_steps=2"]
+    run(compose_config([*SEEDED, f"init_from={seed}", *steps], run_dir=str(tmp_path / "uninterrupted")))
+
+    original = AlignmentModule.on_train_batch_start
+
+    def signalled(self, batch, batch_idx):
+        original(self, batch, batch_idx)
+        if self.global_step == 5:  # as a scheduler would: the step finishes, is saved, and the run stops
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AlignmentModule, "on_train_batch_start", signalled)
+        with pytest.raises(Preempted):
+            run(compose_config([*SEEDED, f"init_from={mine}", *steps], run_dir=str(tmp_path / "run")))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 6
     mine.write_bytes(b"not a checkpoint any more")  # re-seeding would now fail
-    code, out = finish(cli(tmp_path / "run", f"init_from={mine}", *steps))
-    assert code == 0, out[-3000:]
-    assert f"init_from={mine} not read: resuming from {tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}" in out
-    code, out = finish(reference)
-    assert code == 0, out[-3000:]
+    metrics = run(compose_config([*SEEDED, f"init_from={mine}", *steps], run_dir=str(tmp_path / "run")))
+    assert metrics["steps"] == 10
     resumed, uninterrupted = (weights(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("run", "uninterrupted"))
     assert resumed.keys() == uninterrupted.keys()
     for name, value in uninterrupted.items():

@@ -298,10 +298,9 @@ def check_optim(optim: OptimConfig) -> OptimConfig:
 # otherwise train with the default silently.
 RESUME_MODES = ("auto", "never")
 TRAIN_KEYS = {
-    "cache", "checkpoint", "ckpt_path", "curriculum", "data", "early_stopping", "eval", "graph", "logger", "loss",
-    "modalities",
-    "model", "nonfinite", "optim", "paths", "preemption", "prompts", "resume", "seed", "speed", "tags",
-    "task_name", "trainer",
+    "cache", "checkpoint", "ckpt_path", "curriculum", "data", "early_stopping", "eval", "graph", "init_from",
+    "logger", "loss", "modalities", "model", "new_modality", "nonfinite", "optim", "paths", "preemption",
+    "prompts", "resume", "seed", "speed", "tags", "task_name", "trainer",
 }  # fmt: skip
 SECTION_KEYS = {
     "checkpoint": {"every_n_train_steps"},
@@ -351,8 +350,23 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     tags = cfg.get("tags") or []
     if not isinstance(tags, list | tuple) or not all(isinstance(t, str | int | float) for t in tags):
         raise ConfigError(f"tags must be a list of strings, got {tags!r}")
-    if cfg.get("ckpt_path") is not None and not isinstance(cfg["ckpt_path"], str):
-        raise ConfigError(f"ckpt_path must be a path, got {cfg['ckpt_path']!r}")
+    missing = [k for k in ("init_from", "new_modality") if not cfg.get(k)]
+    if cfg.get("task_name") == "bind_new_modality" and missing:
+        needs = " and ".join(missing)
+        raise ConfigError(f"experiment=bind_new_modality needs {needs}, e.g. init_from=last.ckpt new_modality=imu")
+    for key in ("ckpt_path", "init_from"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            raise ConfigError(f"{key} must be a path, got {cfg[key]!r}")
+    if cfg.get("ckpt_path") and cfg.get("init_from"):
+        raise ConfigError(
+            "ckpt_path and init_from are both set: ckpt_path resumes a run (weights, optimizer, step), "
+            "init_from seeds a fresh one with weights only; give one"
+        )
+    new = cfg.get("new_modality")
+    if new is not None and not isinstance(new, str):
+        raise ConfigError(f"new_modality must be a modality name, got {new!r}")
+    if new is not None and not cfg.get("init_from"):
+        raise ConfigError(f"new_modality={new} binds a modality into the space of init_from=<checkpoint>, not set")
     _check_positive((cfg.get("checkpoint") or {}).get("every_n_train_steps"), "checkpoint.every_n_train_steps")
     check_trainer(cfg.get("trainer") or {})
     from bindspace.training.early_stopping import parse_early_stopping

@@ -8,8 +8,9 @@
 becomes a checkpoint that ``BindSpace.from_checkpoint`` loads, with the same embeddings after L2
 normalisation. Widths, depths, patch sizes and the embedding size are read from the weights; attention
 heads are not in them and default to ImageBind-huge's (image 16, text 16, audio 12, depth 8, thermal 12,
-imu 8). The source is read with ``torch.load(weights_only=True)`` (a file carrying code is refused) and
-the output written atomically.
+imu 8). ImageBind's temperatures (its postprocessors' logit scales) become the image edges'
+``loss.logit_scales``, which ``bindspace-train init_from=`` loads. The source is read with
+``torch.load(weights_only=True)`` (a file carrying code is refused) and the output written atomically.
 
 ``merge``: a checkpoint trained with adapters (``modalities.<m>.trunk.adapter``, peft) becomes one with the
 adapters folded into the base weights (``W + scale * B @ A``), loadable with no adapter and no peft, with
@@ -98,7 +99,7 @@ def load_state_dict(src: Path) -> dict[str, torch.Tensor]:
 def convert_imagebind(src: Path, out: Path, heads: dict[str, int] | None = None) -> Path:
     """Convert an ImageBind state dict file into a bindspace checkpoint at ``out`` (written atomically)."""
     from bindspace.inference import checkpoint_metadata
-    from bindspace.interop.imagebind import ConversionError, build_configs, convert_state_dict
+    from bindspace.interop.imagebind import MODALITIES, ConversionError, build_configs, convert_state_dict
     from bindspace.models.model import BindSpaceModel
 
     sd = load_state_dict(src)
@@ -110,8 +111,15 @@ def convert_imagebind(src: Path, out: Path, heads: dict[str, int] | None = None)
         model = BindSpaceModel(build_configs(plain), embed_dim)
     others = [m for m in model.modalities if m != "image"]
     edges = [("image", m) for m in others] if "image" in model.modalities else []  # ImageBind's star
+    # ImageBind's temperatures as the star's edge temperatures (what init_from loads): the log of each
+    # modality's postprocessor scale, the other side of its image edge (bindspace's edge_scales rule).
+    scales = {}
+    for ib, m in MODALITIES.items():
+        key = f"modality_postprocessors.{ib}.1.log_logit_scale"
+        if edges and m in others and key in sd and not sd[key].is_meta:
+            scales[f"loss.logit_scales.image|{m}.log_scale"] = sd[key].detach().float().reshape(()).clone()
     ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in state.items()},
+        "state_dict": {**{f"model.{k}": v for k, v in state.items()}, **scales},
         "bindspace": checkpoint_metadata(model, edges),
         "converted_from": {"format": "imagebind", "source": str(src), "tensors": len(sd)},
     }

@@ -34,8 +34,15 @@ from bindspace.evaluation.suite import versioned
 from bindspace.evaluation.tables import format_metrics_report
 from bindspace.evaluation.zero_shot import load_prompts
 from bindspace.graph import edge_key
+from bindspace.training.bind import BindPlan, add_passengers, bind_new_modality, resumed_plan_inputs
 from bindspace.training.callbacks import CurriculumCallback, StepCost
-from bindspace.training.checkpoints import RunCheckpoint
+from bindspace.training.checkpoints import (
+    InitSource,
+    RunCheckpoint,
+    log_seeding,
+    read_init_source,
+    seed_from_checkpoint,
+)
 from bindspace.training.distributed import strategy_for
 from bindspace.training.early_stopping import EarlyStopping, parse_early_stopping
 from bindspace.training.feature_cache import FrozenFeatureCache
@@ -173,6 +180,29 @@ def resume_checkpoint(cfg: Mapping[str, Any], run_dir: Path) -> str | None:
     return None
 
 
+def seed_source(plain: dict[str, Any], ckpt_path: str | None) -> tuple[InitSource | None, BindPlan | None]:
+    """``init_from``, read, for a fresh run (None without it or when the run resumes: its own checkpoint wins).
+
+    With ``new_modality`` the graph and curriculum are rewritten here (:func:`bind_new_modality`), from the
+    checkpoint's modalities, or from the run's own checkpoint when it resumes.
+    """
+    path, new = plain.get("init_from"), plain.get("new_modality")
+    if not path:
+        return None, None
+    init = None
+    if ckpt_path is None:
+        init = read_init_source(path)
+    else:
+        rank_zero_info(f"bindspace-train: init_from={path} not read: resuming from {ckpt_path} (it seeds fresh runs)")
+    if not new:
+        return init, None
+    if init is not None:
+        held, trained = init.modalities, [tuple(e) for e in (init.meta or {}).get("edges") or []]
+    else:
+        held, trained = resumed_plan_inputs(ckpt_path)
+    return init, bind_new_modality(plain, held, trained, path)
+
+
 def warn_unreached_stages(spec: RunSpec, max_steps: int, steps_per_epoch: int) -> list[str]:
     """One warning line when ``trainer.max_steps`` will end the run before the curriculum's last stage.
 
@@ -209,7 +239,7 @@ def final_metrics(
         by_key = {edge_key(e): e for e in spec.edges}
         evaluated = module.evaluate(
             list(datamodule.test_dataloader()),
-            trained_edges=[by_key[k] for k in trained],
+            trained_edges=[*module.inherited_edges, *(by_key[k] for k in trained)],
             class_names=list(datamodule.class_names) or None,
             prompts=load_prompts(prompts) if prompts is not None else None,
             gap=True,
@@ -221,6 +251,7 @@ def final_metrics(
         "logit_scales": module.logit_scale_values(),
         "logit_biases": module.logit_bias_values(),  # SigLIP edges only
         "trained_edges": trained,  # took part in at least one optimisation step
+        **({"inherited_edges": [edge_key(e) for e in module.inherited_edges]} if module.inherited_edges else {}),
         "stages": [{k: v for k, v in r.items() if k != "index"} for r in curriculum.state.history],
         "stages_not_reached": curriculum.stages_not_reached(),
         "validation": curriculum.state.validation,
@@ -319,13 +350,16 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     check_train_config(plain)  # every config error surfaces here or in build_run_spec, before any compute
     if plain["graph"].get("modalities") is None:  # the graph follows the data: a manifest's columns, ...
         plain["graph"]["modalities"] = data_modalities(plain["data"])
-    spec = build_run_spec(plain)
     run_dir = Path(plain["paths"]["output_dir"])
+    ckpt_path = resume_checkpoint(plain, run_dir)
+    init, bind = seed_source(plain, ckpt_path)
+    spec = build_run_spec(plain)
+    if bind is not None:
+        add_passengers(spec, plain, bind)
     rel = reliability_settings(plain)
     strategy = strategy_for(plain["trainer"].get("strategy", "auto"), _world_size(plain), spec.curriculum)
     with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
         folder.record(config)  # as composed (interpolations kept), as Hydra records it
-        ckpt_path = resume_checkpoint(plain, run_dir)
         L.seed_everything(plain["seed"], workers=True)
         torch.set_float32_matmul_precision("high")
         max_steps = int(plain["trainer"]["max_steps"])
@@ -340,6 +374,9 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
             seed=plain["seed"],
             feature_cache=build_feature_cache(plain, spec),
         )
+        module.inherited_edges = bind.inherited if bind is not None else []
+        if init is not None:  # after the fresh initialisation: modalities the checkpoint lacks keep it
+            log_seeding(init.path, seed_from_checkpoint(init, module))
         if ckpt_path is not None:
             check_checkpoint_fits(ckpt_path, module)
         apply_speed_options(module.model, plain)

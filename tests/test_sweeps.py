@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, compose_config
+
+from bindspace.train import run
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
@@ -39,6 +41,8 @@ SMOKE["pretrained_anchor"] = [
     "curriculum.stage.warmup_steps=1",
 ]
 SPOKEN_DIGITS = {"spoken_digits", "spoken_digits_text_anchor", "pretrained_anchor"}
+# A trained space to bind into: {space} is a 1-step run's checkpoint made by the test.
+SMOKE["bind_new_modality"] = ["init_from={space}", "new_modality=imu", "graph.modalities=[image,text,imu]"]
 
 
 def multirun(tmp_path: Path, *overrides: str, synthetic: bool = True) -> subprocess.CompletedProcess:
@@ -53,9 +57,12 @@ def test_experiment_smoke_run(tmp_path, experiment):
     """One short job of each experiment (its sweep cut to one point)."""
     assert experiment in SMOKE, f"add a smoke setting for the new experiment {experiment!r}"
     synthetic = experiment not in SPOKEN_DIGITS
-    proc = multirun(
-        tmp_path, f"experiment={experiment}", "trainer.max_steps=4", *SMOKE[experiment], synthetic=synthetic
-    )
+    smoke = SMOKE[experiment]
+    if any("{space}" in o for o in smoke):
+        space = tmp_path / "space"
+        run(compose_config(["graph.modalities=[image,text]", "trainer.max_steps=1", "eval.final=false"], str(space)))
+        smoke = [o.format(space=space / "checkpoints" / "last.ckpt") for o in smoke]
+    proc = multirun(tmp_path, f"experiment={experiment}", "trainer.max_steps=4", *smoke, synthetic=synthetic)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "0" / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["run"]["group"] == experiment

@@ -144,7 +144,9 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float
         return torch.empty(shape, dtype=dtype)
     buffers = _WORK.__dict__.setdefault("buffers", {})
     buf = buffers.get(slot)
-    if buf is None or buf.dtype != dtype or buf.numel() < size:
+    # A buffer made under torch.inference_mode (bindspace-embed, -search) cannot be written outside it.
+    stale = buf is not None and buf.is_inference() and not torch.is_inference_mode_enabled()
+    if buf is None or stale or buf.dtype != dtype or buf.numel() < size:
         buf = buffers[slot] = torch.empty(size, dtype=dtype)
     return buf[:size].view(shape)
 

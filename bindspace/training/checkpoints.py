@@ -11,12 +11,18 @@ and the run's final step is saved whatever the interval.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
 from bindspace.errors import ConfigError
+from bindspace.models.model import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +83,164 @@ class RunCheckpoint(ModelCheckpoint):
         # Lightning orders checkpoint callbacks last, so every other callback's end-of-run state is in.
         if trainer.global_step > 0:
             self.save_now(trainer)
+
+
+# ---- init_from: a fresh run seeded with another checkpoint's weights ------------------------------
+# What must agree between a checkpoint's encoder and the config's for its weights to mean the same
+# function. Shapes catch widths, depths and geometry; these also catch what no shape records.
+ARCHITECTURE_KEYS = {
+    "trunk": ("kind", "name", "width", "depth", "heads", "mlp_ratio", "pre_norm", "kv_bias", "norm_eps"),
+    "head": ("pool",),
+    "input": ("tokenizer",),
+}
+MAX_NAMED = 4  # keys named in one error line
+
+
+@dataclass
+class InitSource:
+    """The checkpoint ``init_from`` names, read once (``weights_only``) and checked for bindspace's layout.
+
+    Attributes:
+        path: the file, as given.
+        state: its ``state_dict`` (``model.*`` encoder weights, ``loss.logit_scales.*`` temperatures).
+        meta: its ``checkpoint["bindspace"]`` model description, or None (checkpoints older than it).
+        modalities: the modalities it holds weights for, in the order its model lists them.
+    """
+
+    path: str
+    state: Mapping[str, Any]
+    meta: Mapping[str, Any] | None
+    modalities: list[str]
+
+
+def read_init_source(path: str) -> InitSource:
+    """``torch.load(path, weights_only=True)`` (a file carrying code is refused) -> :class:`InitSource`.
+
+    Raises:
+        ConfigError: missing or unreadable file, or one without any bindspace encoder weights.
+    """
+    from bindspace.inference import load_checkpoint
+
+    ckpt = load_checkpoint(path, key="init_from")
+    state = ckpt["state_dict"]
+    found = dict.fromkeys(m for m in map(_encoder_modality, state) if m is not None)
+    if not found:
+        raise ConfigError(
+            f"init_from: {path}: no encoder weights (model.<preprocessors|trunks|heads>.<modality>.*) in its "
+            "state_dict; is it a bindspace checkpoint? (an ImageBind .pth: bindspace-convert imagebind first)"
+        )
+    meta = ckpt.get("bindspace") if isinstance(ckpt.get("bindspace"), Mapping) else None
+    return InitSource(str(path), state, meta, list(found))
+
+
+def _encoder_modality(key: str) -> str | None:
+    """``model.trunks.audio.blocks.0...`` -> ``audio``; None for anything that is not an encoder weight."""
+    parts = key.split(".")
+    return parts[2] if len(parts) > 3 and parts[0] == "model" and parts[1] in STAGES else None
+
+
+def _named(items: list[str]) -> str:
+    more = f", ... (+{len(items) - MAX_NAMED} more)" if len(items) > MAX_NAMED else ""
+    return "; ".join(items[:MAX_NAMED]) + more
+
+
+def _architecture_differences(source: InitSource, model, modality: str) -> list[str]:
+    """``modalities.<m>.trunk.heads: 8 in the checkpoint, 16 in this config`` for each architecture key that differs."""
+    recorded = ((source.meta or {}).get("modalities") or {}).get(modality)
+    if not isinstance(recorded, Mapping):
+        return []  # an older checkpoint: its shapes are all there is to compare
+    from bindspace.modalities import get_modality
+
+    try:
+        theirs = get_modality(modality).config_from_dict(recorded)
+    except (ConfigError, TypeError, ValueError, KeyError) as err:
+        where = f"init_from: {source.path}: modalities.{modality}"
+        raise ConfigError(f"{where}: unreadable model description ({err})") from None
+    ours, out = model.configs[modality], []
+    for section, keys in ARCHITECTURE_KEYS.items():
+        for key in keys:
+            a = getattr(getattr(theirs, section), key, None)
+            b = getattr(getattr(ours, section), key, None)
+            if a != b:
+                out.append(f"modalities.{modality}.{section}.{key}: {a!r} in the checkpoint, {b!r} in this config")
+    return out
+
+
+def fit_problems(source: InitSource, model, modalities: list[str]) -> list[str]:
+    """What keeps ``source``'s weights of ``modalities`` from loading into ``model``: one entry per problem.
+
+    The config keys to change come first (they explain the tensors), then missing, unknown, misshapen
+    and non-finite tensors. Works on the meta device (shapes only; values are not checked there).
+    """
+    ours = {f"model.{k}": v for k, v in model.state_dict().items() if k.split(".")[1] in modalities}
+    theirs = {k: v for k, v in source.state.items() if _encoder_modality(k) in modalities}
+    bad = [d for m in modalities for d in _architecture_differences(source, model, m)]
+    bad += [f"{k} missing from the checkpoint" for k in ours if k not in theirs]
+    bad += [f"{k} unknown to this config" for k in theirs if k not in ours]
+    for k, v in ours.items():
+        got = theirs.get(k)
+        if got is not None and (not isinstance(got, torch.Tensor) or got.shape != v.shape):
+            found = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            bad.append(f"{k} is {found} there, {tuple(v.shape)} in this config")
+        elif got is not None and got.is_floating_point() and not got.is_meta and not bool(torch.isfinite(got).all()):
+            bad.append(f"{k} holds NaN or inf")
+    return bad
+
+
+def seed_from_checkpoint(source: InitSource, module) -> dict[str, list[str]]:
+    """Load ``source``'s weights into a fresh :class:`~bindspace.training.module.AlignmentModule`, in place.
+
+    Every modality of the config that the checkpoint holds is loaded whole (preprocessor, trunk, head);
+    one it lacks keeps its fresh initialisation; one of the checkpoint's that the config lacks is
+    ignored. An edge's temperature is loaded when the checkpoint has one for the same pair (either
+    orientation) and both of its encoders were loaded; otherwise it starts at the config's ``init``.
+    Nothing else is read: the optimizer, schedule, step and curriculum state start fresh.
+
+    Returns:
+        ``{"loaded": [...], "fresh": [...], "ignored": [...], "logit_scales": [...]}`` (modalities, edge keys).
+
+    Raises:
+        ConfigError: shared modalities whose weights or architecture disagree with the config (one line
+            naming the keys and the file), or no modality in common.
+    """
+    model = module.model
+    loaded = [m for m in model.modalities if m in source.modalities]
+    fresh = [m for m in model.modalities if m not in source.modalities]
+    ignored = [m for m in source.modalities if m not in model.modalities]
+    if not loaded:
+        raise ConfigError(
+            f"init_from: {source.path} holds {source.modalities}, none of this config's modalities {model.modalities}"
+        )
+    bad = fit_problems(source, model, loaded)
+    if bad:
+        raise ConfigError(f"init_from: {source.path} does not fit this config: {_named(bad)}")
+    theirs = {k: v for k, v in source.state.items() if _encoder_modality(k) in loaded}
+    with torch.no_grad():
+        model.load_state_dict({k.removeprefix("model."): v for k, v in theirs.items()}, strict=False)
+    scales = []
+    for a, b in module.loss.edges:
+        if a not in loaded or b not in loaded:
+            continue
+        key = f"{a}|{b}"
+        stored = next(
+            (source.state[f"loss.logit_scales.{k}.log_scale"] for k in (key, f"{b}|{a}")
+             if f"loss.logit_scales.{k}.log_scale" in source.state),
+            None,
+        )  # fmt: skip
+        if isinstance(stored, torch.Tensor) and stored.numel() == 1 and bool(torch.isfinite(stored).all()):
+            with torch.no_grad():
+                module.loss.logit_scales[key].log_scale.copy_(stored.reshape(()))
+            scales.append(key)
+    return {"loaded": loaded, "fresh": fresh, "ignored": ignored, "logit_scales": scales}
+
+
+@rank_zero_only
+def log_seeding(path: str, report: Mapping[str, list[str]]) -> None:
+    """One line per fact: what was loaded, what starts fresh, what was ignored (once, by global rank 0)."""
+    scales = ", ".join(report["logit_scales"]) or "none (fresh, from the config)"
+    log.info("init_from: %s: loaded %s (temperatures: %s); optimizer, schedule and step start fresh",
+             path, ", ".join(report["loaded"]), scales)  # fmt: skip
+    if report["fresh"]:
+        log.info("init_from: %s not in %s: start fresh", ", ".join(report["fresh"]), path)
+    if report["ignored"]:
+        log.info("init_from: %s in %s but not in this config: ignored", ", ".join(report["ignored"]), path)

@@ -70,6 +70,8 @@ class AlignmentModule(L.LightningModule):
         # Set by the curriculum callback with curriculum.continual.method=distill (training/continual.py).
         self.distillation = None
         self.step_encoded: dict[str, tuple[Any, Tensor]] = {}  # modality -> (inputs, embeddings) of this step
+        # Pairs trained before this run among encoders it keeps frozen (init_from + new_modality): still trained.
+        self.inherited_edges: list[Edge] = []
 
     # ---- training -------------------------------------------------------------------------------
     def encode_edges(self, batch: dict[str, dict]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -219,9 +221,9 @@ class AlignmentModule(L.LightningModule):
         callbacks = self.trainer.callbacks if self._trainer is not None else []
         counter = next((c for c in callbacks if hasattr(c, "trained_edges")), None)
         if counter is None:
-            return list(self.edges)
+            return [*self.inherited_edges, *self.edges]
         trained = set(counter.trained_edges())
-        return [e for e in self.edges if edge_key(e) in trained]
+        return [*self.inherited_edges, *(e for e in self.edges if edge_key(e) in trained)]
 
     @property
     def schedule(self):

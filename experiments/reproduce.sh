@@ -28,6 +28,14 @@ $B/bindspace-train -m experiment=spoken_digits seed=0,1,2 hydra.sweep.dir="$E/sp
 $B/bindspace-eval ckpt_path="$E/spoken_digits/0/checkpoints/last.ckpt" data=spoken_digits prompts=spoken_digits \
   hydra.run.dir="$E/spoken_digits_eval"
 
+# the loss ablation (InfoNCE, SigLIP, DCL; all_at_once, 600 steps), seed by seed, on both benchmarks
+for s in 0 1 2; do
+  $B/bindspace-train -m experiment=ablate_loss seed=$s hydra.sweep.dir="$E/ablate_loss_s$s"
+done
+for s in 0 1 2; do
+  $B/bindspace-train -m experiment=spoken_digits loss.kind=infonce,siglip,dcl seed=$s hydra.sweep.dir="$E/ablate_loss_digits_s$s"
+done
+
 # two spaces trained apart (image-audio, seed 0; image-text, seed 1) joined through images (README "Connect two spaces")
 $B/bindspace-train graph.modalities=[image,audio] seed=0 logger=none hydra.run.dir="$E/connect/a"
 $B/bindspace-train graph.modalities=[image,text] seed=1 logger=none hydra.run.dir="$E/connect/b"
@@ -45,3 +53,8 @@ $B/bindspace-report "$E/curriculum_budgets" --baseline all_at_once --out experim
 $B/bindspace-report "$E/pretrained_anchor" --baseline all_at_once --out experiments/results/pretrained_anchor
 $B/bindspace-report "$E/ablate_anchor" --baseline image --out experiments/results/ablate_anchor
 $B/bindspace-report "$E/spoken_digits" --out experiments/results/spoken_digits
+for bench in ablate_loss ablate_loss_digits; do
+  mkdir -p "$E/$bench"
+  for s in 0 1 2; do for d in "$E/${bench}_s$s"/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/$bench/s$s-$(basename "$d")"; done; done
+  $B/bindspace-report "$E/$bench" --baseline infonce --out "experiments/results/$bench"
+done

@@ -604,3 +604,19 @@ def test_baseline_named_by_one_value_when_the_sweep_varies_other_keys_too():
     assert resolve_baseline(groups, "curriculum=all_at_once") == groups[0]
     with pytest.raises(ReportError, match="matches no group"):
         resolve_baseline(groups, "progressive")  # two groups: ambiguous
+
+
+def test_linked_runs_from_other_sweeps_count_and_the_latest_link_does_not(tmp_path):
+    """Sweeps are combined by linking their jobs into one folder; `latest` repeats a run of its own folder."""
+    from bindspace.report.runs import _job_dirs
+
+    for sweep in ("s0", "s1"):
+        (tmp_path / sweep / "0").mkdir(parents=True)
+        (tmp_path / sweep / "0" / "metrics.json").write_text("{}")
+    combined = tmp_path / "combined"
+    (combined / "own").mkdir(parents=True)
+    (combined / "own" / "metrics.json").write_text("{}")
+    for sweep in ("s0", "s1"):
+        (combined / f"{sweep}-0").symlink_to(tmp_path / sweep / "0")
+    (combined / "latest").symlink_to(combined / "own")
+    assert sorted(p.name for p in _job_dirs(combined)) == ["own", "s0-0", "s1-0"]

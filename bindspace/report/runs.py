@@ -171,12 +171,14 @@ def load_per_query(path: Path) -> dict[str, np.ndarray]:
 def _job_dirs(multirun_dir: Path) -> list[Path]:
     if (multirun_dir / "metrics.json").is_file() or (multirun_dir / ".hydra").is_dir():
         return [multirun_dir]  # a single run's folder: a report of one job
+    here = multirun_dir.resolve()
     jobs = [
         p
         for p in multirun_dir.iterdir()
-        # not the `latest` link bindspace-train keeps beside single runs: it repeats one of them
+        # Not a link to a run of this same folder (the `latest` link bindspace-train keeps beside single
+        # runs repeats one of them); a link to a run elsewhere counts (how sweeps are combined in one report).
         if p.is_dir()
-        and not p.is_symlink()
+        and not (p.is_symlink() and p.resolve().parent == here)
         and (p.name.isdigit() or (p / ".hydra").is_dir() or (p / "metrics.json").is_file())
     ]
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))

@@ -36,6 +36,9 @@ for s in 0 1 2; do
   $B/bindspace-train -m experiment=spoken_digits loss.kind=infonce,siglip,dcl seed=$s hydra.sweep.dir="$E/ablate_loss_digits_s$s"
 done
 
+$B/bindspace-train -m experiment=ablate_loss loss.kind=siglip loss.siglip.bias.init=-3.434 seed=0,1,2 \
+  hydra.sweep.dir="$E/ablate_loss_siglip_bias"
+
 # two spaces trained apart (image-audio, seed 0; image-text, seed 1) joined through images (README "Connect two spaces")
 $B/bindspace-train graph.modalities=[image,audio] seed=0 logger=none hydra.run.dir="$E/connect/a"
 $B/bindspace-train graph.modalities=[image,text] seed=1 logger=none hydra.run.dir="$E/connect/b"
@@ -58,3 +61,9 @@ for bench in ablate_loss ablate_loss_digits; do
   for s in 0 1 2; do for d in "$E/${bench}_s$s"/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/$bench/s$s-$(basename "$d")"; done; done
   $B/bindspace-report "$E/$bench" --baseline infonce --out "experiments/results/$bench"
 done
+mkdir -p "$E/siglip_bias_cmp"
+for s in 0 1 2; do
+  ln -sfn "$(realpath "$E/ablate_loss_s$s/1")" "$E/siglip_bias_cmp/paper-s$s"
+  ln -sfn "$(realpath "$E/ablate_loss_siglip_bias/$s")" "$E/siglip_bias_cmp/prior-s$s"
+done
+$B/bindspace-report "$E/siglip_bias_cmp" --out experiments/results/ablate_loss_siglip_bias

@@ -145,7 +145,7 @@ def test_huge_image_equals_imagebinds_loader(tmp_path, width, height):
     reference = ib_data.load_and_transform_vision_data([str(path)], "cpu")[0]
     assert out.shape == reference.shape == (3, 224, 224)
     torch.testing.assert_close(out, reference, atol=0, rtol=0)
-    # The other presets resize the float image with torch's own bicubic (sides rounded, crop floored).
+    # The other presets resize the float image with torch's own bicubic (torchvision's tensor geometry).
     assert spec.default_config("base").input.resize == ImageInput().resize == "torch"
 
 

@@ -28,17 +28,19 @@ def to_chw_float(raw: np.ndarray | Tensor, channels: int) -> Tensor:
 def resize_center_crop(x: Tensor, size: int, mode: str = "bicubic") -> Tensor:
     """Resize the shorter side to ``size`` then centre-crop ``size x size`` (CLIP/ImageBind eval transform).
 
+    The geometry of torchvision's ``Resize(size)`` and ``CenterCrop(size)`` on a tensor, which is what
+    Omnivore's and ImageBind's loaders apply to depth: the longer side becomes ``int(size * long / short)``
+    (truncated), the interpolation is antialiased, and the crop starts at ``round((side - size) / 2)``.
     Works on ``(C, H, W)`` or ``(B, C, H, W)``; a no-op when the input already has the target size.
     """
     squeeze = x.ndim == 3
     x = x[None] if squeeze else x
     h, w = x.shape[-2:]
     if (h, w) != (size, size):
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        nh, nw = (int(size * h / w), size) if w <= h else (size, int(size * w / h))
         kwargs = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
         x = F.interpolate(x, size=(nh, nw), mode=mode, **kwargs)
-        top, left = (nh - size) // 2, (nw - size) // 2
+        top, left = round((nh - size) / 2), round((nw - size) / 2)  # half to even, as torchvision
         x = x[..., top : top + size, left : left + size]
     return x[0] if squeeze else x
 

@@ -37,9 +37,9 @@ class ImageInput:
     std: tuple[float, float, float] = CLIP_STD
     channels: int = 3
     frames: int = 1  # ImageBind (huge): 2, the image repeated into 2 frames and patched by a (2, p, p) Conv3d
-    # "torch": antialiased bicubic interpolation of the float image, new sides rounded, crop offset
-    # floored. "pil": ImageBind's loader (torchvision on a PIL image): PIL's bicubic on the 8-bit
-    # image, the long side truncated, the crop offset rounded. Float input (renders) takes "torch".
+    # "torch": antialiased bicubic interpolation of the float image, with the geometry of torchvision
+    # on a tensor. "pil": ImageBind's loader (torchvision on a PIL image): PIL's bicubic on the 8-bit
+    # image. Both truncate the long side and round the crop offset. Float input (renders) takes "torch".
     resize: str = "torch"
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ from bindspace.config import build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.data.checks import small_heldout_message
 from bindspace.errors import ConfigError
-from bindspace.evaluation.embed import embed_batches
+from bindspace.evaluation.embed import HeldOut, embed_batches, relevance_keys
 from bindspace.evaluation.fit_split import FitScoreSplit, check_disjoint, split_fit_and_score
 from bindspace.evaluation.gap import (
     BRIDGE_METHODS,
@@ -66,7 +66,6 @@ from bindspace.utils.typed import from_mapping
 log = logging.getLogger("bindspace.eval")
 SPLITS = ("val", "test")
 FIT_SPLIT_MODES = ("auto", "reference")
-Split = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]  # embeddings, ids, labels
 
 
 @dataclass
@@ -131,11 +130,13 @@ def load_model(plain: dict[str, Any]) -> BindSpace:
     return BindSpace.from_state(ckpt, device, spec.modalities, spec.embed_dim, spec.edges, where=str(path))
 
 
-def embed_split(bs: BindSpace, datamodule, split: str) -> tuple[Split, list[str]]:
+def embed_split(bs: BindSpace, datamodule, split: str) -> tuple[HeldOut, list[str]]:
     """Embed every modality the split's batches hold (a manifest split may hold fewer than the model).
 
     Returns:
-        The split, and per row its sample id (a manifest's ``id``; a synthetic scene id) as a string.
+        The split, and per row its source key as a string: the sample id (a manifest's ``id``; a synthetic
+        scene id), or ``group:<name>`` for a row of a manifest's group, so that fitting and scoring never
+        split a group (several captions of one sound) between them.
     """
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     batches = iter(loader)
@@ -147,20 +148,24 @@ def embed_split(bs: BindSpace, datamodule, split: str) -> tuple[Split, list[str]
 
     def recording(stream):
         for batch in stream:
-            sample_ids.extend(str(s) for s in batch.get("sample_id", batch["id"].tolist()))
+            sample_ids.extend(str(s) for s in batch.get("source_key", batch.get("sample_id", batch["id"].tolist())))
             yield batch
 
     return embed_batches(bs.model, recording(itertools.chain([first], batches)), modalities), sample_ids
 
 
-def take_rows(split: Split, rows: list[int]) -> Split:
+def take_rows(split: HeldOut, rows: list[int]) -> HeldOut:
     """The rows ``rows`` of every tensor of a split."""
     index = torch.as_tensor(rows, dtype=torch.long)
-    embs, ids, labels = split
-    return {m: e[index] for m, e in embs.items()}, ids[index], None if labels is None else labels[index]
+    return HeldOut(
+        {m: e[index] for m, e in split.embeddings.items()},
+        split.ids[index],
+        None if split.labels is None else split.labels[index],
+        None if split.groups is None else split.groups[index],
+    )
 
 
-def fit_and_score_splits(bs: BindSpace, datamodule, opts: EvalOptions) -> tuple[Split, Split, FitScoreSplit]:
+def fit_and_score_splits(bs: BindSpace, datamodule, opts: EvalOptions) -> tuple[HeldOut, HeldOut, FitScoreSplit]:
     """Embed the reference and scored splits and keep them disjoint by sample id (module docstring).
 
     Returns:
@@ -203,7 +208,7 @@ def centred_zero_shot(
     return {m: zero_shot_from_classes(centred[m], labels, classes, opts.zero_shot_ks) for m in wanted}
 
 
-def fit_mitigations(ref: Split, opts: EvalOptions) -> tuple[dict[str, torch.Tensor], dict[str, Bridge]]:
+def fit_mitigations(ref: HeldOut, opts: EvalOptions) -> tuple[dict[str, torch.Tensor], dict[str, Bridge]]:
     """Centring means of every modality and a bridge from each mixed-index gallery modality to its queries."""
     embs = ref[0]
     bridges = {}
@@ -214,9 +219,9 @@ def fit_mitigations(ref: Split, opts: EvalOptions) -> tuple[dict[str, torch.Tens
     return fit_centering(embs), bridges
 
 
-def mixed_index_table(test: Split, means: dict, bridges: dict[str, Bridge], opts: EvalOptions) -> dict:
+def mixed_index_table(test: HeldOut, means: dict, bridges: dict[str, Bridge], opts: EvalOptions) -> dict:
     """Each query modality against one index of several gallery modalities: none / center / bridge."""
-    embs, ids, _ = test
+    embs, ids = test.embeddings, relevance_keys(test)
     out: dict[str, Any] = {}
     for entry in opts.mixed_index:
         q, gallery = entry["queries"], list(entry["gallery"])
@@ -232,11 +237,11 @@ def mixed_index_table(test: Split, means: dict, bridges: dict[str, Bridge], opts
 
 
 def evaluate(
-    bs: BindSpace, test: Split, mitigations: tuple, names: list[str] | None, prompts: Prompts, opts: EvalOptions
+    bs: BindSpace, test: HeldOut, mitigations: tuple, names: list[str] | None, prompts: Prompts, opts: EvalOptions
 ) -> tuple[dict, dict]:
     """Every metric of ``metrics.json`` from the embedded split and the mitigations (from :func:`fit_mitigations`),
     and the per-query values of ``per_query.npz``."""
-    embs, ids, labels = test
+    embs, ids, labels = test.embeddings, relevance_keys(test), test.labels
     means, bridges = mitigations
     found = evaluate_split(
         bs, test, bs.edges, class_names=names, prompts=prompts, zero_shot_ks=opts.zero_shot_ks,
@@ -256,7 +261,7 @@ def evaluate(
     return metrics, per_query
 
 
-def probe_table(ref: Split, test: Split, plan: FitScoreSplit, opts: EvalOptions, seed: int) -> dict[str, Any]:
+def probe_table(ref: HeldOut, test: HeldOut, plan: FitScoreSplit, opts: EvalOptions, seed: int) -> dict[str, Any]:
     """``metrics.json["linear_probe"]``: a probe per modality fitted on the fit rows, scored on the scored rows."""
     if ref[2] is None or test[2] is None:
         raise ConfigError("probe=true needs a labelled dataset (class labels on the reference and scored splits)")

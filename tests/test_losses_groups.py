@@ -33,7 +33,7 @@ def grouped_rows(root, n: int, size: int, ungrouped: int = 0) -> list[dict]:
 
 
 def test_batches_carry_group_ids_shared_by_members(tmp_path):
-    rows = grouped_rows(tmp_path, 12, size=3, ungrouped=3)
+    rows = grouped_rows(tmp_path, 24, size=3, ungrouped=3)  # the split keeps groups whole: enough of them to train
     dm = build(EDGE, train=str(write_rows(tmp_path / "train.jsonl", rows)), val_fraction=0.25)
     dm.train_dataloader()
     by_id = {r["id"]: r.get("group") for r in rows}
@@ -50,7 +50,7 @@ def test_batches_carry_group_ids_shared_by_members(tmp_path):
 
 
 def test_csv_manifests_read_the_group_column_too(tmp_path):
-    rows = grouped_rows(tmp_path, 8, size=2)
+    rows = grouped_rows(tmp_path, 16, size=2)
     path = tmp_path / "train.csv"
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, ["id", "group", "image", "text"])
@@ -62,7 +62,7 @@ def test_csv_manifests_read_the_group_column_too(tmp_path):
 
 
 def test_a_group_column_of_single_members_warns_in_one_line(tmp_path):
-    rows = grouped_rows(tmp_path, 8, size=1)
+    rows = grouped_rows(tmp_path, 16, size=1)
     with pytest.warns(UserWarning) as caught:
         build(EDGE, train=str(write_rows(tmp_path / "train.jsonl", rows)), val_fraction=0.25).train_dataloader()
     messages = [str(w.message) for w in caught if "group" in str(w.message)]

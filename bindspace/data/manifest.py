@@ -350,13 +350,21 @@ def id_fraction(sample_id: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def split_by_id(samples: Sequence[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:
-    """Split into (train, val): a sample goes to val when ``id_fraction(id) < val_fraction``.
+def source_key(sample: Sample) -> str:
+    """What must not straddle a split: the sample's ``group`` when it names one (several captions of
+    one sound are rows holding the same file), else its ``id``."""
+    return sample.id if sample.group is None else f"group:{sample.group}"
 
-    Depends on the ids only, not on the seed or the order of the rows, so every run and every seed
-    holds out the same samples, and adding rows never moves an existing sample across the split.
+
+def split_by_id(samples: Sequence[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:
+    """Split into (train, val): a sample goes to val when ``id_fraction(source_key) < val_fraction``.
+
+    Depends on the ids (and groups) only, not on the seed or the order of the rows, so every run and
+    every seed holds out the same samples, and adding rows never moves an existing sample across the
+    split. The rows of one group go to the same side: a sound held out is never trained on through
+    another of its captions.
     """
     train, val = [], []
     for s in samples:
-        (val if id_fraction(s.id) < val_fraction else train).append(s)
+        (val if id_fraction(source_key(s)) < val_fraction else train).append(s)
     return train, val

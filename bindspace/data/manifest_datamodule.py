@@ -38,6 +38,7 @@ from bindspace.data.manifest import (
     is_inline,
     load_manifest,
     scan_files,
+    source_key,
     split_by_id,
 )
 from bindspace.data.resample import DecodedAudio, prepare
@@ -113,6 +114,7 @@ class ManifestDataset(Dataset):
             batch["label"] = torch.as_tensor([self.class_index[s.label] for s in picked], dtype=torch.long)
         if self.group_index is not None:
             batch["group"] = torch.as_tensor([self.group_index[group_of(s)] for s in picked], dtype=torch.long)
+            batch["source_key"] = [source_key(s) for s in picked]  # comparable across splits, unlike "group"
         for m in self.modalities:
             batch[m] = load_inputs(m, [s.values[m] for s in picked], self.configs[m], self.decoded)
         return batch

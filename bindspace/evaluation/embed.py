@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -16,16 +17,33 @@ def to_device(x, device: torch.device):
     return x.to(device, non_blocking=True) if isinstance(x, Tensor) else x
 
 
+class HeldOut(NamedTuple):
+    """An embedded held-out split; row i of every array is one sample.
+
+    ``ids`` are unique (``per_query.npz`` matches queries across runs by them). ``groups``, from a
+    manifest's ``group`` column, says which rows are one source (several captions of one sound): at
+    instance level they are each other's matches. ``None`` when the data names no groups.
+    """
+
+    embeddings: dict[str, Tensor]
+    ids: Tensor
+    labels: Tensor | None
+    groups: Tensor | None = None
+
+
+def relevance_keys(split: HeldOut) -> Tensor:
+    """Per row, what instance-level retrieval matches on: its group when the data names groups, else its id."""
+    return split.ids if split.groups is None else split.groups
+
+
 @torch.no_grad()
-def embed_batches(
-    model: BindSpaceModel, batches: Iterable[dict], modalities: Sequence[str]
-) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
-    """Returns (modality -> (N, D) embeddings on CPU, ids (N,), labels (N,) or None)."""
+def embed_batches(model: BindSpaceModel, batches: Iterable[dict], modalities: Sequence[str]) -> HeldOut:
+    """Every modality of every batch, embedded in eval mode; the model's mode is restored afterwards."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out: dict[str, list[Tensor]] = {m: [] for m in modalities}
-    ids, labels = [], []
+    ids, labels, groups = [], [], []
     try:
         for batch in batches:
             for m in modalities:
@@ -33,6 +51,13 @@ def embed_batches(
             ids.append(batch["id"])
             if "label" in batch:
                 labels.append(batch["label"])
+            if "group" in batch:
+                groups.append(batch["group"])
     finally:
         model.train(was_training)
-    return {m: torch.cat(v) for m, v in out.items()}, torch.cat(ids), (torch.cat(labels) if labels else None)
+    return HeldOut(
+        {m: torch.cat(v) for m, v in out.items()},
+        torch.cat(ids),
+        torch.cat(labels) if labels else None,
+        torch.cat(groups) if groups else None,
+    )

@@ -87,7 +87,7 @@ def linear_probe(
     """A linear probe per modality: fitted on ``fit``, scored on ``score`` (``metrics.json["linear_probe"]``).
 
     Args:
-        fit, score: ``(embeddings by modality, ids, labels)`` of two splits (:func:`bindspace.eval.take_rows`).
+        fit, score: ``(embeddings, ids, labels[, groups])`` of two splits (:func:`bindspace.eval.take_rows`).
         fit_ids, score_ids: per row, its sample id (a manifest's ``id``, a scene id): no id may be on both sides.
         modalities: which to probe (default: every modality both splits hold).
         seed, c, bootstrap: see :func:`probe_modality`.
@@ -95,7 +95,7 @@ def linear_probe(
     Raises:
         ValueError: unlabelled splits, or a sample id on both sides.
     """
-    (fit_embs, _, fit_labels), (score_embs, _, score_labels) = fit, score
+    (fit_embs, _, fit_labels), (score_embs, _, score_labels) = fit[:3], score[:3]
     if fit_labels is None or score_labels is None:
         raise ValueError("a linear probe needs class labels on the fitted and the scored split")
     if len(fit_ids) != len(fit_labels) or len(score_ids) != len(score_labels):

@@ -17,9 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
-
-from bindspace.evaluation.embed import embed_batches
+from bindspace.evaluation.embed import HeldOut, embed_batches, relevance_keys
 from bindspace.evaluation.gap import gap_table
 from bindspace.evaluation.retrieval import evaluate_retrieval
 from bindspace.evaluation.tables import summarize
@@ -29,7 +27,7 @@ from bindspace.graph import Edge
 METRICS_FORMAT = "bindspace-metrics/2"
 METRICS_VERSION = 2
 
-Split = tuple[dict[str, Tensor], Tensor, Tensor | None]  # embeddings by modality, ids, labels (or None)
+Split = HeldOut  # embeddings by modality, ids, labels (or None), groups (or None)
 
 
 @dataclass
@@ -65,7 +63,8 @@ def evaluate_split(
 
     Args:
         model: embeds the prompts (a ``BindSpaceModel``, a ``BindSpace`` or a text-embedding function).
-        split: ``(embeddings, ids, labels)`` (:func:`embed_split`).
+        split: ``(embeddings, ids, labels[, groups])`` (:func:`embed_split`); with groups, the rows of one
+            group are each other's matches at instance level (``instance_relevance: "group"``).
         trained_edges: the pairs flagged as trained; every other pair is emergent.
         class_names, prompts: zero-shot needs both, labels and a text encoder; otherwise ``zero_shot`` is ``{}``.
         zero_shot_ks, zero_shot_modalities: cut-offs and the modalities classified (default: all but text).
@@ -73,12 +72,16 @@ def evaluate_split(
         gap_seed: seed of the separability probe.
 
     Returns:
-        The keys ``retrieval``, ``retrieval_class`` (labelled splits), ``gallery_size``, ``summary``,
+        The keys ``retrieval``, ``retrieval_class`` (labelled splits), ``gallery_size``,
+        ``instance_relevance`` (``"id"`` or ``"group"``), ``summary``,
         ``summary_ci``, ``chance``, ``bootstrap``, ``zero_shot`` and (``gap``) ``modality_gap``.
     """
-    embs, ids, labels = split
-    found = evaluate_retrieval(embs, ids, [tuple(e) for e in trained_edges], class_labels=labels)
+    split = HeldOut(*split)
+    embs, ids, labels = split.embeddings, split.ids, split.labels
+    # Instance level: a query's matches are its own row, and with a group column every row of its group.
+    found = evaluate_retrieval(embs, relevance_keys(split), [tuple(e) for e in trained_edges], class_labels=labels)
     metrics: dict[str, Any] = {"retrieval": found.instance, "gallery_size": int(ids.shape[0])}
+    metrics["instance_relevance"] = "id" if split.groups is None else "group"
     if found.class_level is not None:
         metrics["retrieval_class"] = found.class_level
     metrics.update(summary=summarize(found.instance), summary_ci=found.summary_ci, chance=dict(found.chance))

@@ -1,0 +1,92 @@
+"""Issue 17, part 3: several captions of one sound (rows of one ``group``) are one source everywhere.
+
+Training already treats them as each other's positives (tests/test_losses_groups.py). Held out, they
+must neither straddle the train/val split (the sound would be trained on through another caption) nor
+the fit/score halves of ``bindspace-eval`` (a correction fitted on a copy of a scored sound), and at
+instance level a caption's matches are every row of its group, not only its own row, whose file other
+rows repeat: scored by id, those exact duplicates would be counted wrong in the model's disfavour.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_manifest import build, paired_rows, write_rows
+
+from bindspace.data.manifest import id_fraction, load_manifest, source_key, split_by_id
+from bindspace.eval import embed_split, take_rows
+from bindspace.evaluation.embed import HeldOut
+from bindspace.evaluation.fit_split import split_fit_and_score
+from bindspace.evaluation.suite import evaluate_split
+
+pytestmark = pytest.mark.slow  # decodes image files
+
+
+def captioned_rows(root, sounds: int, captions: int, loose: int = 0) -> list[dict]:
+    """``sounds`` images, each in ``captions`` rows (same file, its own caption, one group); ``loose`` ungrouped."""
+    base = paired_rows(root, sounds + loose, ["image", "text"], labels=None)
+    rows = []
+    for i, row in enumerate(base[:sounds]):
+        for c in range(captions):
+            rows.append({**row, "id": f"{row['id']}-c{c}", "text": f"caption {c} of {i}", "group": f"sound{i}"})
+    return rows + base[sounds:]
+
+
+def test_the_rows_of_a_group_land_on_one_side_of_the_split(tmp_path):
+    manifest = load_manifest(write_rows(tmp_path / "m.jsonl", captioned_rows(tmp_path, 40, 3, loose=20)))
+    train, val = split_by_id(manifest.samples, 0.3)
+    side = {}
+    for part, name in ((train, "train"), (val, "val")):
+        for s in part:
+            if s.group is not None:
+                assert side.setdefault(s.group, name) == name, f"group {s.group} straddles the split"
+    assert {"train", "val"} == set(side.values())  # both sides hold groups: the test can fail
+    # Ungrouped samples split by their id exactly as before.
+    loose = [s for s in manifest.samples if s.group is None]
+    assert {s.id for s in val if s.group is None} == {s.id for s in loose if id_fraction(s.id) < 0.3}
+    assert source_key(loose[0]) == loose[0].id and source_key(manifest.samples[0]) == "group:sound0"
+
+
+def test_a_groups_rows_are_each_others_instance_matches():
+    # Two sounds, each in two rows: the image rows are exact duplicates, each caption sits next to its image.
+    image = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    )
+    text = torch.nn.functional.normalize(
+        image + 0.1 * torch.tensor([[0, 0, 1.0], [0, 0, -1.0], [0, 0, 1.0], [0, 0, -1.0]])
+    )
+    embs, ids = {"image": image, "text": text}, torch.arange(4)
+    by_group = evaluate_split(
+        None, HeldOut(embs, ids, None, torch.tensor([0, 0, 1, 1])), [("image", "text")], gap=False
+    )
+    by_id = evaluate_split(None, HeldOut(embs, ids, None), [("image", "text")], gap=False)
+    assert by_group.metrics["instance_relevance"] == "group" and by_id.metrics["instance_relevance"] == "id"
+    # text -> image: the two copies of the caption's image tie; either is a match by group, one of two by id.
+    assert by_group.metrics["retrieval"]["text->image"]["R@1"] == pytest.approx(100.0)
+    assert by_id.metrics["retrieval"]["text->image"]["R@1"] == pytest.approx(50.0)
+    # image -> text: both captions of the sound are matches; chance counts them too.
+    assert by_group.metrics["retrieval"]["image->text"]["R@1"] == pytest.approx(100.0)
+    assert by_group.metrics["chance"]["retrieval"]["R@1"] == pytest.approx(50.0)
+    assert by_id.metrics["chance"]["retrieval"]["R@1"] == pytest.approx(25.0)
+    # per_query.npz keeps the unique sample ids, so runs are still matched query by query.
+    assert by_group.per_query["ids"].tolist() == [0, 1, 2, 3]
+
+
+def test_eval_fits_and_scores_on_disjoint_groups(tmp_path):
+    from bindspace.inference import BindSpace
+    from bindspace.models.model import BindSpaceModel
+
+    rows = captioned_rows(tmp_path, 12, 3, loose=4)
+    manifest = write_rows(tmp_path / "m.jsonl", rows)
+    dm = build([("image", "text")], train=str(manifest), val=str(manifest), batch_size=4)
+    dm.setup("fit")
+    bs = BindSpace(BindSpaceModel(dm.configs, embed_dim=16), edges=[("image", "text")])
+    split, keys = embed_split(bs, dm, "val")
+    assert split.groups is not None and len(keys) == len(rows)
+    assert keys.count("group:sound0") == 3  # the three rows of one sound share one source key
+    plan = split_fit_and_score(keys, keys, "val", "val")  # one split serves both: halved by source key
+    fit = {keys[i] for i in plan.fit_rows}
+    scored = {keys[i] for i in plan.score_rows}
+    assert not fit & scored and any(k.startswith("group:") for k in scored)
+    scored_split = take_rows(split, plan.score_rows)
+    assert scored_split.groups is not None and len(scored_split.groups) == len(plan.score_rows)

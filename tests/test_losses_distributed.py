@@ -135,6 +135,13 @@ def multi_edge_cases(rank: int, a: torch.Tensor, o: torch.Tensor, groups: torch.
         _, parts = loss({KEY: (x, y)}, groups={KEY: groups[rows]})
         value, feature_grads = backward(parts[KEY], [x, y])
         out[f"groups/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
+        # Multi-positive DCL (DCLW, in-modal negatives too: every mask at once).
+        objective = EdgeLoss("dcl", weighting="vmf", in_modal=True)
+        loss = MultiEdgeLoss([EDGE], scales, local_loss=local_loss, objectives={KEY: objective}).double()
+        x, y = leaves(a[rows], o[rows])
+        _, parts = loss({KEY: (x, y)}, groups={KEY: groups[rows]})
+        value, feature_grads = backward(parts[KEY], [x, y])
+        out[f"dcl_groups/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
     # Absent pairs (a missing partner) masked out, full and local loss.
     present = global_batch_present(len(a) // B)
     for local_loss in (False, True):
@@ -209,6 +216,8 @@ def single_process(world: int) -> dict:
         ref[f"dcl/{weighting}/{in_modal}"] = backward(dcl(x, y, t.exp(), weighting, 0.5, in_modal), [x, y, t])
     x, y, t = leaves(a, o, stored_log(6.0))
     ref["groups"] = backward(multi_positive_infonce(x, y, t.exp(), groups), [x, y, t])
+    x, y, t = leaves(a, o, stored_log(6.0))
+    ref["dcl_groups"] = backward(dcl(x, y, t.exp(), "vmf", 0.5, True, groups=groups), [x, y, t])
     x, y, t = leaves(a, o, stored_log(6.0))
     ref["present"] = backward(masked_infonce(x, y, t.exp(), global_batch_present(world)), [x, y, t])
     for kind in ("infonce", "siglip"):
@@ -286,6 +295,12 @@ def test_dcl_across_ranks_equals_one_process(ranks, weighting, in_modal, local_l
 def test_multi_positive_across_ranks_equals_one_process(ranks, local_loss):
     world, results = ranks
     assert_equals_single([r[f"groups/{local_loss}"] for r in results], single_process(world)["groups"])
+
+
+@pytest.mark.parametrize("local_loss", [False, True], ids=["full", "local"])
+def test_multi_positive_dcl_across_ranks_equals_one_process(ranks, local_loss):
+    world, results = ranks
+    assert_equals_single([r[f"dcl_groups/{local_loss}"] for r in results], single_process(world)["dcl_groups"])
 
 
 def test_siglip_edges_on_the_ring_are_not_gathered(ranks):

@@ -114,6 +114,53 @@ def test_dcl_equals_the_papers_formula(weighting, in_modal):
         assert torch.autograd.gradcheck(lambda x, y: dcl(x, y, 7.5, weighting, 0.4, in_modal), (a, o))
 
 
+def dcl_groups_reference(a, o, t, groups, weighting="none", sigma=0.5, in_modal=False) -> float:
+    """Multi-positive DCL from the formula: a row's positives are the pairs of its group (their mean logit),
+    its negatives every other pair's (and, in-modal, every same-modality sample outside its group)."""
+    a, o, g = a.detach().tolist(), o.detach().tolist(), groups.tolist()
+    n = len(a)
+    dot = lambda x, y: sum(p * q for p, q in zip(x, y, strict=True))  # noqa: E731
+    positive = [math.exp(dot(a[i], o[i]) / sigma) for i in range(n)]
+    w = [2 - p / (sum(positive) / n) for p in positive] if weighting == "vmf" else [1.0] * n
+    total = 0.0
+    for zs, zu in ((a, o), (o, a)):
+        for i in range(n):
+            mates = [j for j in range(n) if g[j] == g[i]]
+            negatives = [t * dot(zs[i], zu[j]) for j in range(n) if g[j] != g[i]]
+            if in_modal:
+                negatives += [t * dot(zs[i], zs[j]) for j in range(n) if g[j] != g[i]]
+            pull = sum(t * dot(zs[i], zu[j]) for j in mates) / len(mates)
+            total += -w[i] * pull + math.log(sum(math.exp(x) for x in negatives))
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("weighting", ["none", "vmf"])
+@pytest.mark.parametrize("in_modal", [False, True])
+def test_multi_positive_dcl_equals_the_formula(weighting, in_modal):
+    a, o = unit(10, 6, seed=11), unit(10, 6, seed=12)
+    groups = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 5])
+    got = dcl(a, o, 5.0, weighting, 0.4, in_modal, groups=groups)
+    assert float(got) == pytest.approx(dcl_groups_reference(a, o, 5.0, groups, weighting, 0.4, in_modal), rel=1e-12)
+    if weighting == "none":
+        assert torch.autograd.gradcheck(lambda x, y: dcl(x, y, 5.0, "none", 0.4, in_modal, groups=groups), (a, o))
+
+
+def test_dcl_with_one_member_per_group_is_dcl_bit_for_bit():
+    a, o = unit(8, 5, seed=13), unit(8, 5, seed=14)
+    for weighting, in_modal in (("none", False), ("vmf", True)):
+        plain = dcl(a, o, 4.0, weighting, 0.5, in_modal)
+        grouped = dcl(a, o, 4.0, weighting, 0.5, in_modal, groups=torch.arange(8) + 100)
+        assert torch.equal(plain, grouped)
+
+
+def test_dcl_groups_that_disagree_fail_clearly():
+    a, o = unit(4, 3, seed=15), unit(4, 3, seed=16)
+    with pytest.raises(ValueError, match="dcl groups must give one id per row and per column"):
+        dcl(a, o, 4.0, groups=torch.arange(3))
+    with pytest.raises(ValueError, match="a row's own pair is not in its group"):
+        dcl(a, o, 4.0, groups=torch.arange(4), all_groups=torch.arange(4) + 1)
+
+
 def test_dcl_drops_the_positive_from_infonce_denominator():
     """DCL = InfoNCE minus the positive's share of the denominator: the two differ by log(1 - softmax_ii)."""
     a, o = unit(5, 4, seed=5), unit(5, 4, seed=6)

@@ -248,10 +248,10 @@ class MultiEdgeLoss(nn.Module):
     ) -> Tensor:
         """The edge's objective alone (no CyCLIP terms)."""
         objective, scale = self.objectives[key], self.logit_scales[key]()
-        if groups is not None and objective.kind != "infonce" and key not in self._ignored_groups:
+        if groups is not None and objective.kind == "siglip" and key not in self._ignored_groups:
             self._ignored_groups.add(key)
             warnings.warn(
-                f"loss.edges.{key}: {objective.kind} ignores the pairs' group ids (InfoNCE uses them)", stacklevel=3
+                f"loss.edges.{key}: siglip ignores the pairs' group ids (InfoNCE and DCL use them)", stacklevel=3
             )
         if objective.kind == "siglip":
             bias = self.logit_biases[key]()
@@ -263,9 +263,11 @@ class MultiEdgeLoss(nn.Module):
         local = self.local_loss and world is not None
         if objective.kind == "dcl":
             rows = (anchor, other) if local else (all_anchor, all_other)
+            every = None if groups is None else (_gather_groups(groups) if world is not None else groups)
             return dcl(
                 *rows, scale, objective.weighting, objective.sigma, objective.in_modal,
                 all_anchor, all_other, row_offset=rank * anchor.shape[0] if local else 0,
+                groups=groups if local else every, all_groups=every,
             )  # fmt: skip
         if present is not None:
             if objective.kind != "infonce" or groups is not None or objective.cyclip:

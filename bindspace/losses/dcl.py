@@ -40,17 +40,23 @@ def _direction(
     columns: Tensor,
     same: Tensor,
     logit_scale: Tensor | float,
-    labels: Tensor,
+    positives: Tensor,
     weights: Tensor,
     in_modal: bool,
 ) -> Tensor:
-    """Mean over ``rows`` of ``-w * positive + logsumexp(negatives)``; ``columns[labels[i]]`` is row i's positive."""
+    """Mean over ``rows`` of ``-w * mean(positives) + logsumexp(negatives)``.
+
+    ``positives`` (R, M) marks each row's positive columns (its own pair, or every pair of its group);
+    the same mask removes them, or the row itself and its group, from the in-modal negatives of ``same``.
+    """
     logits = logit_scale * rows @ columns.T  # (R, M)
-    positive = logits.gather(1, labels[:, None]).squeeze(1)
-    itself = F.one_hot(labels, columns.shape[0]).bool()  # the positive, or the row itself among `same`
-    negatives = logits.masked_fill(itself, float("-inf"))
+    if positives.sum(1).eq(1).all():  # one positive per row: the logit itself, no averaging
+        positive = logits.masked_select(positives)
+    else:
+        positive = logits.masked_fill(~positives, 0).sum(1) / positives.sum(1)
+    negatives = logits.masked_fill(positives, float("-inf"))
     if in_modal:
-        negatives = torch.cat([negatives, (logit_scale * rows @ same.T).masked_fill(itself, float("-inf"))], dim=1)
+        negatives = torch.cat([negatives, (logit_scale * rows @ same.T).masked_fill(positives, float("-inf"))], dim=1)
     return (-weights * positive + torch.logsumexp(negatives, dim=1)).mean()
 
 
@@ -64,6 +70,8 @@ def dcl(
     all_anchor: Tensor | None = None,
     all_other: Tensor | None = None,
     row_offset: int = 0,
+    groups: Tensor | None = None,
+    all_groups: Tensor | None = None,
 ) -> Tensor:
     """Symmetric decoupled contrastive loss of one edge.
 
@@ -76,6 +84,10 @@ def dcl(
         in_modal: also contrast against the same modality's other samples (the paper's two-view form).
         all_anchor, all_other: ``(M, D)`` every rank's rows, rank-major (default: ``anchor`` and ``other``).
         row_offset: index of ``anchor[0]``'s pair in ``all_*`` (``rank * R`` for a rank's own rows).
+        groups, all_groups: ``(R,)`` and ``(M,)`` integer group ids of the rows and of every column (a
+            manifest's ``group`` column): the pairs of a row's group are all its positives (their mean
+            logit is the positive term) and none of them is a negative. With one member per group this is
+            DCL exactly. ``all_groups`` defaults to ``groups``.
 
     Returns:
         Scalar: the mean over the rows and the two directions.
@@ -88,10 +100,22 @@ def dcl(
     if anchor.shape != other.shape or all_anchor.shape != all_other.shape:
         raise ValueError(f"dcl pairs rows: got {tuple(anchor.shape)} and {tuple(other.shape)}")
     labels = torch.arange(anchor.shape[0], device=anchor.device) + row_offset
+    if groups is None:
+        positives = F.one_hot(labels, all_other.shape[0]).bool()
+    else:
+        all_groups = groups if all_groups is None else all_groups
+        if groups.shape != labels.shape or all_groups.shape != all_other.shape[:1]:
+            raise ValueError(
+                f"dcl groups must give one id per row and per column, got {tuple(groups.shape)} for "
+                f"{anchor.shape[0]} rows and {tuple(all_groups.shape)} for {all_other.shape[0]} columns"
+            )
+        positives = groups[:, None] == all_groups[None, :]
+        if not positives.gather(1, labels[:, None]).all():
+            raise ValueError("dcl groups: a row's own pair is not in its group (ids disagree with all_groups)")
     if weighting == "vmf":
         weights = vmf_weights(all_anchor, all_other, sigma)[labels].to(anchor.dtype)
     else:
         weights = torch.ones(anchor.shape[0], dtype=anchor.dtype, device=anchor.device)
-    a2o = _direction(anchor, all_other, all_anchor, logit_scale, labels, weights, in_modal)
-    o2a = _direction(other, all_anchor, all_other, logit_scale, labels, weights, in_modal)
+    a2o = _direction(anchor, all_other, all_anchor, logit_scale, positives, weights, in_modal)
+    o2a = _direction(other, all_anchor, all_other, logit_scale, positives, weights, in_modal)
     return (a2o + o2a) / 2

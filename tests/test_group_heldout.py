@@ -9,15 +9,20 @@ rows repeat: scored by id, those exact duplicates would be counted wrong in the 
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from test_manifest import build, paired_rows, write_rows
 
-from bindspace.data.manifest import id_fraction, load_manifest, source_key, split_by_id
+from bindspace.data.manifest import ManifestError, id_fraction, load_manifest, source_key, split_by_id
 from bindspace.eval import embed_split, take_rows
 from bindspace.evaluation.embed import HeldOut
 from bindspace.evaluation.fit_split import split_fit_and_score
 from bindspace.evaluation.suite import evaluate_split
+from bindspace.train import run
 
 pytestmark = pytest.mark.slow  # decodes image files
 
@@ -90,3 +95,53 @@ def test_eval_fits_and_scores_on_disjoint_groups(tmp_path):
     assert not fit & scored and any(k.startswith("group:") for k in scored)
     scored_split = take_rows(split, plan.score_rows)
     assert scored_split.groups is not None and len(scored_split.groups) == len(plan.score_rows)
+
+
+# ---- several captions in one JSON Lines row --------------------------------------------------------
+
+
+def test_a_list_of_captions_is_one_group_of_samples(tmp_path):
+    base = paired_rows(tmp_path, 2, ["image", "text"], labels=None)
+    rows = [
+        {**base[0], "text": ["a red ball", "something round and red", "a ball"], "label": "ball"},
+        {**base[1], "text": ["one caption only"], "group": "kept"},
+    ]
+    samples = load_manifest(write_rows(tmp_path / "m.jsonl", rows)).samples
+    assert [s.id for s in samples] == ["s0#0", "s0#1", "s0#2", "s1"]
+    assert [s.values["text"] for s in samples[:3]] == rows[0]["text"]
+    assert {s.values["image"] for s in samples[:3]} == {tmp_path / base[0]["image"]}  # one file, three rows
+    assert {s.group for s in samples[:3]} == {"s0"} and {s.label for s in samples[:3]} == {"ball"}
+    assert samples[3].values["text"] == "one caption only" and samples[3].group == "kept"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ([], r"key 'text': a list must hold one or more non-empty strings \(captions\), got \[\]"),
+        (["fine", 3], r"key 'text': a list must hold one or more non-empty strings"),
+        (["fine", "  "], r"key 'text': a list must hold one or more non-empty strings"),
+    ],
+)
+def test_bad_caption_lists_name_the_line_and_key(tmp_path, text, message):
+    row = {**paired_rows(tmp_path, 1, ["image"], labels=None)[0], "text": text}
+    with pytest.raises(ManifestError, match=rf"m\.jsonl:1: {message}"):
+        load_manifest(write_rows(tmp_path / "m.jsonl", [row]))
+
+
+def test_caption_lists_train_and_evaluate_as_groups_through_the_cli(tmp_path):
+    base = paired_rows(tmp_path, 24, ["image", "text"], labels=None)
+    rows = [{**r, "text": [f"first caption of {i}", f"second caption of {i}"]} for i, r in enumerate(base)]
+    manifest = write_rows(tmp_path / "m.jsonl", rows)
+    run_dir = tmp_path / "run"
+    cfg = compose_config(
+        ["data=manifest", f"data.train={manifest}", "data.val_fraction=0.3", "graph.modalities=[image,text]",
+         "data.batch_size=4", "trainer.max_steps=2", "+trainer.limit_val_batches=0"],
+        run_dir=str(run_dir),
+        synthetic=False,
+    )  # fmt: skip
+    run(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["instance_relevance"] == "group"
+    per_query = np.load(run_dir / "per_query.npz")
+    assert len(np.unique(per_query["ids"])) == len(per_query["ids"]) == metrics["gallery_size"]
+    assert metrics["gallery_size"] % 2 == 0  # both captions of every held-out image, never one of them

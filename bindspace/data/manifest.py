@@ -19,7 +19,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise ManifestError(f"{path}: manifest must end in {', '.join(JSONL_SUFFIXES + CSV_SUFFIXES)}")
     text = _read_text(path)
     rows = _jsonl_rows(path, text) if suffix in JSONL_SUFFIXES else _csv_rows(path, text)
-    samples = [_parse_row(path, line, index, row) for index, (line, row) in enumerate(rows)]
+    samples = [s for index, (line, row) in enumerate(rows) for s in _parse_row(path, line, index, row)]
     if not samples:
         raise ManifestError(f"{path}: manifest holds no samples")
     seen: dict[str, int] = {}
@@ -202,7 +202,8 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample:
+def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> list[Sample]:
+    """One manifest row -> its sample, or one sample per caption when text is a list (JSON Lines only)."""
     where = f"{path}:{line}"
     known = set(list_modalities())
     unknown = sorted(k for k in row if k not in known and k not in META_KEYS)
@@ -211,8 +212,17 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
     present = {k: v for k, v in row.items() if v is not None and v != ""}
     values: dict[str, str | Path] = {}
     raw_paths: dict[str, str] = {}
+    several: tuple[str, list[str]] | None = None  # (inline modality, its values): several captions of one sample
     for m in canonical(k for k in present if k in known):
         value = present[m]
+        if is_inline(m) and isinstance(value, list):
+            if not value or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ManifestError(
+                    f"{where}: key {m!r}: a list must hold one or more non-empty strings (captions), got {value!r}"
+                )
+            if several is not None:
+                raise ManifestError(f"{where}: keys {several[0]!r} and {m!r} are both lists; one list per row")
+            several, value = (m, value), value[0]
         if not isinstance(value, str):
             kind = "the text itself" if is_inline(m) else "a file path"
             raise ManifestError(f"{where}: key {m!r} must be a string ({kind}), got {value!r}")
@@ -226,7 +236,15 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
     if not values:
         raise ManifestError(f"{where}: sample holds no modality (keys: {sorted(row)})")
     sample_id, label = _meta(where, present, "id", str(index)), _meta(where, present, "label", None)
-    return Sample(line, sample_id, label, values, raw_paths, group=_meta(where, present, "group", None))
+    sample = Sample(line, sample_id, label, values, raw_paths, group=_meta(where, present, "group", None))
+    if several is None or len(several[1]) == 1:
+        return [sample]
+    # Several captions: one sample each (ids "<id>#0", "<id>#1", ...), one group (the row's, else its id).
+    m, texts = several
+    group = sample.group if sample.group is not None else sample.id
+    return [
+        replace(sample, id=f"{sample.id}#{k}", values={**values, m: text}, group=group) for k, text in enumerate(texts)
+    ]
 
 
 def _meta(where: str, row: dict[str, Any], key: str, default: str | None) -> str | None:

@@ -91,10 +91,16 @@ def max_saved(fn, *args) -> tuple[torch.Tensor, int]:
     return out, max(sizes)
 
 
-def siglip_cases(rank: int, world: int, a: torch.Tensor, o: torch.Tensor) -> dict:
+def siglip_cases(rank: int, world: int, a: torch.Tensor, o: torch.Tensor, groups: torch.Tensor) -> dict:
     out = {}
     rows = slice(rank * B, (rank + 1) * B)
     for impl in SIGLIP_DIST:
+        # Multi-positive: each arriving chunk labelled by its owner's group ids.
+        x, y, t, b = leaves(
+            a[rows], o[rows], torch.tensor(7.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
+        )
+        loss = losses.siglip_distributed(x, y, t, b, impl, "global", groups=groups[rows])
+        out[f"siglip_groups/{impl}"] = backward(loss, [x, y, t, b])
         for name, module in (
             ("ours", None),
             ("open_clip", open_clip_loss.SigLipLoss(rank=rank, world_size=world, dist_impl=impl)),
@@ -195,7 +201,7 @@ def worker(rank: int, world: int, port: int, out: dict) -> None:
     try:
         a, o, groups = global_batch(world)
         out[rank] = {
-            **siglip_cases(rank, world, a, o),
+            **siglip_cases(rank, world, a, o, groups),
             **multi_edge_cases(rank, a, o, groups),
             "gathers": gather_calls(rank),
         }
@@ -209,6 +215,8 @@ def single_process(world: int) -> dict:
     ref = {}
     x, y, t, b = leaves(a, o, torch.tensor(7.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64))
     ref["siglip"] = backward(siglip(x, y, t, b), [x, y, t, b])
+    x, y, t, b = leaves(a, o, torch.tensor(7.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64))
+    ref["siglip_groups"] = backward(siglip(x, y, t, b, groups), [x, y, t, b])
     x, y, t, b = leaves(a, o, stored_log(7.0), torch.tensor(-3.0, dtype=torch.float64))
     ref["siglip/log"] = backward(siglip(x, y, t.exp(), b), [x, y, t, b])  # as MultiEdgeLoss learns it: log t
     for weighting, in_modal in DCL_CASES:
@@ -270,6 +278,12 @@ def test_siglip_chunked_equals_open_clip_rank_by_rank_and_one_process(ranks, imp
     assert_equals_single([r[f"siglip/{impl}/ours"] for r in results], reference["siglip"])
     # Through MultiEdgeLoss (bidir, the default), with its learnable log-temperature and bias.
     assert_equals_single([r["siglip/module"] for r in results], reference["siglip/log"])
+
+
+@pytest.mark.parametrize("impl", SIGLIP_DIST)
+def test_multi_positive_siglip_across_ranks_equals_one_process(ranks, impl):
+    world, results = ranks
+    assert_equals_single([r[f"siglip_groups/{impl}"] for r in results], single_process(world)["siglip_groups"])
 
 
 def test_siglip_never_keeps_more_than_one_block(ranks):

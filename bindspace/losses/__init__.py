@@ -18,18 +18,16 @@ Memory of the logits per rank, with ``N`` ranks of batch ``B``: the full softmax
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from bindspace.graph import Edge, edge_key
 from bindspace.losses.cyclip import cyclip_terms
 from bindspace.losses.dcl import DCL_WEIGHTINGS, dcl
-from bindspace.losses.distributed import BACKPROP_MODES, distributed_world, gather_features
+from bindspace.losses.distributed import BACKPROP_MODES, distributed_world, gather_features, gather_ids
 from bindspace.losses.infonce import infonce, masked_infonce, masked_nce, multi_positive_infonce, multi_positive_nce
 from bindspace.losses.siglip import SIGLIP_DIST, siglip, siglip_distributed
 from bindspace.modalities import LogitScaleConfig
@@ -187,7 +185,6 @@ class MultiEdgeLoss(nn.Module):
         )
         self.weights = {k: float((weights or {}).get(k, 1.0)) for k in keys}
         self.local_loss, self.backprop = local_loss, backprop
-        self._ignored_groups: set[str] = set()  # edges warned that their objective has no use for group ids
 
     def set_frozen_edges(self, keys: set[str]) -> list[nn.Parameter]:
         """Freeze the learnable temperatures (and biases) of ``keys``, unfreeze the others; returns those newly frozen.
@@ -248,14 +245,9 @@ class MultiEdgeLoss(nn.Module):
     ) -> Tensor:
         """The edge's objective alone (no CyCLIP terms)."""
         objective, scale = self.objectives[key], self.logit_scales[key]()
-        if groups is not None and objective.kind == "siglip" and key not in self._ignored_groups:
-            self._ignored_groups.add(key)
-            warnings.warn(
-                f"loss.edges.{key}: siglip ignores the pairs' group ids (InfoNCE and DCL use them)", stacklevel=3
-            )
         if objective.kind == "siglip":
             bias = self.logit_biases[key]()
-            return siglip_distributed(anchor, other, scale, bias, objective.dist, self.backprop, all_other)
+            return siglip_distributed(anchor, other, scale, bias, objective.dist, self.backprop, all_other, groups)
         world = distributed_world(self.backprop)
         if world is None:
             all_anchor, all_other = anchor, other
@@ -263,7 +255,7 @@ class MultiEdgeLoss(nn.Module):
         local = self.local_loss and world is not None
         if objective.kind == "dcl":
             rows = (anchor, other) if local else (all_anchor, all_other)
-            every = None if groups is None else (_gather_groups(groups) if world is not None else groups)
+            every = None if groups is None else (gather_ids(groups) if world is not None else groups)
             return dcl(
                 *rows, scale, objective.weighting, objective.sigma, objective.in_modal,
                 all_anchor, all_other, row_offset=rank * anchor.shape[0] if local else 0,
@@ -276,7 +268,7 @@ class MultiEdgeLoss(nn.Module):
                 )
             if world is None:
                 return masked_infonce(anchor, other, scale, present)
-            everywhere = _gather_groups(present)
+            everywhere = gather_ids(present)
             count = everywhere.sum().clamp(min=1)
             if not local:
                 return masked_infonce(all_anchor, all_other, scale, everywhere)
@@ -287,7 +279,7 @@ class MultiEdgeLoss(nn.Module):
                 + masked_nce(other, all_anchor, scale, labels, present, everywhere, share)
             ) / 2
         if groups is not None:
-            every = _gather_groups(groups) if world is not None else groups
+            every = gather_ids(groups) if world is not None else groups
             if not local:
                 return multi_positive_infonce(all_anchor, all_other, scale, every)
             labels = torch.arange(anchor.shape[0], device=anchor.device) + rank * anchor.shape[0]
@@ -369,9 +361,3 @@ def infonce_rows(rows: Tensor, columns: Tensor, logit_scale: Tensor, labels: Ten
     """One direction of InfoNCE for some rows against every column (open_clip's local loss)."""
     return nn.functional.cross_entropy(logit_scale * rows @ columns.T, labels)
 
-
-def _gather_groups(groups: Tensor) -> Tensor:
-    """Every rank's group ids (or presence flags), rank-major (no gradient)."""
-    parts = [torch.empty_like(groups) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, groups.contiguous())
-    return torch.cat(parts)

@@ -44,6 +44,13 @@ def gather_features(x: Tensor, backprop: str = "global") -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def gather_ids(ids: Tensor) -> Tensor:
+    """Every rank's integer ids (group ids, presence flags), rank-major; no gradient."""
+    parts = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
 def _p2p(sends: list[tuple[Tensor, int]], sources: list[int]) -> list[Tensor]:
     """Send each tensor to its peer and receive one tensor of the first one's shape from each source, at once."""
     like = sends[0][0]

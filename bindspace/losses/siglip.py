@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bindspace.losses.distributed import distributed_world, exchange, gather_features, reduce_from
+from bindspace.losses.distributed import distributed_world, exchange, gather_features, gather_ids, reduce_from
 from bindspace.losses.infonce import check_pair
 
 __all__ = ["SIGLIP_DIST", "siglip", "siglip_block", "siglip_distributed"]
@@ -33,26 +33,39 @@ __all__ = ["SIGLIP_DIST", "siglip", "siglip_block", "siglip_distributed"]
 SIGLIP_DIST = ("bidir", "shift", "reduce", "gather")
 
 
-def siglip_block(scaled_anchor: Tensor, other: Tensor, logit_bias: Tensor, paired: bool) -> Tensor:
+def siglip_block(
+    scaled_anchor: Tensor, other: Tensor, logit_bias: Tensor, paired: bool, positives: Tensor | None = None
+) -> Tensor:
     """Sum of ``-log sigmoid(label * logit)`` over one ``(B, M)`` block, ``logit = <t a_i, o_j> + b``.
 
     ``scaled_anchor``: ``t * anchor``, scaled once for all blocks. ``paired``: the block holds the
-    positives on its diagonal (needs ``B == M``); otherwise all its labels are negative.
+    positives on its diagonal (needs ``B == M``); otherwise all its labels are negative. ``positives``:
+    a ``(B, M)`` mask of the positive pairs instead (several per row: samples that share a group).
     """
     logits = scaled_anchor @ other.T + logit_bias  # (B, M)
-    if not paired:  # all labels -1: no label matrix to build or keep for backward
+    if positives is not None and positives.any():
+        labels = positives.to(logits.dtype) * 2 - 1
+        return -F.logsigmoid(labels * logits).sum()
+    if not paired or positives is not None:  # all labels -1: no label matrix to build or keep for backward
         return -F.logsigmoid(-logits).sum()
     labels = -torch.ones_like(logits)
     labels.fill_diagonal_(1.0)
     return -F.logsigmoid(labels * logits).sum()
 
 
-def siglip(anchor: Tensor, other: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
-    """The sigmoid loss of one batch: ``(B, D)`` pairs, the sum over the ``(B, B)`` logits over ``B``."""
+def siglip(
+    anchor: Tensor, other: Tensor, logit_scale: Tensor, logit_bias: Tensor, groups: Tensor | None = None
+) -> Tensor:
+    """The sigmoid loss of one batch: ``(B, D)`` pairs, the sum over the ``(B, B)`` logits over ``B``.
+
+    ``groups``: ``(B,)`` integer group ids; pairs of one group are positives (label ``+1``), not only
+    the diagonal. With one member per group this is the plain loss bit for bit.
+    """
     check_pair("siglip", anchor, other)
     if anchor.shape[0] != other.shape[0]:
         raise ValueError(f"siglip pairs row i with row i: batches of {anchor.shape[0]} and {other.shape[0]}")
-    return siglip_block(logit_scale * anchor, other, logit_bias, paired=True) / anchor.shape[0]
+    positives = None if groups is None else _same_group(groups, groups, anchor.shape[0])
+    return siglip_block(logit_scale * anchor, other, logit_bias, paired=True, positives=positives) / anchor.shape[0]
 
 
 def siglip_distributed(
@@ -63,6 +76,7 @@ def siglip_distributed(
     dist: str = "bidir",
     backprop: str = "global",
     all_other: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> Tensor:
     """This rank's share of the sigmoid loss of the global batch, one ``(B, B)`` block at a time.
 
@@ -74,6 +88,9 @@ def siglip_distributed(
         dist: how the other ranks' columns arrive (:data:`SIGLIP_DIST`).
         backprop: ``global`` (the chunks carry gradients back), ``local`` (constants) or ``none`` (in-batch only).
         all_other: with ``dist="gather"``, every rank's ``other`` rank-major (gathered here when not given).
+        groups: ``(B,)`` integer group ids of this rank's pairs: pairs of one group, on any rank, are
+            positives. The ids (not the features) are all-gathered once, so each arriving chunk is
+            labelled by its owner's ids; no block larger than ``(B, B)`` is built.
 
     Returns:
         Scalar: this rank's rows' loss over ``B``; the mean over ranks is the global batch's loss.
@@ -83,44 +100,56 @@ def siglip_distributed(
     check_pair("siglip", anchor, other)
     scaled = logit_scale * anchor  # (B, D), once for every block
     rows = anchor.shape[0]
-    loss = siglip_block(scaled, other, logit_bias, paired=True) / rows  # this rank's positives
+    own = None if groups is None else _same_group(groups, groups, rows)
+    loss = siglip_block(scaled, other, logit_bias, paired=True, positives=own) / rows  # this rank's positives
     world = distributed_world(backprop)
     if world is None:
         return loss
     rank, size = world
-    for chunk in _other_chunks(other, rank, size, dist, backprop, all_other):
-        loss = loss + siglip_block(scaled, chunk, logit_bias, paired=False) / rows
+    every = None if groups is None else gather_ids(groups).view(size, rows)
+    for owner, chunk in _other_chunks(other, rank, size, dist, backprop, all_other):
+        mates = None if every is None else groups[:, None] == every[owner][None, : chunk.shape[0]]
+        loss = loss + siglip_block(scaled, chunk, logit_bias, paired=False, positives=mates) / rows
     return loss
 
 
+def _same_group(row_groups: Tensor, column_groups: Tensor, rows: int) -> Tensor:
+    if row_groups.shape != (rows,) or row_groups.dtype.is_floating_point:
+        raise ValueError(
+            f"siglip groups must be ({rows},) integer ids, got {tuple(row_groups.shape)} {row_groups.dtype}"
+        )
+    return row_groups[:, None] == column_groups[None, :]
+
+
 def _other_chunks(other: Tensor, rank: int, size: int, dist: str, backprop: str, all_other: Tensor | None):
-    """The other ranks' ``(B, D)`` columns, one at a time (a generator: each is used before the next arrives)."""
+    """The other ranks' ``(B, D)`` columns with their owner rank, one at a time (a generator: each is used
+    before the next arrives)."""
     if dist == "gather":
         if all_other is None:
             all_other = gather_features(other, backprop)
         chunks = all_other.view(size, other.shape[0], -1)
-        yield from (chunks[i] for i in range(size) if i != rank)
+        yield from ((i, chunks[i]) for i in range(size) if i != rank)
     elif dist == "reduce":
         for owner in range(size):
             chunk = reduce_from(other, owner, rank, backprop)
             if owner == rank:
                 # Every rank must use every all-reduce's result, or its backward would not run on all ranks.
-                yield chunk[:0]
+                yield owner, chunk[:0]
             else:
-                yield chunk
+                yield owner, chunk
     elif dist == "shift":
         right, left = (rank + 1) % size, (rank - 1) % size
         chunk = other
-        for _ in range(size - 1):  # step s brings rank (rank - s)'s columns
+        for step in range(1, size):  # step s brings rank (rank - s)'s columns
             (chunk,) = exchange([chunk], [right], [left], backprop)
-            yield chunk
+            yield (rank - step) % size, chunk
     else:  # bidir
         right, left = (rank + 1) % size, (rank - 1) % size
         to_right = to_left = other
-        for _ in range((size - 1) // 2):  # step s brings ranks rank - s and rank + s at once
+        for step in range(1, (size - 1) // 2 + 1):  # step s brings ranks rank - s and rank + s at once
             to_right, to_left = exchange([to_right, to_left], [right, left], [left, right], backprop)
-            yield to_right
-            yield to_left
+            yield (rank - step) % size, to_right
+            yield (rank + step) % size, to_left
         if (size - 1) % 2:  # an even world: the rank opposite, rank + size / 2, is still missing
             (chunk,) = exchange([to_right], [right], [left], backprop)
-            yield chunk
+            yield (rank + size // 2) % size, chunk

@@ -136,3 +136,47 @@ def test_shard_datamodule_trains_and_evaluates(dataset, tmp_path):
         build_datamodule(
             {"name": "shards", "train": str(tmp_path / "train")}, tiny_configs(["image", "text"]), edges, 0
         )
+
+
+def test_groups_survive_sharding_and_agree_across_ranks(tmp_path):
+    """A manifest's groups (here three captions per picture) reach the shards, their index, the held-out
+    set unpacked from shards, and the stream's batches, where the ids agree on every rank (the loss
+    compares them across ranks) and for rows of one group only."""
+    rows = []
+    for i, row in enumerate(paired_rows(tmp_path, 8, ["image", "text"], "p", labels=None)):
+        rows.append({**row, "text": [f"caption {c} of picture {i}" for c in range(3)]})
+    manifest = load_manifest(write_rows(tmp_path / "m.jsonl", rows))
+    index = write_shards(manifest, tmp_path / "train", shard_size=5)
+    assert (index["grouped_samples"], index["groups"]) == (24, 8)
+    assert load_index(tmp_path / "train")[1]["groups"] == 8
+    unpacked = extract_shards(tmp_path / "train", tmp_path / "unpacked")
+    assert [s.group for s in unpacked.samples] == [s.group for s in manifest.samples]
+    edges = [("image", "text")]
+    group_of = {s.id: s.group for s in manifest.samples}
+    ids_of: dict[str, int] = {}
+    for rank in (0, 1):
+        for step in itertools.islice(iter(_stream(tmp_path / "train", rank, 2, edges, batch_size=4)), 6):
+            batch = step["image|text"]
+            for sample_id, gid in zip(batch["sample_id"], batch["group"].tolist(), strict=True):
+                assert ids_of.setdefault(sample_id, gid) == gid  # the same id at every visit, on both ranks
+    by_group: dict[str, set[int]] = {}
+    for sample_id, gid in ids_of.items():
+        by_group.setdefault(group_of[sample_id], set()).add(gid)
+    assert all(len(v) == 1 for v in by_group.values())  # one id per group ...
+    assert len({next(iter(v)) for v in by_group.values()}) == len(by_group)  # ... and distinct groups differ
+
+
+def test_shards_without_groups_carry_no_group_ids(dataset, tmp_path):
+    index = write_shards(load_manifest(dataset / "train.jsonl"), tmp_path, shard_size=2)
+    assert index["grouped_samples"] == 0
+    step = next(iter(_stream(tmp_path, 0, 1, [("image", "text")])))
+    assert "group" not in step["image|text"]
+
+
+def test_shards_whose_groups_all_have_one_member_warn(tmp_path):
+    rows = [{**r, "group": r["id"]} for r in paired_rows(tmp_path, 6, ["image", "text"], "g", labels=None)]
+    write_shards(load_manifest(write_rows(tmp_path / "m.jsonl", rows)), tmp_path / "train", shard_size=3)
+    val = write_rows(tmp_path / "val.jsonl", paired_rows(tmp_path, 2, ["image", "text"], "v", labels=None))
+    data = {"name": "shards", "train": str(tmp_path / "train"), "val": str(val), "batch_size": 2}
+    with pytest.warns(UserWarning, match="every group of the shards' group column has one member"):
+        build_datamodule(data, tiny_configs(["image", "text"]), [("image", "text")], seed=0)

@@ -14,6 +14,7 @@ fail the run with their list (``on_error="raise"``) or drop their samples, count
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections import Counter
@@ -127,6 +128,13 @@ class ManifestDataset(Dataset):
 def group_of(sample: Sample) -> tuple[bool, str]:
     """A sample's group key: its ``group``, or a group of its own (keyed by its id) when it has none."""
     return (sample.group is None, sample.id if sample.group is None else sample.group)
+
+
+def stable_group_id(sample: Sample) -> int:
+    """A 63-bit integer of the sample's :func:`~bindspace.data.manifest.source_key`, the same in every
+    process without a shared table (streamed shards); distinct keys collide with probability ~2^-63."""
+    digest = hashlib.blake2b(source_key(sample).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def group_index(samples: Sequence[Sample]) -> dict[tuple[bool, str], int] | None:

@@ -19,6 +19,7 @@ import itertools
 import logging
 import shutil
 import tempfile
+import warnings
 import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ from bindspace.data.manifest_datamodule import (
     class_vocabulary,
     existing_path,
     heldout_dataset,
+    stable_group_id,
 )
 from bindspace.data.shards import (
     INDEX_NAME,
@@ -178,6 +180,8 @@ class ShardStream(IterableDataset):
         augment: Mapping[str, Any] | None = None,
     ) -> None:
         self.augment = {m: a for m, a in (augment or {}).items() if a}
+        # The set names groups: every batch carries ids that agree across batches and ranks (hashed keys).
+        self.groups = int(index.get("grouped_samples", 0)) > 0
         self.edges = {edge_key(e): tuple(e) for e in edges}
         self.keys = list(self.edges)
         self.shards = {
@@ -303,6 +307,8 @@ class ShardStream(IterableDataset):
             bad.row = i
             raise bad from None
         batch["id"] = torch.as_tensor([int(k) for k, _, _ in rows], dtype=torch.long)  # positions in the manifest
+        if self.groups:  # not the batch-local ids ManifestDataset numbers: ranks compare theirs in the loss
+            batch["group"] = torch.as_tensor([stable_group_id(s) for s in samples], dtype=torch.long)
         return batch
 
 
@@ -401,6 +407,13 @@ class ShardDataModule(PairedDataModule):
         shards = check_shard_set(train, on_error, scan_workers)  # before any held-out file is decoded
         self.folder, self.index, self.skip, shard_report = shards.folder, shards.index, shards.skip, shards.report
         self.pairs = {edge_key(e): int(self.index["pairs"].get(pair_key(*e), 0)) for e in self.edges}
+        grouped, groups = int(self.index.get("grouped_samples", 0)), int(self.index.get("groups", 0))
+        if grouped and groups == grouped:
+            warnings.warn(
+                f"data: {self.folder}: every group of the shards' group column has one member; "
+                "multi-positive losses are then the plain ones",
+                stacklevel=2,
+            )
         for key, count in self.pairs.items():
             if count < batch_size:
                 raise ManifestError(

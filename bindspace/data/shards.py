@@ -54,6 +54,8 @@ REWRITE = "rewrite the shards with `bindspace-data shard`"
 def sample_fields(sample: Sample) -> Fields:
     """The members of one sample, keyed by what follows ``<key>.`` in the tar."""
     meta = {"id": sample.id, "label": sample.label, "line": sample.line}
+    if sample.group is not None:
+        meta["group"] = sample.group
     fields = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
     for m in canonical(sample.values):
         value = sample.values[m]
@@ -121,6 +123,7 @@ def write_shards(
         "modalities": manifest.modality_counts(),
         "pairs": manifest.pair_counts(),
         "labels": manifest.label_counts(),
+        **group_counts(manifest.samples),
         "shards": shards,
     }
     _readable(atomic_write_json(out / INDEX_NAME, index))  # last: a complete index means a complete set
@@ -197,10 +200,17 @@ class ShardSample:
     id: str
     label: str | None
     fields: tuple[str, ...]  # members besides json: "image.png", "text.txt", ...
+    group: str | None = None
 
     @property
     def modalities(self) -> list[str]:
         return canonical(f.partition(".")[0] for f in self.fields)
+
+
+def group_counts(samples: Iterable[Sample | ShardSample]) -> dict[str, int]:
+    """``grouped_samples`` (samples naming a ``group``) and ``groups`` (distinct names), for ``index.json``."""
+    named = [s.group for s in samples if s.group is not None]
+    return {"grouped_samples": len(named), "groups": len(set(named))}
 
 
 @dataclass
@@ -260,6 +270,7 @@ def _meta_problem(name: str, meta: Any) -> str | None:
     for key, ok in (
         ("id", lambda v: isinstance(v, str | int) and not isinstance(v, bool)),
         ("label", lambda v: v is None or isinstance(v, str)),
+        ("group", lambda v: v is None or isinstance(v, str)),
         ("line", lambda v: v is None or _is_count(v)),
     ):
         if (key == "id" and key not in meta) or not ok(meta.get(key)):
@@ -331,7 +342,8 @@ def check_shard(path: Path, listed: Mapping[str, Any] | None = None) -> ShardChe
         if key in metas:
             meta = metas[key]
             label = meta.get("label")
-            check.samples[key] = ShardSample(str(meta["id"]), label, tuple(f for f in fields if f != "json"))
+            fields_held = tuple(f for f in fields if f != "json")
+            check.samples[key] = ShardSample(str(meta["id"]), label, fields_held, meta.get("group"))
     if listed is not None:
         counts = Counter(f.partition(".")[0] for fields in members.values() for f in fields if f != "json")
         held = {m: counts[m] for m in canonical(counts)}
@@ -371,6 +383,7 @@ def usable_index(index: Mapping[str, Any], checks: Sequence[ShardCheck]) -> dict
         "num_samples": len(everything),
         **_counts(everything),
         "labels": dict(sorted(labels.items())),
+        **group_counts(everything),
         "shards": shards,
     }
 
@@ -461,7 +474,7 @@ def materialize(key: str, fields: Fields, folder: Path | None = None, source: Pa
                 raise bad(name, str(utf8_problem(data))) from None
         else:
             values[modality] = InMemoryFile(f"{key}.{name}", data)
-    return Sample(int(meta.get("line") or 0), str(meta["id"]), meta.get("label"), values)
+    return Sample(int(meta.get("line") or 0), str(meta["id"]), meta.get("label"), values, group=meta.get("group"))
 
 
 def extract_shards(path: str | Path, out: str | Path, select: Mapping[str, Collection[str]] | None = None) -> Manifest:
@@ -487,7 +500,7 @@ def extract_shards(path: str | Path, out: str | Path, select: Mapping[str, Colle
             for v in s.values.values():
                 if isinstance(v, InMemoryFile):
                     (out / v.name).write_bytes(v.data)  # held-out members are decoded once, from files
-            row = {"id": s.id, "label": s.label}
+            row = {"id": s.id, "label": s.label, "group": s.group}
             row.update({m: (v if is_inline(m) else v.name) for m, v in s.values.items()})
             lines.append(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False))
     (out / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -360,4 +360,3 @@ class MultiEdgeLoss(nn.Module):
 def infonce_rows(rows: Tensor, columns: Tensor, logit_scale: Tensor, labels: Tensor) -> Tensor:
     """One direction of InfoNCE for some rows against every column (open_clip's local loss)."""
     return nn.functional.cross_entropy(logit_scale * rows @ columns.T, labels)
-

@@ -101,6 +101,13 @@ def siglip_cases(rank: int, world: int, a: torch.Tensor, o: torch.Tensor, groups
         )
         loss = losses.siglip_distributed(x, y, t, b, impl, "global", groups=groups[rows])
         out[f"siglip_groups/{impl}"] = backward(loss, [x, y, t, b])
+        # Absent pairs masked out (and groups at once): each chunk labelled and masked by its owner's flags.
+        present = global_batch_present(world)
+        x, y, t, b = leaves(
+            a[rows], o[rows], torch.tensor(7.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
+        )
+        loss = losses.siglip_distributed(x, y, t, b, impl, "global", groups=groups[rows], present=present[rows])
+        out[f"siglip_present/{impl}"] = backward(loss, [x, y, t, b])
         for name, module in (
             ("ours", None),
             ("open_clip", open_clip_loss.SigLipLoss(rank=rank, world_size=world, dist_impl=impl)),
@@ -155,6 +162,11 @@ def multi_edge_cases(rank: int, a: torch.Tensor, o: torch.Tensor, groups: torch.
         x, y = leaves(a[rows], o[rows])
         value, feature_grads = backward(loss({KEY: (x, y)}, present={KEY: present[rows]})[0], [x, y])
         out[f"present/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
+        objective = EdgeLoss("dcl", weighting="vmf", in_modal=True)
+        loss = MultiEdgeLoss([EDGE], scales, local_loss=local_loss, objectives={KEY: objective}).double()
+        x, y = leaves(a[rows], o[rows])
+        value, feature_grads = backward(loss({KEY: (x, y)}, present={KEY: present[rows]})[0], [x, y])
+        out[f"dcl_present/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
     # CyCLIP's terms on an InfoNCE edge (full and local loss) and on a SigLIP edge (its rows' share).
     for kind, local_loss in (("infonce", False), ("infonce", True), ("siglip", False)):
         objective = EdgeLoss(kind, bias=LogitBiasConfig(-3.0), cyclip_in_modal=0.25, cyclip_cross_modal=0.5)
@@ -228,6 +240,11 @@ def single_process(world: int) -> dict:
     ref["dcl_groups"] = backward(dcl(x, y, t.exp(), "vmf", 0.5, True, groups=groups), [x, y, t])
     x, y, t = leaves(a, o, stored_log(6.0))
     ref["present"] = backward(masked_infonce(x, y, t.exp(), global_batch_present(world)), [x, y, t])
+    x, y, t = leaves(a, o, stored_log(6.0))
+    present = global_batch_present(world)
+    ref["dcl_present"] = backward(dcl(x, y, t.exp(), "vmf", 0.5, True, present=present), [x, y, t])
+    x, y, t, b = leaves(a, o, torch.tensor(7.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64))
+    ref["siglip_present"] = backward(siglip(x, y, t, b, groups, present=present), [x, y, t, b])
     for kind in ("infonce", "siglip"):
         x, y, t = leaves(a, o, stored_log(7.0 if kind == "siglip" else 6.0))
         in_modal, cross = cyclip_terms(x, y)
@@ -333,3 +350,10 @@ def test_cyclip_terms_across_ranks_equal_one_process(ranks, kind, local_loss):
 def test_masked_pairs_across_ranks_equal_one_process(ranks, local_loss):
     world, results = ranks
     assert_equals_single([r[f"present/{local_loss}"] for r in results], single_process(world)["present"])
+    assert_equals_single([r[f"dcl_present/{local_loss}"] for r in results], single_process(world)["dcl_present"])
+
+
+@pytest.mark.parametrize("impl", SIGLIP_DIST)
+def test_masked_multi_positive_siglip_across_ranks_equals_one_process(ranks, impl):
+    world, results = ranks
+    assert_equals_single([r[f"siglip_present/{impl}"] for r in results], single_process(world)["siglip_present"])

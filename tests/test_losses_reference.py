@@ -20,6 +20,7 @@ from bindspace.errors import ConfigError
 from bindspace.losses import (
     SIGLIP_LOGIT_SCALE,
     EdgeLoss,
+    LogitBiasConfig,
     MultiEdgeLoss,
     cyclip_terms,
     dcl,
@@ -261,6 +262,55 @@ def test_an_absent_pair_contributes_nothing():
     stored = loss.logit_scales[key]()  # 8 as a float32 log stores it
     want = infonce(a[present], o[present], stored)
     torch.testing.assert_close(loss({key: (a, o)}, present={key: present})[1][key], want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kind,kwargs",
+    [
+        ("siglip", {}),
+        ("siglip", {"groups": True}),
+        ("dcl", {"weighting": "none", "in_modal": False}),
+        ("dcl", {"weighting": "vmf", "in_modal": True}),
+        ("dcl", {"weighting": "vmf", "in_modal": False, "groups": True}),
+    ],
+)
+def test_siglip_and_dcl_with_absent_pairs_equal_the_present_pairs_alone(kind, kwargs):
+    a, o = unit(10, 6, seed=31), unit(10, 6, seed=32)
+    present = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
+    groups = torch.tensor([0, 0, 1, 1, 2, 3, 3, 4, 5, 6]) if kwargs.pop("groups", False) else None
+    sub = None if groups is None else groups[present]
+    t, b = torch.tensor(6.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+    if kind == "siglip":
+        masked = siglip(a, o, t, b, groups, present=present)
+        alone = siglip(a[present], o[present], t, b, sub)
+    else:
+        masked = dcl(a, o, 6.0, sigma=0.4, groups=groups, present=present, **kwargs)
+        alone = dcl(a[present], o[present], 6.0, sigma=0.4, groups=sub, **kwargs)
+    torch.testing.assert_close(masked, alone, rtol=1e-12, atol=0)
+    for got, want in zip(grads(masked, a, o), grads(alone, a, o), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)  # zero on the absent rows
+    # Through the module, whatever the kind: the mask reaches the loss.
+    key = "image|text"
+    objective = EdgeLoss(kind, **({"weighting": kwargs["weighting"], "in_modal": kwargs["in_modal"], "sigma": 0.4}
+                                  if kind == "dcl" else {"bias": LogitBiasConfig(-2.0)}))  # fmt: skip
+    loss = MultiEdgeLoss([("image", "text")], {key: LogitScaleConfig(6.0, False)}, objectives={key: objective})
+    loss = loss.double()
+    got = loss({key: (a, o)}, present={key: present}, groups=None if groups is None else {key: groups})[1][key]
+    scale = loss.logit_scales[key]()
+    if kind == "siglip":
+        want = siglip(a[present], o[present], scale, loss.logit_biases[key](), sub)
+    else:
+        want = dcl(a[present], o[present], scale, sigma=0.4, groups=sub, **kwargs)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_masks_and_cyclip_are_refused_in_one_line():
+    key = "image|text"
+    objective = EdgeLoss("siglip", cyclip_in_modal=0.25)
+    loss = MultiEdgeLoss([("image", "text")], {key: LogitScaleConfig(6.0, False)}, objectives={key: objective})
+    a, o = unit(4, 3, seed=1), unit(4, 3, seed=2)
+    with pytest.raises(ValueError, match=r"edge image\|text: masks of missing pairs do not combine with CyCLIP"):
+        loss.double()({key: (a, o)}, present={key: torch.ones(4, dtype=torch.bool)})
 
 
 # ---- CyCLIP ------------------------------------------------------------------------------------------

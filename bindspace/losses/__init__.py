@@ -214,11 +214,13 @@ class MultiEdgeLoss(nn.Module):
     ) -> Tensor:
         """One edge's loss; ``all_*``: the features of every rank (gathered here when the edge needs them).
 
-        ``groups``: ``(B,)`` integer group ids of this rank's pairs (InfoNCE edges: several positives).
-        ``present``: ``(B,)`` bool, False for a pair whose partner is missing (InfoNCE edges): it takes no
+        ``groups``: ``(B,)`` integer group ids of this rank's pairs (several positives, every kind).
+        ``present``: ``(B,)`` bool, False for a pair whose partner is missing (every kind): it takes no
         part in the loss, neither as a query nor as a negative.
         """
         objective = self.objectives[key]
+        if present is not None and objective.cyclip:
+            raise ValueError(f"edge {key}: masks of missing pairs do not combine with CyCLIP's terms (loss.cyclip)")
         if objective.gathers and (all_anchor is None or all_other is None):
             all_anchor, all_other = gather_features(anchor, self.backprop), gather_features(other, self.backprop)
         loss = self._objective_loss(key, anchor, other, all_anchor, all_other, groups, present)
@@ -247,7 +249,9 @@ class MultiEdgeLoss(nn.Module):
         objective, scale = self.objectives[key], self.logit_scales[key]()
         if objective.kind == "siglip":
             bias = self.logit_biases[key]()
-            return siglip_distributed(anchor, other, scale, bias, objective.dist, self.backprop, all_other, groups)
+            return siglip_distributed(
+                anchor, other, scale, bias, objective.dist, self.backprop, all_other, groups, present
+            )
         world = distributed_world(self.backprop)
         if world is None:
             all_anchor, all_other = anchor, other
@@ -256,16 +260,18 @@ class MultiEdgeLoss(nn.Module):
         if objective.kind == "dcl":
             rows = (anchor, other) if local else (all_anchor, all_other)
             every = None if groups is None else (gather_ids(groups) if world is not None else groups)
+            everywhere = None if present is None else (gather_ids(present) if world is not None else present)
+            # A rank's own rows are summed over its share of the present pairs: the ranks' mean is the global mean.
+            share = everywhere.sum().clamp(min=1) / world[1] if local and everywhere is not None else None
             return dcl(
                 *rows, scale, objective.weighting, objective.sigma, objective.in_modal,
                 all_anchor, all_other, row_offset=rank * anchor.shape[0] if local else 0,
                 groups=groups if local else every, all_groups=every,
+                present=present if local else everywhere, all_present=everywhere, count=share,
             )  # fmt: skip
         if present is not None:
-            if objective.kind != "infonce" or groups is not None or objective.cyclip:
-                raise ValueError(
-                    f"edge {key}: masks of missing pairs are implemented for InfoNCE (no groups, no CyCLIP)"
-                )
+            if groups is not None:
+                raise ValueError(f"edge {key}: InfoNCE's masks of missing pairs do not combine with group ids")
             if world is None:
                 return masked_infonce(anchor, other, scale, present)
             everywhere = gather_ids(present)

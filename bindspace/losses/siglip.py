@@ -34,14 +34,28 @@ SIGLIP_DIST = ("bidir", "shift", "reduce", "gather")
 
 
 def siglip_block(
-    scaled_anchor: Tensor, other: Tensor, logit_bias: Tensor, paired: bool, positives: Tensor | None = None
+    scaled_anchor: Tensor,
+    other: Tensor,
+    logit_bias: Tensor,
+    paired: bool,
+    positives: Tensor | None = None,
+    keep: Tensor | None = None,
 ) -> Tensor:
     """Sum of ``-log sigmoid(label * logit)`` over one ``(B, M)`` block, ``logit = <t a_i, o_j> + b``.
 
     ``scaled_anchor``: ``t * anchor``, scaled once for all blocks. ``paired``: the block holds the
     positives on its diagonal (needs ``B == M``); otherwise all its labels are negative. ``positives``:
     a ``(B, M)`` mask of the positive pairs instead (several per row: samples that share a group).
+    ``keep``: a ``(B, M)`` mask of the terms summed (pairs whose both sides are present).
     """
+    if keep is not None:
+        if positives is None and paired:
+            positives = torch.eye(*keep.shape, dtype=torch.bool, device=keep.device)
+        labels = -torch.ones_like(keep, dtype=scaled_anchor.dtype)
+        if positives is not None:
+            labels = labels.masked_fill(positives, 1.0)
+        terms = -F.logsigmoid(labels * (scaled_anchor @ other.T + logit_bias))
+        return torch.where(keep, terms, torch.zeros_like(terms)).sum()
     logits = scaled_anchor @ other.T + logit_bias  # (B, M)
     if positives is not None and positives.any():
         labels = positives.to(logits.dtype) * 2 - 1
@@ -54,18 +68,30 @@ def siglip_block(
 
 
 def siglip(
-    anchor: Tensor, other: Tensor, logit_scale: Tensor, logit_bias: Tensor, groups: Tensor | None = None
+    anchor: Tensor,
+    other: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    groups: Tensor | None = None,
+    present: Tensor | None = None,
 ) -> Tensor:
     """The sigmoid loss of one batch: ``(B, D)`` pairs, the sum over the ``(B, B)`` logits over ``B``.
 
     ``groups``: ``(B,)`` integer group ids; pairs of one group are positives (label ``+1``), not only
-    the diagonal. With one member per group this is the plain loss bit for bit.
+    the diagonal. With one member per group this is the plain loss bit for bit. ``present``: ``(B,)``
+    bool, whether each pair has both sides; absent pairs are neither rows nor columns (equal to the loss
+    of the present pairs alone, the sum over the number of present pairs).
     """
     check_pair("siglip", anchor, other)
-    if anchor.shape[0] != other.shape[0]:
-        raise ValueError(f"siglip pairs row i with row i: batches of {anchor.shape[0]} and {other.shape[0]}")
-    positives = None if groups is None else _same_group(groups, groups, anchor.shape[0])
-    return siglip_block(logit_scale * anchor, other, logit_bias, paired=True, positives=positives) / anchor.shape[0]
+    rows = anchor.shape[0]
+    if other.shape[0] != rows:
+        raise ValueError(f"siglip pairs row i with row i: batches of {rows} and {other.shape[0]}")
+    positives = None if groups is None else _same_group(groups, groups, rows)
+    if present is None:
+        return siglip_block(logit_scale * anchor, other, logit_bias, paired=True, positives=positives) / rows
+    keep = _check_present(present, rows)[:, None] & present[None, :]
+    block = siglip_block(logit_scale * anchor, other, logit_bias, paired=True, positives=positives, keep=keep)
+    return block / present.sum().clamp(min=1)
 
 
 def siglip_distributed(
@@ -77,6 +103,7 @@ def siglip_distributed(
     backprop: str = "global",
     all_other: Tensor | None = None,
     groups: Tensor | None = None,
+    present: Tensor | None = None,
 ) -> Tensor:
     """This rank's share of the sigmoid loss of the global batch, one ``(B, B)`` block at a time.
 
@@ -91,6 +118,9 @@ def siglip_distributed(
         groups: ``(B,)`` integer group ids of this rank's pairs: pairs of one group, on any rank, are
             positives. The ids (not the features) are all-gathered once, so each arriving chunk is
             labelled by its owner's ids; no block larger than ``(B, B)`` is built.
+        present: ``(B,)`` bool, whether each of this rank's pairs has both sides: absent pairs take no
+            part on any rank (the flags are all-gathered like ``groups``), and the loss is over the
+            number of present pairs of the global batch.
 
     Returns:
         Scalar: this rank's rows' loss over ``B``; the mean over ranks is the global batch's loss.
@@ -100,17 +130,32 @@ def siglip_distributed(
     check_pair("siglip", anchor, other)
     scaled = logit_scale * anchor  # (B, D), once for every block
     rows = anchor.shape[0]
-    own = None if groups is None else _same_group(groups, groups, rows)
-    loss = siglip_block(scaled, other, logit_bias, paired=True, positives=own) / rows  # this rank's positives
     world = distributed_world(backprop)
+    if present is None:
+        count: Tensor | float = rows
+        keep, everywhere = None, None
+    else:
+        keep = _check_present(present, rows)[:, None] & present[None, :]
+        everywhere = present if world is None else gather_ids(present).view(world[1], rows)
+        count = present.sum().clamp(min=1) if world is None else everywhere.sum().clamp(min=1) / world[1]
+    own = None if groups is None else _same_group(groups, groups, rows)
+    loss = siglip_block(scaled, other, logit_bias, paired=True, positives=own, keep=keep) / count  # own pairs
     if world is None:
         return loss
     rank, size = world
     every = None if groups is None else gather_ids(groups).view(size, rows)
     for owner, chunk in _other_chunks(other, rank, size, dist, backprop, all_other):
-        mates = None if every is None else groups[:, None] == every[owner][None, : chunk.shape[0]]
-        loss = loss + siglip_block(scaled, chunk, logit_bias, paired=False, positives=mates) / rows
+        m = chunk.shape[0]
+        mates = None if every is None else groups[:, None] == every[owner][None, :m]
+        kept = None if everywhere is None else present[:, None] & everywhere[owner][None, :m]
+        loss = loss + siglip_block(scaled, chunk, logit_bias, paired=False, positives=mates, keep=kept) / count
     return loss
+
+
+def _check_present(present: Tensor, rows: int) -> Tensor:
+    if present.shape != (rows,) or present.dtype != torch.bool:
+        raise ValueError(f"siglip present must be ({rows},) bool, got {tuple(present.shape)} {present.dtype}")
+    return present
 
 
 def _same_group(row_groups: Tensor, column_groups: Tensor, rows: int) -> Tensor:

@@ -167,6 +167,11 @@ def multi_edge_cases(rank: int, a: torch.Tensor, o: torch.Tensor, groups: torch.
         x, y = leaves(a[rows], o[rows])
         value, feature_grads = backward(loss({KEY: (x, y)}, present={KEY: present[rows]})[0], [x, y])
         out[f"dcl_present/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
+        loss = MultiEdgeLoss([EDGE], scales, local_loss=local_loss).double()
+        x, y = leaves(a[rows], o[rows])
+        parts = loss({KEY: (x, y)}, present={KEY: present[rows]}, groups={KEY: groups[rows]})[1]
+        value, feature_grads = backward(parts[KEY], [x, y])
+        out[f"groups_present/{local_loss}"] = (value, [*feature_grads, loss.logit_scales[KEY].log_scale.grad.clone()])
     # CyCLIP's terms on an InfoNCE edge (full and local loss) and on a SigLIP edge (its rows' share).
     for kind, local_loss in (("infonce", False), ("infonce", True), ("siglip", False)):
         objective = EdgeLoss(kind, bias=LogitBiasConfig(-3.0), cyclip_in_modal=0.25, cyclip_cross_modal=0.5)
@@ -243,6 +248,9 @@ def single_process(world: int) -> dict:
     x, y, t = leaves(a, o, stored_log(6.0))
     present = global_batch_present(world)
     ref["dcl_present"] = backward(dcl(x, y, t.exp(), "vmf", 0.5, True, present=present), [x, y, t])
+    x, y, t = leaves(a, o, stored_log(6.0))
+    alone = multi_positive_infonce(x[present], y[present], t.exp(), groups[present])  # absent rows: zero gradient
+    ref["groups_present"] = backward(alone, [x, y, t])
     x, y, t, b = leaves(a, o, torch.tensor(7.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64))
     ref["siglip_present"] = backward(siglip(x, y, t, b, groups, present=present), [x, y, t, b])
     for kind in ("infonce", "siglip"):
@@ -351,6 +359,8 @@ def test_masked_pairs_across_ranks_equal_one_process(ranks, local_loss):
     world, results = ranks
     assert_equals_single([r[f"present/{local_loss}"] for r in results], single_process(world)["present"])
     assert_equals_single([r[f"dcl_present/{local_loss}"] for r in results], single_process(world)["dcl_present"])
+    reference = single_process(world)["groups_present"]
+    assert_equals_single([r[f"groups_present/{local_loss}"] for r in results], reference)
 
 
 @pytest.mark.parametrize("impl", SIGLIP_DIST)

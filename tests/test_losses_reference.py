@@ -304,6 +304,19 @@ def test_siglip_and_dcl_with_absent_pairs_equal_the_present_pairs_alone(kind, kw
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
 
 
+def test_infonce_with_absent_pairs_and_groups_equals_the_present_pairs_alone():
+    a, o = unit(10, 6, seed=41), unit(10, 6, seed=42)
+    present = torch.tensor([1, 1, 0, 1, 1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    groups = torch.tensor([0, 0, 0, 1, 2, 2, 3, 3, 4, 5])  # group 0 keeps two members, group 2 one
+    key = "image|text"
+    loss = MultiEdgeLoss([("image", "text")], {key: LogitScaleConfig(8.0, False)}).double()
+    masked = loss({key: (a, o)}, present={key: present}, groups={key: groups})[1][key]
+    alone = multi_positive_infonce(a[present], o[present], loss.logit_scales[key](), groups[present])
+    torch.testing.assert_close(masked, alone, rtol=1e-10, atol=0)
+    for got, want in zip(grads(masked, a, o), grads(alone, a, o), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-13)  # zero on the absent rows
+
+
 def test_masks_and_cyclip_are_refused_in_one_line():
     key = "image|text"
     objective = EdgeLoss("siglip", cyclip_in_modal=0.25)

@@ -28,7 +28,14 @@ from bindspace.graph import Edge, edge_key
 from bindspace.losses.cyclip import cyclip_terms
 from bindspace.losses.dcl import DCL_WEIGHTINGS, dcl
 from bindspace.losses.distributed import BACKPROP_MODES, distributed_world, gather_features, gather_ids
-from bindspace.losses.infonce import infonce, masked_infonce, masked_nce, multi_positive_infonce, multi_positive_nce
+from bindspace.losses.infonce import (
+    infonce,
+    masked_infonce,
+    masked_multi_positive_nce,
+    masked_nce,
+    multi_positive_infonce,
+    multi_positive_nce,
+)
 from bindspace.losses.siglip import SIGLIP_DIST, siglip, siglip_distributed
 from bindspace.modalities import LogitScaleConfig
 
@@ -269,9 +276,21 @@ class MultiEdgeLoss(nn.Module):
                 groups=groups if local else every, all_groups=every,
                 present=present if local else everywhere, all_present=everywhere, count=share,
             )  # fmt: skip
+        if present is not None and groups is not None:
+            every, everywhere = (groups, present) if world is None else (gather_ids(groups), gather_ids(present))
+            n = everywhere.sum().clamp(min=1)
+            if world is None or not local:
+                a, o = (anchor, other) if world is None else (all_anchor, all_other)
+                return (
+                    masked_multi_positive_nce(a, o, scale, every, every, everywhere, everywhere, n)
+                    + masked_multi_positive_nce(o, a, scale, every, every, everywhere, everywhere, n)
+                ) / 2
+            share = n / world[1]  # each rank's rows over its share: the ranks' mean is the global mean
+            return (
+                masked_multi_positive_nce(anchor, all_other, scale, groups, every, present, everywhere, share)
+                + masked_multi_positive_nce(other, all_anchor, scale, groups, every, present, everywhere, share)
+            ) / 2
         if present is not None:
-            if groups is not None:
-                raise ValueError(f"edge {key}: InfoNCE's masks of missing pairs do not combine with group ids")
             if world is None:
                 return masked_infonce(anchor, other, scale, present)
             everywhere = gather_ids(present)

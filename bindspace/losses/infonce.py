@@ -11,6 +11,7 @@ __all__ = [
     "group_targets",
     "infonce",
     "masked_infonce",
+    "masked_multi_positive_nce",
     "masked_nce",
     "multi_positive_infonce",
     "multi_positive_nce",
@@ -97,6 +98,34 @@ def multi_positive_nce(
     _check_groups(column_groups, columns.shape[0])
     logits = logit_scale * rows @ columns.T  # (R, M)
     return soft_target_cross_entropy(logits, labels, group_targets(row_groups, column_groups, logits.dtype))
+
+
+def masked_multi_positive_nce(
+    rows: Tensor,
+    columns: Tensor,
+    logit_scale: Tensor | float,
+    row_groups: Tensor,
+    column_groups: Tensor,
+    row_present: Tensor,
+    column_present: Tensor,
+    count: Tensor | float,
+) -> Tensor:
+    """One direction of multi-positive InfoNCE where absent pairs take no part (masks and groups at once).
+
+    Each present row's target is uniform over the present columns of its group; absent columns are no
+    candidates and absent rows no queries. The present rows' summed cross-entropy is divided by ``count``.
+    Equal to :func:`multi_positive_nce` on the present pairs alone.
+    """
+    check_pair("masked_multi_positive_nce", rows, columns)
+    _check_groups(row_groups, rows.shape[0])
+    _check_groups(column_groups, columns.shape[0])
+    logits = (logit_scale * rows @ columns.T).masked_fill(~column_present[None, :], float("-inf"))  # (R, M)
+    logp = F.log_softmax(logits, dim=1)
+    same = (row_groups[:, None] == column_groups[None, :]) & column_present[None, :]
+    targets = same.to(logp.dtype) / same.sum(1, keepdim=True).clamp(min=1)
+    # Where the target is 0 the (possibly -inf) log-probability is left out, not multiplied by 0.
+    per_row = -torch.where(same, targets * logp, torch.zeros_like(logp)).sum(1)
+    return torch.where(row_present, per_row, torch.zeros_like(per_row)).sum() / count
 
 
 def _check_groups(groups: Tensor, rows: int) -> None:

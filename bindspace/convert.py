@@ -3,6 +3,8 @@
     bindspace-convert imagebind .checkpoints/imagebind_huge.pth imagebind_huge.ckpt
     bindspace-convert imagebind small.pth small.ckpt --heads image=8 text=8 audio=4
     bindspace-convert merge runs/train/<time>/checkpoints/last.ckpt merged.ckpt
+    bindspace-convert adapters runs/lora/checkpoints/last.ckpt audio_lora.safetensors
+    bindspace-convert apply-adapters imagebind_huge.ckpt audio_lora.safetensors out.ckpt
 
 ``imagebind``: an ``ImageBindModel`` state dict (the released ``imagebind_huge.pth`` or any other size)
 becomes a checkpoint that ``BindSpace.from_checkpoint`` loads, with the same embeddings after L2
@@ -14,8 +16,12 @@ imu 8). ImageBind's temperatures (its postprocessors' logit scales) become the i
 
 ``merge``: a checkpoint trained with adapters (``modalities.<m>.trunk.adapter``, peft) becomes one with the
 adapters folded into the base weights (``W + scale * B @ A``), loadable with no adapter and no peft, with
-the same embeddings. Exit status: 0 written, 2 a usage error or a state dict that does not
-convert (one line naming the keys).
+the same embeddings.
+
+``adapters`` / ``apply-adapters``: what an adapter fine-tune trained, as a small file of its own, and back
+onto the checkpoint it started from (``bindspace.adapter_files``).
+
+Exit status: 0 written, 2 a usage error or an input that does not convert (one line naming the keys).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         help="attention heads per modality (bindspace or ImageBind names); default ImageBind-huge's",
     )
     add_merge_parser(sub)
+    add_adapter_parsers(sub)
     return parser
 
 
@@ -181,11 +188,45 @@ def merge_checkpoint(src: Path, out: Path) -> tuple[Path, dict[str, int]]:
     return atomic_write(out, lambda f: torch.save(out_ckpt, f)), merged
 
 
+# ---- adapters: a fine-tuned encoder's trained tensors as a file of their own --------------------------
+def add_adapter_parsers(sub) -> None:
+    export = sub.add_parser(
+        "adapters",
+        help="a checkpoint trained with adapters -> a small file of what each adapted encoder trained",
+        epilog="example:\n  bindspace-convert adapters runs/lora/checkpoints/last.ckpt audio_lora.safetensors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("src", type=Path, help="a bindspace checkpoint whose trunks carry adapters (trunk.adapter)")
+    export.add_argument("out", type=Path, help="the adapter file to write (safetensors)")
+    apply = sub.add_parser(
+        "apply-adapters",
+        help="a checkpoint + an adapter file trained from it -> the checkpoint with those encoders fine-tuned",
+        epilog="example:\n  bindspace-convert apply-adapters imagebind_huge.ckpt audio_lora.safetensors out.ckpt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    apply.add_argument("base", type=Path, help="the checkpoint the adapters' run started from (init_from)")
+    apply.add_argument("adapters", type=Path, help="an adapter file written by `bindspace-convert adapters`")
+    apply.add_argument("out", type=Path, help="the checkpoint to write")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 written, 2 usage error or a state dict that does not convert)."""
     args = _parser().parse_args(argv)  # argparse exits with 2 on bad usage
 
     def body() -> int:
+        if args.source == "adapters":
+            from bindspace.adapter_files import export_adapters
+
+            path, counts = export_adapters(args.src, args.out)
+            what = ", ".join(f"{m}: {n} tensors" for m, n in counts.items())
+            print(f"{PROG}: wrote the trained tensors of the adapted encoders ({what}) to {path}")
+            return 0
+        if args.source == "apply-adapters":
+            from bindspace.adapter_files import apply_adapters
+
+            path, applied = apply_adapters(args.base, args.adapters, args.out)
+            print(f"{PROG}: applied {args.adapters} ({', '.join(applied)}) to {args.base}: {path}")
+            return 0
         if args.source == "merge":
             path, merged = merge_checkpoint(args.src, args.out)
             layers = ", ".join(f"{m}: {n} layers" for m, n in merged.items())

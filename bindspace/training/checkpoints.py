@@ -166,6 +166,34 @@ def _architecture_differences(source: InitSource, model, modality: str) -> list[
     return out
 
 
+def _their_weights(source: InitSource, model, modalities: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """``source``'s encoder weights of ``modalities`` under this model's names, and the adapter weights
+    this model may start fresh.
+
+    A trunk the config gives an adapter (``trunk.adapter``, peft) names each adapted layer's weight
+    ``<layer>.base_layer.<param>``; a checkpoint without that adapter (a converted ImageBind, an earlier
+    run) holds it as ``<layer>.<param>``, loaded there. The adapter's own weights then start at their
+    initialisation (LoRA's zero ``B``: the model starts exactly at the checkpoint's function).
+    """
+    from bindspace.nn.adapters import adapter_parameter_names
+
+    theirs = {k: v for k, v in source.state.items() if _encoder_modality(k) in modalities}
+    fresh: set[str] = set()
+    for m in modalities:
+        if model.configs[m].trunk.adapter is None:
+            continue
+        adapter = {f"model.trunks.{m}.{n}" for n in adapter_parameter_names(model.trunks[m])}
+        if any(k in theirs for k in adapter):
+            continue  # a checkpoint trained with an adapter: its names are ours already
+        fresh |= adapter
+        for name in model.trunks[m].state_dict():
+            key = f"model.trunks.{m}.{name}"
+            plain = key.replace(".base_layer.", ".")
+            if plain != key and key not in theirs and plain in theirs:
+                theirs[key] = theirs.pop(plain)
+    return theirs, fresh
+
+
 def fit_problems(source: InitSource, model, modalities: list[str]) -> list[str]:
     """What keeps ``source``'s weights of ``modalities`` from loading into ``model``: one entry per problem.
 
@@ -173,10 +201,16 @@ def fit_problems(source: InitSource, model, modalities: list[str]) -> list[str]:
     and non-finite tensors. Works on the meta device (shapes only; values are not checked there).
     """
     ours = {f"model.{k}": v for k, v in model.state_dict().items() if k.split(".")[1] in modalities}
-    theirs = {k: v for k, v in source.state.items() if _encoder_modality(k) in modalities}
+    theirs, fresh = _their_weights(source, model, modalities)
     bad = [d for m in modalities for d in _architecture_differences(source, model, m)]
-    bad += [f"{k} missing from the checkpoint" for k in ours if k not in theirs]
-    bad += [f"{k} unknown to this config" for k in theirs if k not in ours]
+    bad += [f"{k} missing from the checkpoint" for k in ours if k not in theirs and k not in fresh]
+    unknown = [k for k in theirs if k not in ours]
+    if any(".base_layer." in k or ".lora_" in k for k in unknown):
+        bad.append(
+            "the checkpoint's trunk carries adapters this config does not: give the same trunk.adapter, or merge "
+            "them into its weights first (bindspace-convert merge)"
+        )
+    bad += [f"{k} unknown to this config" for k in unknown]
     for k, v in ours.items():
         got = theirs.get(k)
         if got is not None and (not isinstance(got, torch.Tensor) or got.shape != v.shape):
@@ -214,7 +248,7 @@ def seed_from_checkpoint(source: InitSource, module) -> dict[str, list[str]]:
     bad = fit_problems(source, model, loaded)
     if bad:
         raise ConfigError(f"init_from: {source.path} does not fit this config: {_named(bad)}")
-    theirs = {k: v for k, v in source.state.items() if _encoder_modality(k) in loaded}
+    theirs, _ = _their_weights(source, model, loaded)
     with torch.no_grad():
         model.load_state_dict({k.removeprefix("model."): v for k, v in theirs.items()}, strict=False)
     scales = []

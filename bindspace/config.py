@@ -533,6 +533,23 @@ def check_augment(
     return out
 
 
+def check_caption_sampling(
+    data: Mapping[str, Any], configs: Mapping[str, ModalityConfig], curriculum: Curriculum, cached: bool
+) -> None:
+    """``data.captions=sample`` draws a caption per visit: the frozen-feature cache (one feature per sample
+    id) would serve a frozen text encoder the first one forever."""
+    if data.get("captions") != "sample" or not cached:
+        return
+    for m, c in configs.items():
+        if get_modality(m).inline and (
+            c.trunk.freeze or any(m in curriculum.frozen(i) for i in range(len(curriculum.stages)))
+        ):
+            raise ConfigError(
+                f"data.captions=sample: {m} is frozen and cache.frozen_features=true serves one cached feature per "
+                "sample, so the captions drawn would never reach it; use data.captions=all or drop the cache"
+            )
+
+
 def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate the composed config and build modality configs, graph edges and optimizer settings."""
     graph = cfg.get("graph") or {}
@@ -581,7 +598,9 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     check_stage_unlocking(curriculum, configs)
     check_adapter_cache(cfg.get("cache") or {}, configs, curriculum)
     check_speed(cfg.get("speed") or {}, list(configs))
-    configs = check_augment(configs, curriculum, bool((cfg.get("cache") or {}).get("frozen_features", False)))
+    cached = bool((cfg.get("cache") or {}).get("frozen_features", False))
+    configs = check_augment(configs, curriculum, cached)
+    check_caption_sampling(cfg.get("data") or {}, configs, curriculum, cached)
     for modality_cfg in configs.values():  # last: it may import transformers to read a config file
         check_pretrained_width(modality_cfg)
     return RunSpec(configs, anchors, edges, embed_dim, optim, curriculum, loss)

@@ -18,6 +18,7 @@ from conftest import compose_config
 from test_manifest import build, paired_rows, write_rows
 
 from bindspace.data.manifest import ManifestError, id_fraction, load_manifest, source_key, split_by_id
+from bindspace.errors import ConfigError
 from bindspace.eval import embed_split, take_rows
 from bindspace.evaluation.embed import HeldOut
 from bindspace.evaluation.fit_split import split_fit_and_score
@@ -145,3 +146,54 @@ def test_caption_lists_train_and_evaluate_as_groups_through_the_cli(tmp_path):
     per_query = np.load(run_dir / "per_query.npz")
     assert len(np.unique(per_query["ids"])) == len(per_query["ids"]) == metrics["gallery_size"]
     assert metrics["gallery_size"] % 2 == 0  # both captions of every held-out image, never one of them
+
+
+# ---- data.captions=sample: one caption drawn per training visit ----------------------------------
+
+
+def test_caption_sampling_draws_per_visit_deterministically_and_scores_every_caption(tmp_path):
+    base = paired_rows(tmp_path, 16, ["image", "text"], labels=None)
+    rows = [{**r, "text": [f"caption {c} of picture {i}" for c in range(4)]} for i, r in enumerate(base)]
+    manifest = write_rows(tmp_path / "m.jsonl", rows)
+    kept = load_manifest(manifest, captions="sample").samples
+    assert len(kept) == 16 and kept[0].alternatives["text"] == tuple(rows[0]["text"])
+
+    def drawn(world: int, rank: int) -> dict[tuple[int, str], str]:
+        dm = build([("image", "text")], train=str(manifest), val_fraction=0.25, captions="sample", batch_size=4)
+        dm.trainer = None
+        steps = dm.train_dataloader().dataset
+        steps.rank, steps.world_size, steps.batch_size = rank, world, 4 // world
+        out = {}
+        for step in range(12):
+            batch = steps[step]["image|text"]
+            for sample_id, tokens in zip(batch["sample_id"], batch["text"]["input_ids"], strict=True):
+                out[(step, sample_id)] = tokens.tolist()
+        return out, dm
+
+    one, dm = drawn(1, 0)
+    assert one == drawn(1, 0)[0]  # the same draws on a rebuild (resume is exact)
+    split = {**drawn(2, 0)[0], **drawn(2, 1)[0]}
+    assert split == one  # per global row: two ranks draw what one process draws
+    by_sample: dict[str, set] = {}
+    for (_, sample_id), tokens in one.items():
+        by_sample.setdefault(sample_id, set()).add(tuple(tokens))
+    assert any(len(v) > 1 for v in by_sample.values())  # revisits draw other captions
+    assert all("#" not in s for s in by_sample)  # training keeps one sample per picture
+    held = [s.id for s in dm.val_set.samples]
+    assert held and all("#" in s for s in held) and len(held) % 4 == 0  # held out: every caption, scored
+
+
+def test_caption_sampling_with_the_cache_of_a_frozen_text_encoder_is_refused():
+    from bindspace.config import build_run_spec
+    from bindspace.train import plain_config
+
+    cfg = compose_config(["data=manifest", "data.train=x.jsonl", "data.captions=sample", "cache.frozen_features=true",
+                          "modalities.text.trunk.freeze=true"], synthetic=False)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data\.captions=sample: text is frozen and cache\.frozen_features=true"):
+        build_run_spec(plain_config(cfg))
+
+
+def test_a_bad_captions_value_names_the_key(tmp_path):
+    manifest = write_rows(tmp_path / "m.jsonl", paired_rows(tmp_path, 8, ["image", "text"], labels=None))
+    with pytest.raises(ConfigError, match=r"data\.captions must be one of \['all', 'sample'\], got 'each'"):
+        build([("image", "text")], train=str(manifest), captions="each")

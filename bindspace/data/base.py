@@ -66,6 +66,8 @@ class PairedDataModule(L.LightningDataModule):
         # Edges drawn in each curriculum stage; the curriculum callback replaces this before fitting.
         self.stage_edges: list[list[Edge]] = [list(self.edges)]
         self.train_steps: Any = None  # what train_dataloader built last (anything with set_stage)
+        # Sources that draw something per visit before decoding (a caption of several) take generators.
+        self.sample_choices = False
 
     # ---- what a source provides -------------------------------------------------------------------
     @classmethod
@@ -119,8 +121,9 @@ class PairedDataModule(L.LightningDataModule):
                     f"edge {key}: {len(source)} samples cannot fill a global batch of {self.batch_size} x {world}"
                 )
         self.train_steps = StepBatches(
-            sources, self.stage_edges, self.batch_size, self.seed, rank, world, self.augmentations(), self.configs
-        )
+            sources, self.stage_edges, self.batch_size, self.seed, rank, world, self.augmentations(), self.configs,
+            choices=self.sample_choices,
+        )  # fmt: skip
         return step_loader(self.train_steps, self.trainer, self.num_workers, self.pin_memory)
 
     def augmentations(self) -> dict[str, dict[str, float]]:

@@ -59,6 +59,8 @@ class Sample:
         raw_paths: modality -> the path exactly as written in the manifest (for messages).
         group: samples sharing a group (several captions of one sound) are each other's positives in
             multi-positive InfoNCE, not negatives; None: a group of its own.
+        alternatives: inline modality -> all its values, when the manifest gave a list and the sample
+            keeps them (``captions="sample"``: one is drawn per training visit; ``values`` holds the first).
     """
 
     line: int
@@ -67,6 +69,7 @@ class Sample:
     values: dict[str, str | Path]
     raw_paths: dict[str, str] = field(default_factory=dict)
     group: str | None = None
+    alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -118,11 +121,16 @@ def pair_key(a: str, b: str) -> str:
     return "+".join(canonical((a, b)))
 
 
-def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+CAPTION_MODES = ("all", "sample")
+
+
+def load_manifest(path: str | os.PathLike[str], captions: str = "all") -> Manifest:
     """Parse a JSONL or CSV manifest (chosen by suffix) without opening the files it names.
 
     Args:
         path: ``.jsonl``/``.ndjson``/``.json`` (JSON Lines) or ``.csv``.
+        captions: what a row whose text is a list becomes: ``all``, one sample per caption in one group
+            (:func:`expand_alternatives`); ``sample``, one sample keeping them all (``Sample.alternatives``).
 
     Returns:
         The manifest; file paths are joined to the manifest's folder unless absolute.
@@ -140,7 +148,11 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise ManifestError(f"{path}: manifest must end in {', '.join(JSONL_SUFFIXES + CSV_SUFFIXES)}")
     text = _read_text(path)
     rows = _jsonl_rows(path, text) if suffix in JSONL_SUFFIXES else _csv_rows(path, text)
-    samples = [s for index, (line, row) in enumerate(rows) for s in _parse_row(path, line, index, row)]
+    if captions not in CAPTION_MODES:
+        raise ValueError(f"captions must be one of {list(CAPTION_MODES)}, got {captions!r}")
+    samples = [_parse_row(path, line, index, row) for index, (line, row) in enumerate(rows)]
+    if captions == "all":
+        samples = expand_alternatives(samples)
     if not samples:
         raise ManifestError(f"{path}: manifest holds no samples")
     seen: dict[str, int] = {}
@@ -202,8 +214,27 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> list[Sample]:
-    """One manifest row -> its sample, or one sample per caption when text is a list (JSON Lines only)."""
+def expand_alternatives(samples: Sequence[Sample]) -> list[Sample]:
+    """Every sample holding several values of an inline modality (a caption list) -> one sample per value.
+
+    Their ids are ``<id>#0``, ``<id>#1``, ...; their files are shared; they form one group (the sample's
+    ``group``, else its id), so losses, splits and retrieval treat them as one source.
+    """
+    out = []
+    for s in samples:
+        if not s.alternatives:
+            out.append(s)
+            continue
+        (m, texts), group = next(iter(s.alternatives.items())), s.group if s.group is not None else s.id
+        out += [
+            replace(s, id=f"{s.id}#{k}", values={**s.values, m: text}, group=group, alternatives={})
+            for k, text in enumerate(texts)
+        ]
+    return out
+
+
+def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample:
+    """One manifest row -> its sample; a list of texts (JSON Lines only) is kept in ``alternatives``."""
     where = f"{path}:{line}"
     known = set(list_modalities())
     unknown = sorted(k for k in row if k not in known and k not in META_KEYS)
@@ -236,15 +267,9 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> list[S
     if not values:
         raise ManifestError(f"{where}: sample holds no modality (keys: {sorted(row)})")
     sample_id, label = _meta(where, present, "id", str(index)), _meta(where, present, "label", None)
-    sample = Sample(line, sample_id, label, values, raw_paths, group=_meta(where, present, "group", None))
-    if several is None or len(several[1]) == 1:
-        return [sample]
-    # Several captions: one sample each (ids "<id>#0", "<id>#1", ...), one group (the row's, else its id).
-    m, texts = several
-    group = sample.group if sample.group is not None else sample.id
-    return [
-        replace(sample, id=f"{sample.id}#{k}", values={**values, m: text}, group=group) for k, text in enumerate(texts)
-    ]
+    alternatives = {several[0]: tuple(several[1])} if several is not None and len(several[1]) > 1 else {}
+    group = _meta(where, present, "group", None)
+    return Sample(line, sample_id, label, values, raw_paths, group=group, alternatives=alternatives)
 
 
 def _meta(where: str, row: dict[str, Any], key: str, default: str | None) -> str | None:

@@ -29,12 +29,14 @@ from torch.utils.data import Dataset
 from bindspace.data.base import PairedDataModule, check_split
 from bindspace.data.checks import small_heldout_message
 from bindspace.data.manifest import (
+    CAPTION_MODES,
     FileProblem,
     Manifest,
     ManifestError,
     Sample,
     canonical,
     drop_samples,
+    expand_alternatives,
     format_problems,
     is_inline,
     load_manifest,
@@ -103,7 +105,9 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples) if self.rows is None else len(self.rows)
 
-    def __getitems__(self, indices: Sequence[int]) -> Batch:
+    def __getitems__(self, indices: Sequence[int], choices: Sequence[torch.Generator] | None = None) -> Batch:
+        """One collated batch; ``choices``: a generator per row, drawing one of a sample's ``alternatives``
+        (its captions) for this visit; without, a sample's first value."""
         size = len(self)
         bad = [i for i in indices if not 0 <= i < size]
         if bad:
@@ -117,7 +121,13 @@ class ManifestDataset(Dataset):
             batch["group"] = torch.as_tensor([self.group_index[group_of(s)] for s in picked], dtype=torch.long)
             batch["source_key"] = [source_key(s) for s in picked]  # comparable across splits, unlike "group"
         for m in self.modalities:
-            batch[m] = load_inputs(m, [s.values[m] for s in picked], self.configs[m], self.decoded)
+            values = [s.values[m] for s in picked]
+            if choices is not None:
+                for i, s in enumerate(picked):
+                    options = s.alternatives.get(m)
+                    if options:
+                        values[i] = options[int(torch.randint(len(options), (), generator=choices[i]))]
+            batch[m] = load_inputs(m, values, self.configs[m], self.decoded)
         return batch
 
     def __getitem__(self, index: int) -> Batch:
@@ -307,6 +317,10 @@ class ManifestDataModule(PairedDataModule):
         test: the final gallery's manifest; default: the validation set (``bindspace-eval`` then fits its
             mitigations on one half of it and scores the other, split by sample id).
         val_fraction: share of training samples held out when ``val`` is not given.
+        captions: a JSON Lines row whose text is a list: ``all`` (one training sample per caption, one
+            group) or ``sample`` (one sample; each training visit draws one caption, per (seed, step,
+            edge, row), so each sound weighs the same whatever its number of captions). Held-out sets
+            score every caption either way.
         on_error: ``raise`` (bad files fail the run before training) or ``skip`` (drop their samples).
         num_workers, pin_memory: DataLoader settings (persistent workers when ``num_workers > 0``).
         scan_workers: threads decoding every file once at startup (default ``min(32, cpus + 4)``).
@@ -331,6 +345,7 @@ class ManifestDataModule(PairedDataModule):
         val: str | None = None,
         test: str | None = None,
         val_fraction: float = 0.1,
+        captions: str = "all",
         on_error: str = "raise",
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -342,7 +357,11 @@ class ManifestDataModule(PairedDataModule):
         heldout = [
             load_manifest(existing_path(p, f"data.{k}")) for k, p in (("val", val), ("test", test)) if p is not None
         ]
-        training = [load_manifest(p) for p, _ in weighted]
+        if captions not in CAPTION_MODES:
+            raise ConfigError(f"data.captions must be one of {list(CAPTION_MODES)}, got {captions!r}")
+        # "sample": a caption list stays one training sample, one caption drawn per visit (StepBatches' choices).
+        self.sample_choices = captions == "sample"
+        training = [load_manifest(p, captions=captions) for p, _ in weighted]
         check_edge_data(self.edges, training)  # a config error: before minutes of decoding files
         if isinstance(audio_cache_gb, bool) or not isinstance(audio_cache_gb, int | float) or audio_cache_gb < 0:
             raise ConfigError(f"data.audio_cache_gb must be a number >= 0, got {audio_cache_gb!r}")
@@ -355,6 +374,7 @@ class ManifestDataModule(PairedDataModule):
             log.info("data: %s", self.decoded.summary())
         parts = manifests[: len(weighted)]
         val_samples = manifests[len(weighted)].samples if val is not None else self._split(parts, val_fraction)
+        val_samples = expand_alternatives(val_samples)  # held out, every caption is scored (one group each)
         test_samples = manifests[-1].samples if test is not None else val_samples
         self.class_names = class_vocabulary([s for m in parts for s in m.samples] + val_samples + test_samples)
         index = {name: i for i, name in enumerate(self.class_names)} or None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bindspace.data.augment import augment_batch
+from bindspace.data.augment import augment_batch, row_generators
 from bindspace.graph import Edge, edge_key
 
 # A loader ends after this many steps; Lightning stops at trainer.max_steps long before.
@@ -69,6 +69,8 @@ class StepBatches(Dataset):
         augment: modality -> augmentation settings (:mod:`bindspace.data.augment`), applied to every
             training batch holding the modality, random per (seed, step, edge, row of the global batch).
         configs: modality -> config (the input configs the augmentations read); needed with ``augment``.
+        choices: hand the sources a generator per row (``__getitems__(indices, choices=...)``) for what
+            they draw before decoding (one of a sample's captions), random per (seed, step, edge, row).
     """
 
     def __init__(
@@ -81,8 +83,10 @@ class StepBatches(Dataset):
         world_size: int = 1,
         augment: Mapping[str, Any] | None = None,
         configs: Mapping[str, Any] | None = None,
+        choices: bool = False,
     ) -> None:
         self.sources, self.keys = dict(sources), list(sources)
+        self.choices = choices
         self.stage_edges = [[edge_key(e) for e in edges] for edges in stage_edges]
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.augment = {m: a for m, a in (augment or {}).items() if a}
@@ -105,7 +109,13 @@ class StepBatches(Dataset):
             source = self.sources[key]
             idx = step_indices(self.seed, self.keys.index(key), len(source), step, self.batch_size * self.world_size)
             first = self.rank * self.batch_size
-            batch = source.__getitems__(idx[first : first + self.batch_size].tolist())
+            picked = idx[first : first + self.batch_size].tolist()
+            if self.choices:
+                rows = range(first, first + self.batch_size)
+                gens = row_generators(self.seed, step, self.keys.index(key), "choice", rows)
+                batch = source.__getitems__(picked, choices=gens)
+            else:
+                batch = source.__getitems__(picked)
             if self.augment:
                 rows = range(first, first + self.batch_size)
                 edge = self.keys.index(key)

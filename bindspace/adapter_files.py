@@ -64,31 +64,14 @@ def fingerprint(tensors: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _load_model(path: Path, key: str):
-    """A checkpoint's metadata, model (its weights loaded, strictly) and raw checkpoint."""
-    from bindspace.inference import CheckpointError, load_checkpoint, model_from_metadata
-
-    ckpt = load_checkpoint(path, key=key)
-    meta = ckpt.get("bindspace")
-    if meta is None:
-        raise CheckpointError(f"{path}: no 'bindspace' metadata (written by older bindspace-train)")
-    model, _ = model_from_metadata(meta, where=str(path))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    found = model.load_state_dict(state, strict=False)
-    if found.missing_keys or found.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: weights do not fit the model its metadata describes: {len(found.missing_keys)} missing (e.g. "
-            f"{found.missing_keys[:2]}), {len(found.unexpected_keys)} unexpected (e.g. {found.unexpected_keys[:2]})"
-        )
-    return meta, model, ckpt
-
-
 def export_adapters(src: str | Path, out: str | Path) -> tuple[Path, dict[str, int]]:
     """Write what every adapted encoder of ``src`` trained to ``out``; returns (path, tensors per modality)."""
     from safetensors.torch import save
 
+    from bindspace.inference import model_from_checkpoint_file
+
     src = Path(src)
-    meta, model, _ = _load_model(src, "src")
+    meta, model, _ = model_from_checkpoint_file(src, "src", "nothing says which trunks carry adapters")
     adapted = [m for m, c in model.configs.items() if c.trunk.adapter is not None]
     if not adapted:
         raise AdapterFileError(f"{src}: no modality has an adapter (trunk.adapter is null for {model.modalities})")
@@ -139,13 +122,14 @@ def apply_adapters(base: str | Path, adapters: str | Path, out: str | Path) -> t
         AdapterFileError: a modality or embedding size the base lacks, or frozen weights that differ from
             those the adapters were trained on (by fingerprint), naming the modality; nothing is written.
     """
+    from bindspace.inference import model_from_checkpoint_file
     from bindspace.modalities import get_modality
     from bindspace.nn.adapters import AdapterConfig, apply_adapter
     from bindspace.training.checkpoints import ARCHITECTURE_KEYS
 
     base, adapters = Path(base), Path(adapters)
     info, tensors, embed_dim = read_adapters(adapters)
-    meta, model, ckpt = _load_model(base, "base")
+    meta, model, ckpt = model_from_checkpoint_file(base, "base", "nothing describes its encoders")
     if int(meta["embed_dim"]) != embed_dim:
         raise AdapterFileError(f"{adapters}: embed_dim {embed_dim}, but {base} has {meta['embed_dim']}")
     missing = [m for m in info if m not in model.modalities]

@@ -154,25 +154,13 @@ def merge_checkpoint(src: Path, out: Path) -> tuple[Path, dict[str, int]]:
     """
     import copy
 
-    from bindspace.inference import CheckpointError, load_checkpoint, model_from_metadata
+    from bindspace.inference import CheckpointError, model_from_checkpoint_file
     from bindspace.nn.adapters import merge_adapters
 
-    ckpt = load_checkpoint(src, key="src")
-    meta = ckpt.get("bindspace")
-    if meta is None:
-        raise CheckpointError(f"{src}: no 'bindspace' metadata (written by older bindspace-train); nothing says which "
-                              "trunks carry adapters")  # fmt: skip
-    model, _ = model_from_metadata(meta, where=str(src))
+    meta, model, _ = model_from_checkpoint_file(src, "src", "nothing says which trunks carry adapters")
     adapted = [m for m, c in model.configs.items() if c.trunk.adapter is not None]
     if not adapted:
         raise CheckpointError(f"{src}: no modality has an adapter (trunk.adapter is null for {model.modalities})")
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    found = model.load_state_dict(state, strict=False)
-    if found.missing_keys or found.unexpected_keys:
-        raise CheckpointError(
-            f"{src}: weights do not fit the model its metadata describes: {len(found.missing_keys)} missing (e.g. "
-            f"{found.missing_keys[:2]}), {len(found.unexpected_keys)} unexpected (e.g. {found.unexpected_keys[:2]})"
-        )
     merged = {m: merge_adapters(model.trunks[m]) for m in adapted}
     merged_meta = copy.deepcopy(dict(meta))
     for m in adapted:

@@ -162,6 +162,35 @@ def model_from_metadata(meta: Mapping[str, Any], where: str = "checkpoint") -> t
         raise CheckpointError(f"{where}: bindspace metadata does not describe a model ({_first_line(err)})") from None
 
 
+def load_encoder_weights(model: BindSpaceModel, ckpt: Mapping[str, Any], where: str = "checkpoint") -> None:
+    """``ckpt["state_dict"]``'s ``model.*`` tensors into ``model``: every one it needs and nothing else.
+
+    Raises:
+        CheckpointError: missing or unexpected tensors, counted and named (a few of each).
+    """
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{where}: weights do not fit the model: {len(result.missing_keys)} missing (e.g. "
+            f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
+        )
+
+
+def model_from_checkpoint_file(path: str | Path, key: str, needs: str) -> tuple[dict, BindSpaceModel, dict]:
+    """``(metadata, model with its weights, checkpoint)`` of a file, rebuilt from its metadata (no code run).
+
+    ``key`` names the argument in errors; ``needs`` says what the metadata is needed for, when it is absent.
+    """
+    ckpt = load_checkpoint(path, key=key)
+    meta = ckpt.get("bindspace")
+    if meta is None:
+        raise CheckpointError(f"{path}: no 'bindspace' metadata (written by older bindspace-train); {needs}")
+    model, _ = model_from_metadata(meta, where=str(path))
+    load_encoder_weights(model, ckpt, str(path))
+    return meta, model, ckpt
+
+
 def run_config_spec(ckpt_path: Path):
     """For checkpoints older than the metadata: the run's own composed config, if it sits beside them.
 
@@ -287,14 +316,7 @@ class BindSpace:
                 raise CheckpointError(f"{where}: cannot build its model ({_first_line(err)})") from None
         else:
             model, edges = model_from_metadata(meta, where=where)
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{where}: weights do not fit the model: {len(result.missing_keys)} missing (e.g. "
-                f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
-                f"(e.g. {result.unexpected_keys[:3]})"
-            )
+        load_encoder_weights(model, ckpt, where)
         meta = meta or {}
         bridges = {k: Bridge.from_dict(v) for k, v in (meta.get("bridges") or {}).items()}
         return cls(model.to(device), edges, meta.get("centering"), bridges)

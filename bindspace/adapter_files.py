@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from bindspace.errors import ConfigError
-from bindspace.utils.io import atomic_write
+from bindspace.utils.io import atomic_write, read_safetensors
 
 FORMAT = "bindspace-adapters/1"
 
@@ -88,14 +88,10 @@ def export_adapters(src: str | Path, out: str | Path) -> tuple[Path, dict[str, i
 
 def read_adapters(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor], int]:
     """``(modality -> {config, base_sha256, tensors}, tensors, embed_dim)`` of an adapter file (nothing executed)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        raise AdapterFileError(f"{path}: not a readable adapter file ({str(err).splitlines()[0]})") from None
+        header, tensors = read_safetensors(path)
+    except ValueError as err:
+        raise AdapterFileError(f"{path}: not a readable adapter file ({err})") from None
     if header.get("format") != FORMAT:
         raise AdapterFileError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
     try:

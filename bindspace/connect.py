@@ -51,7 +51,7 @@ from torch import Tensor
 
 from bindspace.cli import KeyValueCommand, run_command
 from bindspace.errors import ConfigError
-from bindspace.utils.io import atomic_write, atomic_write_json
+from bindspace.utils.io import atomic_write, atomic_write_json, read_safetensors
 
 FORMAT = "bindspace-connector/1"
 METHODS = ("procrustes", "lstsq", "contrastive")
@@ -121,14 +121,10 @@ class Connector:
         Raises:
             ConnectError: not a readable connector, naming the file and what is wrong.
         """
-        from safetensors import SafetensorError, safe_open
-
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-            raise ConnectError(f"{path}: not a readable connector file ({str(err).splitlines()[0]})") from None
+            meta, tensors = read_safetensors(path)
+        except ValueError as err:
+            raise ConnectError(f"{path}: not a readable connector file ({err})") from None
         if meta.get("format") != FORMAT:
             raise ConnectError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
         weight, shared = tensors.get("weight"), meta.get("shared", "")

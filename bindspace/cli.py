@@ -233,7 +233,7 @@ def _describe_hydra_error(err: Exception, config_name: str, compose, initialize)
         node = OmegaConf.select(defaults, parent) if parent else defaults
         keys = list(node.keys()) if isinstance(node, DictConfig) else []
         if not parent:
-            keys += ["anchor", "curriculum", "data", "experiment", "logger", "model", "prompts", "trainer"]
+            keys += ["anchor", "curriculum", "data", "experiment", "finetune", "logger", "model", "prompts", "trainer"]
         hint = did_you_mean(leaf, [str(k) for k in keys])
         if hint:
             hint = hint.replace("'", f"'{parent}.", 1) if parent else hint

@@ -256,9 +256,23 @@ def final_metrics(
         "stages_not_reached": curriculum.stages_not_reached(),
         "validation": curriculum.state.validation,
         "budget": run_budget(spec, curriculum, trainer),
+        "trainable_params": trainable_params(module),
         "steps": int(trainer.global_step),
         "world_size": int(trainer.world_size),
         "wall_seconds": round(wall, 1),
+    }
+
+
+def trainable_params(module: AlignmentModule) -> dict[str, Any]:
+    """How many parameters trained, as the run ended (under a curriculum: its last stage's freezing).
+
+    ``total`` counts every trainable parameter once (encoders and the edges' temperatures); per modality,
+    ``encoder`` is the whole encoder (preprocessor, trunk, head) and ``trunk`` its trunk alone (with an
+    adapter: the adapter's weights; with ``unlocked_layers``: the unlocked blocks and final norm).
+    """
+    return {
+        "total": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "modalities": module.model.trainable_parameter_counts(),
     }
 
 
@@ -360,7 +374,10 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     strategy = strategy_for(plain["trainer"].get("strategy", "auto"), _world_size(plain), spec.curriculum)
     with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
         folder.record(config)  # as composed (interpolations kept), as Hydra records it
-        L.seed_everything(plain["seed"], workers=True)
+        # Quiet: Lightning prints "Seed set to" on stderr, where a config error found while building the model
+        # must be the only line; the run log records the seed instead.
+        L.seed_everything(plain["seed"], workers=True, verbose=False)
+        log.info("seed %d (global RNGs and dataloader workers)", plain["seed"])
         torch.set_float32_matmul_precision("high")
         max_steps = int(plain["trainer"]["max_steps"])
         # The model before the data (building the data touches no global RNG, so initial weights are the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every run behind the numbers in README.md, docs/modality_gap.md and experiments/results/ (this commit).
-# Sequential (the 2-core CPU machine: about 2.5 hours), from the repository root after `make install`.
+# Sequential (the 2-core CPU machine: about 3.5 hours), from the repository root after `make install`.
 #   bash experiments/reproduce.sh [runs/exp]
 set -euo pipefail
 E=${1:-runs/exp}
@@ -39,6 +39,12 @@ done
 $B/bindspace-train -m experiment=ablate_loss loss.kind=siglip loss.siglip.bias.init=-3.434 seed=0,1,2 \
   hydra.sweep.dir="$E/ablate_loss_siglip_bias"
 
+# the fine-tuning ablation of the pretrained MiniLM text anchor (spoken digits, 600 steps), seed by seed (README
+# "Fine-tuning ablation": seed 0 only was run for it)
+for s in 0; do
+  $B/bindspace-train -m experiment=ablate_finetune seed=$s hydra.sweep.dir="$E/ablate_finetune_s$s"
+done
+
 # two spaces trained apart (image-audio, seed 0; image-text, seed 1) joined through images (README "Connect two spaces")
 $B/bindspace-train graph.modalities=[image,audio] seed=0 logger=none hydra.run.dir="$E/connect/a"
 $B/bindspace-train graph.modalities=[image,text] seed=1 logger=none hydra.run.dir="$E/connect/b"
@@ -61,6 +67,9 @@ for bench in ablate_loss ablate_loss_digits; do
   for s in 0 1 2; do for d in "$E/${bench}_s$s"/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/$bench/s$s-$(basename "$d")"; done; done
   $B/bindspace-report "$E/$bench" --baseline infonce --out "experiments/results/$bench"
 done
+mkdir -p "$E/ablate_finetune"
+for s in 0; do for d in "$E/ablate_finetune_s$s"/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/ablate_finetune/s$s-$(basename "$d")"; done; done
+$B/bindspace-report "$E/ablate_finetune" --baseline finetune=frozen --out experiments/results/ablate_finetune
 mkdir -p "$E/siglip_bias_cmp"
 for s in 0 1 2; do
   ln -sfn "$(realpath "$E/ablate_loss_s$s/1")" "$E/siglip_bias_cmp/paper-s$s"

@@ -261,6 +261,20 @@ def test_same_seed_gives_the_same_metrics_json(tmp_path):
     assert outputs[0]["steps"] == 8 and outputs[0]["retrieval"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the per-job peak needs Linux's clear_refs")
+def test_step_cost_peak_is_this_jobs_not_an_earlier_jobs_of_the_same_process():
+    from bindspace.training.callbacks import StepCost, peak_rss_kib
+
+    earlier = torch.ones(256 * 2**20 // 4)  # an earlier job's 256 MiB (a sweep runs its jobs in one process)
+    del earlier
+    process_peak = peak_rss_kib()
+    cost = StepCost()
+    cost.on_train_start(None, None)
+    summary = cost.summary()
+    assert summary["peak_rss_scope"] == "job"
+    assert 0 < summary["peak_rss_mib"] * 2**10 < process_peak - 200 * 2**10
+
+
 # ---- safe loading ---------------------------------------------------------------------------------
 class Payload:
     """Unpickling this object would create ``marker``: the stand-in for code hidden in a checkpoint."""

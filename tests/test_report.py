@@ -404,6 +404,32 @@ def test_budget_is_shown_only_when_recorded(tmp_path):
     assert "budget" not in read_csv(plain["csv"])[0] and "budget" not in read_csv(plain["compare_csv"])[0]
 
 
+def test_trainable_parameters_and_step_cost_are_columns_when_recorded(tmp_path):
+    counts = {"image": 1000, "text": 40}
+    for num, (arm, text_trunk) in enumerate([("frozen", 0), ("lora_r4", 36_864), ("lora_r4", 36_864)]):
+        job = make_job(tmp_path / "arms", num, {"finetune": arm, "seed": num}, 10 + num)
+        metrics = json.loads((job / "metrics.json").read_text())
+        text = {"encoder": counts["text"] + text_trunk, "trunk": text_trunk}
+        modalities = {"image": {"encoder": counts["image"], "trunk": 900}, "text": text}
+        metrics["trainable_params"] = {"total": counts["image"] + text["encoder"] + 1, "modalities": modalities}
+        metrics["step_cost"] = {"step_ms_median": 100.0 * (num + 1), "peak_rss_mib": 1000.0 + num}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    paths = write_report(tmp_path / "arms")
+    rows = {row["group"]: row for row in read_csv(paths["csv"])}
+    assert rows["finetune=frozen"]["trainable_params"] == "1041"
+    assert rows["finetune=lora_r4"]["trainable_params"] == "37905"
+    assert json.loads(rows["finetune=lora_r4"]["trainable_params_detail"])["text"]["trunk"] == 36_864
+    assert float(rows["finetune=lora_r4"]["step_ms"]) == 250.0  # the median of its two runs' medians
+    assert float(rows["finetune=lora_r4"]["peak_rss_mib"]) == 1002.0  # the larger run's
+    md = paths["md"].read_text()
+    assert "| finetune | seeds | trainable params | step ms | peak RSS MiB |" in md
+    assert "| lora_r4 | 2 | 37,905 | 250 | 1002 |" in md
+    make_job(tmp_path / "plain", 0, {"finetune": "frozen", "seed": 0}, 10)
+    make_job(tmp_path / "plain", 1, {"finetune": "full", "seed": 0}, 11)
+    plain = write_report(tmp_path / "plain")
+    assert "trainable_params" not in read_csv(plain["csv"])[0] and "trainable params" not in plain["md"].read_text()
+
+
 def test_a_malformed_per_query_file_is_one_line_naming_file_and_key(paired_sweep, capsys):
     job = paired_sweep / "0"
     np.savez(job / "per_query.npz", ids=np.arange(300), **{"retrieval/image->text/R@1": np.zeros(7, np.float32)})

@@ -40,7 +40,8 @@ SMOKE["pretrained_anchor"] = [
     "curriculum.stage.steps=2",
     "curriculum.stage.warmup_steps=1",
 ]
-SPOKEN_DIGITS = {"spoken_digits", "spoken_digits_text_anchor", "pretrained_anchor"}
+SMOKE["ablate_finetune"] = [*SMOKE["spoken_digits"], "seed=0", "finetune=lora_r4"]
+SPOKEN_DIGITS = {"spoken_digits", "spoken_digits_text_anchor", "pretrained_anchor", "ablate_finetune"}
 # A trained space to bind into: {space} is a 1-step run's checkpoint made by the test.
 SMOKE["bind_new_modality"] = ["init_from={space}", "new_modality=imu", "graph.modalities=[image,text,imu]"]
 

@@ -238,6 +238,17 @@ class BindSpaceModel(nn.Module):
         """Modalities whose trunk is frozen (their pooled trunk features are a fixed function of the sample)."""
         return [m for m in self.modalities if not any(p.requires_grad for p in self.trunks[m].parameters())]
 
+    def trainable_parameter_counts(self) -> dict[str, dict[str, int]]:
+        """Per modality, how many parameters train now (``requires_grad``): its whole encoder and its trunk."""
+
+        def count(params: Iterable[nn.Parameter]) -> int:
+            return sum(p.numel() for p in params if p.requires_grad)
+
+        return {
+            m: {"encoder": count(self.encoder_parameters(m)), "trunk": count(self.trunks[m].parameters())}
+            for m in self.modalities
+        }
+
     def encoder_parameters(self, modality: str) -> Iterable[nn.Parameter]:
         for stage in STAGES:
             yield from getattr(self, stage)[modality].parameters()

@@ -229,11 +229,20 @@ def build_hf_trunk(
     and no code runs, whatever the config's ``auto_map`` says.
     """
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     if architecture is not None:
         model = AutoModel.from_config(hf_config_from_dict(architecture["config"]), trust_remote_code=False)
     else:
-        model = AutoModel.from_pretrained(resolve_hf_source(pretrained), trust_remote_code=trust_remote_code)
+        # transformers' "Loading weights" bar is stderr noise for a local model that loads in a second, and
+        # would bury the one line of a config error found once the model is built (an adapter target it lacks).
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(resolve_hf_source(pretrained), trust_remote_code=trust_remote_code)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     trunk = HFTrunk(model)
     config = model.config.to_dict()
     config.pop("auto_map", None)  # custom code is never part of what a checkpoint describes

@@ -52,18 +52,33 @@ def step_cost_of(runs: Sequence[RunRecord]) -> dict[str, float | None]:
     return {"step_ms": median, "peak_rss_mib": max(peaks) if peaks else None}
 
 
+def trainable_params_of(runs: Sequence[RunRecord], detail: bool = False) -> int | str | None:
+    """The group's trainable parameter count from ``metrics.json["trainable_params"]``: its ``total`` (the
+    largest, should seeds differ), or with ``detail=True`` the per-modality record as JSON (runs that
+    differ joined by " / "); None where no run records one."""
+    records = [(r.metrics or {}).get("trainable_params") for r in runs if not r.failed]
+    records = [r for r in records if r]
+    if not records:
+        return None
+    if detail:
+        return " / ".join(dict.fromkeys(json.dumps(r.get("modalities"), sort_keys=True) for r in records))
+    return max(int(r["total"]) for r in records)
+
+
 def add_summary_intervals(
     rows: Sequence[dict], runs: Sequence[RunRecord], n_boot: int = DEFAULT_N_BOOT, boot_seed: int = DEFAULT_BOOT_SEED
 ) -> list[dict]:
     """Summary rows (`summary_table`) with ``<kind>/<metric>_lo`` / ``_hi``, ``interval``, ``chance/<metric>``
-    and, when any run records one, ``budget`` and ``budget_detail`` (see `budget_of`), ``step_ms`` and
-    ``peak_rss_mib`` (see `step_cost_of`).
+    and, when any run records one, ``budget`` and ``budget_detail`` (see `budget_of`), ``trainable_params``
+    and ``trainable_params_detail`` (see `trainable_params_of`), ``step_ms`` and ``peak_rss_mib`` (see
+    `step_cost_of`).
 
     Rows and existing columns are left as they were.
     """
     groups = {group_label(k): v for k, v in group_runs(runs).items()}
     with_budget = any((r.metrics or {}).get("budget") is not None for r in runs)
     with_cost = any((r.metrics or {}).get("step_cost") for r in runs)
+    with_params = any((r.metrics or {}).get("trainable_params") for r in runs)
     out = []
     for row in rows:
         members = groups[row["group"]]
@@ -78,6 +93,9 @@ def add_summary_intervals(
         extra.update({f"chance/{m}": group_chance(done, m) for m in metrics})
         if with_budget:
             extra["budget"], extra["budget_detail"] = budget_of(members), budget_of(members, detail=True)
+        if with_params:
+            extra["trainable_params"] = trainable_params_of(members)
+            extra["trainable_params_detail"] = trainable_params_of(members, detail=True)
         extra.update(step_cost_of(members) if with_cost else {})
         out.append({**row, **extra})
     return out

@@ -57,9 +57,11 @@ def summary_markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
     metrics = [m for m in metrics if f"trained/{m}_mean" in rows[0]]
     budget = any(row.get("budget") for row in rows)
     cost = any(row.get("step_ms") is not None for row in rows)
+    params = any(row.get("trainable_params") is not None for row in rows)
     cost_header = ["step ms", "peak RSS MiB"] if cost else []
     header = [
-        *group_columns, "seeds", *(["budget"] if budget else []), *cost_header,
+        *group_columns, "seeds", *(["budget"] if budget else []), *(["trainable params"] if params else []),
+        *cost_header,
         *(f"{k} {m}" for m in metrics for k in KINDS),
     ]  # fmt: skip
     body = []
@@ -72,7 +74,9 @@ def summary_markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
         ]
         costs = [_number(row.get("step_ms")), _number(row.get("peak_rss_mib"))] if cost else []
         spent = [row.get("budget") or ""] if budget else []
-        body.append([*(row[c] for c in group_columns), seeds, *spent, *costs, *cells])
+        count = row.get("trainable_params")
+        trained = ["" if count is None else f"{count:,}"] if params else []
+        body.append([*(row[c] for c in group_columns), seeds, *spent, *trained, *costs, *cells])
     return md_table(header, body)
 
 

@@ -208,18 +208,46 @@ class CurriculumCallback(L.Callback):
             self.stage_hook(trainer, module, record)
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-set high-water mark (Linux >= 4.0: ``VmHWM``); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return peak_rss_kib() is not None
+
+
+def peak_rss_kib() -> int | None:
+    """This process's resident-set high-water mark in KiB since start or the last :func:`reset_peak_rss`."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 class StepCost(L.Callback):
     """What a training step costs, for ``metrics.json["step_cost"]``: wall time per step and peak memory.
 
     Step time is measured from batch start to batch end on rank 0 (data loading excluded: it overlaps
     in the workers), over the steps after the first ``skip`` (compilation, allocator warm-up); peak
-    memory is the process's resident-set high-water mark (``ru_maxrss``) and, on CUDA, the allocator's
-    ``max_memory_allocated``. A resumed run times its own steps only.
+    memory is the resident-set high-water mark and, on CUDA, the allocator's ``max_memory_allocated``.
+    On Linux the high-water mark is reset when training starts (``/proc/self/clear_refs``), so it is this
+    job's even when a sweep runs its jobs one after another in one process (Hydra's basic launcher);
+    elsewhere it is the process's (``ru_maxrss``). A resumed run times its own steps only.
     """
 
     def __init__(self, skip: int = 3) -> None:
         self.skip, self.times = skip, []
         self._start: float | None = None
+        self._peak_reset = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._peak_reset = reset_peak_rss()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         import time
@@ -240,12 +268,16 @@ class StepCost(L.Callback):
         import torch
 
         timed = self.times[self.skip :] or self.times
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        hwm = peak_rss_kib() if self._peak_reset else None
+        if hwm is None:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+            hwm = rss / 2**10 if sys.platform == "darwin" else rss
         out: dict[str, Any] = {
             "steps_timed": len(timed),
             "step_ms_median": round(1e3 * statistics.median(timed), 2) if timed else None,
             "step_ms_p90": round(1e3 * sorted(timed)[int(0.9 * (len(timed) - 1))], 2) if timed else None,
-            "peak_rss_mib": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1),
+            "peak_rss_mib": round(hwm / 2**10, 1),
+            "peak_rss_scope": "job" if self._peak_reset else "process",
         }
         if device is not None and getattr(device, "type", "") == "cuda":
             out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)

@@ -15,14 +15,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config
-from test_manifest import build, paired_rows, write_rows
+from test_manifest import TINY_INPUT, build, paired_rows, write_rows
 
+from bindspace.data import build_datamodule
 from bindspace.data.manifest import ManifestError, id_fraction, load_manifest, source_key, split_by_id
 from bindspace.errors import ConfigError
 from bindspace.eval import embed_split, take_rows
 from bindspace.evaluation.embed import HeldOut
 from bindspace.evaluation.fit_split import split_fit_and_score
 from bindspace.evaluation.suite import evaluate_split
+from bindspace.modalities import get_modality
 from bindspace.train import run
 
 pytestmark = pytest.mark.slow  # decodes image files
@@ -84,9 +86,12 @@ def test_eval_fits_and_scores_on_disjoint_groups(tmp_path):
 
     rows = captioned_rows(tmp_path, 12, 3, loose=4)
     manifest = write_rows(tmp_path / "m.jsonl", rows)
-    dm = build([("image", "text")], train=str(manifest), val=str(manifest), batch_size=4)
-    dm.setup("fit")
-    bs = BindSpace(BindSpaceModel(dm.configs, embed_dim=16), edges=[("image", "text")])
+    edges = [("image", "text")]
+    # The tiny preset's encoders at the test's input sizes (the defaults are ImageBind-sized).
+    configs = {m: get_modality(m).config_from_dict({"input": TINY_INPUT[m]}, "tiny") for m in ("image", "text")}
+    data = {"name": "manifest", "batch_size": 4, "train": str(manifest), "val": str(manifest)}
+    dm = build_datamodule(data, configs, edges, seed=0)
+    bs = BindSpace(BindSpaceModel(configs, embed_dim=16), edges=edges)
     split, keys = embed_split(bs, dm, "val")
     assert split.groups is not None and len(keys) == len(rows)
     assert keys.count("group:sound0") == 3  # the three rows of one sound share one source key

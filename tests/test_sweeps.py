@@ -41,7 +41,8 @@ SMOKE["pretrained_anchor"] = [
     "curriculum.stage.warmup_steps=1",
 ]
 SMOKE["ablate_finetune"] = [*SMOKE["spoken_digits"], "seed=0", "finetune=lora_r4"]
-SPOKEN_DIGITS = {"spoken_digits", "spoken_digits_text_anchor", "pretrained_anchor", "ablate_finetune"}
+SMOKE["small_data"] = [*SMOKE["spoken_digits"], "trainer.val_check_interval=2"]
+SPOKEN_DIGITS = {"spoken_digits", "spoken_digits_text_anchor", "pretrained_anchor", "ablate_finetune", "small_data"}
 # A trained space to bind into: {space} is a 1-step run's checkpoint made by the test.
 SMOKE["bind_new_modality"] = ["init_from={space}", "new_modality=imu", "graph.modalities=[image,text,imu]"]
 

@@ -317,6 +317,10 @@ class ManifestDataModule(PairedDataModule):
         test: the final gallery's manifest; default: the validation set (``bindspace-eval`` then fits its
             mitigations on one half of it and scores the other, split by sample id).
         val_fraction: share of training samples held out when ``val`` is not given.
+        select_fraction: with ``val`` and no ``test``: the share of ``val``'s samples (by id, or group,
+            hash) that validation uses (logged val/ metrics, early stopping, the best checkpoint); final
+            metrics score the rest. Nothing a run was selected on is then scored. None: validation and
+            test are the same samples (fine when nothing is selected on them).
         captions: a JSON Lines row whose text is a list: ``all`` (one training sample per caption, one
             group) or ``sample`` (one sample; each training visit draws one caption, per (seed, step,
             edge, row), so each sound weighs the same whatever its number of captions). Held-out sets
@@ -345,6 +349,7 @@ class ManifestDataModule(PairedDataModule):
         val: str | None = None,
         test: str | None = None,
         val_fraction: float = 0.1,
+        select_fraction: float | None = None,
         captions: str = "all",
         on_error: str = "raise",
         num_workers: int = 0,
@@ -376,12 +381,16 @@ class ManifestDataModule(PairedDataModule):
         val_samples = manifests[len(weighted)].samples if val is not None else self._split(parts, val_fraction)
         val_samples = expand_alternatives(val_samples)  # held out, every caption is scored (one group each)
         test_samples = manifests[-1].samples if test is not None else val_samples
+        if select_fraction is not None:
+            val_samples, test_samples = self._select(val_samples, select_fraction, val, test)
         self.class_names = class_vocabulary([s for m in parts for s in m.samples] + val_samples + test_samples)
         index = {name: i for i, name in enumerate(self.class_names)} or None
         self.pools = {edge_key(e): self._edge_pool(e, parts, [w for _, w in weighted], index) for e in self.edges}
         self.val_set = heldout_dataset(val_samples, self.configs, index, "val", self.decoded)
         self.test_set = (
-            self.val_set if test is None else heldout_dataset(test_samples, self.configs, index, "test", self.decoded)
+            self.val_set
+            if test_samples is val_samples
+            else heldout_dataset(test_samples, self.configs, index, "test", self.decoded)
         )
         self.skipped = sum(r["skipped_samples"] for r in files.values())
         self._report = self._build_report(files, parts)
@@ -397,6 +406,26 @@ class ManifestDataModule(PairedDataModule):
             kept, held = split_by_id(m.samples, fraction)
             parts[i], val = m.with_samples(kept), val + held
         return val
+
+    @staticmethod
+    def _select(
+        samples: list[Sample], fraction: float, val: str | None, test: str | None
+    ) -> tuple[list[Sample], list[Sample]]:
+        """(validation, test): ``fraction`` of the held-out samples to select on, the rest to score."""
+        if val is None or test is not None:
+            raise ConfigError(
+                "data.select_fraction splits data.val into validation and test; it needs data.val and no "
+                f"data.test (got val={val!r}, test={test!r})"
+            )
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+            raise ConfigError(f"data.select_fraction must be in (0, 1) or null, got {fraction!r}")
+        scored, selection = split_by_id(samples, fraction)
+        if not selection or not scored:
+            raise ConfigError(
+                f"data.select_fraction={fraction} leaves {len(selection)} validation and {len(scored)} test "
+                f"samples of data.val's {len(samples)}"
+            )
+        return selection, scored
 
     def _edge_pool(
         self, edge: Edge, parts: list[Manifest], weights: list[float], index: Mapping[str, int] | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from bindspace.errors import ConfigError
@@ -17,7 +18,7 @@ from bindspace.nn.adapters import (
     trunk_trainable,
 )
 from bindspace.nn.layers import Head, Normalize, TransformerTrunk
-from bindspace.nn.pretrained import build_hf_trunk, build_timm_vit, trunk_architecture
+from bindspace.nn.pretrained import build_hf_trunk, build_timm_trunk, trunk_architecture
 
 STAGES = ("preprocessors", "trunks", "heads", "postprocessors")
 
@@ -42,11 +43,11 @@ def build_encoder_parts(
             raise ConfigError(f"modalities.{cfg.name}: {err}") from err
         width = t.width
     elif t.kind == "timm":
-        size = getattr(cfg.input, "size", None)
-        channels = getattr(cfg.input, "channels", None)
-        if size is None or channels is None:
-            raise ValueError(f"modalities.{cfg.name}.trunk.kind=timm needs an image-like input (size, channels)")
-        pre, trunk, width = build_timm_vit(t.name, t.pretrained, channels, size, t.drop_path, architecture)
+        channels, size = _timm_input(cfg)
+        try:
+            pre, trunk, width = build_timm_trunk(t.name, t.pretrained, channels, size, t.drop_path, architecture)
+        except ValueError as err:
+            raise ValueError(f"modalities.{cfg.name}.trunk: {err}") from None
     elif t.kind == "hf":
         pre, trunk, width = build_hf_trunk(t.pretrained, t.trust_remote_code, architecture)
     else:
@@ -56,6 +57,24 @@ def build_encoder_parts(
     _fit_finetuning(cfg, trunk)
     head = Head(width, embed_dim, cfg.head.pool, cfg.head.dropout)
     return pre, trunk, head, Normalize()
+
+
+def _timm_input(cfg: ModalityConfig) -> tuple[int, int | None]:
+    """(channels, size) of a modality's model input for a timm trunk, from its spec's own example input.
+
+    timm models take ``(B, C, H, W)``: images, depth and thermal, and spectrograms ``(C, mel bins, frames)``
+    (a clip axis is flattened into the batch first). ``size`` is the square side a ViT needs, if any.
+    """
+    x = get_modality(cfg.name).dummy_input(cfg.input, 1, torch.Generator().manual_seed(0))
+    if isinstance(x, Tensor) and get_modality(cfg.name).clip_axis:
+        x = x.flatten(0, 1)
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        shape = tuple(x.shape[1:]) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"modalities.{cfg.name}.trunk.kind=timm needs a (channels, height, width) input; {cfg.name}'s model "
+            f"input is {shape}"
+        )
+    return int(x.shape[1]), getattr(cfg.input, "size", None)
 
 
 def _fit_finetuning(cfg: ModalityConfig, trunk: nn.Module) -> None:
@@ -214,12 +233,25 @@ class BindSpaceModel(nn.Module):
         ]
 
     def train(self, mode: bool = True) -> BindSpaceModel:
-        """Frozen parts stay in eval mode (no dropout, no stochastic depth) while training."""
+        """Frozen parts stay in eval mode (no dropout, no stochastic depth) while training.
+
+        So do the frozen batch norms inside a partly trained trunk (a CNN's locked stages): their running
+        statistics are part of what is frozen, as open_clip's ``freeze_batch_norm_2d`` keeps them.
+        """
         super().train(mode)
         for m in self.modalities:
             parts = self.encoder_parts(m)
             for part in self.frozen_parts(m):
                 parts[part].eval()
+            if mode:
+                for module in self.trunks[m].modules():
+                    own = list(module.parameters(recurse=False))
+                    if (
+                        isinstance(module, nn.modules.batchnorm._BatchNorm)
+                        and own
+                        and not any(p.requires_grad for p in own)
+                    ):
+                        module.eval()
         return self
 
     def lockable_parameters(self) -> list[nn.Parameter]:

@@ -2,7 +2,8 @@
 
 Every trunk bindspace builds (its own transformer, a timm ViT, a transformers ``AutoModel``) is read as
 BEiT and open_clip read a ViT: *embeddings* (layer 0: whatever comes before the blocks), *blocks* 1..L,
-and *final norms* (layer L + 1, after the blocks; bindspace's own trunks keep theirs in the head).
+and *final norms* (layer L + 1, after the blocks; bindspace's own trunks keep theirs in the head). A timm
+CNN is read through timm's coarse parameter groups: the stem is layer 0 and its stages are the blocks.
 Partial unlocking (``trunk.unlocked_layers=N``) trains the last N blocks and the final norm; layer-wise
 lr decay (``optim.layer_decay``) scales each layer's lr by ``decay ** (L + 1 - layer)``.
 
@@ -14,7 +15,7 @@ separable by name (:func:`adapter_parameter_names`) and mergeable into the base 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +41,18 @@ class TrunkLayout:
     blocks: str
     depth: int
     final: tuple[str, ...] = ()
+    # Instead of a block list: the layer of each module by name (a timm CNN's parameter groups, stages 1..depth).
+    module_layers: Mapping[str, int] | None = None
 
     def layer_id(self, name: str) -> int:
         """A trunk parameter's layer: 0 embeddings, ``i + 1`` for block ``i``, ``depth + 1`` for final norms."""
+        if self.module_layers is not None:  # the innermost listed module holding the parameter
+            module = name
+            while module:
+                module = module.rpartition(".")[0]
+                if module in self.module_layers:
+                    return self.module_layers[module]
+            return 0
         prefix = self.blocks + "."
         if name.startswith(prefix):
             return int(name[len(prefix) :].split(".", 1)[0]) + 1
@@ -57,6 +67,9 @@ def trunk_layout(trunk: nn.Module) -> TrunkLayout:
     Raises:
         ValueError: a trunk with no block list bindspace knows where to find.
     """
+    module_layers = getattr(trunk, "module_layers", None)
+    if module_layers is not None:  # a timm CNN: timm's coarse parameter groups (stem, then one per stage)
+        return TrunkLayout("", int(trunk.depth), (), dict(module_layers))
     modules = dict(trunk.named_modules())
     if isinstance(modules.get("blocks"), nn.ModuleList | nn.Sequential):  # bindspace's TransformerTrunk, timm's ViT
         final = tuple(n for n in ("norm",) if n in modules and any(True for _ in modules[n].parameters()))

@@ -152,17 +152,72 @@ def _timm_model_args(model_id: str) -> dict[str, Any]:
     return {}
 
 
-def build_timm_vit(
+class TimmCNNInput(nn.Module):
+    """A timm CNN's input passes through: its stem is the trunk's layer 0, as a ViT's patch embedding is."""
+
+    def forward(self, x: Tensor) -> Tokens:
+        return x, None
+
+
+class TimmCNNTrunk(nn.Module):
+    """A timm convolutional network up to and including its global pooling: one token ``(B, 1, C)``.
+
+    timm's ``forward_features`` then ``forward_head(pre_logits=True)`` (the classifier removed with
+    ``num_classes=0``), so the head's ``cls`` pooling picks the pooled feature, and a frozen CNN's
+    features are cacheable as a frozen ViT's class token is. Any input size works (global pooling):
+    images, depth, thermal, and spectrograms ``(B, 1, mel bins, frames)``.
+
+    The layout that partial unlocking and layer decay read is timm's own coarse parameter grouping
+    (``group_matcher(coarse=True)``, what open_clip's ``--lock-image-unlocked-groups`` uses): group 0 is
+    the stem, then one group per stage (a ResNet's ``layer1``..``layer4``), so ``unlocked_layers=N``
+    trains the last N stages.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        from timm.models import group_parameters
+
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+        # Layer of each parameter's module, by module name: an adapter's names (peft's ``base_layer``,
+        # ``lora_A``) live under the module it wraps, so they resolve to its layer too.
+        self.module_layers = {
+            f"model.{name.rpartition('.')[0]}": int(layer) for layer, names in groups.items() for name in names
+        }
+        self.depth = max(self.module_layers.values(), default=0)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return bool(getattr(self.model, "grad_checkpointing", False))
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, enable: bool) -> None:
+        try:
+            self.model.set_grad_checkpointing(enable)
+        except (AssertionError, NotImplementedError) as err:  # timm asserts on models without it
+            if enable:
+                raise ValueError(f"timm model {type(self.model).__name__} has no gradient checkpointing") from err
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.model.forward_head(self.model.forward_features(tokens), pre_logits=True)[:, None]
+
+
+def build_timm_trunk(
     name: str | None,
     pretrained: str | None,
     in_chans: int,
-    img_size: int,
+    img_size: int | None,
     drop_path: float,
     architecture: Mapping[str, Any] | None = None,
-) -> tuple[TimmViTTokenizer, TimmViTTrunk, int]:
-    """Create a timm ViT and split it; returns (tokenizer, trunk, width).
+) -> tuple[nn.Module, nn.Module, int]:
+    """Create a timm model and split it; returns (tokenizer, trunk, width).
 
-    With ``architecture`` (what :func:`trunk_architecture` recorded, e.g. from a checkpoint) the ViT is
+    A ViT (timm's ``VisionTransformer`` and its kin: ``patch_embed`` and ``blocks``) is split into its
+    embedding and its blocks and needs ``img_size``; any other timm model with ``forward_features`` and
+    ``forward_head`` (ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet, ...) is a convolutional trunk
+    (:class:`TimmCNNTrunk`) and takes inputs of any size.
+
+    With ``architecture`` (what :func:`trunk_architecture` recorded, e.g. from a checkpoint) the model is
     created from it with random weights, and ``name``/``pretrained`` are not looked at.
     """
     if architecture is not None:
@@ -170,27 +225,30 @@ def build_timm_vit(
     else:
         model_id, load = _timm_source(name, pretrained)
         model_args = {}
-    vit = timm.create_model(
-        model_id,
-        pretrained=load,
-        **{
-            **model_args,
-            "num_classes": 0,
-            "in_chans": in_chans,
-            "img_size": img_size,
-            "drop_path_rate": drop_path,
-        },
-    )
-    if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
-        raise ValueError(f"timm model {model_id!r} is not a VisionTransformer (no blocks/patch_embed)")
-    trunk = TimmViTTrunk(vit)
+    common = {**model_args, "num_classes": 0, "in_chans": in_chans, "drop_path_rate": drop_path}
+    try:  # only ViT-like constructors take img_size: one that refuses it is a CNN (refused before any weights load)
+        model = timm.create_model(model_id, pretrained=load, **{**common, "img_size": img_size or 224})
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise
+        model = timm.create_model(model_id, pretrained=load, **common)
     # What rebuilds this trunk from a checkpoint without its pretrained source (see trunk_architecture).
-    trunk.architecture = {
+    recorded = {
         "kind": "timm",
-        "architecture": str(vit.pretrained_cfg.get("architecture") or model_id.split(".")[0]),
+        "architecture": str(model.pretrained_cfg.get("architecture") or model_id.split(".")[0]),
         "model_args": model_args if architecture is not None else _timm_model_args(model_id),
     }
-    return TimmViTTokenizer(vit), trunk, vit.embed_dim
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+        if img_size is None:
+            raise ValueError(f"timm ViT {model_id!r} needs an image-like input (size, channels)")
+        trunk, tokenizer, width = TimmViTTrunk(model), TimmViTTokenizer(model), model.embed_dim
+    elif hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        trunk, tokenizer = TimmCNNTrunk(model), TimmCNNInput()
+        width = int(getattr(model, "head_hidden_size", None) or model.num_features)
+    else:
+        raise ValueError(f"timm model {model_id!r} is neither a ViT (blocks, patch_embed) nor a CNN (forward_features)")
+    trunk.architecture = recorded
+    return tokenizer, trunk, width
 
 
 class HFInputs(nn.Module):

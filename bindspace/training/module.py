@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from bindspace.evaluation.suite import embed_split, evaluate_split
+from bindspace.evaluation.tables import summarize
 from bindspace.graph import Edge, edge_key
 from bindspace.inference import checkpoint_metadata
 from bindspace.losses import MultiEdgeLoss
@@ -174,6 +175,13 @@ class AlignmentModule(L.LightningModule):
             self.log(f"val/{k}", v, sync_dist=True)
         mean_r1 = [v for k, v in summary.items() if k.endswith("R@1")]
         self.log("val/mean_R@1", sum(mean_r1) / max(1, len(mean_r1)), prog_bar=True, sync_dist=True)
+        if metrics.get("retrieval_class"):  # labelled held-out data: the same at class level (what to stop on
+            # when pairs are drawn within a class, as in spoken digits, where instance R@1 is mostly chance)
+            by_class = summarize(metrics["retrieval_class"])
+            for k, v in by_class.items():
+                self.log(f"val/class/{k}", v, sync_dist=True)
+            class_r1 = [v for k, v in by_class.items() if k.endswith("R@1")]
+            self.log("val/class/mean_R@1", sum(class_r1) / max(1, len(class_r1)), sync_dist=True)
         retrieval = metrics["retrieval"]
         for a, b in self.edges:  # each edge's R@1, both directions averaged: forgetting shows per edge
             both = [retrieval[p]["R@1"] for p in (f"{a}->{b}", f"{b}->{a}") if p in retrieval]

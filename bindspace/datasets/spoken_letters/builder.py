@@ -236,8 +236,8 @@ def glyph_contours(font: str, char: str) -> tuple[np.ndarray, ...]:
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import TextPath
 
-    polygons = [np.asarray(p, dtype=np.float64) for p in TextPath((0, 0), char, size=1, prop=FontProperties(
-        fname=str(font_path(font)))).to_polygons() if len(p) >= 3]  # fmt: skip
+    path = TextPath((0, 0), char, size=1, prop=FontProperties(fname=str(font_path(font))))
+    polygons = [np.asarray(p, dtype=np.float64) for p in path.to_polygons() if len(p) >= 3]
     if not polygons:
         raise ValueError(f"font {font} has no outline for {char!r}")
     points = np.concatenate(polygons)

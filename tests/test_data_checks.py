@@ -24,6 +24,7 @@ from bindspace.data.checks import (
 )
 from bindspace.data.cli import main, preset_text_inputs
 from bindspace.datasets.spoken_digits.builder import class_prompts
+from bindspace.datasets.spoken_letters.builder import class_prompts as letter_prompts
 from bindspace.modalities import get_modality
 from bindspace.modalities.clip_bpe import clip_bpe
 from bindspace.modalities.text import TextInput, byte_tokenize
@@ -69,12 +70,12 @@ def test_the_longest_synthetic_caption_bounds_every_rendered_one():
 
 def test_every_builtin_caption_fits_every_preset_context():
     synthetic = [longest_synthetic_caption()]
-    digits = [c for captions in class_prompts().values() for c in captions]
+    built = [c for prompts in (class_prompts(), letter_prompts()) for captions in prompts.values() for c in captions]
     contexts = preset_and_experiment_contexts()
     assert {"model=tiny", "model=small", "model=base", "model=huge"} <= set(contexts)
     for name, text_input in contexts.items():
-        assert caption_truncation(digits, text_input) == (0, len(digits)), name
-        if name.startswith("model="):  # experiments with a short context run spoken digits only
+        assert caption_truncation(built, text_input) == (0, len(built)), name
+        if name.startswith("model="):  # experiments with a short context run the built benchmarks only
             assert caption_truncation(synthetic, text_input) == (0, 1), (name, text_input.context_length)
 
 

@@ -6,7 +6,7 @@ graph's edges and the seed plus its own keys (``data.<key>``). Layout of the pac
 
 - ``base.py`` (the protocol), ``steps.py`` (step-indexed batches), ``checks.py`` (data checks);
 - sources: ``datamodule.py`` (synthetic), ``manifest_datamodule.py``, ``shard_datamodule.py``,
-  ``spoken_digits_datamodule.py``;
+  ``spoken_digits_datamodule.py``, ``spoken_letters_datamodule.py``;
 - formats and decoding: ``manifest.py``, ``shards.py``, ``readers.py``, ``resample.py``;
 - the synthetic renderer: ``synthetic.py``, ``scene_rng.py``;
 - benchmark builders live in :mod:`bindspace.datasets`.
@@ -25,6 +25,7 @@ from bindspace.modalities import ModalityConfig
 DATAMODULES: dict[str, str] = {
     "synthetic": "bindspace.data.datamodule:SyntheticDataModule",
     "spoken_digits": "bindspace.data.spoken_digits_datamodule:SpokenDigitsDataModule",
+    "spoken_letters": "bindspace.data.spoken_letters_datamodule:SpokenLettersDataModule",
     "manifest": "bindspace.data.manifest_datamodule:ManifestDataModule",
     "shards": "bindspace.data.shard_datamodule:ShardDataModule",
 }
@@ -42,7 +43,7 @@ def datamodule_class(data: Mapping[str, Any]) -> type:
 def data_modalities(data: Mapping[str, Any]) -> list[str]:
     """The modalities a data config provides, in registry order: what ``graph.modalities: null`` trains.
 
-    A manifest's (or shard set's) modality columns, the modalities spoken digits holds, every
+    A manifest's (or shard set's) modality columns, the modalities spoken digits (letters) holds, every
     registered modality the synthetic benchmark can render. Reads manifest text at most, no data file.
     """
     kwargs = {k: v for k, v in data.items() if k != "name"}

@@ -1,6 +1,6 @@
 """The paired-datamodule protocol, owned by one base class.
 
-Every data source (``data=synthetic|manifest|shards|spoken_digits``, or one of your own) is a
+Every data source (``data=synthetic|manifest|shards|spoken_digits|spoken_letters``, or one of your own) is a
 :class:`PairedDataModule`. The base class owns what training, the curriculum and evaluation rely on:
 
 - ``provided_modalities(**keys)``: what the data holds, read cheaply before any model exists

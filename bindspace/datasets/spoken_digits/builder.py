@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from math import gcd
@@ -171,29 +172,43 @@ def build_spoken_digits(
             f"need n_train_per_edge, n_val >= 10, image_size a multiple of 8, sample_rate >= 8000: {params}"
         )
     root = Path(cache_dir or default_cache_dir()).expanduser().resolve() / "spoken_digits" / params.folder_name()
-    if force or not _is_built(root, params):
-        root.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
-        try:
-            _write_dataset(staging, params)
-            _publish(staging, root, params, force)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    cached_build(root, params.fingerprint(), SPLITS, lambda folder: _write_dataset(folder, params), force)
     return {**{split: root / f"{split}.jsonl" for split in SPLITS}, "info": root / "manifest_info.json"}
 
 
-def _is_built(root: Path, params: SpokenDigitsParams) -> bool:
+def cached_build(
+    root: Path, fingerprint: str, splits: Iterable[str], write: Callable[[Path], None], force: bool = False
+) -> None:
+    """Build a dataset into ``root`` unless a build with the same parameter hash is there already.
+
+    ``write(folder)`` writes every file, ``<split>.jsonl`` for each of ``splits`` and a
+    ``manifest_info.json`` holding ``params_sha256 == fingerprint``, into an empty staging folder (a
+    temporary sibling of ``root``), which is then renamed into place: readers never see a half-built
+    dataset, and a build from other parameters in the same folder is replaced.
+    """
+    splits = tuple(splits)
+    if force or not _is_built(root, fingerprint, splits):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
+        try:
+            write(staging)
+            _publish(staging, root, fingerprint, splits, force)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_built(root: Path, fingerprint: str, splits: tuple[str, ...]) -> bool:
     try:
         info = json.loads((root / "manifest_info.json").read_text())
     except (OSError, ValueError):
         return False
-    return info.get("params_sha256") == params.fingerprint() and all((root / f"{s}.jsonl").is_file() for s in SPLITS)
+    return info.get("params_sha256") == fingerprint and all((root / f"{s}.jsonl").is_file() for s in splits)
 
 
-def _publish(staging: Path, root: Path, params: SpokenDigitsParams, force: bool) -> None:
+def _publish(staging: Path, root: Path, fingerprint: str, splits: tuple[str, ...], force: bool) -> None:
     """Rename the finished build into place; a stale folder is moved aside first, then deleted."""
     if root.exists():
-        if _is_built(root, params) and not force:
+        if _is_built(root, fingerprint, splits) and not force:
             return  # another process finished the same build first
         stale = root.with_name(f".{root.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
         root.rename(stale)
@@ -201,21 +216,20 @@ def _publish(staging: Path, root: Path, params: SpokenDigitsParams, force: bool)
     try:
         staging.rename(root)
     except OSError:
-        if not _is_built(root, params):  # lost a race to a process that built the same thing: fine
+        if not _is_built(root, fingerprint, splits):  # lost a race to a process that built the same thing: fine
             raise
 
 
-def _balanced(total: int) -> list[int]:
-    """Per-class counts summing to ``total`` that differ by at most one."""
-    k = len(DIGIT_NAMES)
-    return [total // k + (c < total % k) for c in range(k)]
+def balanced(total: int, n_classes: int = len(DIGIT_NAMES)) -> list[int]:
+    """Per-class counts summing to ``total`` that differ by at most one (the first classes get the extras)."""
+    return [total // n_classes + (c < total % n_classes) for c in range(n_classes)]
 
 
 def _pick_images(
     labels: np.ndarray, params: SpokenDigitsParams, rng: np.random.Generator
 ) -> dict[str, list[tuple[int, int]]]:
     """(sklearn index, class) per row of each split, rows shuffled; the three image pools are disjoint."""
-    val_counts, train_counts = _balanced(params.n_val), _balanced(params.n_train_per_edge)
+    val_counts, train_counts = balanced(params.n_val), balanced(params.n_train_per_edge)
     picks: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
     for c in range(len(DIGIT_NAMES)):
         items = rng.permutation(np.flatnonzero(labels == c))
@@ -228,7 +242,10 @@ def _pick_images(
     return {split: [rows[i] for i in rng.permutation(len(rows))] for split, rows in picks.items()}
 
 
-def _draw_utterance(rng: np.random.Generator, label: int, path: str, variants: tuple[str, ...]) -> Utterance:
+def draw_utterance(rng: np.random.Generator, word: str, path: str, variants: tuple[str, ...]) -> Utterance:
+    """An utterance of ``word`` written to ``path``: accent, speaker from ``variants``, rate, pitch, intonation,
+    pads, gain, SNR and noise seed, drawn from ``rng`` in that order (``word`` draws nothing)."""
+
     def uniform(bounds: tuple[float, float]) -> float:
         return round(float(rng.uniform(*bounds)), 3)
 
@@ -237,7 +254,7 @@ def _draw_utterance(rng: np.random.Generator, label: int, path: str, variants: t
     pads = (uniform((0.0, MAX_PAD_SECONDS)), uniform((0.0, MAX_PAD_SECONDS)))
     return Utterance(
         audio=path,
-        word=DIGIT_NAMES[label],
+        word=word,
         voice=voice,
         rate=rate,
         pitch=pitch,
@@ -261,7 +278,7 @@ def _plan(labels: np.ndarray, params: SpokenDigitsParams) -> tuple[dict[str, lis
         for k, (image, label) in enumerate(picks):
             row = {"id": f"{prefix}-{k:05d}", "label": DIGIT_NAMES[label], "image": f"images/{image:04d}.png"}
             if "audio" in extra:
-                utterances.append(_draw_utterance(rng, label, f"audio/{split}/{row['id']}.wav", variants))
+                utterances.append(draw_utterance(rng, DIGIT_NAMES[label], f"audio/{split}/{row['id']}.wav", variants))
                 row["audio"] = utterances[-1].audio
             if "text" in extra:
                 row["text"] = caption(CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))], label)
@@ -290,36 +307,47 @@ def render_utterance(speaker: Speaker, u: Utterance, sample_rate: int) -> np.nda
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
 
 
-def _write_dataset(folder: Path, params: SpokenDigitsParams) -> None:
-    from sklearn.datasets import load_digits  # imported here: only a build needs scikit-learn
-
-    digits = load_digits()
-    manifests, utterances = _plan(digits.target, params)
+def checked_speaker() -> Speaker:
+    """A :class:`Speaker` that has every voice variant of the recipe, each reproducible; else RuntimeError."""
     speaker = Speaker()
     missing = sorted(set(TRAIN_VARIANTS + VAL_VARIANTS) - set(speaker.list_variants()))
     unstable = sorted(set(TRAIN_VARIANTS + VAL_VARIANTS) & set(speaker.nondeterministic_variants()))
     if missing or unstable:
         where = f"eSpeak NG {speaker.version} at {speaker.data_dir}"
         raise RuntimeError(f"{where}: voice variants missing {missing}, not reproducible {unstable}")
+    return speaker
+
+
+def write_utterances(folder: Path, speaker: Speaker, utterances: Iterable[Utterance], sample_rate: int) -> None:
+    """Render each utterance into ``folder / u.audio``: 16-bit mono WAV at ``sample_rate``."""
+    for u in utterances:
+        (folder / u.audio).parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # libsndfile writing straight to a file costs ~5 ms in small writes and seeks
+        sf.write(buffer, render_utterance(speaker, u, sample_rate), sample_rate, "PCM_16", format="WAV")
+        (folder / u.audio).write_bytes(buffer.getvalue())
+
+
+def _write_dataset(folder: Path, params: SpokenDigitsParams) -> None:
+    from sklearn.datasets import load_digits  # imported here: only a build needs scikit-learn
+
+    digits = load_digits()
+    manifests, utterances = _plan(digits.target, params)
+    speaker = checked_speaker()
     (folder / "images").mkdir()
     for index in sorted({int(Path(r["image"]).stem) for rows in manifests.values() for r in rows}):
         Image.fromarray(upscale_digit(digits.images[index], params.image_size), "L").save(
             folder / "images" / f"{index:04d}.png", format="PNG"
         )
-    for u in utterances:
-        (folder / u.audio).parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()  # libsndfile writing straight to a file costs ~5 ms in small writes and seeks
-        sf.write(buffer, render_utterance(speaker, u, params.sample_rate), params.sample_rate, "PCM_16", format="WAV")
-        (folder / u.audio).write_bytes(buffer.getvalue())
+    write_utterances(folder, speaker, utterances, params.sample_rate)
     for split, rows in manifests.items():
-        _write_jsonl(folder / f"{split}.jsonl", rows)
-    _write_jsonl(folder / "audio" / "utterances.jsonl", [asdict(u) for u in utterances])
+        write_jsonl(folder / f"{split}.jsonl", rows)
+    write_jsonl(folder / "audio" / "utterances.jsonl", [asdict(u) for u in utterances])
     info = _info(manifests, utterances, params, speaker)
     info["content_sha256"] = content_hash(folder)
     (folder / "manifest_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 

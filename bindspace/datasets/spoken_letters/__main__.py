@@ -1,0 +1,3 @@
+from bindspace.datasets.spoken_letters.builder import main
+
+main()

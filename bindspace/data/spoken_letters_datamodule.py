@@ -27,6 +27,8 @@ class SpokenLettersDataModule(ManifestDataModule):
             ablation train on the same data.
         n_train_per_edge, n_val, image_size, sample_rate: build parameters (a new combination builds a
             new folder; the same one is reused).
+        select_fraction: the share of the held-out rows validation selects on (early stopping), the rest
+            scored; None: validation and test are all of them (:class:`ManifestDataModule`).
         batch_size, num_workers, pin_memory, on_error: as :class:`ManifestDataModule`.
     """
 
@@ -46,6 +48,7 @@ class SpokenLettersDataModule(ManifestDataModule):
         n_val: int = 390,
         image_size: int = 64,
         sample_rate: int = 16000,
+        select_fraction: float | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -59,6 +62,6 @@ class SpokenLettersDataModule(ManifestDataModule):
         sources = [{"path": str(paths[name]), "weight": 1.0} for name in edge_files]
         super().__init__(
             configs, edges, batch_size=batch_size, seed=seed, sources=sources, val=str(paths["val"]),
-            on_error=on_error, num_workers=num_workers, pin_memory=pin_memory,
+            on_error=on_error, num_workers=num_workers, pin_memory=pin_memory, select_fraction=select_fraction,
         )  # fmt: skip
         self.dataset_dir = paths["val"].parent

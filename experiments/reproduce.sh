@@ -45,6 +45,19 @@ for s in 0; do
   $B/bindspace-train -m experiment=ablate_finetune seed=$s hydra.sweep.dir="$E/ablate_finetune_s$s"
 done
 
+# small paired data (README "Small paired data"): experiment=small_data tuned on spoken digits, confirmed
+# unchanged on spoken letters; beside each, the benchmark's default recipe on the same scored rows and the
+# recipe without its image augmentation (letters: seed 0 only)
+L="data=spoken_letters prompts=spoken_letters graph.modalities=[image,text,audio,imu] graph.edges=[[text,image],[image,audio],[image,imu]] data.n_val=780"
+$B/bindspace-train -m experiment=small_data seed=0,1,2 hydra.sweep.dir="$E/small_data_digits"
+$B/bindspace-train -m experiment=small_data modalities.image.augment=null seed=0,1,2 hydra.sweep.dir="$E/small_data_digits_noaug"
+$B/bindspace-train -m experiment=spoken_digits data.n_val=600 data.select_fraction=0.5 seed=0,1,2 \
+  hydra.sweep.dir="$E/small_data_digits_default"
+$B/bindspace-train -m experiment=small_data $L seed=0,1,2 hydra.sweep.dir="$E/small_data_letters"
+$B/bindspace-train -m experiment=small_data $L modalities.image.augment=null seed=0 hydra.sweep.dir="$E/small_data_letters_noaug"
+$B/bindspace-train -m experiment=spoken_letters data.n_val=780 data.select_fraction=0.5 seed=0,1,2 \
+  hydra.sweep.dir="$E/small_data_letters_default"
+
 # two spaces trained apart (image-audio, seed 0; image-text, seed 1) joined through images (README "Connect two spaces")
 $B/bindspace-train graph.modalities=[image,audio] seed=0 logger=none hydra.run.dir="$E/connect/a"
 $B/bindspace-train graph.modalities=[image,text] seed=1 logger=none hydra.run.dir="$E/connect/b"

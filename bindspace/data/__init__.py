@@ -6,7 +6,7 @@ graph's edges and the seed plus its own keys (``data.<key>``). Layout of the pac
 
 - ``base.py`` (the protocol), ``steps.py`` (step-indexed batches), ``checks.py`` (data checks);
 - sources: ``datamodule.py`` (synthetic), ``manifest_datamodule.py``, ``shard_datamodule.py``,
-  ``spoken_digits_datamodule.py``, ``spoken_letters_datamodule.py``;
+  ``spoken_digits_datamodule.py`` and ``spoken_letters_datamodule.py`` (both on ``built_datamodule.py``);
 - formats and decoding: ``manifest.py``, ``shards.py``, ``readers.py``, ``resample.py``;
 - the synthetic renderer: ``synthetic.py``, ``scene_rng.py``;
 - benchmark builders live in :mod:`bindspace.datasets`.

@@ -382,20 +382,25 @@ def content_hash(folder: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m bindspace.datasets.spoken_digits``: build (or find) the dataset and print its files."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_cli(description: str, params: type, build: Callable[..., dict[str, Path]], argv: list[str] | None) -> None:
+    """A benchmark builder's command line: one ``--<param>`` per field of ``params``, ``--cache-dir``, ``--force``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--cache-dir", default=None, help="cache root (default: $BINDSPACE_CACHE or ~/.cache/bindspace)"
     )
-    for f in fields(SpokenDigitsParams):
+    for f in fields(params):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default)
     parser.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
     args = vars(parser.parse_args(argv))
     start = time.perf_counter()
-    paths = build_spoken_digits(**args)
+    paths = build(**args)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     print(f"ready in {time.perf_counter() - start:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bindspace.datasets.spoken_digits``: build (or find) the dataset and print its files."""
+    build_cli(__doc__.splitlines()[0], SpokenDigitsParams, build_spoken_digits, argv)
 
 
 if __name__ == "__main__":

@@ -35,14 +35,12 @@ only (evaluate at class level). Validation fonts (images and traces) and speaker
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
 import os
 import string
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -62,6 +60,7 @@ from bindspace.datasets.spoken_digits.builder import (
     VAL_VARIANTS,
     Utterance,
     balanced,
+    build_cli,
     cached_build,
     checked_speaker,
     content_hash,
@@ -461,18 +460,7 @@ def _info(manifests: dict[str, list[dict]], params: SpokenLettersParams, speaker
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bindspace.datasets.spoken_letters``: build (or find) the dataset and print its files."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--cache-dir", default=None, help="cache root (default: $BINDSPACE_CACHE or ~/.cache/bindspace)"
-    )
-    for f in fields(SpokenLettersParams):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default)
-    parser.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
-    args = vars(parser.parse_args(argv))
-    start = time.perf_counter()
-    paths = build_spoken_letters(**args)
-    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
-    print(f"ready in {time.perf_counter() - start:.1f} s")
+    build_cli(__doc__.splitlines()[0], SpokenLettersParams, build_spoken_letters, argv)
 
 
 if __name__ == "__main__":

@@ -225,13 +225,20 @@ def build_timm_trunk(
     else:
         model_id, load = _timm_source(name, pretrained)
         model_args = {}
-    common = {**model_args, "num_classes": 0, "in_chans": in_chans, "drop_path_rate": drop_path}
-    try:  # only ViT-like constructors take img_size: one that refuses it is a CNN (refused before any weights load)
-        model = timm.create_model(model_id, pretrained=load, **{**common, "img_size": img_size or 224})
+    common = {**model_args, "num_classes": 0, "in_chans": in_chans}
+    if drop_path:
+        common["drop_path_rate"] = drop_path
+    try:
+        try:  # only ViT-like constructors take img_size: one that refuses it is a CNN (before any weights load)
+            model = timm.create_model(model_id, pretrained=load, **{**common, "img_size": img_size or 224})
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+            model = timm.create_model(model_id, pretrained=load, **common)
     except TypeError as err:
-        if "img_size" not in str(err):
-            raise
-        model = timm.create_model(model_id, pretrained=load, **common)
+        if "drop_path_rate" in str(err):
+            raise ValueError(f"drop_path={drop_path}: timm model {model_id!r} has no stochastic depth; set 0") from None
+        raise
     # What rebuilds this trunk from a checkpoint without its pretrained source (see trunk_architecture).
     recorded = {
         "kind": "timm",

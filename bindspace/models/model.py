@@ -47,7 +47,7 @@ def build_encoder_parts(
         try:
             pre, trunk, width = build_timm_trunk(t.name, t.pretrained, channels, size, t.drop_path, architecture)
         except ValueError as err:
-            raise ValueError(f"modalities.{cfg.name}.trunk: {err}") from None
+            raise ConfigError(f"modalities.{cfg.name}.trunk: {err}") from None
     elif t.kind == "hf":
         pre, trunk, width = build_hf_trunk(t.pretrained, t.trust_remote_code, architecture)
     else:
@@ -70,7 +70,7 @@ def _timm_input(cfg: ModalityConfig) -> tuple[int, int | None]:
         x = x.flatten(0, 1)
     if not isinstance(x, Tensor) or x.ndim != 4:
         shape = tuple(x.shape[1:]) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(
+        raise ConfigError(
             f"modalities.{cfg.name}.trunk.kind=timm needs a (channels, height, width) input; {cfg.name}'s model "
             f"input is {shape}"
         )

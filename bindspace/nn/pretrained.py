@@ -8,6 +8,7 @@ a download.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -225,6 +226,11 @@ def build_timm_trunk(
     else:
         model_id, load = _timm_source(name, pretrained)
         model_args = {}
+        if pretrained is None and not timm.is_model(model_id):
+            close = difflib.get_close_matches(model_id, timm.list_models(), n=3)
+            raise ValueError(
+                f"name={model_id!r} is no timm model" + (f"; did you mean {', '.join(close)}?" if close else "")
+            )
     common = {**model_args, "num_classes": 0, "in_chans": in_chans}
     if drop_path:
         common["drop_path_rate"] = drop_path

@@ -118,7 +118,7 @@ def test_cnn_architecture_rebuilds_without_its_source(tmp_path):
         ("imu", {"kind": "timm", "name": "test_resnet"}, r"modalities\.imu\.trunk\.kind=timm needs a \(channels"),
         ("image", {"kind": "timm", "name": "test_resnet", "unlocked_layers": 9}, "unlocked_layers=9 but the timm"),
         ("image", {"kind": "timm", "name": "test_resnet", "adapter": {"target": ["qkv"]}}, "'qkv' matches no module"),
-        ("image", {"kind": "timm", "name": "test_resnett"}, "name='test_resnett' is no timm model; did you mean test_resnet"),
+        ("image", {"kind": "timm", "name": "test_resnett"}, "'test_resnett' is no timm model; did you mean test_res"),
     ],
 )
 def test_cnn_config_errors_name_the_key(modality, trunk, match):

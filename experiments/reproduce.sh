@@ -47,14 +47,14 @@ done
 
 # small paired data (README "Small paired data"): experiment=small_data tuned on spoken digits, confirmed
 # unchanged on spoken letters; beside each, the benchmark's default recipe on the same scored rows and the
-# recipe without its image augmentation (letters: seed 0 only)
+# recipe without its image augmentation
 L="data=spoken_letters prompts=spoken_letters graph.modalities=[image,text,audio,imu] graph.edges=[[text,image],[image,audio],[image,imu]] data.n_val=780"
 $B/bindspace-train -m experiment=small_data seed=0,1,2 hydra.sweep.dir="$E/small_data_digits"
 $B/bindspace-train -m experiment=small_data modalities.image.augment=null seed=0,1,2 hydra.sweep.dir="$E/small_data_digits_noaug"
 $B/bindspace-train -m experiment=spoken_digits data.n_val=600 data.select_fraction=0.5 seed=0,1,2 \
   hydra.sweep.dir="$E/small_data_digits_default"
 $B/bindspace-train -m experiment=small_data $L seed=0,1,2 hydra.sweep.dir="$E/small_data_letters"
-$B/bindspace-train -m experiment=small_data $L modalities.image.augment=null seed=0 hydra.sweep.dir="$E/small_data_letters_noaug"
+$B/bindspace-train -m experiment=small_data $L modalities.image.augment=null seed=0,1,2 hydra.sweep.dir="$E/small_data_letters_noaug"
 $B/bindspace-train -m experiment=spoken_letters data.n_val=780 data.select_fraction=0.5 seed=0,1,2 \
   hydra.sweep.dir="$E/small_data_letters_default"
 
@@ -89,3 +89,13 @@ for s in 0 1 2; do
   ln -sfn "$(realpath "$E/ablate_loss_siglip_bias/$s")" "$E/siglip_bias_cmp/prior-s$s"
 done
 $B/bindspace-report "$E/siglip_bias_cmp" --out experiments/results/ablate_loss_siglip_bias
+# small paired data: per benchmark, the three arms' jobs side by side in one report
+for bench in digits letters; do
+  mkdir -p "$E/small_data_${bench}_all"
+  for arm in small_data small_data_noaug default; do
+    sweep="$E/small_data_${bench}${arm#small_data}"
+    [ "$arm" = default ] && sweep="$E/small_data_${bench}_default"
+    for d in "$sweep"/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/small_data_${bench}_all/$arm-$(basename "$d")"; done
+  done
+  $B/bindspace-report "$E/small_data_${bench}_all" --out "experiments/results/small_data_$bench"
+done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every run behind the numbers in README.md, docs/modality_gap.md and experiments/results/ (this commit).
-# Sequential (the 2-core CPU machine: about 3.5 hours), from the repository root after `make install`.
+# Sequential (the 2-core CPU machine: roughly 8 hours, summed from the runs' own wall_seconds), from the
+# repository root after `make install`.
 #   bash experiments/reproduce.sh [runs/exp]
 set -euo pipefail
 E=${1:-runs/exp}
@@ -39,9 +40,8 @@ done
 $B/bindspace-train -m experiment=ablate_loss loss.kind=siglip loss.siglip.bias.init=-3.434 seed=0,1,2 \
   hydra.sweep.dir="$E/ablate_loss_siglip_bias"
 
-# the fine-tuning ablation of the pretrained MiniLM text anchor (spoken digits, 600 steps), seed by seed (README
-# "Fine-tuning ablation": seed 0 only was run for it)
-for s in 0; do
+# the fine-tuning ablation of the pretrained MiniLM text anchor (spoken digits, 600 steps), seed by seed
+for s in 0 1 2; do
   $B/bindspace-train -m experiment=ablate_finetune seed=$s hydra.sweep.dir="$E/ablate_finetune_s$s"
 done
 
@@ -81,7 +81,7 @@ for bench in ablate_loss ablate_loss_digits; do
   $B/bindspace-report "$E/$bench" --baseline infonce --out "experiments/results/$bench"
 done
 mkdir -p "$E/ablate_finetune"
-for s in 0; do for d in "$E/ablate_finetune_s$s"/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/ablate_finetune/s$s-$(basename "$d")"; done; done
+for s in 0 1 2; do for d in "$E/ablate_finetune_s$s"/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/ablate_finetune/s$s-$(basename "$d")"; done; done
 $B/bindspace-report "$E/ablate_finetune" --baseline finetune=frozen --out experiments/results/ablate_finetune
 mkdir -p "$E/siglip_bias_cmp"
 for s in 0 1 2; do
@@ -97,5 +97,6 @@ for bench in digits letters; do
     [ "$arm" = default ] && sweep="$E/small_data_${bench}_default"
     for d in "$sweep"/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/small_data_${bench}_all/$arm-$(basename "$d")"; done
   done
-  $B/bindspace-report "$E/small_data_${bench}_all" --out "experiments/results/small_data_$bench"
+  $B/bindspace-report "$E/small_data_${bench}_all" --baseline "experiment=spoken_$bench" \
+    --out "experiments/results/small_data_$bench"
 done

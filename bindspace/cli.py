@@ -172,7 +172,9 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
     """Compose ``config_name`` with the command line's overrides once, before Hydra runs, for one-line errors.
 
     Hydra reports an unknown key or option in several lines with exit 1; this names the key and the
-    closest valid one in one :class:`ConfigError` line. Sweeps (``-m``), Hydra's own flags and the
+    closest valid one in one :class:`ConfigError` line. A sweep (``-m``) is checked value by value before
+    its first job starts (every value of every swept key, the other keys at their first value), so a typo
+    in its last value does not surface after the jobs before it have trained. Hydra's other flags and the
     processes Lightning's DDP launcher starts (``LOCAL_RANK`` set) are left to Hydra unchecked.
 
     Raises:
@@ -180,17 +182,53 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
     """
     import os
 
+    argv = list(argv)
+    sweep = any(a in ("-m", "--multirun") for a in argv)
+    argv = [a for a in argv if a not in ("-m", "--multirun")]
     if os.environ.get("LOCAL_RANK") or any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
         return
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
-    overrides = [a for a in argv if not a.startswith("hydra.")]
+    overrides = [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]  # Hydra's own: its checks
     try:
+        jobs = sweep_check_jobs(overrides) if sweep else [overrides]
+        if jobs is None:  # a glob() sweep: its values come from the config groups, which Hydra expands itself
+            return
         with initialize_config_module("bindspace.configs", version_base="1.3"):
-            compose(config_name, overrides=overrides)
+            for job in jobs:
+                compose(config_name, overrides=job)
     except HydraException as err:
         raise ConfigError(_one_line_hydra_error(err, config_name, compose, initialize_config_module)) from None
+
+
+def sweep_check_jobs(overrides: Sequence[str]) -> list[list[str]] | None:
+    """The override lists that check every value of a sweep: each swept key's values in turn, the rest first.
+
+    ``seed=0,1,2 finetune=frozen,lora_r4`` gives ``[seed=0, finetune=frozen]``, ``[seed=1, ...]``,
+    ``[seed=2, ...]`` and ``[seed=0, finetune=lora_r4]``: as many compositions as values, not their product.
+    None when a value is a ``glob(...)`` sweep (its values are the config group's, unknown here).
+
+    Raises:
+        hydra.errors.HydraException: an override that does not parse (Hydra's ``OverrideParseException``).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            return None
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([str(override.input_line)])
+    base = [values[0] for values in choices]
+    jobs = [base]
+    for i, values in enumerate(choices):
+        jobs += [[*base[:i], value, *base[i + 1 :]] for value in values[1:]]
+    return jobs
 
 
 def run_hydra_command(config_name: str, error_prefix: str, hydra_main: Callable[[], Any]) -> None:

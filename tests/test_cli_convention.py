@@ -8,6 +8,7 @@ parses the command line.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -92,3 +93,35 @@ def test_hydra_commands_help_and_unknown_keys(tmp_path, module, prog, bad, messa
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(prog) and message in lines[0], proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_sweep_check_jobs_covers_every_value_without_the_product():
+    from bindspace.cli import sweep_check_jobs
+
+    jobs = sweep_check_jobs(["seed=0,1,2", "finetune=frozen,lora_r4", "+tags=[a]", "trainer.max_steps=5"])
+    assert jobs == [
+        ["seed=0", "finetune=frozen", "+tags=[a]", "trainer.max_steps=5"],
+        ["seed=1", "finetune=frozen", "+tags=[a]", "trainer.max_steps=5"],
+        ["seed=2", "finetune=frozen", "+tags=[a]", "trainer.max_steps=5"],
+        ["seed=0", "finetune=lora_r4", "+tags=[a]", "trainer.max_steps=5"],
+    ]
+    assert sweep_check_jobs(["seed=range(0,2)"]) == [["seed=0"], ["seed=1"]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-m", "experiment=ablate_finetune", "finetune=frozen,lora_r5", "seed=0,1"],
+         "no finetune config named 'lora_r5' (did you mean 'lora_r8'?)"),
+        (["--multirun", "seed=0,1", "optim.lrr=1e-3,1e-4"], "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ],
+)  # fmt: skip
+def test_a_sweep_value_that_does_not_compose_stops_before_the_first_job(argv, message):
+    # The bad value is the sweep's last: Hydra alone would train the jobs before it first.
+    from bindspace.cli import check_hydra_overrides
+    from bindspace.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_hydra_overrides("train", argv)
+    check_hydra_overrides("train", ["-m", "experiment=ablate_finetune", "finetune=frozen,lora_r4", "seed=0,1"])
+    check_hydra_overrides("train", ["-m", "anchor=glob(*)", "seed=0,1"])  # glob sweeps are Hydra's to expand

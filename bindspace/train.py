@@ -6,12 +6,14 @@ bindspace-train -m seed=0,1,2 anchor=image,text
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -402,6 +404,47 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
         return train_and_evaluate(plain, spec, module, datamodule, run_dir, rel, strategy, ckpt_path, folder)
 
 
+def _eval_mode_by_design(module: AlignmentModule) -> dict[str, str] | None:
+    """What ``train(True)`` leaves in eval mode, per modality, if all of it is frozen by design; else None.
+
+    ``BindSpaceModel.train`` keeps frozen parts in eval mode (no dropout or stochastic depth in what does
+    not train) and frozen batch norms too (their statistics are frozen). A module in eval mode outside
+    those (a user's encoder that switched itself off) is not by design: None.
+    """
+    was = module.training
+    module.train(True)
+    in_eval = {id(m) for m in module.modules() if not m.training}
+    module.train(was)
+    model, found, covered = module.model, {}, set()
+    for m in model.modalities:
+        parts = model.frozen_parts(m)
+        ids = {id(x) for part in parts for x in model.encoder_parts(m)[part].modules()}
+        norms = {
+            id(x)
+            for x in model.trunks[m].modules()
+            if isinstance(x, torch.nn.modules.batchnorm._BatchNorm) and id(x) in in_eval and id(x) not in ids
+        }
+        if ids or norms:
+            found[m] = "/".join(parts) if parts else "frozen batch norms"
+        covered |= ids | norms
+    return found if in_eval and in_eval <= covered else None
+
+
+@contextlib.contextmanager
+def _fit_notes(module: AlignmentModule):
+    """Around ``trainer.fit``: Lightning's "Found N module(s) in eval mode" warning becomes one line naming
+    the frozen parts when every such module is frozen by design; otherwise Lightning's warning stands."""
+    by_design = _eval_mode_by_design(module)
+    with warnings.catch_warnings():
+        if by_design:
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+            parts = ", ".join(f"{m} ({what})" for m, what in by_design.items())
+            rank_zero_info(
+                f"frozen parts stay in eval mode while training (no dropout, batch-norm statistics kept): {parts}"
+            )
+        yield
+
+
 def train_and_evaluate(
     plain: dict[str, Any],
     spec: RunSpec,
@@ -428,7 +471,8 @@ def train_and_evaluate(
         folder.started()
         start = time.perf_counter()
         # weights_only: resuming never unpickles code, only tensors and plain containers.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with _fit_notes(module):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         wall = time.perf_counter() - start
         preempted = next((c.preempted for c in trainer.callbacks if isinstance(c, Preemption)), None)
         if preempted is not None:

@@ -89,3 +89,40 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 3
+
+
+def _module(overrides: list[str]):
+    from omegaconf import OmegaConf
+
+    from bindspace.config import build_run_spec
+    from bindspace.training.module import AlignmentModule
+
+    spec = build_run_spec(OmegaConf.to_container(compose_config(overrides), resolve=True))
+    return AlignmentModule(spec.build_model(), spec.build_loss(), spec.edges, spec.optim)
+
+
+def test_frozen_parts_in_eval_mode_get_one_line_not_lightnings_warning():
+    import warnings
+
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    from bindspace.train import _eval_mode_by_design, _fit_notes
+
+    lightning_says = "Found 12 module(s) in eval mode at the start of training. This may lead to unexpected behavior"
+    assert _eval_mode_by_design(_module(["graph.modalities=[image,text]"])) is None  # nothing frozen
+    frozen = _module(["graph.modalities=[image,text]", "modalities.image.trunk.freeze=true"])
+    assert _eval_mode_by_design(frozen) == {"image": "preprocessor/trunk"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _fit_notes(frozen):
+            warnings.warn(lightning_says, PossibleUserWarning, stacklevel=1)
+    assert not caught
+    # A module in eval mode that is not frozen by design (a user's encoder switched off) keeps the warning.
+    head = frozen.model.heads["text"]
+    head.train = lambda mode=True: torch.nn.Module.train(head, False)
+    assert _eval_mode_by_design(frozen) is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _fit_notes(frozen):
+            warnings.warn(lightning_says, PossibleUserWarning, stacklevel=1)
+    assert len(caught) == 1

@@ -22,6 +22,7 @@ from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
@@ -47,21 +48,28 @@ def timed(fn, repeats: int) -> float:
 def breakdown(steps: StepBatches, first: int, count: int) -> dict[str, tuple[float, float]]:
     """Per modality: (render, transform) seconds of one generated step, averaged over ``count`` steps.
 
-    The calls of ``SceneDataset.__getitems__``, timed one by one.
+    What ``render_step`` does, timed call by call: each modality rendered once for every edge batch of
+    the step that holds it, then transformed per edge batch.
     """
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for step in range(first, first + count):
-        for i, source in enumerate(steps.sources.values()):
-            ids = source.offset + step_indices(steps.seed, i, len(source), step, steps.batch_size)
-            for m in source.modalities:
-                t0 = time.perf_counter()
-                raw = source.scenes.render(m, ids)
-                t1 = time.perf_counter()
-                raw = raw if isinstance(raw, list) else torch.from_numpy(raw)
-                get_modality(m).transform_batch(raw, source.configs[m].input)
-                t2 = time.perf_counter()
-                totals[m][0] += (t1 - t0) / count
-                totals[m][1] += (t2 - t1) / count
+        sources = list(steps.sources.values())
+        ids = [s.offset + step_indices(steps.seed, i, len(s), step, steps.batch_size) for i, s in enumerate(sources)]
+        for m in dict.fromkeys(m for s in sources for m in s.modalities):
+            users = [i for i, s in enumerate(sources) if m in s.modalities]
+            t0 = time.perf_counter()
+            raw = sources[users[0]].scenes.render(m, np.concatenate([ids[i] for i in users]))
+            t1 = time.perf_counter()
+            start = 0
+            for i in users:
+                part = raw[start : start + len(ids[i])]
+                start += len(ids[i])
+                get_modality(m).transform_batch(
+                    part if isinstance(part, list) else torch.from_numpy(part), sources[i].configs[m].input
+                )
+            t2 = time.perf_counter()
+            totals[m][0] += (t1 - t0) / count
+            totals[m][1] += (t2 - t1) / count
     return {m: (r, t) for m, (r, t) in totals.items()}
 
 

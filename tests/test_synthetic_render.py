@@ -56,3 +56,39 @@ def test_object_windows_hold_every_covered_pixel(image_size, edge_px):
     assert covered.any(axis=(1, 2)).all()
     assert not (covered & ~inside).any()
     assert pose.size < n or image_size <= 16  # a real window at the default sizes
+
+
+def _flat(step: dict) -> dict:
+    """Every tensor of a step's batches by (edge key, modality[, field])."""
+    out = {}
+    for key, batch in step.items():
+        for m, value in batch.items():
+            out.update({(key, m, k): v for k, v in value.items()} if isinstance(value, dict) else {(key, m): value})
+    return out
+
+
+@pytest.mark.parametrize("anchor", ["image", "audio"])
+def test_a_step_rendered_modality_by_modality_equals_edge_by_edge(anchor):
+    """``render_step`` (one render of a modality for every edge batch of a step) changes no value."""
+    import torch
+
+    from bindspace.data.datamodule import SyntheticDataModule, render_step
+    from bindspace.data.steps import StepBatches
+    from bindspace.modalities import get_modality
+
+    names = ["image", "text", "audio", "depth", "thermal", "imu"]
+    configs = {m: get_modality(m).config_from_dict({}, preset="tiny") for m in names}
+    edges = [(anchor, m) for m in names if m != anchor]
+    dm = SyntheticDataModule(configs, edges, batch_size=6, seed=3, pool_size=40)
+    assert dm.step_fetch() is render_step
+    sources = dm.edge_sources()
+    for rank in (0, 1):  # one rank of two: its rows of the global batch
+        merged = StepBatches(sources, [edges, edges[:2]], 6, 3, rank, 2, fetch=render_step)
+        alone = StepBatches(sources, [edges, edges[:2]], 6, 3, rank, 2)
+        for stage in (0, 1):
+            merged.set_stage(stage), alone.set_stage(stage)
+            for step in (0, 1, 3, 7):  # 7: the second pass over the pools
+                got, want = _flat(merged[step]), _flat(alone[step])
+                assert got.keys() == want.keys()
+                for k, v in want.items():
+                    assert v.dtype == got[k].dtype and torch.equal(v, got[k]), k

@@ -27,7 +27,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from bindspace.data.steps import BatchSource, StepBatches, heldout_loader, step_loader
+from bindspace.data.steps import BatchSource, StepBatches, StepFetch, heldout_loader, step_loader
 from bindspace.errors import ConfigError
 from bindspace.graph import Edge, edge_key
 from bindspace.modalities import ModalityConfig
@@ -79,6 +79,12 @@ class PairedDataModule(L.LightningDataModule):
         """Edge key -> an indexable dataset of that edge's training pairs (``__getitems__`` -> one batch)."""
         raise NotImplementedError(f"{type(self).__name__} must implement edge_sources or train_dataloader")
 
+    def step_fetch(self) -> StepFetch | None:
+        """A function that fetches one step's batches of several edges in one call (``StepBatches``'s
+        ``fetch``; a module-level function, since it travels to DataLoader workers), or None: each edge's
+        source alone."""
+        return None
+
     def heldout_set(self, split: str) -> Dataset:
         """The held-out ``val`` or ``test`` dataset (``__getitems__`` -> one batch with ``id``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement heldout_set")
@@ -122,7 +128,7 @@ class PairedDataModule(L.LightningDataModule):
                 )
         self.train_steps = StepBatches(
             sources, self.stage_edges, self.batch_size, self.seed, rank, world, self.augmentations(), self.configs,
-            choices=self.sample_choices,
+            choices=self.sample_choices, fetch=self.step_fetch(),
         )  # fmt: skip
         return step_loader(self.train_steps, self.trainer, self.num_workers, self.pin_memory)
 

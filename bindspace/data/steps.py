@@ -39,6 +39,10 @@ class BatchSource(Protocol):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]: ...
 
 
+# The batches of several (source, indices) requests of one step in one call, in request order.
+StepFetch = Callable[[Sequence[tuple[BatchSource, Sequence[int]]]], list[dict[str, Any]]]
+
+
 @lru_cache(maxsize=64)
 def _permutation(seed: int, edge_index: int, epoch: int, size: int) -> np.ndarray:
     return np.random.default_rng([seed, edge_index, epoch]).permutation(size)
@@ -71,6 +75,9 @@ class StepBatches(Dataset):
         configs: modality -> config (the input configs the augmentations read); needed with ``augment``.
         choices: hand the sources a generator per row (``__getitems__(indices, choices=...)``) for what
             they draw before decoding (one of a sample's captions), random per (seed, step, edge, row).
+        fetch: ``fetch([(source, indices), ...]) -> [batch, ...]``, the step's batches of several sources in
+            one call (the synthetic benchmark renders a modality that several edges share in one pass);
+            each batch must equal ``source.__getitems__(indices)``. Not used with ``choices``.
     """
 
     def __init__(
@@ -84,9 +91,10 @@ class StepBatches(Dataset):
         augment: Mapping[str, Any] | None = None,
         configs: Mapping[str, Any] | None = None,
         choices: bool = False,
+        fetch: StepFetch | None = None,
     ) -> None:
         self.sources, self.keys = dict(sources), list(sources)
-        self.choices = choices
+        self.choices, self.fetch = choices, fetch
         self.stage_edges = [[edge_key(e) for e in edges] for edges in stage_edges]
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.augment = {m: a for m, a in (augment or {}).items() if a}
@@ -104,22 +112,30 @@ class StepBatches(Dataset):
         self.stage[0] = index
 
     def __getitem__(self, step: int) -> dict[str, dict[str, Any]]:
+        keys = self.stage_edges[int(self.stage[0])]
+        first = self.rank * self.batch_size
+        rows = range(first, first + self.batch_size)  # this rank's rows of the global batch
+        picked = {}
+        for key in keys:
+            idx = step_indices(
+                self.seed, self.keys.index(key), len(self.sources[key]), step, self.batch_size * self.world_size
+            )
+            picked[key] = idx[first : first + self.batch_size].tolist()
+        if self.choices:
+            batches = [
+                self.sources[key].__getitems__(
+                    picked[key], choices=row_generators(self.seed, step, self.keys.index(key), "choice", rows)
+                )
+                for key in keys
+            ]
+        elif self.fetch is not None:
+            batches = self.fetch([(self.sources[key], picked[key]) for key in keys])
+        else:
+            batches = [self.sources[key].__getitems__(picked[key]) for key in keys]
         out = {}
-        for key in self.stage_edges[int(self.stage[0])]:
-            source = self.sources[key]
-            idx = step_indices(self.seed, self.keys.index(key), len(source), step, self.batch_size * self.world_size)
-            first = self.rank * self.batch_size
-            picked = idx[first : first + self.batch_size].tolist()
-            if self.choices:
-                rows = range(first, first + self.batch_size)
-                gens = row_generators(self.seed, step, self.keys.index(key), "choice", rows)
-                batch = source.__getitems__(picked, choices=gens)
-            else:
-                batch = source.__getitems__(picked)
+        for key, batch in zip(keys, batches, strict=True):
             if self.augment:
-                rows = range(first, first + self.batch_size)
-                edge = self.keys.index(key)
-                batch = augment_batch(batch, self.augment, self.configs, self.seed, step, edge, rows)
+                batch = augment_batch(batch, self.augment, self.configs, self.seed, step, self.keys.index(key), rows)
             out[key] = batch
         return out
 

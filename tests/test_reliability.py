@@ -261,6 +261,36 @@ def test_same_seed_gives_the_same_metrics_json(tmp_path):
     assert outputs[0]["steps"] == 8 and outputs[0]["retrieval"]
 
 
+def test_a_finished_run_leaves_no_signal_handler_holding_it(tmp_path):
+    """Jobs of a sweep run one after another in one process: a finished job must leave the signal handlers as
+    it found them, or the handler it leaves (Lightning's, which holds the trainer) keeps its model, optimizer
+    and data alive, and the next job's chains it in (peak RSS grew job after job of a sweep)."""
+    import functools
+    import gc
+    import weakref
+
+    import lightning as L
+
+    from bindspace.train import run
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    trainers = []
+    real_init = L.Trainer.__init__
+
+    @functools.wraps(real_init)  # the same signature: the config check reads the Trainer's arguments from it
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        trainers.append(weakref.ref(self))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(L.Trainer, "__init__", recording_init)
+        for name in ("a", "b"):
+            run(compose_config(["eval.final=false", "trainer.max_steps=2"], str(tmp_path / name)))
+    assert {s: signal.getsignal(s) for s in before} == before
+    gc.collect()
+    assert len(trainers) == 2 and [t() for t in trainers] == [None, None], "a finished job's trainer is still alive"
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the per-job peak needs Linux's clear_refs")
 def test_step_cost_peak_is_this_jobs_not_an_earlier_jobs_of_the_same_process():
     from bindspace.training.callbacks import StepCost, peak_rss_kib

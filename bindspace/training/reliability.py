@@ -217,8 +217,13 @@ class Preemption(L.Callback):
         trainer.should_stop = True
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Only where our handler is still installed: Lightning's own teardown runs first and has already put
+        # back what was there before fit. Restoring ours over it would reinstall Lightning's handler of this
+        # fit, which holds the trainer (model, optimizer, data) alive after fit, and the next fit of the
+        # process (a sweep's next job) chains it into its own: every job of a sweep stayed in memory.
         for s, handler in self._previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            if signal.getsignal(s) == self._handle:
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
         self._trainer = None
 

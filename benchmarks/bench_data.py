@@ -138,7 +138,10 @@ def main() -> None:
             "",
             f"Medians of {args.repeats} alternating rounds of {args.steps} steps (generation per round: "
             + ", ".join(f"{g * 1e3:.0f}" for g in gens)
-            + " ms). Where a generated step goes (ms, timed call by call):",
+            + " ms). A generated step renders each modality once for all the edge batches that hold it "
+            "(`render_step`: the anchor's scenes of every edge in one call), then transforms edge batch by edge "
+            "batch; the batches are bit-identical to rendering edge by edge (`tests/test_synthetic_render.py`). "
+            "Where a generated step goes (ms, timed call by call):",
             "",
             "| modality (batches per step) | render | transform |",
             "|---|---|---|",

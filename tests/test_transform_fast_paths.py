@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bindspace.data.datamodule import scene_config
 from bindspace.data.synthetic import SyntheticScenes
 from bindspace.modalities import collate_inputs, get_modality
-from bindspace.modalities.audio import AudioInput, _mel_banks, _power32, fbank_clips, kaldi_fbank
+from bindspace.modalities.audio import AudioInput, _mel_banks, fbank_clips, kaldi_fbank
 from bindspace.modalities.depth import DepthInput
 from bindspace.modalities.image import ImageInput
 from bindspace.modalities.imu import IMUInput
@@ -120,29 +120,6 @@ def test_log_mel_equals_the_textbook_computation(cfg):
         )
     wav64 = torch.randn(2, n, generator=g, dtype=torch.float64)
     assert _equal(kaldi_fbank(wav64, cfg.sample_rate, 64), _fbank_reference(wav64, cfg.sample_rate, 64))
-
-
-def test_power_spectrum_equals_the_hypot_it_replaced():
-    # 10^7 values over 52 decades of magnitude, with exact zeros and one-sided spectra; the rows are not a
-    # multiple of _power32's block, so the last block is a short one. The reference is the computation
-    # _power32 replaced: torch's hypot of the interleaved parts (the scalar libm hypotf), squared.
-    g = torch.Generator().manual_seed(2)
-    parts = torch.randn(4885, 1025, 2, generator=g) * torch.exp(
-        torch.empty(4885, 1025, 1).uniform_(-60, 60, generator=g)
-    )
-    parts[::7, :, 1] = 0
-    parts[::11, :, 0] = 0
-    parts[3, :5] = 0
-    spectrum = torch.view_as_complex(parts)
-    assert torch.equal(
-        _power32(spectrum, torch.empty(spectrum.shape)), torch.hypot(parts[..., 0], parts[..., 1]).square()
-    )
-    # On a spectrum's range (frames of samples in [-1, 1]) that is also complex abs, squared.
-    clips = torch.view_as_complex(torch.randn(64, 98, 257, 2, generator=g) * 20)
-    assert torch.equal(_power32(clips, torch.empty(clips.shape)), clips.abs().pow(2))
-    with torch.inference_mode():  # bindspace-embed transforms under inference mode
-        small = clips[:3].clone()
-        assert torch.equal(_power32(small, torch.empty(small.shape)), small.abs().pow(2))
 
 
 def test_fbank_work_buffers_do_not_leak_into_results():

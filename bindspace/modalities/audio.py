@@ -178,7 +178,8 @@ def _power_mel(waveforms: Tensor, sample_rate: int, num_mel_bins: int, out: Tens
     Every step is the same float operation as the textbook sequence (``frames - mean``, then
     ``x - 0.97 * previous``, the window, zero padding, ``|rfft|^2``, the mel matrix), done in place
     in reused, zero-padded work buffers: no concatenated copy for the pre-emphasis, no padded copy
-    for the FFT. In float32 the power is ``hypot(re, im) ** 2`` (:func:`_power32`), Kaldi's ``abs() ** 2``.
+    for the FFT. In float32 the power is ``hypot(re, im) ** 2``: the square of ``complex.abs()``
+    to the bit (they differ only where the square under- or overflows anyway), without abs's slow path.
     """
     win, hop = int(sample_rate * 0.025), int(sample_rate * 0.010)
     padded = 1 << (win - 1).bit_length()
@@ -196,47 +197,14 @@ def _power_mel(waveforms: Tensor, sample_rate: int, num_mel_bins: int, out: Tens
     body *= _hann(win, waveforms.dtype)
     bins = padded // 2 + 1
     spectrum = _scratch("fbank.spectrum", (*shape[:2], bins), _complex(waveforms.dtype))
-    torch.fft.rfft(buffer, dim=2, out=spectrum)  # (B, M, bins)
+    ri = torch.view_as_real(torch.fft.rfft(buffer, dim=2, out=spectrum))  # (B, M, bins, 2)
     power = _scratch("fbank.power", (*shape[:2], bins), body.dtype)
-    if power.dtype == torch.float32:
-        _power32(spectrum, power)
+    if power.dtype == torch.float32:  # |X|^2 as .abs().pow(2): equal in float32 (abs's own path is slow)
+        torch.hypot(ri[..., 0], ri[..., 1], out=power).square_()
     else:  # float64's abs() is not hypot() to the last bit
         torch.abs(spectrum, out=power).pow_(2)
     banks = _mel_banks(num_mel_bins, padded, sample_rate).T.to(power.dtype)
     return torch.matmul(power, banks, out=out)
-
-
-_POWER_ROWS = 1024  # spectrum frames per pass of _power32: a few MiB of float64 at most, cache-sized
-
-
-def _power32(spectrum: Tensor, out: Tensor) -> Tensor:
-    """``|spectrum| ** 2`` of a complex64 spectrum ``(..., bins)``, into float32 ``out`` of its shape.
-
-    What ``torch.hypot(re, im) ** 2`` of the interleaved parts gives on CPU, to the bit: torch runs libm's
-    scalar ``hypotf`` there, which rounds ``sqrt(re^2 + im^2)``, evaluated in float64 (where the squares of
-    float32 values are exact), to float32. numpy evaluates that same expression here a block of frames at
-    a time, about 1.4x faster than the scalar loop (``tests/test_transform_fast_paths.py`` checks 10^7
-    values over 52 decades). On a spectrum's range this is also ``abs().pow(2)``, Kaldi's formula; torch's
-    vectorised ``hypot`` and complex ``abs`` (contiguous inputs) are faster still but round a value within
-    a hair of a halfway point, about one in 10^7, the other way. Off the CPU: ``abs`` itself.
-    """
-    if spectrum.device.type != "cpu" or spectrum.requires_grad:
-        return torch.abs(spectrum, out=out).square_()
-    pairs = spectrum.reshape(-1, spectrum.shape[-1]).numpy().view(np.float32)  # (rows, 2 bins): re, im, ...
-    dest = out.view(-1, spectrum.shape[-1]).numpy()
-    rows = max(1, min(_POWER_ROWS, len(pairs)))
-    squares = _scratch("fbank.power64", (rows, pairs.shape[1]), torch.float64).numpy()
-    total = _scratch("fbank.power64.sum", (rows, dest.shape[1]), torch.float64).numpy()
-    with np.errstate(over="ignore", invalid="ignore"):  # inf and nan propagate as in torch, silently
-        for start in range(0, len(pairs), rows):
-            sq, tot = squares[: len(pairs) - start], total[: len(pairs) - start]
-            np.square(pairs[start : start + rows], out=sq, dtype=np.float64)
-            np.add(sq[:, 0::2], sq[:, 1::2], out=tot)
-            np.sqrt(tot, out=tot)
-            block = dest[start : start + rows]
-            block[...] = tot  # rounded to float32
-            np.square(block, out=block)
-    return out
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:

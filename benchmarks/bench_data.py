@@ -110,6 +110,7 @@ def main() -> None:
     parts = breakdown(steps, next(counter), args.steps)
     torch.set_num_threads(2)
     gen, step = statistics.median(gens), statistics.median(trains)
+    rounds = [t / g for g, t in zip(gens, trains, strict=True)]
     pairs = batch * len(spec.edges)
     ratio = step / gen
     rows = [
@@ -138,7 +139,11 @@ def main() -> None:
             "",
             f"Medians of {args.repeats} alternating rounds of {args.steps} steps (generation per round: "
             + ", ".join(f"{g * 1e3:.0f}" for g in gens)
-            + " ms). A generated step renders each modality once for all the edge batches that hold it "
+            + " ms; training per round: "
+            + ", ".join(f"{t * 1e3:.0f}" for t in trains)
+            + " ms; ratio per round: "
+            + ", ".join(f"{r:.1f}" for r in rounds)
+            + "). A generated step renders each modality once for all the edge batches that hold it "
             "(`render_step`: the anchor's scenes of every edge in one call), then transforms edge batch by edge "
             "batch; the batches are bit-identical to rendering edge by edge (`tests/test_synthetic_render.py`). "
             "Where a generated step goes (ms, timed call by call):",
@@ -148,12 +153,7 @@ def main() -> None:
             *rows,
             f"| **total** | **{rendering * 1e3:.1f}** | **{transforming * 1e3:.1f}** |",
             "",
-            (
-                f"No verdict: the machine was busy (load average {load_start:.1f} at the start, above "
-                f"{BUSY_LOAD}), which inflates the training step and so the ratio. "
-                if load_start > BUSY_LOAD
-                else ("Target met. " if ratio >= 10 else "Target missed. ")
-            )
+            verdict(ratio, rounds, load_start)
             + f"The largest parts: {slowest[0]} rendering ({slowest[2] * 1e3:.1f} ms) and the {slowest_tf[0]} "
             f"transform ({slowest_tf[2] * 1e3:.1f} ms).",
             "",
@@ -161,6 +161,25 @@ def main() -> None:
     )
     print(table)
     atomic_write_text(args.out, _merge(args.out, table))
+
+
+def verdict(ratio: float, rounds: list[float], load_start: float, target: float = 10.0) -> str:
+    """The sentence on the target. Met only if every round meets it: on this shared 2-vCPU machine the
+    2-thread training step drifts by a fifth within minutes (and more between hours) while the 1-thread
+    generation barely moves, so a median just above the target is not a result."""
+    if load_start > BUSY_LOAD:
+        return (
+            f"No verdict: the machine was busy (load average {load_start:.2f} at the start, above {BUSY_LOAD}), "
+            "which inflates the training step and so the ratio. "
+        )
+    if min(rounds) >= target:
+        return "Target met in every round. "
+    if ratio >= target:
+        return (
+            f"Target not met robustly: the median ratio reaches {target:g} but the lowest round is {min(rounds):.1f} "
+            "(the training step's drift, not generation's). "
+        )
+    return "Target missed. "
 
 
 def _merge(path: Path, section: str) -> str:

@@ -176,8 +176,7 @@ def verdict(ratio: float, rounds: list[float], load_start: float, target: float 
         return "Target met in every round. "
     if ratio >= target:
         return (
-            f"Target not met robustly: the median ratio reaches {target:g} but the lowest round is {min(rounds):.1f} "
-            "(the training step's drift, not generation's). "
+            f"Target not met robustly: the median ratio reaches {target:g} but the lowest round is {min(rounds):.1f}. "
         )
     return "Target missed. "
 

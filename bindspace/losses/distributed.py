@@ -35,13 +35,53 @@ def gather_features(x: Tensor, backprop: str = "global") -> Tensor:
     if distributed_world(backprop) is None:
         return x
     if backprop == "global":
-        import torch.distributed.nn as dist_nn
-
-        return torch.cat(dist_nn.all_gather(x), dim=0)
+        return _AllGather.apply(x)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.detach())
     parts[dist.get_rank()] = x
     return torch.cat(parts, dim=0)
+
+
+class _AllGather(torch.autograd.Function):
+    """``(B, D)`` from every rank -> ``(world * B, D)``; each rank gets back the sum over ranks of its slice's
+    gradient. What ``torch.distributed.nn.all_gather`` computes (deprecated since torch 2.14), the same
+    collectives in the same order, so the numbers are those it gave: reduce-scatter on NCCL and XCCL, and
+    elsewhere (gloo) one scatter per rank, then the received slices summed in rank order."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        slices = [g.contiguous() for g in grad.chunk(world, dim=0)]
+        if dist.get_backend() in (dist.Backend.NCCL, getattr(dist.Backend, "XCCL", "xccl")):
+            out = torch.empty_like(slices[rank])
+            dist.reduce_scatter(out, slices)
+            return out
+        received = [torch.empty_like(slices[rank]) for _ in range(world)]
+        for source in range(world):  # rank `source` scatters its slices: we receive the one of ours
+            dist.scatter(received[source], slices if source == rank else None, src=source)
+        return torch.sum(torch.stack(received), dim=0)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, whose gradient is the sum over ranks of the gradients (``torch.distributed.nn.all_reduce``
+    with ``SUM``, deprecated since torch 2.14)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return _AllReduceSum.apply(grad)
 
 
 def gather_ids(ids: Tensor) -> Tensor:
@@ -92,9 +132,7 @@ def reduce_from(x: Tensor, owner: int, rank: int, backprop: str) -> Tensor:
     """Rank ``owner``'s ``x`` on every rank: a sum all-reduce of ``x`` masked to the owner (open_clip's ``reduce``)."""
     masked = x * float(rank == owner)
     if backprop == "global":
-        import torch.distributed.nn as dist_nn
-
-        return dist_nn.all_reduce(masked, op=dist.ReduceOp.SUM)
+        return _AllReduceSum.apply(masked)
     out = masked.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out if rank != owner else x

@@ -81,6 +81,10 @@ def test_a_step_rendered_modality_by_modality_equals_edge_by_edge(anchor):
     edges = [(anchor, m) for m in names if m != anchor]
     dm = SyntheticDataModule(configs, edges, batch_size=6, seed=3, pool_size=40)
     assert dm.step_fetch() is render_step
+    one = dm.heldout_set("val")[2]  # a single scene, as DataLoader's default fetcher asks for it
+    assert one["image"].shape == (3, 64, 64) and torch.equal(
+        one["image"], dm.heldout_set("val").__getitems__([2])["image"][0]
+    )
     sources = dm.edge_sources()
     for rank in (0, 1):  # one rank of two: its rows of the global batch
         merged = StepBatches(sources, [edges, edges[:2]], 6, 3, rank, 2, fetch=render_step)

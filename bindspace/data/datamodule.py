@@ -68,14 +68,19 @@ class SceneDataset(Dataset):
             batch[m] = get_modality(m).transform_batch(raw, self.configs[m].input)
         return batch
 
+    def __getitem__(self, index: int) -> Batch:
+        batch = self.__getitems__([index])
+        return {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}
+
 
 def render_step(requests: Sequence[tuple[SceneDataset, Sequence[int]]]) -> list[Batch]:
     """``[source.__getitems__(indices) for source, indices in requests]``, each modality rendered in one call.
 
-    The image of the default graph's step is five edges' batches: one render of 5 x 32 scenes costs about
-    60% of five renders of 32 (per-call work: the hashes, the windows, the per-shape and per-colour
-    passes). A scene renders to the same floats in any batch, so the batches are unchanged to the bit;
-    transforms still run per edge batch, on the same shapes as before.
+    The image of the default graph's step is five edges' batches: one render of 5 x 32 scenes takes about
+    60% of the time of five renders of 32 (per-call work: the hashes, the windows, the per-shape and
+    per-colour passes), about 1 ms of a 26 ms generated step (docs/benchmarks.md (d)). A scene renders
+    to the same floats in any batch, so the batches are unchanged to the bit; transforms still run per
+    edge batch, on the same shapes as before.
     """
     scenes = {id(source.scenes) for source, _ in requests}
     if len(scenes) > 1 or not all(isinstance(source, SceneDataset) for source, _ in requests):
@@ -90,10 +95,6 @@ def render_step(requests: Sequence[tuple[SceneDataset, Sequence[int]]]) -> list[
             raws[i][m] = rendered[start : start + len(ids[i])]
             start += len(ids[i])
     return [source.batch(i, raw) for (source, _), i, raw in zip(requests, ids, raws, strict=True)]
-
-    def __getitem__(self, index: int) -> Batch:
-        batch = self.__getitems__([index])
-        return {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}
 
 
 def scene_config(configs: Mapping[str, ModalityConfig], overrides: Mapping[str, Any] | None = None) -> SyntheticConfig:

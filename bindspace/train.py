@@ -419,11 +419,7 @@ def _eval_mode_by_design(module: AlignmentModule) -> dict[str, str] | None:
     for m in model.modalities:
         parts = model.frozen_parts(m)
         ids = {id(x) for part in parts for x in model.encoder_parts(m)[part].modules()}
-        norms = {
-            id(x)
-            for x in model.trunks[m].modules()
-            if isinstance(x, torch.nn.modules.batchnorm._BatchNorm) and id(x) in in_eval and id(x) not in ids
-        }
+        norms = {id(x) for x in model.frozen_batch_norms(m)} - ids
         if ids or norms:
             found[m] = "/".join(parts) if parts else "frozen batch norms"
         covered |= ids | norms

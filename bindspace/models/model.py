@@ -244,15 +244,19 @@ class BindSpaceModel(nn.Module):
             for part in self.frozen_parts(m):
                 parts[part].eval()
             if mode:
-                for module in self.trunks[m].modules():
-                    own = list(module.parameters(recurse=False))
-                    if (
-                        isinstance(module, nn.modules.batchnorm._BatchNorm)
-                        and own
-                        and not any(p.requires_grad for p in own)
-                    ):
-                        module.eval()
+                for module in self.frozen_batch_norms(m):
+                    module.eval()
         return self
+
+    def frozen_batch_norms(self, modality: str) -> list[nn.Module]:
+        """The batch norms of a trunk whose own parameters are all frozen (``train`` keeps them in eval mode)."""
+        return [
+            module
+            for module in self.trunks[modality].modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and (own := list(module.parameters(recurse=False)))
+            and not any(p.requires_grad for p in own)
+        ]
 
     def lockable_parameters(self) -> list[nn.Parameter]:
         """Parameters frozen by partial unlocking or an adapter, which a curriculum stage may unlock.

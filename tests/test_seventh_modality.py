@@ -157,6 +157,19 @@ def test_trains_on_the_synthetic_benchmark(plugin_env, tmp_path):
     assert "tactile->text" in metrics["retrieval"] and "tactile" in metrics["zero_shot"]
 
 
+def test_anchor_group_offers_the_plugin(plugin_env, tmp_path):
+    """``anchor=tactile`` as for a built-in (README: "anchor: any modality"), here under a curriculum."""
+    run_dir = tmp_path / "run"
+    synthetic = ["data.batch_size=8", "data.val_size=16", "data.test_size=24", "graph.modalities=[image,text,tactile]"]
+    staged = ["curriculum=progressive", "curriculum.stage.steps=3", "curriculum.stage.warmup_steps=1"]
+    run("bindspace.train", *QUICK, *synthetic, *staged, "anchor=tactile", f"hydra.run.dir={run_dir}", env=plugin_env)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["edges"] == [["tactile", "image"], ["tactile", "text"]]
+    assert [s["edges"] for s in metrics["stages"]] == [["tactile|image"], ["tactile|image", "tactile|text"]]
+    both = run("bindspace.train", "anchor=[image,tactile]", "--cfg", "job", "--package", "graph", env=plugin_env)
+    assert "image: true" in both.stdout and "tactile: true" in both.stdout
+
+
 def test_a_bad_tactile_file_is_one_line_naming_it(plugin_env, manifests, tmp_path):
     bad = tmp_path / "bad.tact"
     bad.write_text("a,b\n1,2\n")  # two columns, not sixteen

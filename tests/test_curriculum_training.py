@@ -82,6 +82,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(uninterrupted, tm
     assert resumed["retrieval"]["audio->text"]["R@1"] == pytest.approx(metrics["retrieval"]["audio->text"]["R@1"])
 
 
+def test_dataloader_workers_change_nothing_across_stage_changes(uninterrupted, tmp_path):
+    """Workers render steps ahead of training (2 x prefetch_factor batches); a batch rendered before its stage
+    began lacked the stage's new edges, which that step then skipped: the first steps of every stage trained
+    only the old edges, and a run resumed inside them trained differently. Its weights equal the run without
+    workers."""
+    run_dir, _ = uninterrupted
+    run(compose_config([*PROGRESSIVE, "curriculum.stage.freeze=[anchor]", "data.num_workers=2"], run_dir=str(tmp_path)))
+    a, b = weights(run_dir / "checkpoints" / "last.ckpt"), weights(tmp_path / "checkpoints" / "last.ckpt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs with data.num_workers=2")
+
+
 def test_plateau_ends_a_stage_in_a_real_run(tmp_path):
     # min_delta is unreachable, so the second validation (after step 4) counts as "no improvement"
     # and, with patience 1, ends the first stage at the next step boundary (5), well before its cap.

@@ -150,6 +150,21 @@ class PairedDataModule(L.LightningDataModule):
         if self.train_steps is not None:
             self.train_steps.set_stage(index)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch that lacks edges of the current stage gets them here, drawn for its step.
+
+        DataLoader workers render ``num_workers x prefetch_factor`` steps ahead, so the first steps of a stage
+        arrive with the previous stage's edges; skipping the new ones made training depend on
+        ``num_workers``, and a run resumed there differ from the uninterrupted run.
+        """
+        steps, trainer = self.train_steps, self.trainer
+        if not isinstance(steps, StepBatches) or trainer is None or not trainer.training:
+            return batch
+        missing = [key for key in steps.stage_keys() if key not in batch]
+        if missing:  # the batch of step global_step: the sampler starts at the (resumed) global step
+            batch.update(steps.edge_batches(trainer.global_step, missing))
+        return batch
+
     def set_stages(self, stages: Sequence[Sequence[Edge]]) -> None:
         """The edges of every curriculum stage; each must be an edge of this datamodule."""
         known = {edge_key(e) for e in self.edges}

@@ -9,8 +9,8 @@ step ``s`` takes the slice ``[s * G, (s + 1) * G)`` of that order, where ``G`` i
 - one process with batch ``G`` and ``N`` processes with batch ``G / N`` see the same samples at every
   step, which makes distributed training checkable against a single process;
 - a curriculum changes which edges are drawn by writing a stage index into shared memory that
-  DataLoader workers read at every step (batches already prefetched keep the old stage's edges; the
-  training step simply skips active edges that a batch lacks).
+  DataLoader workers read at every step; batches they rendered before the change lack the new stage's
+  edges, which the main process draws before the step (``PairedDataModule.on_before_batch_transfer``).
 """
 
 from __future__ import annotations
@@ -112,7 +112,14 @@ class StepBatches(Dataset):
         self.stage[0] = index
 
     def __getitem__(self, step: int) -> dict[str, dict[str, Any]]:
-        keys = self.stage_edges[int(self.stage[0])]
+        return self.edge_batches(step, self.stage_keys())
+
+    def stage_keys(self) -> list[str]:
+        """Keys of the edges drawn in the current stage."""
+        return self.stage_edges[int(self.stage[0])]
+
+    def edge_batches(self, step: int, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``{edge key: batch}`` of this rank at ``step`` for the edges ``keys`` (``dataset[step]``: the stage's)."""
         first = self.rank * self.batch_size
         rows = range(first, first + self.batch_size)  # this rank's rows of the global batch
         picked = {}

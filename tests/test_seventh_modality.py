@@ -110,6 +110,32 @@ def test_one_file_declares_everything(tactile):
     assert data_modalities({"name": "synthetic"}) == [*BUILT_INS, "tactile"]
 
 
+@pytest.mark.parametrize("anchor", ["image", "tactile"])
+def test_a_step_renders_the_plugin_once_with_the_same_values(tactile, anchor):
+    """``render_step`` renders the plugin once for all the edge batches of a step that hold it (as anchor, in
+    every edge): the batches equal those rendered edge by edge, as for the built-ins (test_synthetic_render)."""
+    import torch
+    from test_synthetic_render import _flat
+
+    from bindspace.data.datamodule import SyntheticDataModule, render_step
+    from bindspace.data.steps import StepBatches
+
+    names = ["image", "text", "audio", "tactile"]
+    configs = {m: get_modality(m).config_from_dict({}, preset="tiny") for m in names}
+    edges = [(anchor, m) for m in names if m != anchor] + ([("text", "tactile")] if anchor == "image" else [])
+    sources = SyntheticDataModule(configs, edges, batch_size=6, seed=3, pool_size=40).edge_sources()
+    for rank in (0, 1):
+        merged = StepBatches(sources, [edges, edges[-2:]], 6, 3, rank, 2, fetch=render_step)
+        alone = StepBatches(sources, [edges, edges[-2:]], 6, 3, rank, 2)
+        for stage in (0, 1):
+            merged.set_stage(stage), alone.set_stage(stage)
+            for step in (0, 3, 7):
+                got, want = _flat(merged[step]), _flat(alone[step])
+                assert got.keys() == want.keys() and any("tactile" in k for k in want)
+                for k, v in want.items():
+                    assert v.dtype == got[k].dtype and torch.equal(v, got[k]), k
+
+
 def test_hydra_sees_the_plugin_with_its_preset(plugin_env):
     proc = run("bindspace.train", "model=tiny", "--cfg", "job", "--package", "modalities.tactile", env=plugin_env)
     assert "width: 128" in proc.stdout and "length: 60" in proc.stdout and "init: 10.0" in proc.stdout

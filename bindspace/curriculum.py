@@ -164,13 +164,15 @@ def expand_order(cfg: Mapping[str, Any], graph: Sequence[Edge], anchors: Sequenc
     """``start`` + ``order`` (one modality or a group per stage) -> explicit stage entries.
 
     ``start: null`` is :func:`default_start`; ``order: null`` adds the remaining modalities one per stage,
-    in graph order. So ``curriculum=progressive`` fits any graph: image-text, +audio, +depth, +thermal, +imu
-    for ImageBind's star, text-image, +audio for a text-anchored image-audio graph.
+    in graph order (``order: reverse``: in reverse graph order). So ``curriculum=progressive`` fits any graph:
+    image-text, +audio, +depth, +thermal, +imu for ImageBind's star, text-image, +audio for a text-anchored
+    image-audio graph.
     """
     known = [m for m in dict.fromkeys(m for e in graph for m in e)]
     start = list(cfg.get("start") or default_start(graph, anchors))
     given = cfg.get("order")
-    order = [[m] for m in known if m not in start] if given is None else given
+    rest = [[m] for m in known if m not in start]
+    order = rest if given is None else rest[::-1] if given == "reverse" else given
     order = [[g] if isinstance(g, str) else list(g) for g in order]
     listed = start + [m for g in order for m in g]
     for m in listed:

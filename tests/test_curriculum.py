@@ -159,6 +159,21 @@ def test_a_stage_shorter_than_its_warmup_is_refused_under_per_stage_schedules():
         last.check_schedule(max_steps=100, default_warmup=95)
 
 
+def test_progressive_reverse_fits_any_graph():
+    """``curriculum=progressive_reverse`` listed the six built-ins: a graph without one of them, or with a plugin
+    modality (the synthetic benchmark's default graph once a plugin is installed), was refused."""
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose_config(["curriculum=progressive_reverse"])["curriculum"])
+    star = Curriculum.from_config(cfg, STAR, ["image"])
+    assert [s.name for s in star.stages] == ["image-text", "+imu", "+thermal", "+depth", "+audio"]  # as it was
+    fewer = Curriculum.from_config(cfg, build_edges(["image", "text", "audio", "imu"], ["image"]), ["image"])
+    assert [s.name for s in fewer.stages] == ["image-text", "+imu", "+audio"]
+    seventh = Curriculum.from_config(cfg, [*STAR, ("image", "tactile")], ["image"])
+    assert [s.name for s in seventh.stages] == ["image-text", "+tactile", "+imu", "+thermal", "+depth", "+audio"]
+
+
 def test_progressive_defaults_fit_any_graph():
     auto = {"start": None, "order": None, "stage": {"steps": 5}}
     star = Curriculum.from_config(auto, STAR, ["image"])

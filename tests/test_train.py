@@ -82,6 +82,22 @@ def test_resume_from_checkpoint_continues_at_its_step(tmp_path):
     assert not [w for w in caught if "dataloader is not resumable" in str(w.message)]
 
 
+def test_resume_with_gradient_accumulation_gives_the_uninterrupted_weights(tmp_path):
+    """A step of ``trainer.accumulate_grad_batches=k`` takes k batches of the step loader; a resumed run
+    started the loader at the global step instead of k times it, training on batches again."""
+    acc = ["+trainer.accumulate_grad_batches=2", "trainer.max_steps=4", "checkpoint.every_n_train_steps=2",
+           "trainer.val_check_interval=8", "graph.modalities=[image,text]"]  # fmt: skip
+    run(compose_config(acc, run_dir=str(tmp_path / "a")))
+    ckpt = tmp_path / "a" / "checkpoints" / "step000002.ckpt"
+    run(compose_config([*acc, f"ckpt_path={ckpt}"], run_dir=str(tmp_path / "b")))
+    a, b = (
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for d in (tmp_path / "a", tmp_path / "b")
+    )
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resuming at step 2")
+
+
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     """trainer=ddp runs Lightning's DDP (gloo on CPU) in 2 processes through the real CLI."""
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("trainer.")]

@@ -66,6 +66,7 @@ class PairedDataModule(L.LightningDataModule):
         # Edges drawn in each curriculum stage; the curriculum callback replaces this before fitting.
         self.stage_edges: list[list[Edge]] = [list(self.edges)]
         self.train_steps: Any = None  # what train_dataloader built last (anything with set_stage)
+        self._last_batch = (-1, 0)  # (global step, batch within it) of the last training batch
         # Sources that draw something per visit before decoding (a caption of several) take generators.
         self.sample_choices = False
 
@@ -160,9 +161,13 @@ class PairedDataModule(L.LightningDataModule):
         steps, trainer = self.train_steps, self.trainer
         if not isinstance(steps, StepBatches) or trainer is None or not trainer.training:
             return batch
+        # The loader's item of this batch: accumulate_grad_batches items per global step (steps.step_loader).
+        last, micro = self._last_batch
+        micro = micro + 1 if trainer.global_step == last else 0
+        self._last_batch = (trainer.global_step, micro)
         missing = [key for key in steps.stage_keys() if key not in batch]
-        if missing:  # the batch of step global_step: the sampler starts at the (resumed) global step
-            batch.update(steps.edge_batches(trainer.global_step, missing))
+        if missing:
+            batch.update(steps.edge_batches(trainer.global_step * trainer.accumulate_grad_batches + micro, missing))
         return batch
 
     def set_stages(self, stages: Sequence[Sequence[Edge]]) -> None:

@@ -195,8 +195,9 @@ class StepLoader(DataLoader):
 
 
 def step_loader(batches: StepBatches, trainer, num_workers: int, pin_memory: bool) -> DataLoader:
-    """The training DataLoader: one item per global step, starting at the trainer's (resumed) step."""
-    start = (lambda: trainer.global_step) if trainer is not None else 0
+    """The training DataLoader: one item per batch (``trainer.accumulate_grad_batches`` per global step),
+    starting at the trainer's (resumed) step."""
+    start = (lambda: trainer.global_step * trainer.accumulate_grad_batches) if trainer is not None else 0
     return StepLoader(
         batches,
         batch_size=None,

@@ -101,6 +101,8 @@ class Searcher:
             raise EmbeddingFileError(f"{other}: index files hold different embedding sizes ({sizes}); use one model's")
         self.ids = [i for p in self.parts for i in p.ids]
         self.modalities = [p.modality for p in self.parts for _ in p.ids]
+        self.files = list(files)
+        self.centered = [p.metadata.get("centered") == "true" for p in self.parts]  # bindspace-embed center=true
 
     def _centred(self, emb: Tensor, modality: str, already: bool = False) -> Tensor:
         from bindspace.evaluation.gap import center
@@ -112,6 +114,20 @@ class Searcher:
                 "store it with: bindspace-eval ckpt_path=<this checkpoint> eval.save_to_checkpoint=true"
             )
         return emb if already else center(emb, torch.tensor(means[modality]))
+
+    def _check_same_centring(self, query_centered: bool) -> None:
+        """Without ``mitigation=center`` a centred and an uncentred embedding are not comparable, and a
+        bridge maps uncentred ones: refuse a mix, or for ``bridge`` any centred input, in one line."""
+        states = dict(zip(self.files, self.centered, strict=True))
+        states["the query"] = query_centered
+        centred = [name for name, c in states.items() if c]
+        if not centred or (self.mitigation == "none" and len(centred) == len(states)):
+            return
+        what = "bridges map uncentred embeddings" if self.mitigation == "bridge" else "the rest are not centred"
+        raise ConfigError(
+            f"mitigation={self.mitigation}: {', '.join(centred)}: embeddings centred by bindspace-embed center=true, "
+            f"{what}; use mitigation=center ckpt_path=<the checkpoint>, or export without center=true"
+        )
 
     def _gallery(self, query_modality: str) -> Tensor:
         from bindspace.evaluation.gap import Bridge
@@ -146,6 +162,8 @@ class Searcher:
             raise EmbeddingFileError(f"queries of shape {tuple(queries.shape)} for an index of D={self.dim}")
         if self.mitigation == "center":
             queries = self._centred(queries.float(), modality, already=centered)
+        else:
+            self._check_same_centring(centered)
         gallery = self._gallery(modality).float()
         return self._ranked(queries.float(), gallery, min(k, len(gallery)))
 

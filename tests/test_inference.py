@@ -182,3 +182,35 @@ def test_embed_export_search_round_trip(bs, trained, tmp_path, capsys):
     # A missing checkpoint is one line and exit code 2.
     assert search_main([f"index={img}", "query=a red sphere", f"ckpt_path={tmp_path / 'nope.ckpt'}"]) == 2
     assert "no checkpoint file" in capsys.readouterr().err
+
+
+def test_search_refuses_centred_and_uncentred_embeddings_mixed_without_mitigation_center(bs, trained, tmp_path, capsys):
+    from bindspace.embed import main as embed_main
+    from bindspace.search import main as search_main
+
+    ckpt = tmp_path / "last.ckpt"
+    shutil.copy(trained / "checkpoints" / "last.ckpt", ckpt)
+    scenes = scenes_for(bs)
+    reference = {m: bs.embed(m, scenes.render(m, np.arange(20))) for m in ("image", "audio")}
+    save_mitigations(ckpt, fit_centering(reference), [])
+    write_scene_files(bs, tmp_path, 4)
+    plain, centred, audio = (tmp_path / f"{n}.safetensors" for n in ("plain", "centred", "audio"))
+    common = [f"ckpt_path={ckpt}", "modality=image", f"inputs={tmp_path / 'img'}"]
+    assert embed_main([*common, f"out={plain}"]) == 0
+    assert embed_main([*common, f"out={centred}", "center=true"]) == 0
+    audio_args = [f"ckpt_path={ckpt}", "modality=audio", f"inputs={tmp_path / 'aud'}/*.wav", f"out={audio}"]
+    assert embed_main([*audio_args, "center=true"]) == 0
+    capsys.readouterr()
+
+    # A raw query against centred rows (it used to score itself 0.75, not 1): one line, exit 2.
+    assert search_main([f"index={centred}", f"query={plain}", "k=1", "format=json"]) == 2
+    err = capsys.readouterr().err
+    assert f"{centred}" in err and "mitigation=center" in err and len(err.strip().splitlines()) == 1
+    # All centred alike is comparable; mitigation=center compares the mix, each file found first by itself.
+    assert search_main([f"index={centred},{audio}", f"query={centred}", "k=1", "format=json"]) == 0
+    mixed = [f"index={centred},{audio}", f"query={plain}", f"ckpt_path={ckpt}", "k=1", "format=json"]
+    capsys.readouterr()
+    assert search_main([*mixed, "mitigation=center"]) == 0
+    results = [json.loads(line)["results"][0] for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in results] == [f"scene{i}.png" for i in range(4)]
+    assert all(r["score"] == pytest.approx(1.0, abs=1e-4) for r in results)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.resources
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,17 +44,15 @@ def register_hydra_configs() -> None:
       ``eval.yaml`` start from it, so a plugin modality is configurable like a built-in one);
     - ``modality_preset/<preset>``: the keys each modality's ``presets[<preset>]`` changes, which
       ``configs/model/<preset>.yaml`` merges over them;
-    - ``anchor/<name>``: ``anchor=<name>`` for a modality without a YAML file in ``configs/anchor`` (a plugin).
+    - ``anchor/<name>``: ``anchor=<name>`` makes that modality an anchor (``anchor=[image,text]``: both).
     """
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     specs = [get_modality(m) for m in list_modalities()]
-    anchors = importlib.resources.files("bindspace.configs") / "anchor"
     for spec in specs:
         store.store(group="modality", name=spec.name, node=spec.config_dict())
-        if not (anchors / f"{spec.name}.yaml").is_file():  # a YAML and a stored node of one name: Hydra warns
-            store.store(group="anchor", name=spec.name, node={spec.name: True}, package="graph.anchors")
+        store.store(group="anchor", name=spec.name, node={spec.name: True}, package="graph.anchors")
     store.store(group="modalities", name="registered", node={spec.name: spec.config_dict() for spec in specs})
     for preset in sorted({p for spec in specs for p in spec.presets}):
         sized = {spec.name: config_to_dict_partial(spec.presets[preset]) for spec in specs if preset in spec.presets}

@@ -90,3 +90,22 @@ def test_the_core_imports_without_the_run_time_tools():
     code = f"import sys; {blocked}\n" + "\n".join(f"import {m}" for m in CORE) + "\nprint('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_pyproject_lists_exactly_the_package_folders_and_config_groups():
+    """setuptools ships what ``[tool.setuptools] packages`` lists: a folder left out is missing from the wheel
+    (or warned about once per file), a listed folder that is gone breaks ``pip install``."""
+    import tomllib
+
+    root = PACKAGE.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    code = {
+        ".".join(p.parent.relative_to(root).parts)
+        for p in PACKAGE.rglob("*.py")
+        if "configs" not in p.relative_to(PACKAGE).parts[:1]
+    }
+    groups = {
+        ".".join(("bindspace", "configs", *p.parent.relative_to(root / "configs").parts))
+        for p in (root / "configs").rglob("*.yaml")
+    }
+    assert listed == code | groups | {"bindspace.configs"}

@@ -364,7 +364,8 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     plain = plain_config(config)
     check_train_config(plain)  # every config error surfaces here or in build_run_spec, before any compute
-    if plain["graph"].get("modalities") is None:  # the graph follows the data: a manifest's columns, ...
+    given = plain["graph"].get("modalities") is not None
+    if not given:  # the graph follows the data: a manifest's columns, ...
         plain["graph"]["modalities"] = data_modalities(plain["data"])
     run_dir = Path(plain["paths"]["output_dir"])
     ckpt_path = resume_checkpoint(plain, run_dir)
@@ -380,6 +381,9 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
         # must be the only line; the run log records the seed instead.
         L.seed_everything(plain["seed"], workers=True, verbose=False)
         log.info("seed %d (global RNGs and dataloader workers)", plain["seed"])
+        # An installed plugin modality joins a graph that follows the data: say where the graph came from.
+        origin = "graph.modalities" if given else f"what data={plain['data'].get('name')} provides"
+        log.info("graph: %s (%s); edges %s", ", ".join(spec.modalities), origin, ", ".join(map(edge_key, spec.edges)))
         torch.set_float32_matmul_precision("high")
         max_steps = int(plain["trainer"]["max_steps"])
         # The model before the data (building the data touches no global RNG, so initial weights are the

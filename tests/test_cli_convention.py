@@ -49,6 +49,18 @@ def test_help_shows_options_and_an_example(prog, capsys):
     assert prog in out and "example" in out.lower()
 
 
+@pytest.mark.parametrize(
+    ("prog", "command"),
+    [("bindspace-data", "check"), ("bindspace-data", "shard"), ("bindspace-convert", "imagebind"),
+     ("bindspace-convert", "merge"), ("bindspace-convert", "adapters"), ("bindspace-convert", "apply-adapters")],
+)  # fmt: skip
+def test_sub_command_help_shows_an_example_of_that_command(prog, command, capsys):
+    main = IN_PROCESS[prog][0]
+    assert exit_code(lambda: main([command, "--help"])) == 0
+    out = capsys.readouterr().out
+    assert "example" in out.lower() and f"{prog} {command} " in out.split("example")[-1], out
+
+
 @pytest.mark.parametrize("prog", list(IN_PROCESS))
 def test_an_unknown_option_is_one_line_with_the_closest(prog, capsys):
     main, argv, message = IN_PROCESS[prog]

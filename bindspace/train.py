@@ -127,6 +127,17 @@ def step_progress_bar():
         def _get_train_description(self, current_epoch: int) -> str:
             return f"step (of max_steps={self.trainer.max_steps})"
 
+        @property
+        def total_train_batches(self) -> int | float:
+            # One epoch holds the whole run (the step loader is endless), so the count is the epoch's batch
+            # index, which a resume continues (step 13 of 14): the total is max_steps, not Lightning's
+            # remaining steps (a resumed bar read "14/2").
+            trainer = self.trainer
+            steps = trainer.max_steps if trainer.max_epochs == -1 and trainer.max_steps is not None else -1
+            if steps > 0 and trainer.num_training_batches >= steps - trainer.global_step:
+                return steps
+            return super().total_train_batches
+
     return StepProgressBar()
 
 

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,imagebind]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install bindspace with dev and test extras (re-runs only when pyproject.toml changes)
+install: $(STAMP) ## Create .venv and install bindspace (editable) with its dev and imagebind (test reference) extras (re-runs only when pyproject.toml changes)
 
 train: install ## Train the six-modality model on the built-in synthetic benchmark (CPU, ~7 min) and print the retrieval matrix
 	WANDB_MODE=offline $(BIN)/bindspace-train $(ARGS)

@@ -163,6 +163,9 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
 
 
 # Hydra flags that are not overrides: with any of them, Hydra parses the command line itself.
+# Flags that print the composed config instead of running it (with the value each takes, if any): the
+# overrides beside them are still checked, as the config they print is the one the run would compose.
+PRINT_FLAGS = {"--cfg": True, "-c": True, "--package": True, "-p": True, "--resolve": False}
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--package", "-p", "-m",
                "--multirun", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun", "--version")  # fmt: skip
@@ -174,8 +177,9 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
     Hydra reports an unknown key or option in several lines with exit 1; this names the key and the
     closest valid one in one :class:`ConfigError` line. A sweep (``-m``) is checked value by value before
     its first job starts (every value of every swept key, the other keys at their first value), so a typo
-    in its last value does not surface after the jobs before it have trained. Hydra's other flags and the
-    processes Lightning's DDP launcher starts (``LOCAL_RANK`` set) are left to Hydra unchecked.
+    in its last value does not surface after the jobs before it have trained. The flags that print the config
+    (``--cfg job``, ``--package``, ``--resolve``) are set aside and the overrides beside them checked; Hydra's
+    other flags and the processes Lightning's DDP launcher starts (``LOCAL_RANK`` set) are left to Hydra unchecked.
 
     Raises:
         ConfigError: an override that does not compose.
@@ -185,6 +189,7 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
     argv = list(argv)
     sweep = any(a in ("-m", "--multirun") for a in argv)
     argv = [a for a in argv if a not in ("-m", "--multirun")]
+    argv = _without_print_flags(argv)
     if os.environ.get("LOCAL_RANK") or any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
         return
     from hydra import compose, initialize_config_module
@@ -200,6 +205,21 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
                 compose(config_name, overrides=job)
     except HydraException as err:
         raise ConfigError(_one_line_hydra_error(err, config_name, compose, initialize_config_module)) from None
+
+
+def _without_print_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the config-printing flags of :data:`PRINT_FLAGS` and their values (``--cfg job``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name, has_value, _ = arg.partition("=")
+        if name in PRINT_FLAGS:
+            skip = PRINT_FLAGS[name] and not has_value
+            continue
+        kept.append(arg)
+    return kept
 
 
 def sweep_check_jobs(overrides: Sequence[str]) -> list[list[str]] | None:

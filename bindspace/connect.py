@@ -408,6 +408,9 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
         value = args[key]
         if value and value != "synthetic" and not Path(value).is_file():
             raise ConfigError(f"{key}={value}: no such manifest (or 'synthetic')")
+    for side in ("a", "b"):  # named by this command's own keys, before either space is loaded
+        if not Path(args[side]).is_file():
+            raise ConfigError(f"{side}={args[side]}: no checkpoint file")
     a = BindSpace.from_checkpoint(args["a"], args["device"])
     b = BindSpace.from_checkpoint(args["b"], args["device"])
     shared = args["shared"]

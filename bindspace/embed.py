@@ -46,6 +46,8 @@ def resolve_inputs(modality: str, inputs: str) -> tuple[list[str], list[Any]]:
     """``inputs=`` -> (ids, inputs): file paths, or strings for text, in a stable order."""
     spec = get_modality(modality)  # unknown modality -> ConfigError naming it
     path = Path(inputs)
+    if path.suffix.lower() in (*MANIFEST_SUFFIXES, ".txt") and not glob.has_magic(inputs) and not path.exists():
+        raise ConfigError(f"inputs: no such file: {path}")
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         from bindspace.data.manifest import load_manifest
 

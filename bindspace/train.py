@@ -127,6 +127,17 @@ def step_progress_bar():
         def _get_train_description(self, current_epoch: int) -> str:
             return f"step (of max_steps={self.trainer.max_steps})"
 
+        @property
+        def total_train_batches(self) -> int | float:
+            # One epoch holds the whole run (the step loader is endless), so the count is the epoch's batch
+            # index, which a resume continues (step 13 of 14): the total is max_steps, not Lightning's
+            # remaining steps (a resumed bar read "14/2").
+            trainer = self.trainer
+            steps = trainer.max_steps if trainer.max_epochs == -1 and trainer.max_steps is not None else -1
+            if steps > 0 and trainer.num_training_batches >= steps - trainer.global_step:
+                return steps
+            return super().total_train_batches
+
     return StepProgressBar()
 
 
@@ -176,10 +187,26 @@ def resume_checkpoint(cfg: Mapping[str, Any], run_dir: Path) -> str | None:
         return str(cfg["ckpt_path"])
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.get("resume", "auto") == "auto" and last.is_file():
-        # Said out loud: reusing a run folder with a changed config would otherwise silently continue it.
-        rank_zero_info(f"bindspace-train: resuming from {last} (resume=auto; resume=never starts this run folder over)")
-        return str(last)
+        return str(last)  # announced by announce_resume once the run folder is locked
     return None
+
+
+def announce_resume(cfg: Mapping[str, Any], ckpt_path: str | None) -> None:
+    """One line when a run continues a checkpoint (a reused run folder would otherwise continue silently).
+
+    Called once the run folder is locked, so a launch the lock refuses (the folder's run is still live)
+    prints only that refusal, not a resume it will never do.
+    """
+    if ckpt_path is None:
+        return
+    if not cfg.get("ckpt_path"):
+        rank_zero_info(
+            f"bindspace-train: resuming from {ckpt_path} (resume=auto; resume=never starts this run folder over)"
+        )
+    if cfg.get("init_from"):
+        rank_zero_info(
+            f"bindspace-train: init_from={cfg['init_from']} not read: resuming from {ckpt_path} (it seeds fresh runs)"
+        )
 
 
 def seed_source(plain: dict[str, Any], ckpt_path: str | None) -> tuple[InitSource | None, BindPlan | None]:
@@ -191,11 +218,7 @@ def seed_source(plain: dict[str, Any], ckpt_path: str | None) -> tuple[InitSourc
     path, new = plain.get("init_from"), plain.get("new_modality")
     if not path:
         return None, None
-    init = None
-    if ckpt_path is None:
-        init = read_init_source(path)
-    else:
-        rank_zero_info(f"bindspace-train: init_from={path} not read: resuming from {ckpt_path} (it seeds fresh runs)")
+    init = read_init_source(path) if ckpt_path is None else None  # a resume says so: announce_resume
     if not new:
         return init, None
     if init is not None:
@@ -376,6 +399,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     rel = reliability_settings(plain)
     strategy = strategy_for(plain["trainer"].get("strategy", "auto"), _world_size(plain), spec.curriculum)
     with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
+        announce_resume(plain, ckpt_path)
         folder.record(config)  # as composed (interpolations kept), as Hydra records it
         # Quiet: Lightning prints "Seed set to" on stderr, where a config error found while building the model
         # must be the only line; the run log records the seed instead.

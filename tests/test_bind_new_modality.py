@@ -97,6 +97,8 @@ def test_a_new_encoder_for_a_modality_the_space_has(space, tmp_path):
         ([], "experiment=bind_new_modality needs init_from and new_modality"),
         (["init_from={space}", "new_modality=imu", "graph.modalities=[image,text]"],
          "new_modality=imu: not among the modalities the data provides ['image', 'text']"),
+        (["init_from={space}", "new_modality=imuu"],
+         "new_modality=imuu (did you mean 'imu'?): not among the modalities"),
         (["init_from={space}", "new_modality=imu", "graph.edges=[[image,imu]]"], "leave graph.edges unset"),
         (["init_from={space}", "new_modality=imu", "graph.anchors=[depth]"],
          "graph.anchors: ['depth'] not among the frozen modalities of"),

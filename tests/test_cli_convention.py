@@ -49,6 +49,18 @@ def test_help_shows_options_and_an_example(prog, capsys):
     assert prog in out and "example" in out.lower()
 
 
+@pytest.mark.parametrize(
+    ("prog", "command"),
+    [("bindspace-data", "check"), ("bindspace-data", "shard"), ("bindspace-convert", "imagebind"),
+     ("bindspace-convert", "merge"), ("bindspace-convert", "adapters"), ("bindspace-convert", "apply-adapters")],
+)  # fmt: skip
+def test_sub_command_help_shows_an_example_of_that_command(prog, command, capsys):
+    main = IN_PROCESS[prog][0]
+    assert exit_code(lambda: main([command, "--help"])) == 0
+    out = capsys.readouterr().out
+    assert "example" in out.lower() and f"{prog} {command} " in out.split("example")[-1], out
+
+
 @pytest.mark.parametrize("prog", list(IN_PROCESS))
 def test_an_unknown_option_is_one_line_with_the_closest(prog, capsys):
     main, argv, message = IN_PROCESS[prog]
@@ -125,3 +137,24 @@ def test_a_sweep_value_that_does_not_compose_stops_before_the_first_job(argv, me
         check_hydra_overrides("train", argv)
     check_hydra_overrides("train", ["-m", "experiment=ablate_finetune", "finetune=frozen,lora_r4", "seed=0,1"])
     check_hydra_overrides("train", ["-m", "anchor=glob(*)", "seed=0,1"])  # glob sweeps are Hydra's to expand
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["optim.lrr=1", "--cfg", "job"],
+        ["--cfg=job", "--resolve", "optim.lrr=1"],
+        ["-c", "job", "--package", "optim", "optim.lrr=1"],
+        ["-p=optim", "-c", "all", "optim.lrr=1"],
+    ],
+)
+def test_printing_the_config_still_checks_the_overrides(argv):
+    # `bindspace-train --cfg job` is what --help points to for the whole config; a typo beside it is
+    # the same one-line error as without it, not Hydra's several lines and exit 1.
+    from bindspace.cli import check_hydra_overrides
+    from bindspace.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape("unknown key 'optim.lrr' (did you mean 'optim.lr'?)")):
+        check_hydra_overrides("train", argv)
+    check_hydra_overrides("train", [a.replace("lrr", "lr") for a in argv])
+    check_hydra_overrides("train", ["--config-name", "other", "optim.lrr=1"])  # another config: Hydra's to check

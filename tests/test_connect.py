@@ -169,3 +169,16 @@ def test_connected_space_refuses_other_checkpoints_and_names_bad_keys(spaces, tm
         assert needle in err and len(err.strip().splitlines()) == 1, err
         assert out.read_bytes() == before  # a failed run leaves the written connector alone
     assert main(["--help"]) == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_a_missing_checkpoint_is_named_by_its_own_key(tmp_path, capsys):
+    # The command's keys are a= and b=: the error names which one (it has no ckpt_path= to fix).
+    missing, present = tmp_path / "nope.ckpt", tmp_path / "present.ckpt"
+    present.write_bytes(b"checked for existence before either space is loaded")
+    out = tmp_path / "conn.safetensors"
+    for a, b, needle in [(missing, present, f"a={missing}:"), (present, missing, f"b={missing}:")]:
+        assert main([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={out}"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err and "no checkpoint file" in err, err
+        assert "ckpt_path" not in err
+    assert not out.exists()

@@ -230,3 +230,17 @@ def test_bindspace_embed_writes_only_files_search_accepts(tmp_path, capsys, monk
         assert err.startswith("bindspace-embed: error: ") and "NaN or inf (first id '1'" in err
     else:
         assert code == 0 and load_embeddings(out).ids == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("modality", "name"), [("text", "captions.txt"), ("text", "rows.jsonl"), ("audio", "rows.csv")]
+)
+def test_a_missing_inputs_file_is_named_as_missing(tmp_path, modality, name):
+    # A .txt or manifest path that does not exist: say so (it said a text input must be a .txt file).
+    from bindspace.embed import resolve_inputs
+    from bindspace.errors import ConfigError
+
+    missing = tmp_path / name
+    with pytest.raises(ConfigError, match="no such file") as err:
+        resolve_inputs(modality, str(missing))
+    assert str(missing) in str(err.value) and "\n" not in str(err.value)

@@ -199,6 +199,26 @@ def test_a_second_launch_into_a_live_folder_stops_and_a_dead_holder_is_taken_ove
     assert "seed: 1" in (run_dir / ".hydra" / "config.yaml").read_text()
 
 
+def test_a_live_folder_with_a_checkpoint_is_refused_without_announcing_a_resume(tmp_path):
+    # The folder's last.ckpt must not be announced as resumed by a launch that the lock then refuses.
+    import fcntl
+    import os
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"the live run's checkpoint")
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # this test process is the live holder
+        os.write(fd, json.dumps({"host": "here", "pid": os.getpid(), "started": "now"}).encode())
+        proc = train(run_dir)
+        error = one_line_error(proc)
+        assert f"is in use by pid {os.getpid()}" in error, error
+        assert "resuming" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    finally:
+        os.close(fd)
+
+
 # ---- case 8: nothing left behind ---------------------------------------------------------------------------
 
 

@@ -305,6 +305,18 @@ def test_step_cost_peak_is_this_jobs_not_an_earlier_jobs_of_the_same_process():
     assert 0 < summary["peak_rss_mib"] * 2**10 < process_peak - 200 * 2**10
 
 
+def test_step_cost_p90_is_never_below_the_median():
+    # A short run times few steps: with two, the p90 was the faster one (a floor index), below the median.
+    from bindspace.training.callbacks import StepCost
+
+    for times, p90 in [([0.1, 0.5], 460.0), ([0.3, 0.1, 0.2], 280.0), ([0.2] * 10 + [1.2], 200.0), ([0.25], 250.0)]:
+        cost = StepCost(skip=0)
+        cost.times = list(times)
+        summary = cost.summary()
+        assert summary["step_ms_p90"] == pytest.approx(p90), (times, summary)
+        assert summary["step_ms_p90"] >= summary["step_ms_median"]
+
+
 # ---- safe loading ---------------------------------------------------------------------------------
 class Payload:
     """Unpickling this object would create ``marker``: the stand-in for code hidden in a checkpoint."""

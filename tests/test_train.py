@@ -147,3 +147,19 @@ def test_frozen_parts_in_eval_mode_get_one_line_not_lightnings_warning():
         with _fit_notes(frozen):
             warnings.warn(lightning_says, PossibleUserWarning, stacklevel=1)
     assert len(caught) == 1
+
+
+def test_the_step_progress_bar_counts_to_max_steps_after_a_resume():
+    # One long epoch: a run resumed at step 12 of 14 continues the epoch's batch count at 13, so the bar's
+    # total must be max_steps (Lightning's default, the remaining 2 steps, printed "14/2").
+    from types import SimpleNamespace
+
+    from bindspace.train import step_progress_bar
+
+    bar = step_progress_bar()
+    if bar is None:
+        pytest.skip("rich is not installed")
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=14, global_step=12, num_training_batches=2)
+    assert bar.total_train_batches == 14
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=14, global_step=0, num_training_batches=14)
+    assert bar.total_train_batches == 14

@@ -50,14 +50,24 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
-    check = sub.add_parser("check", help="decode every file of a manifest and report problems")
+    check = sub.add_parser(
+        "check",
+        help="decode every file of a manifest and report problems",
+        epilog="example:\n  bindspace-data check data/train.jsonl --workers 8",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
     check.add_argument("--workers", type=int, default=None, help="decoding threads (default: cpus + 4, max 32)")
     check.add_argument("--context-length", type=int, default=None, help="text context to check captions against")
     check.add_argument(
         "--tokenizer", default="bytes", help="with --context-length: bytes, clip_bpe or a transformers tokenizer"
     )
-    shard = sub.add_parser("shard", help="write a manifest as webdataset-style tar shards plus index.json")
+    shard = sub.add_parser(
+        "shard",
+        help="write a manifest as webdataset-style tar shards plus index.json",
+        epilog="example:\n  bindspace-data shard data/train.jsonl shards/train --shard-size 1000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     shard.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
     shard.add_argument("out", type=Path, help="folder for shard-NNNNNN.tar and index.json")
     shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")

@@ -65,7 +65,12 @@ def bind_new_modality(plain: dict[str, Any], held: Sequence[str], trained: Seque
             f"{where}, or of graph.anchors, to {new}); leave graph.edges unset"
         )
     if new not in wanted:
-        raise ConfigError(f"new_modality={new}: not among the modalities the data provides {wanted} (graph.modalities)")
+        from bindspace.cli import did_you_mean
+
+        raise ConfigError(
+            f"new_modality={new}{did_you_mean(str(new), wanted)}: not among the modalities the data provides "
+            f"{wanted} (graph.modalities)"
+        )
     old = [m for m in wanted if m in held and m != new]
     if not old:
         raise ConfigError(

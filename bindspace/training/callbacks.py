@@ -230,6 +230,15 @@ def peak_rss_kib() -> int | None:
     return None
 
 
+def _quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values``, linearly interpolated between order statistics (numpy's default)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
 class StepCost(L.Callback):
     """What a training step costs, for ``metrics.json["step_cost"]``: wall time per step and peak memory.
 
@@ -275,7 +284,7 @@ class StepCost(L.Callback):
         out: dict[str, Any] = {
             "steps_timed": len(timed),
             "step_ms_median": round(1e3 * statistics.median(timed), 2) if timed else None,
-            "step_ms_p90": round(1e3 * sorted(timed)[int(0.9 * (len(timed) - 1))], 2) if timed else None,
+            "step_ms_p90": round(1e3 * _quantile(timed, 0.9), 2) if timed else None,
             "peak_rss_mib": round(hwm / 2**10, 1),
             "peak_rss_scope": "job" if self._peak_reset else "process",
         }

@@ -295,7 +295,8 @@ def _describe_hydra_error(err: Exception, config_name: str, compose, initialize)
         hint = did_you_mean(leaf, [str(k) for k in keys])
         if hint:
             hint = hint.replace("'", f"'{parent}.", 1) if parent else hint
-        return f"unknown key {key!r}{hint}; a key that is not in the config needs a leading + (+{key}=...)"
+        # A near miss is a typo; only a key with no near miss may be a new one (which the checks may refuse too).
+        return f"unknown key {key!r}" + (hint or f"; a key that is not in the config needs a leading + (+{key}=...)")
     if first.startswith("In '") and "Could not find" in first:
         options = [line.strip() for line in message.splitlines() if line.startswith("\t") and "=" not in line]
         wanted = first.split("Could not find '")[1].rstrip("'")

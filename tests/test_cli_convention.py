@@ -133,8 +133,9 @@ def test_a_sweep_value_that_does_not_compose_stops_before_the_first_job(argv, me
     from bindspace.cli import check_hydra_overrides
     from bindspace.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
         check_hydra_overrides("train", argv)
+    assert "leading +" not in str(err.value)  # a typo with a near miss: adding the key would be refused too
     check_hydra_overrides("train", ["-m", "experiment=ablate_finetune", "finetune=frozen,lora_r4", "seed=0,1"])
     check_hydra_overrides("train", ["-m", "anchor=glob(*)", "seed=0,1"])  # glob sweeps are Hydra's to expand
 

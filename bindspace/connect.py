@@ -421,6 +421,12 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
             )
     only_a = [m for m in a.modalities if m not in b.modalities]
     only_b = [m for m in b.modalities if m != shared]
+    if not only_a:  # a connected pair is a modality only A has with one of B's besides the shared one
+        raise ConfigError(
+            f"a={args['a']}: nothing to connect: every modality of space a {a.modalities} is in space b already"
+        )
+    if not only_b:
+        raise ConfigError(f"b={args['b']}: nothing to connect: space b has no modality besides shared={shared}")
     configs = {**b.model.configs, **a.model.configs}
     fit_modalities = [shared, *only_a, *only_b]
     if args["fit"] == "synthetic":

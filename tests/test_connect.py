@@ -157,11 +157,14 @@ def test_connected_space_refuses_other_checkpoints_and_names_bad_keys(spaces, tm
     assert not out.with_suffix(".metrics.json").exists()  # no eval asked
     with pytest.raises(ConnectError, match="SHA-256"):
         ConnectedSpace.from_files(full, b, out)
+    image_only = split_checkpoint(torch.load(full, weights_only=False), ["image"], tmp_path / "image.ckpt")
     for argv, needle in [
         ([f"a={a}", f"b={b}", "shared=depth", "fit=synthetic", f"out={out}"], "has no 'depth' encoder"),
         ([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={out}", "metod=lstsq"], "did you mean 'method'"),
         ([f"a={a}", f"b={b}", "shared=image", "fit=nope.jsonl", f"out={out}"], "fit=nope.jsonl"),
         ([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={tmp_path / 'c.pt'}"], ".safetensors"),
+        ([f"a={a}", f"b={a}", "shared=image", "fit=synthetic", f"out={out}"], f"a={a}: nothing to connect"),
+        ([f"a={b}", f"b={image_only}", "shared=image", "fit=synthetic", f"out={out}"], "no modality besides shared"),
     ]:
         before = out.read_bytes()
         assert main(argv) == 2

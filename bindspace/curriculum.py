@@ -343,6 +343,15 @@ class Curriculum:
             starts.append(None if starts[-1] is None or length is None else starts[-1] + length)
         return starts
 
+    def fixed_starts(self, steps_per_epoch: int) -> list[int | None]:
+        """The step each stage starts at where the stages before it have fixed lengths (steps or epochs);
+        None from the stage after a plateau stage on, which starts when a metric stops improving."""
+        starts: list[int | None] = [0]
+        for i, stage in enumerate(self.stages[:-1]):
+            length = None if stage.plateau is not None else self.stage_steps(i, steps_per_epoch)
+            starts.append(None if starts[-1] is None or length is None else starts[-1] + length)
+        return starts
+
     def unreached(self, max_steps: int, steps_per_epoch: int) -> list[str]:
         """Names of the stages that start at or after ``max_steps`` on their planned lengths."""
         starts = self.planned_starts(max_steps, steps_per_epoch)

@@ -65,6 +65,8 @@ class PairedDataModule(L.LightningDataModule):
         self.class_names: list[str] = []  # label index -> name; empty when the data has no labels
         # Edges drawn in each curriculum stage; the curriculum callback replaces this before fitting.
         self.stage_edges: list[list[Edge]] = [list(self.edges)]
+        # The global step each stage starts at, None where not known in advance (after a plateau stage).
+        self.stage_starts: list[int | None] = [0]
         self.train_steps: Any = None  # what train_dataloader built last (anything with set_stage)
         self._last_batch = (-1, 0)  # (global step, batch within it) of the last training batch
         # Sources that draw something per visit before decoding (a caption of several) take generators.
@@ -152,32 +154,49 @@ class PairedDataModule(L.LightningDataModule):
             self.train_steps.set_stage(index)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """A training batch that lacks edges of the current stage gets them here, drawn for its step.
+        """A training batch holds exactly the edges of the current stage: missing ones are drawn here for its
+        step (step-indexed sources), others are dropped; a missing edge that cannot be drawn raises.
 
         DataLoader workers render ``num_workers x prefetch_factor`` steps ahead, so the first steps of a stage
         arrive with the previous stage's edges; skipping the new ones made training depend on
-        ``num_workers``, and a run resumed there differ from the uninterrupted run.
+        ``num_workers``, and a run resumed there differ from the uninterrupted run. A stream
+        (``data=shards``) draws the edges of each step's own stage itself (``stage_starts``).
         """
         steps, trainer = self.train_steps, self.trainer
-        if not isinstance(steps, StepBatches) or trainer is None or not trainer.training:
+        if not hasattr(steps, "stage_keys") or trainer is None or not trainer.training:
             return batch
         # The loader's item of this batch: accumulate_grad_batches items per global step (steps.step_loader).
         last, micro = self._last_batch
         micro = micro + 1 if trainer.global_step == last else 0
         self._last_batch = (trainer.global_step, micro)
-        missing = [key for key in steps.stage_keys() if key not in batch]
-        if missing:
+        keys = steps.stage_keys()
+        missing = [key for key in keys if key not in batch]
+        if missing and isinstance(steps, StepBatches):
             batch.update(steps.edge_batches(trainer.global_step * trainer.accumulate_grad_batches + micro, missing))
+        elif missing:  # never silently train a step without an edge of its stage
+            raise RuntimeError(
+                f"the training batch of step {trainer.global_step} lacks {missing} of curriculum stage "
+                f"{int(steps.stage[0])}: the data source drew {sorted(batch)}"
+            )
+        for key in [k for k in batch if k not in keys]:
+            del batch[key]  # drawn for a stage whose start the stream could not know (it trains nothing now)
         return batch
 
-    def set_stages(self, stages: Sequence[Sequence[Edge]]) -> None:
-        """The edges of every curriculum stage; each must be an edge of this datamodule."""
+    def set_stages(self, stages: Sequence[Sequence[Edge]], starts: Sequence[int | None] | None = None) -> None:
+        """The edges of every curriculum stage; each must be an edge of this datamodule.
+
+        ``starts``: the global step each stage starts at, None where it is not known in advance (default:
+        only the first stage's); streams that render steps ahead (``data=shards``) draw each step's stage by it.
+        """
         known = {edge_key(e) for e in self.edges}
         for i, edges in enumerate(stages):
             unknown = [edge_key(e) for e in edges if edge_key(e) not in known]
             if unknown:
                 raise ConfigError(f"curriculum stage {i}: {unknown} are not edges of the data ({sorted(known)})")
         self.stage_edges = [list(edges) for edges in stages]
+        self.stage_starts = list(starts) if starts is not None else [0] + [None] * (len(stages) - 1)
+        if len(self.stage_starts) != len(self.stage_edges) or self.stage_starts[0] != 0:
+            raise ValueError(f"stage starts {self.stage_starts} do not fit {len(self.stage_edges)} stage(s)")
 
     def val_dataloader(self) -> DataLoader:
         return heldout_loader(self.heldout_set("val"), self.batch_size, self.num_workers, self.pin_memory)

@@ -3,7 +3,9 @@
 Streaming trades the exact step-indexed resume of ``data=manifest`` for never holding the sample
 list: each edge reads only the shards holding its pair, in an order seeded by (seed, edge, pass,
 start step), splits the shards over ranks and DataLoader workers, and shuffles within a buffer. A
-resumed run starts a fresh shuffle instead of replaying the exact continuation.
+resumed run starts a fresh shuffle instead of replaying the exact continuation. Under a curriculum each
+step streams the edges of its own stage, known from the step (:meth:`ShardStream.step_keys`), so workers
+rendering ahead of training never lag behind a stage change.
 
 Every shard is indexed when the datamodule is built, before any model exists: each member's name,
 header and size, and each sample's JSON (payloads are not decoded). A bad shard fails the run with one
@@ -147,7 +149,12 @@ class ShardLoader(DataLoader):
 
 
 class ShardStream(IterableDataset):
-    """Endless ``{edge key: batch}`` steps from shards, for the edges of the current curriculum stage.
+    """Endless ``{edge key: batch}`` steps from shards, for the edges of each step's curriculum stage.
+
+    A worker renders steps ahead of training, so it cannot ask which stage is current: the stage of a step
+    follows from ``stage_starts``. Where a stage's start is not known in advance (after a plateau stage),
+    every edge of the stages it may belong to is drawn, and the main process keeps the current stage's
+    (``PairedDataModule.on_before_batch_transfer``): what a step trains never depends on prefetching.
 
     Shards of a pass go round-robin to the ``world_size x num_workers`` readers; with fewer shards
     than readers, every reader scans all shards and keeps every n-th sample instead.
@@ -158,6 +165,10 @@ class ShardStream(IterableDataset):
             in ``skipped``.
         skip: shard name -> keys of samples to leave out (found bad by the startup check).
         readers: DataLoader workers per process (one ``skipped`` counter each).
+        stage_starts: the global step each stage of ``stage_edges`` starts at, None where not known in advance
+            (default: only the first's).
+        accumulate: items per global step (``trainer.accumulate_grad_batches``); items start at
+            ``start_step x accumulate``.
     """
 
     def __init__(
@@ -178,6 +189,8 @@ class ShardStream(IterableDataset):
         skip: Mapping[str, Collection[str]] | None = None,
         readers: int = 1,
         augment: Mapping[str, Any] | None = None,
+        stage_starts: Sequence[int | None] | None = None,
+        accumulate: int = 1,
     ) -> None:
         self.augment = {m: a for m, a in (augment or {}).items() if a}
         # The set names groups: every batch carries ids that agree across batches and ranks (hashed keys).
@@ -189,6 +202,8 @@ class ShardStream(IterableDataset):
             for k, e in self.edges.items()
         }
         self.stage_edges = [[edge_key(e) for e in edges] for edges in stage_edges]
+        self.stage_starts = list(stage_starts) if stage_starts is not None else [0] + [None] * (len(stage_edges) - 1)
+        self.accumulate = accumulate
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.configs, self.class_index = dict(configs), class_index
         self.shuffle_buffer, self.start_step = shuffle_buffer, start_step
@@ -201,7 +216,22 @@ class ShardStream(IterableDataset):
         self._slot = 0
 
     def set_stage(self, index: int) -> None:
+        """The current stage, in the main process (workers draw each step's stage by ``stage_starts``)."""
         self.stage[0] = index
+
+    def stage_keys(self) -> list[str]:
+        """Keys of the edges of the current stage."""
+        return self.stage_edges[int(self.stage[0])]
+
+    def step_keys(self, step: int) -> list[str]:
+        """Keys of the edges drawn at global step ``step``: its stage's, or, where that stage is not known in
+        advance, those of every stage it may be (the last stage with a known start, and all after it)."""
+        known = [i for i, start in enumerate(self.stage_starts) if start is not None and start <= step]
+        i = known[-1]
+        if i + 1 < len(self.stage_starts) and self.stage_starts[i + 1] is None:
+            later = {k for keys in self.stage_edges[i:] for k in keys}
+            return [k for k in self.keys if k in later]
+        return self.stage_edges[i]
 
     def __iter__(self) -> Iterator[dict[str, dict[str, Any]] | WorkerFailure]:
         info = get_worker_info()
@@ -211,16 +241,16 @@ class ShardStream(IterableDataset):
         streams: dict[str, Iterator[Row]] = {}
         rows = range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         try:
-            # The DataLoader takes workers' items in turn, so this worker's k-th item is that global step.
-            for step in itertools.count(self.start_step + worker, workers):
+            # The DataLoader takes workers' items in turn: this worker's are worker, worker + workers, ...
+            for item in itertools.count(self.start_step * self.accumulate + worker, workers):
                 out = {}
-                for key in self.stage_edges[int(self.stage[0])]:
+                for key in self.step_keys(item // self.accumulate):
                     if key not in streams:
                         streams[key] = self._edge_stream(key, split, splits)
                     out[key] = self._next_batch(key, streams[key])
                     if self.augment:
                         edge = self.keys.index(key)
-                        out[key] = augment_batch(out[key], self.augment, self.configs, self.seed, step, edge, rows)
+                        out[key] = augment_batch(out[key], self.augment, self.configs, self.seed, item, edge, rows)
                 yield out
         except ConfigError as err:
             if info is None:
@@ -511,7 +541,8 @@ class ShardDataModule(PairedDataModule):
         self.train_steps = ShardStream(
             self.folder, self.index, self.edges, self.stage_edges, self.batch_size, self.seed, self.configs,
             self.train_class_index, rank, world, self.shuffle_buffer, trainer.global_step if trainer else 0,
-            self.on_error, self.skip, max(1, self.num_workers), self.augmentations(),
+            self.on_error, self.skip, max(1, self.num_workers), self.augmentations(), self.stage_starts,
+            trainer.accumulate_grad_batches if trainer else 1,
         )  # fmt: skip
         return ShardLoader(
             self.train_steps,

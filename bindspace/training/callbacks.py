@@ -17,6 +17,7 @@ import lightning as L
 
 from bindspace.curriculum import Curriculum, CurriculumState
 from bindspace.data.base import PairedDataModule
+from bindspace.errors import ConfigError
 from bindspace.evaluation.tables import summarize
 from bindspace.graph import edge_key
 from bindspace.training.continual import StageDistillation
@@ -46,11 +47,28 @@ class CurriculumCallback(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
         if isinstance(dm, PairedDataModule):  # else: trained from bare dataloaders (benchmarks)
-            dm.set_stages([self.curriculum.edges(i) for i in range(len(self.curriculum.stages))])
+            stages = [self.curriculum.edges(i) for i in range(len(self.curriculum.stages))]
+            dm.set_stages(stages, self.curriculum.fixed_starts(self.steps_per_epoch))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After any checkpoint restore: the stored state (or stage 0) decides what trains now.
+        self._check_planned_start(trainer)
         self._apply(trainer, pl_module, drop_state=False)
+
+    def _check_planned_start(self, trainer: L.Trainer) -> None:
+        """A stream that draws each step's stage by the planned stage starts (``data=shards``) cannot resume a
+        stage that started elsewhere: the epoch length changed since (``data.batch_size`` or the world size)."""
+        dm, i = trainer.datamodule, self.state.index
+        if not hasattr(getattr(dm, "train_steps", None), "step_keys"):
+            return
+        planned = self.curriculum.fixed_starts(self.steps_per_epoch)[i]
+        if planned is not None and planned != self.state.start_step:
+            raise ConfigError(
+                f"curriculum.stages[{i}] ({self.stage.name}) started at step {self.state.start_step} in the "
+                f"checkpoint, but its planned start is now step {planned} ({self.steps_per_epoch} steps per "
+                "epoch): data=shards draws each step's stage by its planned start; resume with the "
+                "data.batch_size and world size the run started with"
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

@@ -181,10 +181,10 @@ class StepLoader(DataLoader):
     """The training DataLoader of step-indexed batches; resumable by construction.
 
     Its position is the trainer's global step times ``accumulate_grad_batches`` (``StepSampler`` starts
-    there), which the checkpoint already holds, so it has no state of its own to save. Saying so through Lightning's ``state_dict`` /
-    ``load_state_dict`` interface is what tells Lightning the loader resumes mid-epoch exactly; without it
-    every resume warned that results may be unreliable (an epoch of a 100k-scene pool is 3125 steps, so
-    nearly every resume is mid-epoch).
+    there), which the checkpoint already holds, so it has no state of its own to save. Saying so through
+    Lightning's ``state_dict`` / ``load_state_dict`` interface is what tells Lightning the loader resumes
+    mid-epoch exactly; without it every resume warned that results may be unreliable (an epoch of a
+    100k-scene pool is 3125 steps, so nearly every resume is mid-epoch).
     """
 
     def state_dict(self) -> dict[str, Any]:

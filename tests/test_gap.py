@@ -63,6 +63,15 @@ def test_a_planted_offset_is_measured_and_separable_while_one_distribution_is_no
     assert linear_separability(base, same) < 65.0  # chance is 50
 
 
+def test_identical_embeddings_are_separable_at_chance_not_below():
+    # A collapsed model: every embedding of both modalities is one vector, so the probe's logits are all
+    # equal (0 here) and every prediction is a tie: scored by expectation, half right (50), never 0.
+    same = F.normalize(torch.ones(1, D), dim=1).expand(40, D).clone()
+    assert linear_separability(same, same.clone()) == pytest.approx(50.0)
+    table = gap_table({"image": same, "text": same.clone()})
+    assert table["image|text"]["separability"] == pytest.approx(50.0)
+
+
 def test_gap_table_keys_every_unordered_pair_and_reports_all_measures():
     embs = {m: cloud(40, axis(i), seed=i) for i, m in enumerate(["image", "text", "audio"])}
     table = gap_table(embs)

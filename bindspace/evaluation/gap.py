@@ -72,6 +72,7 @@ def linear_separability(a: Tensor, b: Tensor, seed: int = 0, steps: int = 100, l
 
     Each set is shuffled with ``seed`` and cut in halves: the classifier (full-batch L-BFGS, L2 penalty
     ``l2``) fits the first halves and is scored on the second, balanced by weighting each class equally.
+    A logit of exactly 0 counts as half right (ties by expectation).
     """
     a, b = _check_2d("a", a), _check_2d("b", b, a.shape[1])
     if len(a) < 4 or len(b) < 4:
@@ -94,8 +95,11 @@ def linear_separability(a: Tensor, b: Tensor, seed: int = 0, steps: int = 100, l
     with torch.enable_grad():
         opt.step(closure)
     with torch.no_grad():
-        acc_a = ((a_test @ w[:-1] + w[-1]) < 0).float().mean()
-        acc_b = ((b_test @ w[:-1] + w[-1]) > 0).float().mean()
+        # A logit of exactly 0 is a tie between the two classes: half right in expectation (the tie rule of
+        # every bindspace metric), so identical modalities score chance (50), not 0.
+        logits_a, logits_b = a_test @ w[:-1] + w[-1], b_test @ w[:-1] + w[-1]
+        acc_a = ((logits_a < 0).double() + 0.5 * (logits_a == 0).double()).mean()
+        acc_b = ((logits_b > 0).double() + 0.5 * (logits_b == 0).double()).mean()
     return float(50.0 * (acc_a + acc_b))
 
 

@@ -109,3 +109,28 @@ def test_under_ddp_with_a_curriculum_only_the_last_stage_counts(tmp_path):
     assert [s["step"] for s in metrics["stages"]] == [4, 8, 12, 16]  # +imu, the last stage, starts at 16
     early = metrics["early_stopping"]
     assert (early["best_step"], early["stopped_step"], metrics["steps"]) == (16, 20, 20)
+
+
+@pytest.mark.parametrize("extra", [[], ["data.val={manifest}"]])
+def test_selecting_on_the_scored_samples_is_refused_before_training(tmp_path, extra):
+    """A manifest without data.test scores its validation set: early stopping would pick the checkpoint on the
+    very samples metrics.json reports. Refused (data.test or data.select_fraction), before any step."""
+    from test_manifest import paired_rows, write_rows
+
+    manifest = write_rows(tmp_path / "m.jsonl", paired_rows(tmp_path, 24, ["image", "text"], labels=None))
+    cfg = compose_config(
+        ["data=manifest", f"data.train={manifest}", "data.val_fraction=0.3", "graph.modalities=[image,text]",
+         "data.batch_size=4", *STOPPING, *(e.format(manifest=manifest) for e in extra)],
+        run_dir=str(tmp_path / "run"),
+        synthetic=False,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"early_stopping.*scores the same samples.*data\.select_fraction"):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # data.select_fraction: validation and the scored test set are disjoint, so the same settings pass.
+    from test_manifest import build
+
+    from bindspace.train import check_selection_apart
+
+    apart = build([("image", "text")], train=str(manifest), val=str(manifest), select_fraction=0.5)
+    check_selection_apart({"early_stopping": {"patience": 1}, "trainer": {}}, apart)

@@ -77,6 +77,10 @@ def test_a_collapsed_model_scores_chance():
     assert out["R@1"] == pytest.approx(100 * 2 / m)
     assert out["R@10"] == pytest.approx(100 * (1 - math.comb(m - 2, 10) / math.comb(m, 10)))
     assert out["per_modality"]["image"]["R@10"] == pytest.approx(100 * 10 / m)
+    # Chance is printed beside the recalls (a random ranking of this index), and a collapsed model scores it.
+    assert out["chance"] == pytest.approx({c: out[c] for c in ("R@1", "R@10")})
+    for g in galleries:
+        assert out["per_modality_chance"][g] == pytest.approx({c: out["per_modality"][g][c] for c in ("R@1", "R@10")})
 
 
 def test_distinct_scores_keep_the_exact_counts_and_the_gap_module_reexports():

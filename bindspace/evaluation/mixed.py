@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from bindspace.evaluation.ranking import check_ks, recall_at_k, scan
+from bindspace.evaluation.ranking import chance_levels, check_ks, recall_at_k, scan
 from bindspace.evaluation.ties import exact_scores
 from bindspace.evaluation.topk import check_embeddings
 
@@ -74,9 +74,10 @@ def mixed_index(
 
     Returns:
         {"k", "share": {m: expected % of top-k slots filled by m}, "expected_share": {m: % of the index
-        that is m}, "R@k": expected % of queries with a match in the top k, "per_modality": {m: {"R@k":
-        expected % with m's match in the top k of the mixed index}}, "ties": "expected"}. A modality with
-        no match for some query is left out of per_modality.
+        that is m}, "R@k": expected % of queries with a match in the top k, "chance": {"R@k": what a random
+        ranking of this index scores}, "per_modality": {m: {"R@k": expected % with m's match in the top k of
+        the mixed index}}, "per_modality_chance": {m: {"R@k": a random ranking's}}, "ties": "expected"}.
+        A modality with no match for some query is left out of per_modality and per_modality_chance.
     """
     names = list(galleries)
     if not names or set(names) != set(gallery_keys):
@@ -93,6 +94,8 @@ def mixed_index(
             targets[m] = torch.cat([gk[n] if n == m else torch.full_like(gk[n], -1) for n in names])
     found = scan(queries, gallery, [(qk, keys) for keys in targets.values()], chunk_size, with_ap=False)
     recall = {t: recall_at_k(ranks, ks) for t, (ranks, _) in zip(targets, found, strict=True)}
+    chance = {t: chance_levels(qk, keys, ks) for t, keys in targets.items()}  # a random ranking of this index
+    chance = {t: {f"R@{k}": c[f"R@{k}"] for k in ks} for t, c in chance.items()}
     top = min(k, len(gallery))
     slots = _top_k_shares(queries, gallery, owner, len(names), top, chunk_size)
     return {
@@ -100,6 +103,8 @@ def mixed_index(
         "share": {m: 100.0 * float(slots[i]) / (top * len(queries)) for i, m in enumerate(names)},
         "expected_share": {m: 100.0 * len(p) / len(gallery) for m, p in zip(names, parts, strict=True)},
         **recall["any"],
+        "chance": chance["any"],
         "per_modality": {m: recall[m] for m in names if m in recall},
+        "per_modality_chance": {m: chance[m] for m in names if m in chance},
         "ties": "expected",
     }

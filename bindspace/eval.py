@@ -200,12 +200,20 @@ def data_class_names(datamodule) -> list[str] | None:
 
 
 def centred_zero_shot(
-    bs: BindSpace, centred: dict, labels, means, names: list[str], prompts: Prompts, opts: EvalOptions
+    bs: BindSpace,
+    centred: dict,
+    labels,
+    means,
+    names: list[str],
+    prompts: Prompts,
+    opts: EvalOptions,
+    groups: torch.Tensor | None = None,
 ) -> dict:
-    """``{modality: {"top1": %, ...}}`` with centring (the prompts centred as text), each with its interval."""
+    """``{modality: {"top1": %, ...}}`` with centring (the prompts centred as text), each with its interval
+    (over ``groups``, the rows' relevance keys, when rows share one: as :func:`evaluate_split` does)."""
     wanted = opts.zero_shot_modalities or [m for m in centred if m != "text"]
     classes = center_all({"text": class_embeddings(bs, names, prompts.templates)}, means)["text"]
-    return {m: zero_shot_from_classes(centred[m], labels, classes, opts.zero_shot_ks) for m in wanted}
+    return {m: zero_shot_from_classes(centred[m], labels, classes, opts.zero_shot_ks, groups=groups) for m in wanted}
 
 
 def fit_mitigations(ref: HeldOut, opts: EvalOptions) -> tuple[dict[str, torch.Tensor], dict[str, Bridge]]:
@@ -254,7 +262,7 @@ def evaluate(
     metrics["summary_centered_ci"] = centred_found.summary_ci
     if metrics["zero_shot"]:
         metrics["zero_shot_centered"] = centred_zero_shot(
-            bs, centred, labels, means, prompts.class_names(names), prompts, opts
+            bs, centred, labels, means, prompts.class_names(names), prompts, opts, groups=ids
         )
     metrics["modality_gap_centered"] = gap_table(centred, seed=opts.gap_seed)
     metrics["mixed_index"] = mixed_index_table(test, means, bridges, opts)

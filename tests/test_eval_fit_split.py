@@ -130,3 +130,27 @@ def test_spoken_digits_fits_and_scores_disjoint_halves(tmp_path, monkeypatch):
     metrics, fitted, scored, heldout = run_capturing(cfg, monkeypatch)
     assert fitted and scored and not fitted & scored and fitted | scored == heldout and len(heldout) == 40
     assert metrics["fit_split"]["method"] == "id_hash" and metrics["gallery_size"] == len(scored)
+
+
+def test_caption_lists_are_scored_with_intervals_over_groups(ckpt, tmp_path):
+    # Each picture held out once per caption (exact copies of its other modalities): bindspace-eval's
+    # intervals resample pictures, as the final evaluation of training does (one suite, one record).
+    import json
+
+    import numpy as np
+
+    from bindspace.evaluation.stats import DEFAULT_BOOTSTRAP
+
+    rows = [{**r, "text": [f"first of {i}", f"second of {i}"]} for i, r in enumerate(paired_rows(tmp_path, 40))]
+    manifest = write_rows(tmp_path / "captions.jsonl", rows)
+    out = tmp_path / "eval"
+    eval_cli.run(compose_eval(manifest_eval(ckpt, manifest, ["data.val_fraction=0.5", "probe=true"]), out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bootstrap"]["unit"] == "group" and metrics["instance_relevance"] == "group"
+    per_query = np.load(out / "per_query.npz")
+    groups = per_query["groups"]
+    assert len(np.unique(groups)) < len(groups)
+    for m, entry in metrics["zero_shot"].items():
+        values = per_query[f"zero_shot/{m}/top1"].astype(np.float64)
+        np.testing.assert_allclose(entry["top1_ci"], 100 * DEFAULT_BOOTSTRAP.intervals(values, groups), atol=1e-3)
+    assert metrics["zero_shot"] and metrics["linear_probe"] and metrics["zero_shot_centered"]

@@ -151,6 +151,22 @@ def test_caption_lists_train_and_evaluate_as_groups_through_the_cli(tmp_path):
     per_query = np.load(run_dir / "per_query.npz")
     assert len(np.unique(per_query["ids"])) == len(per_query["ids"]) == metrics["gallery_size"]
     assert metrics["gallery_size"] % 2 == 0  # both captions of every held-out image, never one of them
+    # The two rows of an image are one source: every interval resamples the held-out images (groups), and
+    # metrics.json says so; resampling the rows as independent would make the intervals too narrow.
+    from bindspace.evaluation.stats import DEFAULT_BOOTSTRAP
+
+    assert metrics["bootstrap"] == {**DEFAULT_BOOTSTRAP.as_dict(), "unit": "group"}
+    groups = per_query["groups"]
+    assert len(np.unique(groups)) == metrics["gallery_size"] // 2
+    assert all(np.sum(groups == g) == 2 for g in np.unique(groups))
+    for pair, entry in metrics["retrieval"].items():
+        values = per_query[f"retrieval/{pair}/AP"].astype(np.float64)
+        clustered = 100 * DEFAULT_BOOTSTRAP.intervals(values, groups)
+        np.testing.assert_allclose(entry["mAP_ci"], clustered, rtol=0, atol=1e-3)
+    image_queries = per_query["retrieval/image->text/AP"].astype(np.float64)
+    rows = 100 * DEFAULT_BOOTSTRAP.intervals(image_queries)  # both copies of an image score alike
+    low, high = metrics["retrieval"]["image->text"]["mAP_ci"]
+    assert high - low > 1.2 * (rows[1] - rows[0]) > 0
 
 
 # ---- data.captions=sample: one caption drawn per training visit ----------------------------------

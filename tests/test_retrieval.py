@@ -357,6 +357,27 @@ def test_evaluate_retrieval_per_query_values_chance_and_summary_intervals():
     assert width < max(e["R@1_ci"][1] - e["R@1_ci"][0] for e in result.instance.values() if not e["trained"])
 
 
+def test_rows_sharing_a_key_are_resampled_as_one_group():
+    # Each sample held out twice as an exact copy (one sound, two captions' rows): relevance is the shared
+    # key, so both copies score the same, and the intervals are the bootstrap over the 60 keys, not 120 rows.
+    from bindspace.evaluation.stats import DEFAULT_BOOTSTRAP
+
+    embeddings = {m: e.repeat_interleave(2, 0) for m, e in make_modalities(n=60, noise=0.8).items()}
+    keys = torch.arange(60).repeat_interleave(2) * 5
+    result = evaluate_retrieval(embeddings, keys, [("image", "text")])
+    widened = 0
+    for pair, entry in result.instance.items():
+        values = result.per_query[f"retrieval/{pair}/R@5"].astype(np.float64)
+        assert np.array_equal(values[0::2], values[1::2])
+        one_copy = 100 * DEFAULT_BOOTSTRAP.intervals(values[0::2])
+        np.testing.assert_allclose(entry["R@5_ci"], one_copy, rtol=0, atol=1e-9)
+        rows = 100 * DEFAULT_BOOTSTRAP.intervals(values)  # what rows resampled as independent would say
+        if one_copy[1] > one_copy[0]:
+            assert entry["R@5_ci"][1] - entry["R@5_ci"][0] > 1.2 * (rows[1] - rows[0])
+            widened += 1
+    assert widened >= 4
+
+
 def test_small_gallery_is_warned_about_once(caplog, monkeypatch):
     monkeypatch.setattr("bindspace.evaluation.retrieval._warned", set())
     embeddings = make_modalities(n=8)

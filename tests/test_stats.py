@@ -172,3 +172,83 @@ def test_train_and_eval_write_intervals_chance_and_per_query_values(tmp_path_fac
             )
         text = (run_dir / "retrieval.txt").read_text()
         assert "chance (random ranking of this gallery): R@1" in text and "x chance)" in text
+
+
+# ---- held-out rows that share a group: the cluster bootstrap ---------------------------------------
+
+
+def test_distinct_group_labels_give_the_row_bootstrap_bit_for_bit():
+    # Every published interval comes from one row per group: passing such groups must not move a number.
+    values = np.random.default_rng(8).random((300, 5))
+    rows = Bootstrap(seed=2).intervals(values)
+    for groups in (np.arange(300), np.arange(300)[::-1] * 7, [f"id{i}" for i in range(300)], torch.arange(300)):
+        assert np.array_equal(Bootstrap(seed=2).intervals(values, groups), rows)
+    columns = {i: values[:, i] for i in range(5)}
+    by_row = percent_intervals(Bootstrap(seed=2), columns)
+    assert percent_intervals(Bootstrap(seed=2), columns, np.arange(300)) == by_row
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_exact_copies_resampled_by_group_give_the_interval_of_the_originals(k):
+    # One sound held out once per caption: k identical rows. Resampling rows treats them as k independent
+    # draws (an interval about 1/sqrt(k) as wide: the bug); resampling groups gives the originals' interval.
+    values = np.random.default_rng(9).random((200, 3))
+    originals = Bootstrap(seed=4).intervals(values)
+    copies, groups = np.repeat(values, k, axis=0), np.repeat(np.arange(200), k)
+    clustered = Bootstrap(seed=4).intervals(copies, groups)
+    np.testing.assert_allclose(clustered, originals, rtol=0, atol=1e-12)  # the same draws, over groups
+    width = originals[:, 1] - originals[:, 0]
+    rows = Bootstrap(seed=4).intervals(copies)
+    np.testing.assert_allclose((rows[:, 1] - rows[:, 0]) / width, 1 / np.sqrt(k), rtol=0.15)
+
+
+def test_groups_of_unequal_size_take_the_weighted_mean_of_each_resample():
+    rng = np.random.default_rng(10)
+    sizes = rng.integers(1, 6, size=80)
+    groups = np.repeat(np.arange(80), sizes)
+    values = rng.random(len(groups)) + 0.5 * (groups % 2)  # groups differ in level: clustering matters
+    low, high = Bootstrap(resamples=400, seed=5).intervals(values, groups)
+    # The definition, spelled out: resample groups with the same seeded counts, weight rows, ratio of sums.
+    from bindspace.evaluation.stats import _resample_blocks
+
+    means = []
+    for _, counts in _resample_blocks(80, 400, 5):
+        w = counts[:, groups]
+        means.extend((w @ values) / w.sum(1))
+    ref = np.quantile(means, [0.025, 0.975])
+    np.testing.assert_allclose([low, high], np.clip(ref, values.min(), values.max()), rtol=0, atol=1e-12)
+    assert high - low > np.subtract(*Bootstrap(resamples=400, seed=5).intervals(values)[::-1])
+    with pytest.raises(ValueError, match=r"groups must be \(10,\)"):
+        DEFAULT_BOOTSTRAP.intervals(np.zeros(10), np.zeros(9))
+
+
+def test_bootstrap_record_says_group_when_rows_share_groups():
+    assert DEFAULT_BOOTSTRAP.as_dict(grouped=True) == {**DEFAULT_BOOTSTRAP.as_dict(), "unit": "group"}
+
+
+def test_zero_shot_and_probe_intervals_resample_groups():
+    from bindspace.evaluation.probe import probe_modality
+    from bindspace.evaluation.zero_shot import zero_shot_from_classes
+
+    gen = torch.Generator().manual_seed(0)
+    classes = torch.nn.functional.normalize(torch.randn(5, 8, generator=gen), dim=-1)
+    labels = torch.randint(0, 5, (120,), generator=gen)
+    embs = torch.nn.functional.normalize(classes[labels] + 0.9 * torch.randn(120, 8, generator=gen), dim=-1)
+    once = zero_shot_from_classes(embs, labels, classes)
+    twice = zero_shot_from_classes(embs.repeat_interleave(3, 0), labels.repeat_interleave(3), classes,
+                                   groups=torch.arange(120).repeat_interleave(3))  # fmt: skip
+    for key in ("top1_ci", "top5_ci"):
+        np.testing.assert_allclose(twice[key], once[key], rtol=0, atol=1e-9)
+    x, y = embs.numpy(), labels.numpy()
+    probe_once = probe_modality(x[:60], y[:60], x[60:], y[60:])
+    probe_twice = probe_modality(x[:60], y[:60], np.repeat(x[60:], 3, 0), np.repeat(y[60:], 3),
+                                 score_groups=np.repeat(np.arange(60), 3))  # fmt: skip
+    np.testing.assert_allclose(probe_twice["top1_ci"], probe_once["top1_ci"], rtol=0, atol=1e-9)
+
+
+def test_per_query_file_keeps_integer_groups(tmp_path):
+    arrays = {**per_query_arrays(), "groups": np.array([0, 0, 1, 1, 2, 3])}
+    back = read_per_query(write_per_query(tmp_path / "per_query.npz", arrays))
+    assert back["groups"].dtype == np.int64 and back["groups"].tolist() == [0, 0, 1, 1, 2, 3]
+    with pytest.raises(ValueError, match="integers"):
+        write_per_query(tmp_path / "bad.npz", {**arrays, "groups": np.full(6, 0.5)})

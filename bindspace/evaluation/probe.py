@@ -38,6 +38,7 @@ def probe_modality(
     seed: int = 0,
     c: float = 1.0,
     bootstrap: Bootstrap | None = DEFAULT_BOOTSTRAP,
+    score_groups: Any = None,
 ) -> dict[str, Any]:
     """Fit a logistic regression on ``fit`` rows and score it on ``score`` rows of one modality.
 
@@ -47,6 +48,8 @@ def probe_modality(
         seed: the classifier's ``random_state`` (L-BFGS itself is deterministic).
         c: inverse regularisation strength (scikit-learn's ``C``) on the standardised features.
         bootstrap: the interval's bootstrap; None leaves the interval out.
+        score_groups: optional ``(N,)`` group labels of the ``score`` rows: rows sharing one (copies of one
+            source) are resampled together.
 
     Returns:
         ``{"top1": %, "top1_ci": [low, high], "chance": %, "classes": C, "fit_samples": n, "scored_samples": m}``.
@@ -64,7 +67,7 @@ def probe_modality(
     correct = (classifier.predict(scaler.transform(score)) == score_labels).astype(np.float64)
     out: dict[str, Any] = {"top1": 100.0 * float(correct.sum()) / len(correct)}
     if bootstrap is not None:
-        out["top1_ci"] = percent_intervals(bootstrap, {"top1": correct})["top1"]
+        out["top1_ci"] = percent_intervals(bootstrap, {"top1": correct}, score_groups)["top1"]
     out.update(
         chance=probe_chance(score_labels),
         classes=len(np.unique(np.concatenate([fit_labels, score_labels]))),
@@ -87,7 +90,8 @@ def linear_probe(
     """A linear probe per modality: fitted on ``fit``, scored on ``score`` (``metrics.json["linear_probe"]``).
 
     Args:
-        fit, score: ``(embeddings, ids, labels[, groups])`` of two splits (:func:`bindspace.eval.take_rows`).
+        fit, score: ``(embeddings, ids, labels[, groups])`` of two splits (:func:`bindspace.eval.take_rows`);
+            the scored split's groups, when its rows share them, make the interval resample groups.
         fit_ids, score_ids: per row, its sample id (a manifest's ``id``, a scene id): no id may be on both sides.
         modalities: which to probe (default: every modality both splits hold).
         seed, c, bootstrap: see :func:`probe_modality`.
@@ -103,9 +107,17 @@ def linear_probe(
     check_disjoint([str(i) for i in fit_ids], [str(i) for i in score_ids])
     names = list(modalities or [m for m in fit_embs if m in score_embs])
     y_fit, y_score = fit_labels.cpu().numpy(), score_labels.cpu().numpy()
+    score_groups = score[3] if len(score) > 3 else None  # the rows' groups, as retrieval and zero-shot use
     return {
         m: probe_modality(
-            fit_embs[m].float().cpu().numpy(), y_fit, score_embs[m].float().cpu().numpy(), y_score, seed, c, bootstrap
+            fit_embs[m].float().cpu().numpy(),
+            y_fit,
+            score_embs[m].float().cpu().numpy(),
+            y_score,
+            seed,
+            c,
+            bootstrap,
+            score_groups,
         )
         for m in names
     }

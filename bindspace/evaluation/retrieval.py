@@ -132,14 +132,16 @@ def evaluate_retrieval(
 
     Args:
         embeddings: modality -> (N, D) unit-norm embeddings; row i of every modality is sample i.
-        keys: (N,) sample ids; instance-level relevance is "same id".
+        keys: (N,) sample ids; instance-level relevance is "same id". Rows sharing a key (a group:
+            several captions of one sound) are one source, so the intervals resample keys, not rows.
         trained_pairs: unordered edges trained together, as (a, b) tuples or frozensets. Names
             missing from `embeddings` are allowed and never match.
         class_labels: optional (N,) labels for class-level relevance ("same label"; the query's
             own sample counts as relevant too).
         ks: recall cut-offs.
         chunk_size: at most this many queries are scored at once.
-        bootstrap: intervals over queries; None leaves out every "_ci" and summary_ci.
+        bootstrap: intervals over queries (over keys when rows share one); None leaves out every "_ci"
+            and summary_ci.
 
     Returns:
         A :class:`RetrievalResult`. Logs a warning when the gallery is too small for a metric at
@@ -168,7 +170,7 @@ def evaluate_retrieval(
         bootstrap=bootstrap,
     )
     if bootstrap is not None:
-        _add_intervals(result, per_query, ks, bootstrap)
+        _add_intervals(result, per_query, ks, bootstrap, keys)
     return result
 
 
@@ -186,16 +188,21 @@ def _summary_columns(table: MetricTable, per_query: dict[str, dict[str, Tensor]]
 
 
 def _add_intervals(
-    result: RetrievalResult, per_query: dict[str, dict[str, Tensor]], ks: Sequence[int], bootstrap: Bootstrap
+    result: RetrievalResult,
+    per_query: dict[str, dict[str, Tensor]],
+    ks: Sequence[int],
+    bootstrap: Bootstrap,
+    keys: Tensor,
 ) -> None:
-    """ "<metric>_ci" in every entry and summary_ci, from one bootstrap pass over all columns."""
+    """ "<metric>_ci" in every entry and summary_ci, from one bootstrap pass over all columns (over the
+    distinct keys when rows share one)."""
     columns = {
         (name, f"{metric}_ci"): values[source].cpu().numpy()
         for name, values in per_query.items()
         for metric, source in (*((f"R@{k}", f"R@{k}") for k in ks), ("mAP", "AP"))
     }
     summary = {("summary", name): v for name, v in _summary_columns(result.instance, per_query, ks).items()}
-    bounds = percent_intervals(bootstrap, {**columns, **summary})
+    bounds = percent_intervals(bootstrap, {**columns, **summary}, groups=keys)
     for (where, name), interval in bounds.items():
         if where == "summary":
             result.summary_ci[name] = interval

@@ -1,4 +1,4 @@
-"""Uncertainty of one run's numbers: a seeded percentile bootstrap over queries, and the per-query file.
+"""Uncertainty of one run's numbers: a seeded percentile bootstrap over queries (or groups), and the per-query file.
 
 Every retrieval and zero-shot figure is a mean over held-out queries, so its 95% interval comes from
 resampling the queries with replacement (Efron's percentile bootstrap, as ``scipy.stats.bootstrap(...,
@@ -7,6 +7,13 @@ all P metrics under all B resamples are one (B, N) @ (N, P) product. The resampl
 (N, resamples, seed), so every pair of modalities and every metric of a run resamples *the same query
 rows* (all modalities share the held-out samples), which is what a summary over pairs and a paired
 comparison need.
+
+When held-out rows share a group (a manifest's ``group`` column, or a list of captions: one row per
+caption, each a copy of one sound), the rows of a group are not independent draws, and resampling rows
+would make the interval too narrow. Given the rows' group labels, the bootstrap then resamples the G
+groups instead (a cluster bootstrap): the same seeded counts over G, each row weighted by its group's
+count, and the weighted mean ``sum(w v) / sum(w)`` per resample (a ratio estimator for groups of unequal
+size). With one row per group this is the query bootstrap, and it runs unchanged.
 
 ``per_query.npz`` (beside metrics.json) holds each query's own value of every metric, for paired tests
 across runs (:func:`write_per_query`, :func:`read_per_query`).
@@ -37,7 +44,7 @@ _CACHE_ENTRIES = 2**24
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """A seeded percentile bootstrap over queries.
+    """A seeded percentile bootstrap over queries; over groups when the rows given share groups.
 
     Args:
         resamples: number of bootstrap resamples B.
@@ -60,21 +67,25 @@ class Bootstrap:
         if not 0.0 < self.level < 1.0:
             raise ValueError(f"bootstrap level must be in (0, 1), got {self.level!r}")
 
-    def as_dict(self) -> dict[str, Any]:
-        """The ``metrics.json["bootstrap"]`` record."""
+    def as_dict(self, grouped: bool = False) -> dict[str, Any]:
+        """The ``metrics.json["bootstrap"]`` record; ``grouped``: the held-out rows share groups, so the
+        intervals resampled groups (``"unit": "group"``, see :func:`shares_groups`)."""
         return {
             "resamples": self.resamples,
             "seed": self.seed,
             "level": self.level,
             "method": self.method,
-            "unit": self.unit,
+            "unit": "group" if grouped else self.unit,
         }
 
-    def intervals(self, values: np.ndarray) -> np.ndarray:
+    def intervals(self, values: np.ndarray, groups: Any = None) -> np.ndarray:
         """Interval of the mean of each column of ``values`` (N queries x P metrics).
 
         Args:
             values: (N,) or (N, P) per-query values (any units; the interval is in the same units).
+            groups: optional (N,) group labels of the rows (any comparable values: ints, strings). When
+                rows share a label, the distinct groups are resampled instead of the rows (module
+                docstring); None, or every label distinct, resamples rows.
 
         Returns:
             (P, 2) float64 [low, high]; (2,) for a 1-D input. The bounds are clipped to the column's
@@ -88,10 +99,20 @@ class Bootstrap:
         if not np.isfinite(v).all():
             raise ValueError("values contain NaN or inf")
         n = len(v)
+        index = group_index(groups, n)
         means = np.empty((self.resamples, v.shape[1]))
-        for start, counts in _resample_blocks(n, self.resamples, self.seed):
-            means[start : start + len(counts)] = counts @ v
-        means /= n
+        if index is None:  # one row per group: the query bootstrap
+            for start, counts in _resample_blocks(n, self.resamples, self.seed):
+                means[start : start + len(counts)] = counts @ v
+            means /= n
+        else:
+            g = int(index.max()) + 1
+            # sum(w v) / sum(w) with w = counts[index]: the rows of a group summed once, then weighted.
+            sums = np.zeros((g, v.shape[1]))
+            np.add.at(sums, index, v)
+            sizes = np.bincount(index, minlength=g).astype(np.float64)
+            for start, counts in _resample_blocks(g, self.resamples, self.seed):
+                means[start : start + len(counts)] = (counts @ sums) / (counts @ sizes)[:, None]
         alpha = 1.0 - self.level
         low, high = np.quantile(means, [alpha / 2, 1.0 - alpha / 2], axis=0)
         out = np.stack([np.maximum(low, v.min(0)), np.minimum(high, v.max(0))], axis=1)
@@ -99,6 +120,27 @@ class Bootstrap:
 
 
 DEFAULT_BOOTSTRAP = Bootstrap()  # 1000 resamples, seed 0, 95%: what metrics.json states under "bootstrap"
+
+
+def group_index(groups: Any, n: int) -> np.ndarray | None:
+    """(N,) int64 index of each row's group in 0..G-1 (sorted labels), or None when ``groups`` is None or
+    every row is its own group (then the row bootstrap applies).
+
+    Raises:
+        ValueError: ``groups`` is not (N,).
+    """
+    if groups is None:
+        return None
+    labels = np.asarray(groups.detach().cpu() if hasattr(groups, "detach") else groups)
+    if labels.shape != (n,):
+        raise ValueError(f"groups must be ({n},), one label per row, got shape {labels.shape}")
+    distinct, index = np.unique(labels, return_inverse=True)
+    return None if len(distinct) == n else index.astype(np.int64).reshape(n)
+
+
+def shares_groups(groups: Any) -> bool:
+    """True when some rows share a group label: their intervals resample groups (``"unit": "group"``)."""
+    return groups is not None and group_index(groups, len(groups)) is not None
 
 
 def _block_rows(n: int) -> int:
@@ -130,11 +172,15 @@ def _resample_blocks(n: int, resamples: int, seed: int):
     return _blocks(n, resamples, seed)  # too big to keep: drawn again (identically) on every call
 
 
-def percent_intervals(bootstrap: Bootstrap, columns: Mapping[Any, np.ndarray]) -> dict[Any, list[float]]:
-    """{name: [low, high]} in percent for per-query values in [0, 1], all from one bootstrap pass."""
+def percent_intervals(
+    bootstrap: Bootstrap, columns: Mapping[Any, np.ndarray], groups: Any = None
+) -> dict[Any, list[float]]:
+    """{name: [low, high]} in percent for per-query values in [0, 1], all from one bootstrap pass;
+    ``groups``: the rows' group labels (see :meth:`Bootstrap.intervals`)."""
     if not columns:
         return {}
-    bounds = bootstrap.intervals(np.stack([np.asarray(c, dtype=np.float64) for c in columns.values()], axis=1))
+    stacked = np.stack([np.asarray(c, dtype=np.float64) for c in columns.values()], axis=1)
+    bounds = bootstrap.intervals(stacked, groups)
     return {name: [100.0 * float(lo), 100.0 * float(hi)] for name, (lo, hi) in zip(columns, bounds, strict=True)}
 
 
@@ -153,7 +199,7 @@ def _is_percent(metric: str) -> bool:
 
 
 # ---- per_query.npz ------------------------------------------------------------------------------
-_INT_KEYS = ("ids", "labels")
+_INT_KEYS = ("ids", "labels", "groups")
 _KEY = re.compile(r"(retrieval|retrieval_class)/[^/]+->[^/]+/(R@\d+|AP)|zero_shot/[^/]+/top\d+")
 
 
@@ -165,7 +211,7 @@ def _check_arrays(arrays: Mapping[str, Any], where: str) -> dict[str, np.ndarray
     for key, value in arrays.items():
         if key not in _INT_KEYS and not _KEY.fullmatch(key):
             raise ValueError(
-                f"{where}: unknown key {key!r}; expected ids, labels, retrieval[_class]/<q>-><g>/<R@k|AP> "
+                f"{where}: unknown key {key!r}; expected ids, labels, groups, retrieval[_class]/<q>-><g>/<R@k|AP> "
                 "or zero_shot/<m>/top<k>"
             )
         array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
@@ -188,7 +234,8 @@ def write_per_query(path: str | Path, arrays: Mapping[str, Any]) -> Path:
 
     Args:
         path: destination, e.g. ``<run>/per_query.npz``.
-        arrays: "ids" int64 (N,) held-out sample ids in query order; optionally "labels" int64 (N,);
+        arrays: "ids" int64 (N,) held-out sample ids in query order; optionally "labels" int64 (N,) and
+            "groups" int64 (N,) (present when rows share a group: a cluster bootstrap resamples groups);
             "retrieval/<q>-><g>/R@1" (R@5, R@10, AP), the same under "retrieval_class/", and
             "zero_shot/<m>/top1" (top5): float32 (N,) tie-aware expected values in [0, 1]. Tensors
             are accepted and converted.

@@ -20,6 +20,7 @@ from typing import Any
 from bindspace.evaluation.embed import HeldOut, embed_batches, relevance_keys
 from bindspace.evaluation.gap import gap_table
 from bindspace.evaluation.retrieval import evaluate_retrieval
+from bindspace.evaluation.stats import group_index
 from bindspace.evaluation.tables import summarize
 from bindspace.evaluation.zero_shot import Prompts, class_embeddings, evaluate_zero_shot
 from bindspace.graph import Edge
@@ -79,19 +80,25 @@ def evaluate_split(
     split = HeldOut(*split)
     embs, ids, labels = split.embeddings, split.ids, split.labels
     # Instance level: a query's matches are its own row, and with a group column every row of its group.
-    found = evaluate_retrieval(embs, relevance_keys(split), [tuple(e) for e in trained_edges], class_labels=labels)
+    keys = relevance_keys(split)
+    found = evaluate_retrieval(embs, keys, [tuple(e) for e in trained_edges], class_labels=labels)
     metrics: dict[str, Any] = {"retrieval": found.instance, "gallery_size": int(ids.shape[0])}
     metrics["instance_relevance"] = "id" if split.groups is None else "group"
     if found.class_level is not None:
         metrics["retrieval_class"] = found.class_level
     metrics.update(summary=summarize(found.instance), summary_ci=found.summary_ci, chance=dict(found.chance))
-    metrics["bootstrap"] = found.bootstrap.as_dict()
+    # Rows sharing a key (a group) are one source: every interval resamples groups (a cluster bootstrap),
+    # and per_query.npz keeps the groups so that bindspace-report resamples them too.
+    shared = group_index(keys, len(keys))
+    metrics["bootstrap"] = found.bootstrap.as_dict(grouped=shared is not None)
     per_query: dict[str, Any] = {"ids": ids, **({} if labels is None else {"labels": labels}), **found.per_query}
+    if shared is not None:
+        per_query["groups"] = shared
     metrics["zero_shot"] = {}
     if labels is not None and class_names is not None and prompts is not None and "text" in embs:
         wanted = list(zero_shot_modalities or [m for m in embs if m != "text"])
         classes = class_embeddings(model, prompts.class_names(list(class_names)), prompts.templates)
-        zero_shot = evaluate_zero_shot({m: embs[m] for m in wanted}, labels, classes, zero_shot_ks)
+        zero_shot = evaluate_zero_shot({m: embs[m] for m in wanted}, labels, classes, zero_shot_ks, groups=keys)
         metrics["zero_shot"], metrics["chance"]["zero_shot"] = zero_shot.table, zero_shot.chance
         per_query.update(zero_shot.per_query)
     if gap:

@@ -169,6 +169,7 @@ def zero_shot(
     templates: Sequence[str],
     ks: Sequence[int] = (1, 5),
     bootstrap: Bootstrap | None = DEFAULT_BOOTSTRAP,
+    groups: Tensor | None = None,
 ) -> dict[str, float | list[float]]:
     """Top-k zero-shot accuracy (%) of samples of any modality against text prompts, tie-aware.
 
@@ -180,6 +181,8 @@ def zero_shot(
         templates: prompt templates with one ``{}`` each.
         ks: cut-offs; k above the number of classes counts every class (100%).
         bootstrap: 95% intervals over samples; None leaves them out.
+        groups: optional (N,) group labels of the samples: rows sharing one (copies of one source) are
+            resampled together (:meth:`~bindspace.evaluation.stats.Bootstrap.intervals`).
 
     Returns:
         {"top1": %, "top5": %, "top1_ci": [low, high] %, "top5_ci": ...} (per k).
@@ -193,7 +196,7 @@ def zero_shot(
             f"labels must index the {len(class_names)} class names, got range [{labels.min()}, {labels.max()}]"
         )
     classes = class_embeddings(model_or_embed_fn, class_names, templates)
-    return zero_shot_from_classes(embeddings, labels, classes, ks, bootstrap)
+    return zero_shot_from_classes(embeddings, labels, classes, ks, bootstrap, groups)
 
 
 def _scores_and_labels(embeddings: Tensor, labels: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,6 +250,7 @@ def zero_shot_from_classes(
     classes: Tensor,
     ks: Sequence[int] = (1, 5),
     bootstrap: Bootstrap | None = DEFAULT_BOOTSTRAP,
+    groups: Tensor | None = None,
 ) -> dict[str, float | list[float]]:
     """As :func:`zero_shot`, with the ``(C, D)`` class embeddings already computed (reuse across modalities).
 
@@ -255,17 +259,20 @@ def zero_shot_from_classes(
 
     Returns:
         {"top1": %, "top5": %, "top1_ci": [low, high] %, "top5_ci": ...}; the intervals (seeded
-        percentile bootstrap over samples) are left out with bootstrap=None.
+        percentile bootstrap over samples, over ``groups`` when samples share one) are left out with
+        bootstrap=None.
     """
-    return _accuracies(zero_shot_per_query(embeddings, labels, classes, ks), bootstrap)
+    return _accuracies(zero_shot_per_query(embeddings, labels, classes, ks), bootstrap, groups)
 
 
-def _accuracies(per_sample: dict[str, Tensor], bootstrap: Bootstrap | None) -> dict[str, float | list[float]]:
+def _accuracies(
+    per_sample: dict[str, Tensor], bootstrap: Bootstrap | None, groups: Tensor | None = None
+) -> dict[str, float | list[float]]:
     n = len(next(iter(per_sample.values())))
     # A float64 sum of 0/1 values is an exact integer: 45.4, not 45.39999961853027, without ties.
     out: dict[str, float | list[float]] = {name: 100.0 * float(v.sum()) / n for name, v in per_sample.items()}
     if bootstrap is not None:
-        bounds = percent_intervals(bootstrap, {name: v.numpy() for name, v in per_sample.items()})
+        bounds = percent_intervals(bootstrap, {name: v.numpy() for name, v in per_sample.items()}, groups)
         out.update({f"{name}_ci": interval for name, interval in bounds.items()})
     return out
 
@@ -291,6 +298,7 @@ def evaluate_zero_shot(
     classes: Tensor,
     ks: Sequence[int] = (1, 5),
     bootstrap: Bootstrap | None = DEFAULT_BOOTSTRAP,
+    groups: Tensor | None = None,
 ) -> ZeroShotResult:
     """Zero-shot of several modalities against one set of class embeddings, with per-sample values.
 
@@ -300,6 +308,7 @@ def evaluate_zero_shot(
         classes: (C, D) class embeddings.
         ks: cut-offs.
         bootstrap: intervals over samples (the same resampled rows for every modality), or None.
+        groups: optional (N,) group labels: samples sharing one are resampled together.
 
     Returns:
         A :class:`ZeroShotResult`. Logs a warning for a cut-off whose chance is above 10% (too few
@@ -310,7 +319,7 @@ def evaluate_zero_shot(
         if "/" in m:
             raise ValueError(f"modality name {m!r} must not contain '/'")
         per_sample = zero_shot_per_query(emb, labels, classes, ks)
-        table[m] = _accuracies(per_sample, bootstrap)
+        table[m] = _accuracies(per_sample, bootstrap, groups)
         per_query.update({f"zero_shot/{m}/{name}": v.float().numpy() for name, v in per_sample.items()})
     chance = zero_shot_chance(len(classes), ks)
     small = uninformative({k: v for k, v in chance.items() if k != "num_classes"})

@@ -316,6 +316,55 @@ def test_two_level_bootstrap_widens_with_seed_spread():
         two_level_bootstrap([np.ones(3), np.ones((3, 2))])
 
 
+def test_two_level_bootstrap_resamples_the_groups_of_a_job():
+    from bindspace.report import bootstrap_many
+
+    rng = np.random.default_rng(5)
+    originals = [rng.random((n, 2)) for n in (200, 150, 180)]
+    lo, hi = bootstrap_many(originals, n_boot=500)
+    # One row per group, or no groups: the rows are resampled exactly as before.
+    distinct = [np.arange(len(v)) for v in originals]
+    assert all(np.array_equal(a, b) for a, b in zip(bootstrap_many(originals, 500, groups=distinct), (lo, hi)))
+    # Each row held out three times (copies of one source, one group): resampling groups gives the
+    # originals' interval (the same draws, over groups); resampling rows would be ~1/sqrt(3) as wide.
+    copies = [np.repeat(v, 3, axis=0) for v in originals]
+    labels = [np.repeat(np.arange(len(v)), 3) for v in originals]
+    lo_g, hi_g = bootstrap_many(copies, n_boot=500, groups=labels)
+    np.testing.assert_allclose(np.stack([lo_g, hi_g]), np.stack([lo, hi]), rtol=0, atol=1e-12)
+    lo_1, hi_1 = bootstrap_many(originals[:1], n_boot=500)  # one seed: the query level alone
+    lo_r, hi_r = bootstrap_many(copies[:1], n_boot=500)
+    np.testing.assert_allclose((hi_r - lo_r) / (hi_1 - lo_1), 1 / np.sqrt(3), rtol=0.15)
+    with pytest.raises(ValueError, match="seed 1: groups"):
+        bootstrap_many(copies, n_boot=50, groups=[labels[0], labels[1][:-1], labels[2]])
+
+
+def test_report_intervals_resample_the_groups_stored_in_per_query_files(tmp_path):
+    rng = np.random.default_rng(6)
+    roots = {"once": tmp_path / "once", "copied": tmp_path / "copied"}
+    for seed in range(2):
+        ids = np.arange(120) + 1000 * seed
+        for num, variant in enumerate(("base", "other")):
+            values = noisy_values(rng, 120, 0.4 + 0.1 * num)
+            per_query_job(roots["once"], 2 * seed + num, {"variant": variant, "seed": seed}, values, ids)
+            job = per_query_job(
+                roots["copied"], 2 * seed + num, {"variant": variant, "seed": seed},
+                {p: np.repeat(v, 2) for p, v in values.items()}, np.arange(240) + 1000 * seed,
+            )  # fmt: skip
+            with np.load(job / "per_query.npz") as npz:
+                arrays = dict(npz)
+            np.savez(job / "per_query.npz", groups=np.repeat(np.arange(120), 2), **arrays)
+    keys = ["trained/R@1", "pair/image->text/R@1"]
+    (base_o, other_o), (base_c, other_c) = (group_runs_of(roots[k], "base", "other") for k in ("once", "copied"))
+    once, copied = group_stats(base_o, keys, 300), group_stats(base_c, keys, 300)
+    for key in keys:
+        assert copied[key].method == "2-level bootstrap"
+        assert copied[key].lo == pytest.approx(once[key].lo, abs=1e-4)
+        assert copied[key].hi == pytest.approx(once[key].hi, abs=1e-4)
+    diff_o, diff_c = paired_differences(base_o, other_o, keys, 300), paired_differences(base_c, other_c, keys, 300)
+    for key in keys:
+        assert (diff_c[key].lo, diff_c[key].hi) == pytest.approx((diff_o[key].lo, diff_o[key].hi), abs=1e-4)
+
+
 def test_seed_aggregation_uses_per_query_files(paired_sweep):
     runs = [r for r in collect_runs(paired_sweep) if r.overrides["variant"] == "better"]
     stats = group_stats(runs, ["trained/R@1", "emergent/R@1", "pair/image->text/R@1"])

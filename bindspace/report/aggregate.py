@@ -3,7 +3,8 @@
 Interval methods, strongest first (the one used is named in every row):
 
 - ``2-level bootstrap``: every run of the group has ``per_query.npz`` with the quantity; seeds, then
-  queries within each seed, are resampled (`bindspace.report.bootstrap`).
+  queries within each seed, are resampled (`bindspace.report.bootstrap`); the groups of queries instead of
+  the queries when the file holds ``groups`` (held-out rows that are copies of one source).
 - ``t over seeds``: at least two seeds but no per-query values; a Student-t interval of the seed values.
   It ignores the held-out sample's own noise, so it is only as good as the number of seeds.
 - ``run bootstrap``: one seed without per-query values; the run's own interval from ``metrics.json``.
@@ -96,7 +97,8 @@ def group_stats(
     for group in by_runs.values():
         members = done[group[0]]
         matrices = [np.stack([query_values(r.per_query(), r.metrics, k) for k in group], axis=1) for r in members]
-        lows, highs = bootstrap_many(matrices, n_boot, boot_seed)
+        labels = [r.per_query().get("groups") for r in members]
+        lows, highs = bootstrap_many(matrices, n_boot, boot_seed, groups=labels)
         for key, lo, hi in zip(group, lows, highs, strict=True):
             mean, std = mean_std([run_value(r.metrics, key) for r in members])
             out[key] = SeedStats(mean, std, float(lo), float(hi), len(members), TWO_LEVEL)
@@ -118,14 +120,19 @@ def _by_seed(runs: Sequence[RunRecord]) -> dict[int | None, RunRecord]:
     return out
 
 
-def _matched(base: RunRecord, other: RunRecord, keys: Sequence[str]) -> tuple[np.ndarray, int] | None:
-    """(N_shared, Q) per-query differences other - base on the sample ids both scored, and base's N."""
+def _matched(
+    base: RunRecord, other: RunRecord, keys: Sequence[str]
+) -> tuple[np.ndarray, int, np.ndarray | None] | None:
+    """(N_shared, Q) per-query differences other - base on the sample ids both scored, base's N, and the
+    shared rows' group labels (base's, else other's; None when neither file has groups)."""
     vb = [query_values(base.per_query(), base.metrics, k) for k in keys]
     vo = [query_values(other.per_query(), other.metrics, k) for k in keys]
     if any(v is None for v in (*vb, *vo)):
         return None
     _, index_b, index_o = np.intersect1d(base.per_query()["ids"], other.per_query()["ids"], return_indices=True)
-    return np.stack(vo, axis=1)[index_o] - np.stack(vb, axis=1)[index_b], len(vb[0])
+    groups_b, groups_o = base.per_query().get("groups"), other.per_query().get("groups")
+    groups = groups_b[index_b] if groups_b is not None else None if groups_o is None else groups_o[index_o]
+    return np.stack(vo, axis=1)[index_o] - np.stack(vb, axis=1)[index_b], len(vb[0]), groups
 
 
 def _seed_level(runs_b: dict, runs_o: dict, seeds: list, key: str, note: str) -> Difference:
@@ -170,7 +177,7 @@ def paired_differences(
         by_id = {id(r): r for r in [*baseline, *other]}
         matched = [_matched(by_id[b], by_id[o], batch) for _, b, o in pairing]
         diffs = [m[0] for m in matched]  # (N_shared, Q) per matched seed
-        lows, highs = bootstrap_many(diffs, n_boot, boot_seed)
+        lows, highs = bootstrap_many(diffs, n_boot, boot_seed, groups=[m[2] for m in matched])
         lost = "; ".join(
             f"seed {seed}: {len(m[0])} of {m[1]} ids shared"
             for (seed, _, _), m in zip(pairing, matched, strict=True)

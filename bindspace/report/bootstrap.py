@@ -7,6 +7,11 @@ a result depends on the initialisation, query draws how much on the held-out sam
 comparison the same machinery runs on per-query differences of two groups at matched seeds and
 sample ids (Koehn, EMNLP 2004, extended over seeds).
 
+When a job's held-out rows share groups (``per_query.npz`` holds ``groups``: several captions of one
+sound, each row a copy of it), the query level resamples that job's groups instead of its rows (a cluster
+bootstrap; the statistic is the weighted mean ``sum(w v) / sum(w)`` with w each row's group count). Files
+without ``groups``, or with one row per group, resample rows exactly as before.
+
 Everything is seeded (`DEFAULT_BOOT_SEED`), so a report is reproducible bit for bit.
 """
 
@@ -22,13 +27,33 @@ DEFAULT_BOOT_SEED = 0
 _CHUNK = 4_000_000  # indices drawn at once: bounds memory for large held-out sets
 
 
-def _resampled_means(values: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+def _resampled_means(
+    values: np.ndarray, count: int, rng: np.random.Generator, groups: np.ndarray | None = None
+) -> np.ndarray:
     """(count, Q) means of the rows of `values` (N, Q) resampled with replacement, drawn in chunks.
 
     A resample is a vector of counts per query, so all Q quantities share the same draws and cost
     one matrix product, and a quantity's interval does not depend on which others are computed with it.
+    With `groups` ((N,) labels) shared by some rows, the distinct groups are resampled instead and each
+    resample's mean is weighted by the group counts.
     """
     n = len(values)
+    if groups is not None:
+        distinct, index = np.unique(np.asarray(groups), return_inverse=True)
+        if len(distinct) < n:
+            g = len(distinct)
+            index = index.reshape(n)
+            sums = np.zeros((g, values.shape[1]))
+            np.add.at(sums, index, values)
+            sizes = np.bincount(index, minlength=g).astype(np.float64)
+            out = np.empty((count, values.shape[1]))
+            rows = max(1, _CHUNK // g)
+            for start in range(0, count, rows):
+                c = min(count, start + rows) - start
+                draws = rng.integers(g, size=(c, g)) + g * np.arange(c)[:, None]
+                counts = np.bincount(draws.ravel(), minlength=c * g).reshape(c, g)
+                out[start : start + c] = (counts @ sums) / (counts @ sizes)[:, None]
+            return out
     out = np.empty((count, values.shape[1]))
     rows = max(1, _CHUNK // max(n, 1))
     for start in range(0, count, rows):
@@ -40,9 +65,16 @@ def _resampled_means(values: np.ndarray, count: int, rng: np.random.Generator) -
 
 
 def bootstrap_many(
-    per_seed: Sequence[np.ndarray], n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_BOOT_SEED, level: float = LEVEL
+    per_seed: Sequence[np.ndarray],
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = DEFAULT_BOOT_SEED,
+    level: float = LEVEL,
+    groups: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two-level bootstrap intervals of Q quantities at once: per seed an (N_s, Q) array of per-query values.
+
+    `groups`: per seed, None or the (N_s,) group labels of its rows (``per_query.npz["groups"]``); rows
+    sharing a label are resampled together (module docstring).
 
     Returns:
         (lo, hi), each (Q,).
@@ -58,6 +90,12 @@ def bootstrap_many(
     for i, values in enumerate(per_seed):
         if np.ndim(values) != 2 or len(values) == 0 or np.shape(values)[1:] != width:
             raise ValueError(f"seed {i}: expected per-query values of shape (N>=1, {width}), got {np.shape(values)}")
+    groups = list(groups) if groups is not None else [None] * len(per_seed)
+    if len(groups) != len(per_seed):
+        raise ValueError(f"groups: one entry per seed expected, got {len(groups)} for {len(per_seed)} seeds")
+    for i, (values, labels) in enumerate(zip(per_seed, groups, strict=True)):
+        if labels is not None and np.shape(labels) != (len(values),):
+            raise ValueError(f"seed {i}: groups of shape {np.shape(labels)}, expected ({len(values)},)")
     rng = np.random.default_rng(seed)
     n_seeds = len(per_seed)
     picks = rng.integers(n_seeds, size=(n_boot, n_seeds))  # (B, S): which seed each position draws
@@ -65,7 +103,8 @@ def bootstrap_many(
     for s, values in enumerate(per_seed):
         rows = np.nonzero(picks == s)[0]  # one entry per (resample, position) that drew seed s
         # Each draw of a seed gets its own query resample, so a seed drawn twice is not counted as one.
-        np.add.at(totals, rows, _resampled_means(np.asarray(values, dtype=np.float64), len(rows), rng))
+        resampled = _resampled_means(np.asarray(values, dtype=np.float64), len(rows), rng, groups[s])
+        np.add.at(totals, rows, resampled)
     lo, hi = np.quantile(totals / n_seeds, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return lo, hi
 

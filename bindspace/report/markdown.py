@@ -192,7 +192,9 @@ def _methods(report: Report) -> str:
     return "\n".join([
         f"- **{TWO_LEVEL}**: every run of the group (or both groups) has per_query.npz; {report.n_boot} resamples,"
         f" numpy seed {report.boot_seed}: seeds drawn with replacement, then each drawn seed's queries with"
-        " replacement; 95% percentile interval of the mean over seeds of the mean over queries. One seed: a"
+        " replacement (its groups of queries when its per_query.npz holds groups: rows that are copies of one"
+        " source, e.g. the captions of one sound, are drawn together); 95% percentile interval of the mean"
+        " over seeds of the mean over queries. One seed: a"
         " bootstrap over its queries only (seed-to-seed variation not covered). With few seeds the seed draws"
         " understate seed-to-seed variation (two seeds give only three distinct seed sets): read the std beside"
         " the interval, and prefer five seeds or more for a claim.",

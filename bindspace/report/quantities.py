@@ -58,7 +58,8 @@ def run_value(metrics: Mapping[str, Any] | None, key: str) -> float | None:
 
 
 def run_interval(metrics: Mapping[str, Any] | None, key: str) -> tuple[float, float] | None:
-    """The run's own 95% interval of `key` from ``metrics.json`` (a bootstrap over its queries), if recorded."""
+    """The run's own 95% interval of `key` from ``metrics.json`` (a bootstrap over its queries, or
+    their groups), if recorded."""
     form, name, metric = parse_key(key)
     metrics = metrics or {}
     if form == "kind":

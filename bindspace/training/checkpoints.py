@@ -58,6 +58,23 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, candidates)
         return self.last_path
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A step that saved and then validated: save again, with what the validation decided.
+
+        The step checkpoint is written at the end of the training step, before that step's validation
+        (with the defaults, every 200 steps both happen). A resume from it does not validate that step
+        again, so without this the early-stopping state (best value, patience count, stop) and the
+        curriculum's plateau counters of that validation were lost, and the resumed run diverged.
+        Lightning orders checkpoint callbacks last, so the other callbacks' ``on_validation_end`` ran.
+        """
+        saved = self._last_global_step_saved == trainer.global_step > 0 and self._last_checkpoint_saved
+        if not saved or trainer.sanity_checking or trainer.state.fn != "fit":
+            super().on_validation_end(trainer, pl_module)
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """A bad input met mid-run (a data file that fails to decode): keep the progress made so far.
 

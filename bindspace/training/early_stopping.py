@@ -105,6 +105,12 @@ class EarlyStopping(Callback):
             return True
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resumed from a checkpoint of a run that already stopped early (a requeue, the same command
+        # again): ``should_stop`` is not in the checkpoint, so stop again before any further step.
+        if self.stopped_step is not None:
+            trainer.should_stop = True
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.counting():
             return

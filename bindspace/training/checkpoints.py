@@ -147,7 +147,29 @@ def read_init_source(path: str) -> InitSource:
             "state_dict; is it a bindspace checkpoint? (an ImageBind .pth: bindspace-convert imagebind first)"
         )
     meta = ckpt.get("bindspace") if isinstance(ckpt.get("bindspace"), Mapping) else None
+    if meta is not None:
+        check_metadata_layout(meta, f"init_from: {path}")
     return InitSource(str(path), state, meta, list(found))
+
+
+def check_metadata_layout(meta: Mapping[str, Any], where: str) -> None:
+    """``modalities`` a mapping of modality configs and ``edges`` a list of modality pairs, or a ConfigError.
+
+    A checkpoint's model description is data someone else wrote: what is read from it must have the
+    layout :func:`~bindspace.inference.checkpoint_metadata` writes before anything uses it.
+    """
+    modalities = meta.get("modalities")
+    if not isinstance(modalities, Mapping):
+        raise ConfigError(f"{where}: bindspace metadata modalities is {type(modalities).__name__}, not a mapping")
+    for m, section in modalities.items():
+        if not isinstance(m, str) or not isinstance(section, Mapping):
+            raise ConfigError(f"{where}: bindspace metadata modalities.{m}: {type(section).__name__}, not a mapping")
+    for key in ("edges", "graph_edges"):
+        edges = meta.get(key) or []
+        if not isinstance(edges, list) or not all(
+            isinstance(e, list | tuple) and len(e) == 2 and all(isinstance(x, str) for x in e) for e in edges
+        ):
+            raise ConfigError(f"{where}: bindspace metadata {key} must be a list of modality pairs, got {edges!r:.80}")
 
 
 def _encoder_modality(key: str) -> str | None:

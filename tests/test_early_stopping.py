@@ -4,6 +4,7 @@ weights, and a resumed run stops where an uninterrupted one does."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -61,6 +62,19 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does(tmp_path, interrupt
     resumed = run(compose_config(STOPPING, run_dir=str(tmp_path)))  # resume=auto: from last.ckpt at step 6
     assert (resumed["early_stopping"]["best_step"], resumed["early_stopping"]["stopped_step"]) == (4, 8)
     assert resumed["steps"] == 8
+
+
+def test_a_best_checkpoint_of_another_step_is_never_evaluated_as_the_best(tmp_path):
+    # Resumed in its own folder from an earlier step checkpoint (a roll-back), the run's best is step 4 while
+    # best.ckpt on disk is what a later launch wrote (planted: the weights of step 8): evaluating it as step
+    # 4 would report another model's numbers. One line naming the file and both steps instead.
+    run(compose_config(STOPPING, run_dir=str(tmp_path)))
+    ckpts = tmp_path / "checkpoints"
+    shutil.copy(ckpts / "step000008.ckpt", ckpts / "best.ckpt")
+    resumed = [*STOPPING, f"ckpt_path={ckpts / 'step000006.ckpt'}"]
+    with pytest.raises(ConfigError, match=r"best.ckpt holds step 8, not the best step 4") as err:
+        run(compose_config(resumed, run_dir=str(tmp_path)))
+    assert "\n" not in str(err.value)
 
 
 def test_relaunching_a_run_that_stopped_early_trains_no_further(tmp_path):

@@ -138,8 +138,14 @@ class EarlyStopping(Callback):
         """Load ``best.ckpt``'s weights into the module (before the final evaluation); False if none."""
         if self.best_step is None or not self.best_path.is_file():
             return False
-        state = torch.load(self.best_path, map_location="cpu", weights_only=True)["state_dict"]
-        pl_module.load_state_dict(state)
+        best = torch.load(self.best_path, map_location="cpu", weights_only=True)
+        if best.get("global_step") != self.best_step:  # e.g. written by a later launch of this run folder
+            raise ConfigError(
+                f"early_stopping: {self.best_path} holds step {best.get('global_step')}, not the best step "
+                f"{self.best_step} of this run (resumed from an earlier checkpoint of the same folder?); "
+                "its checkpoints are kept: score the one you mean with bindspace-eval"
+            )
+        pl_module.load_state_dict(best["state_dict"])
         return True
 
     def summary(self) -> dict[str, Any]:

@@ -150,14 +150,15 @@ def merge_checkpoint(src: Path, out: Path) -> tuple[Path, dict[str, int]]:
 
     The source is read with ``weights_only=True`` and rebuilt from its metadata without running code
     (:func:`~bindspace.inference.model_from_metadata`); the output holds the model's weights and the
-    same metadata with ``trunk.adapter`` cleared (centring and bridges kept), written atomically.
+    same metadata with ``trunk.adapter`` cleared (centring and bridges kept) and the edges' temperatures
+    (``loss.logit_scales.*``, which ``init_from`` loads), written atomically.
     """
     import copy
 
     from bindspace.inference import CheckpointError, model_from_checkpoint_file
     from bindspace.nn.adapters import merge_adapters
 
-    meta, model, _ = model_from_checkpoint_file(src, "src", "nothing says which trunks carry adapters")
+    meta, model, ckpt = model_from_checkpoint_file(src, "src", "nothing says which trunks carry adapters")
     adapted = [m for m, c in model.configs.items() if c.trunk.adapter is not None]
     if not adapted:
         raise CheckpointError(f"{src}: no modality has an adapter (trunk.adapter is null for {model.modalities})")
@@ -166,7 +167,10 @@ def merge_checkpoint(src: Path, out: Path) -> tuple[Path, dict[str, int]]:
     for m in adapted:
         merged_meta["modalities"][m]["trunk"]["adapter"] = None
     out_ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "state_dict": {
+            **{k: v for k, v in ckpt["state_dict"].items() if not k.startswith("model.")},  # temperatures
+            **{f"model.{k}": v for k, v in model.state_dict().items()},
+        },
         "bindspace": merged_meta,
         "merged_from": {
             "source": str(src),

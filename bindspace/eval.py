@@ -77,7 +77,7 @@ class EvalOptions:
     fit_split: str = "auto"  # auto: halve shared sample ids by id hash | reference: refuse shared ids
     zero_shot_modalities: list[str] | None = None  # default: every modality but text
     zero_shot_ks: list[int] = field(default_factory=lambda: [1, 5])
-    mixed_index: list[dict[str, Any]] | None = None  # default: text queries, the model's next two modalities
+    mixed_index: list[dict[str, Any]] | None = None  # default: text queries, the model's next two (none below 3)
     mixed_k: int = 10
     bridge_method: str = "procrustes"
     gap_seed: int = 0
@@ -101,9 +101,10 @@ class EvalOptions:
             raise ConfigError(f"eval.probe_c must be a number > 0, got {self.probe_c!r}")
         if self.bridge_method not in BRIDGE_METHODS:
             raise ConfigError(f"eval.bridge_method must be one of {BRIDGE_METHODS}, got {self.bridge_method!r}")
-        if self.mixed_index is None:
+        if self.mixed_index is None:  # a model of two modalities has no mixed index to search
             queries = "text" if "text" in modalities else modalities[0]
-            self.mixed_index = [{"queries": queries, "gallery": [m for m in modalities if m != queries][:2]}]
+            gallery = [m for m in modalities if m != queries][:2]
+            self.mixed_index = [{"queries": queries, "gallery": gallery}] if len(gallery) == 2 else []
         named = list(self.zero_shot_modalities or [])
         for i, entry in enumerate(self.mixed_index):
             if set(entry) != {"queries", "gallery"} or len(entry["gallery"]) < 2:

@@ -241,6 +241,45 @@ def checkpoint_metadata(
     return meta
 
 
+def stored_mitigations(meta: Mapping[str, Any], dim: int, where: str) -> tuple[dict[str, Tensor], dict[str, Bridge]]:
+    """``(centering, bridges)`` of a checkpoint's metadata, checked as data: ``(D,)`` means, ``(D, D)`` maps.
+
+    Raises:
+        CheckpointError: anything else in their place, naming the file and the key.
+    """
+    found: dict[str, dict] = {}
+    for key in ("centering", "bridges"):
+        value = meta.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise CheckpointError(f"{where}: bindspace metadata {key} is {type(value).__name__}, not a mapping")
+        found[key] = dict(value)
+    centering, bridges = {}, {}
+    for m, mean in found["centering"].items():
+        try:
+            centering[m] = torch.as_tensor(mean, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{where}: bindspace metadata centering.{m}: not numbers ({_first_line(err)})"
+            ) from None
+        if centering[m].shape != (dim,) or not bool(torch.isfinite(centering[m]).all()):
+            raise CheckpointError(
+                f"{where}: bindspace metadata centering.{m}: {tuple(centering[m].shape)}, expected ({dim},) finite"
+            )
+    for k, entry in found["bridges"].items():
+        try:
+            bridges[k] = Bridge.from_dict(entry)
+            ok = bridges[k].weight.shape == (dim, dim) and all(
+                isinstance(x, str) for x in (entry["source"], entry["target"])
+            )
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{where}: bindspace metadata bridges.{k}: not a bridge ({_first_line(err)})"
+            ) from None
+        if not ok or not bool(torch.isfinite(bridges[k].weight).all()):
+            raise CheckpointError(f"{where}: bindspace metadata bridges.{k}: expected a finite ({dim}, {dim}) weight")
+    return centering, bridges
+
+
 class BindSpace:
     """A trained model ready to embed: inputs in, unit-norm ``(N, D)`` embeddings out.
 
@@ -317,9 +356,8 @@ class BindSpace:
         else:
             model, edges = model_from_metadata(meta, where=where)
         load_encoder_weights(model, ckpt, where)
-        meta = meta or {}
-        bridges = {k: Bridge.from_dict(v) for k, v in (meta.get("bridges") or {}).items()}
-        return cls(model.to(device), edges, meta.get("centering"), bridges)
+        centering, bridges = stored_mitigations(meta or {}, model.embed_dim, where)
+        return cls(model.to(device), edges, centering, bridges)
 
     @property
     def modalities(self) -> list[str]:

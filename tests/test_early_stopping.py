@@ -4,6 +4,7 @@ weights, and a resumed run stops where an uninterrupted one does."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -52,12 +53,41 @@ def test_stops_at_patience_and_scores_the_best_weights(tmp_path):
         assert instance[pair]["R@1"] == pytest.approx(cell["R@1"], abs=1e-6), pair
 
 
-def test_a_resumed_run_stops_where_an_uninterrupted_one_does(tmp_path):
-    first = run(compose_config([*STOPPING[1:], "trainer.max_steps=6"], run_dir=str(tmp_path)))
+@pytest.mark.parametrize("interrupted", [6, 4])  # 4: the step checkpoint of a step that also validates
+def test_a_resumed_run_stops_where_an_uninterrupted_one_does(tmp_path, interrupted):
+    first = run(compose_config([*STOPPING[1:], f"trainer.max_steps={interrupted}"], run_dir=str(tmp_path)))
     assert first["early_stopping"]["best_step"] == 4 and first["early_stopping"]["stopped_step"] is None
+    # A run that dies after step 4 (SIGKILL, a node failure) resumes from step000004.ckpt, not last.ckpt.
+    (tmp_path / "checkpoints" / f"step{interrupted:06d}.ckpt").replace(tmp_path / "checkpoints" / "last.ckpt")
     resumed = run(compose_config(STOPPING, run_dir=str(tmp_path)))  # resume=auto: from last.ckpt at step 6
     assert (resumed["early_stopping"]["best_step"], resumed["early_stopping"]["stopped_step"]) == (4, 8)
     assert resumed["steps"] == 8
+
+
+def test_a_best_checkpoint_of_another_step_is_never_evaluated_as_the_best(tmp_path):
+    # Resumed in its own folder from an earlier step checkpoint (a roll-back), the run's best is step 4 while
+    # best.ckpt on disk is what a later launch wrote (planted: the weights of step 8): evaluating it as step
+    # 4 would report another model's numbers. One line naming the file and both steps instead.
+    run(compose_config(STOPPING, run_dir=str(tmp_path)))
+    ckpts = tmp_path / "checkpoints"
+    shutil.copy(ckpts / "step000008.ckpt", ckpts / "best.ckpt")
+    resumed = [*STOPPING, f"ckpt_path={ckpts / 'step000006.ckpt'}"]
+    with pytest.raises(ConfigError, match=r"best.ckpt holds step 8, not the best step 4") as err:
+        run(compose_config(resumed, run_dir=str(tmp_path)))
+    assert "\n" not in str(err.value)
+
+
+def test_relaunching_a_run_that_stopped_early_trains_no_further(tmp_path):
+    # A requeue (or the same command again) after the run stopped early: resume=auto finds last.ckpt at the
+    # stopping step, which is below max_steps; the run stays stopped instead of training on to the next stop.
+    first = run(compose_config(STOPPING, run_dir=str(tmp_path)))
+    assert (first["early_stopping"]["stopped_step"], first["steps"]) == (8, 8)
+    ckpts = tmp_path / "checkpoints"
+    written = sorted(p.name for p in ckpts.iterdir())
+    again = run(compose_config(STOPPING, run_dir=str(tmp_path)))
+    assert again["steps"] == 8 and again["early_stopping"] == first["early_stopping"]
+    assert sorted(p.name for p in ckpts.iterdir()) == written
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 8
 
 
 @pytest.mark.parametrize(

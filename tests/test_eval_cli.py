@@ -97,3 +97,18 @@ def test_cli_missing_checkpoint_is_one_line_and_exit_code_2(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert f"bindspace-eval: error: ckpt_path: no checkpoint file at {missing}" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_default_mixed_index_needs_three_modalities_and_is_left_out_below():
+    # The default (text queries, the model's next two modalities) exists only with three modalities; a
+    # two-modality checkpoint (a one-edge run, a merged LoRA fine-tune of one pair) is evaluated without it.
+    from bindspace.eval import EvalOptions
+
+    opts = EvalOptions()
+    opts.check(["image", "audio"])
+    assert opts.mixed_index == []
+    opts = EvalOptions()
+    opts.check(["image", "text", "audio"])
+    assert opts.mixed_index == [{"queries": "text", "gallery": ["image", "audio"]}]
+    with pytest.raises(ConfigError, match=r"eval.mixed_index\[0\] needs"):
+        EvalOptions(mixed_index=[{"queries": "image", "gallery": ["audio"]}]).check(["image", "audio"])

@@ -159,3 +159,29 @@ def test_a_seeded_run_resumes_from_its_own_checkpoint(seed, tmp_path, monkeypatc
     assert resumed.keys() == uninterrupted.keys()
     for name, value in uninterrupted.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize(
+    ("planted", "key"),
+    [
+        ({"edges": 5}, "edges"),
+        ({"edges": [["image"]]}, "edges"),
+        ({"edges": [[1, 2]]}, "edges"),
+        ({"modalities": ["image"]}, "modalities"),
+        ({"modalities": {"image": "os.system"}}, "modalities.image"),
+    ],
+)
+@pytest.mark.parametrize("bind", [False, True])
+def test_malformed_metadata_of_init_from_is_one_line_naming_the_key(seed, tmp_path, planted, key, bind):
+    # The checkpoint's model description is data someone else wrote: anything but a mapping of modality
+    # configs and a list of modality pairs is a ConfigError naming the file and the key, never a traceback
+    # (bind_new_modality reads the trained pairs from it).
+    ckpt = torch.load(seed, map_location="cpu", weights_only=True)
+    ckpt["bindspace"].update(planted)
+    torch.save(ckpt, tmp_path / "planted.ckpt")
+    overrides = ["experiment=bind_new_modality", "new_modality=depth"] if bind else SEEDED[:1]
+    cfg = compose_config([*overrides, *QUIET, f"init_from={tmp_path / 'planted.ckpt'}"], run_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert f"{tmp_path / 'planted.ckpt'}: bindspace metadata {key}" in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)

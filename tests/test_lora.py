@@ -138,6 +138,29 @@ def test_bad_adapter_values_and_the_feature_cache_are_refused_by_name():
         build_run_spec(cfg)
 
 
+def test_merge_keeps_the_edge_temperatures_init_from_loads(tmp_path):
+    # A merged checkpoint is a checkpoint like any other: init_from reads its edges' temperatures
+    # (loss.logit_scales.*) as it does the unmerged one's, so merging must not drop them.
+    from bindspace.inference import checkpoint_metadata
+
+    configs = {
+        "image": get_modality("image").config_from_dict({"trunk": {"depth": 1}}, "tiny"),
+        "audio": get_modality("audio").config_from_dict(
+            {"trunk": {"depth": 1, "adapter": {"r": 4, "alpha": 8, "target": ["qkv"]}}}, "tiny"
+        ),
+    }
+    model = BindSpaceModel(configs, embed_dim=16)
+    scale = {"loss.logit_scales.image|audio.log_scale": torch.tensor(2.75)}
+    ckpt = {
+        "state_dict": {**{f"model.{k}": v for k, v in model.state_dict().items()}, **scale},
+        "bindspace": checkpoint_metadata(model, [("image", "audio")]),
+    }
+    torch.save(ckpt, tmp_path / "lora.ckpt")
+    assert convert_main(["merge", str(tmp_path / "lora.ckpt"), str(tmp_path / "merged.ckpt")]) == 0
+    merged = load_checkpoint(tmp_path / "merged.ckpt")["state_dict"]
+    assert {k: v for k, v in merged.items() if not k.startswith("model.")} == scale
+
+
 def lora_run(run_dir, steps: int, ckpt_path=None):
     overrides = [
         "graph.edges=[[image,audio]]", f"modalities.audio.trunk.adapter={LORA}", f"trainer.max_steps={steps}",

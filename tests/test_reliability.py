@@ -177,6 +177,47 @@ def test_signal_saves_a_checkpoint_and_the_next_launch_resumes_exactly(tmp_path,
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("step", [5, 4])
+def test_a_preempted_step_is_validated_as_uninterrupted_and_the_relaunch_matches(tmp_path, monkeypatch, step):
+    # Validation every 4 steps with early stopping that stops at the second one (step 8 uninterrupted). A
+    # SIGTERM during step 5 must stop after it without validating: Lightning validates once more when a run
+    # is asked to stop, and that extra validation (off the interval) counted towards patience, so the run
+    # stopped early at step 5 and its relaunch never trained steps 6 to 8. During step 4 the step's own
+    # validation must run and be in last.ckpt (a resume does not validate its step again).
+    from bindspace.train import run
+    from bindspace.training.reliability import Preempted
+
+    overrides = [
+        "trainer.max_steps=40", "trainer.val_check_interval=4", "checkpoint.every_n_train_steps=2", "eval.final=false",
+        "early_stopping={metric: val/mean_R@1, patience: 1, min_delta: 100}",
+    ]  # fmt: skip
+    uninterrupted = run(compose_config(overrides, run_dir=str(tmp_path / "uninterrupted")))
+    assert (uninterrupted["early_stopping"]["stopped_step"], uninterrupted["steps"]) == (8, 8)
+
+    original = AlignmentModule.on_train_batch_start
+
+    def signalled(self, batch, batch_idx):
+        original(self, batch, batch_idx)
+        if self.global_step == step - 1:  # during `step`
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(AlignmentModule, "on_train_batch_start", signalled)
+    run_dir = tmp_path / "preempted"
+    with pytest.raises(Preempted, match=f"after step {step}"):
+        run(compose_config(overrides, run_dir=str(run_dir)))
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    validated = [v["step"] for c, v in last["callbacks"].items() if "Curriculum" in c for v in v["validation"]]
+    assert last["global_step"] == step and validated == [4]
+    monkeypatch.setattr(AlignmentModule, "on_train_batch_start", original)
+    resumed = run(compose_config(overrides, run_dir=str(run_dir)))
+    expected = {**uninterrupted["early_stopping"], "checkpoint": str(run_dir / "checkpoints" / "best.ckpt")}
+    assert resumed["steps"] == 8 and resumed["early_stopping"] == expected
+    a = load_state(tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt")
+    b = load_state(run_dir / "checkpoints" / "last.ckpt")
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def test_sigterm_under_ddp_stops_every_rank_after_the_same_step_and_resumes(tmp_path):
     """2 gloo ranks: the signal reaches rank 0, which forwards it; both stop together and one checkpoint is saved."""
     run_dir = tmp_path / "run"

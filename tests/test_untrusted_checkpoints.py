@@ -287,3 +287,26 @@ def test_a_tokenizer_named_by_a_checkpoint_never_runs_its_code(world, tmp_path):
     with pytest.raises(Exception):  # noqa: B017  (transformers' refusal; what matters is that nothing ran)
         hf_tokenizer(str(folder))
     assert not world["marker"].exists()
+
+
+@pytest.mark.parametrize(
+    ("mitigations", "named"),
+    [
+        ({"centering": "abc"}, "centering"),
+        ({"centering": {"image": "abc"}}, "centering.image"),
+        ({"centering": {"image": [0.5, 0.5]}}, "centering.image"),  # not (embed_dim,)
+        ({"bridges": {"image->image": "junk"}}, "bridges.image->image"),
+        ({"bridges": {"image->image": {"_target_": "os.system", "weight": [1.0]}}}, "bridges.image->image"),
+        ({"bridges": [1, 2]}, "bridges"),
+    ],
+)
+def test_malformed_mitigations_in_the_metadata_are_one_line_naming_the_key(tmp_path, mitigations, named):
+    # Centring means and bridges are data read from the checkpoint: anything else in their place is a
+    # CheckpointError naming the file and the key (one line from the CLIs), never a TypeError or KeyError.
+    model = BindSpaceModel({"image": get_modality("image").config_from_dict({"trunk": {"depth": 1}}, "tiny")}, 16)
+    path = tmp_path / "hostile.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "bindspace": {**checkpoint_metadata(model), **mitigations}}, path)
+    with pytest.raises(CheckpointError, match=rf"{path}: .*{named}") as err:
+        BindSpace.from_checkpoint(path)
+    assert "\n" not in str(err.value)

@@ -124,4 +124,7 @@ def resumed_plan_inputs(path: str) -> tuple[list[str], list[Edge]]:
     modalities = meta.get("modalities") if isinstance(meta, Mapping) else None
     if not isinstance(modalities, Mapping):
         raise ConfigError(f"{path}: no bindspace metadata naming its modalities; cannot resume a new_modality run")
+    from bindspace.training.checkpoints import check_metadata_layout
+
+    check_metadata_layout(meta, path)
     return list(modalities), [tuple(e) for e in meta.get("edges") or []]

@@ -58,6 +58,23 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, candidates)
         return self.last_path
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A step that saved and then validated: save again, with what the validation decided.
+
+        The step checkpoint is written at the end of the training step, before that step's validation
+        (with the defaults, every 200 steps both happen). A resume from it does not validate that step
+        again, so without this the early-stopping state (best value, patience count, stop) and the
+        curriculum's plateau counters of that validation were lost, and the resumed run diverged.
+        Lightning orders checkpoint callbacks last, so the other callbacks' ``on_validation_end`` ran.
+        """
+        saved = self._last_global_step_saved == trainer.global_step > 0 and self._last_checkpoint_saved
+        if not saved or trainer.sanity_checking or trainer.state.fn != "fit":
+            super().on_validation_end(trainer, pl_module)
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """A bad input met mid-run (a data file that fails to decode): keep the progress made so far.
 
@@ -130,7 +147,29 @@ def read_init_source(path: str) -> InitSource:
             "state_dict; is it a bindspace checkpoint? (an ImageBind .pth: bindspace-convert imagebind first)"
         )
     meta = ckpt.get("bindspace") if isinstance(ckpt.get("bindspace"), Mapping) else None
+    if meta is not None:
+        check_metadata_layout(meta, f"init_from: {path}")
     return InitSource(str(path), state, meta, list(found))
+
+
+def check_metadata_layout(meta: Mapping[str, Any], where: str) -> None:
+    """``modalities`` a mapping of modality configs and ``edges`` a list of modality pairs, or a ConfigError.
+
+    A checkpoint's model description is data someone else wrote: what is read from it must have the
+    layout :func:`~bindspace.inference.checkpoint_metadata` writes before anything uses it.
+    """
+    modalities = meta.get("modalities")
+    if not isinstance(modalities, Mapping):
+        raise ConfigError(f"{where}: bindspace metadata modalities is {type(modalities).__name__}, not a mapping")
+    for m, section in modalities.items():
+        if not isinstance(m, str) or not isinstance(section, Mapping):
+            raise ConfigError(f"{where}: bindspace metadata modalities.{m}: {type(section).__name__}, not a mapping")
+    for key in ("edges", "graph_edges"):
+        edges = meta.get(key) or []
+        if not isinstance(edges, list) or not all(
+            isinstance(e, list | tuple) and len(e) == 2 and all(isinstance(x, str) for x in e) for e in edges
+        ):
+            raise ConfigError(f"{where}: bindspace metadata {key} must be a list of modality pairs, got {edges!r:.80}")
 
 
 def _encoder_modality(key: str) -> str | None:

@@ -105,6 +105,12 @@ class EarlyStopping(Callback):
             return True
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resumed from a checkpoint of a run that already stopped early (a requeue, the same command
+        # again): ``should_stop`` is not in the checkpoint, so stop again before any further step.
+        if self.stopped_step is not None:
+            trainer.should_stop = True
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.counting():
             return
@@ -132,8 +138,14 @@ class EarlyStopping(Callback):
         """Load ``best.ckpt``'s weights into the module (before the final evaluation); False if none."""
         if self.best_step is None or not self.best_path.is_file():
             return False
-        state = torch.load(self.best_path, map_location="cpu", weights_only=True)["state_dict"]
-        pl_module.load_state_dict(state)
+        best = torch.load(self.best_path, map_location="cpu", weights_only=True)
+        if best.get("global_step") != self.best_step:  # e.g. written by a later launch of this run folder
+            raise ConfigError(
+                f"early_stopping: {self.best_path} holds step {best.get('global_step')}, not the best step "
+                f"{self.best_step} of this run (resumed from an earlier checkpoint of the same folder?); "
+                "its checkpoints are kept: score the one you mean with bindspace-eval"
+            )
+        pl_module.load_state_dict(best["state_dict"])
         return True
 
     def summary(self) -> dict[str, Any]:

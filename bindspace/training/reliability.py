@@ -205,6 +205,13 @@ class Preemption(L.Callback):
         signum = _any_rank(self.received or 0, pl_module.device)
         if not signum or self.preempted is not None:
             return
+        # Asked to stop, Lightning validates after this step even off the validation interval. A preempted
+        # run must not: the extra validation spends the grace period and counts towards early stopping and
+        # curriculum plateaus, so the relaunch would not continue as the uninterrupted run does. A step that
+        # validates anyway still does (its checkpoint is saved again after it; a resume does not redo it).
+        loop = trainer.fit_loop.epoch_loop
+        if not loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            trainer.limit_val_batches = 0
         if self.save is not None:
             self.save(trainer)
         else:

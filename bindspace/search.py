@@ -231,6 +231,10 @@ def run(args: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise CheckpointError(f"{args['ckpt_path']}: no 'bindspace' metadata; re-save it with bindspace-eval")
     files = [f for f in args["index"].split(",") if f]
     searcher = Searcher(files, args["mitigation"], None if ckpt is None else ckpt["bindspace"], args["renormalize"])
+    if ckpt is not None and args["mitigation"] != "none":  # the stored means and bridges are data, checked as such
+        from bindspace.inference import stored_mitigations
+
+        stored_mitigations(ckpt["bindspace"], searcher.dim, args["ckpt_path"])
     queries, modality, names, centered = embed_query(args, ckpt)
     if queries.shape[1] != searcher.dim:
         source = args["query"] if Path(args["query"]).suffix == ".safetensors" else f"ckpt_path={args['ckpt_path']}"

@@ -300,7 +300,7 @@ def test_a_tokenizer_named_by_a_checkpoint_never_runs_its_code(world, tmp_path):
         ({"bridges": [1, 2]}, "bridges"),
     ],
 )
-def test_malformed_mitigations_in_the_metadata_are_one_line_naming_the_key(tmp_path, mitigations, named):
+def test_malformed_mitigations_in_the_metadata_are_one_line_naming_the_key(tmp_path, capsys, mitigations, named):
     # Centring means and bridges are data read from the checkpoint: anything else in their place is a
     # CheckpointError naming the file and the key (one line from the CLIs), never a TypeError or KeyError.
     model = BindSpaceModel({"image": get_modality("image").config_from_dict({"trunk": {"depth": 1}}, "tiny")}, 16)
@@ -310,3 +310,14 @@ def test_malformed_mitigations_in_the_metadata_are_one_line_naming_the_key(tmp_p
     with pytest.raises(CheckpointError, match=rf"{path}: .*{named}") as err:
         BindSpace.from_checkpoint(path)
     assert "\n" not in str(err.value)
+    # bindspace-search reads them from the checkpoint too, also when the query is an exported file.
+    from bindspace.embed import save_embeddings
+    from bindspace.search import main as search_main
+
+    rows = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
+    index = save_embeddings(tmp_path / "index.safetensors", rows, ["a", "b", "c"], "image")
+    for mitigation in ("center", "bridge"):
+        argv = [f"index={index}", f"query={index}", f"ckpt_path={path}", f"mitigation={mitigation}", "k=1"]
+        assert search_main(argv) == 2
+        err = capsys.readouterr().err
+        assert named in err and str(path) in err and len(err.strip().splitlines()) == 1, err

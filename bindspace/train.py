@@ -429,7 +429,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
         apply_speed_options(module.model, plain)
         datamodule = build_datamodule(plain["data"], spec.modalities, spec.edges, seed=plain["seed"])
         report_caption_truncation(datamodule, spec.modalities)  # a warning line when over 1% of captions are cut
-        check_selection_apart(plain, datamodule)
+        check_selection_apart(plain, datamodule, spec.curriculum)
         return train_and_evaluate(plain, spec, module, datamodule, run_dir, rel, strategy, ckpt_path, folder)
 
 
@@ -441,25 +441,30 @@ def _heldout_keys(dataset) -> set[str] | None:
     return None if samples is None else {source_key(s) for s in samples}
 
 
-def check_selection_apart(plain: Mapping[str, Any], datamodule) -> None:
-    """Refuse early stopping when the final evaluation would score samples it selected the checkpoint on.
+def check_selection_apart(plain: Mapping[str, Any], datamodule, curriculum: Any = None) -> None:
+    """Refuse to select on the samples the final evaluation scores.
 
-    Early stopping picks ``best.ckpt`` on the validation set and ``metrics.json`` scores the test set; a
-    manifest without ``data.test`` (or spoken digits without ``data.select_fraction``) scores the validation
-    set itself, so the selection would be fitted on the scored samples. Checked by sample (source key).
+    Early stopping picks ``best.ckpt`` on the validation set, and a ``plateau`` stage of the curriculum ends
+    when a validation metric stops improving; ``metrics.json`` scores the test set. A manifest without
+    ``data.test`` (or spoken digits without ``data.select_fraction``) scores the validation set itself, so
+    the choice would be fitted on the scored samples. Checked by sample (source key).
     """
-    if parse_early_stopping(plain.get("early_stopping"), plain["trainer"]) is None:
-        return
-    if not bool((plain.get("eval") or {}).get("final", True)):
-        return  # nothing is scored
+    selects = []
+    if parse_early_stopping(plain.get("early_stopping"), plain["trainer"]) is not None:
+        selects.append("early_stopping selects the checkpoint on the validation set")
+    for i, stage in enumerate(getattr(curriculum, "stages", ()) or ()):
+        if stage.plateau is not None:
+            selects.append(f"curriculum.stages[{i}] ({stage.name}) ends on a plateau of {stage.plateau.metric}")
+    if not selects or not bool((plain.get("eval") or {}).get("final", True)):
+        return  # nothing selects, or nothing is scored
     val, test = datamodule.heldout_set("val"), datamodule.heldout_set("test")
     keys = (_heldout_keys(val), _heldout_keys(test))
     shared = len(keys[0] or ()) if test is val else len(keys[0] & keys[1]) if None not in keys else 0
     if test is val or shared:
         raise ConfigError(
-            f"early_stopping selects the checkpoint on the validation set, and the final evaluation scores the "
-            f"same samples ({shared or 'all'} shared: the test set is the validation set or overlaps it); give a "
-            "disjoint data.test, or data.val with data.select_fraction=0.5 (validation on one part, scored on the rest)"
+            f"{selects[0]}, and the final evaluation scores the same samples ({shared or 'all'} shared: the test "
+            "set is the validation set or overlaps it); give a disjoint data.test, or data.val with "
+            "data.select_fraction=0.5 (validation on one part, scored on the rest)"
         )
 
 

@@ -164,3 +164,27 @@ def test_selecting_on_the_scored_samples_is_refused_before_training(tmp_path, ex
 
     apart = build([("image", "text")], train=str(manifest), val=str(manifest), select_fraction=0.5)
     check_selection_apart({"early_stopping": {"patience": 1}, "trainer": {}}, apart)
+
+
+def test_a_plateau_stage_on_the_scored_samples_is_refused_too(tmp_path):
+    """A plateau stage ends when a validation metric stops improving: a choice made on the validation set, like
+    early stopping's, so it too must not be made on the samples the final evaluation scores."""
+    from test_manifest import build, paired_rows, write_rows
+
+    from bindspace.curriculum import Curriculum
+    from bindspace.train import check_selection_apart
+
+    manifest = str(write_rows(tmp_path / "m.jsonl", paired_rows(tmp_path, 24, ["image", "text"], labels=None)))
+    plateau = {"metric": "val/mean_R@1", "patience": 1, "max_steps": 10}
+
+    def curriculum(length: dict) -> Curriculum:
+        stages = [{"name": "a", "edges": [["image", "text"]], **length}, {"name": "b", "edges": "all"}]
+        return Curriculum.from_config({"stages": stages}, [("image", "text"), ("image", "depth")], ["image"])
+
+    plain = {"early_stopping": None, "trainer": {}}
+    scored_is_val = build([("image", "text")], train=manifest, val_fraction=0.3)
+    with pytest.raises(ConfigError, match=r"curriculum\.stages\[0\] \(a\) ends on a plateau.*same samples"):
+        check_selection_apart(plain, scored_is_val, curriculum({"plateau": plateau}))
+    apart = build([("image", "text")], train=manifest, val=manifest, select_fraction=0.5)
+    check_selection_apart(plain, apart, curriculum({"plateau": plateau}))
+    check_selection_apart(plain, scored_is_val, curriculum({"steps": 2}))  # nothing chosen on validation

@@ -106,12 +106,9 @@ class Bootstrap:
                 means[start : start + len(counts)] = counts @ v
             means /= n
         else:
-            g = int(index.max()) + 1
             # sum(w v) / sum(w) with w = counts[index]: the rows of a group summed once, then weighted.
-            sums = np.zeros((g, v.shape[1]))
-            np.add.at(sums, index, v)
-            sizes = np.bincount(index, minlength=g).astype(np.float64)
-            for start, counts in _resample_blocks(g, self.resamples, self.seed):
+            sums, sizes = group_totals(v, index)
+            for start, counts in _resample_blocks(len(sizes), self.resamples, self.seed):
                 means[start : start + len(counts)] = (counts @ sums) / (counts @ sizes)[:, None]
         alpha = 1.0 - self.level
         low, high = np.quantile(means, [alpha / 2, 1.0 - alpha / 2], axis=0)
@@ -136,6 +133,15 @@ def group_index(groups: Any, n: int) -> np.ndarray | None:
         raise ValueError(f"groups must be ({n},), one label per row, got shape {labels.shape}")
     distinct, index = np.unique(labels, return_inverse=True)
     return None if len(distinct) == n else index.astype(np.int64).reshape(n)
+
+
+def group_totals(values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(G, P) column sums of each group's rows of ``values`` (N, P), and (G,) float64 group sizes, for
+    ``index`` from :func:`group_index`: a resample's weighted mean is ``counts @ sums / counts @ sizes``."""
+    g = int(index.max()) + 1
+    sums = np.zeros((g, values.shape[1]))
+    np.add.at(sums, index, values)
+    return sums, np.bincount(index, minlength=g).astype(np.float64)
 
 
 def shares_groups(groups: Any) -> bool:

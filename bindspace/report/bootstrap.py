@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bindspace.evaluation.stats import group_index, group_totals
+
 LEVEL = 0.95
 DEFAULT_N_BOOT = 2000
 DEFAULT_BOOT_SEED = 0
@@ -38,22 +40,18 @@ def _resampled_means(
     resample's mean is weighted by the group counts.
     """
     n = len(values)
-    if groups is not None:
-        distinct, index = np.unique(np.asarray(groups), return_inverse=True)
-        if len(distinct) < n:
-            g = len(distinct)
-            index = index.reshape(n)
-            sums = np.zeros((g, values.shape[1]))
-            np.add.at(sums, index, values)
-            sizes = np.bincount(index, minlength=g).astype(np.float64)
-            out = np.empty((count, values.shape[1]))
-            rows = max(1, _CHUNK // g)
-            for start in range(0, count, rows):
-                c = min(count, start + rows) - start
-                draws = rng.integers(g, size=(c, g)) + g * np.arange(c)[:, None]
-                counts = np.bincount(draws.ravel(), minlength=c * g).reshape(c, g)
-                out[start : start + c] = (counts @ sums) / (counts @ sizes)[:, None]
-            return out
+    index = group_index(groups, n)
+    if index is not None:  # the same draws over the G groups, each resample's mean weighted by group sizes
+        sums, sizes = group_totals(values, index)
+        g = len(sizes)
+        out = np.empty((count, values.shape[1]))
+        rows = max(1, _CHUNK // g)
+        for start in range(0, count, rows):
+            c = min(count, start + rows) - start
+            draws = rng.integers(g, size=(c, g)) + g * np.arange(c)[:, None]
+            counts = np.bincount(draws.ravel(), minlength=c * g).reshape(c, g)
+            out[start : start + c] = (counts @ sums) / (counts @ sizes)[:, None]
+        return out
     out = np.empty((count, values.shape[1]))
     rows = max(1, _CHUNK // max(n, 1))
     for start in range(0, count, rows):

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import lightning as L
+import numpy as np
 
 from bindspace.curriculum import Curriculum, CurriculumState
 from bindspace.data.base import PairedDataModule
@@ -248,15 +249,6 @@ def peak_rss_kib() -> int | None:
     return None
 
 
-def _quantile(values: list[float], q: float) -> float:
-    """The ``q`` quantile of ``values``, linearly interpolated between order statistics (numpy's default)."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
-
-
 class StepCost(L.Callback):
     """What a training step costs, for ``metrics.json["step_cost"]``: wall time per step and peak memory.
 
@@ -302,7 +294,7 @@ class StepCost(L.Callback):
         out: dict[str, Any] = {
             "steps_timed": len(timed),
             "step_ms_median": round(1e3 * statistics.median(timed), 2) if timed else None,
-            "step_ms_p90": round(1e3 * _quantile(timed, 0.9), 2) if timed else None,
+            "step_ms_p90": round(1e3 * float(np.quantile(timed, 0.9)), 2) if timed else None,
             "peak_rss_mib": round(hwm / 2**10, 1),
             "peak_rss_scope": "job" if self._peak_reset else "process",
         }

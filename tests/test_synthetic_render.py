@@ -96,3 +96,74 @@ def test_a_step_rendered_modality_by_modality_equals_edge_by_edge(anchor):
                 assert got.keys() == want.keys()
                 for k, v in want.items():
                     assert v.dtype == got[k].dtype and torch.equal(v, got[k]), k
+
+
+def test_modalities_rendered_side_by_side_equal_one_after_the_other(monkeypatch):
+    """With torch's intra-op budget above one thread a step's modalities run on a thread pool (each thread
+    single-threaded); with one thread, serially. The batches are the same to the bit, and the caller's
+    thread count is left as it was."""
+    import threading
+
+    import torch
+
+    from bindspace.data import datamodule
+    from bindspace.data.datamodule import SyntheticDataModule
+    from bindspace.modalities import get_modality
+
+    names = ["image", "text", "audio", "depth", "thermal", "imu"]
+    configs = {m: get_modality(m).config_from_dict({}, preset="tiny") for m in names}
+    edges = [("image", m) for m in names[1:]]
+    dm = SyntheticDataModule(configs, edges, batch_size=8, seed=5, pool_size=40)
+    steps = dm.train_dataloader().dataset
+    monkeypatch.setattr(datamodule, "_POOL", None)  # this test makes the pool
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = [_flat(steps[s]) for s in (0, 6)]
+        held = dm.heldout_set("test").__getitems__(list(range(10)))
+        torch.set_num_threads(2)
+        side = [_flat(steps[s]) for s in (0, 6)]
+        assert datamodule._POOL is not None and datamodule._POOL[1] == 2  # the pool did the work
+        assert torch.get_num_threads() == 2
+        seen = []
+        fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        fresh.start(), fresh.join()
+        assert seen == [2]  # a thread started after the pool takes the caller's count, not the pool's
+        counts = datamodule._parallel_map(lambda _: (torch.ones(8).sum(), torch.get_num_threads())[1], ["a", "b"])
+        assert counts == [1, 1]  # the pool's threads stay single-threaded after their first torch op
+        held2 = dm.heldout_set("test").__getitems__(list(range(10)))
+    finally:
+        torch.set_num_threads(before)
+    for want, got in zip(serial, side, strict=True):
+        assert want.keys() == got.keys()
+        for k, v in want.items():
+            assert v.dtype == got[k].dtype and torch.equal(v, got[k]), k
+    want, got = _flat({"test": held}), _flat({"test": held2})
+    assert want.keys() == got.keys() and all(torch.equal(v, got[k]) for k, v in want.items())
+
+
+def test_a_failing_modality_render_raises_in_the_caller(monkeypatch):
+    """An error in a pool thread reaches the caller as itself, not as a hang or a silent empty batch."""
+    import torch
+
+    from bindspace.data.datamodule import SyntheticDataModule
+    from bindspace.data.synthetic import SyntheticScenes
+    from bindspace.modalities import get_modality
+
+    configs = {m: get_modality(m).config_from_dict({}, preset="tiny") for m in ("image", "audio")}
+    dm = SyntheticDataModule(configs, [("image", "audio")], batch_size=4, seed=0, pool_size=20)
+    real = SyntheticScenes.render
+
+    def broken(self, modality, ids):
+        if modality == "audio":
+            raise RuntimeError("audio renderer broke")
+        return real(self, modality, ids)
+
+    monkeypatch.setattr(SyntheticScenes, "render", broken)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="audio renderer broke"):
+            dm.train_dataloader().dataset[0]
+    finally:
+        torch.set_num_threads(before)

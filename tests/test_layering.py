@@ -98,7 +98,10 @@ def test_pyproject_lists_exactly_the_package_folders_and_config_groups():
     import tomllib
 
     root = PACKAGE.parent
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    stale = set(setuptools.get("package-data", {})) - listed
+    assert not stale, f"package-data names packages that are not listed: {sorted(stale)}"
     code = {
         ".".join(p.parent.relative_to(root).parts)
         for p in PACKAGE.rglob("*.py")
@@ -109,3 +112,5 @@ def test_pyproject_lists_exactly_the_package_folders_and_config_groups():
         for p in (root / "configs").rglob("*.yaml")
     }
     assert listed == code | groups | {"bindspace.configs"}
+    unshipped = {g for g in groups | {"bindspace.configs"} if "*.yaml" not in setuptools["package-data"].get(g, [])}
+    assert not unshipped, f"config groups whose YAML the wheel would leave out: {sorted(unshipped)}"

@@ -421,3 +421,26 @@ def test_a_process_killed_mid_checkpoint_leaves_the_previous_checkpoint(tmp_path
     proc.wait()
     state = torch.load(path, weights_only=True)
     assert state["global_step"] == 1 and torch.equal(state["w"], torch.zeros(3))
+
+
+def test_a_run_stopped_by_a_config_error_leaves_no_empty_folders(tmp_path, monkeypatch):
+    """The run folder goes, and so do its parents below the working directory while empty (a fresh clone's
+    ``runs/train``); a parent holding another run, and anything outside the working directory, stay."""
+    from bindspace.utils.run_folder import remove_if_empty
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/train/2026-12-01/18-00-00").mkdir(parents=True)
+    remove_if_empty("runs/train/2026-12-01/18-00-00")
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "runs/train/2026-12-01/17-00-00").mkdir(parents=True)
+    (tmp_path / "runs/train/2026-12-01/17-00-00/metrics.json").write_text("{}")
+    (tmp_path / "runs/train/2026-12-01/18-00-00").mkdir()
+    remove_if_empty(tmp_path / "runs/train/2026-12-01/18-00-00")
+    assert sorted(p.name for p in (tmp_path / "runs/train/2026-12-01").iterdir()) == ["17-00-00"]
+
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    (outside / "a/run").mkdir(parents=True)
+    remove_if_empty(outside / "a/run")  # hydra.run.dir outside the working directory: the run folder only
+    assert (outside / "a").is_dir() and not (outside / "a/run").exists()
+    (outside / "a").rmdir(), outside.rmdir()

@@ -183,13 +183,24 @@ class RunFolder:
 
 
 def remove_if_empty(path: str | Path | None = None) -> None:
-    """Remove a run folder (default: Hydra's output folder) created for a run that stopped before writing into it."""
+    """Remove a run folder (default: Hydra's output folder) created for a run that stopped before writing into it.
+
+    Its parents below the working directory go too while they are empty (the ``runs/train`` that the first
+    launch in a fresh clone makes); nothing with a file in it is touched, nor anything outside the
+    working directory.
+    """
     if path is None:
         hydra_cfg, _ = _hydra_runtime()
         path = hydra_cfg.runtime.output_dir if hydra_cfg is not None else None
-    if path:
-        with contextlib.suppress(OSError):
-            Path(path).rmdir()  # fails (and is skipped) unless the folder is empty
+    if not path:
+        return
+    folder, cwd = Path(path).absolute(), Path.cwd().absolute()
+    parents = [p for p in folder.parents if cwd in p.parents]  # strictly below the working directory
+    for candidate in [folder, *parents]:
+        try:
+            candidate.rmdir()  # fails (and stops the walk) unless the folder is empty
+        except OSError:
+            break
 
 
 def link_latest(run_dir: str | Path, name: str = "latest") -> Path | None:

@@ -2,16 +2,11 @@
 
 Measures, in one process on this machine, with the default config (`model=tiny`, `data=synthetic`):
 - generation: scenes rendered *and* transformed to model input per second, for one training step's
-  worth of edge batches, on the two code paths that exist:
-  - the default (``data.num_workers=0``): the training process renders the step between two training
-    steps, with its 2 threads (the modalities side by side, ``datamodule._parallel_map``); the ratio
-    and the verdict are this path's, since here every millisecond of generation stalls training;
-  - a DataLoader worker (``data.num_workers>0``): one thread, modalities one after the other; workers
-    run beside training, and this row is also the CPU time one generated step costs;
+  worth of edge batches (the exact code path of a DataLoader worker), single thread;
 - consumption: pairs per second that the training step (forward, backward, AdamW) eats.
 
 Generation and training are timed in alternating rounds (a busy machine slows both alike); the table
-gives the medians, and where a generated step's time goes, per modality (1 thread, call by call).
+gives the medians, and where a generated step's time goes, per modality.
 
     python -m benchmarks.bench_data [--steps 20] [--repeats 5] [--out docs/benchmarks.md]
 """
@@ -105,18 +100,16 @@ def main() -> None:
     # Other processes slow both sides, the 2-thread training step far more than 1-thread generation (its two
     # OpenMP threads wait on each other at every op): on a busy machine the ratio is inflated, and no verdict.
     load_start = os.getloadavg()[0]
-    gens, workers, trains = [], [], []
+    gens, trains = [], []
     for _ in range(args.repeats):
-        torch.set_num_threads(2)
-        gens.append(timed(lambda: steps[next(counter)], args.steps))
         torch.set_num_threads(1)
-        workers.append(timed(lambda: steps[next(counter)], args.steps))
+        gens.append(timed(lambda: steps[next(counter)], args.steps))
         torch.set_num_threads(2)
         trains.append(timed(train_step, args.steps))
     torch.set_num_threads(1)
     parts = breakdown(steps, next(counter), args.steps)
     torch.set_num_threads(2)
-    gen, worker, step = statistics.median(gens), statistics.median(workers), statistics.median(trains)
+    gen, step = statistics.median(gens), statistics.median(trains)
     rounds = [t / g for g, t in zip(gens, trains, strict=True)]
     pairs = batch * len(spec.edges)
     ratio = step / gen
@@ -139,30 +132,21 @@ def main() -> None:
             "",
             "| what | per step (ms) | pairs / s |",
             "|---|---|---|",
-            f"| generation, default path (`data.num_workers=0`: the training process, 2 threads; {len(spec.edges)} "
-            f"edges x {batch}) | {gen * 1e3:.0f} | {pairs / gen:.0f} |",
-            f"| generation, one DataLoader worker (`data.num_workers>0`: 1 thread) | {worker * 1e3:.0f} "
-            f"| {pairs / worker:.0f} |",
+            f"| generation (render + transform, 1 thread, {len(spec.edges)} edges x {batch}) | {gen * 1e3:.0f} "
+            f"| {pairs / gen:.0f} |",
             f"| training step (tiny, forward + backward + AdamW, 2 threads) | {step * 1e3:.0f} | {pairs / step:.0f} |",
-            f"| **ratio generation / consumption**, default path (target >= 10) | | **{ratio:.1f}** |",
-            f"| ratio, one worker | | {step / worker:.1f} |",
+            f"| **ratio generation / consumption** (target >= 10) | | **{ratio:.1f}** |",
             "",
             f"Medians of {args.repeats} alternating rounds of {args.steps} steps (generation per round: "
             + ", ".join(f"{g * 1e3:.0f}" for g in gens)
-            + " ms; one worker per round: "
-            + ", ".join(f"{w * 1e3:.0f}" for w in workers)
             + " ms; training per round: "
             + ", ".join(f"{t * 1e3:.0f}" for t in trains)
-            + " ms; ratio per round, default path: "
+            + " ms; ratio per round: "
             + ", ".join(f"{r:.1f}" for r in rounds)
             + "). A generated step renders each modality once for all the edge batches that hold it "
             "(`render_step`: the anchor's scenes of every edge in one call), then transforms edge batch by edge "
-            "batch; in the training process the modalities run side by side on its threads, each single-threaded. "
-            "The batches are bit-identical to rendering edge by edge and to one thread "
-            "(`tests/test_synthetic_render.py`). The default path trades CPU time for wall time: two threads for "
-            f"{gen * 1e3:.0f} ms (at most {2 * gen * 1e3:.0f} ms of CPU) against one for {worker * 1e3:.0f} ms. "
-            "Where a one-thread generated step goes "
-            "(ms, timed call by call):",
+            "batch; the batches are bit-identical to rendering edge by edge (`tests/test_synthetic_render.py`). "
+            "Where a generated step goes (ms, timed call by call):",
             "",
             "| modality (batches per step) | render | transform |",
             "|---|---|---|",

@@ -8,10 +8,7 @@ sample is rendered from ``(seed, scene id)`` alone, whatever the worker, rank or
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,7 +50,8 @@ class SceneDataset(Dataset):
         return self.size
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
-        return _render_batches([self], [self.scene_ids(indices)])[0]
+        ids = self.scene_ids(indices)
+        return self.batch(ids, {m: self.scenes.render(m, ids) for m in self.modalities})
 
     def scene_ids(self, indices: Sequence[int]) -> np.ndarray:
         """(B,) int64 scene ids of dataset indices (numpy throughout: a step renders 10 batches, each call counts)."""
@@ -61,6 +59,14 @@ class SceneDataset(Dataset):
         if local.size and (local.min() < 0 or local.max() >= self.size):
             raise IndexError(f"scene index out of range 0..{self.size - 1}")
         return local + self.offset
+
+    def batch(self, ids: np.ndarray, raws: Mapping[str, np.ndarray | list[str]]) -> Batch:
+        """The batch of scenes ``ids`` from their renders in each modality: labels, and model inputs."""
+        batch: Batch = {"id": torch.from_numpy(ids), "label": torch.from_numpy(self.scenes.labels(ids))}
+        for m in self.modalities:
+            raw = raws[m] if isinstance(raws[m], list) else torch.from_numpy(raws[m])
+            batch[m] = get_modality(m).transform_batch(raw, self.configs[m].input)
+        return batch
 
     def __getitem__(self, index: int) -> Batch:
         batch = self.__getitems__([index])
@@ -72,93 +78,23 @@ def render_step(requests: Sequence[tuple[SceneDataset, Sequence[int]]]) -> list[
 
     The image of the default graph's step is five edges' batches: one render of 5 x 32 scenes takes about
     60% of the time of five renders of 32 (per-call work: the hashes, the windows, the per-shape and
-    per-colour passes). A scene renders to the same floats in any batch, so the batches are unchanged to
-    the bit; transforms still run per edge batch, on the same shapes as before. Modalities are rendered on
-    the process's threads (:func:`_parallel_map`).
+    per-colour passes), about 1 ms of a 26 ms generated step (docs/benchmarks.md (d)). A scene renders
+    to the same floats in any batch, so the batches are unchanged to the bit; transforms still run per
+    edge batch, on the same shapes as before.
     """
     scenes = {id(source.scenes) for source, _ in requests}
     if len(scenes) > 1 or not all(isinstance(source, SceneDataset) for source, _ in requests):
         return [source.__getitems__(indices) for source, indices in requests]
-    return _render_batches([source for source, _ in requests], [source.scene_ids(i) for source, i in requests])
-
-
-def _render_batches(sources: Sequence[SceneDataset], ids: Sequence[np.ndarray]) -> list[Batch]:
-    """The batches of scenes ``ids[i]`` of ``sources[i]`` (one :class:`SyntheticScenes`), modality by modality.
-
-    Each modality is one task: one render of the scenes of every batch that holds it, then its transform per
-    batch. Tasks share nothing (each draws from its own ``(seed, scene id, modality)`` streams), so running
-    them on several threads changes no value; the most used modality (the anchor's five batches in the
-    default graph) starts first, since it takes longest.
-    """
-    names = list(dict.fromkeys(m for source in sources for m in source.modalities))
-    users = {m: [i for i, source in enumerate(sources) if m in source.modalities] for m in names}
-
-    def task(m: str) -> dict[int, Any]:
-        rendered = sources[users[m][0]].scenes.render(m, np.concatenate([ids[i] for i in users[m]]))
-        out, start = {}, 0
-        for i in users[m]:
-            part = rendered[start : start + len(ids[i])]
+    ids = [source.scene_ids(indices) for source, indices in requests]
+    raws: list[dict[str, Any]] = [{} for _ in requests]
+    for m in dict.fromkeys(m for source, _ in requests for m in source.modalities):
+        users = [i for i, (source, _) in enumerate(requests) if m in source.modalities]
+        rendered = requests[users[0]][0].scenes.render(m, np.concatenate([ids[i] for i in users]))
+        start = 0
+        for i in users:
+            raws[i][m] = rendered[start : start + len(ids[i])]
             start += len(ids[i])
-            raw = part if isinstance(part, list) else torch.from_numpy(part)
-            out[i] = get_modality(m).transform_batch(raw, sources[i].configs[m].input)
-        return out
-
-    order = sorted(names, key=lambda m: -len(users[m]))
-    inputs = dict(zip(order, _parallel_map(task, order), strict=True))
-    batches = []
-    for i, source in enumerate(sources):
-        batch: Batch = {"id": torch.from_numpy(ids[i]), "label": torch.from_numpy(source.scenes.labels(ids[i]))}
-        batch.update({m: inputs[m][i] for m in source.modalities})
-        batches.append(batch)
-    return batches
-
-
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, pool) of this process
-
-
-def _parallel_map(fn: Callable[[str], Any], items: Sequence[str]) -> list[Any]:
-    """``[fn(x) for x in items]``, on as many threads as torch's intra-op budget of the calling thread.
-
-    With ``data.num_workers=0`` (the default) a step is rendered in the training process between two
-    training steps, when torch's intra-op threads (2 on a 2-core machine) are idle: the modalities then run
-    side by side, each on one thread (the pool's threads run torch single-threaded; numpy and torch release
-    the GIL in their kernels), and a default-graph step takes about three quarters of the time it takes with
-    the modalities one after the other (docs/benchmarks.md (d)). A DataLoader worker runs torch on one
-    thread, so it renders serially: there, parallelism comes from the workers.
-    """
-    global _POOL
-    threads = min(torch.get_num_threads(), len(items))
-    if threads <= 1:
-        return [fn(x) for x in items]
-    if _POOL is None or _POOL[:2] != (os.getpid(), threads):  # a forked child cannot use its parent's threads
-        if _POOL is not None and _POOL[0] == os.getpid():
-            _POOL[2].shutdown(wait=False)
-        _POOL = (os.getpid(), threads, _single_threaded_pool(threads))
-    return list(_POOL[2].map(fn, items))
-
-
-def _single_threaded_pool(threads: int) -> ThreadPoolExecutor:
-    """``threads`` threads, each running torch on one thread, and nothing else changed.
-
-    ``torch.set_num_threads`` sets the calling thread's OpenMP and MKL thread counts, but also the
-    process-wide default that threads started later take: each pool thread sets its own count to one, then,
-    once all have (a barrier), the caller's count is set again, so a thread started afterwards (a user's, the
-    pin-memory thread) gets what it got before.
-    """
-    caller = torch.get_num_threads()
-    ready = threading.Barrier(threads, timeout=60)
-    pool = ThreadPoolExecutor(threads, "bindspace-render", _one_torch_thread)
-    for done in [pool.submit(ready.wait) for _ in range(threads)]:
-        done.result()
-    torch.set_num_threads(caller)
-    return pool
-
-
-def _one_torch_thread() -> None:
-    # A thread's first torch call takes the process-wide count (which the caller then sets back); make that
-    # call first, so that the count set here is the one this thread keeps.
-    torch.get_num_threads()
-    torch.set_num_threads(1)
+    return [source.batch(i, raw) for (source, _), i, raw in zip(requests, ids, raws, strict=True)]
 
 
 def scene_config(configs: Mapping[str, ModalityConfig], overrides: Mapping[str, Any] | None = None) -> SyntheticConfig:

@@ -172,10 +172,6 @@ class ModalitySpec:
 
         Returns:
             A raw batch that :meth:`transform_batch` accepts.
-
-        In the training process a step's modalities render side by side on threads, so this and
-        :meth:`transform_batch` must not change state shared between calls (the built-ins keep none; a
-        cache such as ``functools.lru_cache`` of a pure function is fine).
         """
         raise NotImplementedError(f"the synthetic benchmark cannot render {self.name}")
 

@@ -68,10 +68,15 @@ class CurriculumCallback(L.Callback):
                 f"curriculum.stages[{i}] ({self.stage.name}) started at step {self.state.start_step} in the "
                 f"checkpoint, but its planned start is now step {planned} ({self.steps_per_epoch} steps per "
                 "epoch): data=shards draws each step's stage by its planned start; resume with the "
-                "data.batch_size and world size the run started with"
+                "data.batch_size, world size and trainer.accumulate_grad_batches the run started with"
             )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # With trainer.accumulate_grad_batches=k a step takes k batches: the curriculum acts once per step, after
+        # its last batch (a stage changed after another batch trained the step's later batches on the next
+        # stage's edges, and every batch counted as a step of its edges).
+        if trainer.fit_loop._should_accumulate():
+            return
         step = trainer.global_step
         if not getattr(pl_module, "step_skipped", False):  # a step the non-finite guard skipped trained nothing
             for e in pl_module.active_edges:

@@ -258,7 +258,8 @@ class StepCost(L.Callback):
     """What a training step costs, for ``metrics.json["step_cost"]``: wall time per step and peak memory.
 
     Step time is measured from batch start to batch end on rank 0 (data loading excluded: it overlaps
-    in the workers), over the steps after the first ``skip`` (compilation, allocator warm-up); peak
+    in the workers), summed over the batches of a step (``trainer.accumulate_grad_batches``), over the
+    steps after the first ``skip`` (compilation, allocator warm-up); peak
     memory is the resident-set high-water mark and, on CUDA, the allocator's ``max_memory_allocated``.
     On Linux the high-water mark is reset when training starts (``/proc/self/clear_refs``), so it is this
     job's even when a sweep runs its jobs one after another in one process (Hydra's basic launcher);
@@ -268,6 +269,7 @@ class StepCost(L.Callback):
     def __init__(self, skip: int = 3) -> None:
         self.skip, self.times = skip, []
         self._start: float | None = None
+        self._step = 0.0  # time of the step's batches so far
         self._peak_reset = False
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -282,7 +284,10 @@ class StepCost(L.Callback):
         import time
 
         if self._start is not None:
-            self.times.append(time.perf_counter() - self._start)
+            self._step += time.perf_counter() - self._start
+        if not trainer.fit_loop._should_accumulate():  # the step's last batch
+            self.times.append(self._step)
+            self._step = 0.0
 
     def summary(self, device: Any = None) -> dict[str, Any]:
         import resource

@@ -305,11 +305,13 @@ def run_budget(spec: RunSpec, curriculum: CurriculumCallback, trainer: L.Trainer
     """What a run spent, so that arms of a comparison can be checked for a matched budget."""
     edge_steps = {k: curriculum.state.edge_steps.get(k, 0) for k in (edge_key(e) for e in spec.edges)}
     starts = [r.get("start_step", 0) for r in curriculum.state.history]
+    per_step = int(trainer.accumulate_grad_batches)
     return {
         "steps": int(trainer.global_step),
         "edge_steps": edge_steps,  # optimisation steps each edge took part in
-        "pair_batches": sum(edge_steps.values()),  # one batch of pairs per edge per step
+        "pair_batches": sum(edge_steps.values()) * per_step,  # batches_per_step batches of pairs per edge per step
         "global_batch": int(trainer.datamodule.batch_size * trainer.world_size),
+        "batches_per_step": per_step,  # trainer.accumulate_grad_batches
         "schedule": spec.curriculum.schedule,
         "stage_steps": [r["step"] - s for r, s in zip(curriculum.state.history, starts)],
     }
@@ -521,7 +523,8 @@ def train_and_evaluate(
     identity = run_identity(plain, spec)
     logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"])
     try:
-        steps_per_epoch = datamodule.steps_per_epoch(_world_size(plain))
+        accumulate = int(plain["trainer"].get("accumulate_grad_batches") or 1)
+        steps_per_epoch = datamodule.steps_per_epoch(_world_size(plain), accumulate)
         spec.curriculum.check_schedule(max_steps, spec.optim.warmup_steps, steps_per_epoch)  # epoch-long stages
         predicted = warn_unreached_stages(spec, max_steps, steps_per_epoch)
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))

@@ -108,6 +108,58 @@ def test_plateau_ends_a_stage_in_a_real_run(tmp_path):
     assert [(s["name"], s["step"]) for s in metrics["stages"]] == [("a", 5), ("b", 8)]
 
 
+def batches_per_step(monkeypatch) -> list[tuple[int, list[str]]]:
+    """(global step, edges) of every training batch the runs of this test train on, in order."""
+    from bindspace.training.module import AlignmentModule
+
+    seen, original = [], AlignmentModule.training_step
+
+    def recorded(self, batch, batch_idx):
+        seen.append((int(self.global_step), sorted(batch)))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AlignmentModule, "training_step", recorded)
+    return seen
+
+
+def test_gradient_accumulation_changes_stage_between_optimizer_steps_only(tmp_path, monkeypatch):
+    """With ``trainer.accumulate_grad_batches=k`` a step takes k batches, and the curriculum acts once per step,
+    after its last batch: every batch of a step trains the edges of the step's stage, and a plateau stage ends
+    at the step it ends at without accumulation, with ``budget.edge_steps`` counting optimisation steps. It
+    acted after every batch: with k=2 the stage ended after the first batch of the fifth step (global step 4 to
+    5), whose second batch trained the next stage's edges (the stage recorded as starting at step 4), and every
+    batch counted as a step of its edges."""
+    plateau = "{metric: val/mean_R@1, patience: 1, min_delta: 1000, max_steps: 50}"
+    stages = f"[{{name: a, edges: [[image,text]], plateau: {plateau}}}, {{name: b, edges: all}}]"
+    seen = batches_per_step(monkeypatch)
+    results = {}
+    for k in (1, 2):
+        seen.clear()
+        overrides = [f"curriculum.stages={stages}", "graph.modalities=[image,text,audio]", "trainer.max_steps=7",
+                     f"+trainer.accumulate_grad_batches={k}", f"trainer.val_check_interval={2 * k}",  # every 2 steps
+                     "eval.final=false"]  # fmt: skip
+        metrics = run(compose_config(overrides, run_dir=str(tmp_path / f"k{k}")))
+        steps = list(seen)
+        assert len(steps) == 7 * k and all(steps[i * k : (i + 1) * k] == [steps[i * k]] * k for i in range(7))
+        stages_seen = [(s["name"], s["start_step"], s["step"]) for s in metrics["stages"]]
+        results[k] = steps[::k], stages_seen, metrics["budget"]["edge_steps"]
+        assert metrics["budget"]["pair_batches"] == 9 * k and metrics["budget"]["batches_per_step"] == k
+    assert results[2] == results[1]
+    assert results[1][1] == [("a", 0, 5), ("b", 5, 7)] and results[1][2] == {"image|text": 7, "image|audio": 2}
+
+
+def test_a_stage_in_epochs_is_one_pass_over_its_data_with_gradient_accumulation(tmp_path):
+    """``epochs: 1`` is one pass over the stage's data; with ``trainer.accumulate_grad_batches=2`` a step takes
+    two batches, so a pass of 4 batches (16 pairs, 4 per batch) is 2 steps. It was 4 steps: two passes."""
+    overrides = ["graph.modalities=[image,text,audio]", "curriculum=progressive", "curriculum.order=[audio]",
+                 "curriculum.stage.steps=null", "+curriculum.stage.epochs=1", "curriculum.stage.warmup_steps=1",
+                 "data.pool_size=16", "data.batch_size=4", "+trainer.accumulate_grad_batches=2", "trainer.max_steps=4",
+                 "eval.final=false"]  # fmt: skip
+    metrics = run(compose_config(overrides, run_dir=str(tmp_path)))
+    stages = [(s["name"], s["start_step"], s["step"]) for s in metrics["stages"]]
+    assert stages == [("image-text", 0, 2), ("+audio", 2, 4)]
+
+
 # ---- per-stage learning-rate schedules ------------------------------------------------------------
 def configured_lr(step: int, start: int, warmup: int, length: int, peak: float, floor: float) -> float:
     """The schedule as the config states it, written out independently: linear warmup, then cosine to floor*peak."""

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 GLOBAL_BATCH = 8
 STEPS = 4
-# Dropout and drop-path draw per (seed, step, rank), so they differ by construction between world
+# Dropout and drop-path draw per (seed, batch, rank), so they differ by construction between world
 # sizes; everything else (data, initialisation, optimizer) must not.
 COMMON = [
     *(o for o in TINY_OVERRIDES if not o.startswith(("data.batch_size", "trainer.max_steps", "logger="))),

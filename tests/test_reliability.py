@@ -332,6 +332,26 @@ def test_a_finished_run_leaves_no_signal_handler_holding_it(tmp_path):
     assert len(trainers) == 2 and [t() for t in trainers] == [None, None], "a finished job's trainer is still alive"
 
 
+def test_step_cost_times_whole_steps_with_gradient_accumulation(tmp_path, monkeypatch):
+    """``step_cost`` times optimisation steps: with ``trainer.accumulate_grad_batches=2`` a step is its two
+    batches. Each batch was timed as a step: twice the steps, each half as long."""
+    import time as clock
+
+    from bindspace.train import run
+
+    original = AlignmentModule.training_step
+
+    def slow(self, batch, batch_idx):
+        clock.sleep(0.05)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AlignmentModule, "training_step", slow)
+    overrides = ["graph.modalities=[image,text]", "+trainer.accumulate_grad_batches=2", "trainer.max_steps=6",
+                 "eval.final=false", "+trainer.limit_val_batches=0"]  # fmt: skip
+    cost = run(compose_config(overrides, str(tmp_path)))["step_cost"]
+    assert cost["steps_timed"] == 6 - 3 and cost["step_ms_median"] >= 100
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the per-job peak needs Linux's clear_refs")
 def test_step_cost_peak_is_this_jobs_not_an_earlier_jobs_of_the_same_process():
     from bindspace.training.callbacks import StepCost, peak_rss_kib

@@ -98,6 +98,30 @@ def test_resume_with_gradient_accumulation_gives_the_uninterrupted_weights(tmp_p
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resuming at step 2")
 
 
+def test_each_batch_of_an_accumulated_step_draws_its_own_dropout(tmp_path, monkeypatch):
+    """Dropout and drop path draw from a generator seeded per training batch (the loader's item: the global step
+    times ``trainer.accumulate_grad_batches`` plus the batch within the step), so the k batches of a step draw
+    different masks and a resumed run replays them. It was seeded by the step alone: with k=2 both batches of a
+    step drew the same masks (row i of each dropped together). One batch per step is seeded as before."""
+    from bindspace.training.module import AlignmentModule
+
+    states, original = [], AlignmentModule.training_step
+
+    def recorded(self, batch, batch_idx):
+        states.append(torch.random.get_rng_state())
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AlignmentModule, "training_step", recorded)
+    base = ["graph.modalities=[image,imu]", "trainer.max_steps=2", "eval.final=false", "+trainer.limit_val_batches=0"]
+    run(compose_config([*base, "+trainer.accumulate_grad_batches=2"], run_dir=str(tmp_path / "k2")))
+    accumulated = states[:]
+    assert len(accumulated) == 4 and len({bytes(s.numpy()) for s in accumulated}) == 4
+    states.clear()
+    run(compose_config([*base, "trainer.max_steps=4"], run_dir=str(tmp_path / "k1")))
+    for a, b in zip(accumulated, states, strict=True):  # batch b draws as step b of a run without accumulation
+        assert torch.equal(a, b)
+
+
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     """trainer=ddp runs Lightning's DDP (gloo on CPU) in 2 processes through the real CLI."""
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("trainer.")]

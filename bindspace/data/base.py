@@ -142,9 +142,10 @@ class PairedDataModule(L.LightningDataModule):
 
         return {m: a for m, c in self.configs.items() if (a := parse_augment(m, c.augment))}
 
-    def steps_per_epoch(self, world_size: int = 1) -> int:
-        """Steps in one pass over the largest edge's pairs (curriculum stages measured in epochs use it)."""
-        return max(1, max(self.edge_sizes().values()) // (self.batch_size * world_size))
+    def steps_per_epoch(self, world_size: int = 1, accumulate: int = 1) -> int:
+        """Optimisation steps in one pass over the largest edge's pairs (curriculum stages measured in epochs use
+        it); a step takes ``accumulate`` batches (``trainer.accumulate_grad_batches``)."""
+        return max(1, max(self.edge_sizes().values()) // (self.batch_size * world_size * accumulate))
 
     def set_stage(self, index: int) -> None:
         """Draw the edges of curriculum stage ``index`` from now on (reaches running workers)."""

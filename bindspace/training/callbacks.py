@@ -68,10 +68,15 @@ class CurriculumCallback(L.Callback):
                 f"curriculum.stages[{i}] ({self.stage.name}) started at step {self.state.start_step} in the "
                 f"checkpoint, but its planned start is now step {planned} ({self.steps_per_epoch} steps per "
                 "epoch): data=shards draws each step's stage by its planned start; resume with the "
-                "data.batch_size and world size the run started with"
+                "data.batch_size, world size and trainer.accumulate_grad_batches the run started with"
             )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # With trainer.accumulate_grad_batches=k a step takes k batches: the curriculum acts once per step, after
+        # its last batch (a stage changed after another batch trained the step's later batches on the next
+        # stage's edges, and every batch counted as a step of its edges).
+        if trainer.fit_loop._should_accumulate():
+            return
         step = trainer.global_step
         if not getattr(pl_module, "step_skipped", False):  # a step the non-finite guard skipped trained nothing
             for e in pl_module.active_edges:
@@ -253,7 +258,8 @@ class StepCost(L.Callback):
     """What a training step costs, for ``metrics.json["step_cost"]``: wall time per step and peak memory.
 
     Step time is measured from batch start to batch end on rank 0 (data loading excluded: it overlaps
-    in the workers), over the steps after the first ``skip`` (compilation, allocator warm-up); peak
+    in the workers), summed over the batches of a step (``trainer.accumulate_grad_batches``), over the
+    steps after the first ``skip`` (compilation, allocator warm-up); peak
     memory is the resident-set high-water mark and, on CUDA, the allocator's ``max_memory_allocated``.
     On Linux the high-water mark is reset when training starts (``/proc/self/clear_refs``), so it is this
     job's even when a sweep runs its jobs one after another in one process (Hydra's basic launcher);
@@ -263,6 +269,7 @@ class StepCost(L.Callback):
     def __init__(self, skip: int = 3) -> None:
         self.skip, self.times = skip, []
         self._start: float | None = None
+        self._step = 0.0  # time of the step's batches so far
         self._peak_reset = False
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -277,7 +284,10 @@ class StepCost(L.Callback):
         import time
 
         if self._start is not None:
-            self.times.append(time.perf_counter() - self._start)
+            self._step += time.perf_counter() - self._start
+        if not trainer.fit_loop._should_accumulate():  # the step's last batch
+            self.times.append(self._step)
+            self._step = 0.0
 
     def summary(self, device: Any = None) -> dict[str, Any]:
         import resource

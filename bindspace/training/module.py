@@ -37,7 +37,7 @@ class AlignmentModule(L.LightningModule):
         edges: every trainable edge (trained vs emergent flags in evaluation come from it).
         optim: optimizer and schedule settings.
         total_steps: length of the cosine schedule.
-        seed: seeds dropout per (seed, step, rank).
+        seed: seeds dropout per (seed, batch, rank) (a batch: a step, or one of its accumulated batches).
         feature_cache: serves frozen encoders' features from a per-sample cache (optional).
     """
 
@@ -111,9 +111,13 @@ class AlignmentModule(L.LightningModule):
         return pairs
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Dropout and stochastic depth draw from a generator seeded by (seed, step, rank): training
-        # randomness is a function of the step, so a resumed run replays it exactly.
-        torch.manual_seed(hash((self.seed, self.global_step, self.global_rank)) % (2**63))
+        # Dropout and stochastic depth draw from a generator seeded by (seed, batch, rank): training randomness
+        # is a function of the batch, so a resumed run replays it exactly. The batch is the loader's item, the
+        # step times trainer.accumulate_grad_batches plus the batch within the step (Lightning's batch_idx
+        # counts them): the k batches of a step draw their own masks (one batch per step: the step).
+        k = self.trainer.accumulate_grad_batches
+        item = self.global_step * k + batch_idx % k
+        torch.manual_seed(hash((self.seed, item, self.global_rank)) % (2**63))
 
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
         pairs = self.encode_edges(batch)

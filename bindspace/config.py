@@ -432,6 +432,15 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"trainer.val_check_interval must be a step count >= 1 or a fraction in (0, 1], got {interval!r}"
         )
+    k = trainer.get("accumulate_grad_batches") or 1
+    if isinstance(interval, int) and not isinstance(interval, bool) and isinstance(k, int) and interval % k:
+        # Lightning counts the interval in batches: validating between two batches of one step would judge (and
+        # checkpoint, and early-stop on) a model whose step is half done.
+        raise ConfigError(
+            f"trainer.val_check_interval={interval} is counted in batches and is not a multiple of "
+            f"trainer.accumulate_grad_batches={k}: validation would fall inside a step; use a multiple of {k} "
+            f"(validating every N steps is trainer.val_check_interval={k}*N)"
+        )
     clip = trainer.get("gradient_clip_val")
     if clip is not None:
         if not isinstance(clip, int | float) or isinstance(clip, bool):

@@ -219,3 +219,15 @@ def test_speed_options_are_checked_with_the_config(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         run_spec(["graph.modalities=[image,text]", override])
     assert run_spec(["graph.modalities=[image,text]", "speed.compile=[all]"]).modalities.keys() == {"image", "text"}
+
+
+def test_a_validation_interval_inside_an_accumulated_step_is_refused():
+    """Lightning counts ``trainer.val_check_interval`` in batches; with ``accumulate_grad_batches=k`` an interval
+    that is not a multiple of k would validate (and checkpoint, and early-stop) between the batches of a step."""
+    from bindspace.config import check_trainer
+
+    with pytest.raises(ConfigError, match=r"val_check_interval=3 .*accumulate_grad_batches=2: .*use a multiple of 2"):
+        check_trainer({"max_steps": 10, "accumulate_grad_batches": 2, "val_check_interval": 3})
+    check_trainer({"max_steps": 10, "accumulate_grad_batches": 2, "val_check_interval": 4})
+    check_trainer({"max_steps": 10, "accumulate_grad_batches": 2, "val_check_interval": 0.5})  # a fraction of an epoch
+    check_trainer({"max_steps": 10, "val_check_interval": 3})

@@ -23,6 +23,8 @@ def test_notebook_is_committed_without_outputs():
 def test_notebook_runs_and_centring_closes_the_gap(monkeypatch, tmp_path):
     monkeypatch.setenv("BINDSPACE_NOTEBOOK_TINY", "1")  # train a tiny model instead of loading make train's
     monkeypatch.setenv("BINDSPACE_ROOT", str(tmp_path))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the kernel's temporary run folder goes with tmp_path
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
@@ -30,7 +32,7 @@ def test_notebook_runs_and_centring_closes_the_gap(monkeypatch, tmp_path):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the heatmap and the gap projection
     summary = json.loads(nb.cells[-1].outputs[-1].text)
-    assert str(tmp_path) not in summary["checkpoint"]  # the tiny run went to a temporary folder
+    assert summary["checkpoint"].startswith(str(tmp_path / "tmp"))  # the tiny run went to a temporary folder
     for raw, centred in summary["centroid_distance"].values():
         assert centred < 0.5 * raw
     assert sum(summary["share_none"].values()) == pytest.approx(100.0)

@@ -303,3 +303,22 @@ def test_the_final_state_is_saved_whatever_the_interval_and_eval_reproduces_the_
         for k in ("R@1", "R@5", "R@10", "mAP"):
             assert evaluated["retrieval"][pair][k] == pytest.approx(cell[k], abs=1e-6), (pair, k)
         assert evaluated["retrieval"][pair]["trained"] == cell["trained"]
+
+
+def test_the_unreached_stage_warning_says_when_a_plateau_stage_decides(caplog):
+    """Stages after a plateau stage are planned at its cap; the warning says so instead of promising that
+    their edges will not be trained (a plateau reached earlier lets them start)."""
+    from omegaconf import OmegaConf
+
+    from bindspace.config import build_run_spec
+    from bindspace.train import warn_unreached_stages
+
+    plateau = "{name: a, edges: [[image,text]], plateau: {metric: val/mean_R@1, patience: 1, max_steps: 50}}"
+    cfg = compose_config(
+        ["graph.modalities=[image,text,audio]", f"curriculum.stages=[{plateau}, {{name: b, edges: all}}]"]
+    )
+    spec = build_run_spec(OmegaConf.to_container(cfg, resolve=True))
+    with caplog.at_level(logging.WARNING, logger="bindspace.train"):
+        assert warn_unreached_stages(spec, 10, 100) == ["b"]
+    (line,) = [r.getMessage() for r in caplog.records if "ends the run before" in r.getMessage()]
+    assert "if plateau stage(s) a run to their max_steps" in line and "would then not be trained" in line

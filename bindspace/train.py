@@ -239,17 +239,17 @@ def warn_unreached_stages(spec: RunSpec, max_steps: int, steps_per_epoch: int) -
         edges = [edge_key(e) for s in stages if s.name in missing for e in s.new_edges]
         first = next(i for i, s in enumerate(stages) if s.name in missing)
         plateaus = [s.name for s in stages[:first] if s.plateau is not None]
-        if plateaus:  # planned at their caps: a plateau reached earlier lets the later stages start
-            log.warning(
-                "curriculum: trainer.max_steps=%d ends the run before stage(s) %s if plateau stage(s) %s run to "
-                "their max_steps; edges %s would then not be trained (what ran is checked at the end of the run)",
-                max_steps, ", ".join(missing), ", ".join(plateaus), ", ".join(edges),
-            )  # fmt: skip
-        else:
-            log.warning(
-                "curriculum: trainer.max_steps=%d ends the run before stage(s) %s; edges %s will not be trained",
-                max_steps, ", ".join(missing), ", ".join(edges),
-            )  # fmt: skip
+        # Stages after a plateau stage are planned at its cap: reached earlier, it lets them start.
+        when = f" if plateau stage(s) {', '.join(plateaus)} run to their max_steps" if plateaus else ""
+        result = (
+            "would then not be trained (what ran is checked at the end of the run)"
+            if plateaus
+            else "will not be trained"
+        )
+        log.warning(
+            "curriculum: trainer.max_steps=%d ends the run before stage(s) %s%s; edges %s %s",
+            max_steps, ", ".join(missing), when, ", ".join(edges), result,
+        )  # fmt: skip
     return missing
 
 

@@ -26,6 +26,12 @@ from bindspace.training.continual import StageDistillation
 log = logging.getLogger(__name__)
 
 
+def ends_step(trainer: L.Trainer) -> bool:
+    """Whether the batch that just ran is the last of its optimisation step (``trainer.accumulate_grad_batches``
+    batches make a step; the last batch of an epoch ends one too). Lightning's own test, which is private."""
+    return not trainer.fit_loop._should_accumulate()
+
+
 class CurriculumCallback(L.Callback):
     """Drives a :class:`Curriculum` over a training run.
 
@@ -75,7 +81,7 @@ class CurriculumCallback(L.Callback):
         # With trainer.accumulate_grad_batches=k a step takes k batches: the curriculum acts once per step, after
         # its last batch (a stage changed after another batch trained the step's later batches on the next
         # stage's edges, and every batch counted as a step of its edges).
-        if trainer.fit_loop._should_accumulate():
+        if not ends_step(trainer):
             return
         step = trainer.global_step
         if not getattr(pl_module, "step_skipped", False):  # a step the non-finite guard skipped trained nothing
@@ -285,7 +291,7 @@ class StepCost(L.Callback):
 
         if self._start is not None:
             self._step += time.perf_counter() - self._start
-        if not trainer.fit_loop._should_accumulate():  # the step's last batch
+        if ends_step(trainer):
             self.times.append(self._step)
             self._step = 0.0
 

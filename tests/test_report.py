@@ -32,6 +32,7 @@ from bindspace.report import (
     wandb_tables,
     write_report,
 )
+from bindspace.report.intervals import budget_of, recorded_budget
 
 MODALITIES = ("image", "text", "audio")
 
@@ -695,3 +696,22 @@ def test_linked_runs_from_other_sweeps_count_and_the_latest_link_does_not(tmp_pa
         (combined / f"{sweep}-0").symlink_to(tmp_path / sweep / "0")
     (combined / "latest").symlink_to(combined / "own")
     assert sorted(p.name for p in _job_dirs(combined)) == ["own", "s0-0", "s1-0"]
+
+
+def test_budget_written_before_batches_per_step_reads_in_todays_units(tmp_path):
+    """A run from before budget.batches_per_step counted edge_steps in batches (k per step); beside a new
+    run of the same budget the report shows one budget, not two."""
+    new = {"steps": 8, "edge_steps": {"image|text": 8}, "pair_batches": 16, "global_batch": 4,
+           "batches_per_step": 2, "schedule": "per_stage", "stage_steps": [8]}  # fmt: skip
+    old = {k: v for k, v in new.items() if k != "batches_per_step"} | {"edge_steps": {"image|text": 16}}
+    for num, budget in enumerate([old, new]):
+        job = make_job(tmp_path, num, {"seed": num}, 10, config_extra={"trainer": {"accumulate_grad_batches": 2}})
+        metrics = json.loads((job / "metrics.json").read_text())
+        (job / "metrics.json").write_text(json.dumps(metrics | {"budget": budget}))
+    runs = sorted(collect_runs(tmp_path), key=lambda r: r.path.name)
+    assert recorded_budget(runs[0]) == new and recorded_budget(runs[1]) == new
+    assert list(recorded_budget(runs[0])) == list(new)  # the same order: the same "k=v, ..." text
+    assert budget_of(runs) == "steps=8, pair_batches=16, global_batch=4, batches_per_step=2, schedule=per_stage"
+    # A record of another shape (no pair_batches) is shown as written.
+    runs[0].metrics["budget"] = {"rule": "equal total steps", "steps": 600}
+    assert recorded_budget(runs[0]) == {"rule": "equal total steps", "steps": 600}

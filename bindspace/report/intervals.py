@@ -24,7 +24,7 @@ def budget_of(runs: Sequence[RunRecord], detail: bool = False) -> str | None:
     """
     values: list[str] = []
     for run in runs:
-        budget = (run.metrics or {}).get("budget")
+        budget = recorded_budget(run)
         if budget is None:
             continue
         if detail:
@@ -36,6 +36,29 @@ def budget_of(runs: Sequence[RunRecord], detail: bool = False) -> str | None:
         if text not in values:
             values.append(text)
     return " / ".join(values) or None
+
+
+def recorded_budget(run: RunRecord) -> Any:
+    """``metrics.json["budget"]`` of a run, in today's units.
+
+    A record written before ``batches_per_step`` existed (bindspace before 2026-12-01) counted its
+    ``edge_steps`` in batches, ``trainer.accumulate_grad_batches`` (k, from the job's config) per
+    optimisation step. It is read as today's record (``edge_steps`` in steps, ``batches_per_step`` k;
+    ``pair_batches`` was and is in batches), so an old arm and a new one with the same budget compare equal.
+    """
+    budget = (run.metrics or {}).get("budget")
+    if not isinstance(budget, Mapping) or "pair_batches" not in budget or "batches_per_step" in budget:
+        return budget
+    k = int((run.config.get("trainer") or {}).get("accumulate_grad_batches") or 1)
+    out: dict[str, Any] = {}
+    for key, value in budget.items():
+        if key == "edge_steps" and isinstance(value, Mapping):
+            value = {edge: n // k for edge, n in value.items()}
+        out[key] = value
+        if key == "global_batch":
+            out["batches_per_step"] = k  # where today's record holds it
+    out.setdefault("batches_per_step", k)
+    return out
 
 
 def _methods(stats) -> str:

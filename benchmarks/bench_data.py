@@ -27,6 +27,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from benchmarks.command import command_line
 from bindspace.config import build_run_spec
 from bindspace.data.datamodule import SyntheticDataModule
 from bindspace.data.steps import StepBatches, step_indices
@@ -76,7 +77,7 @@ def breakdown(steps: StepBatches, first: int, count: int) -> dict[str, tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds of generation and training")
+    parser.add_argument("--repeats", type=int, default=7, help="alternating rounds of generation and training")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args()
     with initialize_config_module("bindspace.configs", version_base="1.3"):
@@ -144,7 +145,7 @@ def main() -> None:
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, load average {load_start:.1f} at the start, "
             f"{os.getloadavg()[0]:.1f} at the end. Date: {date.today()}.",
-            f"Command: `make bench` (`python -m benchmarks.bench_data --steps {args.steps} --repeats {args.repeats}`).",
+            f"Command: {command_line(parser, args, 'benchmarks.bench_data', ('steps', 'repeats'))}.",
             "",
             "| what | per step (ms) | pairs / s |",
             "|---|---|---|",

@@ -33,6 +33,7 @@ import lightning as L
 import torch
 
 from benchmarks.bench_data import merge_section
+from benchmarks.command import command_line
 from bindspace.utils.io import atomic_write_text
 
 CLOCK_ENV = "BINDSPACE_BENCH_CLOCK"  # worker mode: where rank 0 writes its step times
@@ -111,8 +112,8 @@ def main() -> None:
         "## (f) DDP with a curriculum: cost per step",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, 2 gloo "
-        f"processes on one CPU. Date: {date.today()}. Command: `make bench` "
-        f"(`python -m benchmarks.bench_ddp --repeats {args.repeats} --steps {args.steps}`).",
+        f"processes on one CPU. Date: {date.today()}. Command: "
+        f"{command_line(parser, args, 'benchmarks.bench_ddp', ('repeats', 'steps'))}.",
         "",
         "| run (tiny preset, 2 x 16 pairs per edge, 5 edges) | ms / step (median, steps "
         f"{args.skip}-{args.steps}, best of {args.repeats}) | vs all_at_once `ddp` |",

@@ -42,6 +42,7 @@ from PIL import Image
 
 import bindspace.data.manifest_datamodule as manifest_datamodule
 from benchmarks.bench_data import BUSY_LOAD, _merge
+from benchmarks.command import command_line
 from bindspace.config import build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.data.datamodule import SyntheticDataModule, scene_config
@@ -190,8 +191,7 @@ def main() -> None:
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, load average {load_start:.1f} at the start, {load:.1f} at the end. "
             f"Date: {date.today()}.",
-            "Command: `make bench` "
-            f"(`python -m benchmarks.bench_manifest --rounds {args.rounds} --steps {args.steps}`).",
+            f"Command: {command_line(parser, args, 'benchmarks.bench_manifest', ('rounds', 'steps'))}.",
             "",
             f"| step (tiny, {len(spec.edges)} edges x {batch} pairs, data loaded in the training process) "
             "| data (ms) | step (ms) | vs synthetic | kernel builds / 20 steps |",

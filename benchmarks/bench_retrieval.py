@@ -20,6 +20,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
+from benchmarks.command import command_line
 from bindspace.evaluation.retrieval import topk_chunked
 from bindspace.utils.io import atomic_write_text
 
@@ -94,7 +95,7 @@ def main() -> None:
             f"## (c) Retrieval top-10 of a {args.n:,} x {args.n:,} gallery at d={args.dim}",
             "",
             f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
-            f"Date: {date.today()}. Command: `make bench` (`python -m benchmarks.bench_retrieval --n {args.n}`).",
+            f"Date: {date.today()}. Command: {command_line(parser, args, 'benchmarks.bench_retrieval', ('n',))}.",
             "",
             "| measure | value | target |",
             "|---|---|---|",

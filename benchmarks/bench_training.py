@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.bench_data import merge_section
 from benchmarks.bench_retrieval import matmul_peak
+from benchmarks.command import command_line
 from bindspace.config import RunSpec, build_run_spec
 from bindspace.data.datamodule import SyntheticDataModule
 from bindspace.losses import edge_key
@@ -242,7 +243,7 @@ def main() -> None:
     machine = (
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, fp32 matmul peak {peak:.0f} GFLOP/s (4096^3, measured in this run). "
-        f"Date: {date.today()}. Command: `make bench` (`python -m benchmarks.bench_training --repeats {args.repeats}`)."
+        f"Date: {date.today()}. Command: {command_line(parser, args, 'benchmarks.bench_training', ('repeats',))}."
     )
     sections = [
         [

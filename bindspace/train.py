@@ -104,14 +104,24 @@ def build_trainer(
         callbacks.append(bar)
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    return hydra.utils.instantiate(
-        dict(cfg["trainer"]),
-        strategy=strategy,
-        logger=logger or False,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run_dir),
-    )
+    # Lightning 2.6 advertises its cloud logger at every Trainer start ("Tip: ... litlogger"): not shown.
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_info.addFilter(_no_tips)
+    try:
+        return hydra.utils.instantiate(
+            dict(cfg["trainer"]),
+            strategy=strategy,
+            logger=logger or False,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(run_dir),
+        )
+    finally:
+        lightning_info.removeFilter(_no_tips)
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
 
 
 def step_progress_bar():
@@ -505,9 +515,15 @@ def _eval_mode_by_design(module: AlignmentModule) -> dict[str, str] | None:
 @contextlib.contextmanager
 def _fit_notes(module: AlignmentModule):
     """Around ``trainer.fit``: Lightning's "Found N module(s) in eval mode" warning becomes one line naming
-    the frozen parts when every such module is frozen by design; otherwise Lightning's warning stands."""
+    the frozen parts when every such module is frozen by design; otherwise Lightning's warning stands.
+    A deprecation inside Lightning's own loader code is not shown."""
     by_design = _eval_mode_by_design(module)
     with warnings.catch_warnings():
+        # Lightning's CombinedLoader (2.6.6) builds a torch pytree LeafSpec, which torch 2.14 deprecates: the
+        # same line in every run, about Lightning's code, nothing a user can act on.
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch\."
+        )
         if by_design:
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
             parts = ", ".join(f"{m} ({what})" for m, what in by_design.items())

@@ -48,11 +48,11 @@ class Launched:
         parallel = ["trainer=ddp", f"trainer.devices={world_size}"] if world_size > 1 else []
         self.run_dir, self._read = run_dir, None
         self._stderr = run_dir.with_name(f"{run_dir.name}.stderr")  # a file: an unread full pipe would stall the run
-        with open(self._stderr, "w") as stderr:
+        with open(self._stderr, "w") as stderr, open(run_dir.with_name(f"{run_dir.name}.stdout"), "w") as stdout:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "bindspace.train", *COMMON, *parallel, *overrides,
                  f"data.batch_size={GLOBAL_BATCH // world_size}", f"hydra.run.dir={run_dir}"],
-                stdout=subprocess.DEVNULL, stderr=stderr,
+                stdout=stdout, stderr=stderr,
             )  # fmt: skip
 
     def result(self) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -230,6 +230,18 @@ def test_curricula_under_ddp_equal_one_process_through_two_stage_boundaries(stag
         image = [k for k in at[1] if k.startswith("model.trunks.image.")]
         assert all(torch.equal(at[1][k], at[2][k]) for k in image)
         assert any(not torch.equal(at[2][k], distributed[1][k]) for k in image)
+
+
+def test_a_ddp_run_prints_each_line_once_and_no_third_party_noise(staged_runs):
+    """Rank 1 logs to its own file and shows errors only; Lightning's advert and its LeafSpec deprecation are
+    not shown (before: every info and warning line twice, once per rank, and both notices)."""
+    _, run_dir, _ = staged_runs("progressive")
+    console = "".join(run_dir.with_name(f"{run_dir.name}.{s}").read_text() for s in ("stdout", "stderr"))
+    for stage in ("+audio", "+depth+thermal"):
+        assert console.count(f"({stage}) starts at step") == 1, console
+    assert "Tip:" not in console and "LeafSpec" not in console
+    rank1 = (run_dir / "train_ddp_process_1.log").read_text()
+    assert "(+audio) starts at step 2" in rank1  # rank 1's own log keeps its lines
 
 
 def test_ddp_resume_across_a_stage_boundary_that_freezes(tmp_path, staged_runs):

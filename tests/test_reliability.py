@@ -6,7 +6,9 @@ subprocess where a signal has to hit a real process).
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -464,3 +466,26 @@ def test_a_run_stopped_by_a_config_error_leaves_no_empty_folders(tmp_path, monke
     remove_if_empty(outside / "a/run")  # hydra.run.dir outside the working directory: the run folder only
     assert (outside / "a").is_dir() and not (outside / "a/run").exists()
     (outside / "a").rmdir(), outside.rmdir()
+
+
+def test_another_ranks_console_shows_errors_only_and_its_file_keeps_everything(tmp_path):
+    from bindspace.utils.run_folder import RunFolder
+
+    console = logging.StreamHandler(io.StringIO())
+    root = logging.getLogger()
+    root.addHandler(console)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        with RunFolder(tmp_path / "run", owner=False) as folder:
+            folder.record({}, job_name="train_ddp_process_1")
+            logging.getLogger("bindspace.test").warning("a warning rank 0 prints too")
+            logging.getLogger("bindspace.test").error("an error of this rank")
+        assert console.level == logging.NOTSET  # restored when the run ends
+    finally:
+        root.removeHandler(console)
+        root.setLevel(level)
+    shown = console.stream.getvalue()
+    assert "an error of this rank" in shown and "a warning rank 0 prints too" not in shown
+    kept = (tmp_path / "run" / "train_ddp_process_1.log").read_text()
+    assert "a warning rank 0 prints too" in kept and "an error of this rank" in kept

@@ -11,7 +11,8 @@ the config is valid:
 * **Record.** The composed config goes to ``<run>/.hydra/`` (``config.yaml``, ``hydra.yaml``,
   ``overrides.yaml``, Hydra's own layout) and the log to ``<run>/<job name>.log``, only now: Hydra's
   own writing of both is switched off in ``configs/hydra/default.yaml``, so a config error writes
-  nothing.
+  nothing. The other ranks of a distributed run log to their own file (``train_ddp_process_<k>.log``
+  under Lightning's launcher) and show only errors on the console, so each line is printed once.
 * **Clean.** Temporary files of atomic writes (``.<name>.<random>.tmp``) that a killed process left
   behind are removed at the next start in that folder.
 * **Undo.** An error before the run :meth:`starts <RunFolder.started>` (a bad data file, a checkpoint
@@ -79,6 +80,7 @@ class RunFolder:
         self._fresh = False
         self._started = False
         self._log_handler: logging.Handler | None = None
+        self._console_levels: list[tuple[logging.Handler, int]] = []
 
     def __enter__(self) -> RunFolder:
         self._fresh = not self.path.exists() or not any(self.path.iterdir())
@@ -93,6 +95,8 @@ class RunFolder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        for handler, level in self._console_levels:
+            handler.setLevel(level)
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()
@@ -126,6 +130,16 @@ class RunFolder:
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(handler)
         self._log_handler = handler
+        if not self.owner:
+            self._quiet_console()
+
+    def _quiet_console(self) -> None:
+        """Another rank's console shows its errors only: its info and warnings repeat rank 0's, once per
+        process (8 GPUs: 8 copies of every line). They stay in its own log file, ``<job name>.log``."""
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler and handler.level < logging.ERROR:
+                self._console_levels.append((handler, handler.level))
+                handler.setLevel(logging.ERROR)
 
     # ---- the lock -----------------------------------------------------------------------------------
     def _acquire(self) -> None:

@@ -92,7 +92,7 @@ def build_trainer(
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     ckpt = RunCheckpoint(run_dir / "checkpoints", cfg["checkpoint"]["every_n_train_steps"])
-    preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_now)
+    preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_step)
     callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption, StepCost()]
     early = parse_early_stopping(cfg.get("early_stopping"), cfg["trainer"])
     if early is not None:  # counts in the curriculum's last stage only

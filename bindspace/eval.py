@@ -315,15 +315,15 @@ def write_results(
 ) -> None:
     order, size = list(embs), metrics["gallery_size"]
     report = format_metrics_report(metrics, order)  # every matrix with chance, zero-shot, the summary
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "retrieval.txt", report + "\n")
     if per_query:
         write_per_query(run_dir / "per_query.npz", per_query)
+    atomic_write_text(run_dir / "retrieval.txt", report + "\n")
     if opts.plots:
         chance = metrics["chance"]["retrieval"]["R@1"]
         heatmap = retrieval_heatmap(metrics["retrieval"], "R@1", order, chance=chance, split=metrics["split"])
         save_figure(heatmap, run_dir / "retrieval_R@1.png")
         save_figure(gap_projection_figure(embs, centred, opts.max_points), run_dir / "modality_gap.png")
+    atomic_write_json(run_dir / "metrics.json", metrics)  # last: a folder with it holds every result (as train)
     halved = " (its score half: see fit_split)" if metrics["fit_split"]["method"] == "id_hash" else ""
     print(f"\nHeld-out retrieval, {metrics['split']} split{halved} of {size}\n\n{report}")
     chance = metrics["chance"]["retrieval"]

@@ -92,7 +92,7 @@ def build_trainer(
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     ckpt = RunCheckpoint(run_dir / "checkpoints", cfg["checkpoint"]["every_n_train_steps"])
-    preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_now)
+    preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_step)
     callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption, StepCost()]
     early = parse_early_stopping(cfg.get("early_stopping"), cfg["trainer"])
     if early is not None:  # counts in the curriculum's last stage only
@@ -594,7 +594,12 @@ def train_and_evaluate(
 
 
 def write_results(run_dir: Path, metrics: dict, spec: RunSpec, per_query: dict | None = None) -> None:
-    """metrics.json, retrieval.txt (every matrix with chance) and, when given, per_query.npz."""
+    """per_query.npz (when given), retrieval.txt (every matrix with chance), then metrics.json.
+
+    ``metrics.json`` last: it is what says a run finished (``bindspace-report`` counts a job without it
+    as failed and reads ``per_query.npz`` beside it), so a run killed while writing its results never
+    shows a ``metrics.json`` without the files that go with it; the relaunch writes them all.
+    """
     if "retrieval" not in metrics:  # eval.final=false
         atomic_write_json(run_dir / "metrics.json", metrics)
         print(
@@ -602,10 +607,10 @@ def write_results(run_dir: Path, metrics: dict, spec: RunSpec, per_query: dict |
         )
         return
     report = format_metrics_report(metrics, list(spec.modalities))  # every matrix with chance, the summary
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "retrieval.txt", report + "\n")
     if per_query:
         write_per_query(run_dir / "per_query.npz", per_query)
+    atomic_write_text(run_dir / "retrieval.txt", report + "\n")
+    atomic_write_json(run_dir / "metrics.json", metrics)
     trained = ", ".join(metrics["trained_edges"]) or "none"
     never = [edge_key(e) for e in spec.edges if edge_key(e) not in metrics["trained_edges"]]
     note = f"; never trained: {', '.join(never)}" if never else ""

@@ -226,7 +226,10 @@ def test_stale_temporaries_of_a_killed_run_are_removed_at_the_next_start(tmp_pat
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     stale = [run_dir / "checkpoints" / ".step000001.ckpt.x1y2z3.tmp", run_dir / ".metrics.json.abc123.tmp"]
+    # cache.frozen_features' tables (default cache.dir: <run>/feature_cache/<encoder hash>/) were left for good.
+    stale.append(run_dir / "feature_cache" / "8044224a4f187e98" / ".image-audio.rank0.pt.3ys37s2h.tmp")
     for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\0" * 1000)
     proc = train(run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

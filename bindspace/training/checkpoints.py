@@ -58,19 +58,51 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, candidates)
         return self.last_path
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """A step that saved and then validated: save again, with what the validation decided.
+    def save_step(self, trainer: L.Trainer) -> Path:
+        """:meth:`save_now` at the end of a training step, or after the step's validation when one follows.
 
-        The step checkpoint is written at the end of the training step, before that step's validation
-        (with the defaults, every 200 steps both happen). A resume from it does not validate that step
-        again, so without this the early-stopping state (best value, patience count, stop) and the
-        curriculum's plateau counters of that validation were lost, and the resumed run diverged.
-        Lightning orders checkpoint callbacks last, so the other callbacks' ``on_validation_end`` ran.
+        Called from ``on_train_batch_end`` (the preemption checkpoint). See :meth:`on_train_batch_end`.
         """
-        saved = self._last_global_step_saved == trainer.global_step > 0 and self._last_checkpoint_saved
-        if not saved or trainer.sanity_checking or trainer.state.fn != "fit":
+        if validates_after_this_step(trainer):
+            self._defer_save_until_validation = True
+        else:
+            self.save_now(trainer)
+        return self.last_path
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        """The checkpoint of a step that validates is written once, after the validation (:meth:`on_validation_end`).
+
+        Written before it (Lightning's order), it was the newest ``last.ckpt`` for the whole validation
+        without what the validation decides (early stopping's best, patience and stop, the curriculum's
+        plateau counters and validation history), and a resume from it does not validate that step again
+        (Lightning counts the validation as done). A run killed during the validation, or between the
+        ``best.ckpt`` the validation wrote and the checkpoint saved again after it, resumed from that step
+        with the early-stopping state of the step before: it kept another best, stopped elsewhere, or
+        failed at the end because ``best.ckpt`` held a step its state did not name. Now such a run resumes
+        from the checkpoint before and repeats the steps and the validation, as the uninterrupted run did.
+        """
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if due and self._last_global_step_saved != trainer.global_step and validates_after_this_step(trainer):
+            self._defer_save_until_validation = True  # Lightning's flag: saved in on_validation_end
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The checkpoint of a step that validated, with what the validation decided.
+
+        Lightning orders checkpoint callbacks last, so the other callbacks' ``on_validation_end`` ran
+        (early stopping's ``best.ckpt`` is on disk before the ``last.ckpt`` that names it). A step saved
+        before its validation all the same (the check of :meth:`on_train_batch_end` did not foresee it) is
+        saved again.
+        """
+        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.global_step == 0:
             super().on_validation_end(trainer, pl_module)
             return
+        saved = self._last_global_step_saved == trainer.global_step and self._last_checkpoint_saved
+        if not (self._defer_save_until_validation or saved):
+            super().on_validation_end(trainer, pl_module)
+            return
+        self._defer_save_until_validation = False
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
@@ -100,6 +132,18 @@ class RunCheckpoint(ModelCheckpoint):
         # Lightning orders checkpoint callbacks last, so every other callback's end-of-run state is in.
         if trainer.global_step > 0:
             self.save_now(trainer)
+
+
+def validates_after_this_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the training batch that just ended (in ``on_train_batch_end``).
+
+    Lightning's own test, which is private; with a validation interval in steps it reads the trainer's state
+    only (the batch, ``should_stop``, ``limit_val_batches``), so every rank answers alike.
+    """
+    if trainer.state.fn != "fit" or trainer.sanity_checking:
+        return False
+    loop = trainer.fit_loop
+    return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
 
 
 # ---- init_from: a fresh run seeded with another checkpoint's weights ------------------------------

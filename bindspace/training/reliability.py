@@ -167,8 +167,8 @@ class Preemption(L.Callback):
         signals: signal names to handle.
         requeue: run ``scontrol requeue $SLURM_JOB_ID`` from rank 0 after saving (only under SLURM).
         save: optional ``fn(trainer)`` that saves the checkpoint instead of ``trainer.save_checkpoint``
-            (the run's :class:`~bindspace.training.checkpoints.RunCheckpoint`, so the preemption state is
-            also its step checkpoint and the checkpoint callback knows this step is saved).
+            (the run's :meth:`~bindspace.training.checkpoints.RunCheckpoint.save_step`, so the preemption
+            state is also its step checkpoint, written after the step's validation when one follows).
     """
 
     def __init__(
@@ -208,7 +208,8 @@ class Preemption(L.Callback):
         # Asked to stop, Lightning validates after this step even off the validation interval. A preempted
         # run must not: the extra validation spends the grace period and counts towards early stopping and
         # curriculum plateaus, so the relaunch would not continue as the uninterrupted run does. A step that
-        # validates anyway still does (its checkpoint is saved again after it; a resume does not redo it).
+        # validates anyway still does (the run's RunCheckpoint saves it after the validation; a resume does not
+        # redo it).
         loop = trainer.fit_loop.epoch_loop
         if not loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
             trainer.limit_val_batches = 0

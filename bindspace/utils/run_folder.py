@@ -14,7 +14,8 @@ the config is valid:
   nothing. The other ranks of a distributed run log to their own file (``train_ddp_process_<k>.log``
   under Lightning's launcher) and show only errors on the console, so each line is printed once.
 * **Clean.** Temporary files of atomic writes (``.<name>.<random>.tmp``) that a killed process left
-  behind are removed at the next start in that folder.
+  behind anywhere in the folder (checkpoints, results, the frozen-feature cache) are removed at the next
+  start in that folder.
 * **Undo.** An error before the run :meth:`starts <RunFolder.started>` (a bad data file, a checkpoint
   that does not fit the model) removes what this launch wrote into a folder that was empty before it.
 """
@@ -54,12 +55,16 @@ def is_launch_rank() -> bool:
     return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+# Where a run writes atomically: the results, checkpoints/, and the frozen-feature cache's tables (the default
+# cache.dir, <run>/feature_cache/<encoder hash>/). Named, not the whole tree: a run folder may be any folder.
+WRITTEN_FOLDERS = (".", "checkpoints", "feature_cache/*")
+
+
 def stale_temporaries(folder: Path) -> list[Path]:
-    """Temporary files of :func:`~bindspace.utils.io.atomic_write` under ``folder`` (2 levels: checkpoints/)."""
-    found = []
-    for parent in (folder, folder / "checkpoints"):
-        if parent.is_dir():
-            found += [p for p in parent.glob(".*.tmp") if p.is_file()]
+    """Temporary files of :func:`~bindspace.utils.io.atomic_write` in the folders of ``folder`` a run writes to."""
+    found: set[Path] = set()
+    for pattern in WRITTEN_FOLDERS:
+        found.update(p for p in folder.glob(f"{pattern}/.*.tmp") if p.is_file() and not p.is_symlink())
     return sorted(found)
 
 

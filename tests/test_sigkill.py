@@ -1,0 +1,147 @@
+"""SIGKILL at a chosen write, then the same command again: the run ends as the uninterrupted one does.
+
+SIGTERM is handled (tests/test_reliability.py); SIGKILL (the OOM killer, a node's kill after the grace
+period) is not: what is on disk is all a relaunch has. ``tests/kill_shim/sitecustomize.py``, put on the
+child's ``PYTHONPATH``, kills the real ``bindspace-train`` process right after (or just before) the n-th
+atomic write onto a given file name; nothing in bindspace knows about it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow
+
+SHIM = Path(__file__).parent / "kill_shim"
+BASE = [
+    *(o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint.", "trainer.val_check"))),
+    "graph.edges=[[image,audio],[audio,imu]]",
+]
+
+
+def launch(run_dir: Path, overrides: list[str], kill: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m bindspace.train`` into ``run_dir``; ``kill``: ``<file name>:<n>[:before]`` (see the shim)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))}
+    env.pop("BINDSPACE_KILL_AT", None)
+    if kill is not None:
+        env["BINDSPACE_KILL_AT"] = kill
+    return subprocess.run(
+        [sys.executable, "-m", "bindspace.train", *BASE, *overrides, f"hydra.run.dir={run_dir}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def killed_then_relaunched(run_dir: Path, overrides: list[str], kill: str) -> dict:
+    first = launch(run_dir, overrides, kill)
+    assert first.returncode == -9, f"not killed at {kill}: exit {first.returncode}\n{first.stderr[-2000:]}"
+    again = launch(run_dir, overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not list(run_dir.rglob("*.tmp"))
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    x, y = load(a), load(b)
+    assert x["global_step"] == y["global_step"], (a.name, x["global_step"], y["global_step"])
+    assert x["state_dict"].keys() == y["state_dict"].keys()
+    moved = [k for k, v in x["state_dict"].items() if not torch.equal(v, y["state_dict"][k])]
+    assert not moved, f"{a.name}: {moved[:3]}"
+
+
+# Validation every 4 steps with the step checkpoints, early stopping that keeps step 4 (min_delta 100: nothing
+# improves on the first validation) and stops at step 8.
+STOPPING = [
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=4",
+    "checkpoint.every_n_train_steps=4",
+    "early_stopping={metric: val/mean_R@1, patience: 1, min_delta: 100}",
+    "eval.final=false",
+]
+
+
+@pytest.fixture(scope="module")
+def stopping(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    done = launch(run_dir, STOPPING)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["early_stopping"]["best_step"], metrics["early_stopping"]["stopped_step"]) == (4, 8)
+    return run_dir, metrics
+
+
+# best.ckpt:1 -- killed after the validation of step 4 wrote best.ckpt, before last.ckpt says so;
+# best.ckpt:1:before -- killed during that validation (best.ckpt's temporary written, not renamed).
+@pytest.mark.parametrize("kill", ["best.ckpt:1", "best.ckpt:1:before"])
+def test_a_run_killed_during_a_validation_resumes_to_the_same_best_and_stop(tmp_path, stopping, kill):
+    # The step checkpoint of step 4 was written before its validation: the relaunch resumed from it with no best
+    # (a resume does not validate its step again), took step 8 as the best and stopped at step 12.
+    reference, expected = stopping
+    run_dir = tmp_path / "run"
+    metrics = killed_then_relaunched(run_dir, STOPPING, kill)
+    want = {**expected["early_stopping"], "checkpoint": str(run_dir / "checkpoints" / "best.ckpt")}
+    assert (metrics["early_stopping"], metrics["steps"]) == (want, 8)
+    assert metrics["validation"] == expected["validation"]
+    for name in ("best.ckpt", "last.ckpt", "step000004.ckpt", "step000008.ckpt"):
+        assert_same_checkpoint(reference / "checkpoints" / name, run_dir / "checkpoints" / name)
+    stored = load(run_dir / "checkpoints" / "last.ckpt")["callbacks"]
+    assert next(v for k, v in stored.items() if k.startswith("EarlyStopping")) == {
+        "best": expected["early_stopping"]["best"], "best_step": 4, "wait": 1, "stopped_step": 8,
+    }  # fmt: skip
+
+
+# ---- results: metrics.json is written last ----------------------------------------------------------
+RESULTS = ["metrics.json", "retrieval.txt", "per_query.npz"]
+FINISHED = ["trainer.max_steps=2", "checkpoint.every_n_train_steps=2", "+trainer.limit_val_batches=0"]
+
+
+def comparable(metrics: dict, run_dir: Path) -> dict:
+    """metrics.json without what differs between launches (time, the run folder's own path)."""
+    text = json.dumps({k: v for k, v in metrics.items() if k not in ("wall_seconds", "step_cost")})
+    return json.loads(text.replace(str(run_dir), "<run>"))
+
+
+def assert_whole_results(run_dir: Path) -> None:
+    """A metrics.json (what says a run finished; bindspace-report reads per_query.npz beside it) comes with the
+    files that go with it."""
+    if (run_dir / "metrics.json").exists():
+        missing = [name for name in RESULTS if not (run_dir / name).exists()]
+        assert not missing, f"metrics.json written, {missing} not"
+
+
+def test_a_run_killed_while_writing_its_results_never_shows_a_metrics_json_without_them(tmp_path):
+    # metrics.json was written first: killed before retrieval.txt, the folder looked finished without its
+    # per-query values (a report of the sweep would fall back to another interval for it).
+    reference = tmp_path / "uninterrupted"
+    assert launch(reference, FINISHED).returncode == 0
+    run_dir = tmp_path / "run"
+    assert launch(run_dir, FINISHED, kill="retrieval.txt:1").returncode == -9
+    assert_whole_results(run_dir)
+    again = launch(run_dir, FINISHED)  # resumes at step 2 = max_steps: no training, the evaluation again
+    assert again.returncode == 0, again.stderr[-3000:]
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
+    assert comparable(got, run_dir) == comparable(want, reference)
+    assert (run_dir / "retrieval.txt").read_text() == (reference / "retrieval.txt").read_text()
+
+    # bindspace-eval of that checkpoint, killed the same way, and relaunched into its folder.
+    evaluate = [sys.executable, "-m", "bindspace.eval", f"ckpt_path={reference / 'checkpoints' / 'last.ckpt'}"]
+    evaluate += [o for o in TINY_OVERRIDES if o.startswith("data.")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "eval"
+    killed = subprocess.run([*evaluate, f"hydra.run.dir={out}"], env={**env, "BINDSPACE_KILL_AT": "retrieval.txt:1"})
+    assert killed.returncode == -9
+    assert_whole_results(out)
+    assert subprocess.run([*evaluate, f"hydra.run.dir={out}"], env=env, capture_output=True).returncode == 0
+    assert_whole_results(out)
+    assert not list(out.rglob("*.tmp"))

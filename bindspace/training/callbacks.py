@@ -62,12 +62,13 @@ class CurriculumCallback(L.Callback):
         self._check_planned_start(trainer)
         self._apply(trainer, pl_module, drop_state=False)
         step = trainer.global_step
-        if step > 0 and self.state.stage_done(self.curriculum, step, self.steps_per_epoch):
-            # trainer.max_steps stopped the run exactly where its stage ends: the stage was recorded, but the
-            # next one was not started (the run ended there). A relaunch with more steps starts it now, as the
-            # uninterrupted run did after that step: the next step trains the next stage's edges, and its
-            # freezing, schedule and distillation teacher are taken from the weights of this step.
-            self._record(trainer, pl_module, step)  # recorded already (end "stage"): kept as it is
+        ended = [r for r in self.state.history if r["index"] == self.state.index and r["step"] == step]
+        if step > 0 and ended and ended[-1].get("end") == "stage":
+            # trainer.max_steps stopped the run exactly where its stage ends: the stage was recorded as ended,
+            # but the next one was not started (the run ended there). A relaunch with more steps starts it now,
+            # as the uninterrupted run did after that step: the next step trains the next stage's edges, and its
+            # freezing, schedule and distillation teacher are taken from the weights of this step. (The record,
+            # not stage_done: a plateau counted by the validation after that step ends the stage a step later.)
             self._start_next_stage(trainer, pl_module, step)
 
     def _check_planned_start(self, trainer: L.Trainer) -> None:

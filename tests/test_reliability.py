@@ -222,6 +222,71 @@ def test_a_preempted_step_is_validated_as_uninterrupted_and_the_relaunch_matches
         torch.testing.assert_close(b[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_a_signal_during_an_accumulated_step_stops_after_the_step_and_the_relaunch_matches(tmp_path, monkeypatch):
+    """With ``trainer.accumulate_grad_batches=2`` a SIGTERM during the first batch of step 3 stops after the step
+    (its second batch). It stopped after that first batch and saved it as done, with the step not taken: the
+    relaunch's step loader restarted at the step's first batch while Lightning counted it as the second, so
+    step 3 trained on one batch and every later batch on its predecessor's data. Under distillation (stages of
+    2 steps), so the step saved is one with a teacher."""
+    from bindspace.train import run
+    from bindspace.training.reliability import Preempted
+
+    overrides = ["graph.modalities=[image,text,audio]", "curriculum=progressive_distill", "curriculum.order=[audio]",
+                 "curriculum.stage.steps=2", "curriculum.stage.warmup_steps=1", "+trainer.accumulate_grad_batches=2",
+                 "trainer.max_steps=4", "checkpoint.every_n_train_steps=4", "data.batch_size=4", "eval.final=false",
+                 "+trainer.limit_val_batches=0"]  # fmt: skip
+    run(compose_config(overrides, run_dir=str(tmp_path / "uninterrupted")))
+    original = AlignmentModule.on_train_batch_start
+
+    def signalled(self, batch, batch_idx):
+        original(self, batch, batch_idx)
+        if self.global_step == 2 and batch_idx % 2 == 0:  # the first batch of step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(AlignmentModule, "on_train_batch_start", signalled)
+    run_dir = tmp_path / "preempted"
+    with pytest.raises(Preempted, match="after step 3"):
+        run(compose_config(overrides, run_dir=str(run_dir)))
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3 and last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"] == 6
+    monkeypatch.setattr(AlignmentModule, "on_train_batch_start", original)
+    assert run(compose_config(overrides, run_dir=str(run_dir)))["steps"] == 4
+    a, b = (load_state(d / "checkpoints" / "last.ckpt") for d in (tmp_path / "uninterrupted", run_dir))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_data_error_inside_an_accumulated_step_keeps_the_last_whole_step(tmp_path, monkeypatch):
+    """A data error (a file that fails to decode) saves last.ckpt before the run stops, but not inside a step of
+    ``trainer.accumulate_grad_batches=2`` whose first batch trained: that checkpoint counted the batch as done
+    with its gradient lost, and the relaunch trained every later batch on its predecessor's data. Lightning
+    fetches a batch ahead, so the bad item 8 (step 5's first batch) stops the run before step 4's second batch:
+    last.ckpt stays step 2's (the interval's) and the relaunch trains exactly as the uninterrupted run."""
+    from bindspace.data.readers import DataFileError
+    from bindspace.data.steps import StepBatches
+    from bindspace.train import run
+
+    overrides = ["graph.modalities=[image,text]", "+trainer.accumulate_grad_batches=2", "trainer.max_steps=6",
+                 "checkpoint.every_n_train_steps=2", "data.batch_size=4", "eval.final=false",
+                 "+trainer.limit_val_batches=0"]  # fmt: skip
+    run(compose_config(overrides, run_dir=str(tmp_path / "uninterrupted")))
+    original = StepBatches.__getitem__
+
+    def bad_item(self, step):
+        if step == 7:
+            raise DataFileError("a.png", "cannot decode a PNG/JPEG/WEBP image")
+        return original(self, step)
+
+    monkeypatch.setattr(StepBatches, "__getitem__", bad_item)
+    run_dir = tmp_path / "failed"
+    with pytest.raises(DataFileError):
+        run(compose_config(overrides, run_dir=str(run_dir)))
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
+    monkeypatch.setattr(StepBatches, "__getitem__", original)
+    assert run(compose_config(overrides, run_dir=str(run_dir)))["steps"] == 6
+    a, b = (load_state(d / "checkpoints" / "last.ckpt") for d in (tmp_path / "uninterrupted", run_dir))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sigterm_under_ddp_stops_every_rank_after_the_same_step_and_resumes(tmp_path):
     """2 gloo ranks: the signal reaches rank 0, which forwards it; both stop together and one checkpoint is saved."""
     run_dir = tmp_path / "run"

@@ -70,6 +70,20 @@ def test_feature_cache_under_a_freezing_curriculum_trains_identically(tmp_path):
     assert (tmp_path / "cached" / "feature_cache").exists()
 
 
+def test_feature_cache_keeps_distilling_a_cached_encoder_whose_head_trains(tmp_path):
+    """progressive_distill with the image trunk frozen (its head trains): stage 1 distils image and audio. The
+    cached image embeddings were left out of the distillation term (only encoded inputs were kept for the
+    teacher), so with the cache on the image head trained without it; the teacher now runs its head on the
+    same cached features."""
+    weights = [
+        train(tmp_path / name, "curriculum=progressive_distill", "curriculum.stage.steps=3",
+              "curriculum.stage.warmup_steps=1", *extra)
+        for name, extra in (("plain", []), ("cached", ["cache.frozen_features=true"]))
+    ]  # fmt: skip
+    assert_same_weights(*weights)
+    assert (tmp_path / "cached" / "feature_cache").exists()
+
+
 def test_feature_cache_serves_what_the_encoder_computes():
     cfg = compose_config(["graph.edges=[[image,text]]", "modalities.image.trunk.freeze=true"])
     model = build_run_spec(OmegaConf.to_container(cfg, resolve=True)).build_model().eval()

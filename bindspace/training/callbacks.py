@@ -61,6 +61,15 @@ class CurriculumCallback(L.Callback):
         # After any checkpoint restore: the stored state (or stage 0) decides what trains now.
         self._check_planned_start(trainer)
         self._apply(trainer, pl_module, drop_state=False)
+        step = trainer.global_step
+        ended = [r for r in self.state.history if r["index"] == self.state.index and r["step"] == step]
+        if step > 0 and ended and ended[-1].get("end") == "stage":
+            # trainer.max_steps stopped the run exactly where its stage ends: the stage was recorded as ended,
+            # but the next one was not started (the run ended there). A relaunch with more steps starts it now,
+            # as the uninterrupted run did after that step: the next step trains the next stage's edges, and its
+            # freezing, schedule and distillation teacher are taken from the weights of this step. (The record,
+            # not stage_done: a plateau counted by the validation after that step ends the stage a step later.)
+            self._start_next_stage(trainer, pl_module, step)
 
     def _check_planned_start(self, trainer: L.Trainer) -> None:
         """A stream that draws each step's stage by the planned stage starts (``data=shards``) cannot resume a
@@ -95,9 +104,7 @@ class CurriculumCallback(L.Callback):
             self._record(trainer, pl_module, step, end="stage" if stage_over else "run")
         elif self.state.stage_done(self.curriculum, step, self.steps_per_epoch):
             self._record(trainer, pl_module, step)
-            self.state.advance(step)
-            log.info("curriculum: stage %d (%s) starts at step %d", self.state.index, self.stage.name, step)
-            self._apply(trainer, pl_module, drop_state=True)
+            self._start_next_stage(trainer, pl_module, step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -146,6 +153,11 @@ class CurriculumCallback(L.Callback):
     @property
     def stage(self):
         return self.curriculum.stages[self.state.index]
+
+    def _start_next_stage(self, trainer: L.Trainer, module, step: int) -> None:
+        self.state.advance(step)
+        log.info("curriculum: stage %d (%s) starts at step %d", self.state.index, self.stage.name, step)
+        self._apply(trainer, module, drop_state=True)
 
     def _apply(self, trainer: L.Trainer, module, drop_state: bool) -> None:
         i = self.state.index

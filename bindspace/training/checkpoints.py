@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from bindspace.errors import ConfigError
 from bindspace.models.model import STAGES
+from bindspace.training.callbacks import ends_step
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class RunCheckpoint(ModelCheckpoint):
             every_n_train_steps=every_n_train_steps,
             enable_version_counter=False,  # replace last.ckpt (and a step file of the same step), never -vN
         )
+        self._inside_step = False  # the last batch trained was not the last of its step (accumulation)
 
     @property
     def last_path(self) -> Path:
@@ -107,6 +109,10 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self._inside_step = not ends_step(trainer)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """A bad input met mid-run (a data file that fails to decode): keep the progress made so far.
 
@@ -114,8 +120,20 @@ class RunCheckpoint(ModelCheckpoint):
         next launch resumes from it once the file is fixed (or with ``data.on_error=skip``). Under DDP
         only the rank that met the file knows, so it writes ``last.ckpt`` itself, without the
         collective barrier of ``trainer.save_checkpoint`` (DDP weights are the same on every rank).
+
+        Not inside a step of ``trainer.accumulate_grad_batches=k`` whose earlier batches trained: such a
+        checkpoint counts them as done while their gradients are lost, and the relaunch, whose step loader
+        starts at the step's first batch, trained every later batch on its predecessor's data. The newest
+        checkpoint of a whole step is kept instead.
         """
         if not isinstance(exception, ConfigError) or trainer.global_step == 0:
+            return
+        if self._inside_step:
+            log.warning(
+                "not saving %s after the data error: it came inside an accumulated step (trainer."
+                "accumulate_grad_batches=%d); a relaunch resumes from the newest checkpoint of a whole step, if any",
+                self.last_path, trainer.accumulate_grad_batches,
+            )  # fmt: skip
             return
         try:
             if trainer.world_size == 1:

@@ -21,7 +21,7 @@ the mean over the global batch, as on one process.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -50,11 +50,17 @@ class StageDistillation:
         self.modalities = [m for m in model.modalities if m in set(modalities)]
         self.teacher = self._frozen_copy(model) if self.modalities else None
 
-    def loss(self, encoded: Mapping[str, tuple[ModelInput, Tensor]]) -> Tensor | None:
+    def loss(
+        self, encoded: Mapping[str, tuple[ModelInput, Tensor]], from_features: Collection[str] = ()
+    ) -> Tensor | None:
         """The distillation term over the modalities of this batch that have a teacher, or None.
 
         Args:
             encoded: modality -> (the inputs encoded this step, their ``(B, D)`` unit-norm embeddings).
+            from_features: modalities whose inputs in ``encoded`` are pooled trunk features served by the
+                frozen-feature cache (``cache.frozen_features``; the head still trains): the teacher runs its
+                head on them. The same target as from the inputs: a cached trunk is frozen, so the teacher's
+                is that trunk.
         """
         terms = []
         for m in self.modalities:
@@ -62,7 +68,7 @@ class StageDistillation:
                 continue
             x, emb = encoded[m]
             with torch.no_grad():
-                target = self.teacher.encode(m, x)
+                target = self.teacher.encode_from_features(m, x) if m in from_features else self.teacher.encode(m, x)
             terms.append((1 - (emb * target).sum(-1)).mean())
         if not terms:
             return None

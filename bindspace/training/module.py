@@ -71,6 +71,7 @@ class AlignmentModule(L.LightningModule):
         # Set by the curriculum callback with curriculum.continual.method=distill (training/continual.py).
         self.distillation = None
         self.step_encoded: dict[str, tuple[Any, Tensor]] = {}  # modality -> (inputs, embeddings) of this step
+        self.step_cached: set[str] = set()  # modalities of step_encoded whose inputs are cached trunk features
         # Pairs trained before this run among encoders it keeps frozen (init_from + new_modality): still trained.
         self.inherited_edges: list[Edge] = []
 
@@ -88,12 +89,15 @@ class AlignmentModule(L.LightningModule):
                 chunks.setdefault(m, []).append((edge_key(e), batch[edge_key(e)][m]))
         cached = set(self.feature_cache.active(self.model)) if self.feature_cache is not None else set()
         keep = self.distillation is not None and self.distillation.active
-        embedded, self.step_encoded = {}, {}
+        embedded, self.step_encoded, self.step_cached = {}, {}, set()
         for m, parts in chunks.items():
             sizes = [input_batch_size(x) for _, x in parts]
             if m in cached:
-                feats = [self.feature_cache.features(self.model, m, k, batch[k]["id"], x) for k, x in parts]
-                emb = self.model.encode_from_features(m, torch.cat(feats))
+                feats = torch.cat([self.feature_cache.features(self.model, m, k, batch[k]["id"], x) for k, x in parts])
+                emb = self.model.encode_from_features(m, feats)
+                if keep:  # a cached encoder can still be distilled (its head trains): the teacher's head on them
+                    self.step_encoded[m] = (feats, emb)
+                    self.step_cached.add(m)
             else:
                 x = concat_inputs([x for _, x in parts])
                 emb = self.model.encode(m, x)
@@ -124,7 +128,7 @@ class AlignmentModule(L.LightningModule):
         groups = {k: batch[k]["group"] for k in pairs if "group" in batch[k]}  # a manifest's group column
         total, per_edge = self.loss(pairs, self.stage_weights, groups)
         encoded, self.step_encoded = self.step_encoded, {}  # not kept past the step
-        distill = self.distillation.loss(encoded) if encoded else None
+        distill = self.distillation.loss(encoded, from_features=self.step_cached) if encoded else None
         if distill is not None:
             total = total + distill
         self.last_loss = total.detach()  # NonFiniteGuard reads it before the optimizer step

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
+from bindspace.training.callbacks import ends_step
 from bindspace.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,12 @@ class Preemption(L.Callback):
             self._previous[s] = signal.signal(s, self._handle)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if not ends_step(trainer):
+            # With trainer.accumulate_grad_batches=k a step is k batches: only after the last one is there a step
+            # to save. Saved after an earlier one, the checkpoint counted that batch as done while the step
+            # loader resumes at the step's first batch: the relaunch trained the resumed step on one batch and
+            # every later batch on its predecessor's data.
+            return
         signum = _any_rank(self.received or 0, pl_module.device)
         if not signum or self.preempted is not None:
             return

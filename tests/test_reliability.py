@@ -287,6 +287,39 @@ def test_a_data_error_inside_an_accumulated_step_keeps_the_last_whole_step(tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_data_error_in_a_validation_keeps_the_checkpoint_before_it(tmp_path, monkeypatch):
+    """A data error in the validation of step 8, whose checkpoint waits for that validation: last.ckpt stays
+    step 4's (saved with step 8's pre-validation state, the relaunch would not validate step 8 again and
+    early stopping would miss it); the relaunch repeats steps 5-8 and the validation, as uninterrupted."""
+    from bindspace.data.readers import DataFileError
+    from bindspace.train import run
+    from bindspace.training.module import AlignmentModule
+
+    overrides = ["graph.modalities=[image,text]", "trainer.max_steps=8", "checkpoint.every_n_train_steps=4",
+                 "trainer.val_check_interval=4", "eval.final=false", "+early_stopping.patience=5"]  # fmt: skip
+    run(compose_config(overrides, run_dir=str(tmp_path / "uninterrupted")))
+    original = AlignmentModule.validation_step
+
+    def bad_item(self, batch, batch_idx):
+        if self.trainer.global_step == 8:
+            raise DataFileError("a.png", "cannot decode a PNG/JPEG/WEBP image")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AlignmentModule, "validation_step", bad_item)
+    run_dir = tmp_path / "failed"
+    with pytest.raises(DataFileError):
+        run(compose_config(overrides, run_dir=str(run_dir)))
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
+    monkeypatch.setattr(AlignmentModule, "validation_step", original)
+    assert run(compose_config(overrides, run_dir=str(run_dir)))["steps"] == 8
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+            for d in (tmp_path / "uninterrupted", run_dir))  # fmt: skip
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    early = [k for k in a["callbacks"] if "EarlyStopping" in k]
+    assert early and all(a["callbacks"][k] == b["callbacks"][k] for k in early)
+
+
 def test_sigterm_under_ddp_stops_every_rank_after_the_same_step_and_resumes(tmp_path):
     """2 gloo ranks: the signal reaches rank 0, which forwards it; both stop together and one checkpoint is saved."""
     run_dir = tmp_path / "run"

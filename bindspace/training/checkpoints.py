@@ -82,7 +82,11 @@ class RunCheckpoint(ModelCheckpoint):
         with the early-stopping state of the step before: it kept another best, stopped elsewhere, or
         failed at the end because ``best.ckpt`` held a step its state did not name. Now such a run resumes
         from the checkpoint before and repeats the steps and the validation, as the uninterrupted run did.
+
+        It also notes whether the batch left a step of ``trainer.accumulate_grad_batches`` unfinished
+        (:meth:`on_exception`).
         """
+        self._inside_step = not ends_step(trainer)
         due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
         if due and self._last_global_step_saved != trainer.global_step and validates_after_this_step(trainer):
             self._defer_save_until_validation = True  # Lightning's flag: saved in on_validation_end
@@ -109,10 +113,6 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._inside_step = not ends_step(trainer)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """A bad input met mid-run (a data file that fails to decode): keep the progress made so far.
 
@@ -124,7 +124,10 @@ class RunCheckpoint(ModelCheckpoint):
         Not inside a step of ``trainer.accumulate_grad_batches=k`` whose earlier batches trained: such a
         checkpoint counts them as done while their gradients are lost, and the relaunch, whose step loader
         starts at the step's first batch, trained every later batch on its predecessor's data. The newest
-        checkpoint of a whole step is kept instead.
+        checkpoint of a whole step is kept instead. Nor in the validation of a step whose checkpoint waits
+        for it (:meth:`on_train_batch_end`): a relaunch does not validate a saved step again, so that
+        checkpoint would lack the validation's decisions; the one before is kept, and the relaunch repeats
+        the steps and the validation.
         """
         if not isinstance(exception, ConfigError) or trainer.global_step == 0:
             return
@@ -133,6 +136,13 @@ class RunCheckpoint(ModelCheckpoint):
                 "not saving %s after the data error: it came inside an accumulated step (trainer."
                 "accumulate_grad_batches=%d); a relaunch resumes from the newest checkpoint of a whole step, if any",
                 self.last_path, trainer.accumulate_grad_batches,
+            )  # fmt: skip
+            return
+        if self._defer_save_until_validation:
+            log.warning(
+                "not saving %s after the data error: it came in the validation of step %d, whose checkpoint is "
+                "written after that validation; a relaunch resumes from the checkpoint before and validates again",
+                self.last_path, trainer.global_step,
             )  # fmt: skip
             return
         try:

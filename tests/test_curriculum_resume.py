@@ -82,3 +82,17 @@ def test_a_run_stopped_where_or_just_before_its_plateau_stage_ends_relaunches_as
         for d in (plateau_run, tmp_path)
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_relaunching_a_finished_frozen_run_reports_what_its_last_stage_trained(tmp_path):
+    """The same command again in a finished run's folder resumes at max_steps, trains nothing and evaluates
+    again. Lightning then skips on_train_start, where the restored stage's freezing was applied, so
+    metrics.json listed every encoder as trainable (image 0 -> 512512 parameters, found by SIGKILL tests
+    relaunching a run killed while writing its results). The stage is applied at the end of fit too."""
+    overrides = [*TWO_STAGES, "curriculum=progressive_frozen", "trainer.max_steps=6"]
+    first = run(compose_config(overrides, run_dir=str(tmp_path)))
+    assert first["trainable_params"]["modalities"]["image"]["encoder"] == 0  # frozen: the anchor, in +audio
+    again = run(compose_config(overrides, run_dir=str(tmp_path)))
+    assert again["steps"] == 6
+    assert again["trainable_params"] == first["trainable_params"]
+    assert again["budget"] == first["budget"] and again["stages"] == first["stages"]

@@ -47,6 +47,7 @@ class CurriculumCallback(L.Callback):
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.state = CurriculumState()
         self.stage_hook = stage_hook
+        self._applied = False  # the current stage was applied to the module (at train start or a stage change)
         continual = curriculum.continual
         self.distillation = StageDistillation(continual.weight) if continual.method == "distill" else None
 
@@ -70,6 +71,13 @@ class CurriculumCallback(L.Callback):
             # freezing, schedule and distillation teacher are taken from the weights of this step. (The record,
             # not stage_done: a plateau counted by the validation after that step ends the stage a step later.)
             self._start_next_stage(trainer, pl_module, step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A relaunch of a finished run (resumed at trainer.max_steps) trains nothing, and Lightning skips
+        # on_train_start: the restored stage (its freezing, edges and teacher) is applied here instead, so
+        # what follows fit (trainable_params, the final evaluation) sees the stage the run ended in.
+        if not self._applied:
+            self._apply(trainer, pl_module, drop_state=False)
 
     def _check_planned_start(self, trainer: L.Trainer) -> None:
         """A stream that draws each step's stage by the planned stage starts (``data=shards``) cannot resume a
@@ -160,6 +168,7 @@ class CurriculumCallback(L.Callback):
         self._apply(trainer, module, drop_state=True)
 
     def _apply(self, trainer: L.Trainer, module, drop_state: bool) -> None:
+        self._applied = True
         i = self.state.index
         module.stage_index = i
         module.active_edges = self.curriculum.edges(i)

@@ -512,6 +512,16 @@ def _eval_mode_by_design(module: AlignmentModule) -> dict[str, str] | None:
     return found if in_eval and in_eval <= covered else None
 
 
+def warn_accumulation(k: int, global_batch: int) -> None:
+    """Gradient accumulation is not a larger contrastive batch: say so once, at start-up."""
+    log.warning(
+        "trainer.accumulate_grad_batches=%d sums the gradients of %d batches, but each batch's contrastive loss "
+        "sees only its own %d pairs per edge (the global batch) as negatives, not %d: more negatives need a larger "
+        "data.batch_size or more devices (gathered across ranks), not accumulation (docs/scaling.md)",
+        k, k, global_batch, k * global_batch,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def _fit_notes(module: AlignmentModule):
     """Around ``trainer.fit``: Lightning's "Found N module(s) in eval mode" warning becomes one line naming
@@ -550,6 +560,8 @@ def train_and_evaluate(
     logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"])
     try:
         accumulate = int(plain["trainer"].get("accumulate_grad_batches") or 1)
+        if accumulate > 1:
+            warn_accumulation(accumulate, datamodule.batch_size * _world_size(plain))
         steps_per_epoch = datamodule.steps_per_epoch(_world_size(plain), accumulate)
         spec.curriculum.check_schedule(max_steps, spec.optim.warmup_steps, steps_per_epoch)  # epoch-long stages
         predicted = warn_unreached_stages(spec, max_steps, steps_per_epoch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -82,12 +83,16 @@ def test_resume_from_checkpoint_continues_at_its_step(tmp_path):
     assert not [w for w in caught if "dataloader is not resumable" in str(w.message)]
 
 
-def test_resume_with_gradient_accumulation_gives_the_uninterrupted_weights(tmp_path):
+def test_resume_with_gradient_accumulation_gives_the_uninterrupted_weights(tmp_path, caplog):
     """A step of ``trainer.accumulate_grad_batches=k`` takes k batches of the step loader; a resumed run
-    started the loader at the global step instead of k times it, training on batches again."""
+    started the loader at the global step instead of k times it, training on batches again. The start-up
+    says once that accumulation does not add negatives (each batch's loss contrasts its own 8 pairs)."""
     acc = ["+trainer.accumulate_grad_batches=2", "trainer.max_steps=4", "checkpoint.every_n_train_steps=2",
            "trainer.val_check_interval=8", "graph.modalities=[image,text]"]  # fmt: skip
-    run(compose_config(acc, run_dir=str(tmp_path / "a")))
+    with caplog.at_level(logging.WARNING, logger="bindspace.train"):
+        run(compose_config(acc, run_dir=str(tmp_path / "a")))
+    notes = [r.getMessage() for r in caplog.records if "accumulate_grad_batches=2" in r.getMessage()]
+    assert len(notes) == 1 and "sees only its own 8 pairs per edge" in notes[0] and "not 16" in notes[0]
     ckpt = tmp_path / "a" / "checkpoints" / "step000002.ckpt"
     run(compose_config([*acc, f"ckpt_path={ckpt}"], run_dir=str(tmp_path / "b")))
     a, b = (

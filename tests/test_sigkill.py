@@ -18,32 +18,33 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_OVERRIDES
+from test_curriculum_resume import PLATEAU_STAGES
 
 pytestmark = pytest.mark.slow
 
 SHIM = Path(__file__).parent / "kill_shim"
-BASE = [
-    *(o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint.", "trainer.val_check"))),
-    "graph.edges=[[image,audio],[audio,imu]]",
-]
+TINY = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint.", "trainer.val_check"))]
+BASE = [*TINY, "graph.edges=[[image,audio],[audio,imu]]"]
 
 
-def launch(run_dir: Path, overrides: list[str], kill: str | None = None) -> subprocess.CompletedProcess:
+def launch(
+    run_dir: Path, overrides: list[str], kill: str | None = None, base: list[str] = BASE
+) -> subprocess.CompletedProcess:
     """``python -m bindspace.train`` into ``run_dir``; ``kill``: ``<file name>:<n>[:before]`` (see the shim)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))}
     env.pop("BINDSPACE_KILL_AT", None)
     if kill is not None:
         env["BINDSPACE_KILL_AT"] = kill
     return subprocess.run(
-        [sys.executable, "-m", "bindspace.train", *BASE, *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "bindspace.train", *base, *overrides, f"hydra.run.dir={run_dir}"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
 
-def killed_then_relaunched(run_dir: Path, overrides: list[str], kill: str) -> dict:
-    first = launch(run_dir, overrides, kill)
+def killed_then_relaunched(run_dir: Path, overrides: list[str], kill: str, base: list[str] = BASE) -> dict:
+    first = launch(run_dir, overrides, kill, base)
     assert first.returncode == -9, f"not killed at {kill}: exit {first.returncode}\n{first.stderr[-2000:]}"
-    again = launch(run_dir, overrides)
+    again = launch(run_dir, overrides, base=base)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not list(run_dir.rglob("*.tmp"))
     return json.loads((run_dir / "metrics.json").read_text())
@@ -100,6 +101,49 @@ def test_a_run_killed_during_a_validation_resumes_to_the_same_best_and_stop(tmp_
     assert next(v for k, v in stored.items() if k.startswith("EarlyStopping")) == {
         "best": expected["early_stopping"]["best"], "best_step": 4, "wait": 1, "stopped_step": 8,
     }  # fmt: skip
+
+
+def same(a, b) -> bool:
+    """Equal, tensors (a distillation teacher's weights) bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return a == b
+
+
+# ---- a curriculum stage that ends on a plateau --------------------------------------------------------
+# Stage a validates every 2 steps, counts its plateau at step 4 and ends after step 5; stage b trains 6 and 7.
+# Checkpoints every step, each written after its step's validation.
+PLATEAU = [*PLATEAU_STAGES, "trainer.max_steps=7"]
+
+
+@pytest.fixture(scope="module")
+def plateau(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("plateau")
+    done = launch(run_dir, PLATEAU, base=TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [(s["name"], s["start_step"], s["step"]) for s in metrics["stages"]] == [("a", 0, 5), ("b", 5, 7)]
+    return run_dir, metrics
+
+
+# last.ckpt:4 -- after the checkpoint of step 4, whose validation counted the plateau (the stage goes on);
+# last.ckpt:5 -- after the checkpoint of step 5, where the stage ended and b is not started yet.
+@pytest.mark.parametrize("kill", ["last.ckpt:4", "last.ckpt:5"])
+def test_a_plateau_stage_killed_after_a_checkpoint_relaunches_as_uninterrupted(tmp_path, plateau, kill):
+    reference, expected = plateau
+    run_dir = tmp_path / "run"
+    metrics = killed_then_relaunched(run_dir, PLATEAU, kill, base=TINY)
+    assert (metrics["stages"], metrics["budget"]) == (expected["stages"], expected["budget"])
+    for step in range(1, 8):
+        name = f"step{step:06d}.ckpt"
+        assert_same_checkpoint(reference / "checkpoints" / name, run_dir / "checkpoints" / name)
+        want, got = (load(d / "checkpoints" / name)["callbacks"]["CurriculumCallback"] for d in (reference, run_dir))
+        assert same(got, want), name
+    assert_same_checkpoint(reference / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "last.ckpt")
 
 
 # ---- results: metrics.json is written last ----------------------------------------------------------

@@ -34,7 +34,7 @@ from torch import Tensor
 from bindspace.cli import KeyValueCommand, run_command
 from bindspace.errors import ConfigError
 from bindspace.modalities import get_modality
-from bindspace.utils.io import atomic_write
+from bindspace.utils.io import atomic_write, remove_stale_temporaries
 
 FORMAT = "bindspace-embeddings/1"
 NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for a row of a float32/float64 file; looser for 16-bit files
@@ -279,6 +279,10 @@ DEFAULTS, REQUIRED = COMMAND.defaults, tuple(COMMAND.required)
 def run(args: Mapping[str, Any]) -> Path:
     from bindspace.inference import BindSpace
 
+    # A run of this command killed while writing left its temporary beside the output (a live write of the same
+    # output holds its temporary locked and keeps it).
+    for tmp in remove_stale_temporaries(args["out"]):
+        log.warning("removing %s, a temporary file an interrupted bindspace-embed left behind", tmp)
     ids, inputs = resolve_inputs(args["modality"], args["inputs"])
     bs = BindSpace.from_checkpoint(args["ckpt_path"], device=args["device"])
     if args["modality"] not in bs.modalities:

@@ -232,6 +232,47 @@ def test_bindspace_embed_writes_only_files_search_accepts(tmp_path, capsys, monk
         assert code == 0 and load_embeddings(out).ids == ["0", "1", "2"]
 
 
+def test_a_relaunch_removes_the_temporary_a_killed_embed_left_and_no_live_one(tmp_path, caplog, monkeypatch):
+    """A bindspace-embed SIGKILLed while writing leaves ``.<out>.<random>.tmp`` beside the output (as large as
+    the output); the same command again removes it. A temporary another live process is writing (locked until
+    its rename) and those of other outputs stay."""
+    import fcntl
+
+    from bindspace.embed import main as embed_main
+    from bindspace.inference import BindSpace
+
+    monkeypatch.setattr(BindSpace, "from_checkpoint", classmethod(lambda cls, *a, **k: FakeModel(unit_rows(3))))
+    (tmp_path / "lines.txt").write_text("a red sphere\na blue cube\na dog\n", encoding="utf-8")
+    out = tmp_path / "out.safetensors"
+    dead, live, other = (tmp_path / n for n in (".out.safetensors.k1ll3d_x.tmp", ".out.safetensors.wr1t1ng_.tmp",
+                                                 ".more.safetensors.k1ll3d_x.tmp"))  # fmt: skip
+    for tmp in (dead, live, other):
+        tmp.write_bytes(b"half a file")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a live atomic_write holds until its rename
+        args = ["ckpt_path=any.ckpt", "modality=text", f"inputs={tmp_path / 'lines.txt'}", f"out={out}"]
+        assert embed_main(args) == 0
+    assert load_embeddings(out).ids == ["0", "1", "2"]
+    assert not dead.exists() and live.exists() and other.exists()
+    assert [r.getMessage() for r in caplog.records if "temporary" in r.getMessage()] == [
+        f"removing {dead}, a temporary file an interrupted bindspace-embed left behind"
+    ]
+
+
+def test_a_write_in_progress_keeps_its_temporary_from_a_cleaner(tmp_path):
+    from bindspace.utils.io import atomic_write, remove_stale_temporaries
+
+    out = tmp_path / "out.safetensors"
+    seen = []
+
+    def write(f):
+        seen.append(remove_stale_temporaries(out))  # another process's relaunch, during this write
+        f.write(b"whole")
+
+    atomic_write(out, write)
+    assert seen == [[]] and out.read_bytes() == b"whole" and not list(tmp_path.glob(".*.tmp"))
+
+
 @pytest.mark.parametrize(
     ("modality", "name"), [("text", "captions.txt"), ("text", "rows.jsonl"), ("audio", "rows.csv")]
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,32 +18,33 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_OVERRIDES
+from test_curriculum_resume import PLATEAU_STAGES
 
 pytestmark = pytest.mark.slow
 
 SHIM = Path(__file__).parent / "kill_shim"
-BASE = [
-    *(o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint.", "trainer.val_check"))),
-    "graph.edges=[[image,audio],[audio,imu]]",
-]
+TINY = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint.", "trainer.val_check"))]
+BASE = [*TINY, "graph.edges=[[image,audio],[audio,imu]]"]
 
 
-def launch(run_dir: Path, overrides: list[str], kill: str | None = None) -> subprocess.CompletedProcess:
+def launch(
+    run_dir: Path, overrides: list[str], kill: str | None = None, base: list[str] = BASE
+) -> subprocess.CompletedProcess:
     """``python -m bindspace.train`` into ``run_dir``; ``kill``: ``<file name>:<n>[:before]`` (see the shim)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))}
     env.pop("BINDSPACE_KILL_AT", None)
     if kill is not None:
         env["BINDSPACE_KILL_AT"] = kill
     return subprocess.run(
-        [sys.executable, "-m", "bindspace.train", *BASE, *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "bindspace.train", *base, *overrides, f"hydra.run.dir={run_dir}"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
 
-def killed_then_relaunched(run_dir: Path, overrides: list[str], kill: str) -> dict:
-    first = launch(run_dir, overrides, kill)
+def killed_then_relaunched(run_dir: Path, overrides: list[str], kill: str, base: list[str] = BASE) -> dict:
+    first = launch(run_dir, overrides, kill, base)
     assert first.returncode == -9, f"not killed at {kill}: exit {first.returncode}\n{first.stderr[-2000:]}"
-    again = launch(run_dir, overrides)
+    again = launch(run_dir, overrides, base=base)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not list(run_dir.rglob("*.tmp"))
     return json.loads((run_dir / "metrics.json").read_text())
@@ -101,6 +103,49 @@ def test_a_run_killed_during_a_validation_resumes_to_the_same_best_and_stop(tmp_
     }  # fmt: skip
 
 
+def same(a, b) -> bool:
+    """Equal, tensors (a distillation teacher's weights) bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return a == b
+
+
+# ---- a curriculum stage that ends on a plateau --------------------------------------------------------
+# Stage a validates every 2 steps, counts its plateau at step 4 and ends after step 5; stage b trains 6 and 7.
+# Checkpoints every step, each written after its step's validation.
+PLATEAU = [*PLATEAU_STAGES, "trainer.max_steps=7"]
+
+
+@pytest.fixture(scope="module")
+def plateau(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("plateau")
+    done = launch(run_dir, PLATEAU, base=TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [(s["name"], s["start_step"], s["step"]) for s in metrics["stages"]] == [("a", 0, 5), ("b", 5, 7)]
+    return run_dir, metrics
+
+
+# last.ckpt:4 -- after the checkpoint of step 4, whose validation counted the plateau (the stage goes on);
+# last.ckpt:5 -- after the checkpoint of step 5, where the stage ended and b is not started yet.
+@pytest.mark.parametrize("kill", ["last.ckpt:4", "last.ckpt:5"])
+def test_a_plateau_stage_killed_after_a_checkpoint_relaunches_as_uninterrupted(tmp_path, plateau, kill):
+    reference, expected = plateau
+    run_dir = tmp_path / "run"
+    metrics = killed_then_relaunched(run_dir, PLATEAU, kill, base=TINY)
+    assert (metrics["stages"], metrics["budget"]) == (expected["stages"], expected["budget"])
+    for step in range(1, 8):
+        name = f"step{step:06d}.ckpt"
+        assert_same_checkpoint(reference / "checkpoints" / name, run_dir / "checkpoints" / name)
+        want, got = (load(d / "checkpoints" / name)["callbacks"]["CurriculumCallback"] for d in (reference, run_dir))
+        assert same(got, want), name
+    assert_same_checkpoint(reference / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "last.ckpt")
+
+
 # ---- results: metrics.json is written last ----------------------------------------------------------
 RESULTS = ["metrics.json", "retrieval.txt", "per_query.npz"]
 FINISHED = ["trainer.max_steps=2", "checkpoint.every_n_train_steps=2", "+trainer.limit_val_batches=0"]
@@ -145,3 +190,66 @@ def test_a_run_killed_while_writing_its_results_never_shows_a_metrics_json_witho
     assert subprocess.run([*evaluate, f"hydra.run.dir={out}"], env=env, capture_output=True).returncode == 0
     assert_whole_results(out)
     assert not list(out.rglob("*.tmp"))
+
+
+# ---- DDP: rank 0 killed at a checkpoint -------------------------------------------------------------
+# 2 gloo ranks, half batches; step 3 validates and writes step000003.ckpt and last.ckpt after its validation.
+DDP = [
+    "trainer=ddp", "trainer.devices=2", "data.batch_size=4", "trainer.max_steps=6", "trainer.val_check_interval=3",
+    "checkpoint.every_n_train_steps=3", "eval.final=false",
+]  # fmt: skip
+
+
+def launch_group(run_dir: Path, overrides: list[str], kill: str | None = None) -> tuple[int, str]:
+    """``launch`` in a process group of its own; waits for every process of it (the ranks Lightning starts
+    hold the same stderr) and kills the group if one is still alive after the timeout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))}
+    env.pop("BINDSPACE_KILL_AT", None)
+    if kill is not None:
+        env |= {"BINDSPACE_KILL_AT": kill, "BINDSPACE_KILL_RANK": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bindspace.train", *BASE, *overrides, f"hydra.run.dir={run_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=300)  # returns once no process holds stderr: every rank has exited
+    finally:
+        left = alive_in_group(proc.pid)
+        if left:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not left, f"ranks {left} outlived the launch\n{err[-2000:]}"
+    return proc.returncode, err
+
+
+def alive_in_group(pgid: int) -> list[int]:
+    """The processes of a process group that still run (an orphaned rank that exited stays a zombie here)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def test_ddp_rank_0_killed_after_a_checkpoint_resumes_bit_for_bit(tmp_path):
+    reference = tmp_path / "uninterrupted"
+    code, err = launch_group(reference, DDP)
+    assert code == 0, err[-3000:]
+    run_dir = tmp_path / "run"
+    # Rank 1 waits in the collective after the save: the dead peer closes its gloo connection, and rank 1 fails
+    # at once ("Connection closed by peer") instead of waiting for the process group's 30-minute timeout.
+    code, err = launch_group(run_dir, DDP, kill="last.ckpt:1")
+    assert code == -9, err[-3000:]
+    assert "Connection closed by peer" in err, err[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt", "step000003.ckpt"]
+    code, err = launch_group(run_dir, DDP)
+    assert code == 0, err[-3000:]
+    assert not list(run_dir.rglob("*.tmp"))
+    for name in ("last.ckpt", "step000003.ckpt", "step000006.ckpt"):
+        assert_same_checkpoint(reference / "checkpoints" / name, run_dir / "checkpoints" / name)
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
+    assert comparable(got, run_dir) == comparable(want, reference)

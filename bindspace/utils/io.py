@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import glob
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +37,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp, held = _locked_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -48,7 +51,57 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         if full:
             raise DiskFullError(errno.ENOSPC, f"no space left on the device writing {path}", str(path)) from err
         raise
+    finally:
+        os.close(held)
     return path
+
+
+def _locked_temporary(path: Path) -> tuple[int, str, int]:
+    """A new temporary beside ``path``: its fd, its name, and a second fd holding an ``flock`` on it until the
+    rename is done (its own open file, as closing the first must not release it). The kernel drops the lock
+    when the process dies, however it dies: :func:`remove_stale_temporaries` takes only unlocked ones."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        held = os.open(tmp, os.O_RDONLY)
+        fcntl.flock(held, fcntl.LOCK_EX)  # a fresh file: free, unless a cleaner just took it to remove it
+        if os.fstat(held).st_nlink:
+            return fd, tmp, held
+        os.close(held)  # removed between mkstemp and flock by remove_stale_temporaries (it looked unlocked)
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries :func:`atomic_write` left beside ``path`` when its process died mid-write.
+
+    Only ``.<name>.<8 mkstemp characters>.tmp`` regular files that no live process holds locked: a
+    concurrent write of the same file keeps its lock until its rename, so it is never disturbed. Returns
+    what was removed.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in sorted(path.parent.glob(f".{glob.escape(path.name)}.????????.tmp")):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # gone, a symlink, unreadable: not ours to remove
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live write
+            held = os.fstat(fd)
+            try:
+                named = os.stat(tmp, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # renamed into place by the write that just released it
+            if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                tmp.unlink()  # under the lock: a writer that takes it next sees st_nlink 0 and starts over
+                removed.append(tmp)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _device_full(folder: Path, err: BaseException) -> bool:

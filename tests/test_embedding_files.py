@@ -273,6 +273,27 @@ def test_a_write_in_progress_keeps_its_temporary_from_a_cleaner(tmp_path):
     assert seen == [[]] and out.read_bytes() == b"whole" and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_without_flock_writes_stay_atomic_and_nothing_is_removed(tmp_path, monkeypatch):
+    """A file system that offers no flock (Lustre without -o flock, some FUSE mounts: ENOLCK, EOPNOTSUPP):
+    atomic_write goes ahead unlocked, and the cleaner, unable to tell a stale temporary from a live one,
+    removes nothing."""
+    import errno
+    import fcntl
+
+    from bindspace.utils import io
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "out.safetensors"
+    io.atomic_write(out, lambda f: f.write(b"whole"))
+    assert out.read_bytes() == b"whole" and not list(tmp_path.glob(".*.tmp"))
+    left = tmp_path / ".out.safetensors.k1ll3d_x.tmp"
+    left.write_bytes(b"half a file")
+    assert io.remove_stale_temporaries(out) == [] and left.exists()
+
+
 @pytest.mark.parametrize(
     ("modality", "name"), [("text", "captions.txt"), ("text", "rows.jsonl"), ("audio", "rows.csv")]
 )

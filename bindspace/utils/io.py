@@ -52,22 +52,41 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             raise DiskFullError(errno.ENOSPC, f"no space left on the device writing {path}", str(path)) from err
         raise
     finally:
-        os.close(held)
+        if held is not None:
+            os.close(held)
     return path
 
 
-def _locked_temporary(path: Path) -> tuple[int, str, int]:
+def _locked_temporary(path: Path) -> tuple[int, str, int | None]:
     """A new temporary beside ``path``: its fd, its name, and a second fd holding an ``flock`` on it until the
     rename is done (its own open file, as closing the first must not release it). The kernel drops the lock
-    when the process dies, however it dies: :func:`remove_stale_temporaries` takes only unlocked ones."""
+    when the process dies, however it dies: :func:`remove_stale_temporaries` takes only unlocked ones.
+
+    On a file system without ``flock`` (Lustre mounted without ``-o flock``, some FUSE mounts) the write goes
+    ahead unlocked (None): atomic all the same, and :func:`remove_stale_temporaries` leaves what it cannot
+    lock in place.
+    """
     while True:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         held = os.open(tmp, os.O_RDONLY)
-        fcntl.flock(held, fcntl.LOCK_EX)  # a fresh file: free, unless a cleaner just took it to remove it
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX)  # a fresh file: free, unless a cleaner just took it to remove it
+        except OSError as err:
+            if err.errno not in _NO_LOCKS:
+                os.close(held)
+                os.close(fd)
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            os.close(held)
+            return fd, tmp, None
         if os.fstat(held).st_nlink:
             return fd, tmp, held
         os.close(held)  # removed between mkstemp and flock by remove_stale_temporaries (it looked unlocked)
         os.close(fd)
+
+
+# flock is not offered here: the file system's answer, not a lock held by anyone.
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
@@ -89,8 +108,8 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live write
+            except OSError:
+                continue  # a live write (EWOULDBLOCK), or no flock on this file system: nothing tells it is stale
             held = os.fstat(fd)
             try:
                 named = os.stat(tmp, follow_symlinks=False)

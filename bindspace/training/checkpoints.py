@@ -132,17 +132,15 @@ class RunCheckpoint(ModelCheckpoint):
         if not isinstance(exception, ConfigError) or trainer.global_step == 0:
             return
         if self._inside_step:
+            why = f"inside an accumulated step (trainer.accumulate_grad_batches={trainer.accumulate_grad_batches})"
+        elif self._defer_save_until_validation:
+            why = f"in the validation of step {trainer.global_step}, whose checkpoint waits for that validation"
+        else:
+            why = None
+        if why is not None:
             log.warning(
-                "not saving %s after the data error: it came inside an accumulated step (trainer."
-                "accumulate_grad_batches=%d); a relaunch resumes from the newest checkpoint of a whole step, if any",
-                self.last_path, trainer.accumulate_grad_batches,
-            )  # fmt: skip
-            return
-        if self._defer_save_until_validation:
-            log.warning(
-                "not saving %s after the data error: it came in the validation of step %d, whose checkpoint is "
-                "written after that validation; a relaunch resumes from the checkpoint before and validates again",
-                self.last_path, trainer.global_step,
+                "not saving %s after the data error: it came %s; a relaunch resumes from the newest checkpoint "
+                "before it and repeats what followed", self.last_path, why,
             )  # fmt: skip
             return
         try:

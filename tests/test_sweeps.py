@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -11,7 +12,12 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_OVERRIDES, compose_config
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
+from bindspace.config import build_run_spec, check_train_config
+from bindspace.data import data_modalities
 from bindspace.train import run
 
 pytestmark = pytest.mark.slow
@@ -60,8 +66,13 @@ def multirun(tmp_path: Path, *overrides: str, synthetic: bool = True) -> subproc
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_smoke_run(tmp_path, experiment):
-    """One short job of each experiment (its sweep cut to one point)."""
+def test_experiment_smoke_run(tmp_path, bindspace_cache, experiment):
+    """One short job of each experiment (its sweep cut to one point), composed and trained in this process.
+
+    In-process, because a fresh interpreter costs several times the job itself here; the multirun CLI
+    itself (an experiment's sweep, a command-line value replacing a swept one, the report) is driven
+    by ``test_two_run_multirun_produces_a_report``, and every sweep point's composition by the test below.
+    """
     assert experiment in SMOKE, f"add a smoke setting for the new experiment {experiment!r}"
     synthetic = experiment not in BUILT_DATA
     smoke = SMOKE[experiment]
@@ -69,12 +80,42 @@ def test_experiment_smoke_run(tmp_path, experiment):
         space = tmp_path / "space"
         run(compose_config(["graph.modalities=[image,text]", "trainer.max_steps=1", "eval.final=false"], str(space)))
         smoke = [o.format(space=space / "checkpoints" / "last.ckpt") for o in smoke]
-    proc = multirun(tmp_path, f"experiment={experiment}", "trainer.max_steps=4", *smoke, synthetic=synthetic)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "0" / "metrics.json").read_text())
+    job = tmp_path / "job"
+    run(compose_config([f"experiment={experiment}", "trainer.max_steps=4", *smoke], str(job), synthetic=synthetic))
+    metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["run"]["group"] == experiment
     if not synthetic:
         assert "audio" in metrics["zero_shot"] and metrics["retrieval"]["audio->text"]["trained"] is False
+
+
+def sweep_points(experiment: str) -> list[list[str]]:
+    """Every job of an experiment's own sweep (``hydra.sweeper.params``), as the override lists of its jobs."""
+    with initialize_config_module("bindspace.configs", version_base="1.3"):
+        params = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True).hydra.sweeper.params
+    parser = OverridesParser.create()
+    axes = [
+        [f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()]
+        for o in parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()])
+    ]
+    return [list(point) for point in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_sweep_point_of_an_experiment_is_a_valid_run(experiment):
+    """Each job an experiment's multirun would launch composes and passes every config check before compute."""
+    points = sweep_points(experiment)  # [[]]: an experiment without a sweep is one job
+    synthetic = experiment not in BUILT_DATA
+    space = [o.format(space="unused.ckpt") for o in SMOKE[experiment]] if experiment == "bind_new_modality" else []
+    for point in points:
+        plain = OmegaConf.to_container(
+            compose_config([f"experiment={experiment}", *point, *space], "unused", synthetic=synthetic), resolve=True
+        )
+        check_train_config(plain)
+        if space:  # its edges come from the checkpoint it binds into: the smoke run above builds them
+            continue
+        if plain["graph"].get("modalities") is None:
+            plain["graph"]["modalities"] = data_modalities(plain["data"])
+        build_run_spec(plain)
 
 
 def test_two_run_multirun_produces_a_report(tmp_path):

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -83,3 +90,43 @@ def bindspace_cache(tmp_path_factory):
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+def run_main_in_process(main: Callable[[], None], prog: str, *argv: str) -> subprocess.CompletedProcess:
+    """A command's ``main()`` (what its console script calls) run in this process on ``argv``.
+
+    Returns what ``subprocess.run(..., capture_output=True, text=True)`` of the installed command would: the
+    exit code (``SystemExit``'s; 1 and the traceback on stderr for an uncaught exception), stdout and stderr.
+    A fresh interpreter costs 8-15 s of imports here, several times a config check; the tests that check the
+    process itself (start-up noise, the console script, signals) still launch one. Hydra's global state and
+    the root logger handlers its job logging installs are restored afterwards.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level, saved_argv = root.handlers[:], root.level, sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+                if isinstance(stop.code, str):
+                    print(stop.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+    return subprocess.CompletedProcess([prog, *argv], code, out.getvalue(), err.getvalue())

@@ -1,10 +1,12 @@
 """Config validation (issue 7): a user error is one stderr line naming the key or value, exit code 2, no compute.
 
-One CLI test per case runs the real entry point in a fresh interpreter (``slow``: ~5 s of imports
-each). Where a case can prove that nothing was computed, it does: the manifest's files do not exist (a
-file scan would report them first), the pretrained folder holds a config but no weights (building the
-model would fail on them). The in-process tests below them pin the same checks at ``build_run_spec``
-and the datamodules, cheaply.
+One CLI test per case runs the real entry point, ``bindspace-train``'s ``main()`` on the case's command
+line, in this process (a fresh interpreter costs 8-15 s of imports here; one case, and the tests of
+``test_hardening_cli.py`` and ``test_cli_convention.py``, check the installed command in one). Where a
+case can prove that nothing was computed, it does: the manifest's files do not exist (a file scan would
+report them first), the pretrained folder holds a config but no weights (building the model would fail on
+them). The in-process tests below them pin the same checks at ``build_run_spec`` and the datamodules,
+cheaply.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from pathlib import Path
 
 import pytest
 import timm
-from conftest import compose_config
+from conftest import compose_config, run_main_in_process
 from omegaconf import OmegaConf
 from timm.models._hub import save_for_hf
 
 from bindspace.config import RunSpec, build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.modalities import ConfigError, list_modalities
-from bindspace.train import package_dir  # noqa: F401  (registers the ${pkg_dir:...} resolver)
+from bindspace.train import main as train_main  # (importing it registers the ${pkg_dir:...} resolver)
 
 transformers = pytest.importorskip("transformers")
 
@@ -32,10 +34,18 @@ PREFIX = "bindspace-train: config error: "
 REGISTERED = list_modalities()
 
 
-def cli_config_error(run_dir: Path, *overrides: str) -> str:
-    """Run ``bindspace-train`` on a bad config, check the user-error contract, return the message."""
-    cmd = [sys.executable, "-m", "bindspace.train", *overrides, "logger=none", "trainer.max_steps=1"]
-    proc = subprocess.run([*cmd, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=300)
+def cli_config_error(run_dir: Path, *overrides: str, fresh_interpreter: bool = False) -> str:
+    """Run ``bindspace-train`` on a bad config, check the user-error contract, return the message.
+
+    Its ``main()`` in this process (the cases differ in the config only), or the installed command in a
+    fresh interpreter (``fresh_interpreter``: start-up noise, the console script).
+    """
+    argv = [*overrides, "logger=none", "trainer.max_steps=1", f"hydra.run.dir={run_dir}"]
+    if fresh_interpreter:
+        cmd = [sys.executable, "-m", "bindspace.train", *argv]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    else:
+        proc = run_main_in_process(train_main, "bindspace-train", *argv)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -99,7 +109,8 @@ def test_cli_edge_with_no_data_fails_before_any_file_is_read(tmp_path):
 
 @pytest.mark.slow
 def test_cli_batch_size_below_two(tmp_path):
-    assert cli_config_error(tmp_path, "data.batch_size=1") == "data.batch_size must be an integer >= 2, got 1"
+    message = cli_config_error(tmp_path, "data.batch_size=1", fresh_interpreter=True)
+    assert message == "data.batch_size must be an integer >= 2, got 1"
 
 
 @pytest.mark.slow

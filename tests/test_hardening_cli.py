@@ -135,7 +135,7 @@ MISTYPED = [
     ("seed=-1", "seed must be an integer in [0, 2**32), got -1", False),
     ("modalities.image.trunk.depth=two", "modalities.image.trunk.depth must be an integer, got 'two'", False),
     ("trainer.val_check_interval=1.5", "trainer.val_check_interval must be a step count >= 1", False),
-    ("+graph.anchor=text", "graph: unknown key(s) ['anchor'] (did you mean graph.'anchors'?)", False),
+    ("+graph.anchor=text", "graph: unknown key(s) ['anchor'] (did you mean 'graph.anchors'?)", False),
     ("+anchr=text", "unknown top-level key(s) ['anchr'] (did you mean 'anchor'?)", False),
     ("+optim.warmup=10", "optim: unknown key(s) ['warmup'] (did you mean 'warmup_steps'?)", False),
 ]

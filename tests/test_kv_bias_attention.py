@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bindspace.nn.layers import KVBiasAttention, PatchTokenizer
+from bindspace.nn.layers import PatchTokenizer
+from bindspace.nn.transformer import KVBiasAttention
 
 
 def _pair(width: int = 16, heads: int = 4) -> tuple[KVBiasAttention, torch.nn.MultiheadAttention]:

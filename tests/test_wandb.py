@@ -54,7 +54,7 @@ def test_a_failed_run_still_closes_wandb(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("planted failure")
 
-    monkeypatch.setattr("bindspace.train.final_metrics", boom)
+    monkeypatch.setattr("bindspace.training.pipeline.final_metrics", boom)
     with pytest.raises(RuntimeError, match="planted failure"):
         run(cfg)
     assert wandb.run is None  # finished, so the next job of a multirun can start its own run

@@ -17,8 +17,9 @@ from bindspace.nn.adapters import (
     trunk_layout,
     trunk_trainable,
 )
-from bindspace.nn.layers import Head, Normalize, TransformerTrunk
+from bindspace.nn.layers import Head, Normalize
 from bindspace.nn.pretrained import build_hf_trunk, build_timm_trunk, trunk_architecture
+from bindspace.nn.transformer import TransformerTrunk
 
 STAGES = ("preprocessors", "trunks", "heads", "postprocessors")
 

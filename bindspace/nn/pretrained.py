@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import Tensor, nn
 
@@ -221,6 +220,8 @@ def build_timm_trunk(
     With ``architecture`` (what :func:`trunk_architecture` recorded, e.g. from a checkpoint) the model is
     created from it with random weights, and ``name``/``pretrained`` are not looked at.
     """
+    import timm  # here, not at the top: the modality registry imports this module, a config check needs no timm
+
     if architecture is not None:
         model_id, load, model_args = str(architecture["architecture"]), False, dict(architecture["model_args"])
     else:

@@ -63,7 +63,7 @@ def fit(config: Mapping[str, Any] | Sequence[str] | None = None, run_dir: str | 
     """
     from omegaconf import OmegaConf
 
-    from bindspace.train import run
+    from bindspace.training.pipeline import run
 
     if OmegaConf.is_config(config):  # e.g. OmegaConf.load(".../.hydra/config.yaml")
         config = OmegaConf.to_container(config, resolve=False)

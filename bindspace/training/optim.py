@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from bindspace.models.model import BindSpaceModel
+from bindspace.config import OptimConfig
 from bindspace.nn.adapters import trunk_layout
+
+if TYPE_CHECKING:  # the model imports timm: the config checks read OptimConfig without it
+    from bindspace.models.model import BindSpaceModel
 
 NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "log_scale", "token_embedding")
 
 
-@dataclass
-class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-6
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.0  # final lr as a fraction of ``lr`` at the end of the cosine
-    fused: bool | None = None  # fused AdamW kernel; None = on when every parameter is on a GPU
-    layer_decay: float = 1.0  # lr of block i of L: lr * layer_decay ** (L - i); 1 = the same lr everywhere
-
-
 def _find_model(module: nn.Module) -> BindSpaceModel | None:
+    from bindspace.models.model import BindSpaceModel
+
     if isinstance(module, BindSpaceModel):
         return module
     found = getattr(module, "model", None)

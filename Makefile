@@ -47,6 +47,7 @@ bench: install ## Run the benchmarks and update docs/benchmarks.md (machine, dat
 	$(BIN)/python -m benchmarks.bench_retrieval
 	$(BIN)/python -m benchmarks.bench_training
 	$(BIN)/python -m benchmarks.bench_ddp
+	$(BIN)/python -m benchmarks.bench_cli
 
 clean: ## Remove run folders and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

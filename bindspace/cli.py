@@ -212,6 +212,24 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str], check: Callable
             check(cfg)
 
 
+def resolved_before_launch(cfg: Any) -> dict[str, Any] | None:
+    """A config composed from the command line (a ``DictConfig``), resolved to plain data before Hydra
+    launches the job: the run folder Hydra picks at launch (``paths.output_dir: ${hydra:...}``) is a
+    placeholder, as the checks write nothing. None when another interpolation needs the launched job
+    (the run's own checks, which are the same, then report its errors)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = cfg.copy()
+    paths = OmegaConf.to_container(cfg.paths, resolve=False) if "paths" in cfg else {}
+    if str(paths.get("output_dir", "")).startswith("${hydra:"):
+        cfg.paths.output_dir = "<run folder chosen at launch>"
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return None
+
+
 def _without_print_flags(argv: Sequence[str]) -> list[str]:
     """``argv`` without the config-printing flags of :data:`PRINT_FLAGS` and their values (``--cfg job``)."""
     kept, skip = [], False

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -415,7 +416,6 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"new_modality={new} binds a modality into the space of init_from=<checkpoint>, not set")
     _check_positive((cfg.get("checkpoint") or {}).get("every_n_train_steps"), "checkpoint.every_n_train_steps")
     check_trainer(cfg.get("trainer") or {})
-    from bindspace.training.early_stopping import parse_early_stopping
     from bindspace.training.loggers import check_logger
 
     parse_early_stopping(cfg.get("early_stopping"), cfg.get("trainer"))
@@ -424,10 +424,62 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     reliability_settings(cfg)
 
 
+EARLY_STOPPING_KEYS = {"metric", "patience", "mode", "min_delta"}
+EARLY_STOPPING_DEFAULTS = {"metric": "val/mean_R@1", "patience": 5, "mode": "max", "min_delta": 0.0}
+
+
+def parse_early_stopping(value: Any, trainer: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """``early_stopping`` (null, or a mapping of :data:`EARLY_STOPPING_KEYS`) checked; None when off.
+
+    Raises:
+        ConfigError: an unknown key (with the closest), a bad value, or no validation to watch.
+    """
+    if value is None or value is False:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"early_stopping must be null or a mapping of {sorted(EARLY_STOPPING_KEYS)}, got {value!r}")
+    unknown = sorted(set(value) - EARLY_STOPPING_KEYS)
+    if unknown:
+        from bindspace.cli import did_you_mean
+
+        raise ConfigError(
+            f"early_stopping: unknown key {unknown[0]!r}{did_you_mean(unknown[0], sorted(EARLY_STOPPING_KEYS))}; "
+            f"keys are {sorted(EARLY_STOPPING_KEYS)}"
+        )
+    cfg = {**EARLY_STOPPING_DEFAULTS, **dict(value)}
+    if not isinstance(cfg["metric"], str) or not cfg["metric"].startswith("val/"):
+        raise ConfigError(
+            f"early_stopping.metric must be a validation metric such as val/mean_R@1, got {cfg['metric']!r}"
+        )
+    patience = cfg["patience"]
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ConfigError(f"early_stopping.patience must be an integer >= 1 (validations), got {patience!r}")
+    if cfg["mode"] not in ("max", "min"):
+        raise ConfigError(f"early_stopping.mode must be max or min, got {cfg['mode']!r}")
+    delta = cfg["min_delta"]
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or delta < 0:
+        raise ConfigError(f"early_stopping.min_delta must be a number >= 0, got {delta!r}")
+    limit = (trainer or {}).get("limit_val_batches")
+    if limit is not None and not isinstance(limit, bool) and limit == 0:
+        raise ConfigError("early_stopping needs validation, but trainer.limit_val_batches=0 turns it off")
+    return {**cfg, "min_delta": float(delta)}
+
+
+def parse_signal(name: str | int) -> int:
+    """``"SIGTERM"``, ``"term"`` or ``15`` -> 15; ``ValueError`` for anything that is not a signal."""
+    if isinstance(name, int) and not isinstance(name, bool):
+        return int(signal.Signals(name))
+    if not isinstance(name, str):
+        raise ValueError(f"unknown signal {name!r}")
+    upper = name.upper()
+    try:
+        return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None
+
+
 def reliability_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``nonfinite``, ``preemption`` and ``resume``, checked (by :func:`check_train_config`, before any compute)."""
-    from bindspace.training.reliability import parse_signal
-
     nonfinite = cfg.get("nonfinite") or {}
     preemption = cfg.get("preemption") or {}
     max_consecutive = nonfinite.get("max_consecutive", 5)

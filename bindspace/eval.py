@@ -30,7 +30,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bindspace.cli import run_hydra_command
+from bindspace.cli import resolved_before_launch, run_hydra_command
 from bindspace.config import build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.data.checks import small_heldout_message
@@ -277,14 +277,36 @@ def probe_table(ref: HeldOut, test: HeldOut, plan: FitScoreSplit, opts: EvalOpti
     return linear_probe(ref, test, plan.fit_ids, plan.score_ids, seed=seed, c=opts.probe_c)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate one checkpoint; returns the metrics written to ``metrics.json``."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+def check_eval_config(plain: dict[str, Any]) -> tuple[EvalOptions, Prompts, bool]:
+    """bindspace-eval's own keys, checked before the checkpoint is read: ``eval.*``, ``prompts``, ``probe``
+    and that ``ckpt_path`` is given. Returns the eval options, the prompts and ``probe``.
+
+    Raises:
+        ConfigError: the first error, in one line.
+    """
     opts = from_mapping(EvalOptions, plain.get("eval"), "eval")
     prompts = Prompts.from_dict(plain.get("prompts") or {}, "prompts")
     probe = plain.get("probe", False)
     if not isinstance(probe, bool):
         raise ConfigError(f"probe must be true or false, got {probe!r}")
+    if not plain.get("ckpt_path"):
+        raise ConfigError(
+            "ckpt_path is required, e.g. bindspace-eval ckpt_path=runs/train/<time>/checkpoints/last.ckpt"
+        )
+    return opts, prompts, probe
+
+
+def check_composed_config(cfg: DictConfig) -> None:
+    """:func:`check_eval_config` on a config composed from the command line, before Hydra launches."""
+    plain = resolved_before_launch(cfg)
+    if plain is not None:
+        check_eval_config(plain)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate one checkpoint; returns the metrics written to ``metrics.json``."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    opts, prompts, probe = check_eval_config(plain)
     bs = load_model(plain)
     opts.check(bs.modalities)
     run_dir = Path(cfg.paths.output_dir)
@@ -342,7 +364,7 @@ def write_results(
 
 def main() -> None:
     """``bindspace-eval``: overrides checked in one line (:func:`bindspace.cli.check_hydra_overrides`), then Hydra."""
-    run_hydra_command("eval", "bindspace-eval: error", hydra_main)
+    run_hydra_command("eval", "bindspace-eval: error", hydra_main, check=check_composed_config)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://bindspace.configs", config_name="eval")

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,8 +35,10 @@ from bindspace.evaluation.embed import to_device
 from bindspace.evaluation.gap import Bridge
 from bindspace.evaluation.gap import center as center_embeddings
 from bindspace.modalities import ModalityConfig, ModelInput, collate_inputs, get_modality
-from bindspace.models.model import BindSpaceModel
 from bindspace.utils.io import atomic_write
+
+if TYPE_CHECKING:  # the model imports timm: imported where a model is built
+    from bindspace.models.model import BindSpaceModel
 
 METADATA_FORMAT = 1
 
@@ -151,6 +153,8 @@ def model_from_metadata(meta: Mapping[str, Any], where: str = "checkpoint") -> t
     if not isinstance(meta, Mapping) or meta.get("format") != METADATA_FORMAT:
         found = meta.get("format") if isinstance(meta, Mapping) else type(meta).__name__
         raise CheckpointError(f"{where}: bindspace metadata format {found!r}, expected {METADATA_FORMAT}")
+    from bindspace.models.model import BindSpaceModel
+
     try:
         configs = {m: get_modality(m).config_from_dict(d) for m, d in meta["modalities"].items()}
         architectures = untrusted_configs(configs, meta.get("architectures") or {}, where)
@@ -337,6 +341,8 @@ class BindSpace:
         where: str = "checkpoint",
     ) -> BindSpace:
         """As :meth:`from_checkpoint`, from an already loaded checkpoint dict (``where`` names it in errors)."""
+        from bindspace.models.model import BindSpaceModel
+
         meta = ckpt.get("bindspace")
         if meta is None and modalities is None:
             spec = run_config_spec(Path(where))

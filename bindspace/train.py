@@ -20,12 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bindspace.cli import run_hydra_command
+from bindspace.cli import resolved_before_launch, run_hydra_command
 from bindspace.config import build_run_spec, check_train_config, package_dir  # noqa: F401  (package_dir: old import)
 from bindspace.errors import ConfigError
-
-# A placeholder for the run folder Hydra picks at launch, while the command line is checked (nothing is written).
-_UNLAUNCHED = "<run folder chosen at launch>"
 
 
 def check_composed_config(cfg: DictConfig) -> None:
@@ -40,16 +37,9 @@ def check_composed_config(cfg: DictConfig) -> None:
     Raises:
         ConfigError: the first config error, in one line.
     """
-    from omegaconf.errors import OmegaConfBaseException
-
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    check_train_config(raw)
-    if str((raw.get("paths") or {}).get("output_dir", "")).startswith("${hydra:"):
-        cfg = cfg.copy()
-        cfg.paths.output_dir = _UNLAUNCHED
-    try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException:
+    check_train_config(OmegaConf.to_container(cfg, resolve=False))
+    plain = resolved_before_launch(cfg)
+    if plain is None:
         return
     if plain.get("init_from") and plain.get("new_modality"):
         return

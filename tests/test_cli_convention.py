@@ -161,29 +161,48 @@ def test_printing_the_config_still_checks_the_overrides(argv):
     check_hydra_overrides("train", ["--config-name", "other", "optim.lrr=1"])  # another config: Hydra's to check
 
 
-def test_train_config_errors_are_answered_before_lightning_and_the_encoders_are_imported():
-    """bindspace-train checks the command line with the config checks alone: a typo costs torch's import,
-    not Lightning's and timm's as well (about 2.5 s against 9 s here). Every kind of config error, in one
-    fresh interpreter: a Hydra composition error, a key added with +, a value, a group option, a sweep."""
-    cases = [
+FAST_ERRORS = {
+    "bindspace.train": [
         (["+anchr=text"], "unknown top-level key(s) ['anchr'] (did you mean 'anchor'?)"),
         (["optim.lrr=1"], "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
         (["trainer.max_steps=0"], "trainer.max_steps must be an integer >= 1, got 0"),
         (["+trainer.max_step=5"], "trainer: unknown key(s) ['max_step'] (did you mean 'trainer.max_steps'?)"),
         (["model=tinny"], "no model config named 'tinny' (did you mean 'tiny'?)"),
         (["-m", "seed=0,1", "+anchr=x"], "unknown top-level key(s) ['anchr']"),
-    ]
+        (["optim.lr=-1"], "optim.lr must be in (0, inf), got -1"),  # build_run_spec, with the data's graph
+        (["modalities.audio.input.clip_sampler=foo"], "modalities.audio.input.clip_sampler must be one of"),
+        (["early_stopping={patience:0}"], "early_stopping.patience must be an integer >= 1"),
+        (["preemption.signals=[SIGFOO]"], "preemption.signals: unknown signal 'SIGFOO'"),
+        (["data=manifest", "data.train=no/such.jsonl"], "data.train=no/such.jsonl: no such file or folder"),
+    ],
+    "bindspace.eval": [
+        (["eval.splitt=val"], "unknown key 'eval.splitt' (did you mean 'eval.split'?)"),
+        (["ckpt_path=x.ckpt", "+eval.splitt=val"], "eval: unknown key"),
+        (["ckpt_path=x.ckpt", "probe=maybe"], "probe must be true or false, got 'maybe'"),
+        ([], "ckpt_path is required"),
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(FAST_ERRORS))
+def test_config_errors_are_answered_before_lightning_and_the_encoders_are_imported(module):
+    """bindspace-train and bindspace-eval check the command line with the config checks alone: a typo costs
+    torch's import, not Lightning's and timm's as well (docs/benchmarks.md (h)). Every kind of config
+    error, in one fresh interpreter: a Hydra composition error, a key added with +, a value of each
+    section (the modalities' checked with the graph the data gives), a group option, a sweep, a data path."""
+    cases = FAST_ERRORS[module]
+    prog = "bindspace-train: config error: " if module == "bindspace.train" else "bindspace-eval: error: "
     code = "\n".join(
         [
             "import sys",
-            "from bindspace.train import main",
+            f"from {module} import main",
             f"for argv in {[argv for argv, _ in cases]!r}:",
-            "    sys.argv = ['bindspace-train', *argv]",
+            f"    sys.argv = [{prog.split(':')[0]!r}, *argv]",
             "    try:",
             "        main()",
             "    except SystemExit as stop:",
             "        print('exit', stop.code, flush=True)",
-            "heavy = ('lightning', 'timm', 'torchvision', 'transformers', 'wandb', 'matplotlib')",
+            "heavy = ('lightning', 'timm', 'torchvision', 'transformers', 'wandb')",
             "print('imported', sorted(m for m in heavy if m in sys.modules))",
         ]
     )
@@ -192,7 +211,7 @@ def test_train_config_errors_are_answered_before_lightning_and_the_encoders_are_
     errors = proc.stderr.splitlines()
     assert len(errors) == len(cases), proc.stderr
     for line, (_, message) in zip(errors, cases, strict=True):
-        assert line.startswith("bindspace-train: config error: ") and message in line, line
+        assert line.startswith(prog) and message in line, line
 
 
 def test_the_trainer_keys_read_from_lightnings_source_are_its_signature():

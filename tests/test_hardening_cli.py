@@ -228,6 +228,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed_at_the_next_start(tmp_pat
     stale = [run_dir / "checkpoints" / ".step000001.ckpt.x1y2z3.tmp", run_dir / ".metrics.json.abc123.tmp"]
     # cache.frozen_features' tables (default cache.dir: <run>/feature_cache/<encoder hash>/) were left for good.
     stale.append(run_dir / "feature_cache" / "8044224a4f187e98" / ".image-audio.rank0.pt.3ys37s2h.tmp")
+    stale.append(run_dir / ".hydra" / ".config.yaml.k2j4h6g8.tmp")  # the recorded config is written atomically too
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\0" * 1000)
@@ -236,6 +237,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed_at_the_next_start(tmp_pat
     assert not any(p.exists() for p in stale)
     assert "a temporary file an interrupted run left behind" in proc.stdout + proc.stderr
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
     # The finished run is what <parent>/latest points at (runs/train/latest for the notebook).
     latest = tmp_path / "latest"
     assert latest.is_symlink() and latest.resolve() == run_dir.resolve()

@@ -436,8 +436,8 @@ def test_the_default_config_trains_infonce_everywhere_and_siglip_scales_start_at
         ({"cyclip": {"in_modal": -0.25}}, "loss.cyclip.in_modal must be in [0, inf), got -0.25"),
         (
             {"edges": {"image|text": {"cyclip": {"crossmodal": 1}}}},
-            "loss.edges.image|text.cyclip: unknown key(s) ['crossmodal'] (did you mean loss.edges.image|text.cyclip."
-            "'cross_modal'?); expected some of ['cross_modal', 'in_modal']",
+            "loss.edges.image|text.cyclip: unknown key(s) ['crossmodal'] (did you mean "
+            "'loss.edges.image|text.cyclip.cross_modal'?); expected some of ['cross_modal', 'in_modal']",
         ),
         (
             {"dcl": {"temperature": 0.1}},

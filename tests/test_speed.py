@@ -104,6 +104,29 @@ def test_feature_cache_serves_what_the_encoder_computes():
     assert encoder_hash(model, "image") != key  # trained weights -> a different cache
 
 
+def test_a_cache_dir_outside_the_run_folder_loses_its_stale_temporaries_not_a_live_write(tmp_path):
+    """cache.dir may be shared and outside the run folder (which the run sweeps at its start): a table's
+    first use removes the temporaries a killed write of this rank left, and leaves one a live writer holds."""
+    import fcntl
+    import os
+
+    cache = FrozenFeatureCache(tmp_path / "shared_cache", rank=0)
+    target = cache._file("8044224a4f187e98", "image|text", 0)
+    target.parent.mkdir(parents=True)
+    stale = target.parent / f".{target.name}.k2j4h6g8.tmp"
+    live = target.parent / f".{target.name}.a1b2c3d4.tmp"
+    other_rank = target.parent / f".{cache._file('8044224a4f187e98', 'image|text', 1).name}.z9y8x7w6.tmp"
+    for path in (stale, live, other_rank):
+        path.write_bytes(b"\0" * 100)
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what atomic_write holds until its rename
+    try:
+        assert len(cache._load("8044224a4f187e98", "image|text")) == 0
+    finally:
+        os.close(held)
+    assert not stale.exists() and live.exists() and other_rank.exists()  # rank 1 sweeps its own
+
+
 def test_gradient_checkpointing_gives_the_same_weights(tmp_path, reference):
     ckpt = train(
         tmp_path, "modalities.audio.trunk.grad_checkpointing=true", "modalities.imu.trunk.grad_checkpointing=true"

@@ -30,6 +30,15 @@ DATAMODULES: dict[str, str] = {
     "shards": "bindspace.data.shard_datamodule:ShardDataModule",
 }
 
+# The built-in datamodules' provided_modalities, as light functions (bindspace/data/provided.py).
+PROVIDED: dict[str, str] = {
+    "bindspace.data.datamodule:SyntheticDataModule": "bindspace.data.provided:synthetic",
+    "bindspace.data.spoken_digits_datamodule:SpokenDigitsDataModule": "bindspace.data.provided:spoken_digits",
+    "bindspace.data.spoken_letters_datamodule:SpokenLettersDataModule": "bindspace.data.provided:spoken_letters",
+    "bindspace.data.manifest_datamodule:ManifestDataModule": "bindspace.data.provided:manifest",
+    "bindspace.data.shard_datamodule:ShardDataModule": "bindspace.data.provided:shards",
+}
+
 
 def datamodule_class(data: Mapping[str, Any]) -> type:
     """The datamodule class ``data["name"]`` names (imported on first use)."""
@@ -47,6 +56,10 @@ def data_modalities(data: Mapping[str, Any]) -> list[str]:
     registered modality the synthetic benchmark can render. Reads manifest text at most, no data file.
     """
     kwargs = {k: v for k, v in data.items() if k != "name"}
+    cls = DATAMODULES.get(str(data.get("name", "synthetic")))
+    if cls in PROVIDED:  # a built-in source: answered without importing its datamodule (Lightning)
+        module, name = PROVIDED[cls].split(":")
+        return list(getattr(importlib.import_module(module), name)(**kwargs))
     return list(datamodule_class(data).provided_modalities(**kwargs))
 
 

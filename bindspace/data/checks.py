@@ -14,8 +14,6 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from bindspace.data.base import PairedDataModule
-
 log = logging.getLogger("bindspace.data")
 TRUNCATION_WARN = 0.01  # share of captions cut above which a run warns
 TRIVIAL_CHANCE = 10.0  # percent: a recall whose chance level is above this is named as near-trivial
@@ -48,6 +46,8 @@ def caption_truncation(source: Any, text_input: Any) -> tuple[int, int]:
         source: captions (an iterable of str) or a datamodule (see :func:`datamodule_captions`).
         text_input: the model's text input config (``modalities.text.input``).
     """
+    from bindspace.data.base import PairedDataModule  # Lightning's: imported when a datamodule is checked
+
     captions = datamodule_captions(source) if isinstance(source, PairedDataModule) else list(source)
     lengths = text_lengths(captions, text_input)
     return sum(n > text_input.context_length for n in lengths), len(lengths)

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bindspace.data import provided
 from bindspace.data.base import PairedDataModule, check_split
 from bindspace.data.checks import SYNTHETIC_POOL_SAMPLE
 from bindspace.data.steps import StepFetch
 from bindspace.data.synthetic import MODALITIES as BUILTIN_RENDERED
-from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes, renderable_modalities
+from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes
 from bindspace.graph import Edge, edge_key
 from bindspace.modalities import ModalityConfig, get_modality
 
@@ -127,7 +128,7 @@ class SyntheticDataModule(PairedDataModule):
     @classmethod
     def provided_modalities(cls, **_: Any) -> list[str]:
         """Every registered modality the benchmark can render: the six built-ins and plugins that render."""
-        return renderable_modalities()
+        return provided.synthetic()
 
     def __init__(
         self,

@@ -411,3 +411,31 @@ def split_by_id(samples: Sequence[Sample], val_fraction: float) -> tuple[list[Sa
     for s in samples:
         (val if id_fraction(source_key(s)) < val_fraction else train).append(s)
     return train, val
+
+
+def existing_path(value: str | Path, key: str) -> Path:
+    """The path a data key names, checked to exist before anything is read (the error names the key)."""
+    path = Path(value)
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise ConfigError(f"{key}={value}: no such file or folder{where}")
+    return path
+
+
+def parse_sources(train: str | None, sources: Sequence[Any] | None) -> list[tuple[Path, float]]:
+    """``data.train`` or ``data.sources`` -> [(manifest path, weight)], every path checked to exist."""
+    if (train is None) == (not sources):
+        raise ConfigError("data: give exactly one of data.train=PATH or data.sources=[{path: ..., weight: ...}]")
+    if train is not None:
+        return [(existing_path(train, "data.train"), 1.0)]
+    out = []
+    for i, src in enumerate(sources):
+        src = {"path": src} if isinstance(src, str) else dict(src)
+        unknown = sorted(set(src) - {"path", "weight"})
+        if unknown or "path" not in src:
+            raise ConfigError(f"data.sources[{i}]: expected keys path and weight, got {sorted(src)}")
+        weight = src.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
+            raise ConfigError(f"data.sources[{i}].weight must be a positive number, got {weight!r}")
+        out.append((existing_path(src["path"], f"data.sources[{i}].path"), float(weight)))
+    return out

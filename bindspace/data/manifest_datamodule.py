@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bindspace.data import provided
 from bindspace.data.base import PairedDataModule, check_split
 from bindspace.data.checks import small_heldout_message
 from bindspace.data.manifest import (
@@ -34,12 +35,13 @@ from bindspace.data.manifest import (
     Manifest,
     ManifestError,
     Sample,
-    canonical,
     drop_samples,
+    existing_path,
     expand_alternatives,
     format_problems,
     is_inline,
     load_manifest,
+    parse_sources,
     scan_files,
     source_key,
     split_by_id,
@@ -177,34 +179,6 @@ def weighted_rows(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray 
     return np.concatenate([start + np.arange(k) % size for start, k, size in zip(starts, slots, n)])
 
 
-def existing_path(value: str | Path, key: str) -> Path:
-    """The path a data key names, checked to exist before anything is read (the error names the key)."""
-    path = Path(value)
-    if not path.exists():
-        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
-        raise ConfigError(f"{key}={value}: no such file or folder{where}")
-    return path
-
-
-def parse_sources(train: str | None, sources: Sequence[Any] | None) -> list[tuple[Path, float]]:
-    """``data.train`` or ``data.sources`` -> [(manifest path, weight)], every path checked to exist."""
-    if (train is None) == (not sources):
-        raise ConfigError("data: give exactly one of data.train=PATH or data.sources=[{path: ..., weight: ...}]")
-    if train is not None:
-        return [(existing_path(train, "data.train"), 1.0)]
-    out = []
-    for i, src in enumerate(sources):
-        src = {"path": src} if isinstance(src, str) else dict(src)
-        unknown = sorted(set(src) - {"path", "weight"})
-        if unknown or "path" not in src:
-            raise ConfigError(f"data.sources[{i}]: expected keys path and weight, got {sorted(src)}")
-        weight = src.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
-            raise ConfigError(f"data.sources[{i}].weight must be a positive number, got {weight!r}")
-        out.append((existing_path(src["path"], f"data.sources[{i}].path"), float(weight)))
-    return out
-
-
 def check_edge_data(edges: Sequence[Edge], manifests: Sequence[Manifest]) -> None:
     """Fail before any file is decoded when an edge of the graph has no training sample at all."""
     for e in edges:
@@ -335,8 +309,7 @@ class ManifestDataModule(PairedDataModule):
     @classmethod
     def provided_modalities(cls, train: str | None = None, sources: Sequence[Any] | None = None, **_: Any) -> list[str]:
         """The modality columns of the training manifest(s), in registry order (only their text is read)."""
-        manifests = [load_manifest(path) for path, _ in parse_sources(train, sources)]
-        return canonical(m for manifest in manifests for m in manifest.modality_counts())
+        return provided.manifest(train=train, sources=sources)
 
     def __init__(
         self,

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from bindspace.data import provided
 from bindspace.data.augment import augment_batch
 from bindspace.data.base import PairedDataModule, check_split, sample_captions
 from bindspace.data.manifest import (
     Manifest,
     ManifestError,
-    canonical,
     drop_samples,
     load_manifest,
     pair_key,
@@ -403,10 +403,7 @@ class ShardDataModule(PairedDataModule):
     @classmethod
     def provided_modalities(cls, train: str | None = None, **_: Any) -> list[str]:
         """The modalities the shard set's ``index.json`` counts, in registry order (no shard is opened)."""
-        if train is None:
-            raise ConfigError("data=shards needs data.train=SHARD_FOLDER and data.val=MANIFEST_OR_SHARD_FOLDER")
-        _, index = load_index(existing_path(train, "data.train"))
-        return canonical(m for m, n in index["modalities"].items() if n)
+        return provided.shards(train=train)
 
     def __init__(
         self,

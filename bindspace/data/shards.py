@@ -34,9 +34,6 @@ from bindspace.data.manifest import (
     load_manifest,
     pair_key,
 )
-from bindspace.data.manifest_datamodule import (
-    check_manifests,
-)
 from bindspace.data.readers import supported_suffixes, utf8_problem
 from bindspace.errors import ConfigError, DataFileError
 from bindspace.modalities import list_modalities
@@ -100,6 +97,8 @@ def write_shards(
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ConfigError(f"shard size must be a positive integer, got {shard_size!r}")
     if check:
+        from bindspace.data.manifest_datamodule import check_manifests  # its decoding pool: imported when used
+
         check_manifests([manifest], list_modalities(), "raise", workers)
     out = Path(out)
     keyed = [(f"{i:09d}", s) for i, s in enumerate(manifest.samples)]

@@ -7,6 +7,7 @@ disjoint, so audio<->text alignment is emergent.
 
 from __future__ import annotations
 
+from bindspace.data import provided
 from bindspace.data.built_datamodule import BuiltBenchmarkDataModule
 from bindspace.datasets.spoken_digits import build_spoken_digits
 
@@ -16,4 +17,4 @@ class SpokenDigitsDataModule(BuiltBenchmarkDataModule):
 
     build = staticmethod(build_spoken_digits)
     train_manifests = ("train_image_text", "train_image_audio")
-    modalities = ("image", "text", "audio")
+    modalities = provided.SPOKEN_DIGITS

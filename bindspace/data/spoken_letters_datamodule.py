@@ -8,6 +8,7 @@ emergent.
 
 from __future__ import annotations
 
+from bindspace.data import provided
 from bindspace.data.built_datamodule import BuiltBenchmarkDataModule
 from bindspace.datasets.spoken_letters import build_spoken_letters
 
@@ -17,4 +18,4 @@ class SpokenLettersDataModule(BuiltBenchmarkDataModule):
 
     build = staticmethod(build_spoken_letters)
     train_manifests = ("train_image_text", "train_image_audio", "train_image_imu")
-    modalities = ("image", "text", "audio", "imu")
+    modalities = provided.SPOKEN_LETTERS

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
-from bindspace.models.model import BindSpaceModel
+if TYPE_CHECKING:  # the model imports timm; the command lines import this module before their checks
+    from bindspace.models.model import BindSpaceModel
 
 
 def to_device(x, device: torch.device):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,48 +30,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from bindspace.config import parse_early_stopping  # noqa: F401  (checked with the config; importable here too)
 from bindspace.errors import ConfigError
 
 log = logging.getLogger(__name__)
-KEYS = {"metric", "patience", "mode", "min_delta"}
-DEFAULTS = {"metric": "val/mean_R@1", "patience": 5, "mode": "max", "min_delta": 0.0}
-
-
-def parse_early_stopping(value: Any, trainer: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """``early_stopping`` (null, or a mapping of :data:`KEYS`) checked; None when off.
-
-    Raises:
-        ConfigError: an unknown key (with the closest), a bad value, or no validation to watch.
-    """
-    if value is None or value is False:
-        return None
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"early_stopping must be null or a mapping of {sorted(KEYS)}, got {value!r}")
-    unknown = sorted(set(value) - KEYS)
-    if unknown:
-        from bindspace.cli import did_you_mean
-
-        raise ConfigError(
-            f"early_stopping: unknown key {unknown[0]!r}{did_you_mean(unknown[0], sorted(KEYS))}; "
-            f"keys are {sorted(KEYS)}"
-        )
-    cfg = {**DEFAULTS, **dict(value)}
-    if not isinstance(cfg["metric"], str) or not cfg["metric"].startswith("val/"):
-        raise ConfigError(
-            f"early_stopping.metric must be a validation metric such as val/mean_R@1, got {cfg['metric']!r}"
-        )
-    patience = cfg["patience"]
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise ConfigError(f"early_stopping.patience must be an integer >= 1 (validations), got {patience!r}")
-    if cfg["mode"] not in ("max", "min"):
-        raise ConfigError(f"early_stopping.mode must be max or min, got {cfg['mode']!r}")
-    delta = cfg["min_delta"]
-    if isinstance(delta, bool) or not isinstance(delta, int | float) or delta < 0:
-        raise ConfigError(f"early_stopping.min_delta must be a number >= 0, got {delta!r}")
-    limit = (trainer or {}).get("limit_val_batches")
-    if limit is not None and not isinstance(limit, bool) and limit == 0:
-        raise ConfigError("early_stopping needs validation, but trainer.limit_val_batches=0 turns it off")
-    return {**cfg, "min_delta": float(delta)}
 
 
 class EarlyStopping(Callback):

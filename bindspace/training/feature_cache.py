@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from bindspace.models.model import BindSpaceModel
-from bindspace.utils.io import atomic_write
+from bindspace.utils.io import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,10 @@ class FrozenFeatureCache:
         table = FeatureTable()
         if self.root is None:
             return table
+        # A cache.dir outside the run folder is not swept at the run's start: this rank's own temporaries
+        # from a killed write are removed here (never one a live process still holds locked).
+        for stale in remove_stale_temporaries(self._file(key, edge, self.rank)):
+            log.warning("feature cache: removed %s, a temporary file an interrupted run left behind", stale)
         for path in sorted(self._file(key, edge, "*").parent.glob(self._file(key, edge, "*").name)):
             state = torch.load(path, map_location="cpu", weights_only=True)
             ids = [int(i) for i in state["ids"].tolist()]

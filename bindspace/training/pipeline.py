@@ -24,7 +24,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from bindspace.config import RunSpec, build_run_spec, check_train_config, register_resolvers, reliability_settings
+from bindspace.config import (
+    RunSpec,
+    build_run_spec,
+    check_train_config,
+    parse_early_stopping,
+    register_resolvers,
+    reliability_settings,
+)
 from bindspace.data import build_datamodule, data_modalities
 from bindspace.data.checks import report_caption_truncation
 from bindspace.errors import ConfigError
@@ -43,7 +50,7 @@ from bindspace.training.checkpoints import (
     seed_from_checkpoint,
 )
 from bindspace.training.distributed import strategy_for
-from bindspace.training.early_stopping import EarlyStopping, parse_early_stopping
+from bindspace.training.early_stopping import EarlyStopping
 from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage
 from bindspace.training.module import AlignmentModule

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
+from bindspace.config import parse_signal
 from bindspace.training.callbacks import ends_step
 from bindspace.utils.io import atomic_write
 
@@ -241,19 +242,6 @@ class Preemption(L.Callback):
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
         self._trainer = None
-
-
-def parse_signal(name: str | int) -> int:
-    """``"SIGTERM"``, ``"term"`` or ``15`` -> 15; ``ValueError`` for anything that is not a signal."""
-    if isinstance(name, int) and not isinstance(name, bool):
-        return int(signal.Signals(name))
-    if not isinstance(name, str):
-        raise ValueError(f"unknown signal {name!r}")
-    upper = name.upper()
-    try:
-        return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
-    except KeyError:
-        raise ValueError(f"unknown signal {name!r}") from None
 
 
 def _scontrol_requeue() -> bool:

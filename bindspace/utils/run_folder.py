@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bindspace.errors import ConfigError
+from bindspace.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,10 @@ def is_launch_rank() -> bool:
     return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-# Where a run writes atomically: the results, checkpoints/, and the frozen-feature cache's tables (the default
-# cache.dir, <run>/feature_cache/<encoder hash>/). Named, not the whole tree: a run folder may be any folder.
-WRITTEN_FOLDERS = (".", "checkpoints", "feature_cache/*")
+# Where a run writes atomically: the results, .hydra/ (its recorded config), checkpoints/, and the
+# frozen-feature cache's tables (the default cache.dir, <run>/feature_cache/<encoder hash>/). Named, not
+# the whole tree: a run folder may be any folder.
+WRITTEN_FOLDERS = (".", ".hydra", "checkpoints", "feature_cache/*")
 
 
 def stale_temporaries(folder: Path) -> list[Path]:
@@ -123,10 +125,12 @@ class RunFolder:
             if not record.exists():
                 self._created.append(record)
             record.mkdir(exist_ok=True)
-            OmegaConf.save(task_config, record / "config.yaml")
+            # Each file whole or not at all (a kill mid-write must not leave a truncated config.yaml, which
+            # bindspace-eval and BindSpace.from_checkpoint read for checkpoints without metadata).
+            atomic_write_text(record / "config.yaml", OmegaConf.to_yaml(task_config))
             if hydra_cfg is not None:
-                OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
-                OmegaConf.save(OmegaConf.create(overrides), record / "overrides.yaml")
+                atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+                atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
         name = hydra_cfg.job.name if hydra_cfg is not None else job_name
         logfile = self.path / f"{name}.log"
         if not logfile.exists():

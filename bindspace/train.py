@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bindspace.cli import resolved_before_launch, run_hydra_command
 from bindspace.config import build_run_spec, check_train_config, package_dir  # noqa: F401  (package_dir: old import)
@@ -37,10 +37,10 @@ def check_composed_config(cfg: DictConfig) -> None:
     Raises:
         ConfigError: the first config error, in one line.
     """
-    check_train_config(OmegaConf.to_container(cfg, resolve=False))
-    plain = resolved_before_launch(cfg)
+    plain = resolved_before_launch(cfg)  # values as the run sees them: interpolations resolved
     if plain is None:
         return
+    check_train_config(plain)
     if plain.get("init_from") and plain.get("new_modality"):
         return
     if plain["graph"].get("modalities") is None:

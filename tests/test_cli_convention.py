@@ -224,3 +224,21 @@ def test_the_trainer_keys_read_from_lightnings_source_are_its_signature():
     from bindspace.config import trainer_arguments
 
     assert trainer_arguments() == frozenset(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+
+
+def test_values_are_checked_as_the_run_sees_them_with_interpolations_resolved():
+    """The checks before launch see what the run will: ``trainer.max_steps=${seed}`` is 5, not the string
+    '${seed}' (refusing it would refuse a run that trains), and ``${seed}`` at 0 is refused as 0."""
+    from bindspace.cli import check_hydra_overrides
+    from bindspace.errors import ConfigError
+    from bindspace.train import check_composed_config
+    from bindspace.training.fit import compose_config
+
+    check_hydra_overrides("train", ["seed=5", "trainer.max_steps=${seed}"], check_composed_config)
+    assert compose_config(["seed=5", "trainer.max_steps=${seed}"])["trainer"]["max_steps"] == "${seed}"  # as given
+    for check in (
+        lambda: check_hydra_overrides("train", ["seed=0", "trainer.max_steps=${seed}"], check_composed_config),
+        lambda: compose_config(["seed=0", "trainer.max_steps=${seed}"]),
+    ):
+        with pytest.raises(ConfigError, match=re.escape("trainer.max_steps must be an integer >= 1, got 0")):
+            check()

@@ -32,7 +32,7 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    from bindspace.cli import check_hydra_overrides
+    from bindspace.cli import check_hydra_overrides, resolved_before_launch
     from bindspace.config import check_train_config, register_hydra_configs
 
     if isinstance(overrides, str):
@@ -45,8 +45,9 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
     except HydraException as err:  # pragma: no cover - check_hydra_overrides reports these first
         raise ConfigError(" ".join(str(err).split())) from None
     config = OmegaConf.to_container(cfg, resolve=False)
-    if config_name == "train":
-        check_train_config(config)  # unknown keys added with +, types and ranges: before anything runs
+    if config_name == "train":  # unknown keys added with +, types and ranges: before anything runs
+        resolved = resolved_before_launch(cfg)  # values as the run sees them (max_steps=${...} too)
+        check_train_config(config if resolved is None else resolved)
     return config
 
 

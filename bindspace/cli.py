@@ -5,6 +5,8 @@ Two styles, each where it fits:
 * **Hydra** (``bindspace-train``, ``bindspace-eval``): runs are compositions of config groups
   (``model=base anchor=text curriculum=progressive``) that sweep (``-m seed=0,1,2``) and are recorded
   in ``.hydra/``; their ``--help`` is Hydra's, with bindspace's template (``configs/hydra/help``).
+  Both check what the command line composes (:func:`check_hydra_overrides` with the command's own
+  checks) before they import their pipeline, Lightning and timm: an error costs seconds, not the imports.
 * **key=value** (``bindspace-embed``, ``bindspace-search``, ``bindspace-connect``): one-shot tools whose
   options are few and flat; they read like the Hydra commands (``ckpt_path=... k=5``) without composing
   anything.

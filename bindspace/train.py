@@ -3,9 +3,9 @@
 bindspace-train model=tiny anchor=text seed=3 trainer.max_steps=1000
 bindspace-train -m seed=0,1,2 anchor=image,text
 
-This module is the command line only: it imports Hydra and the config checks, not Lightning or the
-encoders' libraries (about 6 s more here), so that a typo, an unknown key or a bad value is answered in
-one line within a few seconds. The pipeline (:func:`bindspace.training.pipeline.run`) is imported once
+This module is the command line only: it imports Hydra and the config checks, not Lightning or timm,
+so that a typo, an unknown key or a bad value is answered in one line in a few seconds (docs/benchmarks.md
+(h)). The pipeline (:func:`bindspace.training.pipeline.run`) is imported once
 the command line has passed those checks; its names are importable from here as before.
 """
 

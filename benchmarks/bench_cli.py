@@ -1,10 +1,11 @@
-"""How long a config error takes to answer, against the imports a run needs.  (section (h))
+"""How long a config error (and --help) takes to answer, against the imports a run needs.  (section (h))
 
 ``bindspace-train`` and ``bindspace-eval`` check their command line (Hydra's composition, then the
 commands' own key and value checks) before the pipeline, Lightning and timm are imported. Measured here,
 each command in a fresh process as a user runs it, median wall time of ``--repeats`` launches:
 
 - the one-line answer to a typo of each kind (a composition error, a key added with ``+``, a value);
+- ``--help``, and Hydra's own ``--help`` of the same command for comparison (the same text);
 - for comparison, importing the training pipeline (``bindspace.training.pipeline``: what every run
   imports, and what ``bindspace-train`` imported before any check until the command line and the
   pipeline were split);
@@ -34,12 +35,20 @@ from bindspace.utils.io import atomic_write_text
 BIN = Path(sys.executable).parent
 TRAIN, EVAL = str(BIN / "bindspace-train"), str(BIN / "bindspace-eval")
 PIPELINE = [sys.executable, "-c", "import bindspace.training.pipeline"]
+# The decorated main alone: Hydra answers --help (bindspace.cli.hydra_help gives the same text).
+HYDRA_HELP = [
+    sys.executable,
+    "-c",
+    "import sys; sys.argv = ['bindspace-train', '--help']; from bindspace.train import hydra_main; hydra_main()",
+]
 CASES = [
     ("`bindspace-train optim.lrr=1` (a key Hydra cannot compose)", [TRAIN, "optim.lrr=1"], 2),
     ("`bindspace-train +anchr=text` (an unknown key added with +)", [TRAIN, "+anchr=text"], 2),
     ("`bindspace-train trainer.max_steps=0` (a value)", [TRAIN, "trainer.max_steps=0"], 2),
     ("`bindspace-eval eval.splitt=val`", [EVAL, "eval.splitt=val"], 2),
     ("`bindspace-eval probe=maybe ckpt_path=x.ckpt` (a value)", [EVAL, "probe=maybe", "ckpt_path=x.ckpt"], 2),
+    ("`bindspace-train --help`", [TRAIN, "--help"], 0),
+    ("for comparison: Hydra's own `--help` of bindspace-train", HYDRA_HELP, 0),
     ("for comparison: `python -c 'import bindspace.training.pipeline'`", PIPELINE, 0),
     ("the floor: `python -c 'import torch'`", [sys.executable, "-c", "import torch"], 0),
 ]
@@ -79,7 +88,7 @@ def main() -> None:
     ]
     section = "\n".join(
         [
-            "## (h) Time to a config error's one line",
+            "## (h) Time to a config error's one line, and to --help",
             "",
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} "
@@ -94,7 +103,9 @@ def main() -> None:
             "line and writes nothing (checked). The commands check their command line before importing the "
             "pipeline, so an error costs about the floor (torch, which the modality registry needs, plus Hydra's "
             "composition) instead of the pipeline's imports as well (Lightning with torchmetrics, which imports "
-            "torchvision and transformers, and timm).",
+            "torchvision and transformers, and timm). `--help` prints Hydra's text (`bindspace.cli.hydra_help`; a test "
+            "compares the two) with the config groups listed from one copy of Hydra's config store, where Hydra "
+            "deep-copies the store for every group and option list.",
             "",
         ]
     )

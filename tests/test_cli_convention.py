@@ -242,3 +242,28 @@ def test_values_are_checked_as_the_run_sees_them_with_interpolations_resolved():
     ):
         with pytest.raises(ConfigError, match=re.escape("trainer.max_steps must be an integer >= 1, got 0")):
             check()
+
+
+@pytest.mark.parametrize("module", ["bindspace.train", "bindspace.eval"])
+def test_help_is_hydras_text_without_hydras_cost(module):
+    """``--help`` is answered by bindspace.cli.hydra_help (the groups listed from one copy of the config
+    store) with exactly the text Hydra's own --help prints (a deep copy of the store per group: 5-9 s here),
+    and falls back to Hydra for a template placeholder it does not fill."""
+    code = "\n".join(
+        [
+            "import contextlib, io, sys",
+            "from bindspace.cli import hydra_help",
+            f"from {module} import hydra_main",
+            "ours = hydra_help({config!r}, ['--help'])",
+            "sys.argv = ['prog', '--help']",
+            "hydras = io.StringIO()",
+            "with contextlib.redirect_stdout(hydras), contextlib.suppress(SystemExit):",
+            "    hydra_main()",
+            "assert ours is not None and ours + '\\n' == hydras.getvalue(), (ours, hydras.getvalue())",
+            "assert hydra_help({config!r}, ['--help', '--cfg', 'job']) is None",  # another flag: Hydra's
+            "assert hydra_help({config!r}, ['--help', 'hydra.help.template=$FLAGS_HELP']) is None",
+            "print('same')",
+        ]
+    ).format(config="train" if module == "bindspace.train" else "eval")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stdout + proc.stderr[-3000:]

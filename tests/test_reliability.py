@@ -1,6 +1,6 @@
 """Reliability: non-finite guards, preemption with automatic resume, atomic checkpoints, determinism.
 
-Each test drives the real training entry point (``bindspace.train.run`` in-process, or the CLI in a
+Each test drives the real training entry point (``bindspace.training.pipeline.run`` in-process, or the CLI in a
 subprocess where a signal has to hit a real process).
 """
 

@@ -117,11 +117,7 @@ class EvalOptions:
 
 def load_model(plain: dict[str, Any]) -> BindSpace:
     """The checkpoint's own metadata, or (older checkpoints) the model described by this config."""
-    path = plain.get("ckpt_path")
-    if not path:
-        raise ConfigError(
-            "ckpt_path is required, e.g. bindspace-eval ckpt_path=runs/train/<time>/checkpoints/last.ckpt"
-        )
+    path = plain["ckpt_path"]  # given: check_eval_config
     ckpt = load_checkpoint(path)
     device = plain.get("device") or "cpu"
     if "bindspace" in ckpt or run_config_spec(Path(path)) is not None:  # metadata, or the run's own config

@@ -13,6 +13,7 @@ import math
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bindspace.curriculum import Curriculum
@@ -360,6 +361,13 @@ SECTION_KEYS = {
 }
 
 
+def check_checkpoint_file(path: Any, key: str) -> None:
+    """A ConfigError naming ``key`` when ``path`` is given but is no file: the message reading it would give,
+    before the launch instead of after the pipeline's imports."""
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{key}: no checkpoint file at {path}")
+
+
 def closest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
     """`` (did you mean 'x'?)`` for the nearest candidate by edit similarity, or nothing."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
@@ -404,6 +412,7 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     for key in ("ckpt_path", "init_from"):
         if cfg.get(key) is not None and not isinstance(cfg[key], str):
             raise ConfigError(f"{key} must be a path, got {cfg[key]!r}")
+    check_checkpoint_file(cfg.get("ckpt_path"), "ckpt_path")  # always read (init_from is not, on a resume)
     if cfg.get("ckpt_path") and cfg.get("init_from"):
         raise ConfigError(
             "ckpt_path and init_from are both set: ckpt_path resumes a run (weights, optimizer, step), "

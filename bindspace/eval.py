@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bindspace.cli import resolved_before_launch, run_hydra_command
-from bindspace.config import build_run_spec
+from bindspace.config import build_run_spec, check_checkpoint_file
 from bindspace.data import build_datamodule
 from bindspace.data.checks import small_heldout_message
 from bindspace.errors import ConfigError
@@ -289,6 +289,7 @@ def check_eval_config(plain: dict[str, Any]) -> tuple[EvalOptions, Prompts, bool
         raise ConfigError(
             "ckpt_path is required, e.g. bindspace-eval ckpt_path=runs/train/<time>/checkpoints/last.ckpt"
         )
+    check_checkpoint_file(plain["ckpt_path"], "ckpt_path")
     return opts, prompts, probe
 
 

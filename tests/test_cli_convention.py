@@ -174,12 +174,14 @@ FAST_ERRORS = {
         (["early_stopping={patience:0}"], "early_stopping.patience must be an integer >= 1"),
         (["preemption.signals=[SIGFOO]"], "preemption.signals: unknown signal 'SIGFOO'"),
         (["data=manifest", "data.train=no/such.jsonl"], "data.train=no/such.jsonl: no such file or folder"),
+        (["ckpt_path=no/such.ckpt"], "ckpt_path: no checkpoint file at no/such.ckpt"),
     ],
     "bindspace.eval": [
         (["eval.splitt=val"], "unknown key 'eval.splitt' (did you mean 'eval.split'?)"),
         (["ckpt_path=x.ckpt", "+eval.splitt=val"], "eval: unknown key"),
         (["ckpt_path=x.ckpt", "probe=maybe"], "probe must be true or false, got 'maybe'"),
         ([], "ckpt_path is required"),
+        (["ckpt_path=no/such.ckpt"], "ckpt_path: no checkpoint file at no/such.ckpt"),
     ],
 }
 

@@ -72,11 +72,47 @@ def test_identical_embeddings_are_separable_at_chance_not_below():
     assert table["image|text"]["separability"] == pytest.approx(50.0)
 
 
+def test_paired_modalities_without_a_gap_are_separable_at_chance_not_below():
+    """Row i of a and b is one sample: the probe must never be scored on a sample whose partner it was
+    fitted on. With the two sets halved independently, a scored b row's own a row (nearly the same
+    vector) sat in the fitted half with the other label, and a pair without any gap scored about 43%
+    (below the chance of 50), so the gap, and what centring leaves of it, looked smaller than it is."""
+    scores = []
+    for seed in range(10):
+        g = torch.Generator().manual_seed(100 + seed)
+        a = F.normalize(torch.randn(300, 16, generator=g), dim=1)
+        b = F.normalize(a + 0.1 * torch.randn(300, 16, generator=g), dim=1)
+        scores.append(linear_separability(a, b, seed=seed))
+    assert 47.0 < sum(scores) / len(scores) < 53.0, scores
+
+
+def test_the_separability_probe_fits_and_scores_disjoint_samples_and_groups(monkeypatch):
+    """Checked by sample id: the rows fitted on and the rows scored never share a sample (or a group)."""
+    import bindspace.evaluation.gap as gap
+
+    seen = []
+    monkeypatch.setattr(gap, "check_disjoint", lambda fit, score: seen.append((set(fit), set(score))))
+    a, b = cloud(40, axis(0), seed=1), cloud(40, axis(1), seed=2)
+    groups = torch.arange(40) // 4  # ten samples of four rows each, as the captions of one sound
+    found = gap.modality_gap(a, b, groups=groups)
+    ((fit, score),) = seen
+    assert not fit & score and fit | score == set(range(10)) and len(fit) == 5
+    assert found["separability"] > 95.0
+    low, high = found["separability_ci"]
+    assert low <= found["separability"] <= high <= 100.0
+    with pytest.raises(ValueError, match="paired"):
+        gap.linear_separability(a, b[:30], groups=groups)
+
+
 def test_gap_table_keys_every_unordered_pair_and_reports_all_measures():
     embs = {m: cloud(40, axis(i), seed=i) for i, m in enumerate(["image", "text", "audio"])}
     table = gap_table(embs)
     assert list(table) == ["image|text", "image|audio", "text|audio"]
-    assert set(table["text|audio"]) == {"centroid_distance", "matched_cosine", "random_cosine", "separability"}
+    assert set(table["text|audio"]) == {
+        "centroid_distance", "matched_cosine", "random_cosine", "separability", "separability_ci"
+    }  # fmt: skip
+    low, high = table["text|audio"]["separability_ci"]
+    assert low <= table["text|audio"]["separability"] <= high
     assert table["image|text"]["centroid_distance"] > 0.5 and table["image|text"]["separability"] > 95.0
     with pytest.raises(ValueError, match="depth"):
         gap_table(embs, pairs=[("image", "depth")])

@@ -7,7 +7,8 @@ modalities. Measured here per pair of modalities:
 
 - ``centroid_distance``: ``|mean(a) - mean(b)|`` of the unit-norm embeddings (0 = no gap, 2 = opposite);
 - ``matched_cosine`` / ``random_cosine``: mean cosine of paired rows and of all unpaired rows;
-- ``separability``: held-out accuracy (%) of a logistic regression telling the two apart (50 = mixed).
+- ``separability``: held-out accuracy (%) of a logistic regression telling the two apart (50 = mixed),
+  fitted and scored on disjoint samples, with a bootstrap interval over the scored ones.
 
 Mitigations, both estimated on samples disjoint from the scored ones (``bindspace.evaluation.fit_split``)
 and applied to new embeddings:
@@ -23,8 +24,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,7 +34,9 @@ from torch import Tensor
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the library
     from matplotlib.figure import Figure
 
+from bindspace.evaluation.fit_split import check_disjoint
 from bindspace.evaluation.mixed import mixed_index  # noqa: F401 (re-exported: its public home since issue 12)
+from bindspace.evaluation.stats import DEFAULT_BOOTSTRAP, Bootstrap, group_index
 
 BRIDGE_METHODS = ("procrustes", "lstsq")
 
@@ -67,19 +71,48 @@ def pair_cosines(a: Tensor, b: Tensor) -> tuple[float, float]:
     return float(matched / n), float(unmatched)
 
 
-def linear_separability(a: Tensor, b: Tensor, seed: int = 0, steps: int = 100, l2: float = 1e-3) -> float:
+def linear_separability(
+    a: Tensor, b: Tensor, seed: int = 0, steps: int = 100, l2: float = 1e-3, groups: Any = None
+) -> float:
     """Held-out accuracy (%) of a logistic regression telling modality ``a`` from modality ``b``.
 
-    Each set is shuffled with ``seed`` and cut in halves: the classifier (full-batch L-BFGS, L2 penalty
-    ``l2``) fits the first halves and is scored on the second, balanced by weighting each class equally.
-    A logit of exactly 0 counts as half right (ties by expectation).
+    With equal lengths, row i of ``a`` and of ``b`` is the same sample: the samples (their ``groups``
+    when given, e.g. the captions of one sound) are shuffled with ``seed`` and cut in halves, the
+    classifier (full-batch L-BFGS, L2 penalty ``l2``) fits both modalities of the first half and is
+    scored on both of the second. No sample is on both sides: a scored row whose own partner was
+    fitted on would carry its label across, and the gap would look smaller than it is. Sets of
+    unequal length are unpaired and each is halved on its own. The score weights each class
+    equally; a logit of exactly 0 counts as half right (ties by expectation). Chance is 50.
     """
+    return float(_separability_scores(a, b, seed, steps, l2, groups)[0].mean())
+
+
+def _separability_scores(
+    a: Tensor, b: Tensor, seed: int, steps: int, l2: float, groups: Any
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The scored units' accuracies in % (for paired sets one per scored sample: the mean of its ``a``
+    and ``b`` rows being classified right), and each unit's group (None: one row per group)."""
     a, b = _check_2d("a", a), _check_2d("b", b, a.shape[1])
     if len(a) < 4 or len(b) < 4:
         raise ValueError(f"need at least 4 embeddings per modality to split in halves, got {len(a)} and {len(b)}")
     g = torch.Generator().manual_seed(seed)
-    a, b = a[torch.randperm(len(a), generator=g)], b[torch.randperm(len(b), generator=g)]
-    (a_fit, a_test), (b_fit, b_test) = a.tensor_split(2), b.tensor_split(2)
+    paired = len(a) == len(b)
+    if not paired and groups is not None:
+        raise ValueError(f"groups name the samples of paired sets; got {len(a)} and {len(b)} rows")
+    if paired:
+        index = group_index(groups, len(a))
+        unit = torch.from_numpy(index) if index is not None else torch.arange(len(a))
+        n_units = int(unit.max()) + 1
+        if n_units < 2:
+            raise ValueError("need at least 2 samples (groups) to split in halves")
+        fit_units = torch.randperm(n_units, generator=g)[: n_units // 2]
+        fitted = torch.zeros(n_units, dtype=torch.bool)
+        fitted[fit_units] = True
+        fit_rows, test_rows = fitted[unit], ~fitted[unit]
+        check_disjoint(unit[fit_rows].unique().tolist(), unit[test_rows].unique().tolist())
+        a_fit, a_test, b_fit, b_test = a[fit_rows], a[test_rows], b[fit_rows], b[test_rows]
+    else:
+        (a_fit, a_test), (b_fit, b_test) = (x[torch.randperm(len(x), generator=g)].tensor_split(2) for x in (a, b))
     x = torch.cat([a_fit, b_fit])
     y = torch.cat([torch.zeros(len(a_fit)), torch.ones(len(b_fit))])
     w = torch.zeros(x.shape[1] + 1, requires_grad=True)
@@ -98,36 +131,50 @@ def linear_separability(a: Tensor, b: Tensor, seed: int = 0, steps: int = 100, l
         # A logit of exactly 0 is a tie between the two classes: half right in expectation (the tie rule of
         # every bindspace metric), so identical modalities score chance (50), not 0.
         logits_a, logits_b = a_test @ w[:-1] + w[-1], b_test @ w[:-1] + w[-1]
-        acc_a = ((logits_a < 0).double() + 0.5 * (logits_a == 0).double()).mean()
-        acc_b = ((logits_b > 0).double() + 0.5 * (logits_b == 0).double()).mean()
-    return float(50.0 * (acc_a + acc_b))
+        right_a = ((logits_a < 0).double() + 0.5 * (logits_a == 0).double()).numpy()
+        right_b = ((logits_b > 0).double() + 0.5 * (logits_b == 0).double()).numpy()
+    if paired:  # row by row: the mean over scored rows is the class-balanced accuracy
+        scored_groups = None if index is None else index[test_rows.numpy()]
+        return 50.0 * (right_a + right_b), scored_groups
+    return np.array([50.0 * (right_a.mean() + right_b.mean())]), None
 
 
-def modality_gap(a: Tensor, b: Tensor, seed: int = 0) -> dict[str, float]:
-    """Every gap measure for one pair of modalities; row i of ``a`` and of ``b`` is the same sample.
+def modality_gap(
+    a: Tensor, b: Tensor, seed: int = 0, groups: Any = None, bootstrap: Bootstrap = DEFAULT_BOOTSTRAP
+) -> dict[str, Any]:
+    """Every gap measure for one pair of modalities; row i of ``a`` and of ``b`` is the same sample
+    (``groups``: rows that are copies of one sample, kept on one side of the separability split).
 
     Returns:
-        {"centroid_distance", "matched_cosine", "random_cosine", "separability" (%)}.
+        {"centroid_distance", "matched_cosine", "random_cosine", "separability" (%, chance 50),
+        "separability_ci" ([low, high], ``bootstrap`` over the scored samples or their groups)}.
     """
     matched, unmatched = pair_cosines(a, b)
+    scores, scored_groups = _separability_scores(a, b, seed, 100, 1e-3, groups)
+    low, high = bootstrap.intervals(scores, scored_groups)
     return {
         "centroid_distance": centroid_distance(a, b),
         "matched_cosine": matched,
         "random_cosine": unmatched,
-        "separability": linear_separability(a, b, seed=seed),
+        "separability": float(scores.mean()),
+        "separability_ci": [float(low), float(high)],
     }
 
 
 def gap_table(
-    embeddings: Mapping[str, Tensor], pairs: Sequence[tuple[str, str]] | None = None, seed: int = 0
-) -> dict[str, dict[str, float]]:
-    """:func:`modality_gap` for every unordered pair (default) or the given pairs, keyed ``"a|b"``."""
+    embeddings: Mapping[str, Tensor],
+    pairs: Sequence[tuple[str, str]] | None = None,
+    seed: int = 0,
+    groups: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`modality_gap` for every unordered pair (default) or the given pairs, keyed ``"a|b"``; the
+    modalities' rows are the same samples (``groups``: the rows' group labels, see :func:`modality_gap`)."""
     pairs = list(pairs) if pairs is not None else list(itertools.combinations(embeddings, 2))
     for pair in pairs:
         missing = [m for m in pair if m not in embeddings]
         if missing:
             raise ValueError(f"gap pair {pair}: no embeddings for {missing}; have {list(embeddings)}")
-    return {f"{a}|{b}": modality_gap(embeddings[a], embeddings[b], seed=seed) for a, b in pairs}
+    return {f"{a}|{b}": modality_gap(embeddings[a], embeddings[b], seed=seed, groups=groups) for a, b in pairs}
 
 
 # ---- mitigation 1: per-modality centring --------------------------------------------------------

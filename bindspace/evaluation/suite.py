@@ -102,7 +102,7 @@ def evaluate_split(
         metrics["zero_shot"], metrics["chance"]["zero_shot"] = zero_shot.table, zero_shot.chance
         per_query.update(zero_shot.per_query)
     if gap:
-        metrics["modality_gap"] = gap_table(embs, seed=gap_seed)
+        metrics["modality_gap"] = gap_table(embs, seed=gap_seed, groups=keys)
     return Evaluation(metrics, per_query, split)
 
 

@@ -52,7 +52,7 @@ from bindspace.evaluation.probe import linear_probe
 from bindspace.evaluation.retrieval import evaluate_retrieval
 from bindspace.evaluation.stats import write_per_query
 from bindspace.evaluation.suite import METRICS_FORMAT, evaluate_split
-from bindspace.evaluation.tables import format_metrics_report, format_summary, summarize
+from bindspace.evaluation.tables import format_interval, format_metrics_report, format_summary, summarize
 from bindspace.evaluation.zero_shot import (
     Prompts,
     class_embeddings,
@@ -261,7 +261,7 @@ def evaluate(
         metrics["zero_shot_centered"] = centred_zero_shot(
             bs, centred, labels, means, prompts.class_names(names), prompts, opts, groups=ids
         )
-    metrics["modality_gap_centered"] = gap_table(centred, seed=opts.gap_seed)
+    metrics["modality_gap_centered"] = gap_table(centred, seed=opts.gap_seed, groups=ids)
     metrics["mixed_index"] = mixed_index_table(test, means, bridges, opts)
     return metrics, per_query
 
@@ -347,9 +347,12 @@ def write_results(
     print(f"\nHeld-out retrieval, {metrics['split']} split{halved} of {size}\n\n{report}")
     chance = metrics["chance"]["retrieval"]
     print("Centred: " + format_summary(metrics["summary_centered"], metrics["summary_centered_ci"], chance))
-    for m, acc in metrics.get("zero_shot", {}).items():
-        centred = metrics["zero_shot_centered"][m]["top1"]
-        print(f"zero-shot {m}: top1={acc['top1']:.1f} top5={acc['top5']:.1f} (centred top1 {centred:.1f})")
+    for m, acc in metrics.get("zero_shot", {}).items():  # beside the raw table of the report above
+        centred, chance = metrics["zero_shot_centered"][m], metrics["chance"]["zero_shot"]["top1"]
+        print(
+            f"zero-shot {m}, centred: top1={centred['top1']:.1f}{format_interval(centred, 'top1')} "
+            f"(raw {acc['top1']:.1f}{format_interval(acc, 'top1')}; chance {chance:.2f})"
+        )
     for m, probe in metrics.get("linear_probe", {}).items():
         low, high = probe["top1_ci"]
         print(

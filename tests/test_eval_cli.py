@@ -74,7 +74,7 @@ def test_eval_writes_the_plots_and_stores_mitigations(evaluated):
     for name in ("retrieval_R@1.png", "modality_gap.png"):
         with Image.open(out / name) as png:
             assert png.format == "PNG" and png.width > 300
-    assert "R@1 (rows: query modality" in (out / "retrieval.txt").read_text()
+    assert "R@1 [95% interval] (rows: query modality" in (out / "retrieval.txt").read_text()
     loaded = BindSpace.from_checkpoint(ckpt)
     assert set(loaded.centering) == set(loaded.modalities)
     assert set(loaded.bridges) == {"image->text", "audio->text"}

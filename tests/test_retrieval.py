@@ -408,7 +408,9 @@ def test_format_retrieval_table_shows_modalities_markers_and_chance():
                 expected.append("-")
             else:
                 marker = "*" if {q, g} == {"image", "text"} else ""
-                expected.append(f"{instance[f'{q}->{g}']['R@5']:.1f}{marker}")
+                entry = instance[f"{q}->{g}"]
+                low, high = entry["R@5_ci"]  # every number with its interval beside it
+                expected += [f"{entry['R@5']:.1f}", f"[{low:.1f},", f"{high:.1f}]{marker}"]
         assert row.split() == expected
     assert "trained" in lines[2 + len(names)] and "emergent" in lines[2 + len(names)]  # legend
     assert "R@5 = 100*5/50 = 10.00" in table
@@ -416,10 +418,13 @@ def test_format_retrieval_table_shows_modalities_markers_and_chance():
     assert "= 52.08" in format_retrieval_table(instance, metric="mAP", gallery_size=4)
     ordered = format_retrieval_table(instance, modalities=["depth", "image"])
     assert ordered.splitlines()[1].split()[-2:] == ["depth", "image"]
+    low, high = instance["depth->image"]["R@1_ci"]
     assert ordered.splitlines()[2].split() == [
         "depth",
         "-",
         f"{instance['depth->image']['R@1']:.1f}",
+        f"[{low:.1f},",
+        f"{high:.1f}]",
     ]
 
 

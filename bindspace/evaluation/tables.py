@@ -79,7 +79,8 @@ def format_retrieval_table(
     gallery_size: int | None = None,
     chance: float | Mapping[str, float] | None = None,
 ) -> str:
-    """A plain-text query x gallery matrix of one metric, trained pairs marked '*'.
+    """A plain-text query x gallery matrix of one metric, each value with its interval when the table
+    has one (``<metric>_ci``), trained pairs marked '*'.
 
     Args:
         metrics: one table from `retrieval_matrix`.
@@ -109,10 +110,14 @@ def format_retrieval_table(
             elif entry is None:
                 row.append("n/a ")
             else:
-                row.append(f"{entry[metric]:.1f}" + ("*" if entry["trained"] else " "))
+                row.append(f"{entry[metric]:.1f}{format_interval(entry, metric)}" + ("*" if entry["trained"] else " "))
         rows.append(row)
     chance_line, weak = _chance_and_flag(metric, gallery_size, chance)
-    lines = [f"{metric}{' ' + MARK if weak else ''} (rows: query modality, columns: gallery modality)"]
+    ci = any(f"{metric}_ci" in entry for entry in metrics.values())
+    lines = [
+        f"{metric}{' ' + MARK if weak else ''}{' [95% interval]' if ci else ''} "
+        "(rows: query modality, columns: gallery modality)"
+    ]
     lines += _aligned(rows)
     lines.append("legend: * trained pair, unmarked emergent pair (never trained together), - same modality")
     if chance_line is not None:
@@ -122,7 +127,8 @@ def format_retrieval_table(
     return "\n".join(lines)
 
 
-def _interval(entry: Mapping[str, Any], name: str) -> str:
+def format_interval(entry: Mapping[str, Any], name: str) -> str:
+    """``" [low, high]"`` of ``entry["<name>_ci"]``, or ``""`` when the entry has no interval."""
     ci = entry.get(f"{name}_ci")
     return f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None else ""
 
@@ -145,7 +151,7 @@ def format_zero_shot_table(
     weak = set(uninformative(record))
     rows = [["modality", *(f"{n}{' ' + MARK if n in weak else ''}" for n in names)]]
     for m, entry in zero_shot.items():
-        rows.append([m, *(f"{entry[n]:.1f}{_interval(entry, n)}" if n in entry else "n/a" for n in names)])
+        rows.append([m, *(f"{entry[n]:.1f}{format_interval(entry, n)}" if n in entry else "n/a" for n in names)])
     lines = [f"{title} accuracy, % [95% interval] (rows: sample modality)", *_aligned(rows)]
     if chance:
         values = ", ".join(f"{n} = {record[n]:.2f}" for n in names if n in record)

@@ -33,10 +33,24 @@ def weights(path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+VALIDATIONS: list[tuple[int, dict]] = []  # (global step, the retrieval table) of each validation of `uninterrupted`
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    from bindspace.training.module import AlignmentModule
+
+    original = AlignmentModule.on_validation_epoch_end
+
+    def recorded(self):
+        original(self)
+        if self._trainer is not None and not self.trainer.sanity_checking:
+            VALIDATIONS.append((int(self.global_step), self.last_retrieval["retrieval"]))
+
     run_dir = tmp_path_factory.mktemp("full")
-    metrics = run(compose_config([*PROGRESSIVE, "curriculum.stage.freeze=[anchor]"], run_dir=str(run_dir)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AlignmentModule, "on_validation_epoch_end", recorded)
+        metrics = run(compose_config([*PROGRESSIVE, "curriculum.stage.freeze=[anchor]"], run_dir=str(run_dir)))
     return run_dir, metrics
 
 
@@ -51,6 +65,17 @@ def test_stage_history_in_metrics(uninterrupted):
     assert stages[0]["retrieval"]["audio->image"]["trained"] is False
     assert stages[1]["retrieval"]["audio->image"]["trained"] is True
     assert all(s["frozen"] == ["image"] for s in stages)
+
+
+def test_validation_flags_as_trained_only_the_pairs_trained_so_far(uninterrupted):
+    """val/trained/* (and val/mean_R@1, what plateau stages and early stopping watch) average the pairs
+    trained by then, as the stage records do; they averaged every edge of the graph, those of stages still
+    to come included."""
+    assert [step for step, _ in VALIDATIONS] == [6, 12]
+    (_, at_6), (_, at_12) = VALIDATIONS
+    trained = {pair for pair, cell in at_6.items() if cell["trained"]}
+    assert trained == {"image->text", "text->image", "image->audio", "audio->image"}
+    assert all(cell["trained"] for pair, cell in at_12.items() if "image" in pair.split("->"))
 
 
 def test_frozen_anchor_never_moves_and_new_modalities_wait_their_stage(uninterrupted):

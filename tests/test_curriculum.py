@@ -89,6 +89,29 @@ def test_plateau_ends_a_stage_after_patience_and_respects_the_cap():
     assert capped.stage_done(c, 100, 100) and not capped.stage_done(c, 99, 100)
 
 
+def test_the_validation_at_a_stage_start_scores_the_previous_stage_and_counts_for_neither():
+    """A stage starts after the step that ended the previous one, and Lightning validates after that step:
+    that validation scores weights no step of the new stage has trained. It counted as the new stage's first
+    plateau observation, and as early stopping's first in the last stage, whose best checkpoint could then
+    be weights that never trained the pairs metrics.json flags as trained."""
+    from types import SimpleNamespace
+
+    from bindspace.training.callbacks import CurriculumCallback
+
+    plateau = {"metric": "val/mean_R@1", "patience": 1, "min_delta": 100.0, "max_steps": 50}
+    stages = [
+        {"name": "a", "edges": [["image", "text"]], "steps": 4},
+        {"name": "b", "edges": "all", "plateau": plateau},
+    ]
+    callback = CurriculumCallback(Curriculum.from_config({"stages": stages}, STAR, ["image"]))
+    callback.state.advance(4)  # stage b starts after step 4
+    for step, (best, bad) in [(4, (None, 0)), (6, (1.0, 0)), (8, (1.0, 1))]:
+        trainer = SimpleNamespace(sanity_checking=False, global_step=step, callback_metrics={"val/mean_R@1": 1.0})
+        assert callback.in_last_stage(trainer) is (step > 4)
+        callback.on_validation_end(trainer, SimpleNamespace())
+        assert (callback.state.best, callback.state.bad_validations) == (best, bad), step
+
+
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [

@@ -118,13 +118,16 @@ def test_only_counting_validations_count(tmp_path):
     trainer = SimpleNamespace(
         sanity_checking=False, global_step=4, should_stop=False, callback_metrics={"val/mean_R@1": torch.tensor(1.0)}
     )
-    early = EarlyStopping(tmp_path, patience=1, counting=lambda: False)
+    early = EarlyStopping(tmp_path, patience=1, counting=lambda trainer: False)
     early.on_validation_end(trainer, None)
     assert early.best is None and not trainer.should_stop
 
 
 def test_under_ddp_with_a_curriculum_only_the_last_stage_counts(tmp_path):
-    """Through the CLI, 2 gloo processes: stages of 4 steps, the last (+imu) from step 16; stop at 20."""
+    """Through the CLI, 2 gloo processes: stages of 4 steps, the last (+imu) from step 16. Its first counting
+    validation is step 20's: step 16's scores weights no +imu step has trained (it counted, and step 16, whose
+    weights never trained image|imu, was the best checkpoint while metrics.json flagged image|imu as trained).
+    The stop at step 24 records the last stage (end: run), as a stop at trainer.max_steps does."""
     import subprocess
     import sys
 
@@ -136,9 +139,12 @@ def test_under_ddp_with_a_curriculum_only_the_last_stage_counts(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bindspace.train", *args], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert [s["step"] for s in metrics["stages"]] == [4, 8, 12, 16]  # +imu, the last stage, starts at 16
+    stages = metrics["stages"]
+    assert [(s["step"], s["end"]) for s in stages] == [(4, "stage"), (8, "stage"), (12, "stage"), (16, "stage"),
+                                                       (24, "run")]  # fmt: skip
+    assert stages[-1]["start_step"] == 16 and metrics["budget"]["stage_steps"] == [4, 4, 4, 4, 8]
     early = metrics["early_stopping"]
-    assert (early["best_step"], early["stopped_step"], metrics["steps"]) == (16, 20, 20)
+    assert (early["best_step"], early["stopped_step"], metrics["steps"]) == (20, 24, 24)
 
 
 @pytest.mark.parametrize("extra", [[], ["data.val={manifest}"]])

@@ -123,13 +123,29 @@ class CurriculumCallback(L.Callback):
             point = {"step": int(trainer.global_step), "stage": self.state.index, "R@1": r1}
             self.state.validation = [v for v in self.state.validation if v["step"] != point["step"]] + [point]
         plateau = self.stage.plateau
-        if plateau is None:
+        if plateau is None or not self.stage_has_trained(trainer):
             return
         value = trainer.callback_metrics.get(plateau.metric)
         if value is None:
             logged = sorted(trainer.callback_metrics)
             raise KeyError(f"curriculum plateau metric {plateau.metric!r} was not logged; logged: {logged}")
         self.state.observe(float(value), plateau)
+
+    def stage_has_trained(self, trainer: L.Trainer) -> bool:
+        """Whether a step of the current stage has trained. A stage starts after the step that ended the one
+        before, and Lightning validates after that step: that validation scores the previous stage's weights."""
+        return trainer.global_step > self.state.start_step
+
+    def in_last_stage(self, trainer: L.Trainer) -> bool:
+        """In the last stage, once a step of it has trained: where early stopping's validations count (its
+        best checkpoint has then trained every pair that metrics.json flags as trained)."""
+        return self.state.index == len(self.curriculum.stages) - 1 and self.stage_has_trained(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Early stopping ended the run mid-stage: the stage's record, as a run stopped by trainer.max_steps gets.
+        stopped = any(getattr(c, "stopped_step", None) == trainer.global_step for c in trainer.callbacks)
+        if stopped and trainer.global_step > 0:
+            self._record(trainer, pl_module, trainer.global_step, end="run")
 
     # ---- what the run reports ---------------------------------------------------------------------
     def trained_edges(self) -> list[str]:

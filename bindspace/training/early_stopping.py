@@ -42,7 +42,8 @@ class EarlyStopping(Callback):
     Args:
         dirpath: the run's checkpoint folder (``best.ckpt`` goes there).
         metric, patience, mode, min_delta: as ``early_stopping``.
-        counting: whether this validation counts (the curriculum's last stage); always, when None.
+        counting: given the trainer, whether this validation counts (in the curriculum's last stage, after
+            its first step); always, when None.
     """
 
     def __init__(
@@ -52,11 +53,11 @@ class EarlyStopping(Callback):
         patience: int = 5,
         mode: str = "max",
         min_delta: float = 0.0,
-        counting: Callable[[], bool] | None = None,
+        counting: Callable[[L.Trainer], bool] | None = None,
     ) -> None:
         self.best_path = Path(dirpath) / "best.ckpt"
         self.metric, self.patience, self.mode, self.min_delta = metric, patience, mode, min_delta
-        self.counting = counting or (lambda: True)
+        self.counting = counting or (lambda trainer: True)
         self.best: float | None = None
         self.best_step: int | None = None
         self.wait = 0
@@ -74,7 +75,7 @@ class EarlyStopping(Callback):
             trainer.should_stop = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self.counting():
+        if trainer.sanity_checking or not self.counting(trainer):
             return
         value = trainer.callback_metrics.get(self.metric)
         if value is None:

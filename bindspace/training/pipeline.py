@@ -79,10 +79,8 @@ def build_trainer(
     preemption = Preemption(ckpt.last_path, rel["signals"], rel["requeue"], save=ckpt.save_step)
     callbacks = [ckpt, curriculum, NonFiniteGuard(rel["max_consecutive"]), preemption, StepCost()]
     early = parse_early_stopping(cfg.get("early_stopping"), cfg["trainer"])
-    if early is not None:  # counts in the curriculum's last stage only
-        last_stage = len(curriculum.curriculum.stages) - 1
-        counting = lambda: curriculum.state.index == last_stage  # noqa: E731
-        callbacks.append(EarlyStopping(run_dir / "checkpoints", **early, counting=counting))
+    if early is not None:  # counts in the curriculum's last stage only, once a step of it has trained
+        callbacks.append(EarlyStopping(run_dir / "checkpoints", **early, counting=curriculum.in_last_stage))
     bar = step_progress_bar() if cfg["trainer"].get("enable_progress_bar", True) else None
     if bar is not None:
         callbacks.append(bar)

@@ -194,8 +194,8 @@ def staged_runs(tmp_path_factory):
                 overrides.append("curriculum.continual.method=distill")
             if curriculum == "progressive_frozen":  # with augmentation: random per (seed, step, global row)
                 overrides += AUGMENTED
-            if curriculum == "unfreeze":  # image frozen in stage a, trainable again from stage b on
-                overrides = [*STAGED[:1], *STAGED[4:], f"curriculum.stages={UNFREEZE}"]
+            if curriculum == "unfreeze":  # image frozen in stage a, all of it trains in b, its last block in c
+                overrides = [*STAGED[:1], *STAGED[4:], f"curriculum.stages={UNFREEZE}", UNLOCKED]
             # The two runs are independent: launched together, each one's start-up overlaps the other's.
             with Launched(root / "single", 1, *overrides) as single, Launched(root / "ddp", 2, *overrides) as ddp:
                 cache[curriculum] = (single.result(), root / "ddp", ddp.result())
@@ -206,8 +206,11 @@ def staged_runs(tmp_path_factory):
 
 UNFREEZE = (
     "[{name: a, edges: [[image,text]], steps: 2, warmup_steps: 1, freeze: [image]},"
-    " {name: b, edges: [[image,audio]], steps: 2, warmup_steps: 1}, {name: c, edges: all, warmup_steps: 1}]"
+    " {name: b, edges: [[image,audio]], steps: 2, warmup_steps: 1, unlocked_layers: {image: all}},"
+    " {name: c, edges: all, warmup_steps: 1}]"
 )
+# The blocks below image's last are locked when DDP wraps the model, unless it registers what stage b unlocks.
+UNLOCKED = "modalities.image.trunk.unlocked_layers=1"
 
 
 @pytest.mark.parametrize("curriculum", ["progressive", "progressive_frozen", "unfreeze"])
@@ -230,6 +233,8 @@ def test_curricula_under_ddp_equal_one_process_through_two_stage_boundaries(stag
         image = [k for k in at[1] if k.startswith("model.trunks.image.")]
         assert all(torch.equal(at[1][k], at[2][k]) for k in image)
         assert any(not torch.equal(at[2][k], distributed[1][k]) for k in image)
+        locked = [k for k in image if k.startswith("model.trunks.image.blocks.0.")]  # by UNLOCKED, opened in b
+        assert locked and all(not torch.equal(at[2][k], distributed[1][k]) for k in locked)
 
 
 def test_a_ddp_run_prints_each_line_once_and_no_third_party_noise(staged_runs):

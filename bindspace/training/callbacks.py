@@ -22,6 +22,7 @@ from bindspace.errors import ConfigError
 from bindspace.evaluation.tables import summarize
 from bindspace.graph import edge_key
 from bindspace.training.continual import StageDistillation
+from bindspace.training.distributed import unlock_every_stage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class CurriculumCallback(L.Callback):
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # before DDP wraps the model: it registers what requires a gradient now
+            unlock_every_stage(pl_module.model, self.curriculum)
         dm = trainer.datamodule
         if isinstance(dm, PairedDataModule):  # else: trained from bare dataloaders (benchmarks)
             stages = [self.curriculum.edges(i) for i in range(len(self.curriculum.stages))]

@@ -7,17 +7,25 @@ used in producing the loss" error at the first step. With ``find_unused_paramete
 walks the autograd graph after each forward, marks what was not reached as ready, and leaves the
 gradient of a parameter unused on every rank at None, so AdamW skips it exactly as on one process.
 The walk costs time every step (measured in docs/scaling.md), so it is switched on only for curricula
-that need it: more than one stage, or any freezing. Parameters frozen by a stage were trainable when
-DDP wrapped the model (curriculum freezing starts at ``on_train_start``), so unfreezing them in a later
-stage is synchronised as well.
+that need it: more than one stage, or any freezing.
+
+DDP registers (and all-reduces) only the parameters that require a gradient when it wraps the model; one
+unlocked later would train on each rank's own gradient, and the ranks' weights drift apart. So before the
+wrap, :func:`unlock_every_stage` leaves trainable every parameter some stage trains (blocks a stage's
+``unlocked_layers`` opens beyond ``trunk.unlocked_layers`` or an adapter); the curriculum freezes what the
+current stage does not train at ``on_train_start``, after the wrap, so unfreezing in a later stage is
+synchronised.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bindspace.curriculum import Curriculum
 from bindspace.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bindspace.models.model import BindSpaceModel
 
 # Lightning's DDP flavours; each has a registered "<name>_find_unused_parameters_true" variant.
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
@@ -60,3 +68,19 @@ def strategy_for(strategy: Any, world_size: int, curriculum: Curriculum) -> Any:
         f"({_stage_that_needs_it(curriculum)}), which {strategy} cannot follow; use trainer.strategy=ddp "
         f"(bindspace then enables DDP's unused-parameter detection) or curriculum=all_at_once"
     )
+
+
+def unlock_every_stage(model: BindSpaceModel, curriculum: Curriculum) -> None:
+    """Leave trainable exactly the parameters some stage of ``curriculum`` trains: what DDP must register.
+
+    Stage freezing (``freeze``) is left out, as the wrap always saw it: a frozen encoder trains in other stages.
+    A parameter no stage trains (a block every stage keeps locked) is frozen, so plain ``ddp`` runs a single
+    stage that locks blocks.
+    """
+    trained: set[str] = set()
+    for stage in curriculum.stages:
+        for m in model.modalities:
+            model.set_frozen(m, (), stage.unlocked_layers.get(m))
+        trained |= {name for name, p in model.named_parameters() if p.requires_grad}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trained)

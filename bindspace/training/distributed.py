@@ -19,6 +19,7 @@ synchronised.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bindspace.curriculum import Curriculum
@@ -42,6 +43,45 @@ def _stage_that_needs_it(curriculum: Curriculum) -> str:
     if len(curriculum.stages) > 1:
         return f"stage {curriculum.stages[1].name!r} adds edges whose encoders are idle before it"
     return f"stage {frozen[0]!r} freezes encoders"
+
+
+def trainer_world_size(trainer: Mapping[str, Any]) -> int:
+    """The processes a Trainer of the ``trainer`` config runs: devices per node x ``num_nodes``.
+
+    Counted by Lightning's own parsing, before the Trainer exists (the strategy depends on it): ``devices`` is
+    an int, a numeric string, a list of device ids or a comma-separated string of them; -1 (every visible GPU)
+    and ``auto`` (every device of the accelerator, one on CPU) depend on the machine. An accelerator this
+    machine lacks, or devices it rejects (a device list on CPU, GPU ids beyond the machine's), is a
+    :class:`ConfigError`.
+    """
+    from lightning.fabric.utilities.device_parser import _select_auto_accelerator
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.fabric.utilities.imports import _IS_INTERACTIVE
+    from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
+
+    # As lightning.pytorch.trainer.connectors.accelerator_connector resolves the accelerator, then its devices.
+    accelerator, devices = trainer.get("accelerator", "auto"), trainer.get("devices", "auto")
+    if accelerator == "auto":
+        accelerator = _select_auto_accelerator()
+    elif accelerator == "gpu":
+        accelerator = "mps" if MPSAccelerator.is_available() else "cuda"
+    if isinstance(accelerator, Accelerator):
+        cls = type(accelerator)
+    elif accelerator in AcceleratorRegistry:
+        cls = AcceleratorRegistry[accelerator]["accelerator"]
+    else:
+        names = ", ".join(["auto", "gpu", *sorted(AcceleratorRegistry)])
+        raise ConfigError(f"trainer.accelerator must be one of {names}, got {accelerator!r}")
+    if not cls.is_available():
+        raise ConfigError(f"trainer.accelerator={trainer.get('accelerator')}: no {cls.name()} device on this machine")
+    if devices == "auto":  # in a notebook Lightning runs one of several GPUs
+        devices = 1 if _IS_INTERACTIVE and issubclass(cls, CUDAAccelerator) else cls.auto_device_count()
+    try:
+        per_node = len(cls.get_parallel_devices(cls.parse_devices(devices)))
+    except (TypeError, ValueError, MisconfigurationException) as e:
+        reason = " ".join(str(e).split())
+        raise ConfigError(f"trainer.devices={trainer.get('devices')!r} on {cls.name()}: {reason}") from None
+    return per_node * int(trainer.get("num_nodes", 1) or 1)
 
 
 def strategy_for(strategy: Any, world_size: int, curriculum: Curriculum) -> Any:

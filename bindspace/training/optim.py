@@ -131,9 +131,12 @@ class StagedSchedule:
     ``mode="global"``: one warmup + cosine over the whole run, each stage only re-warming on top of it
     and rescaling it. With a single stage starting at 0 the two are the same function.
 
-    A callable object (not a lambda) so ``LambdaLR`` saves and restores its attributes with the
-    checkpoint: a run resumed inside a curriculum stage continues with that stage's lr.
+    A callable object (not a lambda) so ``LambdaLR`` saves its attributes with the checkpoint;
+    :class:`StagedLR` restores only the stage's (``STATE``): a run resumed inside a curriculum stage
+    continues with that stage's lr, over the length (``total``), warmup and mode this launch configures.
     """
+
+    STATE = ("stage_start", "stage_warmup", "stage_scale", "stage_length")
 
     def __init__(self, warmup: int, total: int, min_ratio: float, mode: str = "global") -> None:
         self.warmup, self.total, self.min_ratio, self.mode = warmup, total, min_ratio, mode
@@ -156,6 +159,21 @@ class StagedSchedule:
         return base * rewarm * self.stage_scale
 
 
+class StagedLR(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` over a :class:`StagedSchedule` that restores only its stage from a checkpoint.
+
+    ``LambdaLR`` would restore every attribute, the first launch's ``total`` included: a run relaunched
+    with a larger ``trainer.max_steps`` then trained every step past the old one at the schedule's floor.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        stages = [
+            None if fn is None else {k: fn[k] for k in StagedSchedule.STATE if k in fn}
+            for fn in state_dict["lr_lambdas"]
+        ]
+        super().load_state_dict({**state_dict, "lr_lambdas": stages})
+
+
 def build_optimizer(module: nn.Module, cfg: OptimConfig, total_steps: int):
     """AdamW over the trainable parameters, with a :class:`StagedSchedule` stepped every step.
 
@@ -176,4 +194,4 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig, total_steps: int):
     kwargs = {"fused": True} if fused else {}
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
     schedule = StagedSchedule(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return opt, StagedLR(opt, schedule)

@@ -49,7 +49,7 @@ from bindspace.training.checkpoints import (
     read_init_source,
     seed_from_checkpoint,
 )
-from bindspace.training.distributed import strategy_for
+from bindspace.training.distributed import strategy_for, trainer_world_size
 from bindspace.training.early_stopping import EarlyStopping
 from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage
@@ -334,12 +334,6 @@ def run_identity(cfg: Mapping[str, Any], spec: RunSpec) -> dict[str, Any]:
     }
 
 
-def _world_size(cfg: Mapping[str, Any]) -> int:
-    devices = cfg["trainer"].get("devices", 1)
-    per_node = devices if isinstance(devices, int) and devices > 0 else 1
-    return per_node * int(cfg["trainer"].get("num_nodes", 1) or 1)
-
-
 def check_checkpoint_fits(path: str, module: AlignmentModule) -> None:
     """Open a checkpoint to resume from and check it against the model, before any data is decoded.
 
@@ -401,7 +395,9 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     if bind is not None:
         add_passengers(spec, plain, bind)
     rel = reliability_settings(plain)
-    strategy = strategy_for(plain["trainer"].get("strategy", "auto"), _world_size(plain), spec.curriculum)
+    strategy = strategy_for(
+        plain["trainer"].get("strategy", "auto"), trainer_world_size(plain["trainer"]), spec.curriculum
+    )
     with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
         announce_resume(plain, ckpt_path)
         folder.record(config)  # as composed (interpolations kept), as Hydra records it
@@ -542,9 +538,10 @@ def train_and_evaluate(
     logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"])
     try:
         accumulate = int(plain["trainer"].get("accumulate_grad_batches") or 1)
+        world = trainer_world_size(plain["trainer"])
         if accumulate > 1:
-            warn_accumulation(accumulate, datamodule.batch_size * _world_size(plain))
-        steps_per_epoch = datamodule.steps_per_epoch(_world_size(plain), accumulate)
+            warn_accumulation(accumulate, datamodule.batch_size * world)
+        steps_per_epoch = datamodule.steps_per_epoch(world, accumulate)
         spec.curriculum.check_schedule(max_steps, spec.optim.warmup_steps, steps_per_epoch)  # epoch-long stages
         predicted = warn_unreached_stages(spec, max_steps, steps_per_epoch)
         curriculum = CurriculumCallback(spec.curriculum, steps_per_epoch, stage_hook=log_stage(logger))

@@ -246,13 +246,17 @@ def test_global_schedule_keeps_one_cosine_and_rewarms_each_stage(tmp_path):
 
 def test_a_global_schedule_relaunched_with_more_steps_continues_the_uninterrupted_cosine(tmp_path):
     """``trainer.max_steps=6`` stops the run where stage 0 ends; relaunched with 14, steps 6-13 train with the
-    uninterrupted run's lr (the relaunch kept the first launch's 6-step cosine and trained them at its floor)."""
+    uninterrupted run's lr (the relaunch kept the first launch's 6-step cosine and trained them at its floor).
+    metrics.csv continues across the relaunch: the first launch's rows stay (a relaunch rewrote the file with
+    the columns of its own first rows, and lost the others)."""
     overrides = [*TWO_STAGES, "curriculum.schedule=global"]
     run(compose_config([*overrides, "trainer.max_steps=6"], run_dir=str(tmp_path)))
+    first = lr_per_step(tmp_path)
     run(compose_config(overrides, run_dir=str(tmp_path)))
-    lrs = lr_per_step(tmp_path)  # the relaunch's steps: its logger starts metrics.csv afresh
+    lrs = lr_per_step(tmp_path)
     expected = [configured_lr(s, 0, 3, 14, 1e-3, 0.1) * min(1.0, (s - 6 + 1) / 2) for s in range(6, 14)]
-    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert len(first) == 6 and lrs[:6] == first  # the first launch's steps, kept
+    assert lrs[6:] == pytest.approx(expected, rel=1e-6)
 
 
 # ---- freezing means the whole encoder ---------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -12,20 +13,19 @@ from bindspace.errors import ConfigError
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = None):
+def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = None, resume_step: int | None = None):
     """The Lightning logger described by ``cfg["logger"]`` (``name``: wandb | csv | none).
 
     ``tags`` (anchor, order, seed, ...) are added to the configured ones so every run of a sweep can
-    be filtered in wandb; ``logger.group`` groups the runs of one sweep.
+    be filtered in wandb; ``logger.group`` groups the runs of one sweep. ``resume_step``: the global
+    step of the checkpoint this launch resumes (None: a fresh run), for the CSV log to continue.
     """
     lcfg = dict(cfg.get("logger") or {"name": "none"})
     name, mode = check_logger(lcfg)
     if name == "none":
         return None
     if name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+        return _resumable_csv_logger(run_dir, resume_step)
     from lightning.pytorch.loggers import WandbLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -111,3 +111,53 @@ def log_forgetting(logger, metrics: dict) -> None:
     if panel is not None:
         figure = forgetting_figure({"this run": panel})
         logger.log_image(key="curriculum/validation_R@1", images=[figure_to_array(figure)])
+
+
+def _resumable_csv_logger(run_dir: Path, resume_step: int | None):
+    """Lightning's CSVLogger (``<run>/csv/metrics.csv``), continued across relaunches.
+
+    Lightning's writer starts with no columns, so a relaunch into the folder rewrote the file with the
+    columns of its first rows and lost the first launch's (its validation metrics, say). Here a resumed
+    run keeps the rows of the steps its checkpoint holds (``step <= resume_step``; later rows were
+    logged by steps it trains again) and their columns; a fresh run starts the file over.
+    """
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from bindspace.utils.io import atomic_write_text
+
+    # Defined here: importing this module (the config checks do) must not import Lightning.
+    class Writer(ExperimentWriter):
+        def __init__(self, log_dir: str) -> None:
+            super().__init__(log_dir)
+            path = Path(self.metrics_file_path)
+            if not path.is_file():
+                return
+            if resume_step is None:
+                path.unlink()  # resume=never, or no checkpoint: the run starts over, as its checkpoints do
+                return
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                rows = [r for r in reader if not r.get("step") or float(r["step"]) <= resume_step]
+                self.metrics_keys = list(reader.fieldnames or [])
+            out = io.StringIO(newline="")
+            writer = csv.DictWriter(out, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(path, out.getvalue())
+
+        def _check_log_dir_exists(self) -> None:  # Lightning warns that it deletes what is there; not here
+            pass
+
+    class Logger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is None and rank_zero_only.rank == 0:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = Writer(log_dir=self.log_dir)
+            return super().experiment
+
+    return Logger(save_dir=str(run_dir), name="csv", version="")

@@ -334,6 +334,11 @@ def run_identity(cfg: Mapping[str, Any], spec: RunSpec) -> dict[str, Any]:
     }
 
 
+def checkpoint_step(path: str) -> int:
+    """The global step a checkpoint resumes at (memory-mapped: its tensors are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+
+
 def check_checkpoint_fits(path: str, module: AlignmentModule) -> None:
     """Open a checkpoint to resume from and check it against the model, before any data is decoded.
 
@@ -535,7 +540,8 @@ def train_and_evaluate(
     """The part of :func:`run` after every input was checked: fit, then the held-out evaluation."""
     max_steps = int(plain["trainer"]["max_steps"])
     identity = run_identity(plain, spec)
-    logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"])
+    resume_step = checkpoint_step(ckpt_path) if ckpt_path is not None else None
+    logger = build_logger(plain, run_dir, [f"{k}={v}" for k, v in identity.items() if k != "group"], resume_step)
     try:
         accumulate = int(plain["trainer"].get("accumulate_grad_batches") or 1)
         world = trainer_world_size(plain["trainer"])

@@ -103,6 +103,22 @@ def test_refused_with_the_frozen_feature_cache_for_that_modality():
     spec_of([*frozen, "modalities.image.augment=default"])  # a trained modality may be augmented beside it
 
 
+def test_the_cache_never_serves_an_augmented_modality_however_it_is_frozen():
+    """``trunk.unlocked_layers=0`` freezes a trunk without a final norm wholly, which the config checks (trunk.freeze,
+    curriculum freezing) do not see: the cache served the first augmented view's feature at every later visit."""
+    from bindspace.training.pipeline import build_feature_cache, plain_config
+
+    cfg = plain_config(compose_config(
+        ["graph.modalities=[image,text]", "cache.frozen_features=true", "modalities.text.trunk.freeze=true",
+         "modalities.image.augment=default", "modalities.image.trunk.unlocked_layers=0"], run_dir="unused",
+    ))  # fmt: skip
+    spec = build_run_spec(cfg)
+    model = spec.build_model()
+    for m in ("image", "text"):
+        model.set_frozen(m, ("preprocessor", "trunk"))  # both wholly frozen, however the config froze them
+    assert build_feature_cache(cfg, spec).active(model) == ["text"]
+
+
 def generators(n: int, step: int = 0) -> list[torch.Generator]:
     return row_generators(0, step, 0, "m", range(n))
 

@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +102,14 @@ class FrozenFeatureCache:
     Args:
         root: folder for the on-disk tables (None: memory only).
         rank: this process's rank (each rank writes its own files; loading merges them).
+        uncached: modalities never served, frozen or not: their input differs at every visit of a sample
+            (augmentation, a caption drawn per visit), so one feature per sample id would be wrong.
     """
 
-    def __init__(self, root: str | Path | None = None, rank: int = 0) -> None:
+    def __init__(self, root: str | Path | None = None, rank: int = 0, uncached: Iterable[str] = ()) -> None:
         self.root = Path(root) if root is not None else None
         self.rank = rank
+        self.uncached = frozenset(uncached)
         self.tables: dict[tuple[str, str], FeatureTable] = {}
         self._hashes: dict[str, str] = {}
         self.hits = 0
@@ -114,7 +117,7 @@ class FrozenFeatureCache:
 
     def active(self, model: BindSpaceModel) -> list[str]:
         """Modalities served from the cache now: frozen tokenizer and trunk, cls/eos head."""
-        frozen = [m for m in model.frozen_modalities() if model.heads[m].cacheable]
+        frozen = [m for m in model.frozen_modalities() if model.heads[m].cacheable and m not in self.uncached]
         frozen = [m for m in frozen if not any(p.requires_grad for p in model.preprocessors[m].parameters())]
         for m in list(self._hashes):
             if m not in frozen:

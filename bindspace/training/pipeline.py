@@ -40,6 +40,7 @@ from bindspace.evaluation.suite import versioned
 from bindspace.evaluation.tables import format_metrics_report
 from bindspace.evaluation.zero_shot import load_prompts
 from bindspace.graph import edge_key
+from bindspace.modalities import get_modality
 from bindspace.training.bind import BindPlan, add_passengers, bind_new_modality, resumed_plan_inputs
 from bindspace.training.callbacks import CurriculumCallback, StepCost
 from bindspace.training.checkpoints import (
@@ -149,7 +150,11 @@ def build_feature_cache(cfg: Mapping[str, Any], spec: RunSpec) -> FrozenFeatureC
         )
     if bad:
         log.warning("cache.frozen_features: %s pool with 'mean' and are never cached", ", ".join(bad))
-    return FrozenFeatureCache(ccfg.get("dir"))
+    # Frozen some other way than the checks refuse (trunk.unlocked_layers=0 freezes a trunk without a final
+    # norm wholly): an input that varies per visit is still never served a feature cached from another visit.
+    sampled = (cfg.get("data") or {}).get("captions") == "sample"
+    uncached = [m for m, c in spec.modalities.items() if c.augment or (sampled and get_modality(m).inline)]
+    return FrozenFeatureCache(ccfg.get("dir"), uncached=uncached)
 
 
 def apply_speed_options(model, cfg: Mapping[str, Any]) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import re
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -555,8 +556,12 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
             _check_positive(trainer[key], f"trainer.{key}")
     devices = trainer.get("devices", 1)
     counted = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
-    if not (counted or devices == "auto" or isinstance(devices, list | tuple) or str(devices).isdigit()):
-        raise ConfigError(f"trainer.devices must be a positive integer, a list of device ids or auto, got {devices!r}")
+    # Lightning's strings: a count ("2"), every GPU ("-1"), or device ids ("0,1"; "1," is device 1)
+    spelled = isinstance(devices, str) and re.fullmatch(r"\s*(-1|\d+(\s*,\s*\d+)*\s*,?)\s*", devices) is not None
+    if not (counted or spelled or devices == "auto" or isinstance(devices, list | tuple)):
+        raise ConfigError(
+            f'trainer.devices must be a positive integer, -1, device ids ([0, 1] or "0,1") or auto, got {devices!r}'
+        )
     interval = trainer.get("val_check_interval")
     if interval is not None and not (
         (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1)

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from bindspace.config import check_trainer
 from bindspace.curriculum import Curriculum
 from bindspace.errors import ConfigError
 from bindspace.training.distributed import strategy_for, trainer_world_size
@@ -83,3 +84,14 @@ def test_a_curriculum_on_a_device_list_gets_the_strategy_of_as_many_devices(four
         strategy_for("auto", trainer_world_size({"accelerator": "gpu", "devices": d}), curriculum) for d in ([0, 1], 2)
     ]
     assert chosen == ["ddp_find_unused_parameters_true"] * 2
+
+
+@pytest.mark.parametrize("devices", [2, "2", -1, "-1", "0,1", "1,", " 0, 1 ", [0, 1], "auto"])
+def test_the_config_check_takes_every_spelling_lightning_takes(devices):
+    check_trainer({"max_steps": 5, "devices": devices})
+
+
+@pytest.mark.parametrize("devices", ["x", "0;1", 0, -2, "1.5", True])
+def test_the_config_check_refuses_what_lightning_refuses_in_one_line(devices):
+    with pytest.raises(ConfigError, match=r"trainer\.devices must be .* got "):
+        check_trainer({"max_steps": 5, "devices": devices})

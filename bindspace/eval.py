@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bindspace.cli import resolved_before_launch, run_hydra_command
 from bindspace.config import build_run_spec, check_checkpoint_file
-from bindspace.data import build_datamodule
+from bindspace.data import build_datamodule, check_data_paths
 from bindspace.data.checks import small_heldout_message
 from bindspace.errors import ConfigError
 from bindspace.evaluation.embed import HeldOut, embed_batches, relevance_keys
@@ -298,6 +298,7 @@ def check_composed_config(cfg: DictConfig) -> None:
     plain = resolved_before_launch(cfg)
     if plain is not None:
         check_eval_config(plain)
+        check_data_paths(plain.get("data") or {})
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -41,11 +41,12 @@ def check_composed_config(cfg: DictConfig) -> None:
     if plain is None:
         return
     check_train_config(plain)
+    from bindspace.data import check_data_paths, data_modalities
+
+    check_data_paths(plain["data"])
     if plain.get("init_from") and plain.get("new_modality"):
         return
     if plain["graph"].get("modalities") is None:
-        from bindspace.data import data_modalities
-
         plain["graph"]["modalities"] = data_modalities(plain["data"])
     build_run_spec(plain)
 

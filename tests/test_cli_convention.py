@@ -161,6 +161,8 @@ def test_printing_the_config_still_checks_the_overrides(argv):
     check_hydra_overrides("train", ["--config-name", "other", "optim.lrr=1"])  # another config: Hydra's to check
 
 
+EXISTING = __file__  # a file that exists: only the paths are checked before launch, nothing is read
+
 FAST_ERRORS = {
     "bindspace.train": [
         (["+anchr=text"], "unknown top-level key(s) ['anchr'] (did you mean 'anchor'?)"),
@@ -175,6 +177,17 @@ FAST_ERRORS = {
         (["preemption.signals=[SIGFOO]"], "preemption.signals: unknown signal 'SIGFOO'"),
         (["data=manifest", "data.train=no/such.jsonl"], "data.train=no/such.jsonl: no such file or folder"),
         (["ckpt_path=no/such.ckpt"], "ckpt_path: no checkpoint file at no/such.ckpt"),
+        # Every job of a sweep, before the first starts: job 0 (val=V) trained in full, then job 1 stopped.
+        (
+            [
+                "-m",
+                "data=manifest",
+                f"data.train={EXISTING}",
+                f"data.val={EXISTING},no/val.jsonl",
+                "graph.modalities=[image,text]",
+            ],
+            "data.val=no/val.jsonl: no such file or folder",
+        ),
     ],
     "bindspace.eval": [
         (["eval.splitt=val"], "unknown key 'eval.splitt' (did you mean 'eval.split'?)"),

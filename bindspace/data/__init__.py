@@ -63,6 +63,23 @@ def data_modalities(data: Mapping[str, Any]) -> list[str]:
     return list(datamodule_class(data).provided_modalities(**kwargs))
 
 
+def check_data_paths(data: Mapping[str, Any]) -> None:
+    """Every file or folder a built-in manifest or shard source names exists (ConfigError naming the key):
+    checked for each job of a sweep before the first one starts, not when its job builds its data."""
+    cls = DATAMODULES.get(str(data.get("name", "synthetic")))
+    if cls not in (DATAMODULES["manifest"], DATAMODULES["shards"]):
+        return
+    from bindspace.data.manifest import existing_path, parse_sources
+
+    if cls == DATAMODULES["manifest"]:
+        parse_sources(data.get("train"), data.get("sources"))
+    elif data.get("train") is not None:
+        existing_path(data["train"], "data.train")
+    for key in ("val", "test"):
+        if data.get(key) is not None:
+            existing_path(data[key], f"data.{key}")
+
+
 def build_datamodule(
     data: Mapping[str, Any], configs: Mapping[str, ModalityConfig], edges: Sequence[tuple[str, str]], seed: int
 ):

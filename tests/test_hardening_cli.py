@@ -288,3 +288,15 @@ def test_config_error_in_a_used_folder_changes_nothing_in_it(trained):
     one_line_error(train(run_dir, "optim.lr=-1"))
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_a_relaunch_that_fails_after_launch_leaves_the_record_of_the_run_in_the_folder(trained):
+    """A relaunch into a used folder that fails once launched (here its model does not fit the folder's
+    last.ckpt) rewrote .hydra/ with its own config while the checkpoints and metrics stayed the old run's;
+    bindspace-report and the checkpoint loader read that record."""
+    run_dir = trained.parent.parent
+    before = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    assert {"config.yaml", "overrides.yaml"} <= set(before)
+    message = one_line_error(train(run_dir, "modalities.imu.trunk.depth=3"))
+    assert "a checkpoint of another model" in message
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == before

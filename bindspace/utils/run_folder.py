@@ -9,7 +9,8 @@ the config is valid:
   dies (SIGKILL, OOM, node failure with NFS lock recovery), so a lock file left behind by a dead
   process is taken over with a warning naming it; no pid guessing across hosts.
 * **Record.** The composed config goes to ``<run>/.hydra/`` (``config.yaml``, ``hydra.yaml``,
-  ``overrides.yaml``, Hydra's own layout) and the log to ``<run>/<job name>.log``, only now: Hydra's
+  ``overrides.yaml``, Hydra's own layout; in a folder that holds a run already, once this launch has
+  :meth:`started <RunFolder.started>`) and the log to ``<run>/<job name>.log``, only now: Hydra's
   own writing of both is switched off in ``configs/hydra/default.yaml``, so a config error writes
   nothing. The other ranks of a distributed run log to their own file (``train_ddp_process_<k>.log``
   under Lightning's launcher) and show only errors on the console, so each line is printed once.
@@ -87,6 +88,7 @@ class RunFolder:
         self._fresh = False
         self._started = False
         self._log_handler: logging.Handler | None = None
+        self._record: dict[str, str] = {}  # .hydra/'s files, written at once (fresh folder) or at started()
         self._console_levels: list[tuple[logging.Handler, int]] = []
 
     def __enter__(self) -> RunFolder:
@@ -114,6 +116,20 @@ class RunFolder:
     def started(self) -> None:
         """From here on the folder holds a run's results: an error no longer removes anything."""
         self._started = True
+        self._write_record()
+
+    def _write_record(self) -> None:
+        if not self._record:
+            return
+        record = self.path / RECORD_DIR
+        if not record.exists():
+            self._created.append(record)
+        record.mkdir(exist_ok=True)
+        # Each file whole or not at all (a kill mid-write must not leave a truncated config.yaml, which
+        # bindspace-eval and BindSpace.from_checkpoint read for checkpoints without metadata).
+        for name, text in self._record.items():
+            atomic_write_text(record / name, text)
+        self._record = {}
 
     def record(self, task_config: Any, job_name: str = "train") -> None:
         """Write ``.hydra/`` (owner only) as Hydra would, and start ``<job name>.log`` in the folder."""
@@ -121,16 +137,14 @@ class RunFolder:
 
         hydra_cfg, overrides = _hydra_runtime()
         if self.owner:
-            record = self.path / RECORD_DIR
-            if not record.exists():
-                self._created.append(record)
-            record.mkdir(exist_ok=True)
-            # Each file whole or not at all (a kill mid-write must not leave a truncated config.yaml, which
-            # bindspace-eval and BindSpace.from_checkpoint read for checkpoints without metadata).
-            atomic_write_text(record / "config.yaml", OmegaConf.to_yaml(task_config))
+            self._record = {"config.yaml": OmegaConf.to_yaml(task_config)}
             if hydra_cfg is not None:
-                atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
-                atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+                self._record["hydra.yaml"] = OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg}))
+                self._record["overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create(overrides))
+            if self._fresh:
+                self._write_record()
+            # else at started(): a relaunch into a used folder that fails its checks (a bad data file, a
+            # checkpoint that does not fit) leaves the record of the run whose results are there.
         name = hydra_cfg.job.name if hydra_cfg is not None else job_name
         logfile = self.path / f"{name}.log"
         if not logfile.exists():

@@ -7,8 +7,9 @@
 ``inputs`` is a folder (every file with one of the modality's suffixes, recursively), a glob, a
 manifest (``.jsonl``/``.csv``, see ``docs/data.md``; its samples that hold the modality, under their
 ids) or, for text, a ``.txt`` file with one text per line. Ids are file paths relative to the folder
-(or to the glob's folder before its first wildcard), manifest ids, or line numbers. Options: ``batch_size=64``,
-``device=cpu``, ``center=false`` (apply the checkpoint's stored centring). The file holds one tensor
+(or to the glob's folder before its first wildcard), manifest ids, or 0-based line numbers (blank lines
+skipped, keeping their numbers). Options: ``batch_size=64``, ``device=cpu``, ``center=false`` (apply
+the checkpoint's stored centring). The file holds one tensor
 ``embeddings`` (N, D) and string metadata ``modality``, ``ids`` (a JSON list), ``checkpoint``,
 ``centered``; :func:`load_embeddings` reads it back and checks it (:func:`check_embeddings`: a
 floating (N, D) tensor with D > 0, finite, rows of unit norm within :func:`norm_tolerance`, ``ids`` a
@@ -58,8 +59,9 @@ def resolve_inputs(modality: str, inputs: str) -> tuple[list[str], list[Any]]:
     if spec.inline:  # text: the values themselves, not files
         if not (path.is_file() and path.suffix == ".txt"):
             raise ConfigError(f"inputs: {modality} comes from a .txt file (one per line) or a manifest, got {inputs!r}")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [str(i) for i in range(len(lines))], lines
+        # Numbered before blank lines are dropped, by universal newlines only (as editors and `sed -n` count).
+        lines = [(str(i), line) for i, line in enumerate(path.read_text(encoding="utf-8").split("\n")) if line.strip()]
+        return [i for i, _ in lines], [line for _, line in lines]
     from bindspace.data.readers import supported_suffixes
 
     suffixes = supported_suffixes().get(modality, ())

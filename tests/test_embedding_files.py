@@ -294,6 +294,15 @@ def test_without_flock_writes_stay_atomic_and_nothing_is_removed(tmp_path, monke
     assert io.remove_stale_temporaries(out) == [] and left.exists()
 
 
+def test_text_ids_are_the_line_numbers_of_the_txt_file(tmp_path):
+    """Blank lines are skipped, not renumbered around: id i is line i (0-based) of the file, lines split by
+    universal newlines only (a U+2028 inside a caption is not a line break to an editor or to `sed -n`)."""
+    from bindspace.embed import resolve_inputs
+
+    (tmp_path / "lines.txt").write_bytes("a red sphere\r\n\n  \na blue\u2028cube\n".encode())
+    assert resolve_inputs("text", str(tmp_path / "lines.txt")) == (["0", "3"], ["a red sphere", "a blue\u2028cube"])
+
+
 @pytest.mark.parametrize(
     ("modality", "name"), [("text", "captions.txt"), ("text", "rows.jsonl"), ("audio", "rows.csv")]
 )

@@ -15,7 +15,8 @@ the checkpoint's stored centring). The file holds one tensor
 floating (N, D) tensor with D > 0, finite, rows of unit norm within :func:`norm_tolerance`, ``ids`` a
 JSON list of N unique strings, ``modality`` registered), refusing any other file with one
 :class:`EmbeddingFileError` line naming it. It is written atomically, and only when it passes the same
-checks (a non-finite or zero embedding stops ``bindspace-embed`` with one line naming the input).
+checks (a non-finite or zero embedding stops ``bindspace-embed`` with one line naming the input);
+``out`` must end in ``.safetensors`` and be neither a folder nor the checkpoint, checked before anything is read.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bindspace.cli import KeyValueCommand, run_command
+from bindspace.cli import KeyValueCommand, check_output, run_command
 from bindspace.errors import ConfigError
 from bindspace.modalities import get_modality
 from bindspace.utils.io import atomic_write, remove_stale_temporaries
@@ -281,6 +282,7 @@ DEFAULTS, REQUIRED = COMMAND.defaults, tuple(COMMAND.required)
 def run(args: Mapping[str, Any]) -> Path:
     from bindspace.inference import BindSpace
 
+    check_output(args["out"], ".safetensors", "the embeddings file", {"ckpt_path": args["ckpt_path"]})
     # A run of this command killed while writing left its temporary beside the output (a live write of the same
     # output holds its temporary locked and keeps it).
     for tmp in remove_stale_temporaries(args["out"]):

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bindspace.cli import KeyValueCommand, run_command
+from bindspace.cli import KeyValueCommand, did_you_mean, run_command
 from bindspace.embed import EmbeddingFileError, load_embeddings
 from bindspace.errors import ConfigError
 
@@ -216,6 +216,12 @@ def embed_query(args: Mapping[str, Any], ckpt: Mapping[str, Any] | None) -> tupl
     from bindspace.inference import BindSpace
 
     bs = BindSpace.from_state(ckpt, args["device"], where=args["ckpt_path"])
+    if modality not in bs.modalities:
+        given = f"query_modality={modality}" if args["query_modality"] else f"query={args['query']!r} ({modality})"
+        raise ConfigError(
+            f"{given}: ckpt_path={args['ckpt_path']} has no {modality!r} encoder; it has {bs.modalities}"
+            f"{did_you_mean(modality, bs.modalities)}"
+        )
     inputs = [path] if path.is_file() else [args["query"]]
     with torch.inference_mode():
         return bs.embed(modality, inputs), modality, [str(args["query"])], False

@@ -210,15 +210,25 @@ class FakeModel:
         return self.rows[: len(inputs)]
 
 
+def fake_checkpoint(monkeypatch, model: FakeModel) -> None:
+    """bindspace-embed reads any checkpoint as one holding ``model`` (and one weight, for its hash)."""
+    from bindspace import inference
+
+    monkeypatch.setattr(inference, "load_checkpoint", lambda path, key="ckpt_path": {"state_dict": WEIGHTS})
+    monkeypatch.setattr(inference.BindSpace, "from_state", classmethod(lambda cls, *a, **k: model))
+
+
+WEIGHTS = {"model.heads.text.weight": torch.ones(2, 2)}
+
+
 @pytest.mark.parametrize("broken", [False, True], ids=["unit", "nan"])
 def test_bindspace_embed_writes_only_files_search_accepts(tmp_path, capsys, monkeypatch, broken):
     from bindspace.embed import main as embed_main
-    from bindspace.inference import BindSpace
 
     rows = unit_rows(3)
     if broken:
         rows[1] = float("nan")
-    monkeypatch.setattr(BindSpace, "from_checkpoint", classmethod(lambda cls, *a, **k: FakeModel(rows)))
+    fake_checkpoint(monkeypatch, FakeModel(rows))
     (tmp_path / "lines.txt").write_text("a red sphere\na blue cube\na dog\n", encoding="utf-8")
     out = tmp_path / "out.safetensors"
     capsys.readouterr()
@@ -239,9 +249,8 @@ def test_a_relaunch_removes_the_temporary_a_killed_embed_left_and_no_live_one(tm
     import fcntl
 
     from bindspace.embed import main as embed_main
-    from bindspace.inference import BindSpace
 
-    monkeypatch.setattr(BindSpace, "from_checkpoint", classmethod(lambda cls, *a, **k: FakeModel(unit_rows(3))))
+    fake_checkpoint(monkeypatch, FakeModel(unit_rows(3)))
     (tmp_path / "lines.txt").write_text("a red sphere\na blue cube\na dog\n", encoding="utf-8")
     out = tmp_path / "out.safetensors"
     dead, live, other = (tmp_path / n for n in (".out.safetensors.k1ll3d_x.tmp", ".out.safetensors.wr1t1ng_.tmp",

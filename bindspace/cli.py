@@ -26,6 +26,7 @@ import errno
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bindspace.errors import ConfigError
@@ -37,6 +38,27 @@ def did_you_mean(name: str, candidates: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or nothing."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_output(
+    out: str | Path, suffix: str, what: str, inputs: Mapping[str, str | Path] | None = None, key: str = "out"
+) -> Path:
+    """``out`` as a file a command may write, checked before any compute: it ends in ``suffix`` (the format
+    written), is no folder, and is none of the command's ``inputs`` (name -> path; symlinks and hard links
+    seen through), which writing it would replace.
+
+    Raises:
+        ConfigError: one line naming ``key``, ``out`` and the fault.
+    """
+    out = Path(out)
+    if out.suffix != suffix:
+        raise ConfigError(f"{key}={out}: {what} is a {suffix} file")
+    if out.is_dir():
+        raise ConfigError(f"{key}={out}: is a folder; {what} is a {suffix} file (give its name)")
+    for name, path in (inputs or {}).items():
+        if out.is_file() and Path(path).is_file() and out.samefile(path):
+            raise ConfigError(f"{key}={out}: is {name}={path} itself; writing {what} would replace it")
+    return out
 
 
 class HelpRequested(Exception):

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bindspace.cli import KeyValueCommand, run_command
+from bindspace.cli import KeyValueCommand, check_output, run_command
 from bindspace.errors import ConfigError
 from bindspace.utils.io import atomic_write, atomic_write_json, read_safetensors
 
@@ -401,9 +401,7 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
 
     if args["method"] not in METHODS:
         raise ConfigError(f"method={args['method']!r}: must be one of {list(METHODS)}")
-    out = Path(args["out"])
-    if out.suffix != ".safetensors":
-        raise ConfigError(f"out={out}: the connector is a .safetensors file")
+    out = check_output(args["out"], ".safetensors", "the connector", {"a": args["a"], "b": args["b"]})
     for key in ("fit", "eval"):
         value = args[key]
         if value and value != "synthetic" and not Path(value).is_file():

@@ -21,6 +21,9 @@ the same embeddings.
 ``adapters`` / ``apply-adapters``: what an adapter fine-tune trained, as a small file of its own, and back
 onto the checkpoint it started from (``bindspace.adapter_files``).
 
+Every output is checked before anything is read: a checkpoint is a ``.ckpt`` file, an adapter file a
+``.safetensors`` one, neither an existing folder nor one of the command's own inputs.
+
 Exit status: 0 written, 2 a usage error or an input that does not convert (one line naming the keys).
 """
 
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bindspace.cli import OneLineArgumentParser, did_you_mean, run_command
+from bindspace.cli import OneLineArgumentParser, check_output, did_you_mean, run_command
 from bindspace.errors import ConfigError
 from bindspace.utils.io import atomic_write
 
@@ -56,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ib.add_argument("src", type=Path, help="the ImageBind state dict (torch.save of ImageBindModel.state_dict())")
-    ib.add_argument("out", type=Path, help="the bindspace checkpoint to write")
+    ib.add_argument("out", type=Path, help="the bindspace checkpoint to write (.ckpt)")
     ib.add_argument(
         "--heads",
         nargs="+",
@@ -142,7 +145,7 @@ def add_merge_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     merge.add_argument("src", type=Path, help="a bindspace checkpoint whose trunks carry adapters (trunk.adapter)")
-    merge.add_argument("out", type=Path, help="the merged checkpoint to write")
+    merge.add_argument("out", type=Path, help="the merged checkpoint to write (.ckpt)")
 
 
 def merge_checkpoint(src: Path, out: Path) -> tuple[Path, dict[str, int]]:
@@ -189,7 +192,7 @@ def add_adapter_parsers(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("src", type=Path, help="a bindspace checkpoint whose trunks carry adapters (trunk.adapter)")
-    export.add_argument("out", type=Path, help="the adapter file to write (safetensors)")
+    export.add_argument("out", type=Path, help="the adapter file to write (.safetensors)")
     apply = sub.add_parser(
         "apply-adapters",
         help="a checkpoint + an adapter file trained from it -> the checkpoint with those encoders fine-tuned",
@@ -198,7 +201,7 @@ def add_adapter_parsers(sub) -> None:
     )
     apply.add_argument("base", type=Path, help="the checkpoint the adapters' run started from (init_from)")
     apply.add_argument("adapters", type=Path, help="an adapter file written by `bindspace-convert adapters`")
-    apply.add_argument("out", type=Path, help="the checkpoint to write")
+    apply.add_argument("out", type=Path, help="the checkpoint to write (.ckpt)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # argparse exits with 2 on bad usage
 
     def body() -> int:
+        # Before any compute: the format written, no folder, and never over the files read (merge a.ckpt a.ckpt).
+        inputs = {k: v for k, v in vars(args).items() if k in ("src", "base", "adapters")}
+        written = (".safetensors", "the adapter file") if args.source == "adapters" else (".ckpt", "the checkpoint")
+        check_output(args.out, *written, inputs)
         if args.source == "adapters":
             from bindspace.adapter_files import export_adapters
 

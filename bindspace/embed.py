@@ -7,14 +7,17 @@
 ``inputs`` is a folder (every file with one of the modality's suffixes, recursively), a glob, a
 manifest (``.jsonl``/``.csv``, see ``docs/data.md``; its samples that hold the modality, under their
 ids) or, for text, a ``.txt`` file with one text per line. Ids are file paths relative to the folder
-(or to the glob's folder before its first wildcard), manifest ids, or line numbers. Options: ``batch_size=64``,
-``device=cpu``, ``center=false`` (apply the checkpoint's stored centring). The file holds one tensor
-``embeddings`` (N, D) and string metadata ``modality``, ``ids`` (a JSON list), ``checkpoint``,
-``centered``; :func:`load_embeddings` reads it back and checks it (:func:`check_embeddings`: a
-floating (N, D) tensor with D > 0, finite, rows of unit norm within :func:`norm_tolerance`, ``ids`` a
-JSON list of N unique strings, ``modality`` registered), refusing any other file with one
-:class:`EmbeddingFileError` line naming it. It is written atomically, and only when it passes the same
-checks (a non-finite or zero embedding stops ``bindspace-embed`` with one line naming the input).
+(or to the glob's folder before its first wildcard), manifest ids, or 0-based line numbers (blank lines
+skipped, keeping their numbers). Options: ``batch_size=64``, ``device=cpu``, ``center=false`` (apply
+the checkpoint's stored centring). The file holds one tensor ``embeddings`` (N, D) and string metadata
+``modality``, ``ids`` (a JSON list), ``checkpoint`` (its path as given), ``weights_sha256``
+(:func:`weights_sha256`) and ``centered``; :func:`load_embeddings` reads it back and checks it
+(:func:`check_embeddings`: a floating (N, D) tensor with D > 0, finite, rows of unit norm within
+:func:`norm_tolerance`, ``ids`` a JSON list of N unique strings, ``modality`` registered), refusing any
+other file with one :class:`EmbeddingFileError` line naming it. It is written atomically, and only when
+it passes the same checks (a non-finite or zero embedding stops ``bindspace-embed`` with one line naming
+the input); ``out`` must end in ``.safetensors`` and be neither a folder nor the checkpoint, checked
+before anything is read.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bindspace.cli import KeyValueCommand, run_command
+from bindspace.cli import KeyValueCommand, check_output, run_command
 from bindspace.errors import ConfigError
 from bindspace.modalities import get_modality
 from bindspace.utils.io import atomic_write, remove_stale_temporaries
@@ -58,8 +61,9 @@ def resolve_inputs(modality: str, inputs: str) -> tuple[list[str], list[Any]]:
     if spec.inline:  # text: the values themselves, not files
         if not (path.is_file() and path.suffix == ".txt"):
             raise ConfigError(f"inputs: {modality} comes from a .txt file (one per line) or a manifest, got {inputs!r}")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [str(i) for i in range(len(lines))], lines
+        # Numbered before blank lines are dropped, by universal newlines only (as editors and `sed -n` count).
+        lines = [(str(i), line) for i, line in enumerate(path.read_text(encoding="utf-8").split("\n")) if line.strip()]
+        return [i for i, _ in lines], [line for _, line in lines]
     from bindspace.data.readers import supported_suffixes
 
     suffixes = supported_suffixes().get(modality, ())
@@ -276,15 +280,28 @@ COMMAND = KeyValueCommand(
 DEFAULTS, REQUIRED = COMMAND.defaults, tuple(COMMAND.required)
 
 
-def run(args: Mapping[str, Any]) -> Path:
-    from bindspace.inference import BindSpace
+def weights_sha256(ckpt: Mapping[str, Any]) -> str:
+    """SHA-256 of a checkpoint's model weights (``state_dict``'s ``model.*``): what its embeddings depend on.
 
+    Unlike the file's hash it is unchanged by ``bindspace-eval eval.save_to_checkpoint=true``, which rewrites
+    the file with gap statistics; ``bindspace-search`` compares it across the files it searches.
+    """
+    from bindspace.adapter_files import fingerprint
+
+    return fingerprint({k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+
+
+def run(args: Mapping[str, Any]) -> Path:
+    from bindspace.inference import BindSpace, load_checkpoint
+
+    check_output(args["out"], ".safetensors", "the embeddings file", {"ckpt_path": args["ckpt_path"]})
     # A run of this command killed while writing left its temporary beside the output (a live write of the same
     # output holds its temporary locked and keeps it).
     for tmp in remove_stale_temporaries(args["out"]):
         log.warning("removing %s, a temporary file an interrupted bindspace-embed left behind", tmp)
     ids, inputs = resolve_inputs(args["modality"], args["inputs"])
-    bs = BindSpace.from_checkpoint(args["ckpt_path"], device=args["device"])
+    ckpt = load_checkpoint(args["ckpt_path"])
+    bs = BindSpace.from_state(ckpt, args["device"], where=str(args["ckpt_path"]))
     if args["modality"] not in bs.modalities:
         raise ConfigError(f"modality={args['modality']}: the checkpoint's model has {bs.modalities}")
     if args["center"] and args["modality"] not in bs.centering:
@@ -295,7 +312,8 @@ def run(args: Mapping[str, Any]) -> Path:
     # Never write a file that load_embeddings (and so bindspace-search) would refuse.
     where, advice = f"{args['ckpt_path']} on inputs={args['inputs']}", "nothing written; check the checkpoint"
     check_embeddings(where, emb, ids, args["modality"], advice=advice)
-    extra = {"checkpoint": str(args["ckpt_path"]), "centered": str(args["center"]).lower()}
+    extra = {"checkpoint": str(args["ckpt_path"]), "weights_sha256": weights_sha256(ckpt)}
+    extra["centered"] = str(args["center"]).lower()
     return save_embeddings(args["out"], emb, ids, args["modality"], extra)
 
 

@@ -19,6 +19,12 @@ floating (N, D), finite, unit-norm rows, ids a list of N unique strings, a regis
 D), and a bad one stops the search with one line naming it, exit 2. Rows that are not unit-norm would
 outrank every other row, so they are refused unless ``renormalize=true``, which renormalises them with
 one warning line counting them per file.
+
+Scores across two models mean nothing, so the index files, an embeddings-file query and ``ckpt_path`` must
+come from one checkpoint: by the SHA-256 of its weights that ``bindspace-embed`` records (unchanged when
+``bindspace-eval`` stores gap statistics in the file), or by path for files written before it recorded
+one; anything else stops the search with one line, exit 2. Files that record no checkpoint (saved from
+Python, e.g. mapped into B's space by a ``ConnectedSpace``) are not compared.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bindspace.cli import KeyValueCommand, run_command
+from bindspace.cli import KeyValueCommand, did_you_mean, run_command
 from bindspace.embed import EmbeddingFileError, load_embeddings
 from bindspace.errors import ConfigError
 
@@ -199,8 +205,52 @@ class Searcher:
         return score, self.modalities[row], self.ids[row], above + (tied + 1) / 2, tied
 
 
-def embed_query(args: Mapping[str, Any], ckpt: Mapping[str, Any] | None) -> tuple[Tensor, str, list[str], bool]:
-    """``query=`` -> (queries (Q, D), their modality, their names, whether they are centred already)."""
+def same_checkpoint(a: str | None, b: str | None) -> bool:
+    """Two recorded checkpoint paths name one file: equal once resolved, or one file through any link."""
+    if not a or not b:
+        return False
+    pa, pb = Path(a), Path(b)
+    return pa.resolve() == pb.resolve() or (pa.is_file() and pb.is_file() and pa.samefile(pb))
+
+
+def check_one_model(records: Mapping[str, Mapping[str, str]]) -> None:
+    """Refuse embeddings of two models in one search: scores across them mean nothing.
+
+    Args:
+        records: name (for the message) -> metadata of each source, the reference first (``ckpt_path``'s
+            when given): ``weights_sha256`` (:func:`bindspace.embed.weights_sha256`) and ``checkpoint`` (a
+            path). Hashes are compared when both sides record one, else paths (files written before
+            ``bindspace-embed`` recorded the hash). A source that records neither (embeddings saved from
+            Python, e.g. mapped into B's space by a ``ConnectedSpace``) is not compared.
+
+    Raises:
+        ConfigError: one line naming the first source made by another checkpoint than the reference.
+    """
+    known = [(n, m) for n, m in records.items() if m.get("weights_sha256") or m.get("checkpoint")]
+    if not known:
+        return
+    (ref, want), advice = known[0], "embed the index and the queries with one checkpoint"
+    for name, got in known[1:]:
+        paths = f"{got.get('checkpoint')} vs {want.get('checkpoint')}"
+        if got.get("weights_sha256") and want.get("weights_sha256"):
+            if got["weights_sha256"] != want["weights_sha256"]:
+                hashes = f"{got['weights_sha256'][:12]} vs {want['weights_sha256'][:12]}"
+                raise ConfigError(
+                    f"{name}: embedded by another model than {ref} (checkpoint {paths}, weights SHA-256 {hashes}); "
+                    f"{advice}"
+                )
+        elif not same_checkpoint(got.get("checkpoint"), want.get("checkpoint")):
+            older = name if not got.get("weights_sha256") else ref
+            raise ConfigError(
+                f"{name}: embedded by another checkpoint than {ref} ({paths}; compared by path, as {older} records "
+                f"no weights_sha256: re-embed it to compare by content); {advice}"
+            )
+
+
+def embed_query(
+    args: Mapping[str, Any], ckpt: Mapping[str, Any] | None
+) -> tuple[Tensor, str, list[str], dict[str, str]]:
+    """``query=`` -> (queries (Q, D), their modality, their names, the exported file's metadata or {})."""
     from bindspace.data.readers import supported_suffixes
 
     path = Path(args["query"])
@@ -209,16 +259,22 @@ def embed_query(args: Mapping[str, Any], ckpt: Mapping[str, Any] | None) -> tupl
         raise ConfigError(f"query: no file at {path} (a text query should not end in {path.suffix})")
     if path.suffix == ".safetensors":
         exported = load_embeddings(path, args["renormalize"])
-        return exported.embeddings, exported.modality, exported.ids, exported.metadata.get("centered") == "true"
+        return exported.embeddings, exported.modality, exported.ids, exported.metadata
     modality = query_modality(path, args["query_modality"]) if path.is_file() else args["query_modality"] or "text"
     if ckpt is None:
         raise ConfigError(f"query={args['query']!r} must be embedded: give ckpt_path=")
     from bindspace.inference import BindSpace
 
     bs = BindSpace.from_state(ckpt, args["device"], where=args["ckpt_path"])
+    if modality not in bs.modalities:
+        given = f"query_modality={modality}" if args["query_modality"] else f"query={args['query']!r} ({modality})"
+        raise ConfigError(
+            f"{given}: ckpt_path={args['ckpt_path']} has no {modality!r} encoder; it has {bs.modalities}"
+            f"{did_you_mean(modality, bs.modalities)}"
+        )
     inputs = [path] if path.is_file() else [args["query"]]
     with torch.inference_mode():
-        return bs.embed(modality, inputs), modality, [str(args["query"])], False
+        return bs.embed(modality, inputs), modality, [str(args["query"])], {}
 
 
 def run(args: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -235,7 +291,20 @@ def run(args: Mapping[str, Any]) -> list[dict[str, Any]]:
         from bindspace.inference import stored_mitigations
 
         stored_mitigations(ckpt["bindspace"], searcher.dim, args["ckpt_path"])
-    queries, modality, names, centered = embed_query(args, ckpt)
+    # One model throughout: the checkpoint that embeds the query (or holds the statistics), the index, the query file.
+    made_by = {}
+    if ckpt is not None:
+        from bindspace.embed import weights_sha256
+
+        made_by[f"ckpt_path={args['ckpt_path']}"] = {
+            "checkpoint": args["ckpt_path"],
+            "weights_sha256": weights_sha256(ckpt),
+        }
+    index = {f: p.metadata for f, p in zip(files, searcher.parts, strict=True)}
+    check_one_model({**made_by, **index})  # before the query is embedded
+    queries, modality, names, query_meta = embed_query(args, ckpt)
+    check_one_model({**made_by, f"query={args['query']}": query_meta, **index})
+    centered = query_meta.get("centered") == "true"
     if queries.shape[1] != searcher.dim:
         source = args["query"] if Path(args["query"]).suffix == ".safetensors" else f"ckpt_path={args['ckpt_path']}"
         raise EmbeddingFileError(

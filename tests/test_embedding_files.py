@@ -210,15 +210,25 @@ class FakeModel:
         return self.rows[: len(inputs)]
 
 
+def fake_checkpoint(monkeypatch, model: FakeModel) -> None:
+    """bindspace-embed reads any checkpoint as one holding ``model`` (and one weight, for its hash)."""
+    from bindspace import inference
+
+    monkeypatch.setattr(inference, "load_checkpoint", lambda path, key="ckpt_path": {"state_dict": WEIGHTS})
+    monkeypatch.setattr(inference.BindSpace, "from_state", classmethod(lambda cls, *a, **k: model))
+
+
+WEIGHTS = {"model.heads.text.weight": torch.ones(2, 2)}
+
+
 @pytest.mark.parametrize("broken", [False, True], ids=["unit", "nan"])
 def test_bindspace_embed_writes_only_files_search_accepts(tmp_path, capsys, monkeypatch, broken):
     from bindspace.embed import main as embed_main
-    from bindspace.inference import BindSpace
 
     rows = unit_rows(3)
     if broken:
         rows[1] = float("nan")
-    monkeypatch.setattr(BindSpace, "from_checkpoint", classmethod(lambda cls, *a, **k: FakeModel(rows)))
+    fake_checkpoint(monkeypatch, FakeModel(rows))
     (tmp_path / "lines.txt").write_text("a red sphere\na blue cube\na dog\n", encoding="utf-8")
     out = tmp_path / "out.safetensors"
     capsys.readouterr()
@@ -239,9 +249,8 @@ def test_a_relaunch_removes_the_temporary_a_killed_embed_left_and_no_live_one(tm
     import fcntl
 
     from bindspace.embed import main as embed_main
-    from bindspace.inference import BindSpace
 
-    monkeypatch.setattr(BindSpace, "from_checkpoint", classmethod(lambda cls, *a, **k: FakeModel(unit_rows(3))))
+    fake_checkpoint(monkeypatch, FakeModel(unit_rows(3)))
     (tmp_path / "lines.txt").write_text("a red sphere\na blue cube\na dog\n", encoding="utf-8")
     out = tmp_path / "out.safetensors"
     dead, live, other = (tmp_path / n for n in (".out.safetensors.k1ll3d_x.tmp", ".out.safetensors.wr1t1ng_.tmp",
@@ -292,6 +301,15 @@ def test_without_flock_writes_stay_atomic_and_nothing_is_removed(tmp_path, monke
     left = tmp_path / ".out.safetensors.k1ll3d_x.tmp"
     left.write_bytes(b"half a file")
     assert io.remove_stale_temporaries(out) == [] and left.exists()
+
+
+def test_text_ids_are_the_line_numbers_of_the_txt_file(tmp_path):
+    """Blank lines are skipped, not renumbered around: id i is line i (0-based) of the file, lines split by
+    universal newlines only (a U+2028 inside a caption is not a line break to an editor or to `sed -n`)."""
+    from bindspace.embed import resolve_inputs
+
+    (tmp_path / "lines.txt").write_bytes("a red sphere\r\n\n  \na blue\u2028cube\n".encode())
+    assert resolve_inputs("text", str(tmp_path / "lines.txt")) == (["0", "3"], ["a red sphere", "a blue\u2028cube"])
 
 
 @pytest.mark.parametrize(

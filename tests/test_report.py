@@ -715,3 +715,19 @@ def test_budget_written_before_batches_per_step_reads_in_todays_units(tmp_path):
     # A record of another shape (no pair_batches) is shown as written.
     runs[0].metrics["budget"] = {"rule": "equal total steps", "steps": 600}
     assert recorded_budget(runs[0]) == {"rule": "equal total steps", "steps": 600}
+
+
+def test_metrics_offered_and_accepted_are_scalars_only(tmp_path, capsys):
+    """Intervals stored beside a metric (R@1_ci) are neither listed as available nor taken as --metric."""
+    job = make_job(tmp_path / "multirun", 0, {"seed": 0}, 10)
+    metrics = json.loads((job / "metrics.json").read_text())
+    for entry in metrics["retrieval"].values():
+        entry["R@1_ci"] = [entry["R@1"] - 1, entry["R@1"] + 1]
+    metrics["summary"] = {"trained/R@1": 35.0, "trained/R@1_ci": [34.0, 36.0], "trained/note": "text"}
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    assert main([str(tmp_path / "multirun"), "--metric", "R@2"]) == 2
+    listed = capsys.readouterr().err.split("available: ")[1].strip().split(", ")
+    assert listed == ["R@1", "R@5", "R@10", "mAP"]
+    assert main([str(tmp_path / "multirun"), "--metric", "R@1_ci"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'R@1_ci'" in err and "available: R@1, R@5" in err

@@ -125,8 +125,8 @@ def _write_outputs(
         )
     done = [r for r in runs if not r.failed]
     if done and metric not in available_metrics(done):
-        raise ReportError(
-            f"no run in {multirun_dir} has metric {metric!r}; available: {', '.join(available_metrics(done))}"
+        raise ReportError(  # intervals (R@1_ci) and other non-numbers are not metrics a column can average
+            f"no run in {multirun_dir} has a scalar metric {metric!r}; available: {', '.join(available_metrics(done))}"
         )
     if n_boot < 1:
         raise ReportError(f"--n-boot must be >= 1, got {n_boot}")

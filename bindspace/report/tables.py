@@ -38,13 +38,19 @@ def kind_means(metrics: dict[str, Any] | None, metric: str) -> dict[str, float]:
     return {kind: float(summary[f"{kind}/{metric}"]) for kind in KINDS if f"{kind}/{metric}" in summary}
 
 
+def is_scalar(value: Any) -> bool:
+    """A number a metric column can average: not a flag, an interval (``*_ci``) or anything else."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def available_metrics(runs: Sequence[RunRecord]) -> list[str]:
-    """Metric names found in any completed run (pair entries or summary keys)."""
+    """Scalar metric names found in any completed run (pair entries or summary keys); see :func:`is_scalar`."""
     names: dict[str, None] = {}
     for run in runs:
         for entry in ((run.metrics or {}).get("retrieval") or {}).values():
-            names.update(dict.fromkeys(k for k in entry if k != "trained"))
-        names.update(dict.fromkeys(k.split("/", 1)[1] for k in (run.metrics or {}).get("summary") or {} if "/" in k))
+            names.update(dict.fromkeys(k for k, v in entry.items() if is_scalar(v)))
+        summary = (run.metrics or {}).get("summary") or {}
+        names.update(dict.fromkeys(k.split("/", 1)[1] for k, v in summary.items() if "/" in k and is_scalar(v)))
     return list(names)
 
 

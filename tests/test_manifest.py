@@ -125,6 +125,8 @@ def test_csv_and_jsonl_give_the_same_batches(tmp_path):
         ('["image"]\n', ".jsonl", r"m.jsonl:1: expected a JSON object"),
         ('{"imag": "a.png"}\n', ".jsonl", r"m.jsonl:1: unknown key\(s\) \['imag'\]"),
         ('{"text": 3}\n', ".jsonl", r"m.jsonl:1: key 'text' must be a string"),
+        ('{"text": "   "}\n', ".jsonl", r"m.jsonl:1: key 'text' must be a non-empty string \(the text itself\)"),
+        ("id,text\na, \t\n", ".csv", r"m.csv:2: key 'text' must be a non-empty string"),
         ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', ".jsonl", r"m.jsonl:2: id 'a' already used on line 1"),
         ('{"id": "a", "label": "b"}\n', ".jsonl", r"m.jsonl:1: sample holds no modality"),
         ("\n\n", ".jsonl", r"m.jsonl: manifest holds no samples"),

@@ -258,6 +258,8 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
             kind = "the text itself" if is_inline(m) else "a file path"
             raise ManifestError(f"{where}: key {m!r} must be a string ({kind}), got {value!r}")
         if is_inline(m):
+            if not value.strip():  # as in a list: whitespace is no text ("" means absent)
+                raise ManifestError(f"{where}: key {m!r} must be a non-empty string (the text itself), got {value!r}")
             values[m] = value
         elif "\x00" in value:
             raise ManifestError(f"{where}: key {m!r}: a file path cannot hold a NUL character, got {value!r}")

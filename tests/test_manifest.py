@@ -328,6 +328,9 @@ def test_bad_data_settings_fail_with_the_key(mixed, tmp_path):
         build(EDGES, sources=[{"path": train, "weight": 0}])
     with pytest.raises(ConfigError, match=r"data\.on_error must be one of"):
         build(EDGES, train=train, on_error="ignore")
+    for workers in (0, -2, 1.5):
+        with pytest.raises(ConfigError, match=rf"data\.scan_workers must be an integer >= 1 .*, got {workers}$"):
+            build(EDGES, train=train, scan_workers=workers)
     with pytest.raises(ConfigError, match=r"edge image\|imu: no training sample holds both image and imu"):
         build([("image", "imu")], train=train, val=str(mixed / "val.jsonl"))
     with pytest.raises(ConfigError, match="unknown key"):

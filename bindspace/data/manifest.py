@@ -323,6 +323,20 @@ def _probe(job: tuple[Sample, str, Path], keep: Keep | None = None) -> FileProbl
     return None
 
 
+def check_workers(workers: Any, key: str) -> None:
+    """Refuse a bad decoding pool size up front (the thread pool would refuse it after the manifests load).
+
+    Args:
+        workers: threads, or None for the pool's default.
+        key: the setting's name, for the message (``data.scan_workers``, ``--workers``).
+
+    Raises:
+        ConfigError: ``workers`` is not None nor an integer >= 1.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"{key} must be an integer >= 1 (threads) or null (cpus + 4, at most 32), got {workers!r}")
+
+
 def scan_files(
     manifest: Manifest, modalities: Iterable[str] | None = None, workers: int | None = None, keep: Keep | None = None
 ) -> list[FileProblem]:

@@ -22,7 +22,8 @@ What is fitted, and on what:
   before the map (the gap correction of Liang et al., 2022); the means of the non-shared modalities
   come from their own unpaired fit samples (``fit`` rows that hold only that modality). A modality
   without fit samples is centred on the shared modality's mean.
-- **Held out.** Evaluation scores samples whose ids were never fitted on (checked by id), and reports
+- **Held out.** Evaluation scores samples never fitted on (checked by id, and by file: the same file under
+  another id is the same sample; a manifest without ids names rows of its own file only), and reports
   every cross-space pair (a modality only A knows against one only B knows) with its chance level and
   a bootstrap interval, next to the identity map (the two spaces compared as they are) as the baseline.
 
@@ -37,6 +38,7 @@ into B's space. Exit status: 0 written, 2 a usage error (one line naming the key
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -275,11 +277,16 @@ class ConnectedSpace:
 
 @dataclass
 class Inputs:
-    """Per modality: sample ids and the inputs to embed (paths, strings or a rendered array)."""
+    """Per modality: sample ids and the inputs to embed (paths, strings or a rendered array).
+
+    ``keys``: per sample, what fitted and scored samples must not share: a manifest row's ``sample_keys``
+    (its id, qualified by the manifest when a row number, and its files), ``scene:<id>`` for the benchmark.
+    """
 
     ids: dict[str, list[str]]
     values: dict[str, Any]
     labels: Tensor | None = None  # eval only: per row, when every row has one
+    keys: list[tuple[str, ...]] = field(default_factory=list)
 
 
 def synthetic_inputs(configs: Mapping[str, Any], modalities: Sequence[str], base: int, size: int, paired: bool, seed=0):
@@ -294,12 +301,12 @@ def synthetic_inputs(configs: Mapping[str, Any], modalities: Sequence[str], base
         scene_ids = np.arange(size, dtype=np.int64) + base + (0 if paired else k * size)
         ids[m], values[m] = [str(i) for i in scene_ids], scenes.render(m, scene_ids)
     labels = torch.from_numpy(scenes.labels(np.arange(size, dtype=np.int64) + base)) if paired else None
-    return Inputs(ids, values, labels)
+    return Inputs(ids, values, labels, [(f"scene:{i}",) for i in dict.fromkeys(itertools.chain(*ids.values()))])
 
 
 def manifest_inputs(path: str, modalities: Sequence[str], paired: bool, key: str) -> Inputs:
     """Rows of a manifest: every row holding a modality (fit), or the rows holding all of them (eval)."""
-    from bindspace.data.manifest import load_manifest
+    from bindspace.data.manifest import load_manifest, sample_keys
 
     samples = load_manifest(path).samples
     if paired:
@@ -310,13 +317,32 @@ def manifest_inputs(path: str, modalities: Sequence[str], paired: bool, key: str
         names = sorted({s.label for s in rows}) if labelled else []
         labels = torch.tensor([names.index(s.label) for s in rows]) if labelled else None
         ids = {m: [s.id for s in rows] for m in modalities}
-        return Inputs(ids, {m: [s.values[m] for s in rows] for m in modalities}, labels)
+        keys = [sample_keys(s) for s in rows]
+        return Inputs(ids, {m: [s.values[m] for s in rows] for m in modalities}, labels, keys)
     ids, values = {}, {}
     for m in modalities:
         rows = [s for s in samples if m in s.values]
         if rows:
             ids[m], values[m] = [s.id for s in rows], [s.values[m] for s in rows]
-    return Inputs(ids, values)
+    return Inputs(ids, values, keys=[sample_keys(s) for s in samples if any(m in s.values for m in ids)])
+
+
+def eval_inputs(source: str, configs: Mapping[str, Any], modalities: Sequence[str], size: int, fit: Inputs) -> Inputs:
+    """The samples ``eval`` scores; refused when any of them is fitted on too (the same id or file)."""
+    if source == "synthetic":
+        from bindspace.data.datamodule import TEST_BASE
+
+        data = synthetic_inputs(configs, modalities, TEST_BASE, size, paired=True)
+    else:
+        data = manifest_inputs(source, modalities, paired=True, key="eval")
+    fitted = {k for keys in fit.keys for k in keys}
+    shared = [next(k for k in keys if k in fitted) for keys in data.keys if not fitted.isdisjoint(keys)]
+    if shared:
+        raise ConfigError(
+            f"eval={source}: {len(shared)} of its {len(data.keys)} samples are fitted on too (the same id or "
+            f"file), e.g. {shared[:3]}; evaluation must fit and score on disjoint samples"
+        )
+    return data
 
 
 # ---- scoring --------------------------------------------------------------------------------------
@@ -433,6 +459,7 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
         fit = manifest_inputs(args["fit"], fit_modalities, paired=False, key="fit")
     if shared not in fit.values:
         raise ConfigError(f"fit={args['fit']}: no rows with the shared modality {shared!r}")
+    data = eval_inputs(args["eval"], configs, fit_modalities, args["eval_size"], fit) if args["eval"] else None
     shared_a, shared_b = a.embed(shared, fit.values[shared]), b.embed(shared, fit.values[shared])
     others_a = {m: a.embed(m, fit.values[m]) for m in only_a if m in fit.values}
     others_b = {m: b.embed(m, fit.values[m]) for m in only_b if m in fit.values}
@@ -448,20 +475,7 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
     }
     connector = fit_connector(shared, shared_a, shared_b, others_a, others_b, args["method"], info)
     report: dict[str, Any] = {"connector": str(out), "method": args["method"], "shared": shared, **info}
-    if args["eval"]:
-        eval_modalities = [shared, *only_a, *only_b]
-        if args["eval"] == "synthetic":
-            from bindspace.data.datamodule import TEST_BASE
-
-            data = synthetic_inputs(configs, eval_modalities, TEST_BASE, args["eval_size"], paired=True)
-        else:
-            data = manifest_inputs(args["eval"], eval_modalities, paired=True, key="eval")
-        from bindspace.evaluation.fit_split import check_disjoint
-
-        try:
-            check_disjoint(fit_ids, sorted({i for ids in data.ids.values() for i in ids}))
-        except ValueError as err:
-            raise ConfigError(f"eval={args['eval']}: {err}") from None
+    if data is not None:
         report |= evaluate_connection(ConnectedSpace(a, b, connector), data)
         report["eval"] = {"source": args["eval"], "rows": len(next(iter(data.ids.values())))}
     connector.save(out)

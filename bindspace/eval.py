@@ -34,6 +34,7 @@ from bindspace.cli import resolved_before_launch, run_hydra_command
 from bindspace.config import build_run_spec, check_checkpoint_file
 from bindspace.data import build_datamodule, check_data_paths
 from bindspace.data.checks import small_heldout_message
+from bindspace.data.manifest import sample_keys
 from bindspace.errors import ConfigError
 from bindspace.evaluation.embed import HeldOut, embed_batches, relevance_keys
 from bindspace.evaluation.fit_split import FitScoreSplit, check_disjoint, split_fit_and_score
@@ -151,6 +152,15 @@ def embed_split(bs: BindSpace, datamodule, split: str) -> tuple[HeldOut, list[st
     return embed_batches(bs.model, recording(itertools.chain([first], batches)), modalities), sample_ids
 
 
+def row_keys(datamodule, split: str, held: HeldOut, sample_ids: list[str]) -> list[tuple[str, ...]]:
+    """Per row of an embedded split, the keys that make rows of two splits one sample: a manifest row's
+    :func:`~bindspace.data.manifest.sample_keys` (its ``id`` indexes the split's samples), else its id."""
+    samples = getattr(datamodule.heldout_set(split), "samples", None)
+    if samples is None:
+        return [(s,) for s in sample_ids]
+    return [sample_keys(samples[i]) for i in held.ids.tolist()]
+
+
 def take_rows(split: HeldOut, rows: list[int]) -> HeldOut:
     """The rows ``rows`` of every tensor of a split."""
     index = torch.as_tensor(rows, dtype=torch.long)
@@ -163,26 +173,30 @@ def take_rows(split: HeldOut, rows: list[int]) -> HeldOut:
 
 
 def fit_and_score_splits(bs: BindSpace, datamodule, opts: EvalOptions) -> tuple[HeldOut, HeldOut, FitScoreSplit]:
-    """Embed the reference and scored splits and keep them disjoint by sample id (module docstring).
+    """Embed the reference and scored splits and keep them disjoint by sample (module docstring).
 
     Returns:
-        (rows to fit on, rows to score, what was done); proven disjoint by id before anything is scored.
+        (rows to fit on, rows to score, what was done); proven disjoint by id and by file before anything
+        is scored.
     """
     test, test_ids = embed_split(bs, datamodule, opts.split)
-    # One dataset serving both splits (test = val) is embedded once; the id check below decides either way.
+    # One dataset serving both splits (test = val) is embedded once; the sample check below decides either way.
     same = datamodule.heldout_set(opts.reference_split) is datamodule.heldout_set(opts.split)
     ref, ref_ids = (test, test_ids) if same else embed_split(bs, datamodule, opts.reference_split)
-    plan = split_fit_and_score(ref_ids, test_ids, opts.reference_split, opts.split)
+    test_keys = row_keys(datamodule, opts.split, test, test_ids)
+    ref_keys = test_keys if same else row_keys(datamodule, opts.reference_split, ref, ref_ids)
+    plan = split_fit_and_score(ref_ids, test_ids, opts.reference_split, opts.split, ref_keys, test_keys)
     if plan.info["shared_ids"] and opts.fit_split == "reference":
         raise ConfigError(
             f"eval.fit_split=reference: the {opts.reference_split} and {opts.split} splits share "
             f"{plan.info['shared_ids']} sample ids, so the mitigations would be fitted on scored samples; "
             "give data.test a disjoint set or use eval.fit_split=auto (halves the shared ids by id hash)"
         )
-    check_disjoint([ref_ids[i] for i in plan.fit_rows], [test_ids[i] for i in plan.score_rows])
+    check_disjoint([k for i in plan.fit_rows for k in ref_keys[i]], [k for i in plan.score_rows for k in test_keys[i]])
     if plan.info["shared_ids"]:
         log.warning(
-            "eval: %s and %s share %d sample ids; fitting on %d, scoring %d (split by id hash, see fit_split)",
+            "eval: %s and %s share %d samples (an id or a file); fitting on %d, scoring %d (split by id hash, "
+            "see fit_split)",
             opts.reference_split, opts.split, plan.info["shared_ids"], plan.info["fit_ids"], plan.info["score_ids"],
         )  # fmt: skip
         small = small_heldout_message(len(plan.score_rows), f"eval: the scored half of {opts.split}")

@@ -73,6 +73,26 @@ def test_usage_errors_exit_2_and_malformed_manifests_exit_1(tmp_path, capsys):
     assert run(capsys, "shard", tmp_path / "m.jsonl", tmp_path / "out", "--shard-size", "0")[0] == 2
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "{m}", "--workers", "0"], "argument --workers: must be an integer >= 1 (decoding threads), got '0'"),
+        (["shard", "{m}", "{tmp}/out", "--workers", "-1"], "argument --workers: must be an integer >= 1"),
+        (["shard", "{m}", "{tmp}/a_file"], "{tmp}/a_file: cannot write shards there: not a folder"),
+        (["shard", "{m}", "{tmp}/a_file/out"], "not a folder ({tmp}/a_file is not a folder)"),
+    ],
+)
+def test_bad_workers_or_shard_folder_exit_2_in_one_line_before_decoding(clean, tmp_path, capsys, argv, message):
+    (tmp_path / "a_file").write_text("")
+    try:
+        code = main([a.format(m=clean, tmp=tmp_path) for a in argv])
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
+    out = capsys.readouterr().err
+    assert code == 2 and message.format(tmp=tmp_path) in out and len(out.splitlines()) == 1, out
+    assert not (tmp_path / "out").exists() and (tmp_path / "a_file").read_text() == ""
+
+
 def test_shard_writes_shards_and_refuses_bad_files_unless_skipped(clean, tmp_path, capsys):
     code, out = run(capsys, "shard", clean, tmp_path / "out", "--shard-size", "4")
     assert code == 0, out

@@ -184,6 +184,11 @@ def zero_member(data: Path, member: str = "000000005.image.png") -> Path:
     return rewrite_member(data / "train" / "shard-000001.tar", member, lambda b: bytes(len(b)))
 
 
+def test_scan_workers_below_1_fail_naming_the_key(data):
+    with pytest.raises(ConfigError, match=r"data\.scan_workers must be an integer >= 1 .*, got 0$"):
+        shards_dm(data, scan_workers=0)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_member_bad_while_training_raises_naming_shard_and_member(data, workers):
     shard = zero_member(data)

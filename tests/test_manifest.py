@@ -125,6 +125,8 @@ def test_csv_and_jsonl_give_the_same_batches(tmp_path):
         ('["image"]\n', ".jsonl", r"m.jsonl:1: expected a JSON object"),
         ('{"imag": "a.png"}\n', ".jsonl", r"m.jsonl:1: unknown key\(s\) \['imag'\]"),
         ('{"text": 3}\n', ".jsonl", r"m.jsonl:1: key 'text' must be a string"),
+        ('{"text": "   "}\n', ".jsonl", r"m.jsonl:1: key 'text' must be a non-empty string \(the text itself\)"),
+        ("id,text\na, \t\n", ".csv", r"m.csv:2: key 'text' must be a non-empty string"),
         ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', ".jsonl", r"m.jsonl:2: id 'a' already used on line 1"),
         ('{"id": "a", "label": "b"}\n', ".jsonl", r"m.jsonl:1: sample holds no modality"),
         ("\n\n", ".jsonl", r"m.jsonl: manifest holds no samples"),
@@ -326,6 +328,9 @@ def test_bad_data_settings_fail_with_the_key(mixed, tmp_path):
         build(EDGES, sources=[{"path": train, "weight": 0}])
     with pytest.raises(ConfigError, match=r"data\.on_error must be one of"):
         build(EDGES, train=train, on_error="ignore")
+    for workers in (0, -2, 1.5):
+        with pytest.raises(ConfigError, match=rf"data\.scan_workers must be an integer >= 1 .*, got {workers}$"):
+            build(EDGES, train=train, scan_workers=workers)
     with pytest.raises(ConfigError, match=r"edge image\|imu: no training sample holds both image and imu"):
         build([("image", "imu")], train=train, val=str(mixed / "val.jsonl"))
     with pytest.raises(ConfigError, match="unknown key"):

@@ -41,6 +41,13 @@ from bindspace.modalities.text import TextInput
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
+def _threads(text: str) -> int:
+    """``--workers``: a thread count, refused in one line before any manifest is read."""
+    if not text.lstrip("+").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (decoding threads), got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="bindspace-data",
@@ -57,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("manifest", type=Path, help="a .jsonl or .csv manifest")
-    check.add_argument("--workers", type=int, default=None, help="decoding threads (default: cpus + 4, max 32)")
+    check.add_argument("--workers", type=_threads, default=None, help="decoding threads (default: cpus + 4, max 32)")
     check.add_argument("--context-length", type=int, default=None, help="text context to check captions against")
     check.add_argument(
         "--tokenizer", default="bytes", help="with --context-length: bytes, clip_bpe or a transformers tokenizer"
@@ -72,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("out", type=Path, help="folder for shard-NNNNNN.tar and index.json")
     shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     shard.add_argument("--skip-bad", action="store_true", help="leave out samples with bad files instead of failing")
-    shard.add_argument("--workers", type=int, default=None, help="decoding threads for the check")
+    shard.add_argument("--workers", type=_threads, default=None, help="decoding threads for the check")
     return parser
 
 
@@ -168,11 +175,12 @@ def check(args: argparse.Namespace) -> int:
 
 
 def shard(args: argparse.Namespace) -> int:
-    from bindspace.data.shards import write_shards  # imports Lightning; `check` starts faster without it
+    from bindspace.data.shards import check_out_folder, write_shards  # imports Lightning; `check` starts faster
 
     if args.shard_size < 1:
         print(f"bindspace-data: --shard-size must be >= 1, got {args.shard_size}", file=sys.stderr)
         return EXIT_USAGE
+    check_out_folder(args.out)  # a ConfigError: one line, exit 2, before every file is decoded
     manifest = _load(args.manifest)
     if isinstance(manifest, int):
         return manifest

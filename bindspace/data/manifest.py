@@ -61,6 +61,8 @@ class Sample:
             multi-positive InfoNCE, not negatives; None: a group of its own.
         alternatives: inline modality -> all its values, when the manifest gave a list and the sample
             keeps them (``captions="sample"``: one is drawn per training visit; ``values`` holds the first).
+        origin: the manifest's resolved path when the row gives neither ``id`` nor ``group``: its
+            row-number id names a row of that file only (:func:`sample_keys`); None when the row names itself.
     """
 
     line: int
@@ -70,6 +72,7 @@ class Sample:
     raw_paths: dict[str, str] = field(default_factory=dict)
     group: str | None = None
     alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    origin: str | None = None
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -150,7 +153,8 @@ def load_manifest(path: str | os.PathLike[str], captions: str = "all") -> Manife
     rows = _jsonl_rows(path, text) if suffix in JSONL_SUFFIXES else _csv_rows(path, text)
     if captions not in CAPTION_MODES:
         raise ValueError(f"captions must be one of {list(CAPTION_MODES)}, got {captions!r}")
-    samples = [_parse_row(path, line, index, row) for index, (line, row) in enumerate(rows)]
+    origin = str(path.resolve())
+    samples = [_parse_row(path, line, index, row, origin) for index, (line, row) in enumerate(rows)]
     if captions == "all":
         samples = expand_alternatives(samples)
     if not samples:
@@ -233,8 +237,9 @@ def expand_alternatives(samples: Sequence[Sample]) -> list[Sample]:
     return out
 
 
-def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample:
-    """One manifest row -> its sample; a list of texts (JSON Lines only) is kept in ``alternatives``."""
+def _parse_row(path: Path, line: int, index: int, row: dict[str, Any], origin: str) -> Sample:
+    """One manifest row -> its sample; a list of texts (JSON Lines only) is kept in ``alternatives``;
+    ``origin`` is kept when the row names itself by neither id nor group (its id is the row number)."""
     where = f"{path}:{line}"
     known = set(list_modalities())
     unknown = sorted(k for k in row if k not in known and k not in META_KEYS)
@@ -258,6 +263,8 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
             kind = "the text itself" if is_inline(m) else "a file path"
             raise ManifestError(f"{where}: key {m!r} must be a string ({kind}), got {value!r}")
         if is_inline(m):
+            if not value.strip():  # as in a list: whitespace is no text ("" means absent)
+                raise ManifestError(f"{where}: key {m!r} must be a non-empty string (the text itself), got {value!r}")
             values[m] = value
         elif "\x00" in value:
             raise ManifestError(f"{where}: key {m!r}: a file path cannot hold a NUL character, got {value!r}")
@@ -269,7 +276,8 @@ def _parse_row(path: Path, line: int, index: int, row: dict[str, Any]) -> Sample
     sample_id, label = _meta(where, present, "id", str(index)), _meta(where, present, "label", None)
     alternatives = {several[0]: tuple(several[1])} if several is not None and len(several[1]) > 1 else {}
     group = _meta(where, present, "group", None)
-    return Sample(line, sample_id, label, values, raw_paths, group=group, alternatives=alternatives)
+    unnamed = "id" not in present and group is None
+    return Sample(line, sample_id, label, values, raw_paths, group, alternatives, origin=origin if unnamed else None)
 
 
 def _meta(where: str, row: dict[str, Any], key: str, default: str | None) -> str | None:
@@ -319,6 +327,20 @@ def _probe(job: tuple[Sample, str, Path], keep: Keep | None = None) -> FileProbl
     except DataFileError as err:
         return FileProblem(sample.line, sample.id, modality, path, err.reason)
     return None
+
+
+def check_workers(workers: Any, key: str) -> None:
+    """Refuse a bad decoding pool size up front (the thread pool would refuse it after the manifests load).
+
+    Args:
+        workers: threads, or None for the pool's default.
+        key: the setting's name, for the message (``data.scan_workers``, ``--workers``).
+
+    Raises:
+        ConfigError: ``workers`` is not None nor an integer >= 1.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"{key} must be an integer >= 1 (threads) or null (cpus + 4, at most 32), got {workers!r}")
 
 
 def scan_files(
@@ -397,6 +419,19 @@ def source_key(sample: Sample) -> str:
     """What must not straddle a split: the sample's ``group`` when it names one (several captions of
     one sound are rows holding the same file), else its ``id``."""
     return sample.id if sample.group is None else f"group:{sample.group}"
+
+
+def sample_keys(sample: Sample) -> tuple[str, ...]:
+    """What makes two samples one, for keeping what evaluation fits apart from what it scores.
+
+    Rows of different manifests (or of one) are one sample when they share any of these keys: the
+    :func:`source_key` (an ``id`` or ``group`` the manifest gives; a row number only counts within its own
+    manifest, so it is qualified by the manifest's path), every file the sample holds (its resolved path:
+    the same file under another id is the same sample), and, for a sample without files, its text.
+    """
+    key = source_key(sample) if sample.origin is None else f"{sample.origin}#{source_key(sample)}"
+    files = [f"file:{Path(v).resolve()}" for m, v in sample.values.items() if not is_inline(m)]
+    return f"id:{key}", *(files or [f"{m}:{v}" for m, v in sample.values.items()])
 
 
 def split_by_id(samples: Sequence[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:

@@ -35,6 +35,7 @@ from bindspace.data.manifest import (
     Manifest,
     ManifestError,
     Sample,
+    check_workers,
     drop_samples,
     existing_path,
     expand_alternatives,
@@ -331,6 +332,7 @@ class ManifestDataModule(PairedDataModule):
         audio_cache_gb: float = 2.0,
     ) -> None:
         super().__init__(configs, edges, batch_size, seed, num_workers, pin_memory)
+        check_workers(scan_workers, "data.scan_workers")
         weighted = parse_sources(train, sources)
         heldout = [
             load_manifest(existing_path(p, f"data.{k}")) for k, p in (("val", val), ("test", test)) if p is not None

@@ -37,6 +37,7 @@ from bindspace.data.base import PairedDataModule, check_split, sample_captions
 from bindspace.data.manifest import (
     Manifest,
     ManifestError,
+    check_workers,
     drop_samples,
     load_manifest,
     pair_key,
@@ -421,6 +422,7 @@ class ShardDataModule(PairedDataModule):
         scan_workers: int | None = None,
     ) -> None:
         super().__init__(configs, edges, batch_size, seed, num_workers, pin_memory)
+        check_workers(scan_workers, "data.scan_workers")
         if train is None or val is None:
             raise ConfigError("data=shards needs data.train=SHARD_FOLDER and data.val=MANIFEST_OR_SHARD_FOLDER")
         for key, path in (("train", train), ("val", val), ("test", test)):

@@ -79,6 +79,15 @@ def _readable(path: Path) -> None:
     path.chmod(0o666 & ~umask)
 
 
+def check_out_folder(out: str | Path) -> None:
+    """Refuse, before any file is decoded, a shard folder that a file stands in the place of."""
+    out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == out else f" ({existing} is not a folder)"
+        raise ConfigError(f"{out}: cannot write shards there: not a folder{where}")
+
+
 def write_shards(
     manifest: Manifest, out: str | Path, shard_size: int, check: bool = True, workers: int | None = None
 ) -> dict[str, Any]:
@@ -96,6 +105,7 @@ def write_shards(
     """
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ConfigError(f"shard size must be a positive integer, got {shard_size!r}")
+    check_out_folder(out)
     if check:
         from bindspace.data.manifest_datamodule import check_manifests  # its decoding pool: imported when used
 

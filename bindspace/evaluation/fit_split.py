@@ -14,9 +14,11 @@ split), the shared samples are divided *by sample id*, never by split name:
 The split depends on the ids alone (not the seed, the row order or the machine), so every run and
 every checkpoint scores the same samples. :func:`check_disjoint` proves the result by id.
 
-Ids are compared as the data gives them: a manifest's ``id`` column, a synthetic scene id. A manifest
-without ids numbers its rows ("0", "1", ...), so two such manifests used as val and test look like
-the same samples and are split (or refused) although they differ: give held-out manifests ids.
+Which rows are one sample: rows with the same id (a manifest's ``id`` or ``group:<name>``, a synthetic
+scene id) and, for manifests, rows sharing any of their :func:`~bindspace.data.manifest.sample_keys`: a
+file (the same file under another id is the same sample), and the id itself, which for a manifest
+without ids is a row number and so only matches rows of the same manifest. Rows linked through such
+keys are one sample (ranked by the lowest-ranked id among them).
 """
 
 from __future__ import annotations
@@ -72,35 +74,71 @@ class FitScoreSplit:
     score_ids: list[str] = field(default_factory=list)
 
 
+def sample_units(keys: Sequence[Sequence[str]]) -> list[str]:
+    """Per row, the name of its sample: rows sharing a key, directly or through other rows, are one
+    sample, named by the smallest key among them (union-find over the keys).
+
+    Args:
+        keys: per row, one or more keys.
+    """
+    parent: dict[str, str] = {}
+
+    def root(k: str) -> str:
+        while parent.setdefault(k, k) != k:
+            parent[k] = k = parent[parent[k]]  # path halving
+        return k
+
+    for first, *rest in keys:
+        for k in rest:
+            a, b = root(first), root(k)
+            parent[max(a, b)] = min(a, b)
+    return [root(row[0]) for row in keys]
+
+
 def split_fit_and_score(
-    fit_ids: Sequence[str], score_ids: Sequence[str], fit_name: str = "val", score_name: str = "test"
+    fit_ids: Sequence[str],
+    score_ids: Sequence[str],
+    fit_name: str = "val",
+    score_name: str = "test",
+    fit_keys: Sequence[Sequence[str]] | None = None,
+    score_keys: Sequence[Sequence[str]] | None = None,
 ) -> FitScoreSplit:
-    """Choose fit and score rows so that no sample id is on both sides.
+    """Choose fit and score rows so that no sample is on both sides.
 
     Args:
         fit_ids: per row of the reference split, its sample id (repeats allowed: rows of one id stay together).
         score_ids: per row of the scored split, its sample id.
         fit_name, score_name: split names, recorded in ``info``.
+        fit_keys, score_keys: per row, the keys that make rows one sample
+            (:func:`~bindspace.data.manifest.sample_keys`); then ids only rank the samples. Default: the ids.
 
     Returns:
-        All rows of both splits when they share no id (``info["method"] == "separate_splits"``);
-        otherwise the shared ids halved as described in the module docstring (``"id_hash"``).
+        All rows of both splits when they share no sample (``info["method"] == "separate_splits"``);
+        otherwise the shared samples halved as described in the module docstring (``"id_hash"``). Its
+        ``fit_ids`` and ``score_ids`` name each kept row's sample (its id when keys are not given).
 
     Raises:
         ValueError: a split is empty, or a side is left with no rows after the split.
     """
     if not fit_ids or not score_ids:
         raise ValueError(f"need samples on both sides, got {len(fit_ids)} to fit and {len(score_ids)} to score")
-    shared = sorted(set(fit_ids) & set(score_ids), key=fit_rank)
+    if fit_keys is None or score_keys is None:
+        fit_keys, score_keys = [[i] for i in fit_ids], [[i] for i in score_ids]
+    units = sample_units([*fit_keys, *score_keys])
+    rank: dict[str, tuple[int, str]] = {}
+    for unit, sample_id in zip(units, [*fit_ids, *score_ids], strict=True):
+        rank[unit] = min(rank.get(unit, fit_rank(sample_id)), fit_rank(sample_id))
+    fit_units, score_units = units[: len(fit_ids)], units[len(fit_ids) :]
+    shared = sorted(set(fit_units) & set(score_units), key=lambda u: (rank[u], u))
     fit_only, score_only = set(shared[: len(shared) // 2]), set(shared[len(shared) // 2 :])
-    fit_rows = [i for i, s in enumerate(fit_ids) if s not in score_only]
-    score_rows = [i for i, s in enumerate(score_ids) if s not in fit_only]
+    fit_rows = [i for i, u in enumerate(fit_units) if u not in score_only]
+    score_rows = [i for i, u in enumerate(score_units) if u not in fit_only]
     if not fit_rows or not score_rows:
         raise ValueError(
             f"{fit_name} and {score_name} share {len(shared)} sample id(s); too few to fit on one part and score "
             f"the other ({len(fit_rows)} to fit, {len(score_rows)} to score)"
         )
-    kept_fit, kept_score = [fit_ids[i] for i in fit_rows], [score_ids[i] for i in score_rows]
+    kept_fit, kept_score = [fit_units[i] for i in fit_rows], [score_units[i] for i in score_rows]
     check_disjoint(kept_fit, kept_score)
     info = {
         "method": "id_hash" if shared else "separate_splits",

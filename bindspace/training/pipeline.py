@@ -444,11 +444,12 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _heldout_keys(dataset) -> set[str] | None:
-    """The source keys (a manifest's id, or ``group:<name>``) of a held-out set; None when it lists no samples."""
-    from bindspace.data.manifest import source_key
+    """The source keys (a manifest's id, or ``group:<name>``; a row number qualified by its manifest) of a
+    held-out set; None when it lists no samples."""
+    from bindspace.data.manifest import sample_keys
 
     samples = getattr(dataset, "samples", None)
-    return None if samples is None else {source_key(s) for s in samples}
+    return None if samples is None else {sample_keys(s)[0] for s in samples}
 
 
 def check_selection_apart(plain: Mapping[str, Any], datamodule, curriculum: Any = None) -> None:

@@ -4,10 +4,9 @@ data.test, a planted val/test overlap (split, or refused with eval.fit_split=ref
 from __future__ import annotations
 
 import shutil
-import sys
 
 import pytest
-from conftest import compose_config
+from conftest import compose_config, run_main_in_process
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf, open_dict
 from test_inference import trained_run_dir
@@ -102,14 +101,13 @@ def test_a_planted_val_test_overlap_is_split_or_refused(ckpt, manifest, tmp_path
     assert metrics["fit_split"]["shared_ids"] == 12 and len(scored) == 12 + 6 and len(fitted) == 12 + 6
 
 
-def test_the_cli_refuses_shared_samples_in_one_line(ckpt, manifest, tmp_path, monkeypatch, capsys):
+def test_the_cli_refuses_shared_samples_in_one_line(ckpt, manifest, tmp_path):
+    # In process with Hydra's logging set-up off (run_main_in_process): its dictConfig, run here directly,
+    # left root handlers on the captured stderr, and later tests' warnings failed to write to it.
     argv = manifest_eval(ckpt, manifest, ["eval.fit_split=reference", f"hydra.run.dir={tmp_path}"])
-    monkeypatch.setattr(sys, "argv", ["bindspace-eval", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        eval_cli.main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
-    assert "bindspace-eval: error: eval.fit_split=reference: the val and test splits share" in err
+    done = run_main_in_process(eval_cli.main, "bindspace-eval", *argv)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "bindspace-eval: error: eval.fit_split=reference: the val and test splits share" in done.stderr
     with pytest.raises(ConfigError, match=r"eval\.fit_split must be one of \('auto', 'reference'\), got 'never'"):
         eval_cli.run(compose_eval([f"ckpt_path={ckpt}", "eval.fit_split=never"], tmp_path))
 

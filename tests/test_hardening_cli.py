@@ -32,10 +32,11 @@ QUICK = [
     "eval.final=false",
     "+trainer.limit_val_batches=0",
 ]
-# A data source that would fail on its own if it were ever looked at: checks that come first prove they
-# ran before any data was read. The graph is given, so the manifest is not even read for its columns.
+# A data source that would fail on its own if it were ever read (its paths exist, as the checks before launch
+# require, but hold no manifest): checks that come first prove they ran before any data was read. The graph
+# is given, so the manifest is not even read for its columns.
 BROKEN_DATA = [
-    "data=manifest", "data.train=/nonexistent/train.jsonl", "data.val=/nonexistent/val.jsonl",
+    "data=manifest", "data.train=/dev/null", "data.val=/dev/null",
     "graph.modalities=[image,text,audio,depth,thermal,imu]",
 ]  # fmt: skip
 

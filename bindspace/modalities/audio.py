@@ -196,22 +196,21 @@ def _power_mel(waveforms: Tensor, sample_rate: int, num_mel_bins: int, out: Tens
     body[..., :1] -= first
     body *= _hann(win, waveforms.dtype)
     bins = padded // 2 + 1
-    # rfft(out=) into the reused buffer, not into a fresh tensor: MKL's two paths differ in the last bit of
-    # almost every bin (805,951 of 805,952 for a 32 x 98 batch), and this one is what every published number
-    # was trained on (the fresh output, 177afa5, changed the synthetic benchmark's audio from step 63 on).
-    spectrum = _scratch("fbank.spectrum", (*shape[:2], bins), _complex(waveforms.dtype))
-    ri = torch.view_as_real(torch.fft.rfft(buffer, dim=2, out=spectrum))  # (B, M, bins, 2)
+    # A fresh output: rfft(out=) into a reused buffer gives the same bits and is a third slower.
+    spectrum = torch.fft.rfft(buffer, dim=2)
+    ri = torch.view_as_real(spectrum)  # (B, M, bins, 2)
     power = _scratch("fbank.power", (*shape[:2], bins), body.dtype)
     if power.dtype == torch.float32:  # |X|^2 as .abs().pow(2): equal in float32 (abs's own path is slow)
+        # On the interleaved views hypot runs its scalar kernel, glibc's hypotf (a float64 root, rounded
+        # once). Its vectorised kernel on contiguous copies is twice as fast, but Sleef's hypot is not
+        # correctly rounded: it differs in about 1 bin in 16 million of the synthetic benchmark's audio,
+        # enough to change the default run's batches (177afa5, reverted in 8aae907; the golden test
+        # test_the_default_runs_batches_are_the_published_ones fails with it).
         torch.hypot(ri[..., 0], ri[..., 1], out=power).square_()
     else:  # float64's abs() is not hypot() to the last bit
         torch.abs(spectrum, out=power).pow_(2)
     banks = _mel_banks(num_mel_bins, padded, sample_rate).T.to(power.dtype)
     return torch.matmul(power, banks, out=out)
-
-
-def _complex(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def fbank_clips(clips: Tensor, cfg: AudioInput) -> Tensor:

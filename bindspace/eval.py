@@ -60,6 +60,7 @@ from bindspace.evaluation.zero_shot import (
     zero_shot_from_classes,
 )
 from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, run_config_spec, save_mitigations
+from bindspace.utils.environment import describe_environment
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 from bindspace.utils.run_folder import RunFolder, remove_if_empty
 from bindspace.utils.typed import from_mapping
@@ -335,7 +336,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics["chance"]["linear_probe"] = {m: v["chance"] for m, v in metrics["linear_probe"].items()}
         metrics = {"format": METRICS_FORMAT, "ckpt_path": str(plain["ckpt_path"]), "split": opts.split,
                    "reference_split": opts.reference_split, "fit_split": plan.info,
-                   "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics}  # fmt: skip
+                   "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics,
+                   "environment": describe_environment()}  # fmt: skip
         folder.started()
         write_results(run_dir, metrics, test[0], center_all(test[0], means), opts, per_query)
     if opts.save_to_checkpoint:

@@ -145,6 +145,7 @@ def test_caption_lists_are_scored_with_intervals_over_groups(ckpt, tmp_path):
     eval_cli.run(compose_eval(manifest_eval(ckpt, manifest, ["data.val_fraction=0.5", "probe=true"]), out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bootstrap"]["unit"] == "group" and metrics["instance_relevance"] == "group"
+    assert metrics["environment"]["bindspace"]["version"] and metrics["environment"]["cpu"]["torch"]
     per_query = np.load(out / "per_query.npz")
     groups = per_query["groups"]
     assert len(np.unique(groups)) < len(groups)

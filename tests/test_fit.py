@@ -9,6 +9,7 @@ from conftest import TINY_OVERRIDES
 
 from bindspace.errors import ConfigError
 from bindspace.training.fit import compose_config, fit
+from bindspace.utils.environment import describe_environment
 
 QUICK = [
     *(o for o in TINY_OVERRIDES if not o.startswith("trainer.max_steps")),
@@ -28,6 +29,7 @@ def test_a_misspelled_key_is_one_line_naming_the_closest_one():
 def test_fit_from_overrides_and_from_an_edited_mapping(tmp_path):
     metrics = fit(QUICK, run_dir=tmp_path / "a")
     assert metrics["steps"] == 2 and json.loads((tmp_path / "a" / "metrics.json").read_text())["steps"] == 2
+    assert metrics["environment"] == describe_environment()  # what the numbers depend on besides the config
     config = compose_config(QUICK)
     assert config["graph"]["modalities"] is None and config["modalities"]["image"]["input"]["size"] == 32
     config["trainer"]["max_steps"] = 3

@@ -30,7 +30,7 @@ from bindspace.report.chance import chance_of
 from bindspace.report.compare import comparison_table
 from bindspace.report.forgetting import forgetting_cells, forgetting_table, validation_chance, validation_panel
 from bindspace.report.intervals import zero_shot_table
-from bindspace.report.markdown import render_markdown, summary_markdown
+from bindspace.report.markdown import environment_warning, render_markdown, summary_markdown
 from bindspace.report.runs import KINDS, ReportError, RunRecord, collect_runs, varying_keys
 from bindspace.report.tables import available_metrics, pair_table, stage_curves, summary_rows_as_columns, summary_table
 from bindspace.utils.io import atomic_write_text
@@ -263,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_to_wandb(report, paths, args.wandb, Path(args.out or args.multirun_dir))
     print(summary + "\n")
     print("\n".join(f"wrote {path}" for path in paths.values()))
+    warning = environment_warning(report.runs)
+    if warning:
+        print(f"bindspace-report: warning: {warning}", file=sys.stderr)
     if all(r.failed for r in report.runs):
         print(f"bindspace-report: all {len(report.runs)} jobs failed; see {paths['md']}", file=sys.stderr)
         return 1

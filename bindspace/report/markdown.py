@@ -11,6 +11,8 @@ from bindspace.report.build import Report
 from bindspace.report.chance import format_chance
 from bindspace.report.forgetting import forgetting_cells
 from bindspace.report.runs import KINDS, RunRecord, StagePoint, varying_keys
+from bindspace.utils.environment import environment_differences
+from bindspace.utils.environment import summary as environment_summary
 
 TEST, VALIDATION = "test split", "validation split"
 
@@ -188,6 +190,50 @@ def _failed_markdown(multirun_dir: Path, runs: Sequence[RunRecord]) -> str:
     return "\n".join(lines) or "None."
 
 
+def _job_names(multirun_dir: Path, runs: Sequence[RunRecord], limit: int = 3) -> str:
+    names = [str(r.path.relative_to(multirun_dir)) if r.path != multirun_dir else r.path.name for r in runs]
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return f"{len(names)} job{'s' if len(names) > 1 else ''}: {shown}" + (", ..." if len(names) > limit else "")
+
+
+def environment_markdown(multirun_dir: Path, runs: Sequence[RunRecord]) -> str:
+    """What the completed jobs recorded of their code, hardware and libraries (``metrics.json["environment"]``),
+    and every field in which they differ."""
+    done = [r for r in runs if not r.failed]
+    envs = [(r.metrics or {}).get("environment") for r in done]
+    missing = [r for r, env in zip(done, envs, strict=True) if not env]
+    lines = []
+    diffs = environment_differences(envs)
+    recorded = [env for env in envs if env]
+    if recorded and not diffs:
+        same = environment_summary(recorded[0])
+        lines.append(f"Every job that recorded its environment ran in the same one: {same}.")
+    elif diffs:
+        lines.append(
+            "**The jobs differ in their environment.** The same config can give other numbers on other hardware or"
+            " libraries, so a difference between groups may be the environment's rather than the setting's:"
+        )
+        for name, values in diffs.items():
+            jobs = {value: _job_names(multirun_dir, [done[i] for i in idx]) for value, idx in values.items()}
+            by_value = "; ".join(f"{value} ({names})" for value, names in jobs.items())
+            lines.append(f"- `{name}`: {by_value}")
+    if missing:
+        lines.append(
+            f"No environment recorded by {_job_names(multirun_dir, missing)} (metrics.json written before bindspace"
+            " recorded it)."
+        )
+    return "\n".join(lines) or "No completed job."
+
+
+def environment_warning(runs: Sequence[RunRecord]) -> str | None:
+    """One line for the terminal when the completed jobs' environments differ, else None."""
+    envs = [(r.metrics or {}).get("environment") for r in runs if not r.failed]
+    diffs = environment_differences(envs)
+    if not diffs:
+        return None
+    return f"the jobs ran in different environments ({', '.join(diffs)}); see report.md's Environment section"
+
+
 def _methods(report: Report) -> str:
     return "\n".join([
         f"- **{TWO_LEVEL}**: every run of the group (or both groups) has per_query.npz; {report.n_boot} resamples,"
@@ -245,5 +291,6 @@ def render_markdown(multirun_dir: Path, report: Report) -> tuple[str, str]:
         ]
     if report.forgetting:
         parts += [f"## Forgetting and transfer ({metric}, {VALIDATION})", _forgetting_markdown(report)]
+    parts += ["## Environment", environment_markdown(multirun_dir, runs)]
     parts += ["## Methods", _methods(report), "## Failed runs", _failed_markdown(multirun_dir, runs)]
     return "\n\n".join(parts) + "\n", summary

@@ -60,6 +60,7 @@ from bindspace.training.reliability import (
     NonFiniteGuard,
     Preemption,
 )
+from bindspace.utils.environment import describe_environment
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 from bindspace.utils.run_folder import RunFolder
 
@@ -292,6 +293,7 @@ def final_metrics(
         "steps": int(trainer.global_step),
         "world_size": int(trainer.world_size),
         "wall_seconds": round(wall, 1),
+        "environment": describe_environment(),
     }
 
 

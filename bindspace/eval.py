@@ -320,6 +320,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one checkpoint; returns the metrics written to ``metrics.json``."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     opts, prompts, probe = check_eval_config(plain)
+    describe_environment()  # read at launch: the commit of the code that runs, not of a checkout made during it
     bs = load_model(plain)
     opts.check(bs.modalities)
     run_dir = Path(cfg.paths.output_dir)

@@ -397,6 +397,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     plain = plain_config(config)
     check_train_config(plain)  # every config error surfaces here or in build_run_spec, before any compute
+    describe_environment()  # read at launch: the commit of the code that runs, not of a checkout made during it
     given = plain["graph"].get("modalities") is not None
     if not given:  # the graph follows the data: a manifest's columns, ...
         plain["graph"]["modalities"] = data_modalities(plain["data"])

@@ -39,7 +39,8 @@ def describe_environment() -> dict[str, Any]:
     """The run's code, hardware and library versions, as plain JSON data.
 
     ``bindspace.commit`` is the git commit of the source tree bindspace is imported from, with
-    ``dirty`` true when tracked files differ from it (None for an installed wheel). ``cpu.torch`` is
+    ``dirty`` true when tracked files differ from it (None for an installed wheel), as the first call in
+    the process saw it: training and bindspace-eval call this at launch. ``cpu.torch`` is
     the instruction set torch's kernels dispatch to (``AVX512``, ``AVX2``, ...), ``torch.threads`` the
     intra-op threads at the time of the call (a different thread count can change a reduction's order).
     """

@@ -63,6 +63,9 @@ class Sample:
             keeps them (``captions="sample"``: one is drawn per training visit; ``values`` holds the first).
         origin: the manifest's resolved path when the row gives neither ``id`` nor ``group``: its
             row-number id names a row of that file only (:func:`qualified_key`); None when the row names itself.
+        identity: the :func:`sample_keys` of the manifest row this sample was written from, when it was
+            unpacked from shards (its files are then copies, its id perhaps a row number of another manifest);
+            None: computed from the sample itself.
     """
 
     line: int
@@ -73,6 +76,7 @@ class Sample:
     group: str | None = None
     alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
     origin: str | None = None
+    identity: tuple[str, ...] | None = None
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -439,7 +443,10 @@ def sample_keys(sample: Sample) -> tuple[str, ...]:
     :func:`qualified_key` (an ``id`` or ``group`` the manifest gives; a row number only counts within its
     own manifest, so it is qualified by the manifest's path), every file the sample holds (its resolved
     path: the same file under another id is the same sample), and, for a sample without files, its text.
+    A sample unpacked from shards has the keys of the row it was written from (``Sample.identity``).
     """
+    if sample.identity is not None:
+        return sample.identity
     files = [f"file:{Path(v).resolve()}" for m, v in sample.values.items() if not is_inline(m)]
     return f"id:{qualified_key(sample)}", *(files or [f"{m}:{v}" for m, v in sample.values.items()])
 

@@ -427,7 +427,11 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
 
     if args["method"] not in METHODS:
         raise ConfigError(f"method={args['method']!r}: must be one of {list(METHODS)}")
-    out = check_output(args["out"], ".safetensors", "the connector", {"a": args["a"], "b": args["b"]})
+    inputs = {k: args[k] for k in ("a", "b", "fit", "eval") if args[k] and args[k] != "synthetic"}
+    out = check_output(args["out"], ".safetensors", "the connector", inputs)
+    if args["eval"]:  # its companion too, before any compute: written last, it would fail after all of it
+        metrics = metrics_path(out)
+        check_output(metrics, ".json", "the metrics file", inputs, label=f"out={out} (eval= writes {metrics})")
     for key in ("fit", "eval"):
         value = args[key]
         if value and value != "synthetic" and not Path(value).is_file():
@@ -480,8 +484,13 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
         report["eval"] = {"source": args["eval"], "rows": len(next(iter(data.ids.values())))}
     connector.save(out)
     if args["eval"]:
-        atomic_write_json(out.with_suffix(".metrics.json"), report)
+        atomic_write_json(metrics_path(out), report)
     return report
+
+
+def metrics_path(out: str | Path) -> Path:
+    """Where ``eval=`` writes its report: beside the connector, ``<out without .safetensors>.metrics.json``."""
+    return Path(out).with_suffix(".metrics.json")
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -511,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args['out']}")
         if args["eval"]:
             print(format_report(report))
-            print(f"wrote {Path(args['out']).with_suffix('.metrics.json')}")
+            print(f"wrote {metrics_path(args['out'])}")
         return 0
 
     return run_command(PROG, body)

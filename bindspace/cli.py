@@ -41,23 +41,34 @@ def did_you_mean(name: str, candidates: Sequence[str]) -> str:
 
 
 def check_output(
-    out: str | Path, suffix: str, what: str, inputs: Mapping[str, str | Path] | None = None, key: str = "out"
+    out: str | Path,
+    suffix: str,
+    what: str,
+    inputs: Mapping[str, str | Path] | None = None,
+    key: str = "out",
+    label: str | None = None,
 ) -> Path:
     """``out`` as a file a command may write, checked before any compute: it ends in ``suffix`` (the format
     written), is no folder, and is none of the command's ``inputs`` (name -> path; symlinks and hard links
     seen through), which writing it would replace.
 
+    Args:
+        label: what the message names instead of ``key=out``, for a file the command derives from its
+            arguments (``bindspace-connect``'s ``<out>.metrics.json``); a folder in its place is then to be moved.
+
     Raises:
-        ConfigError: one line naming ``key``, ``out`` and the fault.
+        ConfigError: one line naming ``key``, ``out`` (or ``label``) and the fault.
     """
     out = Path(out)
+    subject = label or f"{key}={out}"
     if out.suffix != suffix:
-        raise ConfigError(f"{key}={out}: {what} is a {suffix} file")
+        raise ConfigError(f"{subject}: {what} is a {suffix} file")
     if out.is_dir():
-        raise ConfigError(f"{key}={out}: is a folder; {what} is a {suffix} file (give its name)")
+        fix = "give its name" if label is None else "move the folder away"
+        raise ConfigError(f"{subject}: is a folder; {what} is a {suffix} file ({fix})")
     for name, path in (inputs or {}).items():
         if out.is_file() and Path(path).is_file() and out.samefile(path):
-            raise ConfigError(f"{key}={out}: is {name}={path} itself; writing {what} would replace it")
+            raise ConfigError(f"{subject}: is {name}={path} itself; writing {what} would replace it")
     return out
 
 

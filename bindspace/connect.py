@@ -30,8 +30,9 @@ What is fitted, and on what:
 ``fit``/``eval``: ``synthetic`` (the built-in benchmark: fit scenes and evaluation scenes come from
 disjoint id ranges, and the non-shared modalities' centring scenes from ranges of their own, so no fit
 sample is paired with another) or a manifest (``docs/data.md``). The connector is a safetensors file
-(the map, the means, and as metadata both checkpoints' paths and SHA-256, the method and the fitted
-ids); :class:`ConnectedSpace` loads it with its two checkpoints and embeds any modality of either space
+(the map, the means, and as metadata both checkpoints' paths, the SHA-256 of their files and of their
+models (:func:`space_sha256`), the method and the fitted ids); :class:`ConnectedSpace` loads it with its
+two checkpoints, checks that their models are the ones fitted on, and embeds any modality of either space
 into B's space. Exit status: 0 written, 2 a usage error (one line naming the key, file or value).
 """
 
@@ -68,11 +69,30 @@ class ConnectError(ConfigError):
 
 
 def sha256(path: str | Path) -> str:
+    """SHA-256 of a whole file (read a second time after loading it: connectors older than
+    :func:`space_sha256` name their checkpoints by it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def space_sha256(space) -> str:
+    """SHA-256 of what a space's embeddings depend on: its model's description (embedding width, every
+    modality's config: input transform, trunk, head) and weights (every tensor of its state dict).
+
+    Computed from the model already loaded, so a connector's check reads no file again, and unlike the file's
+    hash it ignores what does not embed: the optimiser state a training checkpoint also holds, and the
+    centring ``bindspace-eval eval.save_to_checkpoint=true`` writes into the file (:class:`ConnectedSpace`
+    embeds without it). Not a hash stored in the file: a claim in a header is not proof of the weights.
+    """
+    from bindspace.adapter_files import fingerprint
+    from bindspace.inference import checkpoint_metadata
+
+    described = json.dumps(checkpoint_metadata(space.model), sort_keys=True, default=str)
+    weights = fingerprint(space.model.state_dict())
+    return hashlib.sha256(f"{described}\n{weights}".encode()).hexdigest()
 
 
 @dataclass
@@ -236,18 +256,26 @@ class ConnectedSpace:
 
     @classmethod
     def from_files(cls, a: str | Path, b: str | Path, connector: str | Path, device: str = "cpu") -> ConnectedSpace:
-        """Load both checkpoints and the connector; refuse checkpoints other than those it was fitted on."""
+        """Load both checkpoints and the connector; refuse checkpoints other than those it was fitted on.
+
+        A checkpoint is the one fitted on when its model is (:func:`space_sha256` of the loaded model, each file
+        read once); a connector older than that records the files' SHA-256 only, and the files are hashed.
+        """
         from bindspace.inference import BindSpace
 
         conn = Connector.load(connector)
+        spaces = []
         for side, path in (("a", a), ("b", b)):
-            want = conn.info.get(f"{side}_sha256")
-            if want and sha256(path) != want:
-                raise ConnectError(
-                    f"{path}: not the checkpoint {side.upper()} that {connector} was fitted on "
-                    f"({conn.info.get(f'{side}_checkpoint')}); SHA-256 differs"
-                )
-        return cls(BindSpace.from_checkpoint(a, device), BindSpace.from_checkpoint(b, device), conn)
+            space = BindSpace.from_checkpoint(path, device)
+            recorded = conn.info.get(f"{side}_checkpoint")
+            fitted = f"not the checkpoint {side.upper()} that {connector} was fitted on ({recorded})"
+            want = conn.info.get(f"{side}_space_sha256")
+            if want and space_sha256(space) != want:
+                raise ConnectError(f"{path}: {fitted}; its model's SHA-256 (weights and configs) differs")
+            if not want and conn.info.get(f"{side}_sha256") and sha256(path) != conn.info[f"{side}_sha256"]:
+                raise ConnectError(f"{path}: {fitted}; SHA-256 differs")
+            spaces.append(space)
+        return cls(*spaces, conn)
 
     @property
     def modalities(self) -> list[str]:
@@ -427,7 +455,11 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
 
     if args["method"] not in METHODS:
         raise ConfigError(f"method={args['method']!r}: must be one of {list(METHODS)}")
-    out = check_output(args["out"], ".safetensors", "the connector", {"a": args["a"], "b": args["b"]})
+    inputs = {k: args[k] for k in ("a", "b", "fit", "eval") if args[k] and args[k] != "synthetic"}
+    out = check_output(args["out"], ".safetensors", "the connector", inputs)
+    if args["eval"]:  # its companion too, before any compute: written last, it would fail after all of it
+        metrics = metrics_path(out)
+        check_output(metrics, ".json", "the metrics file", inputs, label=f"out={out} (eval= writes {metrics})")
     for key in ("fit", "eval"):
         value = args[key]
         if value and value != "synthetic" and not Path(value).is_file():
@@ -467,8 +499,10 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
     info = {
         "a_checkpoint": str(args["a"]),
         "b_checkpoint": str(args["b"]),
-        "a_sha256": sha256(args["a"]),
+        "a_sha256": sha256(args["a"]),  # the files, as connectors record them since the first release
         "b_sha256": sha256(args["b"]),
+        "a_space_sha256": space_sha256(a),  # what ConnectedSpace.from_files checks
+        "b_space_sha256": space_sha256(b),
         "fit": args["fit"],
         "fit_counts": {m: len(v) for m, v in fit.ids.items()},
         "fit_ids_sha256": hashlib.sha256("\n".join(fit_ids).encode()).hexdigest(),
@@ -480,8 +514,13 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
         report["eval"] = {"source": args["eval"], "rows": len(next(iter(data.ids.values())))}
     connector.save(out)
     if args["eval"]:
-        atomic_write_json(out.with_suffix(".metrics.json"), report)
+        atomic_write_json(metrics_path(out), report)
     return report
+
+
+def metrics_path(out: str | Path) -> Path:
+    """Where ``eval=`` writes its report: beside the connector, ``<out without .safetensors>.metrics.json``."""
+    return Path(out).with_suffix(".metrics.json")
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -511,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args['out']}")
         if args["eval"]:
             print(format_report(report))
-            print(f"wrote {Path(args['out']).with_suffix('.metrics.json')}")
+            print(f"wrote {metrics_path(args['out'])}")
         return 0
 
     return run_command(PROG, body)

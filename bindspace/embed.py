@@ -8,16 +8,16 @@
 manifest (``.jsonl``/``.csv``, see ``docs/data.md``; its samples that hold the modality, under their
 ids) or, for text, a ``.txt`` file with one text per line. Ids are file paths relative to the folder
 (or to the glob's folder before its first wildcard), manifest ids, or 0-based line numbers (blank lines
-skipped, keeping their numbers). Options: ``batch_size=64``, ``device=cpu``, ``center=false`` (apply
-the checkpoint's stored centring). The file holds one tensor ``embeddings`` (N, D) and string metadata
-``modality``, ``ids`` (a JSON list), ``checkpoint`` (its path as given), ``weights_sha256``
-(:func:`weights_sha256`) and ``centered``; :func:`load_embeddings` reads it back and checks it
-(:func:`check_embeddings`: a floating (N, D) tensor with D > 0, finite, rows of unit norm within
-:func:`norm_tolerance`, ``ids`` a JSON list of N unique strings, ``modality`` registered), refusing any
-other file with one :class:`EmbeddingFileError` line naming it. It is written atomically, and only when
-it passes the same checks (a non-finite or zero embedding stops ``bindspace-embed`` with one line naming
-the input); ``out`` must end in ``.safetensors`` and be neither a folder nor the checkpoint, checked
-before anything is read.
+skipped, keeping their numbers; a file of blank lines only is refused). Options: ``batch_size=64``,
+``device=cpu``, ``center=false`` (apply the checkpoint's stored centring). The file holds one tensor
+``embeddings`` (N, D) and string metadata ``modality``, ``ids`` (a JSON list), ``checkpoint`` (its path
+as given), ``weights_sha256`` (:func:`weights_sha256`) and ``centered``; :func:`load_embeddings` reads it
+back and checks it (:func:`check_embeddings`: a floating (N, D) tensor with D > 0, finite, rows of unit
+norm within :func:`norm_tolerance`, ``ids`` a JSON list of N unique strings, ``modality`` registered),
+refusing any other file with one :class:`EmbeddingFileError` line naming it. It is written atomically,
+and only when it passes the same checks (a non-finite or zero embedding stops ``bindspace-embed`` with
+one line naming the input); ``out`` must end in ``.safetensors`` and be neither a folder nor the
+checkpoint, checked before anything is read.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def resolve_inputs(modality: str, inputs: str) -> tuple[list[str], list[Any]]:
             raise ConfigError(f"inputs: {modality} comes from a .txt file (one per line) or a manifest, got {inputs!r}")
         # Numbered before blank lines are dropped, by universal newlines only (as editors and `sed -n` count).
         lines = [(str(i), line) for i, line in enumerate(path.read_text(encoding="utf-8").split("\n")) if line.strip()]
+        if not lines:  # an empty embeddings file would pass for a result
+            raise ConfigError(f"inputs: {path} holds no text: every line is blank (one text per line)")
         return [i for i, _ in lines], [line for _, line in lines]
     from bindspace.data.readers import supported_suffixes
 

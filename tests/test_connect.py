@@ -185,3 +185,74 @@ def test_a_missing_checkpoint_is_named_by_its_own_key(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and needle in err and "no checkpoint file" in err, err
         assert "ckpt_path" not in err
     assert not out.exists()
+
+
+# The model=tiny preset at conftest's test sizes.
+TINY_INPUTS = {
+    "image": {"size": 32},
+    "audio": {"clip_seconds": 0.5, "num_mel_bins": 32, "target_frames": 48, "patch_stride": 16},
+    "text": {"context_length": 16},
+}
+
+
+def untrained_space(modalities: list[str], seed: int, out: Path) -> Path:
+    """A checkpoint of an untrained tiny model, with optimiser state as a training checkpoint holds (what is
+    checked here is which model a connector was fitted on, not what it learnt)."""
+    from bindspace.inference import checkpoint_metadata
+    from bindspace.modalities import get_modality
+    from bindspace.models.model import BindSpaceModel
+
+    torch.manual_seed(seed)
+    configs = {m: get_modality(m).config_from_dict({"input": TINY_INPUTS[m]}, "tiny") for m in modalities}
+    model = BindSpaceModel(configs, embed_dim=8)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    moments = {"state": {i: torch.randn(p.shape) for i, p in enumerate(model.parameters())}}
+    torch.save({"state_dict": state, "bindspace": checkpoint_metadata(model, [modalities[:2]]),
+                "optimizer_states": [moments]}, out)  # fmt: skip
+    return out
+
+
+def test_a_connector_knows_its_checkpoints_by_their_models_not_by_their_files(tmp_path, monkeypatch):
+    """``from_files`` hashed both checkpoint files again (optimiser state included) and so refused a checkpoint
+    that ``bindspace-eval eval.save_to_checkpoint=true`` had given its centring: the same model."""
+    import bindspace.connect as connect_module
+    from bindspace.connect import synthetic_inputs
+    from bindspace.inference import BindSpace, save_mitigations
+
+    a, b = (
+        untrained_space(["image", "audio"], 0, tmp_path / "a.ckpt"),
+        untrained_space(["image", "text"], 1, tmp_path / "b.ckpt"),
+    )
+    out = tmp_path / "conn.safetensors"
+    assert main([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={out}", "fit_size=40"]) == 0
+    audio = synthetic_inputs(BindSpace.from_checkpoint(a).model.configs, ["audio"], 0, 4, paired=True).values["audio"]
+    before = ConnectedSpace.from_files(a, b, out).embed("audio", audio)
+    file_before = a.read_bytes()
+    original = tmp_path / "a-as-fitted.ckpt"
+    original.write_bytes(file_before)
+    save_mitigations(a, centering={"image": torch.zeros(8), "audio": torch.zeros(8)})  # the file, not the model
+    assert a.read_bytes() != file_before
+    assert torch.equal(ConnectedSpace.from_files(a, b, out).embed("audio", audio), before)
+
+    def no_file_hash(path):
+        raise AssertionError(f"{path} read again to hash it")
+
+    monkeypatch.setattr(connect_module, "sha256", no_file_hash)  # each checkpoint is read once, to load it
+    ConnectedSpace.from_files(a, b, out)
+    # Other weights, or the same weights under another input transform, are other spaces.
+    other = untrained_space(["image", "audio"], 2, tmp_path / "other.ckpt")
+    ckpt = torch.load(a, weights_only=True)
+    ckpt["bindspace"]["modalities"]["image"]["input"]["mean"] = [0.5, 0.5, 0.5]
+    torch.save(ckpt, tmp_path / "remeaned.ckpt")
+    for wrong in (other, tmp_path / "remeaned.ckpt"):
+        with pytest.raises(ConnectError, match=rf"{wrong}: not the checkpoint A that .* its model's SHA-256"):
+            ConnectedSpace.from_files(wrong, b, out)
+    # A connector written before it recorded the models names the files: they are hashed, as before.
+    monkeypatch.undo()
+    old = Connector.load(out)
+    old.info = {k: v for k, v in old.info.items() if "space_sha256" not in k}
+    old.save(tmp_path / "old.safetensors")
+    assert ConnectedSpace.from_files(original, b, tmp_path / "old.safetensors").connector.info == old.info
+    for wrong, side in ((a, "A"), (other, "A")):  # a rewritten (its centring) is another file
+        with pytest.raises(ConnectError, match=rf"{wrong}: not the checkpoint {side} that .*; SHA-256 differs$"):
+            ConnectedSpace.from_files(wrong, b, tmp_path / "old.safetensors")

@@ -170,7 +170,8 @@ def test_a_bad_val_shard_fails_at_startup_or_is_skipped(data):
     rewrite_member(shard, "000000003.image.png", lambda b: bytes(len(b)))  # decodes badly: found by the file check
     dm = shards_dm(data, val="val", on_error="skip")
     assert len(dm.val_set) == 2 and dm.data_report["manifests"][str(data / "val")]["skipped_samples"] == 2
-    rewrite_member(shard, "000000002.json", lambda b: json.dumps({"id": "v2", "label": "cat"}).encode())
+    fixed = {"id": "v2", "label": "cat", "keys": ["id:v2"]}  # keys: the sample's identity, which held-out sets need
+    rewrite_member(shard, "000000002.json", lambda b: json.dumps(fixed).encode())
     message = one_line_error(lambda: shards_dm(data, val="val"))
     assert message.startswith(f"{shard}: member 000000003.image.png: cannot decode a PNG/JPEG/WEBP image"), message
     assert "bindspace-heldout" not in message  # the member, not the temporary file it was unpacked to

@@ -242,6 +242,23 @@ def test_bindspace_embed_writes_only_files_search_accepts(tmp_path, capsys, monk
         assert code == 0 and load_embeddings(out).ids == ["0", "1", "2"]
 
 
+@pytest.mark.parametrize("text", [b"", b"\n", b"  \n\t\n \r\n\n"], ids=["empty", "one-newline", "whitespace"])
+def test_a_txt_file_without_text_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, monkeypatch, text):
+    """Blank lines are skipped; a file of nothing else gave an empty embeddings file and exit 0."""
+    from bindspace.embed import main as embed_main
+
+    fake_checkpoint(monkeypatch, FakeModel(unit_rows(3)))
+    captions = tmp_path / "blank.txt"
+    captions.write_bytes(text)
+    out = tmp_path / "out.safetensors"
+    capsys.readouterr()
+    code = embed_main(["ckpt_path=any.ckpt", "modality=text", f"inputs={captions}", f"out={out}"])
+    err = capsys.readouterr().err
+    assert (code, err) == (2, f"bindspace-embed: error: inputs: {captions} holds no text: every line is blank "
+                              "(one text per line)\n")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.txt"]  # no output, no temporary
+
+
 def test_a_relaunch_removes_the_temporary_a_killed_embed_left_and_no_live_one(tmp_path, caplog, monkeypatch):
     """A bindspace-embed SIGKILLed while writing leaves ``.<out>.<random>.tmp`` beside the output (as large as
     the output); the same command again removes it. A temporary another live process is writing (locked until

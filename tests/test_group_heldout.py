@@ -19,6 +19,7 @@ from test_manifest import TINY_INPUT, build, paired_rows, write_rows
 
 from bindspace.data import build_datamodule
 from bindspace.data.manifest import ManifestError, id_fraction, load_manifest, source_key, split_by_id
+from bindspace.data.manifest_datamodule import group_index, group_of, stable_group_id
 from bindspace.errors import ConfigError
 from bindspace.eval import embed_split, take_rows
 from bindspace.evaluation.embed import HeldOut
@@ -167,6 +168,46 @@ def test_caption_lists_train_and_evaluate_as_groups_through_the_cli(tmp_path):
     rows = 100 * DEFAULT_BOOTSTRAP.intervals(image_queries)  # both copies of an image score alike
     low, high = metrics["retrieval"]["image->text"]["mAP_ci"]
     assert high - low > 1.2 * (rows[1] - rows[0]) > 0
+
+
+def unnamed_captioned(root, prefix: str, n: int) -> list[dict]:
+    """``n`` images without ids (row numbers name them), each with two captions: one group per row."""
+    base = paired_rows(root, n, ["image", "text"], prefix=prefix, labels=None)
+    return [{"image": r["image"], "text": [f"{prefix}: first of {i}", f"{prefix}: second of {i}"]} for i, r in
+            enumerate(base)]  # fmt: skip
+
+
+def test_sources_without_ids_keep_their_rows_apart_in_training_and_held_out_groups(tmp_path):
+    """Row 3 of one source and row 3 of another are two samples (they shared a group: each other's positives
+    in InfoNCE, and one held-out source scored as matches of each other)."""
+    a = load_manifest(write_rows(tmp_path / "a.jsonl", unnamed_captioned(tmp_path, "a", 4))).samples
+    b = load_manifest(write_rows(tmp_path / "b.jsonl", unnamed_captioned(tmp_path, "b", 4))).samples
+    assert a[6].id == b[6].id == "3#0" and a[6].group == b[6].group == "3"  # the same names ...
+    index = group_index([*a, *b])
+    assert len(set(index.values())) == 8 and index[group_of(a[6])] != index[group_of(b[6])]  # ... two groups
+    assert index[group_of(a[6])] == index[group_of(a[7])]  # the captions of one row stay one group
+    assert stable_group_id(a[6]) != stable_group_id(b[6]) and stable_group_id(a[6]) == stable_group_id(a[7])
+
+
+def test_held_out_groups_of_several_sources_without_ids_through_the_cli(tmp_path):
+    a = write_rows(tmp_path / "a.jsonl", unnamed_captioned(tmp_path, "a", 16))
+    b = write_rows(tmp_path / "b.jsonl", unnamed_captioned(tmp_path, "b", 16))
+    run_dir = tmp_path / "run"
+    cfg = compose_config(
+        ["data=manifest", f"data.sources=[{{path: '{a}', weight: 1.0}}, {{path: '{b}', weight: 1.0}}]",
+         "data.val_fraction=0.4", "graph.modalities=[image,text]", "data.batch_size=4", "trainer.max_steps=2",
+         "+trainer.limit_val_batches=0"],
+        run_dir=str(run_dir),
+        synthetic=False,
+    )  # fmt: skip
+    run(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    groups = np.load(run_dir / "per_query.npz")["groups"]
+    # The split hashes the row number in each source, so row k of a and row k of b are held out together:
+    # each held-out group is one row's two captions, never four rows of two sources.
+    assert metrics["gallery_size"] >= 8 and metrics["gallery_size"] % 4 == 0
+    assert len(np.unique(groups)) == metrics["gallery_size"] // 2
+    assert all(np.sum(groups == g) == 2 for g in np.unique(groups))
 
 
 # ---- data.captions=sample: one caption drawn per training visit ----------------------------------

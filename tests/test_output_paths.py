@@ -71,6 +71,30 @@ def test_connect_refuses_a_folder_or_a_checkpoint_as_out(files, capsys, out, say
 
 
 @pytest.mark.parametrize(
+    ("taken_by", "says"),
+    [
+        ("a folder", "is a folder; the metrics file is a .json file (move the folder away)"),
+        ("eval", "is eval={metrics} itself; writing the metrics file would replace it"),  # a JSON Lines manifest
+        ("b", "is b={metrics} itself; writing the metrics file would replace it"),  # a checkpoint named so
+    ],
+)
+def test_connect_checks_the_metrics_file_eval_writes_before_loading_anything(files, capsys, taken_by, says):
+    """``eval=`` writes ``<out>.metrics.json`` after fitting and scoring: a folder there failed with a traceback
+    after all of it (the connector written), and an input there was replaced."""
+    out, metrics = files / "conn.safetensors", files / "conn.metrics.json"
+    if taken_by == "a folder":
+        metrics.mkdir()
+    else:
+        metrics.write_bytes(JUNK)
+    b = metrics if taken_by == "b" else files / "a.safetensors"
+    evaluated = metrics if taken_by == "eval" else "synthetic"
+    args = [f"a={files / 'last.ckpt'}", f"b={b}", "shared=image", "fit=synthetic", f"eval={evaluated}", f"out={out}"]
+    err = refused(capsys, connect_main, args, "bindspace-connect")
+    assert err == f"bindspace-connect: error: out={out} (eval= writes {metrics}): {says.format(metrics=metrics)}\n"
+    assert not out.exists() and (metrics.is_dir() if taken_by == "a folder" else metrics.read_bytes() == JUNK)
+
+
+@pytest.mark.parametrize(
     ("argv", "says"),
     [
         (["merge", "last.ckpt", "last.ckpt"], "is src="),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import tarfile
@@ -180,3 +181,184 @@ def test_shards_whose_groups_all_have_one_member_warn(tmp_path):
     data = {"name": "shards", "train": str(tmp_path / "train"), "val": str(val), "batch_size": 2}
     with pytest.warns(UserWarning, match="every group of the shards' group column has one member"):
         build_datamodule(data, tiny_configs(["image", "text"]), [("image", "text")], seed=0)
+
+
+# ---- sample identity: a check on held-out shards answers as on the manifests they were written from -------
+
+
+@pytest.fixture(scope="module")
+def unnamed(tmp_path_factory) -> Path:
+    """Manifests ``a`` and ``b`` without ids (disjoint files; both number their rows 0..9), ``a``'s rows under ids
+    of their own (``renamed``) and a training manifest, each also written as ``<name>-shards`` by the
+    ``bindspace-data shard`` command."""
+    from bindspace.data.cli import main as data_main
+
+    root = tmp_path_factory.mktemp("identity")
+
+    def rows(prefix: str, n: int = 10) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "id"} for r in paired_rows(root, n, ["image", "text"], prefix)]
+
+    a = rows("a")
+    sets = {"a": a, "b": rows("b"), "renamed": [{**r, "id": f"x{i}"} for i, r in enumerate(a)], "train": rows("t", 8)}
+    for name, content in sets.items():
+        manifest = write_rows(root / f"{name}.jsonl", content)
+        assert data_main(["shard", str(manifest), str(root / f"{name}-shards"), "--shard-size", "4"]) == 0
+    return root
+
+
+def identity_answers(root: Path, val: str, test: str) -> tuple[int, bool]:
+    """(samples ``bindspace-eval`` finds shared by val and test, whether early stopping on val is refused), for
+    a datamodule of those held-out sets (a name ending in ``-shards`` is a shard set, else a manifest; with any
+    shard set, ``data=shards`` training on ``train-shards``)."""
+    from test_manifest import TINY_INPUT
+
+    from bindspace.eval import EvalOptions, fit_and_score_splits
+    from bindspace.inference import BindSpace
+    from bindspace.modalities import get_modality
+    from bindspace.models.model import BindSpaceModel
+    from bindspace.train import check_selection_apart
+
+    def where(name: str) -> str:
+        return str(root / name) if name.endswith("-shards") else str(root / f"{name}.jsonl")
+
+    edges = [("image", "text")]
+    configs = {m: get_modality(m).config_from_dict({"input": TINY_INPUT[m]}, "tiny") for m in ("image", "text")}
+    source = "shards" if any(name.endswith("-shards") for name in (val, test)) else "manifest"
+    train = where("train-shards" if source == "shards" else "train")
+    data = {"name": source, "train": train, "val": where(val), "test": where(test), "batch_size": 4}
+    dm = build_datamodule(data, configs, edges, seed=0)
+    bs = BindSpace(BindSpaceModel(configs, embed_dim=8), edges=edges)
+    _, _, plan = fit_and_score_splits(bs, dm, EvalOptions())
+    try:
+        check_selection_apart({"early_stopping": {"patience": 1}, "trainer": {}}, dm)
+        refused = False
+    except ConfigError as err:
+        assert "the final evaluation scores the same samples" in str(err)
+        refused = True
+    return plan.info["shared_ids"], refused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("val", "test", "shared"),
+    [("a", "b", 0), ("renamed", "a", 10), ("a", "a", 10)],
+    ids=["two-manifests-without-ids", "the-same-files-renamed", "one-manifest"],
+)
+def test_held_out_shards_are_told_apart_as_their_manifests_are(unnamed, val, test, shared):
+    """Shards stored a row number as the id of a row without one: shards of two such manifests looked like the
+    same samples (split in halves, early stopping refused), and shards of a manifest looked like other samples
+    than the manifest itself (scored next to what was fitted on)."""
+    manifests = identity_answers(unnamed, val, test)
+    assert manifests[0] == shared and manifests[1] == (val == test)  # selection is checked by id alone
+    assert identity_answers(unnamed, f"{val}-shards", f"{test}-shards") == manifests
+    assert identity_answers(unnamed, f"{val}-shards", test) == manifests  # a manifest beside shards
+    assert identity_answers(unnamed, val, f"{test}-shards") == manifests
+
+
+def train_cli(root: Path, run_dir: Path, val: str, test: str, train: str = "train-shards"):
+    """``bindspace-train data=shards`` (its main(), in this process), early stopping on ``val``, scoring ``test``."""
+    from conftest import TINY_OVERRIDES, run_main_in_process
+
+    from bindspace.train import main as train_main
+
+    def where(name: str) -> Path:
+        return root / name if name.endswith("-shards") else root / f"{name}.jsonl"
+
+    argv = [
+        *(o for o in TINY_OVERRIDES if not o.startswith(("data.", "trainer."))), "trainer.max_steps=2",
+        "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "data=shards", "data.batch_size=4",
+        f"data.train={where(train)}", f"data.val={where(val)}", f"data.test={where(test)}", f"hydra.run.dir={run_dir}",
+        "graph.modalities=[image,text]", "early_stopping={metric: val/mean_R@1, patience: 1}",
+    ]  # fmt: skip
+    return run_main_in_process(train_main, "bindspace-train", *argv)
+
+
+@pytest.mark.slow
+def test_bindspace_train_selects_and_scores_held_out_shards_as_their_manifests(unnamed, tmp_path):
+    from conftest import run_main_in_process
+
+    import bindspace.eval as eval_cli
+
+    apart = train_cli(unnamed, tmp_path / "apart", "a-shards", "b-shards")  # two manifests without ids
+    assert apart.returncode == 0, apart.stderr[-3000:]
+    # bindspace-eval fits its mitigations on val and scores test: every sample of each, none shared.
+    ckpt = tmp_path / "apart" / "checkpoints" / "last.ckpt"
+    for test, shared in (("b-shards", 0), ("a.jsonl", 10)):
+        argv = [
+            f"ckpt_path={ckpt}",
+            "data=shards",
+            f"data.train={unnamed / 'train-shards'}",
+            "data.batch_size=4",
+            f"data.val={unnamed / 'a-shards'}",
+            f"data.test={unnamed / test}",
+            f"hydra.run.dir={tmp_path / test}",
+        ]
+        done = run_main_in_process(eval_cli.main, "bindspace-eval", *argv)
+        assert done.returncode == 0, done.stderr[-3000:]
+        info = json.loads((tmp_path / test / "metrics.json").read_text())["fit_split"]
+        assert (info["shared_ids"], info["method"]) == (shared, "id_hash" if shared else "separate_splits")
+    same = train_cli(unnamed, tmp_path / "same", "a", "a-shards")  # a manifest and its own shards
+    lines = [line for line in same.stderr.splitlines() if line.strip()]
+    assert same.returncode == 2 and len(lines) == 1, same.stderr[-3000:]
+    refusal = "early_stopping selects the checkpoint on the validation set, and the final evaluation scores the same"
+    assert lines[0].startswith(f"bindspace-train: config error: {refusal} samples (10 shared")
+
+
+def without_identity(folder: Path, out: Path) -> Path:
+    """``folder``'s shards as bindspace-data wrote them before they recorded sample identity (format /1)."""
+    out.mkdir()
+    for tar_path in sorted(folder.glob("shard-*.tar")):
+        with tarfile.open(tar_path) as src, tarfile.open(out / tar_path.name, "w", format=tarfile.PAX_FORMAT) as dst:
+            for member in src:
+                data = src.extractfile(member).read()
+                if member.name.endswith(".json"):
+                    data = json.dumps({k: v for k, v in json.loads(data).items() if k != "keys"}).encode()
+                member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+    index = json.loads((folder / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps({**index, "format": "bindspace-shards/1"}))
+    return out
+
+
+@pytest.mark.slow
+def test_shards_written_before_sample_identity_still_train_and_are_refused_as_held_out_sets(unnamed, tmp_path):
+    from bindspace.data.cli import main as data_main
+
+    old_train = without_identity(unnamed / "train-shards", tmp_path / "old-train-shards")
+    old_val = without_identity(unnamed / "a-shards", tmp_path / "old-a-shards")
+    data = {"name": "shards", "train": str(old_train), "val": str(unnamed / "a.jsonl"), "batch_size": 4}
+    dm = build_datamodule(data, tiny_configs(["image", "text"]), [("image", "text")], seed=0)
+    assert next(iter(dm.train_dataloader()))["image|text"]["image"].shape[0] == 4  # training streams them as before
+    refused = train_cli(tmp_path, tmp_path / "run", "old-a-shards", "old-a-shards", train="old-train-shards")
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
+    rewrite = f"`bindspace-data shard {unnamed / 'a.jsonl'} {old_val}`"
+    assert lines[0] == (
+        f"bindspace-train: config error: {old_val / 'index.json'}: bindspace-shards/1 shards record no sample "
+        "identity, which held-out sets need (fitted and scored samples are kept apart by it); rewrite them with "
+        f"{rewrite}"
+    )
+    assert data_main(rewrite.strip("`").split()[1:]) == 0  # the command it names rewrites them, and they load
+    assert load_index(old_val)[1]["format"] == "bindspace-shards/2"
+    assert len(extract_shards(old_val, tmp_path / "unpacked").samples) == 10
+
+
+def test_a_held_out_sample_without_its_identity_is_named_in_one_line(unnamed, tmp_path):
+    shards = tmp_path / "a-shards"
+    shards.mkdir()
+    for path in (unnamed / "a-shards").iterdir():
+        (shards / path.name).write_bytes(path.read_bytes())
+    shard = shards / "shard-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in members:
+            if member.name == "000000001.json":
+                data = json.dumps({k: v for k, v in json.loads(data).items() if k != "keys"}).encode()
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(ConfigError) as err:
+        extract_shards(shards, tmp_path / "out")
+    assert str(err.value) == (
+        f"{shard}: member 000000001.json: no 'keys' (its identity); rewrite the shards with `bindspace-data shard`"
+    )

@@ -62,7 +62,10 @@ class Sample:
         alternatives: inline modality -> all its values, when the manifest gave a list and the sample
             keeps them (``captions="sample"``: one is drawn per training visit; ``values`` holds the first).
         origin: the manifest's resolved path when the row gives neither ``id`` nor ``group``: its
-            row-number id names a row of that file only (:func:`sample_keys`); None when the row names itself.
+            row-number id names a row of that file only (:func:`qualified_key`); None when the row names itself.
+        identity: the :func:`sample_keys` of the manifest row this sample was written from, when it was
+            unpacked from shards (its files are then copies, its id perhaps a row number of another manifest);
+            None: computed from the sample itself.
     """
 
     line: int
@@ -73,6 +76,7 @@ class Sample:
     group: str | None = None
     alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
     origin: str | None = None
+    identity: tuple[str, ...] | None = None
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -417,21 +421,34 @@ def id_fraction(sample_id: str) -> float:
 
 def source_key(sample: Sample) -> str:
     """What must not straddle a split: the sample's ``group`` when it names one (several captions of
-    one sound are rows holding the same file), else its ``id``."""
+    one sound are rows holding the same file), else its ``id``.
+
+    Unique within one manifest only (a row number repeats in every manifest without ids); where samples of
+    several manifests meet, use :func:`qualified_key`. The held-out split hashes this key, one manifest at a
+    time, so the split does not change with the folder the data sits in.
+    """
     return sample.id if sample.group is None else f"group:{sample.group}"
+
+
+def qualified_key(sample: Sample) -> str:
+    """The :func:`source_key`, qualified by the manifest (``<its resolved path>#<key>``) when it is a row
+    number: what names the sample among the samples of several manifests (``data.sources``, val and test)."""
+    return source_key(sample) if sample.origin is None else f"{sample.origin}#{source_key(sample)}"
 
 
 def sample_keys(sample: Sample) -> tuple[str, ...]:
     """What makes two samples one, for keeping what evaluation fits apart from what it scores.
 
     Rows of different manifests (or of one) are one sample when they share any of these keys: the
-    :func:`source_key` (an ``id`` or ``group`` the manifest gives; a row number only counts within its own
-    manifest, so it is qualified by the manifest's path), every file the sample holds (its resolved path:
-    the same file under another id is the same sample), and, for a sample without files, its text.
+    :func:`qualified_key` (an ``id`` or ``group`` the manifest gives; a row number only counts within its
+    own manifest, so it is qualified by the manifest's path), every file the sample holds (its resolved
+    path: the same file under another id is the same sample), and, for a sample without files, its text.
+    A sample unpacked from shards has the keys of the row it was written from (``Sample.identity``).
     """
-    key = source_key(sample) if sample.origin is None else f"{sample.origin}#{source_key(sample)}"
+    if sample.identity is not None:
+        return sample.identity
     files = [f"file:{Path(v).resolve()}" for m, v in sample.values.items() if not is_inline(m)]
-    return f"id:{key}", *(files or [f"{m}:{v}" for m, v in sample.values.items()])
+    return f"id:{qualified_key(sample)}", *(files or [f"{m}:{v}" for m, v in sample.values.items()])
 
 
 def split_by_id(samples: Sequence[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:
@@ -440,7 +457,7 @@ def split_by_id(samples: Sequence[Sample], val_fraction: float) -> tuple[list[Sa
     Depends on the ids (and groups) only, not on the seed or the order of the rows, so every run and
     every seed holds out the same samples, and adding rows never moves an existing sample across the
     split. The rows of one group go to the same side: a sound held out is never trained on through
-    another of its captions.
+    another of its captions. ``samples`` are those of one manifest (``data.sources`` are split one by one).
     """
     train, val = [], []
     for s in samples:

@@ -43,6 +43,7 @@ from bindspace.data.manifest import (
     is_inline,
     load_manifest,
     parse_sources,
+    qualified_key,
     scan_files,
     source_key,
     split_by_id,
@@ -138,19 +139,21 @@ class ManifestDataset(Dataset):
         return {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}
 
 
-def group_of(sample: Sample) -> tuple[bool, str]:
-    """A sample's group key: its ``group``, or a group of its own (keyed by its id) when it has none."""
-    return (sample.group is None, sample.id if sample.group is None else sample.group)
+def group_of(sample: Sample) -> tuple[bool, str, str]:
+    """A sample's group key: its ``group``, or a group of its own (keyed by its id) when it has none. A row
+    number (the id of a row without one, or the group of such a row's captions) is qualified by its manifest
+    (``Sample.origin``): rows of two manifests without ids (``data.sources``) never share a group."""
+    return (sample.group is None, sample.origin or "", sample.id if sample.group is None else sample.group)
 
 
 def stable_group_id(sample: Sample) -> int:
-    """A 63-bit integer of the sample's :func:`~bindspace.data.manifest.source_key`, the same in every
+    """A 63-bit integer of the sample's :func:`~bindspace.data.manifest.qualified_key`, the same in every
     process without a shared table (streamed shards); distinct keys collide with probability ~2^-63."""
-    digest = hashlib.blake2b(source_key(sample).encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(qualified_key(sample).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def group_index(samples: Sequence[Sample]) -> dict[tuple[bool, str], int] | None:
+def group_index(samples: Sequence[Sample]) -> dict[tuple[bool, str, str], int] | None:
     """Group key -> integer id, in sorted order (so every rank agrees); None when no sample names a group."""
     if all(s.group is None for s in samples):
         return None

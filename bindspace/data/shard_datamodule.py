@@ -55,6 +55,7 @@ from bindspace.data.manifest_datamodule import (
 from bindspace.data.shards import (
     INDEX_NAME,
     Fields,
+    check_identity,
     check_shards,
     extract_shards,
     iter_shard,
@@ -384,6 +385,11 @@ def check_shard_set(path: str | Path, on_error: str, workers: int | None = None)
     return ShardSet(folder, index, skip, owners, report)
 
 
+def is_shard_set(path: str | Path) -> bool:
+    """Whether a held-out path names a shard set (its folder or its ``index.json``) rather than a manifest."""
+    return Path(path).is_dir() or Path(path).name == INDEX_NAME
+
+
 class ShardDataModule(PairedDataModule):
     """Streams training shards written by ``bindspace-data shard``; held-out sets from a manifest or shards.
 
@@ -433,6 +439,9 @@ class ShardDataModule(PairedDataModule):
         if on_error not in ON_ERROR:
             raise ConfigError(f"data.on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
         self.shuffle_buffer, self.on_error = shuffle_buffer, on_error
+        for path in (val, test):  # held-out shards need their samples' identity: refused before any shard is read
+            if path is not None and is_shard_set(path):
+                check_identity(*load_index(path))
         shards = check_shard_set(train, on_error, scan_workers)  # before any held-out file is decoded
         self.folder, self.index, self.skip, shard_report = shards.folder, shards.index, shards.skip, shards.report
         self.pairs = {edge_key(e): int(self.index["pairs"].get(pair_key(*e), 0)) for e in self.edges}
@@ -454,7 +463,7 @@ class ShardDataModule(PairedDataModule):
         for path, name in ((val, "val"), (test, "test")):
             if path is None:
                 continue
-            if Path(path).is_dir() or Path(path).name == INDEX_NAME:
+            if is_shard_set(path):
                 sets[name], files[str(path)] = self._heldout_shards(Path(path), name, scan_workers)
             else:
                 manifests.append((name, load_manifest(path)))

@@ -1,13 +1,17 @@
 """Webdataset-style tar shards of a manifest (streamed by ``data=shards``, see shard_datamodule.py).
 
 A shard ``shard-000000.tar`` holds consecutive samples; each sample's files share one key, the
-sample's position in the manifest (``000000042.json`` with id, label and manifest line,
-``000000042.image.png``, ``000000042.text.txt``, ...), stored byte for byte as in the original
-files. ``index.json`` beside the shards counts samples, modalities and pairs per shard. The files
-are plain tar, so the ``webdataset`` library reads them too. Streaming them for training is
-``bindspace.data.shard_datamodule`` (``data=shards``), which first indexes every shard with
-:func:`check_shards` (member names, header sizes against the file, each sample's JSON and caption; no
-payload is decoded) and reads ``index.json`` with :func:`load_index`, which checks its layout.
+sample's position in the manifest (``000000042.json`` with id, label, manifest line, group and the
+sample's identity, ``000000042.image.png``, ``000000042.text.txt``, ...), stored byte for byte as in the
+original files. The identity (``keys``) is the manifest row's
+:func:`~bindspace.data.manifest.sample_keys`: its id (a row number qualified by the manifest's path) and
+its files' resolved paths, so held-out sets unpacked from shards are told apart, or found to be the same
+samples, exactly as the manifests they were written from. ``index.json`` beside the shards counts
+samples, modalities and pairs per shard. The files are plain tar, so the ``webdataset`` library reads
+them too. Streaming them for training is ``bindspace.data.shard_datamodule`` (``data=shards``), which
+first indexes every shard with :func:`check_shards` (member names, header sizes against the file, each
+sample's JSON and caption; no payload is decoded) and reads ``index.json`` with :func:`load_index`,
+which checks its layout.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import tarfile
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,6 +37,7 @@ from bindspace.data.manifest import (
     is_inline,
     load_manifest,
     pair_key,
+    sample_keys,
 )
 from bindspace.data.readers import supported_suffixes, utf8_problem
 from bindspace.errors import ConfigError, DataFileError
@@ -40,7 +45,8 @@ from bindspace.modalities import list_modalities
 from bindspace.modalities.files import InMemoryFile
 from bindspace.utils.io import atomic_write, atomic_write_json
 
-FORMAT = "bindspace-shards/1"
+FORMAT = "bindspace-shards/2"  # /2: every sample's JSON holds its identity ("keys")
+FORMAT_WITHOUT_IDENTITY = "bindspace-shards/1"  # still streamed for training; refused as a held-out set
 INDEX_NAME = "index.json"
 SHARD_NAME = "shard-{:06d}.tar"
 Fields = dict[str, bytes]  # "json", "image.png", "text.txt", ... -> bytes
@@ -50,9 +56,10 @@ REWRITE = "rewrite the shards with `bindspace-data shard`"
 
 def sample_fields(sample: Sample) -> Fields:
     """The members of one sample, keyed by what follows ``<key>.`` in the tar."""
-    meta = {"id": sample.id, "label": sample.label, "line": sample.line}
+    meta: dict[str, Any] = {"id": sample.id, "label": sample.label, "line": sample.line}
     if sample.group is not None:
         meta["group"] = sample.group
+    meta["keys"] = list(sample_keys(sample))  # the id alone may be a row number, which names no sample here
     fields = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
     for m in canonical(sample.values):
         value = sample.values[m]
@@ -149,12 +156,30 @@ def load_index(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise ManifestError(
             f"{file}: cannot read the shard index ({err}); write shards with `bindspace-data shard`"
         ) from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
+    if not isinstance(index, dict) or index.get("format") not in (FORMAT, FORMAT_WITHOUT_IDENTITY):
         raise ManifestError(f"{file}: not a {FORMAT} index")
     problem = _index_problem(index)
     if problem:
         raise ManifestError(f"{file}: {problem}; {REWRITE}")
     return file.parent, index
+
+
+def check_identity(folder: Path, index: Mapping[str, Any]) -> None:
+    """Refuse, as a held-out set, shards whose samples carry no identity (written before ``bindspace-shards/2``).
+
+    Their ids are row numbers for a manifest without ids, which name no sample outside that manifest: what
+    evaluation fits and what it scores could not be told apart (or be told apart when they are the same).
+
+    Raises:
+        ManifestError: one line naming the index and the command that rewrites the shards.
+    """
+    if index.get("format") == FORMAT_WITHOUT_IDENTITY:
+        manifest = index.get("manifest") or "MANIFEST"
+        raise ManifestError(
+            f"{Path(folder) / INDEX_NAME}: {FORMAT_WITHOUT_IDENTITY} shards record no sample identity, which held-out "
+            f"sets need (fitted and scored samples are kept apart by it); rewrite them with "
+            f"`bindspace-data shard {manifest} {folder}`"
+        )
 
 
 def _is_count(value: Any) -> bool:
@@ -281,6 +306,7 @@ def _meta_problem(name: str, meta: Any) -> str | None:
         ("label", lambda v: v is None or isinstance(v, str)),
         ("group", lambda v: v is None or isinstance(v, str)),
         ("line", lambda v: v is None or _is_count(v)),
+        ("keys", lambda v: v is None or (isinstance(v, list) and v and all(isinstance(k, str) for k in v))),
     ):
         if (key == "id" and key not in meta) or not ok(meta.get(key)):
             return f"member {name}: key {key!r} is {_short(meta.get(key, 'missing'))}"
@@ -483,7 +509,9 @@ def materialize(key: str, fields: Fields, folder: Path | None = None, source: Pa
                 raise bad(name, str(utf8_problem(data))) from None
         else:
             values[modality] = InMemoryFile(f"{key}.{name}", data)
-    return Sample(int(meta.get("line") or 0), str(meta["id"]), meta.get("label"), values, group=meta.get("group"))
+    identity = tuple(meta["keys"]) if meta.get("keys") is not None else None
+    line, label, group = int(meta.get("line") or 0), meta.get("label"), meta.get("group")
+    return Sample(line, str(meta["id"]), label, values, group=group, identity=identity)
 
 
 def extract_shards(path: str | Path, out: str | Path, select: Mapping[str, Collection[str]] | None = None) -> Manifest:
@@ -493,11 +521,19 @@ def extract_shards(path: str | Path, out: str | Path, select: Mapping[str, Colle
         path: the shard folder or its index.
         out: the folder to unpack into (files are named ``<key>.<field>``, the members' own names).
         select: shard name -> keys of samples to leave out; when given, only the shards it names are read.
+
+    Returns:
+        The unpacked manifest; each sample keeps the identity it was written with (``Sample.identity``).
+
+    Raises:
+        ManifestError: shards that record no sample identity (:func:`check_identity`).
+        DataFileError: a sample without it in a set that records it, naming the shard and the member.
     """
     folder, index = load_index(path)
+    check_identity(folder, index)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines, identity = [], {}
     for shard in index["shards"]:
         if select is not None and shard["name"] not in select:
             continue
@@ -506,6 +542,9 @@ def extract_shards(path: str | Path, out: str | Path, select: Mapping[str, Colle
             if key in left_out:
                 continue
             s = materialize(key, fields, source=folder / shard["name"])
+            if s.identity is None:
+                raise DataFileError(folder / shard["name"], f"member {key}.json: no 'keys' (its identity); {REWRITE}")
+            identity[s.id] = s.identity
             for v in s.values.values():
                 if isinstance(v, InMemoryFile):
                     (out / v.name).write_bytes(v.data)  # held-out members are decoded once, from files
@@ -513,4 +552,5 @@ def extract_shards(path: str | Path, out: str | Path, select: Mapping[str, Colle
             row.update({m: (v if is_inline(m) else v.name) for m, v in s.values.items()})
             lines.append(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False))
     (out / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return load_manifest(out / "manifest.jsonl")
+    manifest = load_manifest(out / "manifest.jsonl")
+    return manifest.with_samples([replace(s, identity=identity[s.id]) for s in manifest.samples])

@@ -189,6 +189,23 @@ def test_sources_without_ids_keep_their_rows_apart_in_training_and_held_out_grou
     assert stable_group_id(a[6]) != stable_group_id(b[6]) and stable_group_id(a[6]) == stable_group_id(a[7])
 
 
+def test_group_ids_do_not_depend_on_where_the_data_is_mounted(tmp_path):
+    """Ranks on two nodes that mount the same sources at different paths number the groups alike (the loss
+    all-gathers the ids); sorting by path numbered them by where each node mounts the data."""
+    from dataclasses import replace
+
+    a = load_manifest(write_rows(tmp_path / "a.jsonl", unnamed_captioned(tmp_path, "a", 4))).samples
+    b = load_manifest(write_rows(tmp_path / "b.jsonl", unnamed_captioned(tmp_path, "b", 4))).samples
+
+    def mounted(samples, path):
+        return [replace(s, origin=path) for s in samples]
+
+    node1 = [*mounted(a, "/mnt/z/a.jsonl"), *mounted(b, "/mnt/z/b.jsonl")]
+    node2 = [*mounted(a, "/data/b-side/a.jsonl"), *mounted(b, "/data/a-side/b.jsonl")]  # b's path sorts first here
+    ids1, ids2 = group_index(node1), group_index(node2)
+    assert [ids1[group_of(s)] for s in node1] == [ids2[group_of(s)] for s in node2]
+
+
 def test_held_out_groups_of_several_sources_without_ids_through_the_cli(tmp_path):
     a = write_rows(tmp_path / "a.jsonl", unnamed_captioned(tmp_path, "a", 16))
     b = write_rows(tmp_path / "b.jsonl", unnamed_captioned(tmp_path, "b", 16))

@@ -154,10 +154,16 @@ def stable_group_id(sample: Sample) -> int:
 
 
 def group_index(samples: Sequence[Sample]) -> dict[tuple[bool, str, str], int] | None:
-    """Group key -> integer id, in sorted order (so every rank agrees); None when no sample names a group."""
+    """Group key -> integer id, in sorted order (so every rank agrees); None when no sample names a group.
+
+    Manifests are ordered as they come in ``samples`` (``data.sources`` order), not by their paths: ranks on
+    nodes that mount the data at different paths number the groups alike (ids are all-gathered by the loss).
+    """
     if all(s.group is None for s in samples):
         return None
-    return {key: i for i, key in enumerate(sorted({group_of(s) for s in samples}))}
+    rank = {origin: i for i, origin in enumerate(dict.fromkeys(s.origin or "" for s in samples))}
+    keys = sorted({group_of(s) for s in samples}, key=lambda k: (k[0], rank[k[1]], k[2]))
+    return {key: i for i, key in enumerate(keys)}
 
 
 def weighted_rows(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray | None:

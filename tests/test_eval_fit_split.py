@@ -153,3 +153,21 @@ def test_caption_lists_are_scored_with_intervals_over_groups(ckpt, tmp_path):
         values = per_query[f"zero_shot/{m}/top1"].astype(np.float64)
         np.testing.assert_allclose(entry["top1_ci"], 100 * DEFAULT_BOOTSTRAP.intervals(values, groups), atol=1e-3)
     assert metrics["zero_shot"] and metrics["linear_probe"] and metrics["zero_shot_centered"]
+
+
+def test_a_tiny_scored_half_reports_the_gap_without_a_separability_it_cannot_score(ckpt, tmp_path):
+    # 6 held-out rows: 3 fitted on, 3 scored. The probe would need 2 scored samples and 2 fitted ones of its
+    # own; bindspace-eval stopped with a traceback after embedding everything.
+    import json
+
+    manifest = write_rows(tmp_path / "small.jsonl", paired_rows(tmp_path, 20, prefix="small"))
+    out = tmp_path / "eval"
+    extra = ["data.val_fraction=0.2", "data.batch_size=4"]
+    eval_cli.run(compose_eval([*manifest_eval(ckpt, manifest, []), *extra], out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["gallery_size"] < 4
+    for table in ("modality_gap", "modality_gap_centered"):
+        for pair, entry in metrics[table].items():
+            assert entry["separability"] is None and entry["separability_ci"] is None, pair
+            assert "at least 4" in entry["separability_skipped"]
+            assert 0 <= entry["centroid_distance"] <= 2 and -1 <= entry["matched_cosine"] <= 1

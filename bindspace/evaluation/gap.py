@@ -145,18 +145,29 @@ def modality_gap(
 
     Returns:
         {"centroid_distance", "matched_cosine", "random_cosine", "separability" (%, chance 50),
-        "separability_ci" ([low, high], ``bootstrap`` over the scored samples or their groups)}.
+        "separability_ci" ([low, high], ``bootstrap`` over the scored samples or their groups)}. With fewer
+        than 4 samples (or groups) the probe has nothing to be scored on: ``separability`` and its interval
+        are None and ``separability_skipped`` says why.
     """
     matched, unmatched = pair_cosines(a, b)
+    out = {"centroid_distance": centroid_distance(a, b), "matched_cosine": matched, "random_cosine": unmatched}
+    too_few = _too_few_to_split(a, b, groups)
+    if too_few:  # a tiny held-out set: the other measures stand, separability is not made up
+        return {**out, "separability": None, "separability_ci": None, "separability_skipped": too_few}
     scores, scored_groups = _separability(a, b, seed, 1.0, groups)
     low, high = bootstrap.intervals(scores, scored_groups)
-    return {
-        "centroid_distance": centroid_distance(a, b),
-        "matched_cosine": matched,
-        "random_cosine": unmatched,
-        "separability": float(scores.mean()),
-        "separability_ci": [float(low), float(high)],
-    }
+    return {**out, "separability": float(scores.mean()), "separability_ci": [float(low), float(high)]}
+
+
+def _too_few_to_split(a: Tensor, b: Tensor, groups: Any) -> str | None:
+    """Why the separability probe cannot be fitted on half of the samples and scored on the rest, or None."""
+    if min(len(a), len(b)) < 4:
+        return f"needs at least 4 embeddings per modality to fit on half and score the rest; got {len(a)} and {len(b)}"
+    if groups is not None and len(a) == len(b):
+        index = group_index(groups, len(a))
+        if index is not None and int(index.max()) + 1 < 4:
+            return f"needs at least 4 samples (groups) to fit on half and score the rest; got {int(index.max()) + 1}"
+    return None
 
 
 def gap_table(

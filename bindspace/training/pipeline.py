@@ -53,7 +53,7 @@ from bindspace.training.checkpoints import (
 from bindspace.training.distributed import strategy_for, trainer_world_size
 from bindspace.training.early_stopping import EarlyStopping
 from bindspace.training.feature_cache import FrozenFeatureCache
-from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage
+from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage, remember_wandb_run
 from bindspace.training.module import AlignmentModule
 from bindspace.training.optim import resume_conflicts
 from bindspace.training.reliability import (
@@ -597,6 +597,8 @@ def train_and_evaluate(
         if logger is not None:
             logger.log_hyperparams(plain)
         folder.started()
+        if trainer.is_global_zero:
+            remember_wandb_run(logger, run_dir)
         start = time.perf_counter()
         # weights_only: resuming never unpickles code, only tensors and plain containers.
         with _fit_notes(module):

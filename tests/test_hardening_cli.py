@@ -301,3 +301,52 @@ def test_a_relaunch_that_fails_after_launch_leaves_the_record_of_the_run_in_the_
     message = one_line_error(train(run_dir, "modalities.imu.trunk.depth=3"))
     assert "a checkpoint of another model" in message
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == before
+
+
+# ---- a relaunch that changes the optimizer: refused, or the checkpoint's values would be used silently -------
+
+
+def snapshot(run_dir: Path) -> dict[Path, tuple[bytes, int]]:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=0.01", "optim.lr is 0.001 in the checkpoint, 0.01 in this config"),
+        ("optim.weight_decay=0.2", "optim.weight_decay is 0.05 in the checkpoint, 0.2 in this config"),
+        ("optim.layer_decay=0.8", "optim.layer_decay is 1.0 in the checkpoint, 0.8 in this config"),
+        ("modalities.audio.lr_scale=0.5", "modalities.audio.lr_scale is 1.0 in the checkpoint, 0.5 in this config"),
+    ],
+    ids=lambda value: value if "=" in value else "",
+)
+def test_a_relaunch_that_changes_the_optimizer_is_refused_and_changes_nothing(trained, override, message):
+    """Lightning restores the checkpoint's optimizer (each group's lr, weight decay, betas, eps; the scheduler's
+    base lrs), so a relaunch with another optim.lr trained on at the old one while its log showed the new one
+    (and another layer_decay or lr_scale failed with a traceback, its parameter groups no longer matching). Now
+    one line naming the key and both values and how to go on, exit 2, before any data is read (the data paths
+    hold no manifest), and the checkpoints, results and record as they were (bytes and mtimes; the log only grows)."""
+    run_dir = trained.parent.parent
+    log = run_dir / "train.log"
+    before = snapshot(run_dir)
+    error = one_line_error(train(run_dir, override, *BROKEN_DATA))
+    assert error.startswith(f"{trained}: {message}: resuming restores the checkpoint's optimizer"), error
+    key, old = message.split(" is ")[0], message.split(" is ")[1].split(" in the checkpoint")[0]
+    assert f"relaunch with {key}={old} to continue this run" in error and f"init_from={trained}" in error, error
+    after = snapshot(run_dir)
+    assert {p: v for p, v in after.items() if p != log} == {p: v for p, v in before.items() if p != log}
+    assert after[log][0].startswith(before[log][0])
+
+
+def test_a_relaunch_may_train_longer_with_another_schedule_and_logger(trained, tmp_path):
+    """What a resume takes from this launch, not the checkpoint: trainer.max_steps, the schedule's warmup and
+    floor, the logger. Such a relaunch resumes (the control of the refusals above)."""
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained.parent.parent, run_dir)
+    changes = ["trainer.max_steps=3", "optim.warmup_steps=5", "optim.min_lr_ratio=0.1", "logger=csv"]
+    proc = train(run_dir, *changes)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3

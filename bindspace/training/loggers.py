@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
+import secrets
+import string
 import sys
 from pathlib import Path
 from typing import Any
 
 from bindspace.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 WANDB_MODES = ("offline", "online", "disabled")
+# <run>/wandb_run_id: the id of the wandb run a run folder logs to, for a relaunch that resumes to continue it.
+WANDB_ID_FILE = "wandb_run_id"
+WANDB_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = None, resume_step: int | None = None):
@@ -18,7 +27,8 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = No
 
     ``tags`` (anchor, order, seed, ...) are added to the configured ones so every run of a sweep can
     be filtered in wandb; ``logger.group`` groups the runs of one sweep. ``resume_step``: the global
-    step of the checkpoint this launch resumes (None: a fresh run), for the CSV log to continue.
+    step of the checkpoint this launch resumes (None: a fresh run), for the CSV log and the wandb run
+    (:func:`wandb_run_id`) to continue.
     """
     lcfg = dict(cfg.get("logger") or {"name": "none"})
     name, mode = check_logger(lcfg)
@@ -33,6 +43,8 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = No
         # Belt and braces: the environment wins over any stray setting, so offline never dials out.
         os.environ["WANDB_MODE"] = mode
     logger = WandbLogger(
+        id=wandb_run_id(run_dir, resume_step),
+        resume="allow",  # the id of a run that exists is continued (online); a new id starts a run
         project=lcfg.get("project", "bindspace"),
         entity=lcfg.get("entity"),
         group=lcfg.get("group"),
@@ -48,6 +60,46 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, tags: list[str] | None = No
     if isinstance(init, dict) and init.get("anonymous") is None:
         init.pop("anonymous", None)
     return logger
+
+
+def wandb_run_id(run_dir: Path, resume_step: int | None) -> str:
+    """The id of the wandb run this launch logs to.
+
+    A launch that resumes a checkpoint (``resume_step``) continues the wandb run of its run folder, whose id the
+    folder keeps in ``wandb_run_id`` (:func:`remember_wandb_run`): one training run, one wandb run, however often
+    it is relaunched. A launch that starts over (no checkpoint, ``resume=never``) or whose folder holds no id
+    (a ``ckpt_path`` of another folder, a folder older than the file) gets a new id. Every rank reads the same
+    file; only rank 0 creates the run (Lightning) and writes the file.
+
+    Raises:
+        ConfigError: the file holds something other than a wandb run id.
+    """
+    path = Path(run_dir) / WANDB_ID_FILE
+    if resume_step is not None and path.is_file():
+        stored = path.read_text(encoding="utf-8", errors="replace").strip()
+        if not WANDB_ID.fullmatch(stored):
+            raise ConfigError(
+                f"{path}: not a wandb run id ({stored[:40]!r}); remove the file to log this run to a new wandb run"
+            )
+        log.info("wandb: continuing run %s of %s (resumed at step %d)", stored, path.parent, resume_step)
+        return stored
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as wandb makes them
+
+
+def remember_wandb_run(logger, run_dir: Path) -> None:
+    """Keep the wandb run id in ``<run>/wandb_run_id`` (atomically), for a relaunch that resumes to continue it.
+
+    Called on global rank 0 once the run has started (a launch stopped by a config error before that leaves
+    nothing new in its folder).
+    """
+    if logger is None or type(logger).__name__ != "WandbLogger":
+        return
+    from bindspace.utils.io import atomic_write_text
+
+    path = Path(run_dir) / WANDB_ID_FILE
+    run_id = str(logger.version)
+    if not path.is_file() or path.read_text(encoding="utf-8", errors="replace").strip() != run_id:
+        atomic_write_text(path, run_id + "\n")
 
 
 def check_logger(lcfg: dict[str, Any]) -> tuple[str, str]:

@@ -9,8 +9,8 @@ whole encoder of ``m``. Both multiply the lr the schedule sets.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -195,3 +195,95 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig, total_steps: int):
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
     schedule = StagedSchedule(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
     return opt, StagedLR(opt, schedule)
+
+
+def resume_conflicts(ckpt: Mapping[str, Any], model: BindSpaceModel, cfg: OptimConfig) -> list[tuple[str, Any, Any]]:
+    """The optimizer settings of this config that resuming ``ckpt`` would silently replace by the checkpoint's.
+
+    Lightning restores the optimizer whole: torch's ``Optimizer.load_state_dict`` takes every parameter group's
+    lr, weight decay, betas and eps from the checkpoint, and the scheduler its base lrs (``optim.lr`` times the
+    group's multiplier: ``optim.layer_decay``, ``modalities.<m>.lr_scale``). The schedule's shape is not
+    restored (:class:`StagedLR`): ``optim.warmup_steps``, ``optim.min_lr_ratio`` and ``trainer.max_steps`` are
+    this launch's, and are not listed here.
+
+    Args:
+        ckpt: a Lightning checkpoint of ``bindspace-train`` (a checkpoint without optimizer state gives nothing).
+        model: this launch's model (its trunks' block counts, its modalities' ``lr_scale``).
+        cfg: this launch's ``optim`` section.
+
+    Returns:
+        ``(key, the checkpoint's value, this config's value)`` for each setting that differs.
+    """
+    states = ckpt.get("optimizer_states")
+    state = states[0] if isinstance(states, list) and states and isinstance(states[0], Mapping) else {}
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, Mapping) for g in groups):
+        return []  # nothing bindspace wrote: what Lightning makes of it is its own error
+    saved = _saved_settings(groups, model)
+    ours = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": tuple(cfg.betas), "eps": cfg.eps}
+    ours["layer_decay"] = cfg.layer_decay
+    out = [(f"optim.{k}", saved[k], v) for k, v in ours.items() if k in saved and not _same(saved[k], v)]
+    recorded = ckpt.get("bindspace") if isinstance(ckpt.get("bindspace"), Mapping) else {}
+    modalities = recorded.get("modalities") if isinstance(recorded.get("modalities"), Mapping) else {}
+    for m, mcfg in model.configs.items():
+        theirs = modalities.get(m).get("lr_scale") if isinstance(modalities.get(m), Mapping) else None
+        if _number(theirs) and not _same(theirs, mcfg.lr_scale):
+            out.append((f"modalities.{m}.lr_scale", theirs, mcfg.lr_scale))
+    return out
+
+
+def _saved_settings(groups: list[Mapping[str, Any]], model: BindSpaceModel) -> dict[str, Any]:
+    """``optim.*`` as a checkpoint's parameter groups hold them; a key they do not tell is left out."""
+    saved: dict[str, Any] = {}
+    unscaled = [g for g in groups if g.get("lr_scale", 1.0) == 1.0]  # their lr is optim.lr itself, exactly
+    first = (unscaled or groups)[0]
+    scale = first.get("lr_scale", 1.0)
+    if _number(first.get("initial_lr")) and _number(scale) and scale > 0:
+        saved["lr"] = first["initial_lr"] / scale  # initial_lr: the lr the group was built with (LambdaLR)
+    decays = [g.get("weight_decay") for g in groups]
+    if all(_number(d) for d in decays):
+        saved["weight_decay"] = max(decays)  # the decayed groups' (the others hold 0)
+    betas = first.get("betas")
+    if isinstance(betas, list | tuple) and len(betas) == 2 and all(_number(b) for b in betas):
+        saved["betas"] = tuple(betas)
+    if _number(first.get("eps")):
+        saved["eps"] = first["eps"]
+    decay = _saved_layer_decay(groups, model)
+    if decay is not None:
+        saved["layer_decay"] = decay
+    return saved
+
+
+def _saved_layer_decay(groups: list[Mapping[str, Any]], model: BindSpaceModel) -> float | None:
+    """The ``optim.layer_decay`` a checkpoint's groups were built with: 1 without per-layer groups, else the ratio
+    of a block's multiplier to its encoder's head's (:func:`lr_scales`); None if no group tells."""
+    scales = {}
+    for g in groups:
+        if isinstance(g.get("name"), str) and _number(g.get("lr_scale")):
+            scales[g["name"].split("/")[0]] = g["lr_scale"]
+    if not any(label.endswith(".head") for label in scales):
+        return 1.0  # groups per modality (lr_scale), or the plain two: no layer decay
+    for m in model.configs:
+        head = scales.get(f"{m}.head")
+        prefix = f"{m}.block"
+        blocks = [
+            (int(k[len(prefix) :]), s) for k, s in scales.items() if k.startswith(prefix) and k[len(prefix) :].isdigit()
+        ]
+        if not head or not blocks:
+            continue  # frozen whole: not in the optimizer
+        block, scale = max(blocks)  # block k of L is at layer_decay ** (L - k) of the head
+        apart = trunk_layout(model.trunks[m]).depth - block
+        if apart > 0 and scale > 0:
+            return (scale / head) ** (1 / apart)
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal up to float rounding (a value derived from a checkpoint's groups is a product divided back)."""
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)

@@ -53,8 +53,9 @@ from bindspace.training.checkpoints import (
 from bindspace.training.distributed import strategy_for, trainer_world_size
 from bindspace.training.early_stopping import EarlyStopping
 from bindspace.training.feature_cache import FrozenFeatureCache
-from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage
+from bindspace.training.loggers import build_logger, close_logger, log_forgetting, log_stage, remember_wandb_run
 from bindspace.training.module import AlignmentModule
+from bindspace.training.optim import resume_conflicts
 from bindspace.training.reliability import (
     AtomicCheckpointIO,
     NonFiniteGuard,
@@ -347,14 +348,17 @@ def checkpoint_step(path: str) -> int:
 
 
 def check_checkpoint_fits(path: str, module: AlignmentModule) -> None:
-    """Open a checkpoint to resume from and check it against the model, before any data is decoded.
+    """Open a checkpoint to resume from and check it against the model and optimizer, before any data is decoded.
 
     ``weights_only``: a file carrying code is refused; a truncated or foreign file, or one of another
-    model (size, modalities, trunk kinds), stops with one line naming the file and the first difference.
+    model (size, modalities, trunk kinds), stops with one line naming the file and the first difference;
+    so does an optimizer setting the resume would silently replace by the checkpoint's
+    (:func:`check_optimizer_unchanged`).
     """
     from bindspace.inference import load_checkpoint
 
-    state = load_checkpoint(path, key="ckpt_path")["state_dict"]
+    ckpt = load_checkpoint(path, key="ckpt_path")
+    state = ckpt["state_dict"]
     expected = {k: v for k, v in module.state_dict().items() if k.startswith(("model.", "loss."))}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k.startswith(("model.", "loss.")) and k not in expected]
@@ -372,6 +376,38 @@ def check_checkpoint_fits(path: str, module: AlignmentModule) -> None:
                 f"{path}: a checkpoint of another model size: {k} is {found} there, {tuple(v.shape)} in this "
                 "config; resume it with the config it was trained with"
             )
+    check_optimizer_unchanged(path, ckpt, module)
+
+
+def check_optimizer_unchanged(path: str, ckpt: Mapping[str, Any], module: AlignmentModule) -> None:
+    """Refuse a resume whose ``optim.lr`` (weight decay, betas, eps, layer decay, an encoder's ``lr_scale``)
+    differs from the checkpoint's: Lightning restores the checkpoint's optimizer, so the new value would be
+    ignored while the log shows it (:func:`~bindspace.training.optim.resume_conflicts`). The schedule's shape
+    (``optim.warmup_steps``, ``optim.min_lr_ratio``, ``trainer.max_steps``) is this launch's and may change.
+    """
+    changed = resume_conflicts(ckpt, module.model, module.optim_cfg)
+    if not changed:
+        return
+    found = "; ".join(
+        f"{k} is {_shown(theirs)} in the checkpoint, {_shown(ours)} in this config" for k, theirs, ours in changed
+    )
+    keep = " ".join(f"{k}={_shown(theirs)}" for k, theirs, _ in changed)
+    values = "values" if len(changed) > 1 else "value"
+    raise ConfigError(
+        f"{path}: {found}: resuming restores the checkpoint's optimizer, so the new {values} would be ignored; "
+        f"relaunch with {keep} to continue this run, or start a new run folder (another hydra.run.dir) with "
+        f"init_from={path} to train its weights on with the new value (a fresh optimizer, from step 0)"
+    )
+
+
+def _shown(value: Any) -> str:
+    """A value as it is written on the command line (``0.0005``, ``[0.9,0.95]``)."""
+    if isinstance(value, tuple | list):
+        return "[" + ",".join(map(_shown, value)) + "]"
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:.6g}"
+    return text if any(c in text for c in ".en") else f"{text}.0"  # 1.0, not 1: the command line reads a float
 
 
 def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -564,6 +600,8 @@ def train_and_evaluate(
         if logger is not None:
             logger.log_hyperparams(plain)
         folder.started()
+        if trainer.is_global_zero:
+            remember_wandb_run(logger, run_dir)
         start = time.perf_counter()
         # weights_only: resuming never unpickles code, only tensors and plain containers.
         with _fit_notes(module):

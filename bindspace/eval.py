@@ -338,7 +338,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = {"format": METRICS_FORMAT, "ckpt_path": str(plain["ckpt_path"]), "split": opts.split,
                    "reference_split": opts.reference_split, "fit_split": plan.info,
                    "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics,
-                   "environment": describe_environment()}  # fmt: skip
+                   "environment": describe_environment(), "checkpoint_environment": bs.environment}  # fmt: skip
         folder.started()
         write_results(run_dir, metrics, test[0], center_all(test[0], means), opts, per_query)
     if opts.save_to_checkpoint:

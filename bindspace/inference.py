@@ -18,6 +18,7 @@ travel in the same checkpoint and apply with ``embed(..., center=True)`` and :me
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
@@ -36,6 +37,8 @@ from bindspace.evaluation.gap import Bridge
 from bindspace.evaluation.gap import center as center_embeddings
 from bindspace.modalities import ModalityConfig, ModelInput, collate_inputs, get_modality
 from bindspace.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the model imports timm: imported where a model is built
     from bindspace.models.model import BindSpaceModel
@@ -245,6 +248,20 @@ def checkpoint_metadata(
     return meta
 
 
+def stored_environment(meta: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """The environment the checkpoint was trained in (``checkpoint["bindspace"]["environment"]``, written by
+    bindspace-train's checkpoints), checked as data; None when absent or not plain data (a warning
+    names the file: the weights still load, only their provenance is unknown)."""
+    from bindspace.utils.environment import recorded_environment
+
+    if meta.get("environment") is None:
+        return None
+    env = recorded_environment(meta["environment"])
+    if env is None:
+        log.warning("%s: bindspace metadata environment is not plain data; its training environment is unknown", where)
+    return env
+
+
 def stored_mitigations(meta: Mapping[str, Any], dim: int, where: str) -> tuple[dict[str, Tensor], dict[str, Bridge]]:
     """``(centering, bridges)`` of a checkpoint's metadata, checked as data: ``(D,)`` means, ``(D, D)`` maps.
 
@@ -300,11 +317,13 @@ class BindSpace:
         edges: Iterable[Sequence[str]] = (),
         centering: Mapping[str, Tensor] | None = None,
         bridges: Mapping[str, Bridge] | None = None,
+        environment: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model.eval()
         self.edges = [tuple(e) for e in edges]
         self.centering = {m: torch.as_tensor(v, dtype=torch.float32) for m, v in (centering or {}).items()}
         self.bridges = dict(bridges or {})
+        self.environment = dict(environment) if environment is not None else None
 
     @classmethod
     def from_checkpoint(
@@ -363,7 +382,7 @@ class BindSpace:
             model, edges = model_from_metadata(meta, where=where)
         load_encoder_weights(model, ckpt, where)
         centering, bridges = stored_mitigations(meta or {}, model.embed_dim, where)
-        return cls(model.to(device), edges, centering, bridges)
+        return cls(model.to(device), edges, centering, bridges, stored_environment(meta or {}, where))
 
     @property
     def modalities(self) -> list[str]:
@@ -384,6 +403,8 @@ class BindSpace:
             meta["centering"] = {m: v.tolist() for m, v in self.centering.items()}
         if self.bridges:
             meta["bridges"] = {k: b.to_dict() for k, b in self.bridges.items()}
+        if self.environment is not None:
+            meta["environment"] = self.environment
         return meta
 
     @torch.no_grad()

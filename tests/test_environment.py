@@ -92,3 +92,30 @@ def test_report_of_one_environment_names_it_and_warns_of_nothing(tmp_path, capsy
     assert "environment" not in capsys.readouterr().err
     md = (root / "report.md").read_text()
     assert f"ran in the same one: {summary(describe_environment())}." in md
+
+
+def test_a_checkpoint_carries_the_environment_it_was_trained_in(tmp_path_factory, tmp_path, caplog):
+    import shutil
+
+    import torch
+    from test_inference import trained_run_dir
+
+    from bindspace.inference import BindSpace, load_checkpoint, save_mitigations
+
+    trained = trained_run_dir(tmp_path_factory)
+    ckpt = load_checkpoint(trained / "checkpoints" / "last.ckpt")
+    assert ckpt["bindspace"]["environment"] == describe_environment()
+    assert BindSpace.from_checkpoint(trained / "checkpoints" / "last.ckpt").environment == describe_environment()
+    # kept when bindspace-eval stores mitigations in the file
+    path = shutil.copy(trained / "checkpoints" / "last.ckpt", tmp_path / "kept.ckpt")
+    save_mitigations(path, {"image": torch.zeros(ckpt["bindspace"]["embed_dim"])})
+    assert load_checkpoint(path)["bindspace"]["environment"] == describe_environment()
+    # metadata is untrusted: an environment that is not plain data is dropped with a warning, the weights load
+    for junk in (torch.zeros(3), {"cpu": {"model": torch.zeros(2)}}, {"a": float("nan")}, "x" * 10, {"k": "x" * 70000}):
+        forged = {**ckpt, "bindspace": {**ckpt["bindspace"], "environment": junk}}
+        torch.save(forged, tmp_path / "forged.ckpt")
+        with caplog.at_level("WARNING", logger="bindspace.inference"):
+            caplog.clear()
+            space = BindSpace.from_checkpoint(tmp_path / "forged.ckpt")
+        assert space.environment is None and space.embed_dim == ckpt["bindspace"]["embed_dim"]
+        assert "forged.ckpt: bindspace metadata environment is not plain data" in caplog.text

@@ -146,6 +146,7 @@ def test_caption_lists_are_scored_with_intervals_over_groups(ckpt, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bootstrap"]["unit"] == "group" and metrics["instance_relevance"] == "group"
     assert metrics["environment"]["bindspace"]["version"] and metrics["environment"]["cpu"]["torch"]
+    assert metrics["checkpoint_environment"] == metrics["environment"]  # trained here, in this session
     per_query = np.load(out / "per_query.npz")
     groups = per_query["groups"]
     assert len(np.unique(groups)) < len(groups)

@@ -20,6 +20,7 @@ from bindspace.models.model import BindSpaceModel
 from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.optim import OptimConfig, build_optimizer, describe_groups
 from bindspace.training.reliability import assert_finite_weights
+from bindspace.utils.environment import describe_environment
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,8 @@ class AlignmentModule(L.LightningModule):
         # are the pairs readers flag as trained: those that took part in an optimisation step so far (a
         # curriculum cut short, or a checkpoint mid-curriculum, has not trained them all).
         checkpoint["bindspace"] = checkpoint_metadata(self.model, self.trained_edges(), self.edges)
+        # Where these weights were trained (the commit, CPU, libraries: what else decides their floats).
+        checkpoint["bindspace"]["environment"] = describe_environment()
 
     def trained_edges(self) -> list[Edge]:
         """Graph edges that took part in at least one optimisation step (every edge without a curriculum)."""

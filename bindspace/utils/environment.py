@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -52,7 +53,8 @@ def describe_environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     env["numpy"] = {**env["numpy"], "version": np.__version__}
-    return env
+    # Plain str and int only (torch.__version__ is a str subclass): checkpoints load with weights_only.
+    return json.loads(json.dumps(env))
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,6 +128,39 @@ def _version(name: str) -> str | None:
         return None
 
 
+_MAX_RECORD_CHARS = 64 * 1024  # a recorded environment is a few hundred bytes; more is not one
+
+
+def recorded_environment(value: Any) -> dict[str, Any] | None:
+    """An environment read from a file someone else wrote (a checkpoint's metadata), kept only if it is
+    plain data of the shape :func:`describe_environment` gives: nested string-keyed mappings of strings,
+    numbers, booleans and None, a few KiB at most. Anything else is None (the caller says so)."""
+
+    def plain(x: Any, depth: int) -> bool:
+        if x is None or isinstance(x, str | bool | int | float):
+            return True
+        if isinstance(x, list | tuple):
+            return depth < 4 and all(plain(v, depth + 1) for v in x)
+        if isinstance(x, Mapping):
+            return depth < 4 and all(isinstance(k, str) and plain(v, depth + 1) for k, v in x.items())
+        return False
+
+    if not isinstance(value, Mapping) or not plain(value, 0):
+        return None
+    text = json.dumps(value, allow_nan=False, default=str) if _finite(value) else None
+    return json.loads(text) if text is not None and len(text) <= _MAX_RECORD_CHARS else None
+
+
+def _finite(x: Any) -> bool:
+    if isinstance(x, float):
+        return x == x and abs(x) != float("inf")
+    if isinstance(x, Mapping):
+        return all(_finite(v) for v in x.values())
+    if isinstance(x, list | tuple):
+        return all(_finite(v) for v in x)
+    return True
+
+
 def flatten(env: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"torch": {"version": "2.14.1"}}`` -> ``{"torch.version": "2.14.1"}``."""
     out: dict[str, Any] = {}
@@ -172,7 +207,5 @@ def summary(env: Mapping[str, Any]) -> str:
 
 
 if __name__ == "__main__":  # python -m bindspace.utils.environment: what a run here would record
-    import json
-
     json.dump(describe_environment(), sys.stdout, indent=2)
     print()

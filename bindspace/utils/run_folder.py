@@ -250,6 +250,10 @@ def link_latest(run_dir: str | Path, name: str = "latest") -> Path | None:
     link = run_dir.parent / name
     if link == run_dir or (link.exists() and not link.is_symlink()):
         return None  # never replace a real folder that happens to be called "latest"
+    if link.is_symlink() and not _links_a_run(link):
+        # A run folder can sit anywhere (hydra.run.dir=~/exp1): a "latest" link beside it that is not
+        # bindspace's (the user's own ~/latest) is left alone.
+        return None
     tmp = run_dir.parent / f".{name}.{os.getpid()}.tmp"
     try:
         tmp.unlink(missing_ok=True)
@@ -259,6 +263,14 @@ def link_latest(run_dir: str | Path, name: str = "latest") -> Path | None:
         tmp.unlink(missing_ok=True)
         return None
     return link
+
+
+def _links_a_run(link: Path) -> bool:
+    """Whether ``link`` is one :func:`link_latest` made: a relative link to a sibling run folder (``.hydra/``),
+    or to a sibling name that no longer exists (a deleted run)."""
+    target = os.readlink(link)
+    sibling = link.parent / target
+    return os.sep not in target.rstrip(os.sep) and ((sibling / ".hydra").is_dir() or not os.path.lexists(sibling))
 
 
 def _read_holder(lock: Path) -> dict[str, Any] | None:

@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[dev,imagebind]'
+	# setuptools (84 here) tells every editable install, as a warning box, that same-named folders may shadow the
+	# package; bindspace's is the package itself, so that notice (and only it) is silenced.
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install -q -e '.[dev,imagebind]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install bindspace (editable) with its dev and imagebind (test reference) extras (re-runs only when pyproject.toml changes)

@@ -62,12 +62,27 @@ def assert_nothing_written(run_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A real 2-step run of the tiny model: its last.ckpt is the checkpoint the cases below corrupt."""
+def trained_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A real 2-step run of the tiny model through the CLI: its folder and its console."""
     run_dir = tmp_path_factory.mktemp("trained")
     proc = train(run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir / "checkpoints" / "last.ckpt"
+    return run_dir, proc
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run) -> Path:
+    """The run's last.ckpt: the checkpoint the cases below corrupt."""
+    return trained_run[0] / "checkpoints" / "last.ckpt"
+
+
+def test_lightnings_lines_are_printed_once_and_kept_in_the_runs_log(trained_run):
+    """Lightning's package logger has a console handler of its own, and its records also reached the root
+    logger's (Hydra's): "GPU available" and "`Trainer.fit` stopped" were each printed twice."""
+    run_dir, proc = trained_run
+    console, log = proc.stdout + proc.stderr, (run_dir / "train.log").read_text()
+    for line in ("GPU available: False", "`Trainer.fit` stopped: `max_steps="):
+        assert console.count(line) == 1 and line in log, (line, console)
 
 
 # ---- case 4: checkpoints given to ckpt_path are opened and checked before data is decoded --------------

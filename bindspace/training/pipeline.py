@@ -89,6 +89,7 @@ def build_trainer(
         callbacks.append(bar)
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    one_console_for_lightning()
     # Lightning 2.6 advertises its cloud logger at every Trainer start ("Tip: ... litlogger"): not shown.
     lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     lightning_info.addFilter(_no_tips)
@@ -103,6 +104,27 @@ def build_trainer(
         )
     finally:
         lightning_info.removeFilter(_no_tips)
+
+
+def one_console_for_lightning() -> None:
+    """Lightning's lines on the console once, and in the run's log.
+
+    Lightning gives its package loggers console handlers of their own: ``lightning`` always ("INFO: GPU
+    available: ..."), ``lightning.pytorch`` and ``lightning.fabric`` when the root logger had no handler at
+    their import (those stop propagating). Under bindspace's CLIs the root logger has the console (Hydra's) and
+    ``<job>.log``: every Lightning line was printed twice, or, imported early, printed without reaching the log.
+    With handlers on the root logger, Lightning's own console handlers go and its records propagate to them.
+    A notebook or script that configured no logging keeps Lightning's handlers.
+    """
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logger = logging.getLogger(name)
+        own = [h for h in logger.handlers if type(h) is logging.StreamHandler]  # not a FileHandler someone added
+        for handler in own:
+            logger.removeHandler(handler)
+        if own:
+            logger.propagate = True
 
 
 def _no_tips(record: logging.LogRecord) -> bool:

@@ -255,7 +255,7 @@ def test_held_out_shards_are_told_apart_as_their_manifests_are(unnamed, val, tes
     assert identity_answers(unnamed, val, f"{test}-shards") == manifests
 
 
-def train_cli(root: Path, run_dir: Path, val: str, test: str, train: str = "train-shards"):
+def train_cli(root: Path, run_dir: Path, val: str, test: str, train: str = "train-shards", *extra: str):
     """``bindspace-train data=shards`` (its main(), in this process), early stopping on ``val``, scoring ``test``."""
     from conftest import TINY_OVERRIDES, run_main_in_process
 
@@ -268,7 +268,7 @@ def train_cli(root: Path, run_dir: Path, val: str, test: str, train: str = "trai
         *(o for o in TINY_OVERRIDES if not o.startswith(("data.", "trainer."))), "trainer.max_steps=2",
         "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "data=shards", "data.batch_size=4",
         f"data.train={where(train)}", f"data.val={where(val)}", f"data.test={where(test)}", f"hydra.run.dir={run_dir}",
-        "graph.modalities=[image,text]", "early_stopping={metric: val/mean_R@1, patience: 1}",
+        "graph.modalities=[image,text]", "early_stopping={metric: val/mean_R@1, patience: 1}", *extra,
     ]  # fmt: skip
     return run_main_in_process(train_main, "bindspace-train", *argv)
 
@@ -343,7 +343,8 @@ def test_shards_written_before_sample_identity_still_train_and_are_refused_as_he
     assert len(extract_shards(old_val, tmp_path / "unpacked").samples) == 10
 
 
-def test_a_held_out_sample_without_its_identity_is_named_in_one_line(unnamed, tmp_path):
+def _one_sample_without_identity(unnamed: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of ``a-shards`` (bindspace-shards/2) whose sample 1 lost its ``keys``: the folder and the shard."""
     shards = tmp_path / "a-shards"
     shards.mkdir()
     for path in (unnamed / "a-shards").iterdir():
@@ -357,8 +358,29 @@ def test_a_held_out_sample_without_its_identity_is_named_in_one_line(unnamed, tm
                 data = json.dumps({k: v for k, v in json.loads(data).items() if k != "keys"}).encode()
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
+    return shards, shard
+
+
+def test_a_held_out_sample_without_its_identity_is_named_in_one_line(unnamed, tmp_path):
+    shards, shard = _one_sample_without_identity(unnamed, tmp_path)
     with pytest.raises(ConfigError) as err:
         extract_shards(shards, tmp_path / "out")
     assert str(err.value) == (
         f"{shard}: member 000000001.json: no 'keys' (its identity); rewrite the shards with `bindspace-data shard`"
     )
+
+
+@pytest.mark.slow
+def test_a_held_out_sample_without_its_identity_is_a_bad_sample_under_on_error(unnamed, tmp_path):
+    """The shard check counts it as a bad sample: one line naming shard and member before any compute under
+    data.on_error=raise, left out (and counted) under skip; before, both raised while unpacking the held-out set."""
+    shards, shard = _one_sample_without_identity(unnamed, tmp_path)
+    refused = train_cli(unnamed, tmp_path / "refused", str(shards), "b")  # an absolute path: used as it is
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
+    assert f"{shard}: member 000000001.json: no 'keys' (its identity)" in lines[0], lines[0]
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+    skipped = train_cli(unnamed, tmp_path / "skipped", str(shards), "b", "train-shards", "data.on_error=skip")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    report = json.loads((tmp_path / "skipped" / "metrics.json").read_text())["data"]
+    assert report["manifests"][str(shards)]["skipped_samples"] == 1 and report["val_samples"] == 9, report

@@ -313,7 +313,7 @@ def _meta_problem(name: str, meta: Any) -> str | None:
     return None
 
 
-def check_shard(path: Path, listed: Mapping[str, Any] | None = None) -> ShardCheck:
+def check_shard(path: Path, listed: Mapping[str, Any] | None = None, keyed: bool = False) -> ShardCheck:
     """Index one shard without decoding payloads: every member's name, header and size, every sample's JSON.
 
     Reads the tar headers (seeking over payloads) and the small json and caption members only.
@@ -321,6 +321,8 @@ def check_shard(path: Path, listed: Mapping[str, Any] | None = None) -> ShardChe
     Args:
         path: the shard file.
         listed: its entry in ``index.json``; its sample and modality counts must match the file's.
+        keyed: every sample's JSON must hold its identity, ``keys`` (``bindspace-shards/2``); one without is a
+            bad sample like any other (left out under ``data.on_error=skip``, an error before any compute otherwise).
     """
     check = ShardCheck(Path(path))
 
@@ -365,6 +367,9 @@ def check_shard(path: Path, listed: Mapping[str, Any] | None = None) -> ShardChe
                 if problem:
                     check.problems.append(problem)
                     check.bad_keys.add(key)
+                elif field_name == "json" and keyed and meta.get("keys") is None:
+                    check.problems.append(f"member {name}: no 'keys' (its identity), which {FORMAT} samples hold")
+                    check.bad_keys.add(key)
                 elif field_name == "json":
                     metas[key] = meta
     except Exception as err:  # tarfile fails with TarError, OSError, EOFError, ValueError ... on damaged bytes
@@ -397,10 +402,11 @@ def check_shards(folder: Path, index: Mapping[str, Any], workers: int | None = N
     0.1 ms per sample); ``workers`` threads overlap the waits of slow (network) storage.
     """
     paths = [(Path(folder) / e["name"], e) for e in index["shards"]]
+    keyed = index.get("format") == FORMAT
     if workers is None or workers <= 1 or len(paths) <= 1:
-        return [check_shard(path, entry) for path, entry in paths]
+        return [check_shard(path, entry, keyed) for path, entry in paths]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda pe: check_shard(*pe), paths))
+        return list(pool.map(lambda pe: check_shard(*pe, keyed), paths))
 
 
 def usable_index(index: Mapping[str, Any], checks: Sequence[ShardCheck]) -> dict[str, Any]:

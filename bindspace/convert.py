@@ -38,6 +38,7 @@ import torch
 
 from bindspace.cli import OneLineArgumentParser, check_output, did_you_mean, run_command
 from bindspace.errors import ConfigError
+from bindspace.utils.environment import describe_environment
 from bindspace.utils.io import atomic_write
 
 PROG = "bindspace-convert"
@@ -131,7 +132,14 @@ def convert_imagebind(src: Path, out: Path, heads: dict[str, int] | None = None)
     ckpt = {
         "state_dict": {**{f"model.{k}": v for k, v in state.items()}, **scales},
         "bindspace": checkpoint_metadata(model, edges),
-        "converted_from": {"format": "imagebind", "source": str(src), "tensors": len(sd)},
+        # Where the conversion ran; where ImageBind's weights were trained is not known, so the checkpoint
+        # has no bindspace.environment (BindSpace.environment reads None).
+        "converted_from": {
+            "format": "imagebind",
+            "source": str(src),
+            "tensors": len(sd),
+            "environment": describe_environment(),
+        },
     }
     return atomic_write(out, lambda f: torch.save(ckpt, f))
 
@@ -175,9 +183,10 @@ def merge_checkpoint(src: Path, out: Path) -> tuple[Path, dict[str, int]]:
             **{f"model.{k}": v for k, v in model.state_dict().items()},
         },
         "bindspace": merged_meta,
-        "merged_from": {
+        "merged_from": {  # the training environment stays bindspace.environment; the merge's (a float sum) is here
             "source": str(src),
             "adapters": {m: meta["modalities"][m]["trunk"]["adapter"] for m in adapted},
+            "environment": describe_environment(),
         },
     }
     return atomic_write(out, lambda f: torch.save(out_ckpt, f)), merged

@@ -48,6 +48,10 @@ def space(tmp_path_factory):
     torch.save(model.state_dict(), folder / "imagebind.pth")
     ckpt = folder / "converted.ckpt"
     assert convert_main(["imagebind", str(folder / "imagebind.pth"), str(ckpt), "--heads", *HEADS]) == 0
+    # Where the conversion ran is recorded; where ImageBind was trained is not known, and not made up.
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert stored["converted_from"]["environment"]["torch"]["version"] == str(torch.__version__)
+    assert "environment" not in stored["bindspace"] and BindSpace.from_checkpoint(ckpt).environment is None
     rng = np.random.default_rng(0)
     (folder / "images").mkdir()
     for i, (h, w) in enumerate([(240, 320), (300, 224), (64, 80)]):  # landscape, portrait, upscaled

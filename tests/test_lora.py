@@ -212,6 +212,10 @@ def test_lora_checkpoint_merges_to_the_same_embeddings_and_resumes_exactly(tmp_p
     assert "merged the adapters (audio: 4 layers)" in capsys.readouterr().out
     merged = BindSpace.from_checkpoint(tmp_path / "merged.ckpt")
     assert merged.model.configs["audio"].trunk.adapter is None
+    # Where the weights were trained stays the source's; where they were merged is recorded beside it.
+    assert merged.environment == unmerged.environment and merged.environment["bindspace"]["commit"] is not None
+    merged_from = load_checkpoint(tmp_path / "merged.ckpt")["merged_from"]
+    assert merged_from["environment"]["torch"]["version"] == unmerged.environment["torch"]["version"]
     assert not any(".lora_" in k or "base_layer" in k for k in merged.model.state_dict())
     spec = get_modality("audio")
     x = spec.dummy_input(unmerged.model.configs["audio"].input, 6, torch.Generator().manual_seed(1))

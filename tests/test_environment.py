@@ -119,3 +119,61 @@ def test_a_checkpoint_carries_the_environment_it_was_trained_in(tmp_path_factory
             space = BindSpace.from_checkpoint(tmp_path / "forged.ckpt")
         assert space.environment is None and space.embed_dim == ckpt["bindspace"]["embed_dim"]
         assert "forged.ckpt: bindspace metadata environment is not plain data" in caplog.text
+
+
+def test_earlier_launches_are_read_as_untrusted_data_and_capped():
+    from bindspace.utils.environment import MAX_EARLIER, earlier_environments
+
+    here = describe_environment()
+    meta = {
+        "environment": here,
+        "earlier_environments": [
+            {"until_step": 3, "environment": {"cpu": {"model": "Intel Xeon"}}},
+            {"until_step": 5, "environment": "not an environment"},  # dropped
+            {"until_step": True, "environment": here},  # dropped: a step is an int
+            "junk",  # dropped
+        ],
+    }
+    assert earlier_environments(meta, 9) == [
+        {"until_step": 3, "environment": {"cpu": {"model": "Intel Xeon"}}},
+        {"until_step": 9, "environment": here},
+    ]
+    assert earlier_environments({}, 9) == []  # a checkpoint from before environments were recorded
+    many = {"environment": here, "earlier_environments": [{"until_step": i, "environment": here} for i in range(40)]}
+    kept = earlier_environments(many, 50)
+    assert len(kept) == MAX_EARLIER and kept[-1]["until_step"] == 50 and kept[0]["until_step"] == 40 - MAX_EARLIER + 1
+
+
+@pytest.mark.slow
+def test_a_relaunch_elsewhere_records_where_each_launch_trained(tmp_path, monkeypatch, capsys):
+    """A requeued job resumed on another node type: the checkpoint and metrics.json keep the first launch's
+    environment (with the step it trained up to) beside the last one's, and bindspace-report says so."""
+    from conftest import TINY_OVERRIDES, run_main_in_process
+
+    import bindspace.training.module as module_code
+    import bindspace.training.pipeline as pipeline_code
+    from bindspace.inference import load_checkpoint
+    from bindspace.train import main as train_main
+
+    root = tmp_path / "multirun"
+    run = root / "0"
+    launch = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_steps")] + [f"hydra.run.dir={run}"]
+    first = run_main_in_process(train_main, "bindspace-train", *launch, "trainer.max_steps=4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    here = describe_environment()
+    there = json.loads(json.dumps(here))
+    there["cpu"]["model"], there["torch"]["mkl"] = "Intel Xeon", "2023.1"
+    for code in (module_code, pipeline_code):
+        monkeypatch.setattr(code, "describe_environment", lambda: there)
+    second = run_main_in_process(train_main, "bindspace-train", *launch, "trainer.max_steps=8")
+    assert second.returncode == 0, second.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["environment"] == there
+    assert metrics["earlier_environments"] == [{"until_step": 4, "environment": here}]
+    meta = load_checkpoint(run / "checkpoints" / "last.ckpt")["bindspace"]
+    assert meta["environment"] == there and meta["earlier_environments"] == metrics["earlier_environments"]
+    capsys.readouterr()
+    assert report_main([str(root)]) == 0
+    assert "1 job(s) trained in more than one environment" in capsys.readouterr().err
+    section = (root / "report.md").read_text().split("## Environment\n\n")[1].split("\n## ")[0]
+    assert "**Trained in more than one environment** (relaunched elsewhere, or with other code): 1 job: `0`" in section

@@ -222,16 +222,33 @@ def environment_markdown(multirun_dir: Path, runs: Sequence[RunRecord]) -> str:
             f"No environment recorded by {_job_names(multirun_dir, missing)} (metrics.json written before bindspace"
             " recorded it)."
         )
+    relaunched = [r for r in done if _trained_in_several(r.metrics)]
+    if relaunched:
+        lines.append(
+            f"**Trained in more than one environment** (relaunched elsewhere, or with other code): "
+            f'{_job_names(multirun_dir, relaunched)}. Each one\'s `metrics.json["earlier_environments"]` lists the '
+            "launches before the last and the step each trained up to."
+        )
     return "\n".join(lines) or "No completed job."
+
+
+def _trained_in_several(metrics: Mapping[str, Any] | None) -> bool:
+    """A relaunched job whose launches' environments differ (``earlier_environments`` and ``environment``)."""
+    earlier = (metrics or {}).get("earlier_environments") or []
+    envs = [e.get("environment") for e in earlier if isinstance(e, Mapping)]
+    return bool(envs) and bool(environment_differences([*envs, (metrics or {}).get("environment")]))
 
 
 def environment_warning(runs: Sequence[RunRecord]) -> str | None:
     """One line for the terminal when the completed jobs' environments differ, else None."""
-    envs = [(r.metrics or {}).get("environment") for r in runs if not r.failed]
-    diffs = environment_differences(envs)
-    if not diffs:
-        return None
-    return f"the jobs ran in different environments ({', '.join(diffs)}); see report.md's Environment section"
+    done = [r for r in runs if not r.failed]
+    diffs = environment_differences([(r.metrics or {}).get("environment") for r in done])
+    relaunched = sum(_trained_in_several(r.metrics) for r in done)
+    if diffs:
+        return f"the jobs ran in different environments ({', '.join(diffs)}); see report.md's Environment section"
+    if relaunched:
+        return f"{relaunched} job(s) trained in more than one environment; see report.md's Environment section"
+    return None
 
 
 def _methods(report: Report) -> str:

@@ -20,7 +20,7 @@ from bindspace.models.model import BindSpaceModel
 from bindspace.training.feature_cache import FrozenFeatureCache
 from bindspace.training.optim import OptimConfig, build_optimizer, describe_groups
 from bindspace.training.reliability import assert_finite_weights
-from bindspace.utils.environment import describe_environment
+from bindspace.utils.environment import describe_environment, earlier_environments
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class AlignmentModule(L.LightningModule):
         self.distillation = None
         self.step_encoded: dict[str, tuple[Any, Tensor]] = {}  # modality -> (inputs, embeddings) of this step
         self.step_cached: set[str] = set()  # modalities of step_encoded whose inputs are cached trunk features
+        # A relaunched run: the environments of the launches that trained it before this one (on_load_checkpoint).
+        self.earlier_environments: list[dict[str, Any]] = []
         # Pairs trained before this run among encoders it keeps frozen (init_from + new_modality): still trained.
         self.inherited_edges: list[Edge] = []
 
@@ -234,8 +236,19 @@ class AlignmentModule(L.LightningModule):
         # are the pairs readers flag as trained: those that took part in an optimisation step so far (a
         # curriculum cut short, or a checkpoint mid-curriculum, has not trained them all).
         checkpoint["bindspace"] = checkpoint_metadata(self.model, self.trained_edges(), self.edges)
-        # Where these weights were trained (the commit, CPU, libraries: what else decides their floats).
+        # Where these weights were trained (the commit, CPU, libraries: what else decides their floats): this
+        # launch's environment, and those of the launches before it when the run was relaunched (a requeued
+        # job may land on another node type).
         checkpoint["bindspace"]["environment"] = describe_environment()
+        if self.earlier_environments:
+            checkpoint["bindspace"]["earlier_environments"] = self.earlier_environments
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A relaunch resumes here: the launches that trained the checkpoint are kept for the next one."""
+        meta = checkpoint.get("bindspace")
+        step = checkpoint.get("global_step", 0)
+        if isinstance(meta, dict) and isinstance(step, int):
+            self.earlier_environments = earlier_environments(meta, step)
 
     def trained_edges(self) -> list[Edge]:
         """Graph edges that took part in at least one optimisation step (every edge without a curriculum)."""

@@ -317,6 +317,8 @@ def final_metrics(
         "world_size": int(trainer.world_size),
         "wall_seconds": round(wall, 1),
         "environment": describe_environment(),
+        # A relaunched run: the launches before this one, each with the step it trained up to.
+        **({"earlier_environments": module.earlier_environments} if module.earlier_environments else {}),
     }
 
 

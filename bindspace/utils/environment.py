@@ -151,6 +151,30 @@ def recorded_environment(value: Any) -> dict[str, Any] | None:
     return json.loads(text) if text is not None and len(text) <= _MAX_RECORD_CHARS else None
 
 
+MAX_EARLIER = 16  # earlier launches kept in a checkpoint (the latest ones): a requeued job may relaunch often
+
+
+def earlier_environments(meta: Mapping[str, Any], step: int) -> list[dict[str, Any]]:
+    """The launches before this one of a resumed run, from the checkpoint it resumes (``meta``: its
+    ``bindspace`` metadata, untrusted) and the step it was saved at: ``[{"until_step", "environment"}]``,
+    oldest first. The checkpoint's own ``environment`` is the launch that trained up to ``step``; its
+    ``earlier_environments`` the launches before that one. Entries that are not plain data are left out
+    (the caller's log says nothing more than that the record is incomplete), as is a checkpoint written
+    before environments were recorded.
+    """
+    out = []
+    stored = meta.get("earlier_environments")
+    for entry in stored if isinstance(stored, list) else []:
+        env = recorded_environment(entry.get("environment")) if isinstance(entry, Mapping) else None
+        until = entry.get("until_step") if isinstance(entry, Mapping) else None
+        if env is not None and isinstance(until, int) and not isinstance(until, bool):
+            out.append({"until_step": until, "environment": env})
+    last = recorded_environment(meta.get("environment"))
+    if last is not None:
+        out.append({"until_step": int(step), "environment": last})
+    return out[-MAX_EARLIER:]
+
+
 def _finite(x: Any) -> bool:
     if isinstance(x, float):
         return x == x and abs(x) != float("inf")

@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install bindspace (editable) with its dev and imagebind (test reference) extras (re-runs only when pyproject.toml changes)
 
-train: install ## Train the six-modality model on the built-in synthetic benchmark (CPU, ~4.5 min) and print the retrieval matrix
+train: install ## Train the six-modality model on the built-in synthetic benchmark (CPU, ~5 min) and print the retrieval matrix
 	WANDB_MODE=offline $(BIN)/bindspace-train $(ARGS)
 
 # One pytest worker per core, whole files per worker (module fixtures stay in one process); JOBS=1 runs serially.

@@ -149,6 +149,10 @@ def test_a_plateau_stage_killed_after_a_checkpoint_relaunches_as_uninterrupted(t
 
 
 def comparable(metrics: dict, run_dir: Path) -> dict:
-    """metrics.json without what differs between launches (time, the run folder's own path)."""
-    text = json.dumps({k: v for k, v in metrics.items() if k not in ("wall_seconds", "step_cost")})
+    """metrics.json without what differs between launches (time, the run folder's own path, and a relaunch's
+    ``earlier_environments``, each of which must be this one: the launches ran on the same machine and code)."""
+    for launch in metrics.get("earlier_environments", []):
+        assert launch["environment"] == metrics["environment"], launch
+    skipped = ("wall_seconds", "step_cost", "earlier_environments")
+    text = json.dumps({k: v for k, v in metrics.items() if k not in skipped})
     return json.loads(text.replace(str(run_dir), "<run>"))

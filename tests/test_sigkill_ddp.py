@@ -78,4 +78,5 @@ def test_ddp_rank_0_killed_after_a_checkpoint_resumes_bit_for_bit(tmp_path):
     for name in ("last.ckpt", "step000003.ckpt", "step000006.ckpt"):
         assert_same_checkpoint(reference / "checkpoints" / name, run_dir / "checkpoints" / name)
     got, want = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
+    assert [launch["until_step"] for launch in got["earlier_environments"]] == [3]  # the killed launch, recorded
     assert comparable(got, run_dir) == comparable(want, reference)

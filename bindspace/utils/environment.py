@@ -158,13 +158,13 @@ def earlier_environments(meta: Mapping[str, Any], step: int) -> list[dict[str, A
     """The launches before this one of a resumed run, from the checkpoint it resumes (``meta``: its
     ``bindspace`` metadata, untrusted) and the step it was saved at: ``[{"until_step", "environment"}]``,
     oldest first. The checkpoint's own ``environment`` is the launch that trained up to ``step``; its
-    ``earlier_environments`` the launches before that one. Entries that are not plain data are left out
-    (the caller's log says nothing more than that the record is incomplete), as is a checkpoint written
-    before environments were recorded.
+    ``earlier_environments`` the launches before that one. Entries that are not plain data are left out,
+    as is the launch of a checkpoint written before environments were recorded; only the latest
+    ``MAX_EARLIER`` entries are read.
     """
     out = []
     stored = meta.get("earlier_environments")
-    for entry in stored if isinstance(stored, list) else []:
+    for entry in stored[-MAX_EARLIER:] if isinstance(stored, list) else []:
         env = recorded_environment(entry.get("environment")) if isinstance(entry, Mapping) else None
         until = entry.get("until_step") if isinstance(entry, Mapping) else None
         if env is not None and isinstance(until, int) and not isinstance(until, bool):

@@ -222,7 +222,7 @@ def test_the_default_runs_batches_are_the_published_ones(default_batches):
 
         pytest.skip(
             f"no published digests for this machine ({summary(describe_environment())}); its batches {found} "
-            "match the published ones to float rounding (the test above), not checkable bit for bit here"
+            "are checked against the published ones to float rounding only (the test above), not bit for bit"
         )
 
 

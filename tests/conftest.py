@@ -92,17 +92,19 @@ def _deterministic_threads():
     yield
 
 
-# The longest test files, longest first (seconds per file in `pytest -n 2 --dist loadfile --durations=60` of
-# the whole suite, 2026-12-02: test_ddp 216, test_sigkill 140, test_reliability 120, test_hardening_cli 118,
-# test_seventh_modality 90, test_data_hardening 71, test_sigkill_ddp 70, ...). pytest-xdist's loadfile hands
-# files to whichever worker is free in collection order, so a long file collected last runs alone at the
-# end while the other worker idles; collected first, the short files fill in around them.
+# The longest test files, longest first (seconds per file in `pytest -n 2 --dist loadfile --durations=0` of
+# the whole suite, 2026-12-02, less what the in-process cases of test_hardening_cli and test_data_hardening
+# saved: test_ddp 341, test_reliability 289, test_hardening_cli ~250, test_sigkill 190, test_seventh_modality
+# 146, ...). pytest-xdist's loadfile hands files to whichever worker is free in collection order, so a long
+# file collected last runs alone at the end while the other worker idles; collected first, the short files
+# fill in around them.
 LONGEST_FIRST = (
-    "test_ddp.py", "test_sigkill.py", "test_reliability.py", "test_hardening_cli.py", "test_seventh_modality.py",
-    "test_data_hardening.py", "test_sigkill_ddp.py", "test_spoken_digits_training.py", "test_sigkill_results.py",
-    "test_gather_once.py", "test_cli_convention.py", "test_init_from.py", "test_train.py", "test_early_stopping.py",
-    "test_losses_ddp.py", "test_untrusted_checkpoints.py", "test_groups_ddp.py", "test_imagebind_clis.py",
-    "test_sweeps.py", "test_losses_distributed.py",
+    "test_ddp.py", "test_reliability.py", "test_hardening_cli.py", "test_sigkill.py", "test_seventh_modality.py",
+    "test_sweeps.py", "test_spoken_digits_training.py", "test_wandb.py", "test_sigkill_ddp.py",
+    "test_curriculum_training.py", "test_early_stopping.py", "test_train.py", "test_sigkill_results.py",
+    "test_data_hardening.py", "test_init_from.py", "test_cli_convention.py", "test_losses_ddp.py",
+    "test_untrusted_checkpoints.py", "test_imagebind_clis.py", "test_groups_ddp.py", "test_losses_distributed.py",
+    "test_gather_once.py",
 )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, run_main_in_process
 from test_manifest import paired_rows, tiny_configs, write_rows
 
 from bindspace.data import build_datamodule
@@ -243,15 +243,21 @@ RUN = [o for o in TINY_OVERRIDES if not o.startswith(("data.", "trainer.max_step
 RUN += ["trainer.max_steps=4", "trainer.val_check_interval=4", "graph.modalities=[image,text]", "data.batch_size=2"]
 
 
-def cli(*argv: str, module: str = "bindspace.train") -> tuple[int, str]:
-    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
+def cli(*argv: str, module: str = "bindspace.train", in_process: bool = False) -> tuple[int, str]:
+    """The command in a fresh interpreter, or (``in_process``, train only) its ``main()`` in this one."""
+    if in_process:
+        from bindspace.train import main
+
+        proc = run_main_in_process(main, "bindspace-train", *argv)
+    else:
+        proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     return proc.returncode, lines[-1] if lines else ""
 
 
-def train(run_dir: Path, *overrides: str) -> tuple[int, str]:
-    return cli(*RUN, *overrides, f"hydra.run.dir={run_dir}")
+def train(run_dir: Path, *overrides: str, in_process: bool = False) -> tuple[int, str]:
+    return cli(*RUN, *overrides, f"hydra.run.dir={run_dir}", in_process=in_process)
 
 
 @pytest.mark.slow
@@ -263,7 +269,8 @@ def test_cli_a_bad_shard_stops_before_training_with_one_line(data, which):
     else:
         shard = rewrite_member(data / "val" / "shard-000001.tar", "000000002.json", lambda b: b"{not json")
         member = "member 000000002.json: not valid JSON"
-    code, last = train(data / "run", "data=shards", f"data.train={data / 'train'}", f"data.val={data / 'val'}")
+    shards = ["data=shards", f"data.train={data / 'train'}", f"data.val={data / 'val'}"]
+    code, last = train(data / "run", *shards, in_process=which == "val")  # the train case through the CLI
     assert code == 2 and f"{shard}: {member}" in last, last
     assert not (data / "run" / "checkpoints").exists()  # nothing computed
 

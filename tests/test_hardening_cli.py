@@ -1,9 +1,10 @@
 """Issue 13 through the real ``bindspace-train``: bad checkpoints, mistyped values, one run per folder.
 
-Nothing is left behind either. Each case launches the installed entry point in a fresh interpreter, as
-a user would, and checks the contract of docs/reliability.md: one stderr line naming the file, key or
-value, exit 2, no traceback, before any compute (where the input can be checked up front), and nothing
-written into a new run folder.
+Nothing is left behind either. Each family of cases launches the installed entry point in a fresh
+interpreter, as a user would (the other cases of a family that stop before any compute run the same
+``main()`` in-process: see ``train``), and checks the contract of docs/reliability.md: one stderr line
+naming the file, key or value, exit 2, no traceback, before any compute (where the input can be checked
+up front), and nothing written into a new run folder.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, run_main_in_process
 
 from bindspace.utils.io import DiskFullError, atomic_write, atomic_write_text
 
@@ -41,12 +42,23 @@ BROKEN_DATA = [
 ]  # fmt: skip
 
 
-def train(run_dir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def train(
+    run_dir: Path, *overrides: str, timeout: float = 600, in_process: bool = False
+) -> subprocess.CompletedProcess:
+    """``bindspace-train`` into ``run_dir``: the installed entry point in a fresh interpreter, or with
+    ``in_process`` its ``main()`` in this one (``conftest.run_main_in_process``: the same code from the command
+    line on, without the 10-20 s a fresh interpreter spends importing torch and Lightning here). Each family of
+    cases below runs at least one case in a fresh interpreter; the others of the family, which stop before any
+    compute, run in-process."""
     base = [o for o in QUICK if not o.startswith("data.")] if "data=manifest" in overrides else QUICK
+    argv = [*base, *overrides, f"hydra.run.dir={run_dir}"]
+    if in_process:
+        from bindspace.train import main
+
+        return run_main_in_process(main, "bindspace-train", *argv)
     return subprocess.run(
-        [sys.executable, "-m", "bindspace.train", *base, *overrides, f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "-m", "bindspace.train", *argv], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess, prefix: str = PREFIX) -> str:
@@ -127,7 +139,7 @@ def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
 def test_a_bad_checkpoint_to_resume_is_one_line_before_any_data(tmp_path, trained, kind, message):
     path = bad_checkpoint(kind, trained, tmp_path)
     run_dir = tmp_path / "run"
-    error = one_line_error(train(run_dir, f"ckpt_path={path}", *BROKEN_DATA))
+    error = one_line_error(train(run_dir, f"ckpt_path={path}", *BROKEN_DATA, in_process=kind != "payload"))
     assert error.startswith(str(path)) and message in error, error
     assert not (tmp_path / "MARKER").exists()
     assert_nothing_written(run_dir)
@@ -301,7 +313,7 @@ def test_config_error_in_a_used_folder_changes_nothing_in_it(trained):
     run_dir = trained.parent.parent
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert (run_dir / ".hydra" / "config.yaml") in before
-    one_line_error(train(run_dir, "optim.lr=-1"))
+    one_line_error(train(run_dir, "optim.lr=-1", in_process=True))
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before
 
@@ -313,7 +325,7 @@ def test_a_relaunch_that_fails_after_launch_leaves_the_record_of_the_run_in_the_
     run_dir = trained.parent.parent
     before = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
     assert {"config.yaml", "overrides.yaml"} <= set(before)
-    message = one_line_error(train(run_dir, "modalities.imu.trunk.depth=3"))
+    message = one_line_error(train(run_dir, "modalities.imu.trunk.depth=3", in_process=True))
     assert "a checkpoint of another model" in message
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == before
 
@@ -344,7 +356,8 @@ def test_a_relaunch_that_changes_the_optimizer_is_refused_and_changes_nothing(tr
     run_dir = trained.parent.parent
     log = run_dir / "train.log"
     before = snapshot(run_dir)
-    error = one_line_error(train(run_dir, override, *BROKEN_DATA))
+    in_process = not override.startswith("optim.lr=")  # the first case through the CLI
+    error = one_line_error(train(run_dir, override, *BROKEN_DATA, in_process=in_process))
     assert error.startswith(f"{trained}: {message}: resuming restores the checkpoint's optimizer"), error
     key, old = message.split(" is ")[0], message.split(" is ")[1].split(" in the checkpoint")[0]
     assert f"relaunch with {key}={old} to continue this run" in error and f"init_from={trained}" in error, error

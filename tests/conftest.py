@@ -154,3 +154,15 @@ def run_main_in_process(main: Callable[[], None], prog: str, *argv: str) -> subp
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
     return subprocess.CompletedProcess([prog, *argv], code, out.getvalue(), err.getvalue())
+
+
+def bindspace_train(*argv: str, fresh_interpreter: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``bindspace-train`` on ``argv``: the installed entry point in a fresh interpreter, as a user runs it, or its
+    ``main()`` in this process (:func:`run_main_in_process`: the same code from the command line on, without the
+    10-20 s a fresh interpreter spends importing torch and Lightning here)."""
+    if fresh_interpreter:
+        cmd = [sys.executable, "-m", "bindspace.train", *argv]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    from bindspace.train import main
+
+    return run_main_in_process(main, "bindspace-train", *argv)

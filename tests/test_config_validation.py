@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import timm
-from conftest import compose_config, run_main_in_process
+from conftest import bindspace_train, compose_config
 from omegaconf import OmegaConf
 from timm.models._hub import save_for_hf
 
+import bindspace.train  # noqa: F401  (importing it registers the ${pkg_dir:...} resolver)
 from bindspace.config import RunSpec, build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.modalities import ConfigError, list_modalities
-from bindspace.train import main as train_main  # (importing it registers the ${pkg_dir:...} resolver)
 
 transformers = pytest.importorskip("transformers")
 
@@ -41,11 +39,7 @@ def cli_config_error(run_dir: Path, *overrides: str, fresh_interpreter: bool = F
     fresh interpreter (``fresh_interpreter``: start-up noise, the console script).
     """
     argv = [*overrides, "logger=none", "trainer.max_steps=1", f"hydra.run.dir={run_dir}"]
-    if fresh_interpreter:
-        cmd = [sys.executable, "-m", "bindspace.train", *argv]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    else:
-        proc = run_main_in_process(train_main, "bindspace-train", *argv)
+    proc = bindspace_train(*argv, fresh_interpreter=fresh_interpreter, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, run_main_in_process
+from conftest import TINY_OVERRIDES, bindspace_train
 from test_manifest import paired_rows, tiny_configs, write_rows
 
 from bindspace.data import build_datamodule
@@ -245,10 +245,8 @@ RUN += ["trainer.max_steps=4", "trainer.val_check_interval=4", "graph.modalities
 
 def cli(*argv: str, module: str = "bindspace.train", in_process: bool = False) -> tuple[int, str]:
     """The command in a fresh interpreter, or (``in_process``, train only) its ``main()`` in this one."""
-    if in_process:
-        from bindspace.train import main
-
-        proc = run_main_in_process(main, "bindspace-train", *argv)
+    if module == "bindspace.train":
+        proc = bindspace_train(*argv, fresh_interpreter=not in_process, timeout=300)
     else:
         proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, run_main_in_process
+from conftest import TINY_OVERRIDES, bindspace_train
 
 from bindspace.utils.io import DiskFullError, atomic_write, atomic_write_text
 
@@ -45,20 +45,12 @@ BROKEN_DATA = [
 def train(
     run_dir: Path, *overrides: str, timeout: float = 600, in_process: bool = False
 ) -> subprocess.CompletedProcess:
-    """``bindspace-train`` into ``run_dir``: the installed entry point in a fresh interpreter, or with
-    ``in_process`` its ``main()`` in this one (``conftest.run_main_in_process``: the same code from the command
-    line on, without the 10-20 s a fresh interpreter spends importing torch and Lightning here). Each family of
-    cases below runs at least one case in a fresh interpreter; the others of the family, which stop before any
-    compute, run in-process."""
+    """``bindspace-train`` into ``run_dir`` (``conftest.bindspace_train``). Each family of cases below runs at
+    least one case in a fresh interpreter; the others of the family, which stop before any compute, run its
+    ``main()`` in this process (``in_process``)."""
     base = [o for o in QUICK if not o.startswith("data.")] if "data=manifest" in overrides else QUICK
     argv = [*base, *overrides, f"hydra.run.dir={run_dir}"]
-    if in_process:
-        from bindspace.train import main
-
-        return run_main_in_process(main, "bindspace-train", *argv)
-    return subprocess.run(
-        [sys.executable, "-m", "bindspace.train", *argv], capture_output=True, text=True, timeout=timeout
-    )
+    return bindspace_train(*argv, fresh_interpreter=not in_process, timeout=timeout)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, prefix: str = PREFIX) -> str:

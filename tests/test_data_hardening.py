@@ -243,10 +243,10 @@ RUN = [o for o in TINY_OVERRIDES if not o.startswith(("data.", "trainer.max_step
 RUN += ["trainer.max_steps=4", "trainer.val_check_interval=4", "graph.modalities=[image,text]", "data.batch_size=2"]
 
 
-def cli(*argv: str, module: str = "bindspace.train", in_process: bool = False) -> tuple[int, str]:
-    """The command in a fresh interpreter, or (``in_process``, train only) its ``main()`` in this one."""
+def cli(*argv: str, module: str = "bindspace.train", fresh_interpreter: bool = True) -> tuple[int, str]:
+    """The command in a fresh interpreter, or (train only) its ``main()`` in this one."""
     if module == "bindspace.train":
-        proc = bindspace_train(*argv, fresh_interpreter=not in_process, timeout=300)
+        proc = bindspace_train(*argv, fresh_interpreter=fresh_interpreter, timeout=300)
     else:
         proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -254,8 +254,8 @@ def cli(*argv: str, module: str = "bindspace.train", in_process: bool = False) -
     return proc.returncode, lines[-1] if lines else ""
 
 
-def train(run_dir: Path, *overrides: str, in_process: bool = False) -> tuple[int, str]:
-    return cli(*RUN, *overrides, f"hydra.run.dir={run_dir}", in_process=in_process)
+def train(run_dir: Path, *overrides: str, fresh_interpreter: bool = True) -> tuple[int, str]:
+    return cli(*RUN, *overrides, f"hydra.run.dir={run_dir}", fresh_interpreter=fresh_interpreter)
 
 
 @pytest.mark.slow
@@ -268,7 +268,7 @@ def test_cli_a_bad_shard_stops_before_training_with_one_line(data, which):
         shard = rewrite_member(data / "val" / "shard-000001.tar", "000000002.json", lambda b: b"{not json")
         member = "member 000000002.json: not valid JSON"
     shards = ["data=shards", f"data.train={data / 'train'}", f"data.val={data / 'val'}"]
-    code, last = train(data / "run", *shards, in_process=which == "val")  # the train case through the CLI
+    code, last = train(data / "run", *shards, fresh_interpreter=which == "train")  # the train case through the CLI
     assert code == 2 and f"{shard}: {member}" in last, last
     assert not (data / "run" / "checkpoints").exists()  # nothing computed
 

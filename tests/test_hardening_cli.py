@@ -43,14 +43,14 @@ BROKEN_DATA = [
 
 
 def train(
-    run_dir: Path, *overrides: str, timeout: float = 600, in_process: bool = False
+    run_dir: Path, *overrides: str, timeout: float = 600, fresh_interpreter: bool = True
 ) -> subprocess.CompletedProcess:
     """``bindspace-train`` into ``run_dir`` (``conftest.bindspace_train``). Each family of cases below runs at
     least one case in a fresh interpreter; the others of the family, which stop before any compute, run its
-    ``main()`` in this process (``in_process``)."""
+    ``main()`` in this process (``fresh_interpreter=False``)."""
     base = [o for o in QUICK if not o.startswith("data.")] if "data=manifest" in overrides else QUICK
     argv = [*base, *overrides, f"hydra.run.dir={run_dir}"]
-    return bindspace_train(*argv, fresh_interpreter=not in_process, timeout=timeout)
+    return bindspace_train(*argv, fresh_interpreter=fresh_interpreter, timeout=timeout)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, prefix: str = PREFIX) -> str:
@@ -131,7 +131,7 @@ def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
 def test_a_bad_checkpoint_to_resume_is_one_line_before_any_data(tmp_path, trained, kind, message):
     path = bad_checkpoint(kind, trained, tmp_path)
     run_dir = tmp_path / "run"
-    error = one_line_error(train(run_dir, f"ckpt_path={path}", *BROKEN_DATA, in_process=kind != "payload"))
+    error = one_line_error(train(run_dir, f"ckpt_path={path}", *BROKEN_DATA, fresh_interpreter=kind == "payload"))
     assert error.startswith(str(path)) and message in error, error
     assert not (tmp_path / "MARKER").exists()
     assert_nothing_written(run_dir)
@@ -305,7 +305,7 @@ def test_config_error_in_a_used_folder_changes_nothing_in_it(trained):
     run_dir = trained.parent.parent
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert (run_dir / ".hydra" / "config.yaml") in before
-    one_line_error(train(run_dir, "optim.lr=-1", in_process=True))
+    one_line_error(train(run_dir, "optim.lr=-1", fresh_interpreter=False))
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before
 
@@ -317,7 +317,7 @@ def test_a_relaunch_that_fails_after_launch_leaves_the_record_of_the_run_in_the_
     run_dir = trained.parent.parent
     before = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
     assert {"config.yaml", "overrides.yaml"} <= set(before)
-    message = one_line_error(train(run_dir, "modalities.imu.trunk.depth=3", in_process=True))
+    message = one_line_error(train(run_dir, "modalities.imu.trunk.depth=3", fresh_interpreter=False))
     assert "a checkpoint of another model" in message
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == before
 
@@ -348,8 +348,8 @@ def test_a_relaunch_that_changes_the_optimizer_is_refused_and_changes_nothing(tr
     run_dir = trained.parent.parent
     log = run_dir / "train.log"
     before = snapshot(run_dir)
-    in_process = not override.startswith("optim.lr=")  # the first case through the CLI
-    error = one_line_error(train(run_dir, override, *BROKEN_DATA, in_process=in_process))
+    fresh = override.startswith("optim.lr=")  # the first case through the CLI
+    error = one_line_error(train(run_dir, override, *BROKEN_DATA, fresh_interpreter=fresh))
     assert error.startswith(f"{trained}: {message}: resuming restores the checkpoint's optimizer"), error
     key, old = message.split(" is ")[0], message.split(" is ")[1].split(" in the checkpoint")[0]
     assert f"relaunch with {key}={old} to continue this run" in error and f"init_from={trained}" in error, error

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bindspace.data.datamodule import scene_config
 from bindspace.data.synthetic import SyntheticScenes
 from bindspace.modalities import collate_inputs, get_modality
-from bindspace.modalities.audio import AudioInput, _mel_banks, fbank_clips, kaldi_fbank
+from bindspace.modalities.audio import AudioInput, _hypot_squared, _mel_banks, fbank_clips, kaldi_fbank
 from bindspace.modalities.depth import DepthInput
 from bindspace.modalities.image import ImageInput
 from bindspace.modalities.imu import IMUInput
@@ -120,6 +120,23 @@ def test_log_mel_equals_the_textbook_computation(cfg):
         )
     wav64 = torch.randn(2, n, generator=g, dtype=torch.float64)
     assert _equal(kaldi_fbank(wav64, cfg.sample_rate, 64), _fbank_reference(wav64, cfg.sample_rate, 64))
+
+
+def test_power_spectrum_equals_torch_hypot_bit_for_bit():
+    """The CPU power path replays glibc's hypotf in float64; torch.hypot (which calls it) is the reference,
+    over float32's whole finite range: zeros, subnormals, and squares that overflow to inf."""
+    g = torch.Generator().manual_seed(4)
+    cases = [torch.randn(50_001, 2, generator=g) * scale for scale in (1e-38, 1e-20, 1e-3, 1.0, 1e4, 1e19, 3e38)]
+    cases.append(torch.randint(0, 2**23, (50_000, 2), generator=g, dtype=torch.int32).view(torch.float32))
+    bits = torch.randint(-(2**31), 2**31 - 1, (200_000, 2), generator=g, dtype=torch.int64).to(torch.int32)
+    cases.append(bits.view(torch.float32)[bits.view(torch.float32).isfinite().all(dim=1)])
+    cases[3][:10] = 0
+    cases[3][10:20, 1] = 0
+    for pairs in cases:
+        expected = torch.hypot(pairs[:, 0], pairs[:, 1]).square_()
+        got = _hypot_squared(pairs, torch.empty(len(pairs)))
+        assert torch.equal(got, expected)
+    assert torch.isinf(_hypot_squared(torch.full((3, 2), 3e38), torch.empty(3))).all()
 
 
 def test_fbank_work_buffers_do_not_leak_into_results():

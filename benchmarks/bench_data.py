@@ -6,9 +6,10 @@ Measures, in one process on this machine, with the default config (`model=tiny`,
 - consumption: pairs per second that the training step (forward, backward, AdamW) eats.
 
 Generation and training are timed in alternating rounds (a busy machine slows both alike); the table
-gives the medians, and where a generated step's time goes, per modality.
+gives the medians, and where a generated step's time goes, per modality, for each renderer version
+(``data.scene.version``) asked for.
 
-    python -m benchmarks.bench_data [--steps 20] [--repeats 5] [--out docs/benchmarks.md]
+    python -m benchmarks.bench_data [--steps 20] [--repeats 7] [--versions 1,2] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -78,19 +79,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7, help="alternating rounds of generation and training")
+    parser.add_argument(
+        "--versions", default="1,2", help="renderer versions to time (data.scene.version), comma-separated"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args()
+    versions = [int(v) for v in args.versions.split(",")]
     with initialize_config_module("bindspace.configs", version_base="1.3"):
         cfg = compose("train", overrides=["logger=none"])
     plain = OmegaConf.to_container(cfg, resolve=False)
     spec = build_run_spec(plain)
     batch = plain["data"]["batch_size"]
-    dm = SyntheticDataModule(spec.modalities, spec.edges, batch_size=batch)
-    steps = dm.train_dataloader().dataset
+    scene = dict(plain["data"]["scene"])
+    steps = {
+        v: SyntheticDataModule(spec.modalities, spec.edges, batch_size=batch, scene={**scene, "version": v})
+        .train_dataloader()
+        .dataset
+        for v in versions
+    }
     counter = iter(range(10**9))
     module = AlignmentModule(spec.build_model(), spec.build_loss(), spec.edges, spec.optim)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    data = steps[0]
+    data = steps[versions[0]][0]  # the training step's cost does not depend on the pixel values
 
     def train_step() -> None:
         loss, _ = module.loss(module.encode_edges(data))
@@ -102,13 +112,13 @@ def main() -> None:
     # OpenMP threads wait on each other at every op): on a busy machine the ratio is inflated, and no verdict.
     load_start = os.getloadavg()[0]
 
-    def in_loop() -> float:
+    def in_loop(version: int) -> float:
         """Generation as a default run (``data.num_workers=0``) does it: in the training process, at its 2
         threads, each step's data rendered right after the previous training step. Seconds per step."""
         spent = 0.0
         for _ in range(args.steps):
             start = time.perf_counter()
-            batch_of_step = steps[next(counter)]
+            batch_of_step = steps[version][next(counter)]
             spent += time.perf_counter() - start
             loss, _ = module.loss(module.encode_edges(batch_of_step))
             opt.zero_grad()
@@ -116,28 +126,50 @@ def main() -> None:
             opt.step()
         return spent / args.steps
 
-    gens, trains, loops = [], [], []
+    gens: dict[int, list[float]] = defaultdict(list)
+    loops: dict[int, list[float]] = defaultdict(list)
+    trains: list[float] = []
     for _ in range(args.repeats):
         torch.set_num_threads(1)
-        gens.append(timed(lambda: steps[next(counter)], args.steps))
+        for v in versions:
+            gens[v].append(timed(lambda v=v: steps[v][next(counter)], args.steps))
         torch.set_num_threads(2)
         trains.append(timed(train_step, args.steps))
-        loops.append(in_loop())
+        for v in versions:
+            loops[v].append(in_loop(v))
     torch.set_num_threads(1)
-    parts = breakdown(steps, next(counter), args.steps)
+    first = next(counter)
+    parts = {v: breakdown(steps[v], first, args.steps) for v in versions}
     torch.set_num_threads(2)
-    gen, step, loop = statistics.median(gens), statistics.median(trains), statistics.median(loops)
-    rounds = [t / g for g, t in zip(gens, trains, strict=True)]
+    step = statistics.median(trains)
+    gen = {v: statistics.median(gens[v]) for v in versions}
+    loop = {v: statistics.median(loops[v]) for v in versions}
+    rounds = {v: [t / g for g, t in zip(gens[v], trains, strict=True)] for v in versions}
     pairs = batch * len(spec.edges)
-    ratio = step / gen
+    ratio = {v: step / gen[v] for v in versions}
+
+    def per_round(values: list[float], scale: float = 1e3, digits: int = 0) -> str:
+        return ", ".join(f"{x * scale:.{digits}f}" for x in values)
+
+    modalities = list(parts[versions[0]])
+    counts = {m: sum(m in e for e in spec.edges) for m in modalities}
     rows = [
-        f"| {m} ({sum(m in e for e in spec.edges)} batch{'es' if sum(m in e for e in spec.edges) > 1 else ''}) "
-        f"| {r * 1e3:.1f} | {t * 1e3:.1f} |"
-        for m, (r, t) in parts.items()
+        f"| {m} ({counts[m]} batch{'es' if counts[m] > 1 else ''}) | "
+        + " | ".join(f"{parts[v][m][0] * 1e3:.1f} | {parts[v][m][1] * 1e3:.1f}" for v in versions)
+        + " |"
+        for m in modalities
     ]
-    rendering, transforming = sum(r for r, _ in parts.values()), sum(t for _, t in parts.values())
-    slowest = max(((m, "render", r) for m, (r, _) in parts.items()), key=lambda x: x[2])
-    slowest_tf = max(((m, "transform", t) for m, (_, t) in parts.items()), key=lambda x: x[2])
+    totals = {v: (sum(r for r, _ in parts[v].values()), sum(t for _, t in parts[v].values())) for v in versions}
+    verdicts = []
+    for v in versions:
+        slowest = max(((m, r) for m, (r, _) in parts[v].items()), key=lambda x: x[1])
+        slowest_tf = max(((m, t) for m, (_, t) in parts[v].items()), key=lambda x: x[1])
+        verdicts.append(
+            f"Version {v}{VERSION_NOTES.get(v, '')}: "
+            + verdict(ratio[v], rounds[v], load_start)
+            + f"The largest parts: {slowest[0]} rendering ({slowest[1] * 1e3:.1f} ms) and the {slowest_tf[0]} "
+            f"transform ({slowest_tf[1] * 1e3:.1f} ms)."
+        )
     table = "\n".join(
         [
             "## (d) Synthetic data generation vs training consumption",
@@ -147,44 +179,60 @@ def main() -> None:
             f"{os.getloadavg()[0]:.1f} at the end. Date: {date.today()}.",
             f"Command: {command_line(parser, args, 'benchmarks.bench_data', ('steps', 'repeats'))}.",
             "",
+            "Renderer versions (`data.scene.version`): 1 renders the data every published synthetic number was "
+            "trained on (the default); 2 takes sensor noise from a seeded noise bank and the image background "
+            "from a seeded clutter texture (`bindspace/data/synthetic.py`).",
+            "",
             "| what | per step (ms) | pairs / s |",
             "|---|---|---|",
-            f"| generation (render + transform, 1 thread, {len(spec.edges)} edges x {batch}) | {gen * 1e3:.0f} "
-            f"| {pairs / gen:.0f} |",
+            *(
+                f"| generation, version {v} (render + transform, 1 thread, {len(spec.edges)} edges x {batch}) "
+                f"| {gen[v] * 1e3:.0f} | {pairs / gen[v]:.0f} |"
+                for v in versions
+            ),
             f"| training step (tiny, forward + backward + AdamW, 2 threads) | {step * 1e3:.0f} | {pairs / step:.0f} |",
-            f"| **ratio generation / consumption** (target >= 10) | | **{ratio:.1f}** |",
-            f"| for comparison: generation in a default run (`data.num_workers=0`: the training process, its 2 "
-            f"threads, right after each training step) | {loop * 1e3:.0f} | {pairs / loop:.0f} |",
-            f"| ratio, in a default run | | {step / loop:.1f} |",
+            *(
+                f"| **ratio generation / consumption, version {v}** (target >= 10) | | **{ratio[v]:.1f}** |"
+                for v in versions
+            ),
+            *(
+                f"| for comparison: generation in a default run, version {v} (`data.num_workers=0`: the training "
+                f"process, its 2 threads, right after each training step) | {loop[v] * 1e3:.0f} "
+                f"| {pairs / loop[v]:.0f} |"
+                for v in versions
+            ),
+            *(f"| ratio in a default run, version {v} | | {step / loop[v]:.1f} |" for v in versions),
             "",
-            f"Medians of {args.repeats} alternating rounds of {args.steps} steps (generation per round: "
-            + ", ".join(f"{g * 1e3:.0f}" for g in gens)
-            + " ms; training per round: "
-            + ", ".join(f"{t * 1e3:.0f}" for t in trains)
-            + " ms; ratio per round: "
-            + ", ".join(f"{r:.1f}" for r in rounds)
-            + "; generation in a default run per round: "
-            + ", ".join(f"{g * 1e3:.0f}" for g in loops)
-            + " ms). The target and the verdict are the one-thread figure's (what a DataLoader worker does, and "
-            "the CPU time a generated step costs); the default-run row is for comparison. "
+            f"Medians of {args.repeats} alternating rounds of {args.steps} steps. Per round: training "
+            + per_round(trains)
+            + " ms; "
+            + "; ".join(
+                f"version {v}: generation {per_round(gens[v])} ms, ratio {per_round(rounds[v], 1, 1)}, "
+                f"generation in a default run {per_round(loops[v])} ms"
+                for v in versions
+            )
+            + ". The target and the verdict are the one-thread figure's (what a DataLoader worker does, and "
+            "the CPU time a generated step costs); the default-run rows are for comparison. "
             "A generated step renders each modality once for all the edge batches that hold it "
             "(`render_step`: the anchor's scenes of every edge in one call), then transforms edge batch by edge "
             "batch; the batches are bit-identical to rendering edge by edge (`tests/test_synthetic_render.py`). "
             "Where a generated step goes (ms, timed call by call):",
             "",
-            "| modality (batches per step) | render | transform |",
-            "|---|---|---|",
+            "| modality (batches per step) | " + " | ".join(f"v{v} render | v{v} transform" for v in versions) + " |",
+            "|---|" + "---|---|" * len(versions),
             *rows,
-            f"| **total** | **{rendering * 1e3:.1f}** | **{transforming * 1e3:.1f}** |",
+            "| **total** | "
+            + " | ".join(f"**{totals[v][0] * 1e3:.1f}** | **{totals[v][1] * 1e3:.1f}**" for v in versions)
+            + " |",
             "",
-            verdict(ratio, rounds, load_start)
-            + f"The largest parts: {slowest[0]} rendering ({slowest[2] * 1e3:.1f} ms) and the {slowest_tf[0]} "
-            f"transform ({slowest_tf[2] * 1e3:.1f} ms).",
-            "",
+            *(line for v in verdicts for line in (v, "")),
         ]
     )
     print(table)
     atomic_write_text(args.out, _merge(args.out, table))
+
+
+VERSION_NOTES = {1: " (the published numbers' data, the default)", 2: ""}
 
 
 def verdict(ratio: float, rounds: list[float], load_start: float, target: float = 10.0) -> str:

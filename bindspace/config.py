@@ -699,6 +699,22 @@ def check_caption_sampling(
             )
 
 
+def check_scene(configs: Mapping[str, Any], scene: Any) -> None:
+    """``data.scene`` of the synthetic benchmark makes a valid SyntheticConfig for the model's geometry."""
+    from bindspace.data.synthetic import SyntheticConfig, scene_config
+
+    if scene is None:
+        return
+    if not isinstance(scene, Mapping):
+        raise ConfigError(f"data.scene must be a mapping of keys, got {scene!r}")
+    try:
+        scene_config(configs, scene)
+    except (TypeError, ValueError) as err:
+        names = {f.name for f in dataclasses.fields(SyntheticConfig)}
+        where = f"data.scene.{err}" if str(err).split(" ", 1)[0] in names else f"data.scene: {err}"
+        raise ConfigError(where) from None
+
+
 def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate the composed config and build modality configs, graph edges and optimizer settings."""
     graph = cfg.get("graph") or {}
@@ -724,6 +740,8 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     data = cfg.get("data") or {}
     if "batch_size" in data:
         _check_positive(data["batch_size"], "data.batch_size", minimum=2)
+    if str(data.get("name", "synthetic")) == "synthetic":
+        check_scene(configs, data.get("scene"))
     loss = dict(cfg.get("loss") or {})
     loss_backprop(loss)
     edge_objectives(edges, loss)

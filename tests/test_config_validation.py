@@ -108,6 +108,12 @@ def test_cli_batch_size_below_two(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_synthetic_scene_version(tmp_path):
+    message = cli_config_error(tmp_path, "data.scene.version=3")
+    assert message == "data.scene.version must be one of [1, 2], got 3"
+
+
+@pytest.mark.slow
 def test_cli_trunk_width_disagrees_with_the_pretrained_trunk(tmp_path):
     folder = hf_config_folder(tmp_path / "bert", hidden_size=32)  # the tiny preset's text width is 128
     message = cli_config_error(
@@ -224,6 +230,23 @@ def test_speed_options_are_checked_with_the_config(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         run_spec(["graph.modalities=[image,text]", override])
     assert run_spec(["graph.modalities=[image,text]", "speed.compile=[all]"]).modalities.keys() == {"image", "text"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.scene.version=0", "data.scene.version must be one of [1, 2], got 0"),
+        ("data.scene.version=true", "data.scene.version must be one of [1, 2], got True"),
+        ("data.scene.noise=-1", "data.scene.noise must be a number >= 0, got -1"),
+        ("data.scene.noise=loud", "data.scene.noise must be a number >= 0, got 'loud'"),
+        ("data.scene.num_classes=49", "data.scene.num_classes must be an integer in [2, 48], got 49"),
+        ("data.scene.num_classes=2.5", "data.scene.num_classes must be an integer in [2, 48], got 2.5"),
+    ],
+)
+def test_synthetic_scene_keys_are_checked_with_the_config(override, message):
+    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+        run_spec([override])
+    assert run_spec(["data.scene.version=2"]).embed_dim > 0
 
 
 def test_a_validation_interval_inside_an_accumulated_step_is_refused():

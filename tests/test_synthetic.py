@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from bindspace.data.synthetic import (
     _Y_WORDS,
     FACTORS,
     MODALITIES,
+    VERSIONS,
     VISIBLE_FACTORS,
     SyntheticConfig,
     SyntheticScenes,
@@ -26,9 +28,15 @@ ARRAY_MODALITIES = tuple(m for m in MODALITIES if m != "text")
 CONFIG = SyntheticConfig(audio_seconds=0.5)  # halves the audio cost; everything else at defaults
 
 
+# Every property of the benchmark holds for every renderer version.
+@pytest.fixture(scope="module", params=VERSIONS, ids=[f"v{v}" for v in VERSIONS])
+def config(request) -> SyntheticConfig:
+    return SyntheticConfig(audio_seconds=0.5, version=request.param)
+
+
 @pytest.fixture(scope="module")
-def scenes() -> SyntheticScenes:
-    return SyntheticScenes(CONFIG, seed=0)
+def scenes(config: SyntheticConfig) -> SyntheticScenes:
+    return SyntheticScenes(config, seed=0)
 
 
 # Simple, pose-invariant features: enough for a linear read-out, no learned encoder needed.
@@ -154,8 +162,8 @@ def test_factors_and_labels(scenes: SyntheticScenes) -> None:
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
-def test_same_scene_renders_identically_in_any_batch(modality: str) -> None:
-    a, b = SyntheticScenes(CONFIG, seed=3), SyntheticScenes(CONFIG, seed=3)
+def test_same_scene_renders_identically_in_any_batch(modality: str, config: SyntheticConfig) -> None:
+    a, b = SyntheticScenes(config, seed=3), SyntheticScenes(config, seed=3)
     b.render("image", [1, 2])  # any earlier calls must not matter
     first = a.render(modality, [5, 3, 9])
     second = b.render(modality, np.array([9, 100, 5, 7, 3, 11]))
@@ -164,12 +172,12 @@ def test_same_scene_renders_identically_in_any_batch(modality: str) -> None:
             assert first[i] == second[j]
         else:
             np.testing.assert_array_equal(first[i], second[j])
-    other_seed = SyntheticScenes(CONFIG, seed=4).render(modality, [5, 3, 9])
+    other_seed = SyntheticScenes(config, seed=4).render(modality, [5, 3, 9])
     assert any(np.any(np.asarray(x) != np.asarray(y)) for x, y in zip(first, other_seed, strict=True))
 
 
-def test_pickles_for_dataloader_workers() -> None:
-    scenes = SyntheticScenes(CONFIG, seed=7)
+def test_pickles_for_dataloader_workers(config: SyntheticConfig) -> None:
+    scenes = SyntheticScenes(config, seed=7)
     clone = pickle.loads(pickle.dumps(scenes))
     for modality in ARRAY_MODALITIES:
         np.testing.assert_array_equal(clone.render(modality, [4, 2]), scenes.render(modality, [4, 2]))
@@ -182,10 +190,10 @@ def test_different_seed_gives_different_factors() -> None:
     assert abs(np.corrcoef(f0["x"], f1["x"])[0, 1]) < 0.3
 
 
-def test_modalities_have_independent_noise() -> None:
+def test_modalities_have_independent_noise(config: SyntheticConfig) -> None:
     ids = np.arange(64)
-    noisy = SyntheticScenes(CONFIG, seed=0)
-    clean = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, noise=0.0), seed=0)
+    noisy = SyntheticScenes(config, seed=0)
+    clean = SyntheticScenes(dataclasses.replace(config, noise=0.0), seed=0)
     residual = {m: noisy.render(m, ids) - clean.render(m, ids) for m in ("image", "depth", "thermal")}
     residual["image"] = residual["image"].mean(axis=1)  # (B, H, W) like the others
     for name, r in residual.items():
@@ -265,9 +273,10 @@ def test_captions_name_class_and_attributes() -> None:
     assert len(set(noisy)) > 250  # templates and synonyms vary
 
 
-def test_other_class_counts_render() -> None:
+def test_other_class_counts_render(config: SyntheticConfig) -> None:
     for num_classes in (2, 10, 48):
-        scenes = SyntheticScenes(SyntheticConfig(num_classes=num_classes, image_size=32, audio_seconds=0.25), seed=1)
+        small = dataclasses.replace(config, num_classes=num_classes, image_size=32, audio_seconds=0.25)
+        scenes = SyntheticScenes(small, seed=1)
         labels = scenes.labels(np.arange(500))
         assert labels.max() == num_classes - 1 and labels.min() == 0
         assert len(set(scenes.class_names())) == num_classes
@@ -284,5 +293,68 @@ def test_invalid_inputs_raise(scenes: SyntheticScenes) -> None:
         scenes.factors([-1])
     with pytest.raises(ValueError, match="num_classes"):
         SyntheticConfig(num_classes=49)
+    for version in (0, 3, True, "2"):
+        with pytest.raises(ValueError, match="version must be one of"):
+            SyntheticConfig(version=version)
     with pytest.raises(ValueError, match="seed"):
         SyntheticScenes(CONFIG, seed=-1)
+
+
+# ---- version 2: the same scenes, cheaper noise ---------------------------------------------------------------
+
+
+def test_versions_differ_only_in_noise() -> None:
+    """Without noise the two renderers give the same arrays, bit for bit: version 2 changes where the noise
+    comes from, nothing else (shapes, colours, textures, motion, sound, captions)."""
+    ids = np.r_[0:40, 10**9 : 10**9 + 8]
+    v1, v2 = (SyntheticScenes(SyntheticConfig(audio_seconds=0.5, noise=0.0, version=v), seed=5) for v in (1, 2))
+    for modality in MODALITIES:
+        a, b = v1.render(modality, ids), v2.render(modality, ids)
+        assert a == b if modality == "text" else np.array_equal(a, b), modality
+
+
+def _residuals(version: int, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Per modality: the render minus the noise-free render (the sensor noise), of ``ids``."""
+    noisy = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, version=version), seed=0)
+    clean = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, noise=0.0, version=version), seed=0)
+    return {m: noisy.render(m, ids) - clean.render(m, ids) for m in ("image", "depth", "thermal", "imu")}
+
+
+def test_version_2_noise_has_version_1_amplitude() -> None:
+    """Pixel and sample noise as strong in version 2 as in version 1 (the image's object and background
+    noise, depth's grain, thermal's grain, the IMU's bias and noise), judged on neighbour differences,
+    which keep the per-pixel noise and drop smooth terms."""
+    ids = np.arange(200)
+    r1, r2 = _residuals(1, ids), _residuals(2, ids)
+    for m in r1:
+        s1, s2 = np.diff(r1[m], axis=-1).std(), np.diff(r2[m], axis=-1).std()
+        assert 0.85 < s2 / s1 < 1.15, (m, s1, s2)
+    # The whole residual too (the image's includes its clutter background).
+    for m in r1:
+        assert 0.8 < r2[m].std() / r1[m].std() < 1.25, m
+
+
+def test_version_2_scenes_do_not_share_their_noise() -> None:
+    """Scenes cut their noise from one bank at their own offsets: two scenes' noise is uncorrelated (an
+    overlap of their offsets is rare and shifted), and so are two modalities' noise of one scene."""
+    ids = np.arange(128)
+    r = _residuals(2, ids)
+    for m in ("depth", "thermal"):
+        flat = np.diff(r[m], axis=-1).reshape(len(ids), -1)
+        corr = np.corrcoef(flat)[np.triu_indices(len(ids), 1)]
+        assert np.abs(corr).max() < 0.2 and np.abs(corr).mean() < 0.02, m
+    image = np.diff(r["image"], axis=-1).reshape(len(ids), -1)
+    corr = np.corrcoef(image)[np.triu_indices(len(ids), 1)]
+    assert np.abs(corr).mean() < 0.02
+    # And the image backgrounds (crops of one texture) differ between scenes.
+    clean = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, version=2), seed=0).render("image", ids)
+    corners = clean[:, :, :8, :8].reshape(len(ids), -1)
+    assert len({c.tobytes() for c in corners}) == len(ids)
+
+
+def test_version_2_noise_depends_on_the_seed() -> None:
+    ids = np.arange(16)
+    a = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, version=2), seed=0).render("depth", ids)
+    b = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, version=2), seed=1).render("depth", ids)
+    clean = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, version=2, noise=0.0), seed=0).render("depth", ids)
+    assert not np.array_equal(a, b) and not np.array_equal(a, clean)

@@ -20,7 +20,7 @@ from bindspace.data.base import PairedDataModule, check_split
 from bindspace.data.checks import SYNTHETIC_POOL_SAMPLE
 from bindspace.data.steps import StepFetch
 from bindspace.data.synthetic import MODALITIES as BUILTIN_RENDERED
-from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes
+from bindspace.data.synthetic import SyntheticScenes, scene_config
 from bindspace.graph import Edge, edge_key
 from bindspace.modalities import ModalityConfig, get_modality
 
@@ -96,21 +96,6 @@ def render_step(requests: Sequence[tuple[SceneDataset, Sequence[int]]]) -> list[
             raws[i][m] = rendered[start : start + len(ids[i])]
             start += len(ids[i])
     return [source.batch(i, raw) for (source, _), i, raw in zip(requests, ids, raws, strict=True)]
-
-
-def scene_config(configs: Mapping[str, ModalityConfig], overrides: Mapping[str, Any] | None = None) -> SyntheticConfig:
-    """Render at the model's input geometry so transforms do no resampling on the hot path."""
-    derived: dict[str, Any] = {}
-    if "image" in configs:
-        derived["image_size"] = configs["image"].input.size
-    elif "depth" in configs:
-        derived["image_size"] = configs["depth"].input.size
-    if "audio" in configs:
-        derived["audio_sample_rate"] = configs["audio"].input.sample_rate
-        derived["audio_seconds"] = configs["audio"].input.clip_seconds
-    if "imu" in configs:
-        derived["imu_length"] = configs["imu"].input.length
-    return SyntheticConfig(**{**derived, **dict(overrides or {})})
 
 
 class SyntheticDataModule(PairedDataModule):

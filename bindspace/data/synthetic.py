@@ -5,6 +5,15 @@ class and a subset of the factors (``VISIBLE_FACTORS``) through its own independ
 cross-modal retrieval has to match instances, not only classes. Everything is a pure function of
 (seed, scene_id, modality): no files, and a scene renders identically in any batch, worker or rank.
 
+Two versions of the renderer (``SyntheticConfig.version``) show the same scenes (classes, factors,
+shapes, colours, textures, motion, sound, captions) and differ in where sensor noise comes from:
+- 1, every published synthetic number's data: each scene's noise from its own generator
+  (``SFC64(SeedSequence([seed, id, stream]))``) and the image background from 192 values of it;
+- 2, about a third cheaper to generate (``make bench`` (d)): each scene's noise cut from one seeded
+  noise bank per modality at a per-scene offset, and the image background cropped from one seeded
+  clutter texture at a per-scene position. Noise has the same distribution (uniform, unit variance)
+  and amplitude; scenes whose offsets fall close share part of their noise, shifted.
+
 Example:
     scenes = SyntheticScenes(SyntheticConfig(), seed=0)
     images = scenes.render("image", range(256))  # (256, 3, 64, 64) float32 in [0, 1]
@@ -12,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -21,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from bindspace.data.scene_rng import scene_words
 
@@ -43,6 +54,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 }  # fmt: skip
 _FACTOR_STREAM = 0  # noise streams of modality m are 1 + MODALITIES.index(m)
 _CLUTTER = 8  # image background: random colour blobs on an 8 x 8 grid, upsampled
+VERSIONS = (1, 2)  # of the renderer: see the module docstring
 _MARKER = (0.7, 0.0)  # a painted dot in the object frame: makes orientation visible for any shape
 
 # Audio timbre per shape: partial frequency ratios and amplitudes (harmonic, odd, bell, fifths, ...).
@@ -143,6 +155,8 @@ class SyntheticConfig:
         noise: Global multiplier on every modality's noise level (0 = clean).
         caption_dropout: Chance that a caption leaves out each attribute phrase (scaled by noise),
             so text is not a lossless code of the factors.
+        version: Of the renderer (``VERSIONS``; the module docstring says how they differ). 1 is
+            the data every published synthetic number was trained on.
     """
 
     num_classes: int = 16
@@ -153,14 +167,42 @@ class SyntheticConfig:
     imu_rate: float = 100.0
     noise: float = 1.0
     caption_dropout: float = 0.2
+    version: int = 1
 
     def __post_init__(self) -> None:
-        if not 2 <= self.num_classes <= len(SHAPES) * len(COLOURS):
-            raise ValueError(f"num_classes must be in [2, {len(SHAPES) * len(COLOURS)}], got {self.num_classes}")
+        # Messages start with the field at fault (bindspace.config reports them as data.scene.<field>).
+        if isinstance(self.version, bool) or self.version not in VERSIONS:
+            raise ValueError(f"version must be one of {list(VERSIONS)}, got {self.version!r}")
+        most = len(SHAPES) * len(COLOURS)
+        if not _is_number(self.num_classes, integer=True) or not 2 <= self.num_classes <= most:
+            raise ValueError(f"num_classes must be an integer in [2, {most}], got {self.num_classes!r}")
+        if not _is_number(self.noise) or not self.noise >= 0:
+            raise ValueError(f"noise must be a number >= 0, got {self.noise!r}")
+        if not _is_number(self.caption_dropout) or not 0 <= self.caption_dropout <= 1:
+            raise ValueError(f"caption_dropout must be a number in [0, 1], got {self.caption_dropout!r}")
         if self.image_size < 16 or self.imu_length < 1 or self.audio_sample_rate * self.audio_seconds < 64:
             raise ValueError(f"sizes too small to render anything meaningful: {self}")
-        if self.noise < 0 or not 0 <= self.caption_dropout <= 1:
-            raise ValueError(f"need noise >= 0 and caption_dropout in [0, 1], got {self}")
+
+
+def _is_number(value: Any, integer: bool = False) -> bool:
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def scene_config(configs: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> SyntheticConfig:
+    """The benchmark's config for a model: rendered at the model's input geometry (``configs``: modality
+    name -> ModalityConfig), so transforms do no resampling on the hot path; ``overrides`` are ``data.scene``."""
+    derived: dict[str, Any] = {}
+    if "image" in configs:
+        derived["image_size"] = configs["image"].input.size
+    elif "depth" in configs:
+        derived["image_size"] = configs["depth"].input.size
+    if "audio" in configs:
+        derived["audio_sample_rate"] = configs["audio"].input.sample_rate
+        derived["audio_seconds"] = configs["audio"].input.clip_seconds
+    if "imu" in configs:
+        derived["imu_length"] = configs["imu"].input.length
+    return SyntheticConfig(**{**derived, **dict(overrides or {})})
 
 
 _M64 = (1 << 64) - 1
@@ -240,6 +282,74 @@ def _scene_noise(
 
 _NOISE_UNIT = np.float32(math.sqrt(3.0) / 32768)  # int16 -> uniform noise of unit variance
 
+# Version 2's shared noise. Generators and offsets use streams above every modality's (< 2**21).
+_BANK_STREAM = 1 << 30  # generator of modality stream s's noise bank: scene_words(seed, [s], _BANK_STREAM)
+_OFFSET_STREAM = 1 << 31  # per-scene offsets of stream s: _hash_uniform(seed, ids, _OFFSET_STREAM + s)
+_TEXTURE_STREAM = 1 << 32  # the image's clutter texture
+_BANK_MIN = 1 << 20  # noise values per bank (4 MiB of float32) at least ...
+_BANK_SPAN = 64  # ... and at least this many times the longest noise field drawn from it
+
+
+def _bank_size(field: int) -> int:
+    return max(_BANK_MIN, 1 << (_BANK_SPAN * field - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=16)
+def _noise_bank(seed: int, stream: int, size: int) -> np.ndarray:
+    """(size,) float32 read-only uniform noise of unit variance: modality ``stream``'s bank (version 2)."""
+    words = scene_words(seed, np.array([stream]), _BANK_STREAM, size // 4)[0]
+    bank = np.multiply(words.view(np.int16), _NOISE_UNIT, dtype=np.float32)
+    bank.flags.writeable = False
+    return bank
+
+
+def _bank_noise(
+    seed: int, ids: np.ndarray, stream: int, shape: tuple[int, ...], out: np.ndarray | None = None
+) -> np.ndarray:
+    """Version 2's ``_scene_noise``: scene ``i``'s noise is ``size`` consecutive values of the stream's bank,
+    from an offset drawn for (seed, ids[i], stream). One gather for the batch; ``out`` as ``_scene_noise``."""
+    size = math.prod(shape)
+    bank = _noise_bank(seed, stream, _bank_size(size))
+    starts = _positions(_hash_uniform(seed, ids, _OFFSET_STREAM + stream, 1)[:, 0], len(bank) - size + 1)
+    fields = as_strided(bank, (len(bank) - size + 1, size), (bank.itemsize, bank.itemsize), writeable=False)
+    if out is None:
+        return fields[starts].reshape(len(ids), *shape)  # a gather: np.take would copy the whole strided view
+    flat = out.reshape(len(ids), size)
+    for row, start in enumerate(starts.tolist()):
+        flat[row] = bank[start : start + size]
+    return out
+
+
+def _positions(draws: np.ndarray, count: int) -> np.ndarray:
+    """(B,) int64 in [0, count) from (B,) uniforms in [0, 1)."""
+    return np.minimum((draws * count).astype(np.int64), count - 1)
+
+
+_TEXTURE_MIN = 512  # side of the clutter texture in pixels, at least; and at least 4 frames wide
+
+
+@functools.lru_cache(maxsize=4)
+def _clutter_texture(seed: int, image_size: int, noise: float) -> np.ndarray:
+    """(3, T, T) float32 read-only image background of version 2, clipped to [0, 1]: version 1's
+    background (grey-leaning colour blobs on a grid of image_size / 8 pixel cells, bilinearly
+    upsampled, plus pixel noise) over a field T pixels wide, from which each scene crops its frame."""
+    n = image_size
+    cells = -(-max(_TEXTURE_MIN, 4 * n) * _CLUTTER // n)  # blobs per side, each n / 8 pixels
+    side = cells * n // _CLUTTER
+    words = -(-(3 * cells * cells + 3 * side * side) // 4)
+    field = scene_words(seed, np.array([0]), _TEXTURE_STREAM, words)[0].view(np.int16)
+    clutter = np.multiply(field[: 3 * cells * cells], _NOISE_UNIT, dtype=np.float32).reshape(3, cells, cells)
+    clutter = 0.6 * clutter + 0.4 * clutter.mean(axis=0, keepdims=True)
+    upsample = _interp_matrix(side, cells)
+    texture = upsample @ clutter @ upsample.T  # (3, T, T)
+    texture *= 0.12 * noise
+    texture += 0.45
+    grain = np.multiply(field[3 * cells * cells : 3 * cells * cells + 3 * side * side], _NOISE_UNIT, dtype=np.float32)
+    texture += (0.03 * noise) * grain.reshape(texture.shape)
+    np.clip(texture, 0, 1, out=texture)
+    texture.flags.writeable = False
+    return texture
+
 
 _CHUNK = 8  # scenes per pass in full-frame loops: a few hundred KiB, cache-sized
 
@@ -305,16 +415,18 @@ class SceneNoise:
     a scene renders identically in any batch, worker or rank.
     """
 
-    def __init__(self, seed: int, ids: np.ndarray, stream: int) -> None:
-        self.seed, self.ids, self.stream = seed, ids, stream
+    def __init__(self, seed: int, ids: np.ndarray, stream: int, version: int = 1) -> None:
+        self.seed, self.ids, self.stream, self.version = seed, ids, stream, version
 
     def uniform(self, n: int) -> np.ndarray:
         """(B, n) float64 uniforms in [0, 1), one row per scene."""
         return _hash_uniform(self.seed, self.ids, self.stream, n)
 
     def normal(self, shape: tuple[int, ...]) -> np.ndarray:
-        """(B, *shape) float32 zero-mean, unit-variance noise (uniformly distributed), one generator per scene."""
-        return _scene_noise(self.seed, self.ids, self.stream, tuple(shape))
+        """(B, *shape) float32 zero-mean, unit-variance noise (uniformly distributed): one generator per scene
+        (version 1), or cut from the stream's noise bank (version 2)."""
+        noise = _scene_noise if self.version == 1 else _bank_noise
+        return noise(self.seed, self.ids, self.stream, tuple(shape))
 
 
 # Every shape lies within this many object radii of its centre at q <= 1 (the cube's corners, 0.8 * sqrt 2;
@@ -352,22 +464,32 @@ class _Pose:
         a += 0.5
         return np.clip(a, 0, 1, out=a)
 
-    def blend(self, frame: np.ndarray, over: np.ndarray, alpha: np.ndarray, mix: bool = True) -> np.ndarray:
+    def blend(
+        self, frame: np.ndarray, over: np.ndarray, alpha: np.ndarray, mix: bool = True, clip: bool = False
+    ) -> np.ndarray:
         """Composite the object onto ``frame`` (B, ..., H, W) in place on each scene's window; returns ``frame``.
 
         ``mix``: ``frame + alpha * (over - frame)`` (the object replaces what is behind it), else
-        ``frame + alpha * over`` (it adds to it). ``over`` (B, ..., S, S) is used as scratch.
+        ``frame + alpha * over`` (it adds to it). ``over`` (B, ..., S, S) is used as scratch. ``clip``:
+        the windows' results are clipped to [0, 1] (rounding can put a mix of two such values an ulp out).
         """
         alpha = alpha[:, None] if over.ndim == 4 else alpha
-        # One small window per scene: views of the frame, no gather and scatter of every window.
-        s = self.size
-        windows = zip(self.order.tolist(), self.top.tolist(), self.left.tolist(), strict=True)
-        for i, (row, top, left) in enumerate(windows):
-            below, d = frame[row, ..., top : top + s, left : left + s], over[i]
-            if mix:
-                d -= below
-            d *= alpha[i]
-            below += d
+        # Every window of every frame as one strided view (B, H - S + 1, W - S + 1, ..., S, S): the scenes'
+        # windows are then one gather and one scatter, instead of three small operations per scene. Each
+        # frame holds one window, so the scatter writes every pixel at most once.
+        s, (h, w), st = self.size, frame.shape[-2:], frame.strides
+        windows = as_strided(
+            frame, (len(frame), h - s + 1, w - s + 1, *frame.shape[1:-2], s, s), (*st[:1], *st[-2:], *st[1:])
+        )
+        where = (self.order, self.top, self.left)
+        below = windows[where]  # (B, ..., S, S), a copy
+        if mix:
+            over -= below
+        over *= alpha
+        below += over
+        if clip:
+            np.clip(below, 0, 1, out=below)
+        windows[where] = below
         return frame
 
 
@@ -440,7 +562,7 @@ class SyntheticScenes:
         if modality in MODALITIES:
             return getattr(self, f"_{modality}")(ids, self.factors(ids))
         spec = _plugin_spec(modality)
-        noise = SceneNoise(self.seed, ids, self._stream(modality))
+        noise = SceneNoise(self.seed, ids, self._stream(modality), self.config.version)
         return spec.render_synthetic(self.factors(ids), noise, self.inputs.get(modality) or spec.default_config().input)
 
     def _check_ids(self, scene_ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -450,6 +572,11 @@ class SyntheticScenes:
         if ids.size and ids.min() < 0:
             raise ValueError("scene_ids must be non-negative")
         return ids.astype(np.int64)
+
+    def _noise(self, ids: np.ndarray, stream: int, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """(B, *shape) unit-variance sensor noise of this renderer's version (``SceneNoise.normal``)."""
+        noise = _scene_noise if self.config.version == 1 else _bank_noise
+        return noise(self.seed, ids, stream, shape, out=out)
 
     def _stream(self, modality: str) -> int:
         if modality in MODALITIES:
@@ -495,7 +622,24 @@ class SyntheticScenes:
         np.exp(marker, out=marker)
         return _Pose(u, v, q, r_px[:, None, None], marker, shape, colour, order, top, left, size)
 
+    def _object_colour(self, ids: np.ndarray, f: dict[str, np.ndarray], stream: int, pose: _Pose) -> np.ndarray:
+        """(B, 3, S, S) the object's colour times its shading (texture, orientation dot), in window order."""
+        cfg = self.config
+        jitter = (_hash_uniform(self.seed, ids, stream, 4) * 2 - 1).astype(np.float32)
+        colour = np.array(list(COLOURS.values()), np.float32)[f["label"] // self._num_shapes]  # (B, 3)
+        colour = np.clip(colour + 0.08 * cfg.noise * jitter[:, :3], 0, 1) * (1 + 0.15 * cfg.noise * jitter[:, 3:])
+        colour = colour[pose.order]  # in window order
+        # shade = (0.55 + 0.45 * texture) * (1 - 0.8 * marker), in place; (B, S, S)
+        shade = _by_run(pose.colour, _TEXTURES, pose.u, pose.v, np.minimum(pose.q, 1))
+        shade *= 0.45
+        shade += 0.55
+        dot = np.multiply(pose.marker, 0.8, out=_scratch("image.dot", shade.shape))
+        shade *= np.subtract(1, dot, out=dot)
+        return colour[:, :, None, None] * shade[:, None]
+
     def _image(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
+        if self.config.version == 2:
+            return self._image_v2(ids, f)
         cfg, n, pose = self.config, self.config.image_size, self._pose(f, 1.0)
         stream = self._stream("image")
         k = 3 * _CLUTTER**2
@@ -510,18 +654,8 @@ class SyntheticScenes:
             np.matmul(self._upsample @ clutter[rows], self._upsample.T, out=image[rows])
             image[rows] *= 0.12 * cfg.noise
             image[rows] += 0.45
-        jitter = (_hash_uniform(self.seed, ids, stream, 4) * 2 - 1).astype(np.float32)
-        colour = np.array(list(COLOURS.values()), np.float32)[f["label"] // self._num_shapes]  # (B, 3)
-        colour = np.clip(colour + 0.08 * cfg.noise * jitter[:, :3], 0, 1) * (1 + 0.15 * cfg.noise * jitter[:, 3:])
-        colour = colour[pose.order]  # in window order
-        # shade = (0.55 + 0.45 * texture) * (1 - 0.8 * marker), in place; (B, S, S)
-        shade = _by_run(pose.colour, _TEXTURES, pose.u, pose.v, np.minimum(pose.q, 1))
-        shade *= 0.45
-        shade += 0.55
-        dot = np.multiply(pose.marker, 0.8, out=_scratch("image.dot", shade.shape))
-        shade *= np.subtract(1, dot, out=dot)
         # The object over the background on its window; elsewhere alpha is 0 and the pixel is the background.
-        pose.blend(image, colour[:, :, None, None] * shade[:, None], pose.alpha(1.0))
+        pose.blend(image, self._object_colour(ids, f, stream, pose), pose.alpha(1.0))
         # Pixel noise, a few scenes at a time so that each pass over them stays in cache.
         noise = field[:, k : k + 3 * n * n].reshape(image.shape)
         for rows in _chunks(len(ids), _CHUNK):
@@ -530,6 +664,33 @@ class SyntheticScenes:
             image[rows] += pixel_noise
             np.clip(image[rows], 0, 1, out=image[rows])
         return image
+
+    def _image_v2(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
+        """Version 2: the background (clutter and its pixel noise) is a crop of the seed's clutter texture,
+        and only the object's window gets fresh pixel noise, from the image bank: the full frame costs one
+        copy. Noise is indexed by absolute pixel, so a scene renders the same in any batch."""
+        cfg, n, pose = self.config, self.config.image_size, self._pose(f, 1.0)
+        stream = self._stream("image")
+        texture = _clutter_texture(self.seed, n, cfg.noise)
+        positions = texture.shape[-1] - n + 1
+        (c, h, w), (sc, sh, sw) = texture.shape, texture.strides
+        crops = as_strided(texture, (h - n + 1, w - n + 1, c, n, n), (sh, sw, sc, sh, sw), writeable=False)
+        draws = _hash_uniform(self.seed, ids, _OFFSET_STREAM + stream, 3)  # noise offset (as _bank_noise), crop
+        image = crops[_positions(draws[:, 1], positions), _positions(draws[:, 2], positions)]
+        # The object's own pixel noise: its frame's noise field (3, n, n), cut from the bank at the scene's offset, on
+        # the window. It replaces the background's where the object covers it (the blend mixes them by coverage).
+        over = self._object_colour(ids, f, stream, pose)
+        s, field = pose.size, 3 * n * n
+        bank = _noise_bank(self.seed, stream, _bank_size(field))
+        starts = _positions(draws[:, 0], len(bank) - field + 1)[pose.order] + pose.top * n + pose.left
+        count = len(bank) - 2 * n * n - (s - 1) * (n + 1)  # every start below it keeps the window inside the bank
+        isz = bank.itemsize
+        windows = as_strided(bank, (count, 3, s, s), (isz, n * n * isz, n * isz, isz), writeable=False)
+        grain = windows[starts]  # (B, 3, S, S), a gather
+        grain *= 0.03 * cfg.noise
+        over += grain
+        np.clip(over, 0, 1, out=over)  # the texture is in [0, 1] too, so only the windows need clipping after
+        return pose.blend(image, over, pose.alpha(1.0), clip=True)
 
     def _depth(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
         cfg, g, pose = self.config, self._grid, self._pose(f, 1.0)
@@ -548,7 +709,7 @@ class SyntheticScenes:
         # Structured-light style noise grows with the square of the distance: depth += c * depth^2 * noise.
         grain = np.multiply(depth, 0.003 * cfg.noise, out=_scratch("depth.grain", depth.shape))
         grain *= depth
-        grain *= _scene_noise(self.seed, ids, stream, depth.shape[1:], out=_scratch("depth.noise", depth.shape))
+        grain *= self._noise(ids, stream, depth.shape[1:], out=_scratch("depth.noise", depth.shape))
         depth += grain
         return np.clip(depth, 0.5, 10.0, out=depth)
 
@@ -565,7 +726,7 @@ class SyntheticScenes:
         # still show their class; the hottest spots of the hottest objects just reach 1.
         excess = (0.05 + 0.4 * f["temperature"][pose.order])[:, None, None] + 0.25 * heat + 0.1 * pose.marker
         pose.blend(thermal, excess, pose.alpha(2.5), mix=False)  # a wider edge ramp: thermal optics are blurry
-        grain = _scene_noise(self.seed, ids, stream, thermal.shape[1:], out=_scratch("thermal.noise", thermal.shape))
+        grain = self._noise(ids, stream, thermal.shape[1:], out=_scratch("thermal.noise", thermal.shape))
         grain *= 0.02 * cfg.noise
         thermal += grain
         return np.clip(thermal, 0, 1, out=thermal)
@@ -593,9 +754,12 @@ class SyntheticScenes:
         tone_rms = np.sqrt((np.where(ok, amps, 0) ** 2).sum(axis=1) / 2)[:, None]  # Parseval, no pass over T
         notes_per_second = (1.5 + 6.0 * f["speed"])[:, None]  # the tempo follows the spin speed
         grid_start = phases[:, :1].astype(np.float32)  # the note grid starts at a random offset
-        words = -(-n // 4)
-        noise = scene_words(self.seed, ids, stream, words, out=_scratch("audio.words", (b, words), np.uint64))
-        noise = noise.view(np.int16)[:, :n]
+        if cfg.version == 1:  # raw words, scaled per group below
+            words = -(-n // 4)
+            noise = scene_words(self.seed, ids, stream, words, out=_scratch("audio.words", (b, words), np.uint64))
+            noise = noise.view(np.int16)[:, :n]
+        else:
+            noise = _bank_noise(self.seed, ids, stream, (n,), out=_scratch("audio.noise", (b, n)))
         t = np.arange(n, dtype=np.float32) / cfg.audio_sample_rate
         out = np.empty((b, n), np.float32)
         starts = np.searchsorted(colour, np.arange(len(_ENVELOPES) + 1))
@@ -606,8 +770,11 @@ class SyntheticScenes:
             phase -= np.floor(phase, out=_scratch("audio.floor", phase.shape))
             w = wave[rows]
             w *= _ENVELOPES[g](phase).astype(np.float32, copy=False)
-            hiss = np.multiply(noise[rows], _NOISE_UNIT, out=phase)
-            hiss *= 0.1 * cfg.noise * tone_rms[rows]
+            if cfg.version == 1:
+                hiss = np.multiply(noise[rows], _NOISE_UNIT, out=phase)
+                hiss *= 0.1 * cfg.noise * tone_rms[rows]
+            else:
+                hiss = np.multiply(noise[rows], 0.1 * cfg.noise * tone_rms[rows], out=phase)
             w += hiss
             w /= np.maximum(w.max(axis=1, keepdims=True), -w.min(axis=1, keepdims=True)) + 1e-6
             out[order[rows]] = w
@@ -629,7 +796,7 @@ class SyntheticScenes:
         imu = np.concatenate([gravity[:, :, None] + shake * waves[:, None, 1], gyro], axis=1)  # (B, 6, T)
         scale = cfg.noise * np.array([0.3, 0.3, 0.3, 0.05, 0.05, 0.05], np.float32)  # acc m/s^2, gyro rad/s
         imu += (scale * (draws[:, 1:] * 2 - 1))[:, :, None]  # per-scene sensor bias
-        imu += 0.5 * scale[:, None] * _scene_noise(self.seed, ids, stream, imu.shape[1:])
+        imu += 0.5 * scale[:, None] * self._noise(ids, stream, imu.shape[1:])
         return imu.astype(np.float32, copy=False)
 
     def _text(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> list[str]:

@@ -20,6 +20,7 @@ from bindspace.data.synthetic import (
     MODALITIES,
     VERSIONS,
     VISIBLE_FACTORS,
+    SceneNoise,
     SyntheticConfig,
     SyntheticScenes,
 )
@@ -358,3 +359,14 @@ def test_version_2_noise_depends_on_the_seed() -> None:
     b = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, version=2), seed=1).render("depth", ids)
     clean = SyntheticScenes(SyntheticConfig(audio_seconds=0.5, version=2, noise=0.0), seed=0).render("depth", ids)
     assert not np.array_equal(a, b) and not np.array_equal(a, clean)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_plugin_noise_is_a_function_of_the_scene(version: int) -> None:
+    """What a plugin modality's renderer draws (``SceneNoise``) is per scene in either version."""
+    stream = 7 + 12345
+    whole = SceneNoise(0, np.arange(10), stream, version).normal((4, 9))
+    part = SceneNoise(0, np.array([7, 2]), stream, version).normal((4, 9))
+    np.testing.assert_array_equal(part, whole[[7, 2]])
+    assert whole.shape == (10, 4, 9) and whole.dtype == np.float32 and 0.8 < whole.std() < 1.2
+    assert not np.array_equal(whole, SceneNoise(1, np.arange(10), stream, version).normal((4, 9)))

@@ -9,10 +9,10 @@ Two versions of the renderer (``SyntheticConfig.version``) show the same scenes 
 shapes, colours, textures, motion, sound, captions) and differ in where sensor noise comes from:
 - 1, every published synthetic number's data: each scene's noise from its own generator
   (``SFC64(SeedSequence([seed, id, stream]))``) and the image background from 192 values of it;
-- 2, about a third cheaper to generate (``make bench`` (d)): each scene's noise cut from one seeded
-  noise bank per modality at a per-scene offset, and the image background cropped from one seeded
-  clutter texture at a per-scene position. Noise has the same distribution (uniform, unit variance)
-  and amplitude; scenes whose offsets fall close share part of their noise, shifted.
+- 2, cheaper to generate (``make bench`` (d)): each scene's noise cut from one seeded noise bank per
+  modality at a per-scene offset, and the image clutter drawn from the counter-based hash. Noise has
+  the same distribution (uniform, unit variance) and amplitude; two scenes whose offsets fall close
+  share part of their pixel noise, shifted (about 2% of image pairs), never their clutter.
 
 Example:
     scenes = SyntheticScenes(SyntheticConfig(), seed=0)
@@ -285,7 +285,6 @@ _NOISE_UNIT = np.float32(math.sqrt(3.0) / 32768)  # int16 -> uniform noise of un
 # Version 2's shared noise. Generators and offsets use streams above every modality's (< 2**21).
 _BANK_STREAM = 1 << 30  # generator of modality stream s's noise bank: scene_words(seed, [s], _BANK_STREAM)
 _OFFSET_STREAM = 1 << 31  # per-scene offsets of stream s: _hash_uniform(seed, ids, _OFFSET_STREAM + s)
-_TEXTURE_STREAM = 1 << 32  # the image's clutter texture
 _BANK_MIN = 1 << 20  # noise values per bank (4 MiB of float32) at least ...
 _BANK_SPAN = 64  # ... and at least this many times the longest noise field drawn from it
 
@@ -299,6 +298,14 @@ def _noise_bank(seed: int, stream: int, size: int) -> np.ndarray:
     """(size,) float32 read-only uniform noise of unit variance: modality ``stream``'s bank (version 2)."""
     words = scene_words(seed, np.array([stream]), _BANK_STREAM, size // 4)[0]
     bank = np.multiply(words.view(np.int16), _NOISE_UNIT, dtype=np.float32)
+    bank.flags.writeable = False
+    return bank
+
+
+@functools.lru_cache(maxsize=16)
+def _scaled_bank(seed: int, stream: int, size: int, scale: float) -> np.ndarray:
+    """``_noise_bank`` times ``scale``, kept: a renderer adds its slices without a multiply per scene."""
+    bank = np.multiply(_noise_bank(seed, stream, size), np.float32(scale))
     bank.flags.writeable = False
     return bank
 
@@ -323,32 +330,6 @@ def _bank_noise(
 def _positions(draws: np.ndarray, count: int) -> np.ndarray:
     """(B,) int64 in [0, count) from (B,) uniforms in [0, 1)."""
     return np.minimum((draws * count).astype(np.int64), count - 1)
-
-
-_TEXTURE_MIN = 512  # side of the clutter texture in pixels, at least; and at least 4 frames wide
-
-
-@functools.lru_cache(maxsize=4)
-def _clutter_texture(seed: int, image_size: int, noise: float) -> np.ndarray:
-    """(3, T, T) float32 read-only image background of version 2, clipped to [0, 1]: version 1's
-    background (grey-leaning colour blobs on a grid of image_size / 8 pixel cells, bilinearly
-    upsampled, plus pixel noise) over a field T pixels wide, from which each scene crops its frame."""
-    n = image_size
-    cells = -(-max(_TEXTURE_MIN, 4 * n) * _CLUTTER // n)  # blobs per side, each n / 8 pixels
-    side = cells * n // _CLUTTER
-    words = -(-(3 * cells * cells + 3 * side * side) // 4)
-    field = scene_words(seed, np.array([0]), _TEXTURE_STREAM, words)[0].view(np.int16)
-    clutter = np.multiply(field[: 3 * cells * cells], _NOISE_UNIT, dtype=np.float32).reshape(3, cells, cells)
-    clutter = 0.6 * clutter + 0.4 * clutter.mean(axis=0, keepdims=True)
-    upsample = _interp_matrix(side, cells)
-    texture = upsample @ clutter @ upsample.T  # (3, T, T)
-    texture *= 0.12 * noise
-    texture += 0.45
-    grain = np.multiply(field[3 * cells * cells : 3 * cells * cells + 3 * side * side], _NOISE_UNIT, dtype=np.float32)
-    texture += (0.03 * noise) * grain.reshape(texture.shape)
-    np.clip(texture, 0, 1, out=texture)
-    texture.flags.writeable = False
-    return texture
 
 
 _CHUNK = 8  # scenes per pass in full-frame loops: a few hundred KiB, cache-sized
@@ -666,30 +647,37 @@ class SyntheticScenes:
         return image
 
     def _image_v2(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:
-        """Version 2: the background (clutter and its pixel noise) is a crop of the seed's clutter texture,
-        and only the object's window gets fresh pixel noise, from the image bank: the full frame costs one
-        copy. Noise is indexed by absolute pixel, so a scene renders the same in any batch."""
+        """Version 2: version 1's picture (a clutter background of 8 x 8 colour blobs, the object, pixel noise)
+        with the clutter drawn from the counter-based hash (192 values a scene) and scaled before it is
+        upsampled, and the pixel noise cut from the image bank: the full frame costs an upsampling and an
+        addition. The background needs no clip up to noise 2 (it stays within [0.19, 0.71] at 1); the
+        object's window gets its own noise and its clip, and replaces the background's noise where it
+        covers it. Noise is indexed by absolute pixel, so a scene renders the same in any batch."""
         cfg, n, pose = self.config, self.config.image_size, self._pose(f, 1.0)
-        stream = self._stream("image")
-        texture = _clutter_texture(self.seed, n, cfg.noise)
-        positions = texture.shape[-1] - n + 1
-        (c, h, w), (sc, sh, sw) = texture.shape, texture.strides
-        crops = as_strided(texture, (h - n + 1, w - n + 1, c, n, n), (sh, sw, sc, sh, sw), writeable=False)
-        draws = _hash_uniform(self.seed, ids, _OFFSET_STREAM + stream, 3)  # noise offset (as _bank_noise), crop
-        image = crops[_positions(draws[:, 1], positions), _positions(draws[:, 2], positions)]
-        # The object's own pixel noise: its frame's noise field (3, n, n), cut from the bank at the scene's offset, on
-        # the window. It replaces the background's where the object covers it (the blend mixes them by coverage).
+        stream, b = self._stream("image"), len(ids)
+        k, field = 3 * _CLUTTER**2, 3 * n * n
+        draws = _hash_uniform(self.seed, ids, _OFFSET_STREAM + stream, 1 + k)  # noise offset, clutter
+        clutter = ((draws[:, 1:] * 2 - 1) * math.sqrt(3)).astype(np.float32).reshape(b, 3, _CLUTTER, _CLUTTER)
+        # Mostly grey clutter, so the object stays the most saturated thing in the frame; scaled and offset
+        # before upsampling (the interpolation's rows sum to 1), so the full frame is written once.
+        clutter = 0.6 * clutter + 0.4 * clutter.mean(axis=1, keepdims=True)
+        clutter *= 0.12 * cfg.noise
+        clutter += 0.45
+        image = np.matmul(np.matmul(self._upsample, clutter), self._upsample.T)  # (B, 3, n, n)
+        bank = _scaled_bank(self.seed, stream, _bank_size(field), 0.03 * cfg.noise)
+        starts = _positions(draws[:, 0], len(bank) - field + 1)
+        frames = image.reshape(b, field)
+        for row, start in enumerate(starts.tolist()):
+            frames[row] += bank[start : start + field]
+        if (0.12 + 0.03) * math.sqrt(3) * cfg.noise > 0.45:  # noise above ~2.1x can leave [0, 1]
+            np.clip(image, 0, 1, out=image)
+        # The object with its own pixel noise: its frame's noise on its window, from the same offset.
         over = self._object_colour(ids, f, stream, pose)
-        s, field = pose.size, 3 * n * n
-        bank = _noise_bank(self.seed, stream, _bank_size(field))
-        starts = _positions(draws[:, 0], len(bank) - field + 1)[pose.order] + pose.top * n + pose.left
+        s, isz = pose.size, bank.itemsize
         count = len(bank) - 2 * n * n - (s - 1) * (n + 1)  # every start below it keeps the window inside the bank
-        isz = bank.itemsize
         windows = as_strided(bank, (count, 3, s, s), (isz, n * n * isz, n * isz, isz), writeable=False)
-        grain = windows[starts]  # (B, 3, S, S), a gather
-        grain *= 0.03 * cfg.noise
-        over += grain
-        np.clip(over, 0, 1, out=over)  # the texture is in [0, 1] too, so only the windows need clipping after
+        over += windows[starts[pose.order] + pose.top * n + pose.left]  # (B, 3, S, S), a gather
+        np.clip(over, 0, 1, out=over)
         return pose.blend(image, over, pose.alpha(1.0), clip=True)
 
     def _depth(self, ids: np.ndarray, f: dict[str, np.ndarray]) -> np.ndarray:

@@ -180,8 +180,9 @@ def main() -> None:
             f"Command: {command_line(parser, args, 'benchmarks.bench_data', ('steps', 'repeats'))}.",
             "",
             "Renderer versions (`data.scene.version`): 1 renders the data every published synthetic number was "
-            "trained on (the default); 2 takes sensor noise from a seeded noise bank and the image background "
-            "from a seeded clutter texture (`bindspace/data/synthetic.py`).",
+            "trained on (the default); 2 renders the same scenes with sensor noise cut from seeded noise banks (one "
+            "per modality, at per-scene offsets) and the image clutter from a counter-based hash "
+            "(`bindspace/data/synthetic.py`).",
             "",
             "| what | per step (ms) | pairs / s |",
             "|---|---|---|",

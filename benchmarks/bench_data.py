@@ -2,7 +2,7 @@
 
 Measures, in one process on this machine, with the default config (`model=tiny`, `data=synthetic`):
 - generation: scenes rendered *and* transformed to model input per second, for one training step's
-  worth of edge batches (the exact code path of a DataLoader worker), single thread;
+  worth of edge batches (the exact code path of a DataLoader worker), single thread (torch's and numpy's BLAS);
 - consumption: pairs per second that the training step (forward, backward, AdamW) eats.
 
 Generation and training are timed in alternating rounds (a busy machine slows both alike); the table
@@ -20,6 +20,8 @@ import platform
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from threadpoolctl import threadpool_limits
 
 from benchmarks.command import command_line
 from bindspace.config import build_run_spec
@@ -45,6 +48,35 @@ def timed(fn, repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - start) / repeats
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's cumulative CPU times (``/proc/stat``'s first line, in ticks), or None off Linux."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def steal_note(start: list[int] | None, end: list[int] | None) -> str:
+    """ ", CPU steal S% during the run": the share of time the hypervisor gave this VM's CPUs to others,
+    which slows both sides of the ratio unevenly and no load average shows."""
+    if not start or not end or len(start) < 8 or len(end) < 8:
+        return ""
+    total = sum(end) - sum(start)
+    return f", CPU steal {100 * (end[7] - start[7]) / total:.0f}% during the run" if total > 0 else ""
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One thread for torch and for numpy's BLAS (OpenBLAS would run the renderers' larger matmuls on two,
+    which flattered version 1's figure until 2026-12-02); two for torch afterwards, as training runs."""
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(2)
 
 
 def breakdown(steps: StepBatches, first: int, count: int) -> dict[str, tuple[float, float]]:
@@ -111,6 +143,7 @@ def main() -> None:
     # Other processes slow both sides, the 2-thread training step far more than 1-thread generation (its two
     # OpenMP threads wait on each other at every op): on a busy machine the ratio is inflated, and no verdict.
     load_start = os.getloadavg()[0]
+    cpu_start = cpu_times()
 
     def in_loop(version: int) -> float:
         """Generation as a default run (``data.num_workers=0``) does it: in the training process, at its 2
@@ -130,17 +163,15 @@ def main() -> None:
     loops: dict[int, list[float]] = defaultdict(list)
     trains: list[float] = []
     for _ in range(args.repeats):
-        torch.set_num_threads(1)
-        for v in versions:
-            gens[v].append(timed(lambda v=v: steps[v][next(counter)], args.steps))
-        torch.set_num_threads(2)
+        with one_thread():
+            for v in versions:
+                gens[v].append(timed(lambda v=v: steps[v][next(counter)], args.steps))
         trains.append(timed(train_step, args.steps))
         for v in versions:
             loops[v].append(in_loop(v))
-    torch.set_num_threads(1)
     first = next(counter)
-    parts = {v: breakdown(steps[v], first, args.steps) for v in versions}
-    torch.set_num_threads(2)
+    with one_thread():
+        parts = {v: breakdown(steps[v], first, args.steps) for v in versions}
     step = statistics.median(trains)
     gen = {v: statistics.median(gens[v]) for v in versions}
     loop = {v: statistics.median(loops[v]) for v in versions}
@@ -176,7 +207,7 @@ def main() -> None:
             "",
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, load average {load_start:.1f} at the start, "
-            f"{os.getloadavg()[0]:.1f} at the end. Date: {date.today()}.",
+            f"{os.getloadavg()[0]:.1f} at the end{steal_note(cpu_start, cpu_times())}. Date: {date.today()}.",
             f"Command: {command_line(parser, args, 'benchmarks.bench_data', ('steps', 'repeats'))}.",
             "",
             "Renderer versions (`data.scene.version`): 1 renders the data every published synthetic number was "
@@ -187,7 +218,8 @@ def main() -> None:
             "| what | per step (ms) | pairs / s |",
             "|---|---|---|",
             *(
-                f"| generation, version {v} (render + transform, 1 thread, {len(spec.edges)} edges x {batch}) "
+                f"| generation, version {v} (render + transform, 1 thread for torch and numpy's BLAS, "
+                f"{len(spec.edges)} edges x {batch}) "
                 f"| {gen[v] * 1e3:.0f} | {pairs / gen[v]:.0f} |"
                 for v in versions
             ),
@@ -212,8 +244,9 @@ def main() -> None:
                 f"generation in a default run {per_round(loops[v])} ms"
                 for v in versions
             )
-            + ". The target and the verdict are the one-thread figure's (what a DataLoader worker does, and "
-            "the CPU time a generated step costs); the default-run rows are for comparison. "
+            + ". The target and the verdict are the one-thread figure's (the CPU time a generated step costs; "
+            "until 2026-12-02 numpy's BLAS ran on two threads in it, which flattered version 1's clutter "
+            "upsampling); the default-run rows are for comparison. "
             "A generated step renders each modality once for all the edge batches that hold it "
             "(`render_step`: the anchor's scenes of every edge in one call), then transforms edge batch by edge "
             "batch; the batches are bit-identical to rendering edge by edge (`tests/test_synthetic_render.py`). "

@@ -314,7 +314,8 @@ def _bank_noise(
     seed: int, ids: np.ndarray, stream: int, shape: tuple[int, ...], out: np.ndarray | None = None
 ) -> np.ndarray:
     """Version 2's ``_scene_noise``: scene ``i``'s noise is ``size`` consecutive values of the stream's bank,
-    from an offset drawn for (seed, ids[i], stream). One gather for the batch; ``out`` as ``_scene_noise``."""
+    from an offset drawn for (seed, ids[i], stream). A gather, or into ``out`` (as ``_scene_noise``) one
+    copy per scene."""
     size = math.prod(shape)
     bank = _noise_bank(seed, stream, _bank_size(size))
     starts = _positions(_hash_uniform(seed, ids, _OFFSET_STREAM + stream, 1)[:, 0], len(bank) - size + 1)
@@ -325,6 +326,9 @@ def _bank_noise(
     for row, start in enumerate(starts.tolist()):
         flat[row] = bank[start : start + size]
     return out
+
+
+_NOISE = {1: _scene_noise, 2: _bank_noise}  # per renderer version: (seed, ids, stream, shape, out) -> noise
 
 
 def _positions(draws: np.ndarray, count: int) -> np.ndarray:
@@ -406,8 +410,7 @@ class SceneNoise:
     def normal(self, shape: tuple[int, ...]) -> np.ndarray:
         """(B, *shape) float32 zero-mean, unit-variance noise (uniformly distributed): one generator per scene
         (version 1), or cut from the stream's noise bank (version 2)."""
-        noise = _scene_noise if self.version == 1 else _bank_noise
-        return noise(self.seed, self.ids, self.stream, tuple(shape))
+        return _NOISE[self.version](self.seed, self.ids, self.stream, tuple(shape))
 
 
 # Every shape lies within this many object radii of its centre at q <= 1 (the cube's corners, 0.8 * sqrt 2;
@@ -556,8 +559,7 @@ class SyntheticScenes:
 
     def _noise(self, ids: np.ndarray, stream: int, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
         """(B, *shape) unit-variance sensor noise of this renderer's version (``SceneNoise.normal``)."""
-        noise = _scene_noise if self.config.version == 1 else _bank_noise
-        return noise(self.seed, ids, stream, shape, out=out)
+        return _NOISE[self.config.version](self.seed, ids, stream, shape, out=out)
 
     def _stream(self, modality: str) -> int:
         if modality in MODALITIES:

@@ -46,7 +46,7 @@ def test_object_windows_hold_every_covered_pixel(image_size, edge_px):
     scenes = SyntheticScenes(SyntheticConfig(image_size=image_size, num_classes=48), seed=5)
     ids = np.arange(3000)
     f = scenes.factors(ids)
-    pose = scenes._pose(f, edge_px)
+    poses = scenes._poses(f, edge_px)
     # Coverage on the full frame, computed as the renderer did before windows: alpha > 0 where q < q_max.
     g, n = scenes._grid, image_size
     cx, cy = ((f["x"] * 2 - 1) * 0.6)[:, None, None], ((f["y"] * 2 - 1) * 0.6)[:, None, None]
@@ -58,11 +58,16 @@ def test_object_windows_hold_every_covered_pixel(image_size, edge_px):
     q = _by_group(f["label"] % scenes._num_shapes, _SHAPE_Q, u, v)
     covered = (1 - q) * (radius * (n / 2)) / edge_px + 0.5 > 0
     inside = np.zeros_like(covered)
-    for row, top, left in zip(pose.order, pose.top, pose.left, strict=True):
-        inside[row, top : top + pose.size, left : left + pose.size] = True
+    for pose in poses:
+        for row, top, left in zip(pose.order, pose.top, pose.left, strict=True):
+            assert not inside[row].any(), "a frame in two size groups"
+            inside[row, top : top + pose.size, left : left + pose.size] = True
     assert covered.any(axis=(1, 2)).all()
     assert not (covered & ~inside).any()
-    assert pose.size < n or image_size <= 16  # a real window at the default sizes
+    assert sorted(np.concatenate([pose.order for pose in poses]).tolist()) == list(range(len(ids)))
+    sizes = [pose.size for pose in poses]
+    assert len(poses) == 2 and sizes == sorted(sizes)  # groups by object size, smallest windows first
+    assert sizes[0] < sizes[-1] < n or image_size <= 16  # real windows at the default sizes
 
 
 def _flat(step: dict) -> dict:

@@ -368,5 +368,9 @@ def test_a_relaunch_may_train_longer_with_another_schedule_and_logger(trained, t
     changes = ["trainer.max_steps=3", "optim.warmup_steps=5", "optim.min_lr_ratio=0.1", "logger=csv"]
     proc = train(run_dir, *changes)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resuming from" in proc.stderr
+    # Once on the console and in the run's log: announced before the trainer was built, it was printed twice
+    # (by Lightning's own console handler too, "INFO: bindspace-train: resuming from ...").
+    resumed = f"bindspace-train: resuming from {run_dir / 'checkpoints' / 'last.ckpt'}"
+    assert (proc.stdout + proc.stderr).count(resumed) == 1, proc.stdout + proc.stderr
+    assert resumed in (run_dir / "train.log").read_text()
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3

@@ -457,6 +457,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     plain = plain_config(config)
     check_train_config(plain)  # every config error surfaces here or in build_run_spec, before any compute
+    one_console_for_lightning()  # before the first rank_zero_info (a resume's announcement), not at the trainer
     describe_environment()  # read at launch: the commit of the code that runs, not of a checkout made during it
     given = plain["graph"].get("modalities") is not None
     if not given:  # the graph follows the data: a manifest's columns, ...
@@ -472,8 +473,8 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
         plain["trainer"].get("strategy", "auto"), trainer_world_size(plain["trainer"]), spec.curriculum
     )
     with RunFolder(run_dir) as folder:  # locked for this run; a failure before training leaves nothing
-        announce_resume(plain, ckpt_path)
-        folder.record(config)  # as composed (interpolations kept), as Hydra records it
+        folder.record(config)  # as composed (interpolations kept), as Hydra records it; starts the run's log
+        announce_resume(plain, ckpt_path)  # on the console once and in the log (one_console_for_lightning above)
         # Quiet: Lightning prints "Seed set to" on stderr, where a config error found while building the model
         # must be the only line; the run log records the seed instead.
         L.seed_everything(plain["seed"], workers=True, verbose=False)

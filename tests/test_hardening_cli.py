@@ -373,4 +373,5 @@ def test_a_relaunch_may_train_longer_with_another_schedule_and_logger(trained, t
     resumed = f"bindspace-train: resuming from {run_dir / 'checkpoints' / 'last.ckpt'}"
     assert (proc.stdout + proc.stderr).count(resumed) == 1, proc.stdout + proc.stderr
     assert resumed in (run_dir / "train.log").read_text()
+    assert "exists and is not empty" not in proc.stderr  # Lightning's note on the run's own checkpoint folder
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3

@@ -587,6 +587,11 @@ def _fit_notes(module: AlignmentModule):
         warnings.filterwarnings(
             "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch\."
         )
+        # ModelCheckpoint's "Checkpoint directory ... exists and is not empty" at every relaunch: the folder is the
+        # run's own (RunFolder), a relaunch resumes from it and says so, resume=never starts it over.
+        warnings.filterwarnings(
+            "ignore", message=r"Checkpoint directory .* exists and is not empty", module=r"lightning\.pytorch\."
+        )
         if by_design:
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
             parts = ", ".join(f"{m} ({what})" for m, what in by_design.items())

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
 import os
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -114,6 +121,63 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
 
 
+# ---- command-line runs through the fork server (tests/forkserver) -------------------------------------------
+FORKSERVER = Path(__file__).parent / "forkserver"
+# What the server imports once: what every bindspace command's run needs (not the commands' own modules).
+# wandb (imported by timm) is left to each run: the media temp dir it makes at import is per process.
+FORKSERVER_PRELOAD = ("torch", "numpy", "lightning", "hydra", "omegaconf", "bindspace.training.pipeline", "!wandb")
+_forkserver: dict[str, Any] = {}
+_START_ENV = dict(os.environ)  # the server's: a test's monkeypatched PYTHONPATH must not become every run's
+# The socket's path is known from the start (set in the environment here, each pytest process its own), so that
+# an environment a test copied before its first python_m() call already names it; the server starts at that call.
+_FORKSERVER_OFF = os.environ.get("BINDSPACE_TEST_FORKSERVER") == "0"
+_FORKSERVER_DIR = Path(tempfile.gettempdir()) / f"bindspace-forkserver-{os.getpid()}-{secrets.token_hex(4)}"
+if not _FORKSERVER_OFF:
+    os.environ["BINDSPACE_TEST_FORKSERVER"] = str(_FORKSERVER_DIR / "socket")
+
+
+def _start_forkserver() -> None:
+    """This process's fork server, started once; stopped when the process exits."""
+    if _forkserver or _FORKSERVER_OFF:
+        return
+    _forkserver["tried"] = True  # once: without a server, clients start fresh interpreters
+    folder = _FORKSERVER_DIR
+    folder.mkdir(mode=0o700)
+    path = folder / "socket"
+    proc = subprocess.Popen(
+        [sys.executable, str(FORKSERVER / "server.py"), str(path), *FORKSERVER_PRELOAD], env=_START_ENV
+    )
+    deadline = time.monotonic() + 60
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # it binds first, then imports: clients wait in its backlog
+    if not path.exists():
+        proc.kill()
+        return  # clients without a server start fresh interpreters
+
+    def stop() -> None:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(stop)
+    _forkserver.update(proc=proc, path=str(path))
+
+
+def python_m(module: str) -> list[str]:
+    """The argv prefix that runs ``python -m <module>`` in a process of its own, forked by this test process's
+    fork server from an interpreter that has torch, Lightning and Hydra imported already (8-20 s here each time
+    otherwise). The process is the command's: its exit code, streams, signals and files are the run's; the DDP
+    ranks Lightning starts from it are forked the same way (tests/forkserver/server.py says what differs from a
+    fresh interpreter). ``BINDSPACE_TEST_FORKSERVER=0`` makes every such run
+    a fresh interpreter (``python -m``), as a user starts it. Tests of what happens while an interpreter starts
+    (start-up noise, what a config error imports) use ``[sys.executable, "-m", module]`` themselves.
+    """
+    _start_forkserver()
+    if "path" not in _forkserver:
+        return [sys.executable, "-m", module]
+    return [sys.executable, str(FORKSERVER / "client.py"), module]
+
+
 def run_main_in_process(main: Callable[[], None], prog: str, *argv: str) -> subprocess.CompletedProcess:
     """A Hydra command's ``main()`` (what its console script calls) run in this process on ``argv``.
 
@@ -157,11 +221,11 @@ def run_main_in_process(main: Callable[[], None], prog: str, *argv: str) -> subp
 
 
 def bindspace_train(*argv: str, fresh_interpreter: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``bindspace-train`` on ``argv``: the installed entry point in a fresh interpreter, as a user runs it, or its
-    ``main()`` in this process (:func:`run_main_in_process`: the same code from the command line on, without the
-    10-20 s a fresh interpreter spends importing torch and Lightning here)."""
+    """``bindspace-train`` on ``argv``: ``python -m bindspace.train`` in a process of its own (:func:`python_m`), or
+    its ``main()`` in this process (:func:`run_main_in_process`: the same code from the command line on, in the
+    test's own process)."""
     if fresh_interpreter:
-        cmd = [sys.executable, "-m", "bindspace.train", *argv]
+        cmd = [*python_m("bindspace.train"), *argv]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     from bindspace.train import main
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
-from conftest import TINY_OVERRIDES, compose_config, run_main_in_process
+from conftest import TINY_OVERRIDES, compose_config, python_m, run_main_in_process
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -69,7 +68,7 @@ def test_arms_differ_only_in_the_text_trunk_and_train_increasingly_more_of_it():
 
 
 def train_cli(run_dir, *overrides: str, cache) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "bindspace.train", "experiment=ablate_finetune", *SMALL, *overrides,
+    cmd = [*python_m("bindspace.train"), "experiment=ablate_finetune", *SMALL, *overrides,
            f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "BINDSPACE_CACHE": str(cache)}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

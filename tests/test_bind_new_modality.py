@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, compose_config
+from conftest import TINY_OVERRIDES, compose_config, python_m
 from omegaconf import OmegaConf
 
 from bindspace.data import build_datamodule
@@ -42,7 +41,7 @@ def space(tmp_path_factory) -> Path:
 
 def test_binding_imu_leaves_the_space_bit_identical(space, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "bindspace.train", *TINY_OVERRIDES, "experiment=bind_new_modality",
+        [*python_m("bindspace.train"), *TINY_OVERRIDES, "experiment=bind_new_modality",
          f"init_from={space}", "new_modality=imu", "graph.anchors=[image]", "trainer.max_steps=4",
          f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=600,

@@ -18,14 +18,13 @@ import itertools
 import json
 import re
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, bindspace_train
+from conftest import TINY_OVERRIDES, bindspace_train, python_m
 from test_manifest import paired_rows, tiny_configs, write_rows
 
 from bindspace.data import build_datamodule
@@ -248,7 +247,7 @@ def cli(*argv: str, module: str = "bindspace.train", fresh_interpreter: bool = T
     if module == "bindspace.train":
         proc = bindspace_train(*argv, fresh_interpreter=fresh_interpreter, timeout=300)
     else:
-        proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([*python_m(module), *argv], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     return proc.returncode, lines[-1] if lines else ""

@@ -11,12 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, python_m
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +49,7 @@ class Launched:
         self._stderr = run_dir.with_name(f"{run_dir.name}.stderr")  # a file: an unread full pipe would stall the run
         with open(self._stderr, "w") as stderr, open(run_dir.with_name(f"{run_dir.name}.stdout"), "w") as stdout:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "bindspace.train", *COMMON, *parallel, *overrides,
+                [*python_m("bindspace.train"), *COMMON, *parallel, *overrides,
                  f"data.batch_size={GLOBAL_BATCH // world_size}", f"hydra.run.dir={run_dir}"],
                 stdout=stdout, stderr=stderr,
             )  # fmt: skip

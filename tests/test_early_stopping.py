@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, python_m
 
 from bindspace.errors import ConfigError
 from bindspace.train import run
@@ -129,14 +129,13 @@ def test_under_ddp_with_a_curriculum_only_the_last_stage_counts(tmp_path):
     weights never trained image|imu, was the best checkpoint while metrics.json flagged image|imu as trained).
     The stop at step 24 records the last stage (end: run), as a stop at trainer.max_steps does."""
     import subprocess
-    import sys
 
     from conftest import TINY_OVERRIDES
 
     tiny = [o for o in TINY_OVERRIDES if not o.startswith(("data.batch_size", "trainer.max_steps", "checkpoint."))]
     args = [*tiny, "trainer=ddp", "trainer.devices=2", "data.batch_size=4", *STOPPING, "curriculum=progressive",
             "curriculum.stage.steps=4", "curriculum.stage.warmup_steps=1", f"hydra.run.dir={tmp_path}"]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "bindspace.train", *args], capture_output=True, text=True, timeout=900)
+    done = subprocess.run([*python_m("bindspace.train"), *args], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     stages = metrics["stages"]

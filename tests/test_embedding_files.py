@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import python_m
 from safetensors.torch import save_file
 
 from bindspace.embed import FORMAT, EmbeddingFileError, load_embeddings, save_embeddings
@@ -188,7 +188,7 @@ def test_the_loader_raises_one_config_error_for_library_callers(files):
 def test_the_installed_cli_refuses_in_one_line_and_warns_in_one_line(files):
     """The same through ``python -m bindspace.search``, as a user runs it: no traceback, exit 2."""
     env = {**os.environ, "WANDB_MODE": "offline"}
-    cli = [sys.executable, "-m", "bindspace.search", f"index={files['scaled']}", f"query={files['query']}"]
+    cli = [*python_m("bindspace.search"), f"index={files['scaled']}", f"query={files['query']}"]
     refused = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120)
     assert refused.returncode == 2 and refused.stdout == "", refused.stderr
     assert len(refused.stderr.splitlines()) == 1 and "Traceback" not in refused.stderr

@@ -9,10 +9,10 @@ tests/test_ddp.py asks of the plain losses.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import python_m
 from test_ddp import COMMON, EXACT, GLOBAL_BATCH, assert_same_training, read_run
 from test_manifest import paired_rows, write_rows
 
@@ -25,7 +25,7 @@ def launch(run_dir: Path, world_size: int, manifest: Path) -> subprocess.Popen:
     parallel = ["trainer=ddp", f"trainer.devices={world_size}"] if world_size > 1 else []
     stderr = open(run_dir.with_name(f"{run_dir.name}.stderr"), "w")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(
-        [sys.executable, "-m", "bindspace.train", *(o for o in COMMON if not o.startswith("data.")), *parallel,
+        [*python_m("bindspace.train"), *(o for o in COMMON if not o.startswith("data.")), *parallel,
          "data=manifest", f"data.train={manifest}", "data.val_fraction=0.2", "graph.modalities=[image,text,audio]",
          EDGES, f"data.batch_size={GLOBAL_BATCH // world_size}", f"hydra.run.dir={run_dir}"],
         stdout=subprocess.DEVNULL, stderr=stderr,

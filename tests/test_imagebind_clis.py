@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from conftest import python_m
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
@@ -78,7 +79,7 @@ def imagebind_embeddings(model, name: str, x) -> torch.Tensor:
 def test_embed_writes_imagebinds_embeddings(space, tmp_path):
     ckpt, model, folder = space
     proc = subprocess.run(
-        [sys.executable, "-m", "bindspace.embed", f"ckpt_path={ckpt}", "modality=image",
+        [*python_m("bindspace.embed"), f"ckpt_path={ckpt}", "modality=image",
          f"inputs={folder / 'images'}", f"out={tmp_path / 'image.safetensors'}"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -130,7 +131,7 @@ def test_search_ranks_by_the_inner_product_of_imagebinds_embeddings(space, tmp_p
 def test_eval_scores_what_imagebind_embeds(space, tmp_path):
     ckpt, model, _ = space
     proc = subprocess.run(
-        [sys.executable, "-m", "bindspace.eval", f"ckpt_path={ckpt}", *EVAL, f"hydra.run.dir={tmp_path}"],
+        [*python_m("bindspace.eval"), f"ckpt_path={ckpt}", *EVAL, f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -165,7 +166,7 @@ def test_training_starts_from_the_converted_checkpoint(space, tmp_path):
     sizes = [f"modalities.{m}.trunk.{k}={v}" for m, (w, d, h) in (("image", (32, 2, 4)), ("text", (48, 2, 6)),
              ("audio", (40, 1, 5))) for k, v in (("width", w), ("depth", d), ("heads", h))]  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "bindspace.train", "logger=none", "model=huge", "model.embed_dim=24", *sizes,
+        [*python_m("bindspace.train"), "logger=none", "model=huge", "model.embed_dim=24", *sizes,
          "graph.modalities=[image,text,audio]", "modalities.image.trunk.freeze=true", f"init_from={ckpt}",
          "trainer.max_steps=1", "data.batch_size=4", "data.val_size=8", "data.test_size=8", "eval.final=false",
          "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"],

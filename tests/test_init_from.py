@@ -15,12 +15,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, compose_config
+from conftest import TINY_OVERRIDES, compose_config, python_m
 
 from bindspace.errors import ConfigError
 from bindspace.train import run
@@ -38,7 +37,7 @@ PLANTED_SCALE = 7.0  # the seed's image|audio temperature, planted: nothing else
 def cli(run_dir: Path, *overrides: str) -> subprocess.Popen:
     base = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "checkpoint."))]
     return subprocess.Popen(
-        [sys.executable, "-m", "bindspace.train", *base, *SEEDED, *overrides, f"hydra.run.dir={run_dir}"],
+        [*python_m("bindspace.train"), *base, *SEEDED, *overrides, f"hydra.run.dir={run_dir}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 

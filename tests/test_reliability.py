@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, compose_config
+from conftest import TINY_OVERRIDES, compose_config, python_m
 
 from bindspace.training.module import AlignmentModule
 from bindspace.training.reliability import AtomicCheckpointIO, NonFiniteError, NonFiniteGuard
@@ -126,7 +126,7 @@ CLI = [
 
 def launch(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "bindspace.train", *CLI, *extra, f"hydra.run.dir={run_dir}"],
+        [*python_m("bindspace.train"), *CLI, *extra, f"hydra.run.dir={run_dir}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
 

@@ -7,11 +7,10 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, compose_config
+from conftest import TINY_OVERRIDES, compose_config, python_m
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -60,7 +59,7 @@ SMOKE["bind_new_modality"] = ["init_from={space}", "new_modality=imu", "graph.mo
 
 def multirun(tmp_path: Path, *overrides: str, synthetic: bool = True) -> subprocess.CompletedProcess:
     base = [o for o in TINY_OVERRIDES if synthetic or not o.startswith("data.")]
-    cmd = [sys.executable, "-m", "bindspace.train", "-m", *base, *overrides, f"hydra.sweep.dir={tmp_path}"]
+    cmd = [*python_m("bindspace.train"), "-m", *base, *overrides, f"hydra.sweep.dir={tmp_path}"]
     env = {**os.environ, "BINDSPACE_CACHE": str(tmp_path / "cache")}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
 
@@ -129,9 +128,7 @@ def test_two_run_multirun_produces_a_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     anchors = [json.loads((tmp_path / str(i) / "metrics.json").read_text())["anchor"] for i in (0, 1)]
     assert anchors == [["image"], ["text"]]
-    report = subprocess.run(
-        [sys.executable, "-m", "bindspace.report", str(tmp_path)], capture_output=True, text=True, timeout=120
-    )
+    report = subprocess.run([*python_m("bindspace.report"), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert sorted(r["anchor"] for r in rows) == ["image", "text"]

@@ -7,13 +7,12 @@ import json
 import logging
 import math
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, compose_config
+from conftest import TINY_OVERRIDES, compose_config, python_m
 
 from bindspace.train import run
 
@@ -131,7 +130,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     """trainer=ddp runs Lightning's DDP (gloo on CPU) in 2 processes through the real CLI."""
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("trainer.")]
     proc = subprocess.run(
-        [sys.executable, "-m", "bindspace.train", *tiny, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=3",
+        [*python_m("bindspace.train"), *tiny, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=3",
          "trainer.val_check_interval=3", "trainer.enable_progress_bar=false", "data.batch_size=4",
          f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=600,

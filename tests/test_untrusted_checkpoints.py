@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import python_m
 from timm.models._hub import save_for_hf
 
 from bindspace.inference import BindSpace, CheckpointError, checkpoint_metadata
@@ -231,7 +232,7 @@ def test_the_clis_load_a_planted_checkpoint_without_running_code(world, tmp_path
     loads = plant(world, "cli_loads", VARIANTS_THAT_LOAD["hf_local_folder"](world))
     out = tmp_path / "text.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "bindspace.embed", f"ckpt_path={loads}", "modality=text",
+        [*python_m("bindspace.embed"), f"ckpt_path={loads}", "modality=text",
          f"inputs={world['root'] / 'texts.txt'}", f"out={out}"],
         capture_output=True, text=True, env=OFFLINE, timeout=300,
     )  # fmt: skip
@@ -243,7 +244,7 @@ def test_the_clis_load_a_planted_checkpoint_without_running_code(world, tmp_path
                                               f"out={tmp_path / 'x.safetensors'}"]),
                          ("bindspace.eval", [f"hydra.run.dir={tmp_path / 'eval'}"])]:  # fmt: skip
         proc = subprocess.run(
-            [sys.executable, "-m", module, f"ckpt_path={refused}", *args],
+            [*python_m(module), f"ckpt_path={refused}", *args],
             capture_output=True, text=True, env=OFFLINE, timeout=300,
         )  # fmt: skip
         assert proc.returncode == 2, proc.stderr[-2000:]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, compose_config
+from conftest import TINY_OVERRIDES, compose_config, python_m
 
 from bindspace.train import run
 
@@ -105,7 +104,7 @@ def test_under_ddp_only_rank_0_creates_the_wandb_run_and_a_relaunch_continues_it
             *SHORT, "trainer=ddp", "trainer.devices=2", "data.batch_size=4", f"hydra.run.dir={tmp_path}"]  # fmt: skip
 
     def launch(steps: int) -> None:
-        proc = subprocess.run([sys.executable, "-m", "bindspace.train", *base, f"trainer.max_steps={steps}"],
+        proc = subprocess.run([*python_m("bindspace.train"), *base, f"trainer.max_steps={steps}"],
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -95,4 +94,19 @@ def test_a_different_pythonpath_gets_a_fresh_interpreter(probe, tmp_path):
     done = subprocess.run([*python_m("forkprobe")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not json.loads(done.stdout)["torch"]  # started afresh: PYTHONPATH is read at start-up
-    assert sys.executable
+
+
+def test_a_pythonpath_of_only_a_sitecustomize_is_replayed_in_a_forked_run(probe, tmp_path):
+    """The fault-injection shim's case (tests/kill_shim): its sitecustomize runs, as at a fresh start-up."""
+    import json
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import os\nos.environ['PROBE_VALUE'] = 'from sitecustomize'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([*python_m("forkprobe")], cwd=probe, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["env"] == "from sitecustomize"
+    if os.environ.get("BINDSPACE_TEST_FORKSERVER") != "0":
+        assert seen["torch"], "a sitecustomize-only PYTHONPATH should not need a fresh interpreter"

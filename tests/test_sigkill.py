@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, python_m
 from test_curriculum_resume import PLATEAU_STAGES
 
 pytestmark = pytest.mark.slow
@@ -35,7 +34,7 @@ def launch(
     if kill is not None:
         env["BINDSPACE_KILL_AT"] = kill
     return subprocess.run(
-        [sys.executable, "-m", "bindspace.train", *base, *overrides, f"hydra.run.dir={run_dir}"],
+        [*python_m("bindspace.train"), *base, *overrides, f"hydra.run.dir={run_dir}"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, python_m
 from test_sigkill import SHIM, comparable, launch
 
 pytestmark = pytest.mark.slow
@@ -45,7 +44,7 @@ def test_a_run_killed_while_writing_its_results_never_shows_a_metrics_json_witho
     assert (run_dir / "retrieval.txt").read_text() == (reference / "retrieval.txt").read_text()
 
     # bindspace-eval of that checkpoint, killed the same way, and relaunched into its folder.
-    evaluate = [sys.executable, "-m", "bindspace.eval", f"ckpt_path={reference / 'checkpoints' / 'last.ckpt'}"]
+    evaluate = [*python_m("bindspace.eval"), f"ckpt_path={reference / 'checkpoints' / 'last.ckpt'}"]
     evaluate += [o for o in TINY_OVERRIDES if o.startswith("data.")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))}
     out = tmp_path / "eval"

@@ -12,7 +12,9 @@ What differs from a fresh interpreter, and is kept out of this path (the client 
 - import-time output (a library's warning at import is printed once, by the server): tests of a command's
   start-up noise launch ``python -m`` themselves;
 - the ``PYTHON*`` environment (``PYTHONPATH``, ``PYTHONHASHSEED``, ``PYTHONWARNINGS``...), read at start-up:
-  a run whose ``PYTHON*`` variables differ from the server's gets a fresh interpreter;
+  a run whose ``PYTHON*`` variables differ from the server's gets a fresh interpreter, except for
+  ``PYTHONPATH`` directories that hold only a ``sitecustomize.py`` (the fault-injection shim of
+  ``tests/kill_shim``), whose import the forked run replays;
 - str hashing: every forked run shares the server's hash seed (no test compares set order across runs).
 
 Protocol (one connection per run): the client sends a length-prefixed JSON request ``{"argv", "env", "cwd"}``
@@ -68,10 +70,37 @@ def _startup_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(PYTHON_VARS)}
 
 
+def _path_entries(env: dict[str, str]) -> list[str]:
+    return [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def _sitecustomize_dirs(env: dict[str, str]) -> list[str] | None:
+    """The ``PYTHONPATH`` directories ``env`` adds to the server's, if start-up can be replayed for them: each
+    holds only a ``sitecustomize.py`` (the tests' fault-injection shim), which a fresh interpreter would import
+    at start-up; None if anything else differs (a directory with other modules, or plugins' entry points,
+    which the server already read)."""
+    if {k: v for k, v in _startup_env(env).items() if k != "PYTHONPATH"} != {
+        k: v for k, v in _startup_env(SERVER_ENV).items() if k != "PYTHONPATH"
+    }:
+        return None
+    extra = [p for p in _path_entries(env) if p not in _path_entries(SERVER_ENV)]
+    if extra and "sitecustomize" in sys.modules:  # one imported already: the shim would not be the one found
+        return None
+    for path in extra:
+        try:
+            names = set(os.listdir(path)) - {"__pycache__"}
+        except OSError:
+            return None
+        if names != {"sitecustomize.py"}:
+            return None
+    return extra
+
+
 def _monitor(conn: socket.socket, request: dict, fds: list[int]) -> dict | None:
     """In the monitor process: fork the command (returns its request there) and report on it (exits here)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server ignores it to reap monitors; waitpid needs it
-    if _startup_env(request["env"]) != _startup_env(SERVER_ENV) or request.get("argv", [""])[0].startswith("-"):
+    request["sitecustomize"] = _sitecustomize_dirs(request["env"])
+    if request["sitecustomize"] is None or request.get("argv", [""])[0].startswith("-"):
         send(conn, {"fallback": True})
         os._exit(0)
     sys.stdout.flush(), sys.stderr.flush()
@@ -161,6 +190,9 @@ def run_command(request: dict) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     sys.path[0] = os.getcwd()  # what ``python -m`` puts first
+    if request["sitecustomize"]:  # PYTHONPATH's directories follow it; site imports sitecustomize from them
+        sys.path[1:1] = request["sitecustomize"]
+        importlib.import_module("sitecustomize")
     module, *args = request["argv"]
     sys.argv = [module, *args]  # runpy sets argv[0] to the module's file
     sys.modules.pop(module, None)  # run as __main__, not the imported copy (python -m warns if it was imported)

@@ -99,19 +99,19 @@ def _deterministic_threads():
     yield
 
 
-# The longest test files, longest first (seconds per file in `pytest -n 2 --dist loadfile --durations=0` of
-# the whole suite, 2026-12-02, less what the in-process cases of test_hardening_cli and test_data_hardening
-# saved: test_ddp 341, test_reliability 289, test_hardening_cli ~250, test_sigkill 190, test_seventh_modality
-# 146, ...). pytest-xdist's loadfile hands files to whichever worker is free in collection order, so a long
+# The longest test files, longest first (worker seconds per file in `pytest -n 2 --dist loadfile --durations=0` of
+# the whole suite, 2026-12-03, command-line runs forked from the fork server: test_reliability 196,
+# test_seventh_modality 159, test_sweeps 143, test_hardening_cli 138, test_curriculum_training 137, test_ddp 131,
+# ...). pytest-xdist's loadfile hands files to whichever worker is free in collection order, so a long
 # file collected last runs alone at the end while the other worker idles; collected first, the short files
 # fill in around them.
 LONGEST_FIRST = (
-    "test_ddp.py", "test_reliability.py", "test_hardening_cli.py", "test_sigkill.py", "test_seventh_modality.py",
-    "test_sweeps.py", "test_spoken_digits_training.py", "test_wandb.py", "test_sigkill_ddp.py",
-    "test_curriculum_training.py", "test_early_stopping.py", "test_train.py", "test_sigkill_results.py",
-    "test_data_hardening.py", "test_init_from.py", "test_cli_convention.py", "test_losses_ddp.py",
-    "test_untrusted_checkpoints.py", "test_imagebind_clis.py", "test_groups_ddp.py", "test_losses_distributed.py",
-    "test_gather_once.py",
+    "test_reliability.py", "test_seventh_modality.py", "test_sweeps.py", "test_hardening_cli.py",
+    "test_curriculum_training.py", "test_ddp.py", "test_spoken_digits_training.py", "test_early_stopping.py",
+    "test_sigkill_ddp.py", "test_cli_convention.py", "test_sigkill.py", "test_wandb.py", "test_train.py",
+    "test_connect.py", "test_fit_split.py", "test_init_from.py", "test_losses_distributed.py",
+    "test_data_hardening.py", "test_gather_once.py", "test_small_data.py", "test_shards_curriculum.py",
+    "test_speed.py", "test_curriculum_resume.py", "test_ablate_finetune.py", "test_notebook.py",
 )  # fmt: skip
 
 

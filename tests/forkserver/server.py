@@ -1,8 +1,8 @@
 """A fork server for the tests' command-line runs: torch, Lightning and Hydra imported once, each run forked.
 
 A fresh interpreter spends 8-20 s here importing torch, Lightning (with torchmetrics, torchvision and
-transformers behind it) and Hydra before a ``bindspace-*`` command does anything; the test suite starts
-hundreds. This server imports them once; :mod:`client` (a stdlib-only script, ~30 ms to start) hands it
+transformers behind it) and Hydra before a ``bindspace-*`` command does anything, and the test suite starts
+many. This server imports them once; :mod:`client` (a stdlib-only script, ~30 ms to start) hands it
 its argv, environment, working directory and standard streams, and the server forks a process that runs
 ``python -m <module> <args>`` in them: a separate process with its own pid, exit code and signals, whose
 ``__main__`` is the command's module. Lightning's DDP launcher starts the other ranks from it as
@@ -15,7 +15,8 @@ What differs from a fresh interpreter, and is kept out of this path (the client 
   a run whose ``PYTHON*`` variables differ from the server's gets a fresh interpreter, except for
   ``PYTHONPATH`` directories that hold only a ``sitecustomize.py`` (the fault-injection shim of
   ``tests/kill_shim``), whose import the forked run replays;
-- str hashing: every forked run shares the server's hash seed (no test compares set order across runs).
+- str hashing: every forked run shares the server's hash seed (a test that needs a different seed per run
+  must start fresh interpreters).
 
 Protocol (one connection per run): the client sends a length-prefixed JSON request ``{"argv", "env", "cwd"}``
 with its fds 0, 1, 2 (SCM_RIGHTS). A monitor process (forked per request) answers ``{"fallback": true}``

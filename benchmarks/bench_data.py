@@ -249,7 +249,7 @@ def main() -> None:
             "upsampling); the default-run rows are for comparison. "
             "The ratio moves with the training step as much as with generation (on this shared VM the same code's "
             "2-thread step has measured from about 360 to 730 ms on different days while 1-thread generation stayed "
-            "within 41-57 ms): compare both rows, not the ratio alone, between dates. "
+            "within 41-64 ms): compare both rows, not the ratio alone, between dates. "
             "A generated step renders each modality once for all the edge batches that hold it "
             "(`render_step`: the anchor's scenes of every edge in one call), then transforms edge batch by edge "
             "batch; the batches are bit-identical to rendering edge by edge (`tests/test_synthetic_render.py`). "

@@ -1,10 +1,10 @@
 """``python client.py <module> <args>``: ``python -m <module> <args>`` run by the tests' fork server.
 
-Standard library only, so that it starts in tens of milliseconds. Hands the fork server (its socket in
-``BINDSPACE_TEST_FORKSERVER``) this process's argv, environment, working directory and standard streams,
-forwards the signals it receives to the command, and exits as the command did (its code, or killed by
-its signal). Without a server, or when the server answers that this run needs a fresh interpreter (see
-``server.py``), it becomes ``python -m <module> <args>`` itself (``os.execv``).
+Standard library only (and ``server.py``'s message framing), so that it starts in tens of milliseconds.
+Hands the fork server (its socket in ``BINDSPACE_TEST_FORKSERVER``) this process's argv, environment,
+working directory and standard streams, forwards the signals it receives to the command, and exits as the
+command did (its code, or killed by its signal). Without a server, or when the server answers that this run
+needs a fresh interpreter (see ``server.py``), it becomes ``python -m <module> <args>`` itself (``os.execv``).
 """
 
 import json
@@ -14,25 +14,13 @@ import socket
 import struct
 import sys
 
+from server import receive  # this script's folder is sys.path[0]; server.py imports only the standard library
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
 
 def _fresh() -> None:
     os.execv(sys.executable, [sys.executable, "-m", *sys.argv[1:]])
-
-
-def _receive(conn: socket.socket) -> dict:
-    def exact(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = conn.recv(n - len(out))
-            if not chunk:
-                raise EOFError
-            out += chunk
-        return out
-
-    (n,) = struct.unpack("!I", exact(4))
-    return json.loads(exact(n))
 
 
 def main() -> None:
@@ -56,7 +44,7 @@ def main() -> None:
         data = json.dumps({"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}).encode()
         socket.send_fds(conn, [struct.pack("!I", len(data))], [0, 1, 2])
         conn.sendall(data)
-        reply = _receive(conn)
+        reply = receive(conn)
     except (OSError, EOFError):  # no server (it was stopped, or never started): a fresh interpreter
         conn.close()
         _fresh()
@@ -71,7 +59,7 @@ def main() -> None:
     for sig in pending:
         os.kill(command[0], sig)
     try:
-        status = _receive(conn)["status"]
+        status = receive(conn)["status"]
     except EOFError:  # the server was killed under the command
         os._exit(1)
     if os.WIFSIGNALED(status):

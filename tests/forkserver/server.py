@@ -59,12 +59,16 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return out
 
 
+def receive(conn: socket.socket, header: bytes = b"") -> dict:
+    """One message of :func:`send` (``header``: the part of its length prefix read already)."""
+    header += _recv_exact(conn, 4 - len(header))
+    (n,) = struct.unpack("!I", header)
+    return json.loads(_recv_exact(conn, n))
+
+
 def receive_request(conn: socket.socket) -> tuple[dict, list[int]]:
     header, fds, _, _ = socket.recv_fds(conn, 4, 3)
-    if len(header) < 4:
-        header += _recv_exact(conn, 4 - len(header))
-    (n,) = struct.unpack("!I", header)
-    return json.loads(_recv_exact(conn, n)), list(fds)
+    return receive(conn, header), list(fds)
 
 
 def _startup_env(env: dict[str, str]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -296,14 +297,24 @@ def _merge(path: Path, section: str) -> str:
 
 
 def merge_section(text: str, section: str) -> str:
-    """``text`` (a benchmarks page, maybe empty) with the section of the same title replaced or appended."""
+    """``text`` (a benchmarks page, maybe empty) with the section of the same label replaced or appended.
+
+    A section is known by its label, ``## (d)``, not by its whole title: a benchmark whose title
+    changes replaces its old section instead of leaving it beside the new one.
+    """
     head = "# Benchmarks\n\nEach section: the machine, the date and the command that produced it.\n\n"
     text = text or head
-    title = section.splitlines()[0]
+    label = _section_label(section.splitlines()[0])
     parts = text.split("\n## ")
-    kept = ["## " + p.rstrip() + "\n" for p in parts[1:] if not ("## " + p).startswith(title)]
+    kept = ["## " + p.rstrip() + "\n" for p in parts[1:] if _section_label("## " + p.splitlines()[0]) != label]
     ordered = sorted([*kept, section.rstrip() + "\n"])  # "## (a) ...", "## (b) ...": the issue's order
     return parts[0].rstrip() + "\n\n" + "\n".join(ordered)
+
+
+def _section_label(title: str) -> str:
+    """``## (d) Synthetic data ...`` -> ``## (d)``; a title without a label is its own label."""
+    match = re.match(r"## \([a-z]+\)", title)
+    return match.group(0) if match else title.rstrip()
 
 
 if __name__ == "__main__":

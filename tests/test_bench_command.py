@@ -45,3 +45,20 @@ def test_documented_commands_are_what_they_claim():
         for flag, value in zip(options[::2], options[1::2], strict=True):
             default = re.search(rf'add_argument\("{flag}", type=int, default=([0-9_]+)', source)
             assert default and int(default.group(1)) == int(value), f"{module}: {flag} {value} is not its default"
+
+
+def test_a_retitled_section_replaces_the_old_one(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # bench_data imports benchmarks.command
+    merge = load("bench_data").merge_section
+    page = merge("", "## (h) Time to an error\n\nold numbers\n")
+    page = merge(page, "## (d) Synthetic data\n\nd numbers\n")
+    page = merge(page, "## (h) Time to an error, and to --help\n\nnew numbers\n")
+    assert "old numbers" not in page and "new numbers" in page and "d numbers" in page
+    assert page.index("## (d)") < page.index("## (h)")
+    assert page.count("## (h)") == 1
+
+
+def test_the_benchmarks_page_holds_each_section_once():
+    titles = [line for line in (ROOT / "docs" / "benchmarks.md").read_text().splitlines() if line.startswith("## ")]
+    labels = [re.match(r"## \([a-z]+\)", title).group(0) for title in titles]
+    assert len(labels) == len(set(labels)), f"a section is on the page twice: {titles}"

@@ -29,7 +29,7 @@ from datetime import date
 from pathlib import Path
 
 from benchmarks.bench_data import _merge
-from benchmarks.command import command_line
+from benchmarks.command import command_line, machine
 from bindspace.utils.io import atomic_write_text
 
 BIN = Path(sys.executable).parent
@@ -90,7 +90,7 @@ def main() -> None:
         [
             "## (h) Time to a config error's one line, and to --help",
             "",
-            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+            f"Machine: {machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} "
             f"at the end. Date: {date.today()}.",
             f"Command: {command_line(parser, args, 'benchmarks.bench_cli', ('repeats',))}.",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import time
@@ -32,7 +31,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from threadpoolctl import threadpool_limits
 
-from benchmarks.command import command_line
+from benchmarks.command import command_line, machine
 from bindspace.config import build_run_spec
 from bindspace.data.datamodule import SyntheticDataModule
 from bindspace.data.steps import StepBatches, step_indices
@@ -206,7 +205,7 @@ def main() -> None:
         [
             "## (d) Synthetic data generation vs training consumption",
             "",
-            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"Machine: {machine()}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, load average {load_start:.1f} at the start, "
             f"{os.getloadavg()[0]:.1f} at the end{steal_note(cpu_start, cpu_times())}. Date: {date.today()}.",
             f"Command: {command_line(parser, args, 'benchmarks.bench_data', ('steps', 'repeats'))}.",
@@ -248,9 +247,10 @@ def main() -> None:
             + ". The target and the verdict are the one-thread figure's (the CPU time a generated step costs; "
             "until 2026-12-02 numpy's BLAS ran on two threads in it, which flattered version 1's clutter "
             "upsampling); the default-run rows are for comparison. "
-            "The ratio moves with the training step as much as with generation (on this shared VM the same code's "
-            "2-thread step has measured from about 360 to 730 ms on different days while 1-thread generation stayed "
-            "within 41-64 ms): compare both rows, not the ratio alone, between dates. "
+            "The ratio moves with the training step as much as with generation (the same code's 2-thread step has "
+            "measured from about 360 to 730 ms on this project's earlier VMs (AVX2 where recorded), and 260-300 ms "
+            "on the AVX512 one of 2026-12-04, while 1-thread generation took 41-64 ms and 25-29 ms): compare both "
+            "rows, not the ratio alone, between dates and machines. "
             "A generated step renders each modality once for all the edge batches that hold it "
             "(`render_step`: the anchor's scenes of every edge in one call), then transforms edge batch by edge "
             "batch; the batches are bit-identical to rendering edge by edge (`tests/test_synthetic_render.py`). "

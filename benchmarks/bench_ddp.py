@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import lightning as L
 import torch
 
 from benchmarks.bench_data import merge_section
-from benchmarks.command import command_line
+from benchmarks.command import command_line, machine
 from bindspace.utils.io import atomic_write_text
 
 CLOCK_ENV = "BINDSPACE_BENCH_CLOCK"  # worker mode: where rank 0 writes its step times
@@ -111,7 +110,7 @@ def main() -> None:
     section = "\n".join([
         "## (f) DDP with a curriculum: cost per step",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, 2 gloo "
+        f"Machine: {machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, 2 gloo "
         f"processes on one CPU. Date: {date.today()}. Command: "
         f"{command_line(parser, args, 'benchmarks.bench_ddp', ('repeats', 'steps'))}.",
         "",

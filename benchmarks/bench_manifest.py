@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -42,7 +41,7 @@ from PIL import Image
 
 import bindspace.data.manifest_datamodule as manifest_datamodule
 from benchmarks.bench_data import BUSY_LOAD, _merge
-from benchmarks.command import command_line
+from benchmarks.command import command_line, machine
 from bindspace.config import build_run_spec
 from bindspace.data import build_datamodule
 from bindspace.data.datamodule import SyntheticDataModule, scene_config
@@ -188,7 +187,7 @@ def main() -> None:
         [
             TITLE,
             "",
-            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"Machine: {machine()}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, load average {load_start:.1f} at the start, {load:.1f} at the end. "
             f"Date: {date.today()}.",
             f"Command: {command_line(parser, args, 'benchmarks.bench_manifest', ('rounds', 'steps'))}.",

@@ -10,7 +10,6 @@ square matmul), and the peak memory the search adds (resident set size above the
 from __future__ import annotations
 
 import argparse
-import platform
 import threading
 import time
 from datetime import date
@@ -20,7 +19,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from benchmarks.command import command_line
+from benchmarks.command import command_line, machine
 from bindspace.evaluation.retrieval import topk_chunked
 from bindspace.utils.io import atomic_write_text
 
@@ -94,7 +93,7 @@ def main() -> None:
         [
             f"## (c) Retrieval top-10 of a {args.n:,} x {args.n:,} gallery at d={args.dim}",
             "",
-            f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
+            f"Machine: {machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
             f"Date: {date.today()}. Command: {command_line(parser, args, 'benchmarks.bench_retrieval', ('n',))}.",
             "",
             "| measure | value | target |",

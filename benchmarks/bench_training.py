@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -38,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.bench_data import merge_section
 from benchmarks.bench_retrieval import matmul_peak
-from benchmarks.command import command_line
+from benchmarks.command import command_line, machine
 from bindspace.config import RunSpec, build_run_spec
 from bindspace.data.datamodule import SyntheticDataModule
 from bindspace.losses import edge_key
@@ -240,15 +239,15 @@ def main() -> None:
         )
         print(rows_e[-1], flush=True)
 
-    machine = (
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    machine_line = (
+        f"Machine: {machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, fp32 matmul peak {peak:.0f} GFLOP/s (4096^3, measured in this run). "
         f"Date: {date.today()}. Command: {command_line(parser, args, 'benchmarks.bench_training', ('repeats',))}."
     )
     sections = [
         [
             "## (a) Framework vs a bare PyTorch loop",
-            machine,
+            machine_line,
             "| workload | bare loop (ms/step) | bindspace (ms/step) | throughput ratio | target | steps x runs |",
             "|---|---|---|---|---|---|",
             *rows_a,
@@ -256,7 +255,7 @@ def main() -> None:
         ],
         [
             "## (b) Model FLOPs utilisation of the training step",
-            machine,
+            machine_line,
             "| workload | GFLOP / step (fwd + bwd) | GFLOP/s (bindspace) | MFU bare loop | MFU bindspace | target |",
             "|---|---|---|---|---|---|",
             *rows_b,
@@ -264,7 +263,7 @@ def main() -> None:
         ],
         [
             "## (e) Frozen-anchor feature cache",
-            machine,
+            machine_line,
             "| workload | recomputed (ms/step) | cached (ms/step) | speedup | target |",
             "|---|---|---|---|---|",
             *rows_e,

@@ -1,8 +1,9 @@
-"""The command line a benchmark section quotes: what reproduces its numbers, and nothing else."""
+"""What every benchmark section quotes: the command that reproduces its numbers, and the machine."""
 
 from __future__ import annotations
 
 import argparse
+import platform
 
 SKIPPED = {"out", "tmp"}  # where results and scratch files go: they change no number
 
@@ -19,3 +20,15 @@ def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, modu
     ]
     command = " ".join([f"python -m {module}", *options])
     return f"`{command}`" if changed else f"`make bench` (`{command}`)"
+
+
+def machine() -> str:
+    """The CPU a section ran on, with the instruction set torch's kernels dispatch to.
+
+    This project's VM has changed CPU between dates (AVX2 on 2026-12-02, AVX512 on 2026-12-04), and a
+    training step's time moves with it: the section says which one measured it.
+    """
+    from bindspace.utils.environment import describe_environment
+
+    cpu = describe_environment()["cpu"]
+    return f"{platform.machine()} {cpu['model']} (torch dispatching to {cpu['torch']})"

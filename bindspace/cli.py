@@ -124,10 +124,8 @@ class KeyValueCommand:
         for arg in argv:
             key, sep, value = arg.partition("=")
             if arg.startswith("-"):
-                raise ConfigError(
-                    f"unknown option {arg!r}{did_you_mean(arg.lstrip('-').split('=')[0], known)}; options are "
-                    f"key=value (see {self.prog} --help)"
-                )
+                hint = did_you_mean(arg.lstrip("-").split("=")[0], known) or did_you_mean(arg, ["-h", "--help"])
+                raise ConfigError(f"unknown option {arg!r}{hint}; options are key=value (see {self.prog} --help)")
             if not sep or not key:
                 raise ConfigError(f"arguments are key=value, got {arg!r} (see {self.prog} --help)")
             if key not in known:
@@ -152,13 +150,33 @@ class KeyValueCommand:
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line naming the bad option and the closest valid one, exit 2."""
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse checks required arguments before it reports unknown options, so `prog --hepl` would
+        # say only that a command is missing: the unknown option is the error the user made.
+        unknown = self._unknown_options()
+        if unknown and not message.startswith("unrecognized arguments:"):
+            message = f"unrecognized arguments: {unknown[0]}"
         if message.startswith("unrecognized arguments:"):
             bad = message.split(":", 1)[1].split()
             message = f"{message}{did_you_mean(bad[0], self._option_strings()) if bad else ''}"
         elif "invalid choice:" in message:
             message = message.split(" (choose from")[0] + self._closest_choice(message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _unknown_options(self) -> list[str]:
+        """The command line's ``-x``/``--xx`` tokens that no parser here defines, nor abbreviates (argparse
+        takes a prefix of a long option); negative numbers are values."""
+        known = self._option_strings()
+
+        def defined(name: str) -> bool:
+            return name in known or (name.startswith("--") and any(o.startswith(name) for o in known))
+
+        options = [a for a in getattr(self, "_argv", []) if a.startswith("-") and a != "-" and not _is_number(a)]
+        return [a for a in options if not defined(a.split("=")[0])]
 
     def _option_strings(self) -> list[str]:
         """Every option of this parser and of its sub-commands (their leftovers are reported up here)."""
@@ -174,6 +192,14 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         bad = message.split("invalid choice:", 1)[1].strip().split()[0].strip("'")
         choices = [c for action in self._actions if action.choices for c in action.choices]
         return did_you_mean(bad, [str(c) for c in choices])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
@@ -228,7 +254,13 @@ def check_hydra_overrides(config_name: str, argv: Sequence[str], check: Callable
     argv = [a for a in argv if a not in ("-m", "--multirun")]
     printing = len(_without_print_flags(argv)) != len(argv)
     argv = _without_print_flags(argv)
-    if os.environ.get("LOCAL_RANK") or any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
+    if os.environ.get("LOCAL_RANK"):
+        return
+    flags = [a for a in argv if a.startswith("-") and a.split("=")[0] not in HYDRA_FLAGS]
+    if flags:  # Hydra would answer with its override lexer's error ("LexerNoViableAltException: --hepl ^")
+        hint = did_you_mean(flags[0].split("=")[0], HYDRA_FLAGS)
+        raise ConfigError(f"unknown option {flags[0]!r}{hint}; overrides are key=value (see --help)")
+    if any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
         return
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException

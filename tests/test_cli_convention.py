@@ -69,6 +69,49 @@ def test_an_unknown_option_is_one_line_with_the_closest(prog, capsys):
     assert len(err) == 1 and err[0].startswith(f"{prog}: error: ") and message in err[0], err
 
 
+@pytest.mark.parametrize(
+    ("prog", "argv"),
+    [("bindspace-embed", ["--hepl"]), ("bindspace-search", ["index=a", "--hepl"]), ("bindspace-connect", ["--hepl"]),
+     ("bindspace-data", ["--hepl"]), ("bindspace-data", ["check", "--hepl"]), ("bindspace-report", ["--hepl"]),
+     ("bindspace-convert", ["--hepl"]), ("bindspace-convert", ["imagebind", "--hepl"])],
+)  # fmt: skip
+def test_a_mistyped_help_is_named_as_one(prog, argv, capsys):
+    # argparse checks a missing required argument before an unknown option: `bindspace-data --hepl`
+    # said only that a command was missing, and a key=value command suggested no valid option.
+    main = IN_PROCESS[prog][0]
+    assert exit_code(lambda: main(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--hepl" in err[0] and "(did you mean '--help'?)" in err[0], err
+
+
+def test_argparse_abbreviations_and_negative_values_are_not_unknown_options(capsys):
+    from bindspace.cli import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="p")
+    parser.add_argument("target")
+    parser.add_argument("--baseline")
+    parser.add_argument("--delta", type=float)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--base", "x", "--delta", "-0.5"])  # the positional is what is missing
+    err = capsys.readouterr().err
+    assert "required: target" in err and "unrecognized" not in err, err
+    args = parser.parse_args(["t", "--base", "x", "--delta", "-0.5"])
+    assert (args.target, args.baseline, args.delta) == ("t", "x", -0.5)
+
+
+@pytest.mark.parametrize("config", ["train", "eval"])
+@pytest.mark.parametrize("flag", ["--hepl", "--hepl=3", "-mm"])
+def test_an_unknown_flag_of_a_hydra_command_is_one_line(config, flag):
+    # Hydra answered with its override lexer's "LexerNoViableAltException: --hepl ^".
+    from bindspace.cli import check_hydra_overrides
+    from bindspace.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(f"unknown option '{flag}'")) as err:
+        check_hydra_overrides(config, ["seed=1", flag])
+    assert "\n" not in str(err.value) and ("did you mean '--help'" in str(err.value)) == flag.startswith("--hepl")
+    check_hydra_overrides("train", ["seed=1", "--cfg", "job"])  # Hydra's own flags stay Hydra's
+
+
 def cli(module: str, *argv: str) -> subprocess.Popen:
     """Start a command in a fresh interpreter; ``.communicate()`` waits for it."""
     return subprocess.Popen(

@@ -7,7 +7,7 @@ Measures, in one process on this machine, with the default config (`model=tiny`,
 
 Generation and training are timed in alternating rounds (a busy machine slows both alike); the table
 gives the medians, and where a generated step's time goes, per modality, for each renderer version
-(``data.scene.version``) asked for.
+(``data.synthetic.version``) asked for.
 
     python -m benchmarks.bench_data [--steps 20] [--repeats 7] [--versions 1,2] [--out docs/benchmarks.md]
 """
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7, help="alternating rounds of generation and training")
     parser.add_argument(
-        "--versions", default="1,2", help="renderer versions to time (data.scene.version), comma-separated"
+        "--versions", default="1,2", help="renderer versions to time (data.synthetic.version), comma-separated"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args()
@@ -124,7 +124,7 @@ def main() -> None:
     batch = plain["data"]["batch_size"]
     scene = dict(plain["data"]["scene"])
     steps = {
-        v: SyntheticDataModule(spec.modalities, spec.edges, batch_size=batch, scene={**scene, "version": v})
+        v: SyntheticDataModule(spec.modalities, spec.edges, batch_size=batch, scene=scene, synthetic={"version": v})
         .train_dataloader()
         .dataset
         for v in versions
@@ -210,7 +210,7 @@ def main() -> None:
             f"{os.getloadavg()[0]:.1f} at the end{steal_note(cpu_start, cpu_times())}. Date: {date.today()}.",
             f"Command: {command_line(parser, args, 'benchmarks.bench_data', ('steps', 'repeats'))}.",
             "",
-            "Renderer versions (`data.scene.version`): 1 renders the data every published synthetic number was "
+            "Renderer versions (`data.synthetic.version`): 1 renders the data every published synthetic number was "
             "trained on (the default); 2 renders the same scenes with sensor noise cut from seeded noise banks (one "
             "per modality, at per-scene offsets) and the image clutter from a counter-based hash "
             "(`bindspace/data/synthetic.py`).",

@@ -420,6 +420,10 @@ def _describe_hydra_error(err: Exception, config_name: str, compose, initialize)
         from omegaconf import DictConfig, OmegaConf
 
         key = first.split("'")[1]
+        from bindspace.utils.config_migration import RENAMED_KEYS
+
+        if key in RENAMED_KEYS:
+            return f"unknown key {key!r}: it is {RENAMED_KEYS[key]!r} now"
         with initialize("bindspace.configs", version_base="1.3"):
             defaults = compose(config_name)
         # The first component that is not in the config is the typo: modalities.tactle.trunk.width -> tactle.

@@ -699,20 +699,24 @@ def check_caption_sampling(
             )
 
 
-def check_scene(configs: Mapping[str, Any], scene: Any) -> None:
-    """``data.scene`` of the synthetic benchmark makes a valid SyntheticConfig for the model's geometry."""
-    from bindspace.data.synthetic import SyntheticConfig, scene_config
+def check_scene(configs: Mapping[str, Any], scene: Any, renderer: Any = None) -> None:
+    """``data.scene`` (what the synthetic benchmark's scenes show) and ``data.synthetic`` (its renderer) make a
+    valid SyntheticConfig for the model's geometry."""
+    from bindspace.data.synthetic import RENDERER_KEYS, SyntheticConfig, scene_config
 
-    if scene is None:
-        return
-    if not isinstance(scene, Mapping):
-        raise ConfigError(f"data.scene must be a mapping of keys, got {scene!r}")
+    for key, value in (("data.scene", scene), ("data.synthetic", renderer)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
     try:
-        scene_config(configs, scene)
+        scene_config(configs, scene, renderer)
     except (TypeError, ValueError) as err:
+        message = str(err)
+        if message.startswith("data."):  # a key in the wrong section, named in full
+            raise ConfigError(message) from None
+        field = message.split(" ", 1)[0]
+        section = "data.synthetic" if field in RENDERER_KEYS else "data.scene"
         names = {f.name for f in dataclasses.fields(SyntheticConfig)}
-        where = f"data.scene.{err}" if str(err).split(" ", 1)[0] in names else f"data.scene: {err}"
-        raise ConfigError(where) from None
+        raise ConfigError(f"{section}.{message}" if field in names else f"data.scene: {message}") from None
 
 
 def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
@@ -741,7 +745,7 @@ def build_run_spec(cfg: Mapping[str, Any]) -> RunSpec:
     if "batch_size" in data:
         _check_positive(data["batch_size"], "data.batch_size", minimum=2)
     if str(data.get("name", "synthetic")) == "synthetic":
-        check_scene(configs, data.get("scene"))
+        check_scene(configs, data.get("scene"), data.get("synthetic"))
     loss = dict(cfg.get("loss") or {})
     loss_backprop(loss)
     edge_objectives(edges, loss)

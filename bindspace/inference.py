@@ -210,9 +210,10 @@ def run_config_spec(ckpt_path: Path):
     import yaml
 
     from bindspace.config import build_run_spec
+    from bindspace.utils.config_migration import migrate_config
 
     try:
-        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+        raw = migrate_config(yaml.safe_load(config.read_text(encoding="utf-8")))
         # A run folder may come from anyone: never run code it names, not even to read a config file.
         for section in ((raw or {}).get("modalities") or {}).values():
             if isinstance(section, dict) and isinstance(section.get("trunk"), dict):

@@ -11,6 +11,7 @@ cheaply.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -108,9 +109,14 @@ def test_cli_batch_size_below_two(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_synthetic_scene_version(tmp_path):
-    message = cli_config_error(tmp_path, "data.scene.version=3")
-    assert message == "data.scene.version must be one of [1, 2], got 3"
+def test_cli_synthetic_renderer_version(tmp_path):
+    message = cli_config_error(tmp_path / "a", "data.synthetic.version=3")
+    assert message == "data.synthetic.version must be one of [1, 2], got 3"
+    # Its name until 2026-12-04 names the new one, with or without a '+' (which would have added the old key).
+    message = cli_config_error(tmp_path / "b", "data.scene.version=2")
+    assert message == "unknown key 'data.scene.version': it is 'data.synthetic.version' now"
+    message = cli_config_error(tmp_path / "c", "+data.scene.version=2")
+    assert message.startswith("data.scene.version is now data.synthetic.version (the renderer's options moved")
 
 
 @pytest.mark.slow
@@ -235,8 +241,14 @@ def test_speed_options_are_checked_with_the_config(override, message):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.scene.version=0", "data.scene.version must be one of [1, 2], got 0"),
-        ("data.scene.version=true", "data.scene.version must be one of [1, 2], got True"),
+        ("data.synthetic.version=0", "data.synthetic.version must be one of [1, 2], got 0"),
+        ("data.synthetic.version=true", "data.synthetic.version must be one of [1, 2], got True"),
+        (
+            "+data.synthetic.noise=2",
+            "data.synthetic.noise: not a renderer option; data.synthetic takes ['version'] (what the scenes show is "
+            "data.scene)",
+        ),
+        ("data.synthetic=3", "data.synthetic must be a mapping of keys, got 3"),
         ("data.scene.noise=-1", "data.scene.noise must be a number >= 0, got -1"),
         ("data.scene.noise=loud", "data.scene.noise must be a number >= 0, got 'loud'"),
         ("data.scene.num_classes=49", "data.scene.num_classes must be an integer in [2, 48], got 49"),
@@ -246,7 +258,27 @@ def test_speed_options_are_checked_with_the_config(override, message):
 def test_synthetic_scene_keys_are_checked_with_the_config(override, message):
     with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
         run_spec([override])
-    assert run_spec(["data.scene.version=2"]).embed_dim > 0
+    assert run_spec(["data.synthetic.version=2"]).embed_dim > 0
+
+
+def test_a_run_folder_written_before_the_renderer_key_moved_still_rebuilds(tmp_path):
+    """Run folders of 2026-12-03 and before store ``data.scene.version``; reading them moves it, keeping its value."""
+    from bindspace.inference import run_config_spec
+    from bindspace.utils.config_migration import migrate_config
+
+    cfg = OmegaConf.to_container(compose_config(["graph.modalities=[image,text]"]), resolve=True)
+    cfg["data"]["scene"]["version"] = cfg["data"].pop("synthetic")["version"]  # the layout before the move
+    assert migrate_config(copy.deepcopy(cfg))["data"] == {
+        **{k: v for k, v in cfg["data"].items() if k != "scene"},
+        "scene": {k: v for k, v in cfg["data"]["scene"].items() if k != "version"},
+        "synthetic": {"version": 1},
+    }
+    with pytest.raises(ConfigError, match=r"^data\.scene\.version is now data\.synthetic\.version"):
+        build_run_spec(copy.deepcopy(cfg))  # unmigrated: refused, never silently rendered with the default
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    assert sorted(run_config_spec(ckpt).modalities) == ["image", "text"]
 
 
 def test_a_validation_interval_inside_an_accumulated_step_is_refused():

@@ -191,6 +191,24 @@ def test_groups_by_curriculum_order_and_multi_anchor(tmp_path):
     assert rows[1]["trained/R@1_mean"] == pytest.approx(10 + 2.5 + 25)  # bases 12 and 13
 
 
+def test_runs_written_before_a_key_was_renamed_group_with_runs_written_after(tmp_path):
+    """``data.scene.version`` became ``data.synthetic.version`` on 2026-12-04: in the config and the overrides alike."""
+    old = make_job(
+        tmp_path, 0, {"data.scene.version": 2, "seed": 0}, 10, config_extra={"data": {"scene": {"version": 2}}}
+    )
+    make_job(
+        tmp_path, 1, {"data.synthetic.version": 2, "seed": 1}, 12, config_extra={"data": {"synthetic": {"version": 2}}}
+    )
+    assert yaml.safe_load((old / ".hydra" / "config.yaml").read_text())["data"] == {"scene": {"version": 2}}
+    runs = collect_runs(tmp_path)
+    assert [r.overrides for r in runs] == [{"data.synthetic.version": "2", "seed": str(s)} for s in (0, 1)]
+    assert [r.config["data"] for r in runs] == [
+        {"scene": {}, "synthetic": {"version": 2}},
+        {"synthetic": {"version": 2}},
+    ]
+    assert [(r["n_seeds"], r["n_failed"]) for r in summary_table(runs)] == [(2, 0)]
+
+
 def test_summary_only_metrics_are_used_when_no_retrieval_table(tmp_path):
     for seed, value in enumerate([40.0, 44.0]):
         job = make_job(tmp_path, seed, {"seed": seed}, None)

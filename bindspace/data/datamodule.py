@@ -107,7 +107,8 @@ class SyntheticDataModule(PairedDataModule):
         pool_size: scenes per edge pool.
         val_size, test_size: held-out scenes with every modality (test is the final gallery).
         disjoint_pools: if False every edge draws from pool 0 (so all modalities share scenes).
-        scene: overrides of :class:`SyntheticConfig` (``num_classes``, ``noise``, ...).
+        scene: overrides of :class:`SyntheticConfig`: what the scenes show (``num_classes``, ``noise``, ...).
+        synthetic: the renderer's options (``version``: :data:`~bindspace.data.synthetic.RENDERER_KEYS`).
     """
 
     @classmethod
@@ -128,12 +129,13 @@ class SyntheticDataModule(PairedDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         scene: Mapping[str, Any] | None = None,
+        synthetic: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(configs, edges, batch_size, seed, num_workers, pin_memory)
         self.pool_size, self.val_size, self.test_size = pool_size, val_size, test_size
         self.disjoint_pools = disjoint_pools
         plugins = {m: c.input for m, c in self.configs.items() if m not in BUILTIN_RENDERED}
-        self.scenes = SyntheticScenes(scene_config(self.configs, scene), seed=seed, inputs=plugins)
+        self.scenes = SyntheticScenes(scene_config(self.configs, scene, synthetic), seed=seed, inputs=plugins)
         self.class_names = self.scenes.class_names()  # label index -> name, for zero-shot prompts
         self._heldout = {
             "val": SceneDataset(self.scenes, self.modalities, self.configs, offset=VAL_BASE, size=val_size),

@@ -170,7 +170,8 @@ class SyntheticConfig:
     version: int = 1
 
     def __post_init__(self) -> None:
-        # Messages start with the field at fault (bindspace.config reports them as data.scene.<field>).
+        # Messages start with the field at fault (bindspace.config reports them as data.scene.<field>, or
+        # data.synthetic.<field> for RENDERER_KEYS).
         if isinstance(self.version, bool) or self.version not in VERSIONS:
             raise ValueError(f"version must be one of {list(VERSIONS)}, got {self.version!r}")
         most = len(SHAPES) * len(COLOURS)
@@ -189,9 +190,31 @@ def _is_number(value: Any, integer: bool = False) -> bool:
     return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def scene_config(configs: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> SyntheticConfig:
+RENDERER_KEYS = ("version",)  # SyntheticConfig's fields set by data.synthetic (how scenes are drawn), not data.scene
+
+
+def scene_config(
+    configs: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, renderer: Mapping[str, Any] | None = None
+) -> SyntheticConfig:
     """The benchmark's config for a model: rendered at the model's input geometry (``configs``: modality
-    name -> ModalityConfig), so transforms do no resampling on the hot path; ``overrides`` are ``data.scene``."""
+    name -> ModalityConfig), so transforms do no resampling on the hot path; ``overrides`` are ``data.scene``
+    (what the scenes show), ``renderer`` is ``data.synthetic`` (``RENDERER_KEYS``: how they are drawn).
+
+    Raises:
+        ValueError: starting with the field at fault, e.g. ``version must be one of [1, 2], got 3``, or
+            with the full key of a renderer key among the scene's (``data.scene.version``, its name before
+            2026-12-04) or a scene key among the renderer's.
+    """
+    overrides, renderer = dict(overrides or {}), dict(renderer or {})
+    misplaced = [k for k in overrides if k in RENDERER_KEYS] + [k for k in renderer if k not in RENDERER_KEYS]
+    if misplaced:
+        k = misplaced[0]
+        raise ValueError(
+            f"data.scene.{k} is now data.synthetic.{k} (the renderer's options moved there on 2026-12-04)"
+            if k in RENDERER_KEYS
+            else f"data.synthetic.{k}: not a renderer option; data.synthetic takes {list(RENDERER_KEYS)} "
+            "(what the scenes show is data.scene)"
+        )
     derived: dict[str, Any] = {}
     if "image" in configs:
         derived["image_size"] = configs["image"].input.size
@@ -202,7 +225,7 @@ def scene_config(configs: Mapping[str, Any], overrides: Mapping[str, Any] | None
         derived["audio_seconds"] = configs["audio"].input.clip_seconds
     if "imu" in configs:
         derived["imu_length"] = configs["imu"].input.length
-    return SyntheticConfig(**{**derived, **dict(overrides or {})})
+    return SyntheticConfig(**{**derived, **overrides, **renderer})
 
 
 _M64 = (1 << 64) - 1

@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 from bindspace.evaluation.suite import metrics_version
+from bindspace.utils.config_migration import RENAMED_KEYS, migrate_config
 
 DEFAULT_METRICS = ("R@1", "R@5", "R@10", "mAP")
 KINDS = ("trained", "emergent")
@@ -202,13 +203,14 @@ def collect_runs(multirun_dir: str | Path) -> list[RunRecord]:
     runs = []
     for job in _job_dirs(multirun_dir):
         config = _read_yaml(job / ".hydra" / "config.yaml")
-        config = config if isinstance(config, dict) else {}
+        config = migrate_config(config) if isinstance(config, dict) else {}
         raw_overrides = _read_yaml(job / ".hydra" / "overrides.yaml")
         overrides = {}
         for line in raw_overrides if isinstance(raw_overrides, list) else []:
             key, sep, value = str(line).partition("=")
-            if sep:  # "~key" deletions carry no value
-                overrides[key.lstrip("+~")] = value.strip()
+            if sep:  # "~key" deletions carry no value; a renamed key groups with its name today
+                key = key.lstrip("+~")
+                overrides[RENAMED_KEYS.get(key, key)] = value.strip()
         metrics, reason = _load_metrics(job)
         tags = config.get("tags") if isinstance(config.get("tags"), list) else []
         runs.append(

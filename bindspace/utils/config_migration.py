@@ -1,0 +1,32 @@
+"""Config keys renamed since a run folder could have been written, and the move of a stored config to today's names.
+
+Kept apart from :mod:`bindspace.config` (which imports the model's building blocks) so that reading a run
+folder's YAML, as ``bindspace-report`` does, costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RENAMED_KEYS = {"data.scene.version": "data.synthetic.version"}  # old -> new (2026-12-04): the CLI names the new one
+
+
+def migrate_config(raw: Any) -> Any:
+    """A stored run config (``.hydra/config.yaml``) with keys renamed since it was written (``RENAMED_KEYS``)
+    moved to their names today, in place; returned. The values are kept: a run folder of 2026-12-03 that
+    trained on ``data.scene.version: 1`` still rebuilds, and says it rendered version 1."""
+    for old, new in RENAMED_KEYS.items():
+        *old_path, old_leaf = old.split(".")
+        *new_path, new_leaf = new.split(".")
+        parent = raw
+        for part in old_path:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old_leaf not in parent:
+            continue
+        value = parent.pop(old_leaf)
+        target = raw
+        for part in new_path:
+            target = target.setdefault(part, {}) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            target.setdefault(new_leaf, value)
+    return raw

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bindspace.cli import KeyValueCommand, check_output, run_command
+from bindspace.data.synthetic import DEFAULT_VERSION, VERSIONS
 from bindspace.errors import ConfigError
 from bindspace.utils.io import atomic_write, atomic_write_json, read_safetensors
 
@@ -317,13 +318,22 @@ class Inputs:
     keys: list[tuple[str, ...]] = field(default_factory=list)
 
 
-def synthetic_inputs(configs: Mapping[str, Any], modalities: Sequence[str], base: int, size: int, paired: bool, seed=0):
+def synthetic_inputs(
+    configs: Mapping[str, Any],
+    modalities: Sequence[str],
+    base: int,
+    size: int,
+    paired: bool,
+    seed: int = 0,
+    version: int = DEFAULT_VERSION,
+) -> Inputs:
     """Scenes of the built-in benchmark: ``paired`` -> the same ``size`` scenes in every modality (eval),
-    else a range of its own per modality (fit: no scene is seen in two modalities)."""
+    else a range of its own per modality (fit: no scene is seen in two modalities); drawn by renderer
+    ``version`` (``data.synthetic.version``)."""
     from bindspace.data.datamodule import scene_config
     from bindspace.data.synthetic import SyntheticScenes
 
-    scenes = SyntheticScenes(scene_config(configs), seed=seed)
+    scenes = SyntheticScenes(scene_config(configs, renderer={"version": version}), seed=seed)
     ids, values = {}, {}
     for k, m in enumerate(modalities):
         scene_ids = np.arange(size, dtype=np.int64) + base + (0 if paired else k * size)
@@ -355,12 +365,19 @@ def manifest_inputs(path: str, modalities: Sequence[str], paired: bool, key: str
     return Inputs(ids, values, keys=[sample_keys(s) for s in samples if any(m in s.values for m in ids)])
 
 
-def eval_inputs(source: str, configs: Mapping[str, Any], modalities: Sequence[str], size: int, fit: Inputs) -> Inputs:
+def eval_inputs(
+    source: str,
+    configs: Mapping[str, Any],
+    modalities: Sequence[str],
+    size: int,
+    fit: Inputs,
+    version: int = DEFAULT_VERSION,
+) -> Inputs:
     """The samples ``eval`` scores; refused when any of them is fitted on too (the same id or file)."""
     if source == "synthetic":
         from bindspace.data.datamodule import TEST_BASE
 
-        data = synthetic_inputs(configs, modalities, TEST_BASE, size, paired=True)
+        data = synthetic_inputs(configs, modalities, TEST_BASE, size, paired=True, version=version)
     else:
         data = manifest_inputs(source, modalities, paired=True, key="eval")
     fitted = {k for keys in fit.keys for k in keys}
@@ -440,6 +457,10 @@ COMMAND = KeyValueCommand(
         "eval": ("", "'synthetic' or a manifest of held-out rows with several modalities; writes <out>.metrics.json"),
         "fit_size": (2000, "synthetic: scenes per modality to fit on"),
         "eval_size": (1000, "synthetic: held-out scenes to score"),
+        "synthetic_version": (
+            DEFAULT_VERSION,
+            f"synthetic: the renderer, as the spaces' data.synthetic.version ({', '.join(map(str, VERSIONS))})",
+        ),
         "device": ("cpu", "where the encoders run"),
     },
     examples=[
@@ -455,6 +476,8 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
 
     if args["method"] not in METHODS:
         raise ConfigError(f"method={args['method']!r}: must be one of {list(METHODS)}")
+    if args["synthetic_version"] not in VERSIONS:
+        raise ConfigError(f"synthetic_version={args['synthetic_version']}: must be one of {list(VERSIONS)}")
     inputs = {k: args[k] for k in ("a", "b", "fit", "eval") if args[k] and args[k] != "synthetic"}
     out = check_output(args["out"], ".safetensors", "the connector", inputs)
     if args["eval"]:  # its companion too, before any compute: written last, it would fail after all of it
@@ -486,12 +509,18 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
     configs = {**b.model.configs, **a.model.configs}
     fit_modalities = [shared, *only_a, *only_b]
     if args["fit"] == "synthetic":
-        fit = synthetic_inputs(configs, fit_modalities, FIT_BASE, args["fit_size"], paired=False)
+        fit = synthetic_inputs(
+            configs, fit_modalities, FIT_BASE, args["fit_size"], paired=False, version=args["synthetic_version"]
+        )
     else:
         fit = manifest_inputs(args["fit"], fit_modalities, paired=False, key="fit")
     if shared not in fit.values:
         raise ConfigError(f"fit={args['fit']}: no rows with the shared modality {shared!r}")
-    data = eval_inputs(args["eval"], configs, fit_modalities, args["eval_size"], fit) if args["eval"] else None
+    data = (
+        eval_inputs(args["eval"], configs, fit_modalities, args["eval_size"], fit, args["synthetic_version"])
+        if args["eval"]
+        else None
+    )
     shared_a, shared_b = a.embed(shared, fit.values[shared]), b.embed(shared, fit.values[shared])
     others_a = {m: a.embed(m, fit.values[m]) for m in only_a if m in fit.values}
     others_b = {m: b.embed(m, fit.values[m]) for m in only_b if m in fit.values}
@@ -507,6 +536,8 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
         "fit_counts": {m: len(v) for m, v in fit.ids.items()},
         "fit_ids_sha256": hashlib.sha256("\n".join(fit_ids).encode()).hexdigest(),
     }
+    if "synthetic" in (args["fit"], args["eval"]):
+        info["synthetic_version"] = args["synthetic_version"]  # the scenes' renderer, for fit and eval alike
     connector = fit_connector(shared, shared_a, shared_b, others_a, others_b, args["method"], info)
     report: dict[str, Any] = {"connector": str(out), "method": args["method"], "shared": shared, **info}
     if data is not None:

@@ -291,3 +291,10 @@ def test_a_validation_interval_inside_an_accumulated_step_is_refused():
     check_trainer({"max_steps": 10, "accumulate_grad_batches": 2, "val_check_interval": 4})
     check_trainer({"max_steps": 10, "accumulate_grad_batches": 2, "val_check_interval": 0.5})  # a fraction of an epoch
     check_trainer({"max_steps": 10, "val_check_interval": 3})
+
+
+def test_the_renderer_default_is_the_same_in_the_config_and_the_code():
+    """``data.synthetic.version`` (YAML) and ``DEFAULT_VERSION`` (the Python API, bindspace-connect) move together."""
+    from bindspace.data.synthetic import DEFAULT_VERSION, SyntheticConfig
+
+    assert compose_config([]).data.synthetic.version == DEFAULT_VERSION == SyntheticConfig().version

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import compose_config
@@ -148,6 +149,23 @@ def test_connecting_two_spaces_recovers_the_alignment_the_identity_map_misses(sp
     # Nothing scored was fitted on: fit scenes start at FIT_BASE, the scored ones at TEST_BASE.
     assert report["eval"]["rows"] == 300 and TEST_BASE + 300 < FIT_BASE
     assert report["fit_counts"] == {"image": 400, "audio": 400, "text": 400}
+    assert report["synthetic_version"] == 1  # the renderer the scenes came from (data.synthetic.version's default)
+
+
+def test_synthetic_scenes_come_from_the_renderer_asked_for():
+    """``synthetic_version`` (data.synthetic.version of the spaces' runs) picks the renderer of fit and eval scenes:
+    the same scene ids and labels, version 2's own noise."""
+    from bindspace.connect import synthetic_inputs
+    from bindspace.data.synthetic import SyntheticConfig, SyntheticScenes
+    from bindspace.modalities import get_modality
+
+    configs = {"image": get_modality("image").config_from_dict({"input": {"size": 32}})}
+    one, two = (synthetic_inputs(configs, ["image"], 10, 4, paired=True, version=v) for v in (1, 2))
+    assert one.ids == two.ids and torch.equal(one.labels, two.labels) and one.keys == two.keys
+    assert not np.array_equal(one.values["image"], two.values["image"])
+    ids = np.arange(10, 14, dtype=np.int64)
+    expected = SyntheticScenes(SyntheticConfig(image_size=32, version=2), seed=0).render("image", ids)
+    assert np.array_equal(two.values["image"], expected)
 
 
 def test_connected_space_refuses_other_checkpoints_and_names_bad_keys(spaces, tmp_path, capsys):
@@ -162,6 +180,10 @@ def test_connected_space_refuses_other_checkpoints_and_names_bad_keys(spaces, tm
         ([f"a={a}", f"b={b}", "shared=depth", "fit=synthetic", f"out={out}"], "has no 'depth' encoder"),
         ([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={out}", "metod=lstsq"], "did you mean 'method'"),
         ([f"a={a}", f"b={b}", "shared=image", "fit=nope.jsonl", f"out={out}"], "fit=nope.jsonl"),
+        (
+            [f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={out}", "synthetic_version=3"],
+            "synthetic_version=3: must be one of [1, 2]",
+        ),
         ([f"a={a}", f"b={b}", "shared=image", "fit=synthetic", f"out={tmp_path / 'c.pt'}"], ".safetensors"),
         ([f"a={a}", f"b={a}", "shared=image", "fit=synthetic", f"out={out}"], f"a={a}: nothing to connect"),
         ([f"a={b}", f"b={image_only}", "shared=image", "fit=synthetic", f"out={out}"], "no modality besides shared"),

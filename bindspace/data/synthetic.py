@@ -55,6 +55,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 _FACTOR_STREAM = 0  # noise streams of modality m are 1 + MODALITIES.index(m)
 _CLUTTER = 8  # image background: random colour blobs on an 8 x 8 grid, upsampled
 VERSIONS = (1, 2)  # of the renderer: see the module docstring
+DEFAULT_VERSION = 1  # data.synthetic.version's default (configs/data/synthetic.yaml says the same; a test checks)
 _MARKER = (0.7, 0.0)  # a painted dot in the object frame: makes orientation visible for any shape
 
 # Audio timbre per shape: partial frequency ratios and amplitudes (harmonic, odd, bell, fifths, ...).
@@ -167,7 +168,7 @@ class SyntheticConfig:
     imu_rate: float = 100.0
     noise: float = 1.0
     caption_dropout: float = 0.2
-    version: int = 1
+    version: int = DEFAULT_VERSION
 
     def __post_init__(self) -> None:
         # Messages start with the field at fault (bindspace.config reports them as data.scene.<field>, or

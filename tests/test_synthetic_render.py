@@ -3,7 +3,8 @@
 - per-scene noise: one vectorised seeding for the batch equals one ``SFC64(SeedSequence([seed, id, stream]))``
   per scene, word for word;
 - objects are rendered on a window around each one: every pixel the object covers lies inside it;
-- the default run's batches are, to the bit, those every published synthetic number was trained on.
+- the default run's batches, with either renderer (``data.synthetic.version``), are to the bit those the published
+  synthetic numbers were trained on.
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def test_a_step_rendered_modality_by_modality_equals_edge_by_edge(anchor):
                     assert v.dtype == got[k].dtype and torch.equal(v, got[k]), k
 
 
-# The default run's training batches (every modality, as the model gets them), as 7e32330 made them: the data
-# every published synthetic number was trained on. Speed work on rendering or transforms must leave them
+# The default run's training batches (every modality, as the model gets them), per renderer version: version 1 as
+# 7e32330 made it, the data of every synthetic number published until version 2 became the default; version 2
+# as 1a20bc2 renders it (pinned on 2026-12-04). Speed work on rendering or transforms must leave them
 # bit-identical (177afa5, "bit-identical", changed the audio of steps 63 and 130 through Sleef's vectorised
 # hypot, and make train's numbers with it).
 #
@@ -119,25 +121,37 @@ def test_a_step_rendered_modality_by_modality_equals_edge_by_edge(anchor):
 # another CPU (MKL_CBWR=COMPATIBLE alone changes the audio here), and numpy and torch dispatch by instruction
 # set. So the check has two tiers:
 # - every machine: each tensor's shape, dtype, sums and 64 sampled values equal those in
-#   tests/data/synthetic_batches.json within float rounding, and integer tensors exactly; a changed formula,
+#   tests/data/synthetic_batches*.json within float rounding, and integer tensors exactly; a changed formula,
 #   seed or scene fails here;
 # - bit for bit, on the machines whose digests are known (below). Elsewhere that tier is skipped, saying so.
-# After a deliberate change to the data: `python tests/test_synthetic_render.py --write` on one of the known
+# After a deliberate change to the data: `python tests/test_synthetic_render.py --write V` on one of the known
 # machines, and replace the digests.
 PUBLISHED_STEPS = (0, 63, 130)
-KNOWN_DIGESTS = {
-    "the machine of 2026-11-30 (AMD EPYC; its instruction set and libraries were not recorded)": {
-        0: "edd3adea6eba",
-        63: "1e8ba60993f6",
-        130: "db7faeae51b2",
+KNOWN_DIGESTS = {  # renderer version -> machine -> step -> digest
+    1: {
+        # and the machine of 2026-12-04 (AMD EPYC, torch AVX512, MKL 2024.2, numpy 2.4.6 with scipy-openblas 0.3.31)
+        "the machine of 2026-11-30 (AMD EPYC; its instruction set and libraries were not recorded)": {
+            0: "edd3adea6eba",
+            63: "1e8ba60993f6",
+            130: "db7faeae51b2",
+        },
+        "the machine of 2026-12-02 (AMD EPYC, torch AVX2, MKL 2024.2, numpy 2.4.6 with scipy-openblas 0.3.31)": {
+            0: "9305ceaca4c8",
+            63: "ee574c8ea9d1",
+            130: "2325f8ec5047",
+        },
     },
-    "the machine of 2026-12-02 (AMD EPYC, torch AVX2, MKL 2024.2, numpy 2.4.6 with scipy-openblas 0.3.31)": {
-        0: "9305ceaca4c8",
-        63: "ee574c8ea9d1",
-        130: "2325f8ec5047",
+    2: {
+        "the machine of 2026-12-04 (AMD EPYC, torch AVX512, MKL 2024.2, numpy 2.4.6 with scipy-openblas 0.3.31)": {
+            0: "262fec6a7ce8",
+            63: "6d5252210855",
+            130: "c87a343db0a6",
+        },
     },
 }
-SUMMARY_FILE = Path(__file__).parent / "data" / "synthetic_batches.json"
+SUMMARY_FILES = {
+    v: Path(__file__).parent / "data" / f"synthetic_batches{'' if v == 1 else f'_v{v}'}.json" for v in (1, 2)
+}
 SAMPLES = 64
 
 
@@ -181,34 +195,39 @@ def batch_summary(batch) -> dict[str, dict]:
     return out
 
 
-def default_run_steps():
-    """make train's config, as it is: its training batches, indexable by step."""
+def default_run_steps(version: int):
+    """make train's config, as it is but for the renderer ``version``: its training batches, indexable by step."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
     from bindspace.config import build_run_spec
 
+    overrides = ["logger=none", f"data.synthetic.version={version}"]
     with initialize_config_module("bindspace.configs", version_base="1.3"):
-        plain = OmegaConf.to_container(compose("train", overrides=["logger=none"]), resolve=False)
+        plain = OmegaConf.to_container(compose("train", overrides=overrides), resolve=False)
     spec = build_run_spec(plain)
-    data = SyntheticDataModule(spec.modalities, spec.edges, batch_size=plain["data"]["batch_size"])
-    return data.train_dataloader().dataset
+    data = plain["data"]
+    module = SyntheticDataModule(
+        spec.modalities, spec.edges, batch_size=data["batch_size"], synthetic=data["synthetic"]
+    )
+    return module.train_dataloader().dataset
 
 
-@pytest.fixture(scope="module")
-def default_batches():
-    steps = default_run_steps()
-    return {step: steps[step] for step in PUBLISHED_STEPS}  # the same at 1 and 2 threads
+@pytest.fixture(scope="module", params=sorted(SUMMARY_FILES), ids=lambda v: f"version{v}")
+def default_batches(request):
+    steps = default_run_steps(request.param)
+    return request.param, {step: steps[step] for step in PUBLISHED_STEPS}  # the same at 1 and 2 threads
 
 
 def test_the_default_runs_batches_are_the_published_ones_to_rounding(default_batches):
-    want = json.loads(SUMMARY_FILE.read_text())
-    for step, batch in default_batches.items():
+    version, batches = default_batches
+    want = json.loads(SUMMARY_FILES[version].read_text())
+    for step, batch in batches.items():
         got, ref = batch_summary(batch), want[str(step)]
         assert got.keys() == ref.keys(), step
         for key, r in ref.items():
             g = got[key]
-            where = f"step {step}, {key}"
+            where = f"version {version}, step {step}, {key}"
             assert (g["shape"], g["dtype"]) == (r["shape"], r["dtype"]), where
             if "digest" in r:
                 assert g["digest"] == r["digest"], where
@@ -221,23 +240,26 @@ def test_the_default_runs_batches_are_the_published_ones_to_rounding(default_bat
 
 
 def test_the_default_runs_batches_are_the_published_ones(default_batches):
-    found = {step: batch_digest(batch) for step, batch in default_batches.items()}
-    if found not in KNOWN_DIGESTS.values():
+    version, batches = default_batches
+    found = {step: batch_digest(batch) for step, batch in batches.items()}
+    if found not in KNOWN_DIGESTS[version].values():
         from bindspace.utils.environment import describe_environment, summary
 
         pytest.skip(
-            f"no published digests for this machine ({summary(describe_environment())}); its batches {found} "
-            "are checked against the published ones to float rounding only (the test above), not bit for bit"
+            f"version {version}: no published digests for this machine ({summary(describe_environment())}); its "
+            f"batches {found} are checked against the published ones to float rounding only (the test above), "
+            "not bit for bit"
         )
 
 
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python tests/test_synthetic_render.py --write  (rewrites " + str(SUMMARY_FILE) + ")")
-    steps = default_run_steps()
+    if len(sys.argv) != 3 or sys.argv[1] != "--write" or sys.argv[2] not in map(str, SUMMARY_FILES):
+        sys.exit(f"usage: python tests/test_synthetic_render.py --write VERSION  (one of {sorted(SUMMARY_FILES)})")
+    version = int(sys.argv[2])
+    steps = default_run_steps(version)
     summaries = {str(step): batch_summary(steps[step]) for step in PUBLISHED_STEPS}
-    SUMMARY_FILE.parent.mkdir(exist_ok=True)
-    SUMMARY_FILE.write_text(json.dumps(summaries, indent=1) + "\n")
+    SUMMARY_FILES[version].parent.mkdir(exist_ok=True)
+    SUMMARY_FILES[version].write_text(json.dumps(summaries, indent=1) + "\n")
     print({step: batch_digest(steps[step]) for step in PUBLISHED_STEPS})

@@ -35,6 +35,7 @@ from benchmarks.command import command_line, machine
 from bindspace.config import build_run_spec
 from bindspace.data.datamodule import SyntheticDataModule
 from bindspace.data.steps import StepBatches, step_indices
+from bindspace.data.synthetic import DEFAULT_VERSION
 from bindspace.modalities import get_modality
 from bindspace.training.module import AlignmentModule
 from bindspace.utils.io import atomic_write_text
@@ -210,10 +211,10 @@ def main() -> None:
             f"{os.getloadavg()[0]:.1f} at the end{steal_note(cpu_start, cpu_times())}. Date: {date.today()}.",
             f"Command: {command_line(parser, args, 'benchmarks.bench_data', ('steps', 'repeats'))}.",
             "",
-            "Renderer versions (`data.synthetic.version`): 1 renders the data every published synthetic number was "
-            "trained on (the default); 2 renders the same scenes with sensor noise cut from seeded noise banks (one "
-            "per modality, at per-scene offsets) and the image clutter from a counter-based hash "
-            "(`bindspace/data/synthetic.py`).",
+            f"Renderer versions (`data.synthetic.version`; the default, {DEFAULT_VERSION}, renders the data the "
+            "published synthetic numbers were trained on): 1 draws each scene's sensor noise from its own seeded "
+            "generator; 2 renders the same scenes with sensor noise cut from seeded noise banks (one per modality, "
+            "at per-scene offsets) and the image clutter from a counter-based hash (`bindspace/data/synthetic.py`).",
             "",
             "| what | per step (ms) | pairs / s |",
             "|---|---|---|",
@@ -270,7 +271,7 @@ def main() -> None:
     atomic_write_text(args.out, _merge(args.out, table))
 
 
-VERSION_NOTES = {1: " (the published numbers' data, the default)", 2: ""}
+VERSION_NOTES = {DEFAULT_VERSION: " (the default: the published numbers' data)"}
 
 
 def verdict(ratio: float, rounds: list[float], load_start: float, target: float = 10.0) -> str:

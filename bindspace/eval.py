@@ -129,6 +129,45 @@ def load_model(plain: dict[str, Any]) -> BindSpace:
     return BindSpace.from_state(ckpt, device, spec.modalities, spec.embed_dim, spec.edges, where=str(path))
 
 
+SCENE_KEYS = (("seed",), ("data", "synthetic", "version"), ("data", "scene", "num_classes"), ("data", "scene", "noise"))
+
+
+def training_data_differences(plain: dict[str, Any]) -> list[str]:
+    """The synthetic benchmark's settings (``SCENE_KEYS``) in which this evaluation differs from the checkpoint's
+    training run, read from the run's ``.hydra/config.yaml`` beside ``checkpoints/`` (keys renamed since are
+    moved first); ``["data.synthetic.version: trained 1, evaluated 2", ...]``, empty when they agree or when
+    the run's config is not there or is not a synthetic run. The scenes are a function of these keys: evaluated
+    with others, the held-out scenes are not the ones the training run held out."""
+    import yaml
+
+    from bindspace.utils.config_migration import migrate_config
+
+    path = Path(plain["ckpt_path"]).parent.parent / ".hydra" / "config.yaml"
+    try:
+        trained = migrate_config(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return []
+
+    def value(cfg: Any, keys: tuple[str, ...], default: Any) -> Any:
+        for key in keys:
+            cfg = cfg.get(key) if isinstance(cfg, dict) else None
+        return default if cfg is None else cfg
+
+    synthetic = [value(cfg, ("data", "name"), "synthetic") == "synthetic" for cfg in (trained, plain)]
+    if not isinstance(trained, dict) or not all(synthetic):
+        return []
+    from bindspace.data.synthetic import DEFAULT_VERSION, SyntheticConfig
+
+    defaults = {"seed": 0, "version": DEFAULT_VERSION, "num_classes": SyntheticConfig.num_classes,
+                "noise": SyntheticConfig.noise}  # fmt: skip
+    out = []
+    for keys in SCENE_KEYS:
+        was, now = (value(cfg, keys, defaults[keys[-1]]) for cfg in (trained, plain))
+        if was != now:
+            out.append(f"{'.'.join(keys)}: trained {was}, evaluated {now}")
+    return out
+
+
 def embed_split(bs: BindSpace, datamodule, split: str) -> tuple[HeldOut, list[str]]:
     """Embed every modality the split's batches hold (a manifest split may hold fewer than the model).
 
@@ -323,6 +362,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     describe_environment()  # read at launch: the commit of the code that runs, not of a checkout made during it
     bs = load_model(plain)
     opts.check(bs.modalities)
+    differences = training_data_differences(plain)
+    if differences:  # a deliberate shift is allowed; an accidental one is named, with the keys to repeat
+        log.warning(
+            "%s: scenes unlike the training run's (%s): its held-out scenes are scored only with the run's own "
+            "values on this command line",
+            plain["ckpt_path"],
+            "; ".join(differences),
+        )
     run_dir = Path(cfg.paths.output_dir)
     with RunFolder(run_dir) as folder:  # locked; an error before the results leaves nothing in a new folder
         folder.record(cfg, "eval")
@@ -337,7 +384,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics["chance"]["linear_probe"] = {m: v["chance"] for m, v in metrics["linear_probe"].items()}
         metrics = {"format": METRICS_FORMAT, "ckpt_path": str(plain["ckpt_path"]), "split": opts.split,
                    "reference_split": opts.reference_split, "fit_split": plan.info,
-                   "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges], **metrics,
+                   "gallery_size": int(test[1].shape[0]), "edges": [list(e) for e in bs.edges],
+                   "training_data_differences": differences, **metrics,
                    "environment": describe_environment(), "checkpoint_environment": bs.environment}  # fmt: skip
         folder.started()
         write_results(run_dir, metrics, test[0], center_all(test[0], means), opts, per_query)

@@ -112,3 +112,27 @@ def test_the_default_mixed_index_needs_three_modalities_and_is_left_out_below():
     assert opts.mixed_index == [{"queries": "text", "gallery": ["image", "audio"]}]
     with pytest.raises(ConfigError, match=r"eval.mixed_index\[0\] needs"):
         EvalOptions(mixed_index=[{"queries": "image", "gallery": ["audio"]}]).check(["image", "audio"])
+
+
+def test_scenes_unlike_the_training_runs_are_named(evaluated, tmp_path, caplog):
+    """Evaluated with another renderer or seed than its run trained with (read from the run's own .hydra/config.yaml),
+    the checkpoint is scored on scenes its run never held out: allowed, and said in a warning and in metrics.json."""
+    from bindspace.data.synthetic import DEFAULT_VERSION, VERSIONS
+    from bindspace.eval import training_data_differences
+
+    trained, _, _, metrics = evaluated
+    assert metrics["training_data_differences"] == []  # a copied checkpoint: no run config beside it
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    plain = lambda *extra: OmegaConf.to_container(compose_eval([f"ckpt_path={ckpt}", *extra], str(tmp_path)))  # noqa: E731
+    assert training_data_differences(plain()) == []  # the run's own data settings
+    other = next(v for v in VERSIONS if v != DEFAULT_VERSION)
+    assert training_data_differences(plain(f"data.synthetic.version={other}", "seed=3")) == [
+        "seed: trained 0, evaluated 3",
+        f"data.synthetic.version: trained {DEFAULT_VERSION}, evaluated {other}",
+    ]
+    assert training_data_differences({**plain("seed=3"), "data": {"name": "spoken_digits"}}) == []  # not synthetic
+    with caplog.at_level("WARNING", logger="bindspace.eval"):
+        shifted = run(compose_eval([f"ckpt_path={ckpt}", f"data.synthetic.version={other}"], str(tmp_path / "ev")))
+    expected = [f"data.synthetic.version: trained {DEFAULT_VERSION}, evaluated {other}"]
+    assert shifted["training_data_differences"] == expected
+    assert [r.getMessage() for r in caplog.records if "scenes unlike the training run's" in r.getMessage()]

@@ -50,7 +50,7 @@ def bs(trained) -> BindSpace:
 
 def scenes_for(bs: BindSpace) -> SyntheticScenes:
     data = OmegaConf.to_container(compose_config().data, resolve=True)
-    return SyntheticScenes(scene_config(bs.model.configs, data.get("scene")), seed=0)
+    return SyntheticScenes(scene_config(bs.model.configs, data.get("scene"), data.get("synthetic")), seed=0)
 
 
 def test_from_checkpoint_reproduces_the_training_time_retrieval(trained, bs):

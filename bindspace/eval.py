@@ -59,7 +59,14 @@ from bindspace.evaluation.zero_shot import (
     class_embeddings,
     zero_shot_from_classes,
 )
-from bindspace.inference import BindSpace, CheckpointError, load_checkpoint, run_config_spec, save_mitigations
+from bindspace.inference import (
+    BindSpace,
+    CheckpointError,
+    load_checkpoint,
+    read_run_config,
+    run_config_spec,
+    save_mitigations,
+)
 from bindspace.utils.environment import describe_environment
 from bindspace.utils.io import atomic_write_json, atomic_write_text
 from bindspace.utils.run_folder import RunFolder, remove_if_empty
@@ -140,12 +147,9 @@ def training_data_differences(plain: dict[str, Any]) -> list[str]:
     with others, the held-out scenes are not the ones the training run held out."""
     import yaml
 
-    from bindspace.utils.config_migration import migrate_config
-
-    path = Path(plain["ckpt_path"]).parent.parent / ".hydra" / "config.yaml"
     try:
-        trained = migrate_config(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        trained = read_run_config(plain["ckpt_path"])
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):  # a run folder that cannot tell: nothing to compare
         return []
 
     def value(cfg: Any, keys: tuple[str, ...], default: Any) -> Any:
@@ -365,8 +369,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     differences = training_data_differences(plain)
     if differences:  # a deliberate shift is allowed; an accidental one is named, with the keys to repeat
         log.warning(
-            "%s: scenes unlike the training run's (%s): its held-out scenes are scored only with the run's own "
-            "values on this command line",
+            "%s: scenes unlike the training run's (%s); to score the scenes that run held out, give its values "
+            "on this command line",
             plain["ckpt_path"],
             "; ".join(differences),
         )

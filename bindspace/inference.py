@@ -198,6 +198,24 @@ def model_from_checkpoint_file(path: str | Path, key: str, needs: str) -> tuple[
     return meta, model, ckpt
 
 
+def read_run_config(ckpt_path: str | Path) -> Any:
+    """The composed config of the run that wrote ``ckpt_path`` (``<run>/.hydra/config.yaml`` beside
+    ``<run>/checkpoints/``), with keys renamed since it was written moved to their names today; None when
+    there is no such file. Plain data (YAML's safe loader).
+
+    Raises:
+        yaml.YAMLError, UnicodeDecodeError, OSError: the file is there but cannot be read.
+    """
+    config = Path(ckpt_path).parent.parent / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    from bindspace.utils.config_migration import migrate_config
+
+    return migrate_config(yaml.safe_load(config.read_text(encoding="utf-8")))
+
+
 def run_config_spec(ckpt_path: Path):
     """For checkpoints older than the metadata: the run's own composed config, if it sits beside them.
 
@@ -210,10 +228,9 @@ def run_config_spec(ckpt_path: Path):
     import yaml
 
     from bindspace.config import build_run_spec
-    from bindspace.utils.config_migration import migrate_config
 
     try:
-        raw = migrate_config(yaml.safe_load(config.read_text(encoding="utf-8")))
+        raw = read_run_config(ckpt_path)
         # A run folder may come from anyone: never run code it names, not even to read a config file.
         for section in ((raw or {}).get("modalities") or {}).values():
             if isinstance(section, dict) and isinstance(section.get("trunk"), dict):

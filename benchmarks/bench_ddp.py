@@ -52,6 +52,9 @@ VARIANTS = {
 }  # fmt: skip
 
 
+HOOK = "bindspace.training.pipeline.build_trainer"  # replaced in the worker to add the StepClock
+
+
 class StepClock(L.Callback):
     """Rank 0's wall-clock time at the end of every step, written to ``path`` when training ends."""
 
@@ -69,15 +72,16 @@ class StepClock(L.Callback):
 def worker() -> None:
     """Run bindspace-train (this process and the rank Lightning launches) with a StepClock added."""
     import bindspace.train as train
+    import bindspace.training.pipeline as pipeline
 
-    build = train.build_trainer
+    build = pipeline.build_trainer  # where the pipeline looks it up (HOOK); a test checks it is still there
 
     def with_clock(*args, **kwargs):
         trainer = build(*args, **kwargs)
         trainer.callbacks.append(StepClock(os.environ[CLOCK_ENV]))
         return trainer
 
-    train.build_trainer = with_clock
+    pipeline.build_trainer = with_clock
     train.main()
 
 
@@ -89,6 +93,8 @@ def step_ms(overrides: list[str], steps: int, skip: int) -> float:
         done = subprocess.run(cmd, env={**os.environ, CLOCK_ENV: str(clock)}, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(overrides)} failed:\n{done.stderr[-3000:]}")
+        if not clock.is_file():  # the run trained without the clock: the hook below missed the trainer
+            raise RuntimeError(f"{' '.join(overrides)}: no step clock written; {HOOK} no longer builds its trainer")
         times = json.loads(clock.read_text())
     return 1000 * statistics.median(b - a for a, b in zip(times[skip:], times[skip + 1 :]))
 

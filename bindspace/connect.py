@@ -470,6 +470,32 @@ COMMAND = KeyValueCommand(
 )
 
 
+def renderer_differences(args: Mapping[str, Any]) -> dict[str, str]:
+    """Per space (``a``, ``b``) whose training run rendered its synthetic scenes with another renderer than
+    ``synthetic_version``: what it trained on, read from the run's ``.hydra/config.yaml`` beside ``checkpoints/``
+    (keys renamed since moved first; a run written before the renderer had versions reads as version 1). Empty
+    when neither ``fit`` nor ``eval`` is synthetic, or the runs' configs are not there or not synthetic runs."""
+    import yaml
+
+    from bindspace.inference import read_run_config
+
+    if "synthetic" not in (args["fit"], args["eval"]):
+        return {}
+    out = {}
+    for side in ("a", "b"):
+        try:
+            trained = read_run_config(args[side])
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):  # a run folder that cannot tell: nothing to compare
+            continue
+        data = trained.get("data") if isinstance(trained, dict) else None
+        if not isinstance(data, dict) or data.get("name", "synthetic") != "synthetic":
+            continue
+        version = (data.get("synthetic") or {}).get("version", DEFAULT_VERSION)
+        if version != args["synthetic_version"]:
+            out[side] = f"trained on data.synthetic.version={version}, synthetic_version={args['synthetic_version']}"
+    return out
+
+
 def connect(args: Mapping[str, Any]) -> dict[str, Any]:
     """The command's work: fit, save, and (with ``eval``) score and write ``<out>.metrics.json``."""
     from bindspace.inference import BindSpace
@@ -490,6 +516,13 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
     for side in ("a", "b"):  # named by this command's own keys, before either space is loaded
         if not Path(args[side]).is_file():
             raise ConfigError(f"{side}={args[side]}: no checkpoint file")
+    differences = renderer_differences(args)
+    for side, what in differences.items():
+        print(
+            f"{PROG}: warning: space {side}={args[side]} was {what}: its scenes here are not those it trained on "
+            f"(give synthetic_version= as the spaces' data.synthetic.version)",
+            file=sys.stderr,
+        )
     a = BindSpace.from_checkpoint(args["a"], args["device"])
     b = BindSpace.from_checkpoint(args["b"], args["device"])
     shared = args["shared"]
@@ -538,6 +571,7 @@ def connect(args: Mapping[str, Any]) -> dict[str, Any]:
     }
     if "synthetic" in (args["fit"], args["eval"]):
         info["synthetic_version"] = args["synthetic_version"]  # the scenes' renderer, for fit and eval alike
+        info["training_data_differences"] = differences  # per space, as bindspace-eval's key of that name
     connector = fit_connector(shared, shared_a, shared_b, others_a, others_b, args["method"], info)
     report: dict[str, Any] = {"connector": str(out), "method": args["method"], "shared": shared, **info}
     if data is not None:

@@ -136,40 +136,24 @@ def load_model(plain: dict[str, Any]) -> BindSpace:
     return BindSpace.from_state(ckpt, device, spec.modalities, spec.embed_dim, spec.edges, where=str(path))
 
 
-SCENE_KEYS = (("seed",), ("data", "synthetic", "version"), ("data", "scene", "num_classes"), ("data", "scene", "noise"))
-
-
 def training_data_differences(plain: dict[str, Any]) -> list[str]:
-    """The synthetic benchmark's settings (``SCENE_KEYS``) in which this evaluation differs from the checkpoint's
+    """The synthetic benchmark's settings (``SCENE_SETTINGS``) in which this evaluation differs from the checkpoint's
     training run, read from the run's ``.hydra/config.yaml`` beside ``checkpoints/`` (keys renamed since are
     moved first); ``["data.synthetic.version: trained 1, evaluated 2", ...]``, empty when they agree or when
     the run's config is not there or is not a synthetic run. The scenes are a function of these keys: evaluated
     with others, the held-out scenes are not the ones the training run held out."""
     import yaml
 
+    from bindspace.data.synthetic import scene_settings
+
     try:
         trained = read_run_config(plain["ckpt_path"])
     except (OSError, yaml.YAMLError, UnicodeDecodeError):  # a run folder that cannot tell: nothing to compare
         return []
-
-    def value(cfg: Any, keys: tuple[str, ...], default: Any) -> Any:
-        for key in keys:
-            cfg = cfg.get(key) if isinstance(cfg, dict) else None
-        return default if cfg is None else cfg
-
-    synthetic = [value(cfg, ("data", "name"), "synthetic") == "synthetic" for cfg in (trained, plain)]
-    if not isinstance(trained, dict) or not all(synthetic):
+    was, now = scene_settings(trained), scene_settings(plain)
+    if was is None or now is None:
         return []
-    from bindspace.data.synthetic import DEFAULT_VERSION, SyntheticConfig
-
-    defaults = {"seed": 0, "version": DEFAULT_VERSION, "num_classes": SyntheticConfig.num_classes,
-                "noise": SyntheticConfig.noise}  # fmt: skip
-    out = []
-    for keys in SCENE_KEYS:
-        was, now = (value(cfg, keys, defaults[keys[-1]]) for cfg in (trained, plain))
-        if was != now:
-            out.append(f"{'.'.join(keys)}: trained {was}, evaluated {now}")
-    return out
+    return [f"{key}: trained {was[key]}, evaluated {now[key]}" for key in was if was[key] != now[key]]
 
 
 def embed_split(bs: BindSpace, datamodule, split: str) -> tuple[HeldOut, list[str]]:

@@ -9,9 +9,12 @@ B=.venv/bin
 export WANDB_MODE=offline
 mkdir -p "$E"
 
-# make train's job, in a named folder, and bindspace-eval on its checkpoint (README, docs/modality_gap.md)
-$B/bindspace-train hydra.run.dir="$E/train"
+# make train's job, in a named folder, timed, and bindspace-eval on its checkpoint (README, docs/modality_gap.md)
+/usr/bin/time -v -o "$E/train.time" $B/bindspace-train hydra.run.dir="$E/train"
 $B/bindspace-eval ckpt_path="$E/train/checkpoints/last.ckpt" hydra.run.dir="$E/train_eval"
+# the same job with the renderer before 2026-12-04 (data.synthetic.version=1), seeds 0-2, beside the anchor
+# ablation's image arm (README, the data's version paragraph)
+$B/bindspace-train -m experiment=ablate_anchor anchor=image data.synthetic.version=1 hydra.sweep.dir="$E/anchor_image_v1"
 
 # the curriculum ablation (600 steps per arm), and the progressive arms at all_at_once's pair-batch budget
 $B/bindspace-train -m experiment=ablate_curriculum hydra.sweep.dir="$E/ablate_curriculum"
@@ -66,12 +69,37 @@ for method in procrustes lstsq contrastive; do
     fit=synthetic eval=synthetic method=$method out="$E/connect/$method.safetensors"
 done
 
+# a trained space, IMU bound into it (to the image anchor; to all five), and the six-modality run from scratch
+# (README "Add a modality to a trained space")
+$B/bindspace-train graph.modalities=[image,text,audio,depth,thermal] trainer.max_steps=300 logger=none \
+  hydra.run.dir="$E/bind/base"
+$B/bindspace-train experiment=bind_new_modality init_from="$E/bind/base/checkpoints/last.ckpt" new_modality=imu \
+  graph.anchors=[image] trainer.max_steps=300 logger=none hydra.run.dir="$E/bind/imu"
+$B/bindspace-train experiment=bind_new_modality init_from="$E/bind/base/checkpoints/last.ckpt" new_modality=imu \
+  trainer.max_steps=300 logger=none hydra.run.dir="$E/bind/imu_all"
+$B/bindspace-train trainer.max_steps=600 logger=none hydra.run.dir="$E/bind/scratch"
+
+# determinism across the jobs of one process (README "Reproducibility"): seed 0 as a second job and as a first
+$B/bindspace-train -m seed=1,0 trainer.max_steps=30 logger=none hydra.sweep.dir="$E/determinism_multi"
+$B/bindspace-train seed=0 trainer.max_steps=30 logger=none hydra.run.dir="$E/determinism_single"
+
 # reports into experiments/results/ (the two curriculum sweeps in one report: their jobs side by side)
 mkdir -p "$E/curriculum_budgets"
 for d in "$E"/ablate_curriculum/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/curriculum_budgets/a$(basename "$d")"; done
 for d in "$E"/ablate_curriculum_pairs/[0-9]*; do ln -sfn "$(realpath "$d")" "$E/curriculum_budgets/b$(basename "$d")"; done
 $B/bindspace-report "$E/ablate_curriculum" --baseline all_at_once --out experiments/results/ablate_curriculum
 $B/bindspace-report "$E/curriculum_budgets" --baseline all_at_once --out experiments/results/ablate_curriculum_budgets
+# the curriculum table's other paired differences: against progressive (order, distillation) and progressive_global
+$B/bindspace-report "$E/ablate_curriculum" --baseline progressive --out experiments/results/ablate_curriculum_vs_progressive
+$B/bindspace-report "$E/ablate_curriculum" --baseline progressive_global \
+  --out experiments/results/ablate_curriculum_vs_progressive_global
+# the two renderers on the default job (seeds 0-2): version 1's sweep beside the anchor ablation's image-anchor jobs
+mkdir -p "$E/renderer_versions"
+for s in 0 1 2; do
+  ln -sfn "$(realpath "$E/anchor_image_v1/$s")" "$E/renderer_versions/v1-s$s"
+  ln -sfn "$(realpath "$E/ablate_anchor/$s")" "$E/renderer_versions/v2-s$s"
+done
+$B/bindspace-report "$E/renderer_versions" --out experiments/results/renderer_versions
 $B/bindspace-report "$E/pretrained_anchor" --baseline all_at_once --out experiments/results/pretrained_anchor
 $B/bindspace-report "$E/ablate_anchor" --baseline image --out experiments/results/ablate_anchor
 $B/bindspace-report "$E/spoken_digits" --out experiments/results/spoken_digits

@@ -62,3 +62,16 @@ def test_the_benchmarks_page_holds_each_section_once():
     titles = [line for line in (ROOT / "docs" / "benchmarks.md").read_text().splitlines() if line.startswith("## ")]
     labels = [re.match(r"## \([a-z]+\)", title).group(0) for title in titles]
     assert len(labels) == len(set(labels)), f"a section is on the page twice: {titles}"
+
+
+def test_the_ddp_benchmark_hooks_where_the_pipeline_builds_its_trainer(monkeypatch):
+    """bench_ddp times steps with a callback added where the training pipeline builds its Trainer; after a
+    refactor moved that call, the benchmark trained without its clock and failed at the end (2026-12-04)."""
+    import inspect
+
+    import bindspace.training.pipeline as pipeline
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    module, name = load("bench_ddp").HOOK.rsplit(".", 1)
+    assert module == pipeline.__name__ and callable(getattr(pipeline, name))
+    assert f"{name}(" in inspect.getsource(pipeline.train_and_evaluate)  # looked up at call time, by name

@@ -267,7 +267,8 @@ def test_a_run_folder_written_before_the_renderer_key_moved_still_rebuilds(tmp_p
     from bindspace.utils.config_migration import migrate_config
 
     cfg = OmegaConf.to_container(compose_config(["graph.modalities=[image,text]"]), resolve=True)
-    cfg["data"]["scene"]["version"] = cfg["data"].pop("synthetic")["version"]  # the layout before the move
+    cfg["data"].pop("synthetic")
+    cfg["data"]["scene"]["version"] = 1  # the layout before the move, with the default of that time
     assert migrate_config(copy.deepcopy(cfg))["data"] == {
         **{k: v for k, v in cfg["data"].items() if k != "scene"},
         "scene": {k: v for k, v in cfg["data"]["scene"].items() if k != "version"},
@@ -279,6 +280,28 @@ def test_a_run_folder_written_before_the_renderer_key_moved_still_rebuilds(tmp_p
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
     assert sorted(run_config_spec(ckpt).modalities) == ["image", "text"]
+
+
+def test_a_run_folder_written_before_renderer_versions_reads_as_version_1(tmp_path):
+    """Run folders written before the renderer had versions name none; they rendered version 1, so they must not
+    read as today's default. Manifest configs (no ``data.scene``) get no renderer key."""
+    from bindspace.data.synthetic import DEFAULT_VERSION
+    from bindspace.inference import read_run_config
+    from bindspace.utils.config_migration import UNVERSIONED_RENDERER, migrate_config
+
+    assert UNVERSIONED_RENDERER == 1 != DEFAULT_VERSION
+    cfg = OmegaConf.to_container(compose_config(["graph.modalities=[image,text]"]), resolve=True)
+    cfg["data"].pop("synthetic")  # the layout of 2026-12-02 and before
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    stored = read_run_config(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert stored["data"]["synthetic"] == {"version": 1}
+    assert build_run_spec(copy.deepcopy(stored)).embed_dim > 0
+    explicit = copy.deepcopy(cfg)
+    explicit["data"]["synthetic"] = {"version": 2}
+    assert migrate_config(explicit)["data"]["synthetic"] == {"version": 2}  # a stored version is kept
+    manifest = {"data": {"manifest": "pairs.csv"}}
+    assert migrate_config(copy.deepcopy(manifest)) == manifest
 
 
 def test_a_validation_interval_inside_an_accumulated_step_is_refused():

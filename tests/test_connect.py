@@ -26,6 +26,7 @@ from bindspace.connect import (
     fit_map,
     main,
 )
+from bindspace.data.synthetic import DEFAULT_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +150,38 @@ def test_connecting_two_spaces_recovers_the_alignment_the_identity_map_misses(sp
     # Nothing scored was fitted on: fit scenes start at FIT_BASE, the scored ones at TEST_BASE.
     assert report["eval"]["rows"] == 300 and TEST_BASE + 300 < FIT_BASE
     assert report["fit_counts"] == {"image": 400, "audio": 400, "text": 400}
-    assert report["synthetic_version"] == 1  # the renderer the scenes came from (data.synthetic.version's default)
+    assert report["synthetic_version"] == DEFAULT_VERSION  # the scenes' renderer (data.synthetic.version's default)
+    assert report["training_data_differences"] == {}  # the split spaces have no run folder to compare with
+
+
+def test_a_space_trained_on_another_renderer_is_named(spaces, tmp_path, capsys):
+    """Fit and eval scenes drawn by another renderer than a space trained on are not its scenes: the command says
+    which space, in a warning and in ``<out>.metrics.json``. A run folder written before the renderer had versions
+    trained on version 1."""
+    import shutil
+
+    import yaml
+
+    _, a, b, _ = spaces
+    run = tmp_path / "run_a"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    stored = {"seed": 0, "data": {"name": "synthetic", "scene": {"noise": 1.0}}}  # no renderer version: before them
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(stored))
+    moved = shutil.copy(a, run / "checkpoints" / "last.ckpt")
+
+    def argv(version, out):
+        return [f"a={moved}", f"b={b}", "shared=image", "fit=synthetic", "eval=synthetic", f"out={out}",
+                "fit_size=60", "eval_size=40", f"synthetic_version={version}"]  # fmt: skip
+
+    assert main(argv(2, tmp_path / "c2.safetensors")) == 0
+    err = capsys.readouterr().err
+    assert f"warning: space a={moved} was trained on data.synthetic.version=1, synthetic_version=2" in err
+    report = json.loads((tmp_path / "c2.metrics.json").read_text())
+    assert report["training_data_differences"] == {"a": "trained on data.synthetic.version=1, synthetic_version=2"}
+    assert main(argv(1, tmp_path / "c1.safetensors")) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "c1.metrics.json").read_text())["training_data_differences"] == {}
 
 
 def test_synthetic_scenes_come_from_the_renderer_asked_for():

@@ -33,6 +33,7 @@ from bindspace.report import (
     write_report,
 )
 from bindspace.report.intervals import budget_of, recorded_budget
+from bindspace.report.runs import group_label, group_runs
 
 MODALITIES = ("image", "text", "audio")
 
@@ -207,6 +208,21 @@ def test_runs_written_before_a_key_was_renamed_group_with_runs_written_after(tmp
         {"synthetic": {"version": 2}},
     ]
     assert [(r["n_seeds"], r["n_failed"]) for r in summary_table(runs)] == [(2, 0)]
+
+
+def test_a_job_at_the_default_is_labelled_with_its_configs_value(tmp_path):
+    """A sweep at ``data.synthetic.version=1`` reported beside default jobs: the default group is named by the
+    value its jobs' configs hold, and ``--baseline`` can name it; keys no config holds as a scalar stay empty."""
+    for num, seed in enumerate((0, 1)):
+        make_job(tmp_path, num, {"data.synthetic.version": 1, "seed": seed, "experiment": "x"}, 10,
+                 config_extra={"data": {"synthetic": {"version": 1}}})  # fmt: skip
+        make_job(tmp_path, num + 2, {"seed": seed}, 12, config_extra={"data": {"synthetic": {"version": 2}}})
+    runs = collect_runs(tmp_path)
+    assert [group_label(k) for k in group_runs(runs)] == [
+        "data.synthetic.version=1, experiment=x",
+        "data.synthetic.version=2, experiment=",
+    ]
+    assert [(r["n_seeds"], r["n_failed"]) for r in summary_table(runs)] == [(2, 0), (2, 0)]
 
 
 def test_summary_only_metrics_are_used_when_no_retrieval_table(tmp_path):

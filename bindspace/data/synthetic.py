@@ -7,9 +7,10 @@ cross-modal retrieval has to match instances, not only classes. Everything is a 
 
 Two versions of the renderer (``SyntheticConfig.version``) show the same scenes (classes, factors,
 shapes, colours, textures, motion, sound, captions) and differ in where sensor noise comes from:
-- 1, every published synthetic number's data: each scene's noise from its own generator
+- 1, the data of the synthetic numbers published until 2026-12-04: each scene's noise from its own generator
   (``SFC64(SeedSequence([seed, id, stream]))``) and the image background from 192 values of it;
-- 2, cheaper to generate (``make bench`` (d)): each scene's noise cut from one seeded noise bank per
+- 2, the default since then and the data of every synthetic number in the README and docs, cheaper to
+  generate (``make bench`` (d)): each scene's noise cut from one seeded noise bank per
   modality at a per-scene offset, and the image clutter drawn from the counter-based hash. Noise has
   the same distribution (uniform, unit variance) and amplitude; two scenes whose offsets fall close
   share part of their pixel noise, shifted (about 2% of image pairs), never their clutter.
@@ -55,7 +56,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 _FACTOR_STREAM = 0  # noise streams of modality m are 1 + MODALITIES.index(m)
 _CLUTTER = 8  # image background: random colour blobs on an 8 x 8 grid, upsampled
 VERSIONS = (1, 2)  # of the renderer: see the module docstring
-DEFAULT_VERSION = 1  # data.synthetic.version's default (configs/data/synthetic.yaml says the same; a test checks)
+DEFAULT_VERSION = 2  # data.synthetic.version's default (configs/data/synthetic.yaml says the same; a test checks)
 _MARKER = (0.7, 0.0)  # a painted dot in the object frame: makes orientation visible for any shape
 
 # Audio timbre per shape: partial frequency ratios and amplitudes (harmonic, odd, bell, fifths, ...).
@@ -156,8 +157,8 @@ class SyntheticConfig:
         noise: Global multiplier on every modality's noise level (0 = clean).
         caption_dropout: Chance that a caption leaves out each attribute phrase (scaled by noise),
             so text is not a lossless code of the factors.
-        version: Of the renderer (``VERSIONS``; the module docstring says how they differ). 1 is
-            the data every published synthetic number was trained on.
+        version: Of the renderer (``VERSIONS``; the module docstring says how they differ). 2 (the
+            default) is the data of the README's and docs' synthetic numbers; 1, of those published before.
     """
 
     num_classes: int = 16
@@ -192,6 +193,33 @@ def _is_number(value: Any, integer: bool = False) -> bool:
 
 
 RENDERER_KEYS = ("version",)  # SyntheticConfig's fields set by data.synthetic (how scenes are drawn), not data.scene
+# The run settings that decide which scenes a synthetic run draws and scores (besides the model's input sizes).
+SCENE_SETTINGS = ("seed", "data.synthetic.version", "data.scene.num_classes", "data.scene.noise")
+
+
+def scene_settings(run_config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``SCENE_SETTINGS`` of a run config (plain data, as composed or as stored in ``.hydra/config.yaml`` after
+    :func:`bindspace.utils.config_migration.migrate_config`), defaults filled in; None when it is not a
+    synthetic run (another ``data.name``) or not a mapping. Two runs with equal settings draw the same scenes."""
+    if not isinstance(run_config, Mapping):
+        return None
+    data = run_config.get("data")
+    data = data if isinstance(data, Mapping) else {}
+    if data.get("name", "synthetic") != "synthetic":
+        return None
+    defaults = {
+        "seed": 0,
+        "data.synthetic.version": DEFAULT_VERSION,
+        "data.scene.num_classes": SyntheticConfig.num_classes,
+        "data.scene.noise": SyntheticConfig.noise,
+    }
+    out = {}
+    for key in SCENE_SETTINGS:
+        value: Any = run_config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        out[key] = defaults[key] if value is None else value
+    return out
 
 
 def scene_config(

@@ -236,17 +236,36 @@ def varying_keys(runs: Sequence[RunRecord]) -> list[str]:
     ]
 
 
+def _config_value(config: dict[str, Any], key: str) -> str:
+    """A dotted key's scalar value in a stored config, spelled as on a command line (``true``, ``null``, ``2``);
+    "" when the config has no such scalar (a config group's name, a mapping, a list)."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return ""
+        value = value[part]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value) if isinstance(value, (int, float, str)) else ""
+
+
 def group_key(run: RunRecord, keys: Sequence[str]) -> GroupKey:
     """The run's values of the varying `keys` as ((column, value), ...).
 
     Anchor keys become one "anchor" column holding `run.anchor` and ``curriculum.order`` an "order"
     column holding `run.order` (both canonical, read from the config); other keys keep their name
-    and raw override value.
+    and raw override value, or, for a job that left the key at its default, the value its stored config
+    holds (jobs of a sweep beside runs of the default job are labelled ``data.synthetic.version=2``, not
+    ``data.synthetic.version=``).
     """
     values: dict[str, str] = {}
     for key in keys:
         column = "anchor" if key in _ANCHOR_KEYS else "order" if key in _ORDER_KEYS else key
-        values[column] = {"anchor": run.anchor, "order": run.order}.get(column, run.overrides.get(key, ""))
+        given = run.overrides.get(key)
+        given = _config_value(run.config, key) if given is None else given
+        values[column] = {"anchor": run.anchor, "order": run.order}.get(column, given)
     return tuple(values.items())
 
 

@@ -75,6 +75,9 @@ class AlignmentModule(L.LightningModule):
         self.step_cached: set[str] = set()  # modalities of step_encoded whose inputs are cached trunk features
         # A relaunched run: the environments of the launches that trained it before this one (on_load_checkpoint).
         self.earlier_environments: list[dict[str, Any]] = []
+        # What decides the data the run draws (synthetic: bindspace.data.synthetic.scene_settings), recorded in its
+        # checkpoints so that a relaunch on other data is refused (pipeline.check_training_data_unchanged).
+        self.training_data: dict[str, Any] | None = None
         # Pairs trained before this run among encoders it keeps frozen (init_from + new_modality): still trained.
         self.inherited_edges: list[Edge] = []
 
@@ -242,6 +245,8 @@ class AlignmentModule(L.LightningModule):
         checkpoint["bindspace"]["environment"] = describe_environment()
         if self.earlier_environments:
             checkpoint["bindspace"]["earlier_environments"] = self.earlier_environments
+        if self.training_data is not None:
+            checkpoint["bindspace"]["training_data"] = dict(self.training_data)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A relaunch resumes here: the launches that trained the checkpoint are kept for the next one."""

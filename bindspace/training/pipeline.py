@@ -34,6 +34,7 @@ from bindspace.config import (
 )
 from bindspace.data import build_datamodule, data_modalities
 from bindspace.data.checks import report_caption_truncation
+from bindspace.data.synthetic import scene_settings
 from bindspace.errors import ConfigError
 from bindspace.evaluation.stats import write_per_query
 from bindspace.evaluation.suite import versioned
@@ -401,6 +402,44 @@ def check_checkpoint_fits(path: str, module: AlignmentModule) -> None:
                 "config; resume it with the config it was trained with"
             )
     check_optimizer_unchanged(path, ckpt, module)
+    check_training_data_unchanged(path, ckpt, module.training_data)
+
+
+def check_training_data_unchanged(path: str, ckpt: Mapping[str, Any], settings: Mapping[str, Any] | None) -> None:
+    """Refuse a resume that would draw other data than the checkpoint trained on: the settings that decide a
+    synthetic run's scenes (``seed``, ``data.synthetic.version``, ``data.scene.*``), recorded in every
+    checkpoint since 2026-12-04 (``checkpoint["bindspace"]["training_data"]``). A checkpoint without the record
+    cannot tell: a warning says what synthetic runs of that time rendered (version 1, the default then) when this
+    launch renders another."""
+    if settings is None:
+        return
+    meta = ckpt.get("bindspace")
+    recorded = meta.get("training_data") if isinstance(meta, Mapping) else None
+    if recorded is None:
+        version = settings["data.synthetic.version"]
+        if version != 1:
+            log.warning(
+                "%s records no training data settings (written before 2026-12-04): synthetic runs of that time "
+                "rendered data.synthetic.version=1 unless told otherwise, this launch renders %s; if the run "
+                "trained on version 1, relaunch with data.synthetic.version=1 to continue it on the same scenes",
+                path,
+                version,
+            )
+        return
+    if not isinstance(recorded, Mapping) or not all(
+        isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in recorded.values()
+    ):
+        raise ConfigError(f"{path}: checkpoint['bindspace']['training_data'] is not a mapping of numbers and strings")
+    changed = [(k, recorded[k], v) for k, v in settings.items() if k in recorded and recorded[k] != v]
+    if not changed:
+        return
+    found = "; ".join(f"{k} is {theirs} in the checkpoint, {ours} in this config" for k, theirs, ours in changed)
+    keep = " ".join(f"{k}={theirs}" for k, theirs, _ in changed)
+    raise ConfigError(
+        f"{path}: {found}: resuming would train the rest of the run on other scenes; relaunch with {keep} to "
+        f"continue this run, or start a new run folder (another hydra.run.dir) with init_from={path} to train its "
+        "weights on the new data"
+    )
 
 
 def check_optimizer_unchanged(path: str, ckpt: Mapping[str, Any], module: AlignmentModule) -> None:
@@ -496,6 +535,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
             feature_cache=build_feature_cache(plain, spec),
         )
         module.inherited_edges = bind.inherited if bind is not None else []
+        module.training_data = scene_settings(plain)
         if init is not None:  # after the fresh initialisation: modalities the checkpoint lacks keep it
             log_seeding(init.path, seed_from_checkpoint(init, module))
         if ckpt_path is not None:

@@ -9,12 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 RENAMED_KEYS = {"data.scene.version": "data.synthetic.version"}  # old -> new (2026-12-04): the CLI names the new one
+# The synthetic renderer's version in a stored config that names none: runs written before the key existed (until
+# 2026-12-03) rendered version 1, the only one then. Without this they would read as today's default (2).
+UNVERSIONED_RENDERER = 1
 
 
 def migrate_config(raw: Any) -> Any:
     """A stored run config (``.hydra/config.yaml``) with keys renamed since it was written (``RENAMED_KEYS``)
     moved to their names today, in place; returned. The values are kept: a run folder of 2026-12-03 that
-    trained on ``data.scene.version: 1`` still rebuilds, and says it rendered version 1."""
+    trained on ``data.scene.version: 1`` still rebuilds, and says it rendered version 1. A synthetic data config
+    (one with ``data.scene``) that names no renderer version gets ``data.synthetic.version: 1``
+    (``UNVERSIONED_RENDERER``), the renderer it was trained on."""
     for old, new in RENAMED_KEYS.items():
         *old_path, old_leaf = old.split(".")
         *new_path, new_leaf = new.split(".")
@@ -29,4 +34,9 @@ def migrate_config(raw: Any) -> Any:
             target = target.setdefault(part, {}) if isinstance(target, dict) else None
         if isinstance(target, dict):
             target.setdefault(new_leaf, value)
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("scene"), dict):
+        renderer = data.setdefault("synthetic", {})
+        if isinstance(renderer, dict):
+            renderer.setdefault("version", UNVERSIONED_RENDERER)
     return raw

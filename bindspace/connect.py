@@ -477,6 +477,7 @@ def renderer_differences(args: Mapping[str, Any]) -> dict[str, str]:
     when neither ``fit`` nor ``eval`` is synthetic, or the runs' configs are not there or not synthetic runs."""
     import yaml
 
+    from bindspace.data.synthetic import scene_settings
     from bindspace.inference import read_run_config
 
     if "synthetic" not in (args["fit"], args["eval"]):
@@ -484,14 +485,11 @@ def renderer_differences(args: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for side in ("a", "b"):
         try:
-            trained = read_run_config(args[side])
+            trained = scene_settings(read_run_config(args[side]))
         except (OSError, yaml.YAMLError, UnicodeDecodeError):  # a run folder that cannot tell: nothing to compare
             continue
-        data = trained.get("data") if isinstance(trained, dict) else None
-        if not isinstance(data, dict) or data.get("name", "synthetic") != "synthetic":
-            continue
-        version = (data.get("synthetic") or {}).get("version", DEFAULT_VERSION)
-        if version != args["synthetic_version"]:
+        version = None if trained is None else trained["data.synthetic.version"]
+        if version is not None and version != args["synthetic_version"]:
             out[side] = f"trained on data.synthetic.version={version}, synthetic_version={args['synthetic_version']}"
     return out
 

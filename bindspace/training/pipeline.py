@@ -416,14 +416,19 @@ def check_training_data_unchanged(path: str, ckpt: Mapping[str, Any], settings: 
     meta = ckpt.get("bindspace")
     recorded = meta.get("training_data") if isinstance(meta, Mapping) else None
     if recorded is None:
+        from bindspace.utils.config_migration import UNVERSIONED_RENDERER as then
+
         version = settings["data.synthetic.version"]
-        if version != 1:
+        if version != then:
             log.warning(
                 "%s records no training data settings (written before 2026-12-04): synthetic runs of that time "
-                "rendered data.synthetic.version=1 unless told otherwise, this launch renders %s; if the run "
-                "trained on version 1, relaunch with data.synthetic.version=1 to continue it on the same scenes",
+                "rendered data.synthetic.version=%s unless told otherwise, this launch renders %s; if the run "
+                "trained on version %s, relaunch with data.synthetic.version=%s to continue it on the same scenes",
                 path,
+                then,
                 version,
+                then,
+                then,
             )
         return
     if not isinstance(recorded, Mapping) or not all(
